@@ -29,6 +29,74 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ErrorReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    ERROR_REASON_SESSION_NOT_FOUND: _ErrorReason.ValueType  # 1
+    """NOT_FOUND"""
+    ERROR_REASON_SESSION_EXISTS: _ErrorReason.ValueType  # 2
+    """ALREADY_EXISTS"""
+    ERROR_REASON_INVALID_SESSION_ID: _ErrorReason.ValueType  # 3
+    """INVALID_ARGUMENT"""
+    ERROR_REASON_EMPTY_PROMPT: _ErrorReason.ValueType  # 4
+    """INVALID_ARGUMENT"""
+    ERROR_REASON_PROMPT_TOO_LARGE: _ErrorReason.ValueType  # 5
+    """INVALID_ARGUMENT"""
+    ERROR_REASON_INVALID_PAGE_TOKEN: _ErrorReason.ValueType  # 6
+    """INVALID_ARGUMENT"""
+    ERROR_REASON_INVALID_ARGUMENT: _ErrorReason.ValueType  # 7
+    """INVALID_ARGUMENT, other fields"""
+    ERROR_REASON_TURN_IN_PROGRESS: _ErrorReason.ValueType  # 8
+    """FAILED_PRECONDITION"""
+    ERROR_REASON_SEQUENCE_CONFLICT: _ErrorReason.ValueType  # 9
+    """FAILED_PRECONDITION"""
+    ERROR_REASON_STORE_FULL: _ErrorReason.ValueType  # 10
+    """RESOURCE_EXHAUSTED"""
+    ERROR_REASON_SUBSCRIBER_TOO_SLOW: _ErrorReason.ValueType  # 11
+    """RESOURCE_EXHAUSTED, on StreamEvents"""
+    ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 12
+    """UNAVAILABLE"""
+    ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 13
+    """INTERNAL"""
+
+class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
+    """Why a call failed, beyond its status code. Sent as the value of the
+    trailing metadata key "copilot-error-reason" (the enum value's name).
+    """
+
+ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+ERROR_REASON_SESSION_NOT_FOUND: ErrorReason.ValueType  # 1
+"""NOT_FOUND"""
+ERROR_REASON_SESSION_EXISTS: ErrorReason.ValueType  # 2
+"""ALREADY_EXISTS"""
+ERROR_REASON_INVALID_SESSION_ID: ErrorReason.ValueType  # 3
+"""INVALID_ARGUMENT"""
+ERROR_REASON_EMPTY_PROMPT: ErrorReason.ValueType  # 4
+"""INVALID_ARGUMENT"""
+ERROR_REASON_PROMPT_TOO_LARGE: ErrorReason.ValueType  # 5
+"""INVALID_ARGUMENT"""
+ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason.ValueType  # 6
+"""INVALID_ARGUMENT"""
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason.ValueType  # 7
+"""INVALID_ARGUMENT, other fields"""
+ERROR_REASON_TURN_IN_PROGRESS: ErrorReason.ValueType  # 8
+"""FAILED_PRECONDITION"""
+ERROR_REASON_SEQUENCE_CONFLICT: ErrorReason.ValueType  # 9
+"""FAILED_PRECONDITION"""
+ERROR_REASON_STORE_FULL: ErrorReason.ValueType  # 10
+"""RESOURCE_EXHAUSTED"""
+ERROR_REASON_SUBSCRIBER_TOO_SLOW: ErrorReason.ValueType  # 11
+"""RESOURCE_EXHAUSTED, on StreamEvents"""
+ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 12
+"""UNAVAILABLE"""
+ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 13
+"""INTERNAL"""
+Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
 class _SystemMessageMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015

@@ -1,0 +1,94 @@
+"""Event type names and constructors: the vocabulary of a session's log.
+
+Names follow the GitHub Copilot SDK so that its documentation carries over.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Final
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from copilot_client.proto.v1 import copilot_pb2, events_pb2
+
+SessionEvent = events_pb2.SessionEvent
+SessionMetadata = copilot_pb2.SessionMetadata
+
+SESSION_START: Final = "session.start"
+SESSION_RESUME: Final = "session.resume"
+USER_MESSAGE: Final = "user.message"
+ASSISTANT_TURN_START: Final = "assistant.turn_start"
+ASSISTANT_MESSAGE: Final = "assistant.message"
+ASSISTANT_MESSAGE_DELTA: Final = "assistant.message_delta"
+ASSISTANT_TURN_END: Final = "assistant.turn_end"
+SESSION_IDLE: Final = "session.idle"
+SESSION_ERROR: Final = "session.error"
+ABORT: Final = "abort"
+
+# Event type -> name of the payload field in the SessionEvent.data oneof.
+PAYLOAD_FIELD: Final[dict[str, str]] = {
+    SESSION_START: "session_start",
+    SESSION_RESUME: "session_resume",
+    USER_MESSAGE: "user_message",
+    ASSISTANT_TURN_START: "assistant_turn_start",
+    ASSISTANT_MESSAGE: "assistant_message",
+    ASSISTANT_MESSAGE_DELTA: "assistant_message_delta",
+    ASSISTANT_TURN_END: "assistant_turn_end",
+    SESSION_IDLE: "session_idle",
+    SESSION_ERROR: "session_error",
+    ABORT: "abort",
+}
+
+EPHEMERAL_TYPES: Final = frozenset({ASSISTANT_MESSAGE_DELTA, SESSION_IDLE})
+MESSAGE_TYPES: Final = frozenset({USER_MESSAGE, ASSISTANT_MESSAGE})
+
+SUMMARY_MAX_CHARS: Final = 80
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def now_timestamp() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def make_event(event_type: str, **payload: Any) -> SessionEvent:
+    """A new event of ``event_type`` with a fresh id and the current time.
+
+    Sequence number and parent id are left unset: the store assigns them when
+    it appends the event (ephemeral events get them from the session's state).
+    """
+    field = PAYLOAD_FIELD[event_type]
+    event = SessionEvent(
+        id=new_id(),
+        timestamp=now_timestamp(),
+        type=event_type,
+        ephemeral=event_type in EPHEMERAL_TYPES,
+    )
+    getattr(event, field).SetInParent()
+    for name, value in payload.items():
+        setattr(getattr(event, field), name, value)
+    return event
+
+
+def summarize(prompt: str) -> str:
+    """The first prompt, shortened to one line for listings."""
+    line = " ".join(prompt.split())
+    if len(line) <= SUMMARY_MAX_CHARS:
+        return line
+    return line[: SUMMARY_MAX_CHARS - 1].rstrip() + "…"
+
+
+def apply_to_metadata(metadata: SessionMetadata, event: SessionEvent) -> None:
+    """Keep listing metadata current as a persisted ``event`` is appended."""
+    metadata.last_sequence = event.sequence
+    metadata.last_event_id = event.id
+    metadata.modified_time.CopyFrom(event.timestamp)
+    if event.type in MESSAGE_TYPES:
+        metadata.message_count += 1
+    if event.type == USER_MESSAGE and not metadata.summary:
+        metadata.summary = summarize(event.user_message.content)

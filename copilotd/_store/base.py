@@ -1,0 +1,192 @@
+"""The storage contract: what any backend of copilotd must guarantee.
+
+A store holds, per session, one ``SessionRecord`` (metadata, kept current on
+every write) and an append-only log of persisted ``SessionEvent`` values.
+``tests/test_store_contract.py`` is the contract test suite; every backend
+subclasses it and must pass it unchanged.
+
+The contract:
+
+* **Sequence numbers.** A session's persisted events are numbered 1, 2, 3, …
+  in append order with no gaps and no reuse. The store assigns ``sequence``
+  and ``parent_id`` (the id of the previous event; empty for the first) when
+  it appends; whatever the caller put there is overwritten.
+* **Metadata.** Every append updates the session's metadata through
+  ``copilotd._events.apply_to_metadata`` in the same transaction, so that
+  listing never reads events.
+* **Durability and atomicity.** ``write_batch`` runs its operations in one
+  transaction and returns only once that transaction is durably committed
+  (it survives a crash of the process or of the machine from then on).
+  Each operation is isolated: one that raises ``StoreError`` has written
+  nothing and does not stop the others; any other exception aborts the whole
+  batch and is raised, leaving the store as it was.
+* **Reads** never see uncommitted data, cost in proportion to what they
+  return (range scans, never a scan of a whole history or of all sessions),
+  and may run in any thread, concurrently with a ``write_batch`` in another
+  thread. Calls to ``write_batch`` may come from several threads; the store
+  serialises them.
+* **Deletion** removes a session's record and every event in one transaction.
+  A session later created under the same id starts with an empty log.
+* **Listing** is ordered by ``metadata.modified_time``, newest first, ties
+  broken by session id; page tokens are opaque strings, and a full walk
+  through the pages returns each session that existed throughout exactly once.
+* **Capacity.** A store that fills its current space grows by itself; when it
+  cannot grow (a configured cap, or a full disk) writes raise ``StoreFull``
+  and reads go on working.
+* **Versioning.** Opening a store written by a newer schema version raises
+  ``StoreVersionError`` and leaves the files untouched.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from copilot_client.proto.v1 import copilot_pb2, events_pb2
+from copilotd.proto.v1 import store_pb2
+
+SessionEvent = events_pb2.SessionEvent
+SessionMetadata = copilot_pb2.SessionMetadata
+SessionRecord = store_pb2.SessionRecord
+
+SCHEMA_VERSION = 1
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises on purpose."""
+
+
+class SessionNotFound(StoreError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"no session with id {session_id!r}")
+        self.session_id = session_id
+
+
+class SessionExists(StoreError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"a session with id {session_id!r} already exists")
+        self.session_id = session_id
+
+
+class SequenceConflict(StoreError):
+    """The session's last sequence number is not the one the writer expected."""
+
+    def __init__(self, session_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"session {session_id!r} is at sequence {actual}, not {expected} as expected"
+        )
+        self.session_id = session_id
+        self.expected = expected
+        self.actual = actual
+
+
+class StoreFull(StoreError):
+    """No space left: the size cap is reached or the disk is full."""
+
+
+class StoreVersionError(StoreError):
+    """The store was written by a newer schema version than this code knows."""
+
+
+class StoreCorrupt(StoreError):
+    """The store's files cannot be read as a copilotd store."""
+
+
+class StoreWriter(ABC):
+    """The operations available inside one ``Store.write_batch`` transaction."""
+
+    @abstractmethod
+    def create_session(
+        self, metadata: SessionMetadata, events: Sequence[SessionEvent]
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        """Create a session from ``metadata`` (its ``session_id`` set) with first ``events``.
+
+        Raises ``SessionExists`` when the id is taken. Returns the stored record
+        and the events as stored (sequence numbers and parent ids assigned).
+        """
+
+    @abstractmethod
+    def append_events(
+        self,
+        session_id: str,
+        events: Sequence[SessionEvent],
+        *,
+        expected_last_sequence: int | None = None,
+        open_turn: tuple[str, str] | None = None,
+        close_turn: bool = False,
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        """Append persisted ``events`` to a session's log, in order.
+
+        Args:
+            session_id: the session to append to.
+            events: events to append (may be empty, e.g. only to close a turn).
+            expected_last_sequence: when given, raise ``SequenceConflict`` (and
+                write nothing) unless the session's last sequence equals it.
+            open_turn: ``(turn_id, user_message_id)`` to record as the turn in
+                progress (``metadata.turn_running`` becomes true).
+            close_turn: clear the turn in progress.
+
+        Raises ``SessionNotFound``. Returns the updated record and the stored events.
+        """
+
+    @abstractmethod
+    def delete_session(self, session_id: str) -> None:
+        """Delete a session's record and all its events. Raises ``SessionNotFound``."""
+
+
+class Store(ABC):
+    """A session store; see the module docstring for the contract."""
+
+    @abstractmethod
+    def write_batch(self, operations: Sequence[Callable[[StoreWriter], T]]) -> list[T | StoreError]:
+        """Run ``operations`` in one durable transaction.
+
+        Returns, per operation and in order, its return value or the
+        ``StoreError`` it raised (an operation that raised wrote nothing).
+        Raises ``StoreFull`` when the transaction cannot be committed for lack
+        of space; then nothing was written.
+        """
+
+    @abstractmethod
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session's record, or None."""
+
+    @abstractmethod
+    def read_events(
+        self,
+        session_id: str,
+        *,
+        after: int = 0,
+        before: int | None = None,
+        limit: int,
+        newest_first: bool = False,
+    ) -> list[SessionEvent]:
+        """Persisted events with ``after < sequence < before``, at most ``limit``.
+
+        Oldest first by default: the ``limit`` events just after ``after``.
+        With ``newest_first``: the ``limit`` events just before ``before``
+        (``None``: from the end), newest first. Raises ``SessionNotFound``.
+        """
+
+    @abstractmethod
+    def list_sessions(self, *, limit: int, page_token: str = "") -> tuple[list[SessionRecord], str]:
+        """Up to ``limit`` sessions, most recently modified first, after ``page_token``.
+
+        Returns the page and the token of the next one ("" when this was the
+        last page). Raises ``ValueError`` for a token this store did not issue.
+        """
+
+    @abstractmethod
+    def sessions_with_open_turns(self) -> list[SessionRecord]:
+        """Sessions whose record says a turn is in progress (cost: those sessions only)."""
+
+    @abstractmethod
+    def session_count(self) -> int:
+        """How many sessions there are (cost: constant)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the store; no call may follow. Idempotent."""
