@@ -14,6 +14,7 @@ from copilot_client.proto.v1 import copilot_pb2, events_pb2
 
 SessionEvent = events_pb2.SessionEvent
 SessionMetadata = copilot_pb2.SessionMetadata
+TurnEndReason = events_pb2.TurnEndReason
 
 SESSION_START: Final = "session.start"
 SESSION_RESUME: Final = "session.resume"

@@ -1,0 +1,3 @@
+from copilotd._cli import main
+
+main()

@@ -1,0 +1,76 @@
+"""The ``copilotd`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from copilot_client._paths import DATA_DIR_ENV, SOCKET_ENV, resolve_data_dir, resolve_socket_path
+from copilotd import __version__
+from copilotd._server import ServeConfig, StartupError, serve
+from copilotd._validation import DEFAULT_MAX_PROMPT_BYTES
+
+
+@click.group()
+@click.version_option(__version__, prog_name="copilotd")
+def main() -> None:
+    """copilotd keeps chat sessions with language models safe across restarts."""
+
+
+@main.command("serve")
+@click.option(
+    "--socket",
+    "socket_path",
+    envvar=SOCKET_ENV,
+    type=click.Path(path_type=Path),
+    help=f"Unix socket to serve on [env {SOCKET_ENV}; default "
+    "$XDG_RUNTIME_DIR/copilotd/copilotd.sock].",
+)
+@click.option(
+    "--data-dir",
+    envvar=DATA_DIR_ENV,
+    type=click.Path(path_type=Path),
+    help=f"Where sessions are stored [env {DATA_DIR_ENV}; default $XDG_DATA_HOME/copilotd].",
+)
+@click.option(
+    "--max-prompt-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PROMPT_BYTES,
+    show_default=True,
+    help="Largest prompt accepted, in UTF-8 bytes.",
+)
+@click.option(
+    "--offline-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Seconds the offline model waits before each streamed piece (for demos and tests).",
+)
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+def serve_command(
+    socket_path: Path | None,
+    data_dir: Path | None,
+    max_prompt_bytes: int,
+    offline_delay: float,
+    log_level: str,
+) -> None:
+    """Run the daemon in the foreground until SIGTERM or SIGINT."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = ServeConfig(
+        socket_path=resolve_socket_path(socket_path),
+        data_dir=resolve_data_dir(data_dir),
+        max_prompt_bytes=max_prompt_bytes,
+        offline_delta_delay=offline_delay,
+    )
+    try:
+        asyncio.run(serve(config))
+    except StartupError as error:
+        click.echo(f"copilotd: cannot start: {error}", err=True)
+        sys.exit(1)

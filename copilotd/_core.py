@@ -1,0 +1,406 @@
+"""The session core: every operation of the API, free of any transport.
+
+The servicer unpacks requests and calls this; tests and other front ends can
+call it directly. All writes go through the group committer and publish their
+events to live subscribers in commit order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+
+from copilot_client.proto.v1 import copilot_pb2
+from copilotd import _events as ev
+from copilotd._committer import GroupCommitter
+from copilotd._errors import (
+    InvalidArgumentError,
+    Reason,
+    SequenceConflictError,
+    SessionExistsError,
+    SessionNotFoundError,
+    ShuttingDownError,
+    StoreFullError,
+    TurnInProgressError,
+)
+from copilotd._events import SessionEvent, SessionMetadata
+from copilotd._fanout import FanOut
+from copilotd._providers import ChatMessage, ProviderRegistry
+from copilotd._store import (
+    SequenceConflict,
+    SessionExists,
+    SessionNotFound,
+    SessionRecord,
+    Store,
+    StoreFull,
+)
+from copilotd._turns import RunningTurn, TurnEngine
+from copilotd._validation import (
+    DEFAULT_EVENT_PAGE_SIZE,
+    DEFAULT_MAX_PROMPT_BYTES,
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    check_prompt,
+    check_session_id,
+    page_size,
+)
+
+log = logging.getLogger(__name__)
+
+STREAM_BATCH_EVENTS = 256
+# Sessions kept in memory without a running turn; older ones are dropped and
+# reloaded from the store when used again.
+MAX_IDLE_STATES = 1024
+INTERRUPTED_AT_RESTART = "interrupted by daemon restart"
+
+
+@contextlib.contextmanager
+def store_errors(session_id: str = "") -> Iterator[None]:
+    """Turn the store's errors into the service's, in one place."""
+    try:
+        yield
+    except SessionNotFound as error:
+        raise SessionNotFoundError(error.session_id) from None
+    except SessionExists as error:
+        raise SessionExistsError(error.session_id) from None
+    except SequenceConflict as error:
+        raise SequenceConflictError(
+            f"session {error.session_id!r} has moved on to sequence {error.actual} "
+            f"(expected {error.expected}); read the new events and retry"
+        ) from None
+    except StoreFull as error:
+        raise StoreFullError(f"the session store is full: {error}") from None
+
+
+@dataclass
+class SessionState:
+    """What the daemon keeps in memory about a session while it is in use."""
+
+    last_sequence: int
+    last_event_id: str
+    # Model context (user and assistant messages), loaded on the first turn
+    # and then extended as messages are committed, so a turn never re-reads
+    # the whole history.
+    context: list[ChatMessage] | None = None
+    turn: RunningTurn | None = None
+
+
+class SessionService:
+    """Create, resume, list, delete, talk to and read sessions."""
+
+    def __init__(
+        self,
+        store: Store,
+        committer: GroupCommitter,
+        providers: ProviderRegistry,
+        *,
+        version: str,
+        fanout: FanOut | None = None,
+        max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
+    ) -> None:
+        self._store = store
+        self._committer = committer
+        self.fanout = fanout or FanOut()
+        self.providers = providers
+        self.version = version
+        self.max_prompt_bytes = max_prompt_bytes
+        self._states: dict[str, SessionState] = {}
+        self._turns = TurnEngine(self)
+        self._shutting_down = False
+
+    # -- state and writes ---------------------------------------------------
+
+    def _state(self, record: SessionRecord) -> SessionState:
+        session_id = record.metadata.session_id
+        state = self._states.get(session_id)
+        if state is None:
+            state = SessionState(record.metadata.last_sequence, record.metadata.last_event_id)
+            self._states[session_id] = state
+            if len(self._states) > MAX_IDLE_STATES:
+                self._evict_idle_states()
+        return state
+
+    def _evict_idle_states(self) -> None:
+        excess = len(self._states) - MAX_IDLE_STATES // 2
+        for session_id in [sid for sid, s in self._states.items() if s.turn is None][:excess]:
+            del self._states[session_id]
+
+    def _record(self, session_id: str) -> SessionRecord:
+        check_session_id(session_id)
+        record = self._store.get_session(session_id)
+        if record is None:
+            raise SessionNotFoundError(session_id)
+        return record
+
+    def _published(
+        self, session_id: str, stored: Sequence[SessionEvent], *, closed_turn: bool = False
+    ) -> None:
+        """After a commit: advance the in-memory state and fan the events out.
+
+        A commit that closes a turn frees the session for the next one here,
+        before anyone can react to its turn_end, and is followed by
+        session.idle.
+        """
+        state = self._states.get(session_id)
+        if state is not None and stored:
+            state.last_sequence = stored[-1].sequence
+            state.last_event_id = stored[-1].id
+            if state.context is not None:
+                state.context.extend(_context_messages(stored))
+        self.fanout.publish(session_id, stored)
+        if closed_turn:
+            if state is not None:
+                state.turn = None
+            self.publish_ephemeral(session_id, ev.make_event(ev.SESSION_IDLE))
+
+    def release_turn(self, turn: RunningTurn) -> None:
+        """Free the session after a turn whose end could not be committed."""
+        state = self._states.get(turn.session_id)
+        if state is not None and state.turn is turn:
+            state.turn = None
+            self.publish_ephemeral(turn.session_id, ev.make_event(ev.SESSION_IDLE))
+
+    async def append(
+        self,
+        session_id: str,
+        events: Sequence[SessionEvent],
+        *,
+        open_turn: tuple[str, str] | None = None,
+        close_turn: bool = False,
+        expected_last_sequence: int | None = None,
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        """Durably append ``events``, then publish them; returns the record and stored events."""
+        with store_errors(session_id):
+            return await self._committer.submit(
+                lambda writer: writer.append_events(
+                    session_id,
+                    events,
+                    expected_last_sequence=expected_last_sequence,
+                    open_turn=open_turn,
+                    close_turn=close_turn,
+                ),
+                on_commit=lambda result: self._published(
+                    session_id, result[1], closed_turn=close_turn
+                ),
+            )
+
+    def publish_ephemeral(self, session_id: str, event: SessionEvent) -> None:
+        state = self._states.get(session_id)
+        if state is not None:
+            event.sequence = state.last_sequence
+            event.parent_id = state.last_event_id
+        self.fanout.publish(session_id, [event])
+
+    def load_context(self, session_id: str) -> list[ChatMessage]:
+        """The session's user and assistant messages, oldest first (cached per session)."""
+        state = self._states[session_id]
+        if state.context is None:
+            messages: list[ChatMessage] = []
+            cursor = 0
+            while True:
+                page = self._store.read_events(session_id, after=cursor, limit=MAX_PAGE_SIZE)
+                messages.extend(_context_messages(page))
+                if len(page) < MAX_PAGE_SIZE:
+                    break
+                cursor = page[-1].sequence
+            state.context = messages
+        return state.context
+
+    # -- the API --------------------------------------------------------------
+
+    async def create_session(self, config: copilot_pb2.SessionConfig) -> SessionMetadata:
+        self._check_running()
+        session_id = config.session_id or str(uuid.uuid4())
+        check_session_id(session_id)
+        model = config.model or self.providers.default_model
+        metadata = SessionMetadata(session_id=session_id, model=model)
+        if config.HasField("system_message"):
+            metadata.system_message.CopyFrom(config.system_message)
+        start = ev.make_event(
+            ev.SESSION_START, session_id=session_id, model=model, producer_version=self.version
+        )
+        metadata.start_time.CopyFrom(start.timestamp)
+        with store_errors(session_id):
+            record, stored = await self._committer.submit(
+                lambda writer: writer.create_session(metadata, [start])
+            )
+        self._state(record)
+        self._published(session_id, stored)
+        log.info("created session %s (model %s)", session_id, model)
+        return record.metadata
+
+    def get_session(self, session_id: str) -> SessionMetadata:
+        return self._record(session_id).metadata
+
+    async def resume_session(
+        self, session_id: str, tail_events: int
+    ) -> tuple[SessionMetadata, list[SessionEvent]]:
+        self._check_running()
+        record = self._record(session_id)
+        state = self._state(record)
+        resume = ev.make_event(
+            ev.SESSION_RESUME,
+            event_count=record.metadata.last_sequence,
+            already_in_use=self.fanout.subscriber_count(session_id) > 0,
+            turn_running=state.turn is not None,
+        )
+        record, _ = await self.append(session_id, [resume])
+        tail: list[SessionEvent] = []
+        if tail_events:
+            with store_errors(session_id):
+                tail = self._store.read_events(
+                    session_id, limit=min(tail_events, MAX_PAGE_SIZE), newest_first=True
+                )
+            tail.reverse()
+        return record.metadata, tail
+
+    def list_sessions(
+        self, requested_page_size: int, page_token: str
+    ) -> tuple[list[SessionMetadata], str]:
+        try:
+            records, next_token = self._store.list_sessions(
+                limit=page_size(requested_page_size, DEFAULT_PAGE_SIZE), page_token=page_token
+            )
+        except ValueError:
+            raise InvalidArgumentError(
+                "page_token is not one this daemon issued; pass the next_page_token of the "
+                "previous response, or an empty token for the first page",
+                Reason.ERROR_REASON_INVALID_PAGE_TOKEN,
+            ) from None
+        return [record.metadata for record in records], next_token
+
+    async def delete_session(self, session_id: str) -> None:
+        check_session_id(session_id)
+        with store_errors(session_id):
+            await self._committer.submit(lambda writer: writer.delete_session(session_id))
+        state = self._states.pop(session_id, None)
+        if state is not None and state.turn is not None:
+            await self._turns.cancel(state.turn, reason="session deleted", interrupted=False)
+        self.fanout.end_session(session_id, SessionNotFoundError(session_id))
+        log.info("deleted session %s", session_id)
+
+    async def send_message(self, session_id: str, prompt: str, source: str) -> SessionEvent:
+        """Persist the user message and start its turn; returns the stored user.message."""
+        self._check_running()
+        check_prompt(prompt, self.max_prompt_bytes)
+        record = self._record(session_id)
+        state = self._state(record)
+        if state.turn is not None:
+            raise TurnInProgressError(session_id)
+        return await self._turns.start(record, state, prompt, source)
+
+    async def abort_turn(self, session_id: str, reason: str) -> bool:
+        self._record(session_id)
+        state = self._states.get(session_id)
+        if state is None or state.turn is None:
+            return False
+        await self._turns.cancel(state.turn, reason=reason or "aborted by a client")
+        return True
+
+    def list_events(
+        self, session_id: str, cursor: int, requested_page_size: int, newest_first: bool
+    ) -> tuple[list[SessionEvent], int]:
+        check_session_id(session_id)
+        limit = page_size(requested_page_size, DEFAULT_EVENT_PAGE_SIZE)
+        with store_errors(session_id):
+            if newest_first:
+                events = self._store.read_events(
+                    session_id, before=cursor or None, limit=limit, newest_first=True
+                )
+            else:
+                events = self._store.read_events(session_id, after=cursor, limit=limit)
+        next_cursor = events[-1].sequence if len(events) == limit else 0
+        if newest_first and next_cursor == 1:
+            next_cursor = 0
+        return events, next_cursor
+
+    async def stream_events(
+        self, session_id: str, after_sequence: int
+    ) -> AsyncIterator[tuple[list[SessionEvent], bool]]:
+        """Persisted events after the cursor, then live ones, as ``(batch, live)`` pairs.
+
+        The subscription is registered before the store is read, so nothing
+        committed in between is missed; events already delivered from the
+        store are skipped when they come in live.
+        """
+        self._check_running()
+        self._record(session_id)
+        subscription = self.fanout.subscribe(session_id)
+        try:
+            cursor = after_sequence
+            while True:
+                with store_errors(session_id):
+                    page = self._store.read_events(
+                        session_id, after=cursor, limit=STREAM_BATCH_EVENTS
+                    )
+                if page:
+                    cursor = page[-1].sequence
+                if len(page) < STREAM_BATCH_EVENTS:
+                    yield page, True
+                    break
+                yield page, False
+            while True:
+                batch = await subscription.next_batch()
+                fresh = [
+                    e
+                    for e in batch
+                    if (e.sequence >= cursor if e.ephemeral else e.sequence > cursor)
+                ]
+                for event in fresh:
+                    if not event.ephemeral:
+                        cursor = event.sequence
+                if fresh:
+                    yield fresh, True
+        finally:
+            self.fanout.unsubscribe(subscription)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def recover_interrupted_turns(self) -> int:
+        """Close the turns a crash left open, so no history ends in a half turn."""
+        records = self._store.sessions_with_open_turns()
+        for record in records:
+            end = ev.make_event(
+                ev.ASSISTANT_TURN_END,
+                turn_id=record.open_turn_id,
+                user_message_id=record.open_turn_user_message_id,
+                reason=ev.TurnEndReason.TURN_END_REASON_INTERRUPTED,
+                message=INTERRUPTED_AT_RESTART,
+            )
+            await self.append(record.metadata.session_id, [end], close_turn=True)
+            log.warning(
+                "session %s: closed turn %s %s",
+                record.metadata.session_id,
+                record.open_turn_id,
+                INTERRUPTED_AT_RESTART,
+            )
+        return len(records)
+
+    async def shutdown(self) -> None:
+        """Stop taking work; end running turns with a marker; end live streams."""
+        self._shutting_down = True
+        running = [s.turn for s in self._states.values() if s.turn is not None]
+        for turn in running:
+            await self._turns.cancel(turn, reason="daemon shutting down", interrupted=True)
+        self.fanout.end_all(ShuttingDownError())
+
+    def _check_running(self) -> None:
+        if self._shutting_down:
+            raise ShuttingDownError()
+
+    @property
+    def running_turns(self) -> int:
+        return sum(1 for s in self._states.values() if s.turn is not None)
+
+
+def _context_messages(events: Sequence[SessionEvent]) -> list[ChatMessage]:
+    messages = []
+    for event in events:
+        if event.type == ev.USER_MESSAGE:
+            messages.append(ChatMessage("user", event.user_message.content))
+        elif event.type == ev.ASSISTANT_MESSAGE and event.assistant_message.content:
+            messages.append(ChatMessage("assistant", event.assistant_message.content))
+    return messages

@@ -1,0 +1,96 @@
+"""Domain errors of the daemon and the one place they become gRPC statuses.
+
+Every error the core raises on purpose is a ``ServiceError`` carrying a status
+code, an ``ErrorReason`` (sent as trailing metadata "copilot-error-reason")
+and a message a person can act on. ``grpc_status_for`` is the translator the
+servicer applies; anything else becomes INTERNAL with details in the log only.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from copilot_client.proto.v1 import copilot_pb2
+
+Reason = copilot_pb2.ErrorReason
+REASON_METADATA_KEY = "copilot-error-reason"
+
+
+class ServiceError(Exception):
+    status: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: int = Reason.ERROR_REASON_INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SessionNotFoundError(ServiceError):
+    status = grpc.StatusCode.NOT_FOUND
+    reason = Reason.ERROR_REASON_SESSION_NOT_FOUND
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"no session with id {session_id!r}; list the existing ones with ListSessions "
+            "or create it with CreateSession"
+        )
+
+
+class SessionExistsError(ServiceError):
+    status = grpc.StatusCode.ALREADY_EXISTS
+    reason = Reason.ERROR_REASON_SESSION_EXISTS
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"a session with id {session_id!r} already exists; resume it, delete it first, "
+            "or choose another id"
+        )
+
+
+class InvalidArgumentError(ServiceError):
+    status = grpc.StatusCode.INVALID_ARGUMENT
+    reason = Reason.ERROR_REASON_INVALID_ARGUMENT
+
+    def __init__(self, message: str, reason: int = Reason.ERROR_REASON_INVALID_ARGUMENT) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class TurnInProgressError(ServiceError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    reason = Reason.ERROR_REASON_TURN_IN_PROGRESS
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"a turn is already running in session {session_id!r}; wait for session.idle "
+            "(send_and_wait does) or abort the running turn first"
+        )
+
+
+class SequenceConflictError(ServiceError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    reason = Reason.ERROR_REASON_SEQUENCE_CONFLICT
+
+
+class StoreFullError(ServiceError):
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = Reason.ERROR_REASON_STORE_FULL
+
+
+class SubscriberTooSlowError(ServiceError):
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = Reason.ERROR_REASON_SUBSCRIBER_TOO_SLOW
+
+
+class ShuttingDownError(ServiceError):
+    status = grpc.StatusCode.UNAVAILABLE
+    reason = Reason.ERROR_REASON_SHUTTING_DOWN
+
+    def __init__(self) -> None:
+        super().__init__("copilotd is shutting down; retry once it is back")
+
+
+def grpc_status_for(error: ServiceError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str]]]:
+    """Status code, message and trailing metadata that represent ``error`` on the wire."""
+    reason_name = Reason.Name(error.reason)  # type: ignore[arg-type]
+    return error.status, error.message, ((REASON_METADATA_KEY, reason_name),)

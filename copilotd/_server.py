@@ -1,0 +1,190 @@
+"""Running the daemon: directories, the single-instance locks, the gRPC server, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from copilot_client._paths import MAX_SOCKET_PATH_BYTES, channel_target
+from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
+from copilotd import __version__
+from copilotd._committer import GroupCommitter
+from copilotd._core import SessionService
+from copilotd._providers import OfflineProvider, ProviderRegistry
+from copilotd._servicer import CopilotServicer
+from copilotd._store import LmdbStore, StoreError
+from copilotd._validation import DEFAULT_MAX_PROMPT_BYTES
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = copilot_pb2.DESCRIPTOR.services_by_name["CopilotService"].full_name
+STORE_SUBDIR = "store"
+DATA_LOCK_NAME = "copilotd.lock"
+# Room for the largest prompt plus protobuf framing.
+GRPC_MESSAGE_LIMIT = 8 * 1024 * 1024
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """How to run the daemon.
+
+    Attributes:
+        socket_path: the Unix socket to serve on.
+        data_dir: where the store lives.
+        max_prompt_bytes: largest accepted prompt, in UTF-8 bytes.
+        offline_delta_delay: seconds the offline model waits before each delta.
+        shutdown_grace: seconds in-flight calls get to finish at shutdown.
+        initial_map_size: starting size of the LMDB map, in bytes.
+        max_map_size: cap on the LMDB map size (None: grow while the disk allows).
+    """
+
+    socket_path: Path
+    data_dir: Path
+    max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES
+    offline_delta_delay: float = 0.0
+    shutdown_grace: float = 5.0
+    initial_map_size: int = 64 * 1024 * 1024
+    max_map_size: int | None = None
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (mode 0700) or check that an existing one is ours and private."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise StartupError(
+            f"{path} belongs to another user (uid {info.st_uid}); choose another location "
+            "with --socket / --data-dir"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[IO[str]]:
+    """Hold an exclusive lock on ``path`` for as long as the daemon runs.
+
+    The kernel releases it when the process dies, however it dies, so a lock
+    file left behind by a killed daemon never blocks the next one.
+    """
+    handle = open(path, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise StartupError(
+                f"another copilotd (pid {holder}) is already using {what}; stop it first "
+                "(systemctl --user stop copilotd, or kill that pid) or choose another "
+                "--socket / --data-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield handle
+    finally:
+        handle.close()
+
+
+def check_socket_path(socket_path: Path) -> None:
+    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH_BYTES:
+        raise StartupError(
+            f"socket path {socket_path} is longer than {MAX_SOCKET_PATH_BYTES} bytes, the limit "
+            "of Unix sockets; choose a shorter --socket"
+        )
+
+
+async def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run the daemon until SIGTERM or SIGINT; raises ``StartupError`` when it cannot start."""
+    check_socket_path(config.socket_path)
+    ensure_private_dir(config.socket_path.parent)
+    ensure_private_dir(config.data_dir)
+    with (
+        exclusive_lock(config.data_dir / DATA_LOCK_NAME, f"the data directory {config.data_dir}"),
+        exclusive_lock(
+            config.socket_path.with_name(config.socket_path.name + ".lock"),
+            f"the socket {config.socket_path}",
+        ),
+    ):
+        # Holding the socket's lock, any socket file present is a dead daemon's.
+        config.socket_path.unlink(missing_ok=True)
+        try:
+            store = LmdbStore.open(
+                config.data_dir / STORE_SUBDIR,
+                initial_map_size=config.initial_map_size,
+                max_map_size=config.max_map_size,
+            )
+        except StoreError as error:
+            raise StartupError(str(error)) from None
+        try:
+            await _serve_store(config, store, on_ready)
+        finally:
+            store.close()
+
+
+async def _serve_store(
+    config: ServeConfig, store: LmdbStore, on_ready: Callable[[str], None] | None
+) -> None:
+    committer = GroupCommitter(store)
+    committer.start()
+    providers = ProviderRegistry(fallback=OfflineProvider(delta_delay=config.offline_delta_delay))
+    service = SessionService(
+        store, committer, providers, version=__version__, max_prompt_bytes=config.max_prompt_bytes
+    )
+    recovered = await service.recover_interrupted_turns()
+    if recovered:
+        log.warning("closed %d turn(s) interrupted by the previous daemon's end", recovered)
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+            ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+        ]
+    )
+    copilot_pb2_grpc.add_CopilotServiceServicer_to_server(CopilotServicer(service), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    target = channel_target(config.socket_path)
+    server.add_insecure_port(target)
+    await server.start()
+    os.chmod(config.socket_path, 0o600)
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("copilotd %s serving on %s (data in %s)", __version__, target, config.data_dir)
+    if on_ready is not None:
+        on_ready(target)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await health.enter_graceful_shutdown()
+        await service.shutdown()
+        await server.stop(config.shutdown_grace)
+        await committer.close()
+        await providers.aclose()
+        config.socket_path.unlink(missing_ok=True)
+        log.info("stopped; store closed cleanly")

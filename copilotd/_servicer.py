@@ -1,0 +1,123 @@
+"""The gRPC servicer: unpack the request, call the core, pack the answer.
+
+Errors are translated in one place (``_translate_errors``): a ``ServiceError``
+becomes its status, message and "copilot-error-reason" trailer; anything else
+becomes INTERNAL, with the details only in the daemon's log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from copilot_client.proto.v1 import copilot_pb2 as pb
+from copilot_client.proto.v1 import copilot_pb2_grpc
+from copilotd._core import SessionService
+from copilotd._errors import ServiceError, grpc_status_for
+from copilotd._events import now_timestamp
+
+log = logging.getLogger(__name__)
+
+INTERNAL_MESSAGE = "internal error in copilotd; the daemon log has the details"
+
+
+@contextlib.asynccontextmanager
+async def _translate_errors(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except ServiceError as error:
+        code, message, trailers = grpc_status_for(error)
+        context.set_trailing_metadata(trailers)
+        await context.abort(code, message)
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        log.exception("%s failed", method)
+        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
+    def __init__(self, service: SessionService) -> None:
+        self._service = service
+
+    async def Ping(
+        self, request: pb.PingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PingResponse:
+        return pb.PingResponse(version=self._service.version, server_time=now_timestamp())
+
+    async def CreateSession(
+        self, request: pb.CreateSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateSessionResponse:
+        async with _translate_errors(context, "CreateSession"):
+            metadata = await self._service.create_session(request.config)
+        return pb.CreateSessionResponse(session=metadata)
+
+    async def GetSession(
+        self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSessionResponse:
+        async with _translate_errors(context, "GetSession"):
+            metadata = self._service.get_session(request.session_id)
+        return pb.GetSessionResponse(session=metadata)
+
+    async def ResumeSession(
+        self, request: pb.ResumeSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResumeSessionResponse:
+        async with _translate_errors(context, "ResumeSession"):
+            metadata, tail = await self._service.resume_session(
+                request.session_id, request.tail_events
+            )
+        return pb.ResumeSessionResponse(session=metadata, tail=tail)
+
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSessionsResponse:
+        async with _translate_errors(context, "ListSessions"):
+            sessions, token = self._service.list_sessions(request.page_size, request.page_token)
+        return pb.ListSessionsResponse(sessions=sessions, next_page_token=token)
+
+    async def DeleteSession(
+        self, request: pb.DeleteSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteSessionResponse:
+        async with _translate_errors(context, "DeleteSession"):
+            await self._service.delete_session(request.session_id)
+        return pb.DeleteSessionResponse()
+
+    async def SendMessage(
+        self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SendMessageResponse:
+        async with _translate_errors(context, "SendMessage"):
+            event = await self._service.send_message(
+                request.session_id, request.prompt, request.source
+            )
+        return pb.SendMessageResponse(message_id=event.id, sequence=event.sequence)
+
+    async def AbortTurn(
+        self, request: pb.AbortTurnRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AbortTurnResponse:
+        async with _translate_errors(context, "AbortTurn"):
+            aborted = await self._service.abort_turn(request.session_id, request.reason)
+        return pb.AbortTurnResponse(aborted=aborted)
+
+    async def ListEvents(
+        self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListEventsResponse:
+        async with _translate_errors(context, "ListEvents"):
+            events, cursor = self._service.list_events(
+                request.session_id,
+                request.cursor,
+                request.page_size,
+                request.order == pb.EventOrder.EVENT_ORDER_NEWEST_FIRST,
+            )
+        return pb.ListEventsResponse(events=events, next_cursor=cursor)
+
+    async def StreamEvents(
+        self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamEventsResponse]:
+        async with _translate_errors(context, "StreamEvents"):
+            stream = self._service.stream_events(request.session_id, request.after_sequence)
+            async with contextlib.aclosing(stream):
+                async for events, live in stream:
+                    yield pb.StreamEventsResponse(events=events, live=live)

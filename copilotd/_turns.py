@@ -1,0 +1,212 @@
+"""The turn engine: one user message in, one answer (or a clear end) out.
+
+A turn persists the user message (and its turn_start) before the model is
+called, streams the model's deltas live, and always ends with a persisted
+``assistant.turn_end``: completed, aborted, failed or interrupted. Text that
+was streamed before an abort or a failure is kept as a partial
+``assistant.message``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from copilot_client.proto.v1 import copilot_pb2
+from copilotd import _events as ev
+from copilotd._errors import ServiceError
+from copilotd._events import SessionEvent
+from copilotd._providers import ChatMessage, ChatRequest, ProviderError, TextDelta
+
+if TYPE_CHECKING:
+    from copilotd._core import SessionService, SessionState
+    from copilotd._store import SessionRecord
+
+log = logging.getLogger(__name__)
+
+BUILTIN_SYSTEM_MESSAGE = (
+    "You are a helpful assistant in a conversation that copilotd keeps across restarts."
+)
+INTERRUPTED_AT_SHUTDOWN = "interrupted by daemon shutdown"
+Mode = copilot_pb2.SystemMessageMode
+
+
+@dataclass
+class RunningTurn:
+    session_id: str
+    turn_id: str
+    user_message_id: str
+    model: str
+    system_message: copilot_pb2.SystemMessage
+    text: list[str] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    # Set once the turn's task exists (or its start failed), so that an abort
+    # arriving while the user message is still being committed can wait.
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_reason: str = ""
+    interrupted: bool = False
+
+
+def system_prompt(message: copilot_pb2.SystemMessage) -> str:
+    if not message.content:
+        return BUILTIN_SYSTEM_MESSAGE
+    if message.mode == Mode.SYSTEM_MESSAGE_MODE_REPLACE:
+        return message.content
+    return f"{BUILTIN_SYSTEM_MESSAGE}\n\n{message.content}"
+
+
+class TurnEngine:
+    def __init__(self, service: SessionService) -> None:
+        self._service = service
+
+    async def start(
+        self, record: SessionRecord, state: SessionState, prompt: str, source: str
+    ) -> SessionEvent:
+        """Commit the user message and start the turn; returns the stored user.message."""
+        metadata = record.metadata
+        user = ev.make_event(ev.USER_MESSAGE, content=prompt, source=source)
+        turn = RunningTurn(
+            session_id=metadata.session_id,
+            turn_id=ev.new_id(),
+            user_message_id=user.id,
+            model=metadata.model,
+            system_message=metadata.system_message,
+        )
+        turn_start = ev.make_event(
+            ev.ASSISTANT_TURN_START, turn_id=turn.turn_id, user_message_id=user.id
+        )
+        state.turn = turn  # claimed before the first await: one turn at a time
+        try:
+            _, stored = await self._service.append(
+                turn.session_id, [user, turn_start], open_turn=(turn.turn_id, user.id)
+            )
+        except BaseException:
+            state.turn = None
+            turn.started.set()
+            raise
+        turn.task = asyncio.get_running_loop().create_task(
+            self._run(turn), name=f"turn {turn.session_id}/{turn.turn_id}"
+        )
+        turn.started.set()
+        return stored[0]
+
+    async def cancel(self, turn: RunningTurn, *, reason: str, interrupted: bool = False) -> None:
+        """Stop ``turn`` and wait until its end marker is committed."""
+        await turn.started.wait()
+        if turn.task is None or turn.task.done():
+            return
+        turn.cancel_reason = reason
+        turn.interrupted = interrupted
+        turn.task.cancel()
+        await asyncio.wait({turn.task})
+
+    async def _run(self, turn: RunningTurn) -> None:
+        service = self._service
+        message_id = ev.new_id()
+        try:
+            context = service.load_context(turn.session_id)
+            request = ChatRequest(
+                model=turn.model,
+                messages=[ChatMessage("system", system_prompt(turn.system_message)), *context],
+            )
+            provider = service.providers.provider_for(turn.model)
+            async for chunk in provider.stream(request):
+                if isinstance(chunk, TextDelta) and chunk.text:
+                    turn.text.append(chunk.text)
+                    service.publish_ephemeral(
+                        turn.session_id,
+                        ev.make_event(
+                            ev.ASSISTANT_MESSAGE_DELTA,
+                            message_id=message_id,
+                            delta_content=chunk.text,
+                            turn_id=turn.turn_id,
+                            user_message_id=turn.user_message_id,
+                        ),
+                    )
+            events = [
+                self._assistant_message(turn, message_id, partial=False),
+                self._turn_end(turn, ev.TurnEndReason.TURN_END_REASON_COMPLETED, ""),
+            ]
+        except asyncio.CancelledError:
+            events = self._cancelled_events(turn, message_id)
+        except ProviderError as error:
+            events = self._failed_events(turn, message_id, error.error_type, error.message)
+        except Exception:
+            log.exception("turn %s of session %s failed", turn.turn_id, turn.session_id)
+            events = self._failed_events(
+                turn, message_id, "internal", "internal error in copilotd; see the daemon log"
+            )
+        await self._finish(turn, events)
+
+    async def _finish(self, turn: RunningTurn, events: list[SessionEvent]) -> None:
+        try:
+            await self._service.append(turn.session_id, events, close_turn=True)
+        except ServiceError as error:
+            # Deleted meanwhile, or no space: nothing else to record it in.
+            log.warning(
+                "turn %s of session %s: end not recorded: %s",
+                turn.turn_id,
+                turn.session_id,
+                error.message,
+            )
+            self._service.release_turn(turn)
+        except BaseException:
+            self._service.release_turn(turn)
+            raise
+
+    def _assistant_message(
+        self, turn: RunningTurn, message_id: str, *, partial: bool
+    ) -> SessionEvent:
+        return ev.make_event(
+            ev.ASSISTANT_MESSAGE,
+            message_id=message_id,
+            content="".join(turn.text),
+            turn_id=turn.turn_id,
+            user_message_id=turn.user_message_id,
+            partial=partial,
+            model=turn.model,
+        )
+
+    def _turn_end(self, turn: RunningTurn, reason: int, message: str) -> SessionEvent:
+        return ev.make_event(
+            ev.ASSISTANT_TURN_END,
+            turn_id=turn.turn_id,
+            user_message_id=turn.user_message_id,
+            reason=reason,
+            message=message,
+        )
+
+    def _cancelled_events(self, turn: RunningTurn, message_id: str) -> list[SessionEvent]:
+        events = []
+        if not turn.interrupted:
+            events.append(ev.make_event(ev.ABORT, reason=turn.cancel_reason, turn_id=turn.turn_id))
+        if turn.text:
+            events.append(self._assistant_message(turn, message_id, partial=True))
+        if turn.interrupted:
+            end = self._turn_end(
+                turn, ev.TurnEndReason.TURN_END_REASON_INTERRUPTED, INTERRUPTED_AT_SHUTDOWN
+            )
+        else:
+            end = self._turn_end(turn, ev.TurnEndReason.TURN_END_REASON_ABORTED, turn.cancel_reason)
+        events.append(end)
+        return events
+
+    def _failed_events(
+        self, turn: RunningTurn, message_id: str, error_type: str, message: str
+    ) -> list[SessionEvent]:
+        events = []
+        if turn.text:
+            events.append(self._assistant_message(turn, message_id, partial=True))
+        events.append(
+            ev.make_event(
+                ev.SESSION_ERROR,
+                error_type=error_type,
+                message=message,
+                turn_id=turn.turn_id,
+                user_message_id=turn.user_message_id,
+            )
+        )
+        events.append(self._turn_end(turn, ev.TurnEndReason.TURN_END_REASON_ERROR, message))
+        return events

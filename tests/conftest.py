@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_process import DaemonProcess, short_temp_dir
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    path = short_temp_dir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(short_tmp: Path) -> Iterator[DaemonProcess]:
+    process = DaemonProcess(short_tmp).start()
+    yield process
+    process.kill()
