@@ -28,8 +28,10 @@ The contract:
 * **Deletion** removes a session's record and every event in one transaction.
   A session later created under the same id starts with an empty log.
 * **Listing** is ordered by ``metadata.modified_time``, newest first, ties
-  broken by session id; page tokens are opaque strings, and a full walk
-  through the pages returns each session that existed throughout exactly once.
+  broken by session id (the greater first); page tokens are opaque strings,
+  and a full walk through the pages returns each session that existed,
+  unmodified, throughout exactly once. A session modified during a walk moves
+  ahead of it: it is never returned twice, but may not be returned at all.
 * **Capacity.** A store that fills its current space grows by itself; when it
   cannot grow (a configured cap, or a full disk) writes raise ``StoreFull``
   and reads go on working.
@@ -106,6 +108,11 @@ class StoreWriter(ABC):
 
         Raises ``SessionExists`` when the id is taken. Returns the stored record
         and the events as stored (sequence numbers and parent ids assigned).
+
+        The store owns ``last_sequence``, ``last_event_id``, ``message_count``
+        and ``turn_running`` (whatever the caller set is reset). ``start_time``
+        becomes the first event's timestamp (the caller's is kept when there
+        are no events); an unset ``modified_time`` defaults to ``start_time``.
         """
 
     @abstractmethod
@@ -127,9 +134,12 @@ class StoreWriter(ABC):
                 write nothing) unless the session's last sequence equals it.
             open_turn: ``(turn_id, user_message_id)`` to record as the turn in
                 progress (``metadata.turn_running`` becomes true).
-            close_turn: clear the turn in progress.
+            close_turn: clear the turn in progress. Applied before
+                ``open_turn``, so one call can end a turn and start the next.
 
-        Raises ``SessionNotFound``. Returns the updated record and the stored events.
+        Raises ``SessionNotFound``. Returns the updated record and the stored
+        events (copies: the caller's events are left as they were). An
+        ephemeral event raises ``ValueError``, which aborts the batch.
         """
 
     @abstractmethod
@@ -148,6 +158,10 @@ class Store(ABC):
         ``StoreError`` it raised (an operation that raised wrote nothing).
         Raises ``StoreFull`` when the transaction cannot be committed for lack
         of space; then nothing was written.
+
+        A store may call an operation more than once (it re-runs the whole
+        batch after growing its space), so operations must act only through
+        the writer; the results returned are those of the run that committed.
         """
 
     @abstractmethod
@@ -168,7 +182,8 @@ class Store(ABC):
 
         Oldest first by default: the ``limit`` events just after ``after``.
         With ``newest_first``: the ``limit`` events just before ``before``
-        (``None``: from the end), newest first. Raises ``SessionNotFound``.
+        (``None``: from the end), newest first. Raises ``SessionNotFound``;
+        ``ValueError`` for a negative bound or limit (a limit of 0 gives []).
         """
 
     @abstractmethod
@@ -176,7 +191,8 @@ class Store(ABC):
         """Up to ``limit`` sessions, most recently modified first, after ``page_token``.
 
         Returns the page and the token of the next one ("" when this was the
-        last page). Raises ``ValueError`` for a token this store did not issue.
+        last page). Raises ``ValueError`` for a token this store did not issue
+        and for a ``limit`` below 1.
         """
 
     @abstractmethod
