@@ -1,0 +1,70 @@
+"""copilot_client: the thin async client of copilotd.
+
+copilotd is a local daemon that owns chat sessions; this client creates,
+resumes, lists and deletes them by id and talks to them::
+
+    async with CopilotClient() as client:
+        session = await client.create_session(SessionConfig(session_id="user-123"))
+        answer = await session.send_and_wait(MessageOptions(prompt="Hello"))
+        print(answer.data.content if answer else None)
+"""
+
+from ._client import CopilotClient
+from ._errors import (
+    CopilotError,
+    DaemonUnavailableError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    RPCError,
+    SequenceConflictError,
+    SessionExistsError,
+    SessionFailedError,
+    SessionNotFoundError,
+    TurnInProgressError,
+)
+from ._session import CopilotSession, EventHandler
+from ._types import (
+    EventData,
+    MessageOptions,
+    SessionConfig,
+    SessionEvent,
+    SessionEventType,
+    SessionListPage,
+    SessionMetadata,
+    SystemMessageConfig,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CopilotClient",
+    "CopilotError",
+    "CopilotSession",
+    "DaemonUnavailableError",
+    "EventData",
+    "EventHandler",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "MessageOptions",
+    "RPCError",
+    "ResourceExhaustedError",
+    "SequenceConflictError",
+    "SessionConfig",
+    "SessionEvent",
+    "SessionEventType",
+    "SessionExistsError",
+    "SessionFailedError",
+    "SessionListPage",
+    "SessionMetadata",
+    "SessionNotFoundError",
+    "SystemMessageConfig",
+    "TurnInProgressError",
+    "__version__",
+]
+
+# Show the public names as living here (like httpx), not in private modules.
+for _value in list(globals().values()):
+    if isinstance(_value, type) and _value.__module__.startswith("copilot_client._"):
+        _value.__module__ = "copilot_client"
+del _value

@@ -1,0 +1,273 @@
+"""The client: connects to (or starts) copilotd and hands out sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import fields, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from . import _autostart
+from ._errors import DaemonUnavailableError, SessionNotFoundError
+from ._paths import MAX_SOCKET_PATH_BYTES, resolve_data_dir, resolve_socket_path
+from ._session import CopilotSession
+from ._transport import Transport
+from ._types import SessionConfig, SessionListPage, SessionMetadata
+from .proto.v1 import copilot_pb2, copilot_pb2_grpc
+
+__all__ = ["CopilotClient"]
+
+RESUME_TAIL_EVENTS = 50
+MAX_PAGE_SIZE = 1000
+_CONFIG_FIELDS = frozenset(f.name for f in fields(SessionConfig))
+
+
+class CopilotClient:
+    """A connection to the local copilotd, which owns the sessions.
+
+    ``stop()`` closes this client's connection only; the daemon keeps running
+    and keeps every session. Methods called before :meth:`start` start the
+    client first.
+
+    Args:
+        socket_path: The daemon's socket; default ``$COPILOTD_SOCKET``, else
+            ``$XDG_RUNTIME_DIR/copilotd/copilotd.sock``.
+        data_dir: Where an auto-started daemon keeps its data and log; default
+            ``$COPILOTD_DATA_DIR``, else ``$XDG_DATA_HOME/copilotd``.
+        auto_start: Start the daemon when nothing serves the socket.
+        daemon_command: The command that runs the daemon (``serve ...`` is
+            appended); default ``python -m copilotd``, else ``copilotd`` on PATH.
+        start_timeout: Seconds to wait for an auto-started daemon to serve.
+    """
+
+    def __init__(
+        self,
+        *,
+        socket_path: str | os.PathLike[str] | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        auto_start: bool = True,
+        daemon_command: Sequence[str] | None = None,
+        start_timeout: float = 10.0,
+    ) -> None:
+        self._socket_path = resolve_socket_path(socket_path)
+        if len(os.fsencode(self._socket_path)) > MAX_SOCKET_PATH_BYTES:
+            raise ValueError(
+                f"socket path {self._socket_path} is longer than {MAX_SOCKET_PATH_BYTES} "
+                "bytes, the limit of Unix sockets; choose a shorter one"
+            )
+        self._data_dir = resolve_data_dir(data_dir)
+        self._auto_start = auto_start
+        self._daemon_command = list(daemon_command) if daemon_command else None
+        self._start_timeout = start_timeout
+        self._transport = Transport(self._socket_path)
+        self._start_lock = asyncio.Lock()
+        self._started = False
+        self._daemon_version: str | None = None
+        self._sessions: set[CopilotSession] = set()
+
+    def __repr__(self) -> str:
+        return f"CopilotClient(socket_path={str(self._socket_path)!r})"
+
+    @property
+    def socket_path(self) -> Path:
+        """The daemon's socket."""
+        return self._socket_path
+
+    @property
+    def data_dir(self) -> Path:
+        """Where an auto-started daemon keeps its data and its log."""
+        return self._data_dir
+
+    # -- lifetime ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connects to the daemon, starting it first if needed and allowed.
+
+        Raises:
+            DaemonUnavailableError: The daemon is not reachable and could not
+                be (or was not allowed to be) started.
+        """
+        async with self._start_lock:
+            if self._started:
+                return
+            self._transport.open()
+            try:
+                self._daemon_version = await self._connect()
+            except BaseException:
+                await self._transport.close()
+                raise
+            self._started = True
+
+    async def _connect(self) -> str:
+        try:
+            return await _autostart.ping(self._transport)
+        except DaemonUnavailableError as error:
+            if not self._auto_start:
+                raise DaemonUnavailableError(
+                    f"{error.message} (auto_start=False, so the client did not start it.)",
+                    status=error.status,
+                    reason=error.reason,
+                    socket_path=self._socket_path,
+                ) from error
+        command, env = _autostart.find_daemon_command(
+            self._daemon_command, socket_path=self._socket_path
+        )
+        log_path = await _autostart.launch_daemon(
+            command, env, socket_path=self._socket_path, data_dir=self._data_dir
+        )
+        return await _autostart.wait_until_serving(
+            self._transport, start_timeout=self._start_timeout, log_path=log_path
+        )
+
+    async def stop(self) -> None:
+        """Detaches this client's sessions and closes the connection.
+
+        Never stops the daemon: sessions and their turns carry on there.
+        """
+        for session in list(self._sessions):
+            await session.destroy()
+        self._sessions.clear()
+        await self._transport.close()
+        self._started = False
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _stub(self) -> copilot_pb2_grpc.CopilotServiceAsyncStub:
+        if not self._started:
+            await self.start()
+        return self._transport.stub
+
+    # -- calls ---------------------------------------------------------------
+
+    async def ping(self) -> str:
+        """The daemon's version (and proof that it answers)."""
+        await self._stub()
+        return await _autostart.ping(self._transport)
+
+    async def create_session(
+        self, config: SessionConfig | Mapping[str, Any] | None = None, /, **kwargs: Any
+    ) -> CopilotSession:
+        """Creates a session.
+
+        Args:
+            config: The session's configuration (a dict is accepted too).
+            **kwargs: ``SessionConfig`` fields, overriding those of ``config``:
+                ``create_session(session_id="user-123", model="gpt-5")``.
+
+        Raises:
+            TypeError: For a keyword that is not a ``SessionConfig`` field.
+            SessionExistsError: The id is taken.
+            InvalidArgumentError: The id or another field is invalid.
+        """
+        unknown = set(kwargs) - _CONFIG_FIELDS
+        if unknown:
+            raise TypeError(f"create_session() got unexpected keyword arguments: {sorted(unknown)}")
+        if config is None:
+            config = SessionConfig()
+        elif isinstance(config, Mapping):
+            config = SessionConfig(**config)
+        config = replace(config, **kwargs)
+        request = copilot_pb2.CreateSessionRequest(config=config.to_proto())
+        stub = await self._stub()
+        response = await self._transport.call(stub.CreateSession, request)
+        return self._track(SessionMetadata.from_proto(response.session))
+
+    async def resume_session(
+        self, session_id: str, config: SessionConfig | Mapping[str, Any] | None = None
+    ) -> CopilotSession:
+        """Resumes an existing session (recorded as a ``session.resume`` event).
+
+        Args:
+            session_id: The session's id.
+            config: Accepted for Copilot SDK compatibility; the session keeps
+                the model and system message it was created with.
+
+        Raises:
+            SessionNotFoundError: No session has this id.
+        """
+        request = copilot_pb2.ResumeSessionRequest(
+            session_id=session_id, tail_events=RESUME_TAIL_EVENTS
+        )
+        stub = await self._stub()
+        response = await self._transport.call(stub.ResumeSession, request)
+        metadata = SessionMetadata.from_proto(response.session)
+        if response.tail and response.tail[-1].sequence > metadata.last_sequence:
+            metadata = replace(metadata, last_sequence=response.tail[-1].sequence)
+        return self._track(metadata)
+
+    def _track(self, metadata: SessionMetadata) -> CopilotSession:
+        session = CopilotSession(self._transport, metadata, on_destroy=self._sessions.discard)
+        self._sessions.add(session)
+        return session
+
+    async def list_sessions_page(
+        self, *, page_size: int = 50, page_token: str | None = ""
+    ) -> SessionListPage:
+        """One page of sessions, most recently active first.
+
+        Args:
+            page_size: Sessions per page (at most 1000).
+            page_token: ``next_page_token`` of the previous page; empty for the first.
+        """
+        request = copilot_pb2.ListSessionsRequest(page_size=page_size, page_token=page_token or "")
+        stub = await self._stub()
+        response = await self._transport.call(stub.ListSessions, request)
+        return SessionListPage(
+            sessions=[SessionMetadata.from_proto(s) for s in response.sessions],
+            next_page_token=response.next_page_token or None,
+        )
+
+    async def list_sessions(self, *, limit: int | None = None) -> list[SessionMetadata]:
+        """Sessions, most recently active first, read page by page.
+
+        Args:
+            limit: At most this many; ``None`` for all.
+        """
+        sessions: list[SessionMetadata] = []
+        token: str | None = ""
+        while limit is None or len(sessions) < limit:
+            size = MAX_PAGE_SIZE if limit is None else min(MAX_PAGE_SIZE, limit - len(sessions))
+            page = await self.list_sessions_page(page_size=size, page_token=token)
+            sessions.extend(page.sessions)
+            token = page.next_page_token
+            if not token or not page.sessions:
+                break
+        return sessions if limit is None else sessions[:limit]
+
+    async def get_session_metadata(self, session_id: str) -> SessionMetadata | None:
+        """A session's metadata, or ``None`` when there is no such session."""
+        request = copilot_pb2.GetSessionRequest(session_id=session_id)
+        stub = await self._stub()
+        try:
+            response = await self._transport.call(stub.GetSession, request)
+        except SessionNotFoundError:
+            return None
+        return SessionMetadata.from_proto(response.session)
+
+    async def delete_session(self, session_id: str) -> None:
+        """Deletes a session and all its events, for good.
+
+        Raises:
+            SessionNotFoundError: No session has this id.
+        """
+        request = copilot_pb2.DeleteSessionRequest(session_id=session_id)
+        stub = await self._stub()
+        await self._transport.call(stub.DeleteSession, request)
+
+    async def get_last_session_id(self) -> str | None:
+        """The id of the most recently active session, or ``None`` if there is none."""
+        page = await self.list_sessions_page(page_size=1)
+        return page.sessions[0].session_id if page.sessions else None

@@ -1,0 +1,206 @@
+"""Exceptions raised by the client, and the one place gRPC errors become them.
+
+The tree::
+
+    CopilotError
+    ├── RPCError                          (status, reason)
+    │   ├── SessionNotFoundError          NOT_FOUND
+    │   ├── SessionExistsError            ALREADY_EXISTS
+    │   ├── InvalidArgumentError          INVALID_ARGUMENT
+    │   ├── FailedPreconditionError       FAILED_PRECONDITION
+    │   │   ├── TurnInProgressError       reason TURN_IN_PROGRESS
+    │   │   └── SequenceConflictError     reason SEQUENCE_CONFLICT
+    │   ├── ResourceExhaustedError        RESOURCE_EXHAUSTED
+    │   └── DaemonUnavailableError        UNAVAILABLE, or the daemon cannot be reached
+    └── SessionFailedError                a turn reported ``session.error``
+
+Only :func:`map_rpc_error` looks at status codes; everything else in the
+package catches these classes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import grpc
+
+if TYPE_CHECKING:
+    from ._types import SessionEvent
+
+__all__ = [
+    "REASON_METADATA_KEY",
+    "CopilotError",
+    "DaemonUnavailableError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "RPCError",
+    "ResourceExhaustedError",
+    "SequenceConflictError",
+    "SessionExistsError",
+    "SessionFailedError",
+    "SessionNotFoundError",
+    "TurnInProgressError",
+    "map_rpc_error",
+]
+
+REASON_METADATA_KEY = "copilot-error-reason"
+
+START_HINT = "Start it with `copilotd serve` or `systemctl --user start copilotd`."
+
+
+class CopilotError(Exception):
+    """Base class of every error raised by ``copilot_client``."""
+
+
+class RPCError(CopilotError):
+    """A call to the daemon failed.
+
+    Attributes:
+        message: The daemon's human-readable explanation.
+        status: The gRPC status code.
+        reason: The ``ErrorReason`` name sent by the daemon (for example
+            ``"ERROR_REASON_TURN_IN_PROGRESS"``), or ``""`` when none was sent.
+    """
+
+    def __init__(self, message: str, *, status: grpc.StatusCode, reason: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, status={self.status.name}, "
+            f"reason={self.reason!r})"
+        )
+
+
+class SessionNotFoundError(RPCError):
+    """No session has this id (never created, or deleted)."""
+
+
+class SessionExistsError(RPCError):
+    """A session with this id already exists."""
+
+
+class InvalidArgumentError(RPCError):
+    """The daemon rejected an argument (session id, prompt, page token, ...)."""
+
+
+class FailedPreconditionError(RPCError):
+    """The session is not in a state that allows the call."""
+
+
+class TurnInProgressError(FailedPreconditionError):
+    """A turn is already running in this session; wait for it or abort it."""
+
+
+class SequenceConflictError(FailedPreconditionError):
+    """The session's log moved on since the sequence number the call expected."""
+
+
+class ResourceExhaustedError(RPCError):
+    """The daemon ran out of room, or this client fell behind an event stream."""
+
+
+class DaemonUnavailableError(RPCError):
+    """The daemon cannot be reached, is shutting down, or could not be started.
+
+    Attributes:
+        socket_path: The Unix socket the client tried.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        reason: str = "",
+        socket_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(message, status=status, reason=reason)
+        self.socket_path = os.fspath(socket_path) if socket_path is not None else None
+
+
+class SessionFailedError(CopilotError):
+    """A turn ended with a ``session.error`` event.
+
+    Attributes:
+        event: The ``session.error`` event; ``event.data.message`` and
+            ``event.data.error_type`` say what went wrong.
+    """
+
+    def __init__(self, event: SessionEvent) -> None:
+        data = event.data
+        kind = f" ({data.error_type})" if data.error_type else ""
+        super().__init__(f"the turn failed{kind}: {data.message or 'no detail given'}")
+        self.event = event
+
+
+_BY_REASON: dict[str, type[RPCError]] = {
+    "SESSION_NOT_FOUND": SessionNotFoundError,
+    "SESSION_EXISTS": SessionExistsError,
+    "INVALID_SESSION_ID": InvalidArgumentError,
+    "EMPTY_PROMPT": InvalidArgumentError,
+    "PROMPT_TOO_LARGE": InvalidArgumentError,
+    "INVALID_PAGE_TOKEN": InvalidArgumentError,
+    "INVALID_ARGUMENT": InvalidArgumentError,
+    "TURN_IN_PROGRESS": TurnInProgressError,
+    "SEQUENCE_CONFLICT": SequenceConflictError,
+    "STORE_FULL": ResourceExhaustedError,
+    "SUBSCRIBER_TOO_SLOW": ResourceExhaustedError,
+    "SHUTTING_DOWN": DaemonUnavailableError,
+    "INTERNAL": RPCError,
+}
+
+_BY_STATUS: dict[grpc.StatusCode, type[RPCError]] = {
+    grpc.StatusCode.NOT_FOUND: SessionNotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: SessionExistsError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: DaemonUnavailableError,
+}
+
+
+def _reason_of(error: grpc.aio.AioRpcError) -> str:
+    try:
+        metadata = error.trailing_metadata() or ()
+    except Exception:  # a client-side failure may carry no metadata at all
+        return ""
+    for key, value in metadata:
+        if key == REASON_METADATA_KEY:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
+def map_rpc_error(error: grpc.aio.AioRpcError, *, socket_path: str | os.PathLike[str]) -> RPCError:
+    """The most specific :class:`RPCError` for a failed call.
+
+    The daemon's reason (trailing metadata ``copilot-error-reason``) decides
+    first, then the status code. The daemon's message is kept as the text.
+
+    Args:
+        error: The failed call.
+        socket_path: The socket the call went to, named in connection errors.
+
+    Returns:
+        The exception to raise (the caller chains ``error`` to it).
+    """
+    status = error.code()
+    reason = _reason_of(error)
+    details = error.details() or status.name
+    short = reason.removeprefix("ERROR_REASON_")
+    cls = _BY_REASON.get(short) or _BY_STATUS.get(status, RPCError)
+    if cls is DaemonUnavailableError:
+        if short == "SHUTTING_DOWN":
+            message = f"copilotd at {os.fspath(socket_path)} is shutting down: {details}"
+        else:
+            message = (
+                f"copilotd is not reachable at {os.fspath(socket_path)} ({details}). {START_HINT}"
+            )
+        return DaemonUnavailableError(
+            message, status=status, reason=reason, socket_path=socket_path
+        )
+    return cls(details, status=status, reason=reason)

@@ -1,0 +1,398 @@
+"""A handle on one daemon-owned session: send, wait, watch, read history."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import aclosing
+from types import TracebackType
+from typing import Any, NamedTuple, Self
+
+from ._errors import (
+    CopilotError,
+    DaemonUnavailableError,
+    ResourceExhaustedError,
+    SessionFailedError,
+    SessionNotFoundError,
+)
+from ._transport import Transport
+from ._types import MessageOptions, SessionEvent, SessionEventType, SessionMetadata
+from .proto.v1 import copilot_pb2
+
+__all__ = ["CopilotSession", "EventHandler"]
+
+logger = logging.getLogger("copilot_client")
+
+EventHandler = Callable[[SessionEvent], Awaitable[None] | None]
+
+# Re-attaching the event stream after UNAVAILABLE: attempts and first delay.
+STREAM_RETRIES = 5
+STREAM_RETRY_DELAY = 0.2
+# After a turn's end, how long send_and_wait waits for the session.idle that
+# follows it (so that an immediate next send does not race the turn's end).
+IDLE_GRACE = 2.0
+# ListEvents page size for get_messages().
+EVENTS_PAGE_SIZE = 500
+
+
+class _Reattached:
+    """Queued to waiters when the stream re-attached (ephemeral events may be lost)."""
+
+
+class _Delivery(NamedTuple):
+    """An event for a waiter; ``replayed`` when it came from a catch-up."""
+
+    event: SessionEvent
+    replayed: bool
+
+
+_REATTACHED = _Reattached()
+_Item = _Delivery | BaseException | _Reattached
+
+
+class CopilotSession:
+    """A session held by the daemon, created or resumed by a ``CopilotClient``.
+
+    The data stays in the daemon: :meth:`destroy` only detaches this handle.
+    Use ``async with session:`` to detach automatically.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        metadata: SessionMetadata,
+        *,
+        on_destroy: Callable[[CopilotSession], None] | None = None,
+    ) -> None:
+        self._transport = transport
+        self._metadata = metadata
+        self._on_destroy = on_destroy
+        self._last_sequence = metadata.last_sequence
+        self._handlers: dict[object, EventHandler] = {}
+        self._waiters: set[asyncio.Queue[_Item]] = set()
+        self._stream_task: asyncio.Task[None] | None = None
+        self._live = asyncio.Event()
+        self._stream_error: CopilotError | None = None
+        self._destroyed = False
+        self._deleted: SessionNotFoundError | None = None
+
+    def __repr__(self) -> str:
+        return f"CopilotSession(session_id={self.session_id!r})"
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+        return self._metadata.session_id
+
+    @property
+    def metadata(self) -> SessionMetadata:
+        """The metadata as last received from the daemon."""
+        return self._metadata
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.destroy()
+
+    # -- calls ---------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._destroyed:
+            raise CopilotError(
+                f"session {self.session_id!r} was destroyed on this client; its data is "
+                f"kept: call client.resume_session({self.session_id!r}) to use it again"
+            )
+        if self._deleted is not None:
+            raise self._deleted
+
+    async def send(self, options: MessageOptions | str | Mapping[str, Any]) -> str:
+        """Sends a message; the turn then runs in the daemon.
+
+        Args:
+            options: The message, or just its prompt.
+
+        Returns:
+            The message id (the id of the persisted ``user.message`` event).
+
+        Raises:
+            TurnInProgressError: A turn is already running in this session.
+            InvalidArgumentError: The prompt is empty or too large.
+        """
+        self._check_usable()
+        message = MessageOptions.coerce(options)
+        request = copilot_pb2.SendMessageRequest(
+            session_id=self.session_id, prompt=message.prompt, source=message.source or ""
+        )
+        response = await self._transport.call(self._transport.stub.SendMessage, request)
+        return response.message_id
+
+    async def send_and_wait(
+        self,
+        options: MessageOptions | str | Mapping[str, Any],
+        timeout: float = 60.0,  # noqa: ASYNC109 (the Copilot SDK's signature)
+    ) -> SessionEvent | None:
+        """Sends a message and waits until its turn ends.
+
+        Args:
+            options: The message, or just its prompt.
+            timeout: Seconds to wait. The turn is NOT aborted on timeout.
+
+        Returns:
+            The turn's last ``assistant.message`` event, or ``None`` if it had none.
+
+        Raises:
+            TimeoutError: The turn did not end within ``timeout``.
+            SessionFailedError: The turn reported a ``session.error``.
+        """
+        self._check_usable()
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._waiters.add(queue)  # before sending: the turn's events may beat the reply
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(end):
+                await self._ensure_live()
+                message_id = await self.send(options)
+                answer, failure, replayed = await self._wait_turn_end(queue, message_id)
+            if not replayed:  # after a catch-up, the ephemeral session.idle is lost
+                await self._wait_idle(queue, max(0.0, min(IDLE_GRACE, end - loop.time())))
+        finally:
+            self._waiters.discard(queue)
+        if failure is not None:
+            raise SessionFailedError(failure)
+        return answer
+
+    async def _wait_turn_end(
+        self, queue: asyncio.Queue[_Item], message_id: str
+    ) -> tuple[SessionEvent | None, SessionEvent | None, bool]:
+        """The turn's last answer, its ``session.error`` if any, and whether
+        its end came from a catch-up."""
+        answer: SessionEvent | None = None
+        failure: SessionEvent | None = None
+        while True:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, _Reattached) or item.event.data.user_message_id != message_id:
+                continue
+            event = item.event
+            if event.type is SessionEventType.ASSISTANT_MESSAGE:
+                answer = event
+            elif event.type is SessionEventType.SESSION_ERROR:
+                failure = event
+            elif event.type is SessionEventType.ASSISTANT_TURN_END:
+                return answer, failure, item.replayed
+
+    @staticmethod
+    async def _wait_idle(queue: asyncio.Queue[_Item], grace: float) -> None:
+        """Waits briefly for the ``session.idle`` that follows a turn's end."""
+        try:
+            async with asyncio.timeout(grace):
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, BaseException | _Reattached):
+                        return
+                    event = item.event
+                    if event.type is SessionEventType.SESSION_IDLE or not event.ephemeral:
+                        return  # idle, or a later turn has begun
+        except TimeoutError:
+            return
+
+    async def abort(self, reason: str = "") -> bool:
+        """Aborts the running turn, whoever started it.
+
+        Returns:
+            False when no turn was running.
+        """
+        self._check_usable()
+        request = copilot_pb2.AbortTurnRequest(session_id=self.session_id, reason=reason)
+        response = await self._transport.call(self._transport.stub.AbortTurn, request)
+        return response.aborted
+
+    async def get_messages(
+        self, *, after_sequence: int = 0, limit: int | None = None
+    ) -> list[SessionEvent]:
+        """The persisted events, oldest first, read page by page.
+
+        Args:
+            after_sequence: Only events with a greater sequence number.
+            limit: At most this many events; ``None`` for all.
+        """
+        self._check_usable()
+        events: list[SessionEvent] = []
+        cursor = after_sequence
+        while limit is None or len(events) < limit:
+            wanted = EVENTS_PAGE_SIZE if limit is None else limit - len(events)
+            page_size = min(EVENTS_PAGE_SIZE, wanted)
+            request = copilot_pb2.ListEventsRequest(
+                session_id=self.session_id,
+                cursor=cursor,
+                page_size=page_size,
+                order=copilot_pb2.EVENT_ORDER_OLDEST_FIRST,
+            )
+            response = await self._transport.call(self._transport.stub.ListEvents, request)
+            events.extend(SessionEvent.from_proto(event) for event in response.events)
+            if not response.next_cursor or not response.events:
+                break
+            cursor = response.next_cursor
+        return events if limit is None else events[:limit]
+
+    get_events = get_messages
+
+    # -- events --------------------------------------------------------------
+
+    def on(self, handler: EventHandler) -> Callable[[], None]:
+        """Calls ``handler`` with every new event of this session, in order.
+
+        Ephemeral events (deltas, ``session.idle``) are included. ``handler``
+        may be a plain function or a coroutine function (awaited in order).
+        An exception in a handler is logged and does not stop the others.
+        Must be called from the event loop: the first call starts this
+        session's event stream.
+
+        Returns:
+            A function that unsubscribes ``handler``.
+        """
+        self._check_usable()
+        token = object()
+        self._handlers[token] = handler
+        self._start_stream()
+
+        def unsubscribe() -> None:
+            self._handlers.pop(token, None)
+
+        return unsubscribe
+
+    def _start_stream(self) -> None:
+        if self._stream_task is None or self._stream_task.done():
+            self._stream_error = None
+            self._live.clear()
+            self._stream_task = asyncio.get_running_loop().create_task(
+                self._run_stream(), name=f"copilot-session-{self.session_id}"
+            )
+
+    async def _ensure_live(self) -> None:
+        """Starts the event stream if needed and waits until it is live."""
+        self._start_stream()
+        task = self._stream_task
+        assert task is not None
+        live = asyncio.ensure_future(self._live.wait())
+        try:
+            await asyncio.wait({live, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            live.cancel()
+        if not self._live.is_set():
+            self._check_usable()
+            raise self._stream_error or CopilotError("the event stream ended")
+
+    async def _run_stream(self) -> None:
+        failures = 0
+        while True:
+            try:
+                stream = self._transport.stream_events(self.session_id, self._last_sequence)
+                async with aclosing(stream):
+                    async for response in stream:
+                        failures = 0
+                        replayed = not self._live.is_set()
+                        for proto in response.events:
+                            await self._dispatch(SessionEvent.from_proto(proto), replayed)
+                        if response.live:
+                            self._live.set()
+                error: CopilotError = DaemonUnavailableError(
+                    "the event stream ended", socket_path=self._transport.socket_path
+                )
+            except SessionNotFoundError as exc:
+                self._deleted = exc
+                self._fail_waiters(exc)
+                return
+            except (DaemonUnavailableError, ResourceExhaustedError) as exc:
+                if isinstance(exc, ResourceExhaustedError) and not exc.reason.endswith(
+                    "SUBSCRIBER_TOO_SLOW"
+                ):
+                    self._stop_stream_with(exc)
+                    return
+                error = exc
+            except CopilotError as exc:
+                if not self._transport.is_open:
+                    return  # the client was stopped
+                self._stop_stream_with(exc)
+                return
+            except Exception as exc:
+                logger.exception("event stream of session %s failed", self.session_id)
+                self._stop_stream_with(CopilotError(f"the event stream failed: {exc!r}"))
+                return
+            if not self._transport.is_open:
+                return  # the client was stopped
+            failures += 1
+            if failures > STREAM_RETRIES:
+                self._stop_stream_with(error)
+                return
+            logger.debug("re-attaching to %s after %s", self.session_id, error)
+            self._live.clear()
+            for queue in self._waiters:
+                queue.put_nowait(_REATTACHED)
+            if failures > 1 or isinstance(error, DaemonUnavailableError):
+                await asyncio.sleep(STREAM_RETRY_DELAY * 2 ** (failures - 1))
+
+    def _stop_stream_with(self, error: CopilotError) -> None:
+        logger.warning("event stream of session %s stopped: %s", self.session_id, error)
+        self._stream_error = error
+        self._fail_waiters(error)
+
+    def _fail_waiters(self, error: BaseException) -> None:
+        for queue in self._waiters:
+            queue.put_nowait(error)
+
+    async def _dispatch(self, event: SessionEvent, replayed: bool) -> None:
+        if not event.ephemeral:
+            if event.sequence <= self._last_sequence:
+                return  # already seen before a re-attach
+            self._last_sequence = event.sequence
+        for queue in self._waiters:
+            queue.put_nowait(_Delivery(event, replayed))
+        for handler in list(self._handlers.values()):
+            try:
+                result = handler(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception(
+                    "event handler %r failed on %s (session %s)",
+                    handler,
+                    event.type_name,
+                    self.session_id,
+                )
+
+    # -- lifetime ------------------------------------------------------------
+
+    async def destroy(self) -> None:
+        """Stops this session's event stream and detaches; the data stays in the daemon.
+
+        Later calls on this object raise ``CopilotError``. Safe to call twice.
+        """
+        if self._destroyed:
+            return
+        self._destroyed = True
+        self._handlers.clear()
+        self._fail_waiters(CopilotError(f"session {self.session_id!r} was destroyed"))
+        task, self._stream_task = self._stream_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        if self._on_destroy is not None:
+            self._on_destroy(self)
+
+    disconnect = destroy

@@ -1,0 +1,318 @@
+"""Configuration, metadata and event types, and their conversion from protobuf."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from .proto.v1 import copilot_pb2, events_pb2
+
+__all__ = [
+    "EventData",
+    "MessageOptions",
+    "SessionConfig",
+    "SessionEvent",
+    "SessionEventType",
+    "SessionListPage",
+    "SessionMetadata",
+    "SystemMessageConfig",
+]
+
+SystemMessageMode = Literal["append", "replace"]
+
+_MODES: dict[str, copilot_pb2.SystemMessageMode.ValueType] = {
+    "append": copilot_pb2.SYSTEM_MESSAGE_MODE_APPEND,
+    "replace": copilot_pb2.SYSTEM_MESSAGE_MODE_REPLACE,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SystemMessageConfig:
+    """A system message and how it combines with the daemon's built-in one."""
+
+    content: str
+    """The text of the system message."""
+
+    mode: SystemMessageMode = "append"
+    """``"append"`` adds it after the built-in message; ``"replace"`` uses it alone."""
+
+    @classmethod
+    def coerce(cls, value: str | SystemMessageConfig | Mapping[str, Any]) -> SystemMessageConfig:
+        """A config from any accepted form: text (appended), a config, or a dict.
+
+        Raises:
+            ValueError: For a dict without ``content`` or with an unknown ``mode``.
+            TypeError: For any other type.
+        """
+        if isinstance(value, SystemMessageConfig):
+            config = value
+        elif isinstance(value, str):
+            config = cls(content=value)
+        elif isinstance(value, Mapping):
+            unknown = set(value) - {"content", "mode"}
+            if unknown:
+                raise ValueError(f"unknown system_message keys: {sorted(unknown)}")
+            if "content" not in value:
+                raise ValueError('system_message dict needs a "content" key')
+            config = cls(content=str(value["content"]), mode=value.get("mode") or "append")
+        else:
+            raise TypeError(
+                f"system_message must be a str, SystemMessageConfig or dict, not {type(value)}"
+            )
+        if config.mode not in _MODES:
+            raise ValueError(
+                f'system_message mode must be "append" or "replace", not {config.mode!r}'
+            )
+        return config
+
+    def to_proto(self) -> copilot_pb2.SystemMessage:
+        """The wire form."""
+        return copilot_pb2.SystemMessage(content=self.content, mode=_MODES[self.mode])
+
+
+@dataclass(kw_only=True)
+class SessionConfig:
+    """What a session is created with. Every field is optional."""
+
+    session_id: str | None = None
+    """The session's id (1-128 characters from ``[A-Za-z0-9._:@-]``, starting
+    with a letter or digit); ``None`` lets the daemon generate a UUID."""
+
+    model: str | None = None
+    """The model to answer with; ``None`` for the daemon's default."""
+
+    system_message: str | SystemMessageConfig | Mapping[str, Any] | None = None
+    """Extra instructions: text (appended to the built-in system message), a
+    :class:`SystemMessageConfig`, or a dict ``{"content": ..., "mode":
+    "append" | "replace"}`` as in the Copilot SDK."""
+
+    streaming: bool = True
+    """Accepted for Copilot SDK compatibility: deltas are always streamed."""
+
+    def to_proto(self) -> copilot_pb2.SessionConfig:
+        """The wire form.
+
+        Raises:
+            ValueError: When ``system_message`` is malformed.
+        """
+        proto = copilot_pb2.SessionConfig(session_id=self.session_id or "", model=self.model or "")
+        if self.system_message is not None:
+            proto.system_message.CopyFrom(
+                SystemMessageConfig.coerce(self.system_message).to_proto()
+            )
+        return proto
+
+
+@dataclass
+class MessageOptions:
+    """A message to send: ``MessageOptions("hi")`` or ``MessageOptions(prompt="hi")``."""
+
+    prompt: str
+    """The text to send (may be passed positionally)."""
+
+    _: KW_ONLY
+
+    source: str | None = None
+    """A free-form tag of the sender (client name, process), stored with the message."""
+
+    @classmethod
+    def coerce(cls, value: MessageOptions | str | Mapping[str, Any]) -> MessageOptions:
+        """Options from a :class:`MessageOptions`, a prompt, or a dict like the SDK's."""
+        if isinstance(value, MessageOptions):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, Mapping):
+            return cls(str(value["prompt"]), source=value.get("source"))
+        raise TypeError(f"expected MessageOptions or str, not {type(value).__name__}")
+
+
+def _datetime(stamp: Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionMetadata:
+    """What the daemon knows about a session without reading its events."""
+
+    session_id: str
+    """The session's id."""
+
+    start_time: datetime
+    """When it was created (aware, UTC)."""
+
+    modified_time: datetime
+    """When its last event was persisted (aware, UTC)."""
+
+    summary: str | None
+    """Its first prompt, shortened; ``None`` before any message."""
+
+    model: str | None
+    """The model it answers with; ``None`` when not recorded."""
+
+    message_count: int
+    """Number of ``user.message`` and ``assistant.message`` events."""
+
+    last_sequence: int
+    """Sequence number of its last persisted event."""
+
+    turn_running: bool
+    """Whether a turn was running when this was read."""
+
+    @classmethod
+    def from_proto(cls, proto: copilot_pb2.SessionMetadata) -> SessionMetadata:
+        """Converts the wire form."""
+        return cls(
+            session_id=proto.session_id,
+            start_time=_datetime(proto.start_time),
+            modified_time=_datetime(proto.modified_time),
+            summary=proto.summary or None,
+            model=proto.model or None,
+            message_count=proto.message_count,
+            last_sequence=proto.last_sequence,
+            turn_running=proto.turn_running,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionListPage:
+    """One page of :meth:`CopilotClient.list_sessions_page`."""
+
+    sessions: list[SessionMetadata]
+    """Sessions, most recently active first."""
+
+    next_page_token: str | None
+    """Token for the next page; ``None`` on the last page."""
+
+
+class SessionEventType(enum.StrEnum):
+    """Event type names, as in the Copilot SDK. Names this client does not
+    know become :attr:`UNKNOWN` (the raw name stays in ``SessionEvent.type_name``)."""
+
+    SESSION_START = "session.start"
+    SESSION_RESUME = "session.resume"
+    USER_MESSAGE = "user.message"
+    ASSISTANT_TURN_START = "assistant.turn_start"
+    ASSISTANT_MESSAGE = "assistant.message"
+    ASSISTANT_MESSAGE_DELTA = "assistant.message_delta"
+    ASSISTANT_TURN_END = "assistant.turn_end"
+    SESSION_IDLE = "session.idle"
+    SESSION_ERROR = "session.error"
+    ABORT = "abort"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def _missing_(cls, value: object) -> SessionEventType:
+        return cls.UNKNOWN
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventData:
+    """An event's payload. Fields an event type does not have are ``None``."""
+
+    content: str | None = None
+    """Text of a ``user.message`` or ``assistant.message``."""
+    message_id: str | None = None
+    """Id of the assistant message (``assistant.message``, deltas)."""
+    delta_content: str | None = None
+    """A streamed piece of text (``assistant.message_delta``)."""
+    turn_id: str | None = None
+    """The turn an event belongs to."""
+    user_message_id: str | None = None
+    """Id of the ``user.message`` the turn answers."""
+    partial: bool | None = None
+    """``assistant.message``: the text was cut short by an abort or failure."""
+    model: str | None = None
+    """The model (``session.start``, ``assistant.message``)."""
+    reason: str | None = None
+    """``assistant.turn_end``: ``"completed"``, ``"aborted"``, ``"error"`` or
+    ``"interrupted"``; ``abort``: the free-text reason given."""
+    message: str | None = None
+    """Human-readable detail (``session.error``, ``assistant.turn_end``)."""
+    error_type: str | None = None
+    """``session.error``: category such as ``"provider"`` or ``"internal"``."""
+    session_id: str | None = None
+    """``session.start``: the session's id."""
+    event_count: int | None = None
+    """``session.resume``: number of persisted events before it."""
+    already_in_use: bool | None = None
+    """``session.resume``: another client held the session at the time."""
+    turn_running: bool | None = None
+    """``session.resume``: a turn was running at the time."""
+    source: str | None = None
+    """``user.message``: free-form tag of the sender."""
+    producer_version: str | None = None
+    """``session.start``: version of copilotd that created the session."""
+
+
+# Text bodies keep "" (an answer can be empty); other empty strings mean "unset".
+_TEXT_FIELDS = frozenset({"content", "delta_content"})
+_SCALAR_FIELDS = frozenset(EventData.__dataclass_fields__)
+
+
+def _event_data(proto: events_pb2.SessionEvent) -> EventData:
+    member = proto.WhichOneof("data")
+    if member is None:
+        return EventData()
+    payload = getattr(proto, member)
+    values: dict[str, Any] = {}
+    for descriptor in payload.DESCRIPTOR.fields:
+        name = descriptor.name
+        if name not in _SCALAR_FIELDS:
+            continue
+        value = getattr(payload, name)
+        if isinstance(value, str) and not value and name not in _TEXT_FIELDS:
+            value = None
+        values[name] = value
+    if member == "assistant_turn_end":
+        values["reason"] = (
+            events_pb2.TurnEndReason.Name(payload.reason).removeprefix("TURN_END_REASON_").lower()
+            if payload.reason in events_pb2.TurnEndReason.values()
+            else str(payload.reason)
+        )
+    return EventData(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionEvent:
+    """One event of a session's log, or a live-only (ephemeral) one."""
+
+    id: str
+    """Unique id (for a ``user.message``: the message id ``send()`` returned)."""
+    type: SessionEventType
+    """The kind of event; :attr:`SessionEventType.UNKNOWN` for new kinds."""
+    type_name: str
+    """The raw type name from the wire, kept for unknown kinds."""
+    sequence: int
+    """Session-local sequence number; for ephemeral events that of the last
+    persisted event."""
+    timestamp: datetime
+    """When the event happened (aware, UTC)."""
+    parent_id: str | None
+    """Id of the previous persisted event; ``None`` for the first."""
+    ephemeral: bool
+    """True for live-only events that are never stored."""
+    data: EventData
+    """The payload."""
+    proto: events_pb2.SessionEvent = field(repr=False, compare=False)
+    """The event as received."""
+
+    @classmethod
+    def from_proto(cls, proto: events_pb2.SessionEvent) -> SessionEvent:
+        """Converts the wire form; never fails on unknown types or payloads."""
+        return cls(
+            id=proto.id,
+            type=SessionEventType(proto.type),
+            type_name=proto.type,
+            sequence=proto.sequence,
+            timestamp=_datetime(proto.timestamp),
+            parent_id=proto.parent_id or None,
+            ephemeral=proto.ephemeral,
+            data=_event_data(proto),
+            proto=proto,
+        )
