@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 
 from copilot_client.proto.v1 import copilot_pb2
@@ -319,7 +319,7 @@ class SessionService:
 
     async def stream_events(
         self, session_id: str, after_sequence: int
-    ) -> AsyncIterator[tuple[list[SessionEvent], bool]]:
+    ) -> AsyncGenerator[tuple[list[SessionEvent], bool]]:
         """Persisted events after the cursor, then live ones, as ``(batch, live)`` pairs.
 
         The subscription is registered before the store is read, so nothing

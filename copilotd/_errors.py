@@ -18,7 +18,7 @@ REASON_METADATA_KEY = "copilot-error-reason"
 
 class ServiceError(Exception):
     status: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    reason: int = Reason.ERROR_REASON_INTERNAL
+    reason: Reason.ValueType = Reason.ERROR_REASON_INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -51,7 +51,9 @@ class InvalidArgumentError(ServiceError):
     status = grpc.StatusCode.INVALID_ARGUMENT
     reason = Reason.ERROR_REASON_INVALID_ARGUMENT
 
-    def __init__(self, message: str, reason: int = Reason.ERROR_REASON_INVALID_ARGUMENT) -> None:
+    def __init__(
+        self, message: str, reason: Reason.ValueType = Reason.ERROR_REASON_INVALID_ARGUMENT
+    ) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -92,5 +94,5 @@ class ShuttingDownError(ServiceError):
 
 def grpc_status_for(error: ServiceError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str]]]:
     """Status code, message and trailing metadata that represent ``error`` on the wire."""
-    reason_name = Reason.Name(error.reason)  # type: ignore[arg-type]
+    reason_name = Reason.Name(error.reason)
     return error.status, error.message, ((REASON_METADATA_KEY, reason_name),)

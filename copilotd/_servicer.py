@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -20,12 +21,13 @@ from copilotd._errors import ServiceError, grpc_status_for
 from copilotd._events import now_timestamp
 
 log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
 
 INTERNAL_MESSAGE = "internal error in copilotd; the daemon log has the details"
 
 
 @contextlib.asynccontextmanager
-async def _translate_errors(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+async def _translate_errors(context: Context, method: str) -> AsyncIterator[None]:
     try:
         yield
     except ServiceError as error:
@@ -43,27 +45,25 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
     def __init__(self, service: SessionService) -> None:
         self._service = service
 
-    async def Ping(
-        self, request: pb.PingRequest, context: grpc.aio.ServicerContext
-    ) -> pb.PingResponse:
+    async def Ping(self, request: pb.PingRequest, context: Context) -> pb.PingResponse:
         return pb.PingResponse(version=self._service.version, server_time=now_timestamp())
 
     async def CreateSession(
-        self, request: pb.CreateSessionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CreateSessionRequest, context: Context
     ) -> pb.CreateSessionResponse:
         async with _translate_errors(context, "CreateSession"):
             metadata = await self._service.create_session(request.config)
         return pb.CreateSessionResponse(session=metadata)
 
     async def GetSession(
-        self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetSessionRequest, context: Context
     ) -> pb.GetSessionResponse:
         async with _translate_errors(context, "GetSession"):
             metadata = self._service.get_session(request.session_id)
         return pb.GetSessionResponse(session=metadata)
 
     async def ResumeSession(
-        self, request: pb.ResumeSessionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ResumeSessionRequest, context: Context
     ) -> pb.ResumeSessionResponse:
         async with _translate_errors(context, "ResumeSession"):
             metadata, tail = await self._service.resume_session(
@@ -72,21 +72,21 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         return pb.ResumeSessionResponse(session=metadata, tail=tail)
 
     async def ListSessions(
-        self, request: pb.ListSessionsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListSessionsRequest, context: Context
     ) -> pb.ListSessionsResponse:
         async with _translate_errors(context, "ListSessions"):
             sessions, token = self._service.list_sessions(request.page_size, request.page_token)
         return pb.ListSessionsResponse(sessions=sessions, next_page_token=token)
 
     async def DeleteSession(
-        self, request: pb.DeleteSessionRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DeleteSessionRequest, context: Context
     ) -> pb.DeleteSessionResponse:
         async with _translate_errors(context, "DeleteSession"):
             await self._service.delete_session(request.session_id)
         return pb.DeleteSessionResponse()
 
     async def SendMessage(
-        self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext
+        self, request: pb.SendMessageRequest, context: Context
     ) -> pb.SendMessageResponse:
         async with _translate_errors(context, "SendMessage"):
             event = await self._service.send_message(
@@ -95,14 +95,14 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         return pb.SendMessageResponse(message_id=event.id, sequence=event.sequence)
 
     async def AbortTurn(
-        self, request: pb.AbortTurnRequest, context: grpc.aio.ServicerContext
+        self, request: pb.AbortTurnRequest, context: Context
     ) -> pb.AbortTurnResponse:
         async with _translate_errors(context, "AbortTurn"):
             aborted = await self._service.abort_turn(request.session_id, request.reason)
         return pb.AbortTurnResponse(aborted=aborted)
 
     async def ListEvents(
-        self, request: pb.ListEventsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListEventsRequest, context: Context
     ) -> pb.ListEventsResponse:
         async with _translate_errors(context, "ListEvents"):
             events, cursor = self._service.list_events(
@@ -114,7 +114,7 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         return pb.ListEventsResponse(events=events, next_cursor=cursor)
 
     async def StreamEvents(
-        self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.StreamEventsRequest, context: Context
     ) -> AsyncIterator[pb.StreamEventsResponse]:
         async with _translate_errors(context, "StreamEvents"):
             stream = self._service.stream_events(request.session_id, request.after_sequence)
