@@ -5,6 +5,11 @@ it in a new session and exits at once: the daemon is reparented, outlives the
 client, and is never a child this process must reap. Several clients may race
 to start it; the daemon holds a lock, so exactly one survives and every client
 just waits for the socket to serve.
+
+While waiting, the client watches the daemon it launched. If that daemon exits
+without serving, the client looks at the daemon's lock files: when they name
+another live daemon (this one lost the race), it watches that one instead;
+otherwise no daemon is coming, and it fails at once with the log's last lines.
 """
 
 from __future__ import annotations
@@ -15,24 +20,34 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import DaemonUnavailableError
 from ._transport import Transport
 from .proto.v1 import copilot_pb2
 
-__all__ = ["LOG_NAME", "find_daemon_command", "launch_daemon", "wait_until_serving"]
+__all__ = [
+    "LOG_NAME",
+    "LaunchedDaemon",
+    "find_daemon_command",
+    "launch_daemon",
+    "wait_until_serving",
+]
 
 LOG_NAME = "copilotd.log"
+# The daemon's single-instance locks hold the holder's pid: this one in the
+# data dir, and "<socket>.lock" next to the socket.
+LOCK_NAME = "copilotd.lock"
 LOG_TAIL_LINES = 20
 PING_TIMEOUT = 5.0
 
-# argv: log path, then the daemon command. Prints nothing; exits 0 once the
-# daemon is spawned, or 1 (traceback on stderr) when it cannot be spawned.
+# argv: log path, then the daemon command. Prints the daemon's pid and exits 0
+# once it is spawned, or exits 1 (traceback on stderr) when it cannot be.
 _LAUNCHER = """\
 import subprocess, sys
 with open(sys.argv[1], "ab", buffering=0) as log:
-    subprocess.Popen(
+    daemon = subprocess.Popen(
         sys.argv[2:],
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -40,7 +55,17 @@ with open(sys.argv[1], "ab", buffering=0) as log:
         start_new_session=True,
         close_fds=True,
     )
+print(daemon.pid)
 """
+
+
+@dataclass(frozen=True)
+class LaunchedDaemon:
+    """A daemon this client launched: its pid, its log, and its lock files."""
+
+    pid: int
+    log_path: Path
+    lock_paths: tuple[Path, ...]
 
 
 def find_daemon_command(
@@ -78,11 +103,11 @@ def find_daemon_command(
 
 async def launch_daemon(
     command: Sequence[str], env: dict[str, str], *, socket_path: Path, data_dir: Path
-) -> Path:
+) -> LaunchedDaemon:
     """Starts ``<command> serve --socket S --data-dir D`` fully detached.
 
     Returns:
-        The log file that receives the daemon's output.
+        The daemon's pid, the log file that receives its output, and its lock files.
 
     Raises:
         DaemonUnavailableError: When the command cannot be spawned.
@@ -97,19 +122,20 @@ async def launch_daemon(
         str(log_path),
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
-    _, stderr = await launcher.communicate()
-    if launcher.returncode != 0:
+    stdout, stderr = await launcher.communicate()
+    if launcher.returncode != 0 or not stdout.strip().isdigit():
         lines = stderr.decode(errors="replace").strip().splitlines()
         raise DaemonUnavailableError(
             f"copilotd is not reachable at {socket_path} and auto-start failed: could not "
             f"run {' '.join(argv)!r}: {lines[-1] if lines else 'no detail'}",
             socket_path=socket_path,
         )
-    return log_path
+    lock_paths = (data_dir / LOCK_NAME, socket_path.with_name(socket_path.name + ".lock"))
+    return LaunchedDaemon(int(stdout), log_path, lock_paths)
 
 
 def log_tail(log_path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -133,20 +159,103 @@ async def ping(transport: Transport) -> str:
     return response.version
 
 
-async def wait_until_serving(transport: Transport, *, start_timeout: float, log_path: Path) -> str:
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: trust kill()
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def live_lock_holder(daemon: LaunchedDaemon) -> int | None:
+    """The pid of another live daemon holding one of ``daemon``'s locks, if any."""
+    for path in daemon.lock_paths:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) != daemon.pid and _alive(int(text)):
+            return int(text)
+    return None
+
+
+async def wait_exit(pid: int) -> None:
+    """Returns once process ``pid`` (not necessarily a child) has exited.
+
+    Never returns where pidfd_open is missing (not Linux, or an old kernel):
+    there only the start timeout applies.
+    """
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):
+        await exited
+        return
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, on_exit)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def _ready_or_exit(transport: Transport, pid: int) -> bool:
+    """Waits until the channel is ready (True) or process ``pid`` exits (False)."""
+    ready = asyncio.ensure_future(transport.channel.channel_ready())
+    exited = asyncio.ensure_future(wait_exit(pid))
+    try:
+        done, _ = await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ready.cancel()
+        exited.cancel()
+        await asyncio.gather(ready, exited, return_exceptions=True)
+    return ready in done
+
+
+async def wait_until_serving(
+    transport: Transport, *, start_timeout: float, daemon: LaunchedDaemon
+) -> str:
     """Waits until the channel is ready and Ping answers.
 
     Returns:
         The daemon's version.
 
     Raises:
-        DaemonUnavailableError: After ``start_timeout`` seconds, naming the socket,
-            the log and its last lines.
+        DaemonUnavailableError: As soon as the launched daemon exited and no
+            other daemon holds its locks, or after ``start_timeout`` seconds;
+            naming the socket, the log and its last lines.
     """
+    watched = daemon.pid
     try:
         async with asyncio.timeout(start_timeout):
             while True:
-                await transport.channel.channel_ready()
+                if not await _ready_or_exit(transport, watched):
+                    # A daemon that lost the race exits: wait for the winner.
+                    holder = live_lock_holder(daemon)
+                    if holder is None:
+                        raise DaemonUnavailableError(
+                            f"copilotd was auto-started but exited without serving "
+                            f"{transport.socket_path}. Its log is {daemon.log_path}; last "
+                            f"lines:\n{log_tail(daemon.log_path)}",
+                            socket_path=transport.socket_path,
+                        )
+                    watched = holder
+                    continue
                 try:
                     return await ping(transport)
                 except DaemonUnavailableError:
@@ -156,6 +265,7 @@ async def wait_until_serving(transport: Transport, *, start_timeout: float, log_
     except TimeoutError:
         raise DaemonUnavailableError(
             f"copilotd was auto-started but did not serve {transport.socket_path} within "
-            f"{start_timeout:g} s. Its log is {log_path}; last lines:\n{log_tail(log_path)}",
+            f"{start_timeout:g} s. Its log is {daemon.log_path}; last lines:\n"
+            f"{log_tail(daemon.log_path)}",
             socket_path=transport.socket_path,
         ) from None

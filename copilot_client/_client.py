@@ -115,11 +115,11 @@ class CopilotClient:
         command, env = _autostart.find_daemon_command(
             self._daemon_command, socket_path=self._socket_path
         )
-        log_path = await _autostart.launch_daemon(
+        daemon = await _autostart.launch_daemon(
             command, env, socket_path=self._socket_path, data_dir=self._data_dir
         )
         return await _autostart.wait_until_serving(
-            self._transport, start_timeout=self._start_timeout, log_path=log_path
+            self._transport, start_timeout=self._start_timeout, daemon=daemon
         )
 
     async def stop(self) -> None:

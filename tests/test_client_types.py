@@ -1,21 +1,16 @@
-"""copilot_client without copilotd: types, error mapping, sessions, auto-start.
+"""copilot_client without copilotd: event and config conversion, error mapping,
+and what the client decides on its own (an unserved socket, a too-long path).
 
-Servers here are in-process ``grpc.aio`` servers on temporary Unix sockets
-(a generic handler, or a small fake of the CopilotService), and tiny fake
-daemon scripts for auto-start.
+Sessions, turns, events and auto-start against the real daemon are in
+``test_client_session.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
 import shutil
-import sys
 import tempfile
-import textwrap
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +20,6 @@ import pytest
 
 from copilot_client import (
     CopilotClient,
-    CopilotError,
     DaemonUnavailableError,
     EventData,
     FailedPreconditionError,
@@ -38,15 +32,13 @@ from copilot_client import (
     SessionEvent,
     SessionEventType,
     SessionExistsError,
-    SessionFailedError,
     SessionMetadata,
     SessionNotFoundError,
     SystemMessageConfig,
     TurnInProgressError,
 )
-from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc, events_pb2
-
-ROOT = Path(__file__).resolve().parent.parent
+from copilot_client._errors import REASON_METADATA_KEY, map_rpc_error
+from copilot_client.proto.v1 import copilot_pb2, events_pb2
 
 # -- helpers -----------------------------------------------------------------
 
@@ -233,51 +225,14 @@ def test_metadata_from_proto() -> None:
     assert metadata.turn_running is True
 
 
-# -- error mapping through a real grpc.aio server ----------------------------
-
-SERVICE = "copilot.v1.CopilotService"
+# -- error mapping ------------------------------------------------------------
 
 
-def _generic_handler() -> grpc.GenericRpcHandler:
-    """Ping answers; DeleteSession aborts with the status and reason named in
-    its session id ("STATUS" or "STATUS/REASON")."""
-
-    async def ping(request: copilot_pb2.PingRequest, context: Any) -> copilot_pb2.PingResponse:
-        return copilot_pb2.PingResponse(version="fake-0")
-
-    async def delete(request: copilot_pb2.DeleteSessionRequest, context: Any) -> Any:
-        status, _, reason = request.session_id.partition("/")
-        if reason:
-            context.set_trailing_metadata((("copilot-error-reason", reason),))
-        await context.abort(grpc.StatusCode[status], f"details for {request.session_id}")
-
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "Ping": grpc.unary_unary_rpc_method_handler(
-                ping,
-                request_deserializer=copilot_pb2.PingRequest.FromString,
-                response_serializer=copilot_pb2.PingResponse.SerializeToString,
-            ),
-            "DeleteSession": grpc.unary_unary_rpc_method_handler(
-                delete,
-                request_deserializer=copilot_pb2.DeleteSessionRequest.FromString,
-                response_serializer=copilot_pb2.DeleteSessionResponse.SerializeToString,
-            ),
-        },
-    )
-
-
-@pytest.fixture
-async def aborting_client(sock_dir: Path) -> AsyncIterator[CopilotClient]:
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((_generic_handler(),))
-    socket = sock_dir / "s.sock"
-    server.add_insecure_port(f"unix:{socket}")
-    await server.start()
-    async with CopilotClient(socket_path=socket, auto_start=False) as client:
-        yield client
-    await server.stop(None)
+def rpc_error(code: str, details: str | None) -> grpc.aio.AioRpcError:
+    """A failed call as grpc.aio raises it: ``code`` is "STATUS" or "STATUS/REASON"."""
+    status, _, reason = code.partition("/")
+    trailing = grpc.aio.Metadata((REASON_METADATA_KEY, reason)) if reason else grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(grpc.StatusCode[status], grpc.aio.Metadata(), trailing, details)
 
 
 @pytest.mark.parametrize(
@@ -292,21 +247,50 @@ async def aborting_client(sock_dir: Path) -> AsyncIterator[CopilotClient]:
         ("FAILED_PRECONDITION/ERROR_REASON_SEQUENCE_CONFLICT", SequenceConflictError),
         ("FAILED_PRECONDITION", FailedPreconditionError),
         ("RESOURCE_EXHAUSTED/ERROR_REASON_STORE_FULL", ResourceExhaustedError),
+        ("RESOURCE_EXHAUSTED/ERROR_REASON_SUBSCRIBER_TOO_SLOW", ResourceExhaustedError),
         ("UNAVAILABLE/ERROR_REASON_SHUTTING_DOWN", DaemonUnavailableError),
+        ("UNAVAILABLE", DaemonUnavailableError),
         ("INTERNAL/ERROR_REASON_INTERNAL", RPCError),
         ("PERMISSION_DENIED", RPCError),
     ],
 )
-async def test_status_and_reason_map_to_exceptions(
-    aborting_client: CopilotClient, code: str, expected: type[RPCError]
-) -> None:
-    with pytest.raises(expected) as caught:
-        await aborting_client.delete_session(code)
-    error = caught.value
+def test_status_and_reason_map_to_exceptions(code: str, expected: type[RPCError]) -> None:
+    error = map_rpc_error(rpc_error(code, f"details for {code}"), socket_path="/run/x.sock")
     assert type(error) is expected
     assert error.status is grpc.StatusCode[code.partition("/")[0]]
     assert error.reason == code.partition("/")[2]
     assert f"details for {code}" in str(error)
+    if expected is DaemonUnavailableError:
+        assert isinstance(error, DaemonUnavailableError)
+        assert error.socket_path == "/run/x.sock"
+        assert "/run/x.sock" in str(error)
+
+
+def test_the_reason_decides_before_the_status() -> None:
+    # A reason the status alone would not give: the reason wins.
+    error = map_rpc_error(
+        rpc_error("FAILED_PRECONDITION/ERROR_REASON_SESSION_NOT_FOUND", "gone"), socket_path="s"
+    )
+    assert type(error) is SessionNotFoundError
+    assert error.status is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_unavailable_messages() -> None:
+    down = map_rpc_error(rpc_error("UNAVAILABLE", "connect failed"), socket_path="/run/x.sock")
+    assert "not reachable at /run/x.sock (connect failed)" in str(down)
+    assert "copilotd serve" in str(down) and "systemctl --user start copilotd" in str(down)
+    leaving = map_rpc_error(
+        rpc_error("UNAVAILABLE/ERROR_REASON_SHUTTING_DOWN", "bye"), socket_path="/run/x.sock"
+    )
+    assert "/run/x.sock is shutting down: bye" in str(leaving)
+
+
+def test_error_without_details_or_metadata() -> None:
+    bare = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, None, None, None)
+    error = map_rpc_error(bare, socket_path="s")
+    assert type(error) is RPCError
+    assert error.reason == ""
+    assert error.message == "INTERNAL"
 
 
 async def test_unserved_socket_without_auto_start(sock_dir: Path) -> None:
@@ -325,473 +309,3 @@ async def test_unserved_socket_without_auto_start(sock_dir: Path) -> None:
 def test_socket_path_too_long() -> None:
     with pytest.raises(ValueError, match="107"):
         CopilotClient(socket_path="/tmp/" + "x" * 120)
-
-
-# -- sessions against a fake CopilotService ----------------------------------
-
-
-class FakeDaemon(copilot_pb2_grpc.CopilotServiceServicer):
-    """Just enough of copilotd: sessions, turns that echo, streams, paging.
-
-    Prompts steer turns: "fail" ends with session.error, "hang" never ends,
-    anything else is echoed back in two deltas. With ``events_before_reply``
-    the turn's events are published before SendMessage returns.
-    """
-
-    def __init__(self) -> None:
-        self.events: dict[str, list[events_pb2.SessionEvent]] = {}
-        self.subscribers: dict[str, set[asyncio.Queue[Any]]] = {}
-        self.running: dict[str, bool] = {}
-        self.events_before_reply = False
-        self.aborts: list[str] = []
-        self.stream_calls: list[int] = []
-
-    def _metadata(self, session_id: str) -> copilot_pb2.SessionMetadata:
-        events = self.events[session_id]
-        return copilot_pb2.SessionMetadata(
-            session_id=session_id,
-            start_time=events[0].timestamp,
-            modified_time=events[-1].timestamp,
-            last_sequence=events[-1].sequence,
-            turn_running=self.running.get(session_id, False),
-        )
-
-    def publish(self, target: str, event_type: str, **payload: Any) -> events_pb2.SessionEvent:
-        log = self.events[target]
-        event = make_event(event_type, log[-1].sequence if log else 0, **payload)
-        if not event.ephemeral:
-            event.sequence += 1
-            event.parent_id = log[-1].id if log else ""
-            log.append(event)
-        for queue in self.subscribers.get(target, ()):
-            queue.put_nowait([event])
-        return event
-
-    def kick(self, session_id: str, status: grpc.StatusCode, reason: str) -> None:
-        for queue in self.subscribers.get(session_id, ()):
-            queue.put_nowait((status, reason))
-
-    async def _abort(self, context: Any, status: grpc.StatusCode, reason: str, text: str) -> None:
-        context.set_trailing_metadata((("copilot-error-reason", f"ERROR_REASON_{reason}"),))
-        await context.abort(status, text)
-
-    async def _check(self, session_id: str, context: Any) -> None:
-        if session_id not in self.events:
-            await self._abort(
-                context, grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", "no such session"
-            )
-
-    async def Ping(self, request: Any, context: Any) -> copilot_pb2.PingResponse:
-        return copilot_pb2.PingResponse(version="fake-1")
-
-    async def CreateSession(self, request: Any, context: Any) -> copilot_pb2.CreateSessionResponse:
-        session_id = request.config.session_id or str(uuid.uuid4())
-        if session_id in self.events:
-            await self._abort(context, grpc.StatusCode.ALREADY_EXISTS, "SESSION_EXISTS", "taken")
-        self.events[session_id] = []
-        self.publish(session_id, "session.start", session_id=session_id, model=request.config.model)
-        return copilot_pb2.CreateSessionResponse(session=self._metadata(session_id))
-
-    async def ResumeSession(self, request: Any, context: Any) -> copilot_pb2.ResumeSessionResponse:
-        await self._check(request.session_id, context)
-        self.publish(
-            request.session_id, "session.resume", event_count=len(self.events[request.session_id])
-        )
-        tail = self.events[request.session_id][-request.tail_events :]
-        return copilot_pb2.ResumeSessionResponse(
-            session=self._metadata(request.session_id), tail=tail
-        )
-
-    async def GetSession(self, request: Any, context: Any) -> copilot_pb2.GetSessionResponse:
-        await self._check(request.session_id, context)
-        return copilot_pb2.GetSessionResponse(session=self._metadata(request.session_id))
-
-    async def ListSessions(self, request: Any, context: Any) -> copilot_pb2.ListSessionsResponse:
-        ids = sorted(self.events, reverse=True)
-        start = int(request.page_token or 0)
-        end = start + (request.page_size or 50)
-        return copilot_pb2.ListSessionsResponse(
-            sessions=[self._metadata(i) for i in ids[start:end]],
-            next_page_token=str(end) if end < len(ids) else "",
-        )
-
-    async def DeleteSession(self, request: Any, context: Any) -> copilot_pb2.DeleteSessionResponse:
-        await self._check(request.session_id, context)
-        del self.events[request.session_id]
-        self.kick(request.session_id, grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
-        return copilot_pb2.DeleteSessionResponse()
-
-    async def SendMessage(self, request: Any, context: Any) -> copilot_pb2.SendMessageResponse:
-        sid = request.session_id
-        await self._check(sid, context)
-        if not request.prompt.strip():
-            await self._abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_PROMPT", "empty prompt"
-            )
-        if self.running.get(sid):
-            await self._abort(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "TURN_IN_PROGRESS",
-                "a turn is running",
-            )
-        message = self.publish(sid, "user.message", content=request.prompt, source=request.source)
-        self.running[sid] = True
-        turn = self._turn(sid, message.id, request.prompt)
-        if self.events_before_reply:
-            await turn
-        else:
-            asyncio.get_running_loop().create_task(turn)
-        return copilot_pb2.SendMessageResponse(message_id=message.id, sequence=message.sequence)
-
-    async def _turn(self, sid: str, user_id: str, prompt: str) -> None:
-        await asyncio.sleep(0)
-        ids = {"turn_id": "turn-" + user_id, "user_message_id": user_id}
-        self.publish(sid, "assistant.turn_start", **ids)
-        if prompt == "hang":
-            return
-        reason = events_pb2.TURN_END_REASON_COMPLETED
-        if prompt == "fail":
-            self.publish(sid, "session.error", error_type="provider", message="model down", **ids)
-            reason = events_pb2.TURN_END_REASON_ERROR
-        else:
-            for piece in (prompt[:2], prompt[2:]):
-                self.publish(sid, "assistant.message_delta", delta_content=piece, **ids)
-            self.publish(sid, "assistant.message", content=f"echo: {prompt}", message_id="m", **ids)
-        self.publish(sid, "assistant.turn_end", reason=reason, **ids)
-        self.running[sid] = False
-        self.publish(sid, "session.idle")
-
-    async def AbortTurn(self, request: Any, context: Any) -> copilot_pb2.AbortTurnResponse:
-        self.aborts.append(request.session_id)
-        was_running = self.running.get(request.session_id, False)
-        self.running[request.session_id] = False
-        return copilot_pb2.AbortTurnResponse(aborted=was_running)
-
-    async def ListEvents(self, request: Any, context: Any) -> copilot_pb2.ListEventsResponse:
-        await self._check(request.session_id, context)
-        after = [e for e in self.events[request.session_id] if e.sequence > request.cursor]
-        page = after[: request.page_size or 100]
-        more = len(after) > len(page)
-        return copilot_pb2.ListEventsResponse(
-            events=page, next_cursor=page[-1].sequence if more else 0
-        )
-
-    async def StreamEvents(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        sid = request.session_id
-        await self._check(sid, context)
-        self.stream_calls.append(request.after_sequence)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.subscribers.setdefault(sid, set()).add(queue)
-        try:
-            backlog = [e for e in self.events[sid] if e.sequence > request.after_sequence]
-            yield copilot_pb2.StreamEventsResponse(events=backlog, live=True)
-            while True:
-                item = await queue.get()
-                if isinstance(item, tuple):
-                    status, reason = item
-                    await self._abort(context, status, reason, f"stream ended: {reason}")
-                yield copilot_pb2.StreamEventsResponse(events=item, live=True)
-        finally:
-            self.subscribers[sid].discard(queue)
-
-
-@pytest.fixture
-async def fake(sock_dir: Path) -> AsyncIterator[tuple[FakeDaemon, CopilotClient]]:
-    daemon = FakeDaemon()
-    server = grpc.aio.server()
-    copilot_pb2_grpc.add_CopilotServiceServicer_to_server(daemon, server)
-    socket = sock_dir / "d.sock"
-    server.add_insecure_port(f"unix:{socket}")
-    await server.start()
-    client = CopilotClient(socket_path=socket, auto_start=False)  # started lazily
-    yield daemon, client
-    await client.stop()
-    await server.stop(None)
-
-
-async def test_create_send_and_wait(fake: tuple[FakeDaemon, CopilotClient]) -> None:
-    _, client = fake
-    async with await client.create_session(
-        SessionConfig(session_id="s1", model="gpt-5")
-    ) as session:
-        assert session.session_id == "s1"
-        answer = await session.send_and_wait(MessageOptions(prompt="hello"))
-        assert answer is not None and answer.type is SessionEventType.ASSISTANT_MESSAGE
-        assert answer.data.content == "echo: hello"
-        # Immediately again: the previous turn is over.
-        answer = await session.send_and_wait("again")
-        assert answer is not None and answer.data.content == "echo: again"
-        history = await session.get_messages()
-        assert [e.sequence for e in history] == list(range(1, len(history) + 1))
-        assert history[1].type is SessionEventType.USER_MESSAGE
-        assert all(not e.ephemeral for e in history)
-    with pytest.raises(CopilotError, match="destroyed"):
-        await session.send("after destroy")
-
-
-async def test_send_and_wait_when_events_beat_the_reply(
-    fake: tuple[FakeDaemon, CopilotClient],
-) -> None:
-    daemon, client = fake
-    daemon.events_before_reply = True
-    session = await client.create_session(session_id="early")
-    answer = await asyncio.wait_for(session.send_and_wait("quick", timeout=5), 10)
-    assert answer is not None and answer.data.content == "echo: quick"
-
-
-async def test_send_and_wait_raises_on_session_error(
-    fake: tuple[FakeDaemon, CopilotClient],
-) -> None:
-    _, client = fake
-    session = await client.create_session()
-    with pytest.raises(SessionFailedError, match="model down") as caught:
-        await session.send_and_wait("fail")
-    assert caught.value.event.type is SessionEventType.SESSION_ERROR
-    assert caught.value.event.data.error_type == "provider"
-
-
-async def test_send_and_wait_timeout_does_not_abort(fake: tuple[FakeDaemon, CopilotClient]) -> None:
-    daemon, client = fake
-    session = await client.create_session(session_id="slow")
-    with pytest.raises(TimeoutError):
-        await session.send_and_wait("hang", timeout=0.3)
-    assert daemon.aborts == []
-    assert daemon.running["slow"] is True
-    with pytest.raises(TurnInProgressError, match="a turn is running"):
-        await session.send("next")
-    assert await session.abort("enough") is True
-    assert daemon.aborts == ["slow"]
-
-
-async def test_empty_prompt_is_rejected_by_the_server(
-    fake: tuple[FakeDaemon, CopilotClient],
-) -> None:
-    _, client = fake
-    session = await client.create_session()
-    with pytest.raises(InvalidArgumentError) as caught:
-        await session.send("   ")
-    assert caught.value.reason == "ERROR_REASON_EMPTY_PROMPT"
-
-
-async def test_handlers(
-    fake: tuple[FakeDaemon, CopilotClient], caplog: pytest.LogCaptureFixture
-) -> None:
-    _, client = fake
-    session = await client.create_session()
-    seen: list[str] = []
-    later: list[str] = []
-
-    def broken(event: SessionEvent) -> None:
-        raise RuntimeError("handler bug")
-
-    async def async_handler(event: SessionEvent) -> None:
-        await asyncio.sleep(0)
-        later.append(event.type_name)
-
-    session.on(broken)
-    unsubscribe = session.on(lambda event: seen.append(event.type_name))
-    session.on(async_handler)
-    with caplog.at_level(logging.ERROR, logger="copilot_client"):
-        await session.send_and_wait("hello")
-        await asyncio.sleep(0.05)
-    expected = [
-        "user.message",
-        "assistant.turn_start",
-        "assistant.message_delta",
-        "assistant.message_delta",
-        "assistant.message",
-        "assistant.turn_end",
-        "session.idle",
-    ]
-    assert seen == expected
-    assert later == expected
-    assert "handler bug" in caplog.text
-    unsubscribe()
-    await session.send_and_wait("more")
-    await asyncio.sleep(0.05)
-    assert seen == expected
-    assert len(later) == 2 * len(expected)
-
-
-async def test_stream_reattaches_and_delivers_each_event_once(
-    fake: tuple[FakeDaemon, CopilotClient],
-) -> None:
-    daemon, client = fake
-    session = await client.create_session(session_id="kicked")
-    sequences: list[int] = []
-    session.on(lambda event: None if event.ephemeral else sequences.append(event.sequence))
-    await session.send_and_wait("one")
-    daemon.kick("kicked", grpc.StatusCode.RESOURCE_EXHAUSTED, "SUBSCRIBER_TOO_SLOW")
-    daemon.publish("kicked", "abort", reason="while detached")  # seen on re-attach
-    await session.send_and_wait("two")
-    daemon.kick("kicked", grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
-    await session.send_and_wait("three")
-    assert len(daemon.stream_calls) == 3
-    assert sequences == list(range(2, len(daemon.events["kicked"]) + 1))
-
-
-async def test_deleted_session(fake: tuple[FakeDaemon, CopilotClient]) -> None:
-    _, client = fake
-    session = await client.create_session(session_id="doomed")
-    seen: list[SessionEvent] = []
-    session.on(seen.append)
-    await session.send_and_wait("hi")
-    await client.delete_session("doomed")
-    for _ in range(100):
-        if isinstance(getattr(session, "_deleted", None), SessionNotFoundError):
-            break
-        await asyncio.sleep(0.01)
-    with pytest.raises(SessionNotFoundError):
-        await session.send("anyone?")
-    assert await client.get_session_metadata("doomed") is None
-    with pytest.raises(SessionNotFoundError):
-        await client.resume_session("doomed")
-
-
-async def test_client_calls(fake: tuple[FakeDaemon, CopilotClient]) -> None:
-    daemon, client = fake
-    assert await client.get_last_session_id() is None
-    assert await client.ping() == "fake-1"
-    for i in range(7):
-        await client.create_session(session_id=f"s{i}")
-    with pytest.raises(SessionExistsError):
-        await client.create_session(SessionConfig(session_id="s1"))
-    with pytest.raises(TypeError, match="modle"):
-        await client.create_session(modle="gpt-5")
-    assert [s.session_id for s in await client.list_sessions()] == [
-        f"s{i}" for i in range(6, -1, -1)
-    ]
-    assert len(await client.list_sessions(limit=3)) == 3
-    page = await client.list_sessions_page(page_size=5)
-    assert len(page.sessions) == 5 and page.next_page_token
-    page = await client.list_sessions_page(page_size=5, page_token=page.next_page_token)
-    assert len(page.sessions) == 2 and page.next_page_token is None
-    assert await client.get_last_session_id() == "s6"
-    resumed = await client.resume_session("s3")
-    assert resumed.metadata.last_sequence == 2
-    assert daemon.events["s3"][-1].type == "session.resume"
-    metadata = await client.get_session_metadata("s3")
-    assert metadata is not None and metadata.start_time.tzinfo is not None
-
-
-async def test_get_messages_pages(
-    fake: tuple[FakeDaemon, CopilotClient], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    daemon, client = fake
-    monkeypatch.setattr("copilot_client._session.EVENTS_PAGE_SIZE", 3)
-    session = await client.create_session(session_id="long")
-    for i in range(10):
-        daemon.publish("long", "abort", reason=str(i))
-    events = await session.get_messages()
-    assert [e.sequence for e in events] == list(range(1, 12))
-    assert [e.sequence for e in await session.get_events(after_sequence=4, limit=5)] == [
-        5,
-        6,
-        7,
-        8,
-        9,
-    ]
-
-
-# -- auto-start --------------------------------------------------------------
-
-FAKE_DAEMON = textwrap.dedent(
-    """
-    import asyncio, fcntl, os, sys
-    import grpc
-    from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
-
-    socket, data_dir = sys.argv[sys.argv.index("--socket") + 1], sys.argv[-1]
-    pid = os.getpid()
-    lock = open(os.path.join(data_dir, "lock"), "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        print(f"{pid} lost", flush=True)
-        sys.exit(3)
-
-    class Service(copilot_pb2_grpc.CopilotServiceServicer):
-        async def Ping(self, request, context):
-            return copilot_pb2.PingResponse(version=str(pid))
-
-    async def main():
-        server = grpc.aio.server()
-        copilot_pb2_grpc.add_CopilotServiceServicer_to_server(Service(), server)
-        if os.path.exists(socket):
-            os.unlink(socket)
-        server.add_insecure_port("unix:" + socket)
-        await server.start()
-        print(f"{pid} serving", flush=True)
-        await server.wait_for_termination(timeout=60)
-
-    asyncio.run(main())
-    """
-)
-
-
-def _ppid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-async def test_auto_start_races_leave_one_detached_daemon(
-    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    script = sock_dir / "fake_daemon.py"
-    script.write_text(FAKE_DAEMON)
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    )
-    data_dir = sock_dir / "data"
-    options = {
-        "socket_path": sock_dir / "run" / "d.sock",
-        "data_dir": data_dir,
-        "daemon_command": [sys.executable, str(script)],
-    }
-    (sock_dir / "run").mkdir(mode=0o700)
-    clients = [CopilotClient(**options) for _ in range(3)]
-    versions = await asyncio.gather(*(c.ping() for c in clients))
-    pid = int(versions[0])
-    try:
-        assert set(versions) == {str(pid)}
-        assert (data_dir.stat().st_mode & 0o777) == 0o700
-        assert _ppid(pid) != os.getpid()  # detached: not our child
-        for client in clients:
-            await client.stop()  # never stops the daemon
-        async with CopilotClient(**options, auto_start=False) as client:
-            assert await client.ping() == str(pid)
-        log = data_dir / "copilotd.log"
-        for _ in range(100):
-            lines = log.read_text().splitlines()
-            if len(lines) == 3:
-                break
-            await asyncio.sleep(0.05)
-        assert sorted(line.split()[1] for line in lines) == ["lost", "lost", "serving"]
-    finally:
-        os.kill(pid, 15)
-
-
-async def test_auto_start_failure_names_socket_and_log(sock_dir: Path) -> None:
-    command = [sys.executable, "-c", "import sys; sys.exit('boom: no model configured')"]
-    client = CopilotClient(
-        socket_path=sock_dir / "d.sock",
-        data_dir=sock_dir / "data",
-        daemon_command=command,
-        start_timeout=1.0,
-    )
-    with pytest.raises(DaemonUnavailableError) as caught:
-        await client.start()
-    message = str(caught.value)
-    assert str(sock_dir / "d.sock") in message
-    assert str(sock_dir / "data" / "copilotd.log") in message
-    assert "boom: no model configured" in message
-
-
-async def test_auto_start_with_a_missing_command(sock_dir: Path) -> None:
-    client = CopilotClient(
-        socket_path=sock_dir / "d.sock",
-        data_dir=sock_dir / "data",
-        daemon_command=[str(sock_dir / "nope")],
-    )
-    with pytest.raises(DaemonUnavailableError, match="auto-start failed"):
-        await client.ping()
