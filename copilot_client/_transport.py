@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import grpc
 
@@ -66,10 +66,7 @@ class Transport:
             self._channel = grpc.aio.insecure_channel(
                 channel_target(self.socket_path), options=CHANNEL_OPTIONS
             )
-            self._stub = cast(
-                "copilot_pb2_grpc.CopilotServiceAsyncStub",
-                copilot_pb2_grpc.CopilotServiceStub(self._channel),
-            )
+            self._stub = copilot_pb2_grpc.CopilotServiceStub(self._channel)
 
     async def close(self) -> None:
         """Closes the channel, cancelling calls still running on it."""

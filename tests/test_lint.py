@@ -1,4 +1,4 @@
-"""ruff is part of the test suite, so style drift fails CI like any other defect."""
+"""ruff and mypy are part of the test suite, so style drift fails CI like any other defect."""
 
 from __future__ import annotations
 
@@ -19,6 +19,16 @@ def test_ruff_check() -> None:
 def test_ruff_format() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "ruff", "format", "--check", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "copilotd", "copilot_client"],
         cwd=ROOT,
         capture_output=True,
         text=True,
