@@ -30,7 +30,6 @@ class DaemonProcess:
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
-        self._ready = threading.Event()
 
     @property
     def env(self) -> dict[str, str]:
@@ -55,7 +54,7 @@ class DaemonProcess:
         ]
 
     def start(self) -> DaemonProcess:
-        self._ready = threading.Event()
+        ready = threading.Event()
         self.process = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
@@ -63,19 +62,21 @@ class DaemonProcess:
             stderr=subprocess.PIPE,
             text=True,
         )
-        threading.Thread(target=self._read_output, args=(self.process,), daemon=True).start()
-        if not self._ready.wait(START_TIMEOUT) or self.process.poll() is not None:
+        # Each process gets its own event: the reader of a killed predecessor
+        # reaching end-of-file must not wake the wait for this one.
+        threading.Thread(target=self._read_output, args=(self.process, ready), daemon=True).start()
+        if not ready.wait(START_TIMEOUT) or self.process.poll() is not None:
             self.kill()
             raise RuntimeError("copilotd did not start:\n" + "".join(self.output))
         return self
 
-    def _read_output(self, process: subprocess.Popen[str]) -> None:
+    def _read_output(self, process: subprocess.Popen[str], ready: threading.Event) -> None:
         assert process.stderr is not None
         for line in process.stderr:
             self.output.append(line)
             if READY_MARKER in line:
-                self._ready.set()
-        self._ready.set()  # exited: wake the waiter, which checks poll()
+                ready.set()
+        ready.set()  # exited: wake the waiter, which checks poll()
 
     def kill(self) -> None:
         """SIGKILL: the daemon gets no chance to clean up."""
