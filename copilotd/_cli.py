@@ -11,6 +11,7 @@ import click
 
 from copilot_client._paths import DATA_DIR_ENV, SOCKET_ENV, resolve_data_dir, resolve_socket_path
 from copilotd import __version__
+from copilotd._config import CONFIG_ENV, ConfigError, load_config
 from copilotd._server import ServeConfig, StartupError, serve
 from copilotd._validation import DEFAULT_MAX_PROMPT_BYTES
 
@@ -49,12 +50,20 @@ def main() -> None:
     default=0.0,
     help="Seconds the offline model waits before each streamed piece (for demos and tests).",
 )
+@click.option(
+    "--config",
+    "config_path",
+    envvar=CONFIG_ENV,
+    type=click.Path(path_type=Path),
+    help=f"Config file [env {CONFIG_ENV}; default $XDG_CONFIG_HOME/copilotd/config.toml].",
+)
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 def serve_command(
     socket_path: Path | None,
     data_dir: Path | None,
     max_prompt_bytes: int,
     offline_delay: float,
+    config_path: Path | None,
     log_level: str,
 ) -> None:
     """Run the daemon in the foreground until SIGTERM or SIGINT."""
@@ -63,11 +72,17 @@ def serve_command(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    try:
+        config_file = load_config(config_path)
+    except ConfigError as error:
+        click.echo(f"copilotd: cannot start: {error}", err=True)
+        sys.exit(1)
     config = ServeConfig(
         socket_path=resolve_socket_path(socket_path),
         data_dir=resolve_data_dir(data_dir),
         max_prompt_bytes=max_prompt_bytes,
         offline_delta_delay=offline_delay,
+        config_file=config_file,
     )
     try:
         asyncio.run(serve(config))

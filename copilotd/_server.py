@@ -10,7 +10,7 @@ import os
 import signal
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -22,6 +22,7 @@ from copilot_client._paths import MAX_SOCKET_PATH_BYTES, channel_target
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
 from copilotd import __version__
 from copilotd._committer import GroupCommitter
+from copilotd._config import ConfigFile
 from copilotd._core import SessionService
 from copilotd._providers import OfflineProvider, ProviderRegistry
 from copilotd._servicer import CopilotServicer
@@ -53,6 +54,7 @@ class ServeConfig:
         shutdown_grace: seconds in-flight calls get to finish at shutdown.
         initial_map_size: starting size of the LMDB map, in bytes.
         max_map_size: cap on the LMDB map size (None: grow while the disk allows).
+        config_file: the parsed config file (each concern reads its own table).
     """
 
     socket_path: Path
@@ -62,6 +64,7 @@ class ServeConfig:
     shutdown_grace: float = 5.0
     initial_map_size: int = 64 * 1024 * 1024
     max_map_size: int | None = None
+    config_file: ConfigFile = field(default_factory=ConfigFile)
 
 
 def ensure_private_dir(path: Path) -> None:
