@@ -34,6 +34,7 @@ from copilotd._store import (
     SCHEMA_VERSION,
     LmdbStore,
     MemoryStore,
+    PendingMessage,
     SequenceConflict,
     SessionEvent,
     SessionExists,
@@ -518,6 +519,32 @@ class StoreContract:
         assert stored == []
         assert (record.open_turn_id, record.metadata.turn_running) == ("", False)
         assert record.metadata.last_sequence == 2
+        assert store.sessions_with_open_turns() == []
+
+    def test_pending_queue(self, store: Store) -> None:
+        create(store, "a")
+        create(store, "b")
+        queued = [
+            PendingMessage(message_id="m1", content="first"),
+            PendingMessage(message_id="m2", content="second"),
+        ]
+        record, stored = append(store, "a", [], pending=queued)
+        assert stored == []
+        assert [p.message_id for p in record.pending] == ["m1", "m2"]
+        assert record.metadata.pending_messages == 2
+        assert store.get_session("a") == record
+        # Queued messages need attention at start-up even with no turn open.
+        assert listed_ids(store.sessions_with_open_turns()) == ["a"]
+
+        record, _ = append(store, "a", [user("x")])  # pending=None: unchanged
+        assert [p.message_id for p in record.pending] == ["m1", "m2"]
+
+        message = user("first")
+        record, _ = append(store, "a", [message], open_turn=("t1", message.id), pending=queued[1:])
+        assert [p.message_id for p in record.pending] == ["m2"]
+        assert record.metadata.pending_messages == 1
+        record, _ = append(store, "a", [], close_turn=True, pending=[])
+        assert (list(record.pending), record.metadata.pending_messages) == ([], 0)
         assert store.sessions_with_open_turns() == []
 
     def test_session_count(self, store: Store) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from copilotd._store.base import (
     SCHEMA_VERSION,
+    PendingMessage,
     SequenceConflict,
     SessionEvent,
     SessionExists,
@@ -27,6 +28,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "LmdbStore",
     "MemoryStore",
+    "PendingMessage",
     "SequenceConflict",
     "SessionEvent",
     "SessionExists",

@@ -15,6 +15,7 @@ from typing import Final
 
 from copilotd._events import apply_to_metadata
 from copilotd._store.base import (
+    PendingMessage,
     SequenceConflict,
     SessionEvent,
     SessionMetadata,
@@ -87,8 +88,17 @@ def update_turn(record: SessionRecord, open_turn: tuple[str, str] | None, close_
         record.metadata.turn_running = True
 
 
+def update_pending(record: SessionRecord, pending: Sequence[PendingMessage] | None) -> None:
+    if pending is None:
+        return
+    del record.pending[:]
+    record.pending.extend(pending)
+    record.metadata.pending_messages = len(record.pending)
+
+
 def has_open_turn(record: SessionRecord) -> bool:
-    return record.metadata.turn_running or bool(record.open_turn_id)
+    """Whether the session needs attention at start-up: a turn open or messages queued."""
+    return record.metadata.turn_running or bool(record.open_turn_id) or bool(record.pending)
 
 
 def session_key(session_id: str) -> bytes:

@@ -51,6 +51,7 @@ from copilotd.proto.v1 import store_pb2
 SessionEvent = events_pb2.SessionEvent
 SessionMetadata = copilot_pb2.SessionMetadata
 SessionRecord = store_pb2.SessionRecord
+PendingMessage = copilot_pb2.PendingMessage
 
 SCHEMA_VERSION = 1
 
@@ -124,6 +125,7 @@ class StoreWriter(ABC):
         expected_last_sequence: int | None = None,
         open_turn: tuple[str, str] | None = None,
         close_turn: bool = False,
+        pending: Sequence[PendingMessage] | None = None,
     ) -> tuple[SessionRecord, list[SessionEvent]]:
         """Append persisted ``events`` to a session's log, in order.
 
@@ -197,7 +199,11 @@ class Store(ABC):
 
     @abstractmethod
     def sessions_with_open_turns(self) -> list[SessionRecord]:
-        """Sessions whose record says a turn is in progress (cost: those sessions only)."""
+        """Sessions with a turn in progress or queued messages (cost: those sessions only).
+
+        These are the sessions the daemon must attend to at start-up: close a
+        turn a crash interrupted, then run the queued messages.
+        """
 
     @abstractmethod
     def session_count(self) -> int:

@@ -35,6 +35,7 @@ from copilotd._store import _records
 from copilotd._store._records import U64, event_key, recency_key, session_key
 from copilotd._store.base import (
     SCHEMA_VERSION,
+    PendingMessage,
     SessionEvent,
     SessionExists,
     SessionMetadata,
@@ -360,6 +361,7 @@ class _LmdbWriter(StoreWriter):
         expected_last_sequence: int | None = None,
         open_turn: tuple[str, str] | None = None,
         close_turn: bool = False,
+        pending: Sequence[PendingMessage] | None = None,
     ) -> tuple[SessionRecord, list[SessionEvent]]:
         record = _load_record(self._txn, self._tables, session_id)
         if record is None:
@@ -368,6 +370,7 @@ class _LmdbWriter(StoreWriter):
         old_recency_key = recency_key(record.metadata)
         stored = _records.append_to_record(record, events)
         _records.update_turn(record, open_turn, close_turn)
+        _records.update_pending(record, pending)
         self._put_events(record.log_number, stored)
         self._save(record, old_recency_key)
         return record, stored

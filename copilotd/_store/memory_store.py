@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from copilotd._store import _records
 from copilotd._store.base import (
+    PendingMessage,
     SessionEvent,
     SessionExists,
     SessionMetadata,
@@ -171,6 +172,7 @@ class _MemoryWriter(StoreWriter):
         expected_last_sequence: int | None = None,
         open_turn: tuple[str, str] | None = None,
         close_turn: bool = False,
+        pending: Sequence[PendingMessage] | None = None,
     ) -> tuple[SessionRecord, list[SessionEvent]]:
         record = self._state.record(session_id)
         if record is None:
@@ -179,6 +181,7 @@ class _MemoryWriter(StoreWriter):
         old_recency_key = _records.recency_key(record.metadata)
         stored = _records.append_to_record(record, events)
         _records.update_turn(record, open_turn, close_turn)
+        _records.update_pending(record, pending)
         self._extend_log(record.log_number, stored)
         self._save(record, old_recency_key)
         return record, stored

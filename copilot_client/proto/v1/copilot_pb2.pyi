@@ -136,6 +136,34 @@ EVENT_ORDER_OLDEST_FIRST: EventOrder.ValueType  # 1
 EVENT_ORDER_NEWEST_FIRST: EventOrder.ValueType  # 2
 Global___EventOrder: _TypeAlias = EventOrder  # noqa: Y015
 
+class _SendMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SendModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SendMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEND_MODE_UNSPECIFIED: _SendMode.ValueType  # 0
+    """same as ENQUEUE"""
+    SEND_MODE_ENQUEUE: _SendMode.ValueType  # 1
+    """Wait in the session's queue; turns run one at a time in arrival order."""
+    SEND_MODE_IMMEDIATE: _SendMode.ValueType  # 2
+    """Abort the running turn and run this message next."""
+
+class SendMode(_SendMode, metaclass=_SendModeEnumTypeWrapper):
+    """== models and providers: messages ==
+
+    == sharing sessions between clients: messages ==
+    How a message sent while a turn runs is handled.
+    """
+
+SEND_MODE_UNSPECIFIED: SendMode.ValueType  # 0
+"""same as ENQUEUE"""
+SEND_MODE_ENQUEUE: SendMode.ValueType  # 1
+"""Wait in the session's queue; turns run one at a time in arrival order."""
+SEND_MODE_IMMEDIATE: SendMode.ValueType  # 2
+"""Abort the running turn and run this message next."""
+Global___SendMode: _TypeAlias = SendMode  # noqa: Y015
+
 @_typing.final
 class PingRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -246,6 +274,7 @@ class SessionMetadata(_message.Message):
     LAST_EVENT_ID_FIELD_NUMBER: _builtins.int
     TURN_RUNNING_FIELD_NUMBER: _builtins.int
     SYSTEM_MESSAGE_FIELD_NUMBER: _builtins.int
+    PENDING_MESSAGES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     summary: _builtins.str
     """The first prompt, shortened."""
@@ -256,6 +285,10 @@ class SessionMetadata(_message.Message):
     """Sequence number and id of the last persisted event."""
     last_event_id: _builtins.str
     turn_running: _builtins.bool
+    pending_messages: _builtins.int
+    """sharing sessions between clients: 30-39
+    Messages waiting for their turn.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -277,10 +310,11 @@ class SessionMetadata(_message.Message):
         last_event_id: _builtins.str = ...,
         turn_running: _builtins.bool = ...,
         system_message: Global___SystemMessage | None = ...,
+        pending_messages: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["modified_time", b"modified_time", "start_time", b"start_time", "system_message", b"system_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "turn_running", b"turn_running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "pending_messages", b"pending_messages", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "turn_running", b"turn_running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -513,22 +547,36 @@ class SendMessageRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    EXPECTED_LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     prompt: _builtins.str
     source: _builtins.str
     """Free-form tag of the sender, stored in the user.message event."""
+    mode: Global___SendMode.ValueType
+    """sharing sessions between clients: 30-39"""
+    expected_last_sequence: _builtins.int
+    """When set, the call fails with FAILED_PRECONDITION (reason
+    SEQUENCE_CONFLICT) and writes nothing unless the session's last
+    persisted sequence number equals this; the trailing metadata key
+    "copilot-current-sequence" then carries the current one.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         prompt: _builtins.str = ...,
         source: _builtins.str = ...,
+        mode: Global___SendMode.ValueType = ...,
+        expected_last_sequence: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence", "expected_last_sequence", b"expected_last_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt", b"prompt", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence", "expected_last_sequence", b"expected_last_sequence", "mode", b"mode", "prompt", b"prompt", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__expected_last_sequence: _TypeAlias = _typing.Literal["expected_last_sequence"]  # noqa: Y015
+    _WhichOneofArgType__expected_last_sequence: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_last_sequence) -> _WhichOneofReturnType__expected_last_sequence | None: ...
 
 Global___SendMessageRequest: _TypeAlias = SendMessageRequest  # noqa: Y015
 
@@ -538,19 +586,25 @@ class SendMessageResponse(_message.Message):
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Id of the persisted user.message event."""
     sequence: _builtins.int
-    """Its sequence number."""
+    """Its sequence number; 0 while the message waits in the queue."""
+    queued: _builtins.bool
+    """sharing sessions between clients: 30-39
+    True when the message waits for a running turn to end.
+    """
     def __init__(
         self,
         *,
         message_id: _builtins.str = ...,
         sequence: _builtins.int = ...,
+        queued: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "queued", b"queued", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -709,3 +763,93 @@ class StreamEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamEventsResponse: _TypeAlias = StreamEventsResponse  # noqa: Y015
+
+@_typing.final
+class PendingMessage(_message.Message):
+    """A message waiting for its turn (persisted: a queued message survives a
+    daemon restart).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    ENQUEUED_TIME_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    content: _builtins.str
+    source: _builtins.str
+    @_builtins.property
+    def enqueued_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        content: _builtins.str = ...,
+        source: _builtins.str = ...,
+        enqueued_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["enqueued_time", b"enqueued_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "enqueued_time", b"enqueued_time", "message_id", b"message_id", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingMessage: _TypeAlias = PendingMessage  # noqa: Y015
+
+@_typing.final
+class WatchLifecycleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these types ("session.created", "session.deleted",
+        "session.updated"); empty for all.
+        """
+
+    def __init__(
+        self,
+        *,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchLifecycleRequest: _TypeAlias = WatchLifecycleRequest  # noqa: Y015
+
+@_typing.final
+class LifecycleEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """"session.created", "session.deleted" or "session.updated"."""
+    session_id: _builtins.str
+    @_builtins.property
+    def metadata(self) -> Global___SessionMetadata:
+        """The session's metadata after the change (empty for session.deleted)."""
+
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        metadata: Global___SessionMetadata | None = ...,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "timestamp", b"timestamp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "session_id", b"session_id", "timestamp", b"timestamp", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LifecycleEvent: _TypeAlias = LifecycleEvent  # noqa: Y015

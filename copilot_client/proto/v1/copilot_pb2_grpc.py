@@ -84,6 +84,11 @@ class CopilotServiceStub:
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.StreamEventsResponse.FromString,
                 _registered_method=True)
+        self.WatchLifecycle = channel.unary_stream(
+                '/copilot.v1.CopilotService/WatchLifecycle',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.WatchLifecycleRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.LifecycleEvent.FromString,
+                _registered_method=True)
 
 
 class CopilotServiceServicer:
@@ -162,6 +167,17 @@ class CopilotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchLifecycle(self, request, context):
+        """== models and providers ==
+
+        == sharing sessions between clients ==
+        Lifecycle of all sessions (created, deleted, updated), whichever client
+        caused it, until the client cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CopilotServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -214,6 +230,11 @@ def add_CopilotServiceServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.StreamEventsRequest.FromString,
                     response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.StreamEventsResponse.SerializeToString,
+            ),
+            'WatchLifecycle': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchLifecycle,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.WatchLifecycleRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.LifecycleEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +507,33 @@ class CopilotService:
             '/copilot.v1.CopilotService/StreamEvents',
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.StreamEventsRequest.SerializeToString,
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.StreamEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchLifecycle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/copilot.v1.CopilotService/WatchLifecycle',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.WatchLifecycleRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.LifecycleEvent.FromString,
             options,
             channel_credentials,
             insecure,

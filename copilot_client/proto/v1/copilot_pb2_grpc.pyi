@@ -65,6 +65,13 @@ class CopilotServiceStub:
     """Persisted events after a cursor, then the live tail (ephemeral events
     included) until the client cancels or the session is deleted.
     """
+    WatchLifecycle: _grpc.UnaryStreamMultiCallable[_copilot_pb2.WatchLifecycleRequest, _copilot_pb2.LifecycleEvent]
+    """== models and providers ==
+
+    == sharing sessions between clients ==
+    Lifecycle of all sessions (created, deleted, updated), whichever client
+    caused it, until the client cancels.
+    """
 
 @_typing.type_check_only
 class CopilotServiceAsyncStub(CopilotServiceStub):
@@ -94,6 +101,13 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     StreamEvents: _aio.UnaryStreamMultiCallable[_copilot_pb2.StreamEventsRequest, _copilot_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """Persisted events after a cursor, then the live tail (ephemeral events
     included) until the client cancels or the session is deleted.
+    """
+    WatchLifecycle: _aio.UnaryStreamMultiCallable[_copilot_pb2.WatchLifecycleRequest, _copilot_pb2.LifecycleEvent]  # type: ignore[assignment]
+    """== models and providers ==
+
+    == sharing sessions between clients ==
+    Lifecycle of all sessions (created, deleted, updated), whichever client
+    caused it, until the client cancels.
     """
 
 class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -181,6 +195,19 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_copilot_pb2.StreamEventsResponse], _abc.AsyncIterator[_copilot_pb2.StreamEventsResponse]]:
         """Persisted events after a cursor, then the live tail (ephemeral events
         included) until the client cancels or the session is deleted.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchLifecycle(
+        self,
+        request: _copilot_pb2.WatchLifecycleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_copilot_pb2.LifecycleEvent], _abc.AsyncIterator[_copilot_pb2.LifecycleEvent]]:
+        """== models and providers ==
+
+        == sharing sessions between clients ==
+        Lifecycle of all sessions (created, deleted, updated), whichever client
+        caused it, until the client cancels.
         """
 
 def add_CopilotServiceServicer_to_server(servicer: CopilotServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

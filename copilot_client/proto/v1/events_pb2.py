@@ -25,39 +25,43 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$copilot_client/proto/v1/events.proto\x12\ncopilot.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x05\n\x0cSessionEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tparent_id\x18\x04 \x01(\t\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x11\n\tephemeral\x18\x06 \x01(\x08\x12\x35\n\rsession_start\x18\n \x01(\x0b\x32\x1c.copilot.v1.SessionStartDataH\x00\x12\x37\n\x0esession_resume\x18\x0b \x01(\x0b\x32\x1d.copilot.v1.SessionResumeDataH\x00\x12\x33\n\x0cuser_message\x18\x0c \x01(\x0b\x32\x1b.copilot.v1.UserMessageDataH\x00\x12\x42\n\x14\x61ssistant_turn_start\x18\r \x01(\x0b\x32\".copilot.v1.AssistantTurnStartDataH\x00\x12=\n\x11\x61ssistant_message\x18\x0e \x01(\x0b\x32 .copilot.v1.AssistantMessageDataH\x00\x12H\n\x17\x61ssistant_message_delta\x18\x0f \x01(\x0b\x32%.copilot.v1.AssistantMessageDeltaDataH\x00\x12>\n\x12\x61ssistant_turn_end\x18\x10 \x01(\x0b\x32 .copilot.v1.AssistantTurnEndDataH\x00\x12\x33\n\x0csession_idle\x18\x11 \x01(\x0b\x32\x1b.copilot.v1.SessionIdleDataH\x00\x12\x35\n\rsession_error\x18\x12 \x01(\x0b\x32\x1c.copilot.v1.SessionErrorDataH\x00\x12&\n\x05\x61\x62ort\x18\x13 \x01(\x0b\x32\x15.copilot.v1.AbortDataH\x00\x42\x06\n\x04\x64\x61ta\"O\n\x10SessionStartData\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10producer_version\x18\x03 \x01(\t\"V\n\x11SessionResumeData\x12\x13\n\x0b\x65vent_count\x18\x01 \x01(\x04\x12\x16\n\x0e\x61lready_in_use\x18\x02 \x01(\x08\x12\x14\n\x0cturn_running\x18\x03 \x01(\x08\"2\n\x0fUserMessageData\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\"B\n\x16\x41ssistantTurnStartData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\"\xb5\x01\n\x14\x41ssistantMessageData\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x0f\n\x07partial\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12.\n\rtool_requests\x18\x07 \x03(\x0b\x32\x17.copilot.v1.ToolRequest\"p\n\x19\x41ssistantMessageDeltaData\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x15\n\rdelta_content\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\"|\n\x14\x41ssistantTurnEndData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.copilot.v1.TurnEndReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x11\n\x0fSessionIdleData\"a\n\x10SessionErrorData\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\",\n\tAbortData\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\"S\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\"I\n\x0bToolRequest\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t*\xa8\x01\n\rTurnEndReason\x12\x1f\n\x1bTURN_END_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19TURN_END_REASON_COMPLETED\x10\x01\x12\x1b\n\x17TURN_END_REASON_ABORTED\x10\x02\x12\x19\n\x15TURN_END_REASON_ERROR\x10\x03\x12\x1f\n\x1bTURN_END_REASON_INTERRUPTED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$copilot_client/proto/v1/events.proto\x12\ncopilot.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x06\n\x0cSessionEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tparent_id\x18\x04 \x01(\t\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x11\n\tephemeral\x18\x06 \x01(\x08\x12\x35\n\rsession_start\x18\n \x01(\x0b\x32\x1c.copilot.v1.SessionStartDataH\x00\x12\x37\n\x0esession_resume\x18\x0b \x01(\x0b\x32\x1d.copilot.v1.SessionResumeDataH\x00\x12\x33\n\x0cuser_message\x18\x0c \x01(\x0b\x32\x1b.copilot.v1.UserMessageDataH\x00\x12\x42\n\x14\x61ssistant_turn_start\x18\r \x01(\x0b\x32\".copilot.v1.AssistantTurnStartDataH\x00\x12=\n\x11\x61ssistant_message\x18\x0e \x01(\x0b\x32 .copilot.v1.AssistantMessageDataH\x00\x12H\n\x17\x61ssistant_message_delta\x18\x0f \x01(\x0b\x32%.copilot.v1.AssistantMessageDeltaDataH\x00\x12>\n\x12\x61ssistant_turn_end\x18\x10 \x01(\x0b\x32 .copilot.v1.AssistantTurnEndDataH\x00\x12\x33\n\x0csession_idle\x18\x11 \x01(\x0b\x32\x1b.copilot.v1.SessionIdleDataH\x00\x12\x35\n\rsession_error\x18\x12 \x01(\x0b\x32\x1c.copilot.v1.SessionErrorDataH\x00\x12&\n\x05\x61\x62ort\x18\x13 \x01(\x0b\x32\x15.copilot.v1.AbortDataH\x00\x12L\n\x19pending_messages_modified\x18\x1e \x01(\x0b\x32\'.copilot.v1.PendingMessagesModifiedDataH\x00\x12\x39\n\x0fsession_deleted\x18\x1f \x01(\x0b\x32\x1e.copilot.v1.SessionDeletedDataH\x00\x42\x06\n\x04\x64\x61ta\"O\n\x10SessionStartData\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10producer_version\x18\x03 \x01(\t\"V\n\x11SessionResumeData\x12\x13\n\x0b\x65vent_count\x18\x01 \x01(\x04\x12\x16\n\x0e\x61lready_in_use\x18\x02 \x01(\x08\x12\x14\n\x0cturn_running\x18\x03 \x01(\x08\"2\n\x0fUserMessageData\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\"B\n\x16\x41ssistantTurnStartData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\"\xb5\x01\n\x14\x41ssistantMessageData\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x0f\n\x07partial\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12.\n\rtool_requests\x18\x07 \x03(\x0b\x32\x17.copilot.v1.ToolRequest\"p\n\x19\x41ssistantMessageDeltaData\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x15\n\rdelta_content\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\"|\n\x14\x41ssistantTurnEndData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.copilot.v1.TurnEndReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x11\n\x0fSessionIdleData\"a\n\x10SessionErrorData\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\",\n\tAbortData\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\"S\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\"I\n\x0bToolRequest\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"2\n\x1bPendingMessagesModifiedData\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"(\n\x12SessionDeletedData\x12\x12\n\nsession_id\x18\x01 \x01(\t*\xa8\x01\n\rTurnEndReason\x12\x1f\n\x1bTURN_END_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19TURN_END_REASON_COMPLETED\x10\x01\x12\x1b\n\x17TURN_END_REASON_ABORTED\x10\x02\x12\x19\n\x15TURN_END_REASON_ERROR\x10\x03\x12\x1f\n\x1bTURN_END_REASON_INTERRUPTED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'copilot_client.proto.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TURNENDREASON']._serialized_start=1859
-  _globals['_TURNENDREASON']._serialized_end=2027
+  _globals['_TURNENDREASON']._serialized_start=2090
+  _globals['_TURNENDREASON']._serialized_end=2258
   _globals['_SESSIONEVENT']._serialized_start=86
-  _globals['_SESSIONEVENT']._serialized_end=819
-  _globals['_SESSIONSTARTDATA']._serialized_start=821
-  _globals['_SESSIONSTARTDATA']._serialized_end=900
-  _globals['_SESSIONRESUMEDATA']._serialized_start=902
-  _globals['_SESSIONRESUMEDATA']._serialized_end=988
-  _globals['_USERMESSAGEDATA']._serialized_start=990
-  _globals['_USERMESSAGEDATA']._serialized_end=1040
-  _globals['_ASSISTANTTURNSTARTDATA']._serialized_start=1042
-  _globals['_ASSISTANTTURNSTARTDATA']._serialized_end=1108
-  _globals['_ASSISTANTMESSAGEDATA']._serialized_start=1111
-  _globals['_ASSISTANTMESSAGEDATA']._serialized_end=1292
-  _globals['_ASSISTANTMESSAGEDELTADATA']._serialized_start=1294
-  _globals['_ASSISTANTMESSAGEDELTADATA']._serialized_end=1406
-  _globals['_ASSISTANTTURNENDDATA']._serialized_start=1408
-  _globals['_ASSISTANTTURNENDDATA']._serialized_end=1532
-  _globals['_SESSIONIDLEDATA']._serialized_start=1534
-  _globals['_SESSIONIDLEDATA']._serialized_end=1551
-  _globals['_SESSIONERRORDATA']._serialized_start=1553
-  _globals['_SESSIONERRORDATA']._serialized_end=1650
-  _globals['_ABORTDATA']._serialized_start=1652
-  _globals['_ABORTDATA']._serialized_end=1696
-  _globals['_TOOLDEFINITION']._serialized_start=1698
-  _globals['_TOOLDEFINITION']._serialized_end=1781
-  _globals['_TOOLREQUEST']._serialized_start=1783
-  _globals['_TOOLREQUEST']._serialized_end=1856
+  _globals['_SESSIONEVENT']._serialized_end=956
+  _globals['_SESSIONSTARTDATA']._serialized_start=958
+  _globals['_SESSIONSTARTDATA']._serialized_end=1037
+  _globals['_SESSIONRESUMEDATA']._serialized_start=1039
+  _globals['_SESSIONRESUMEDATA']._serialized_end=1125
+  _globals['_USERMESSAGEDATA']._serialized_start=1127
+  _globals['_USERMESSAGEDATA']._serialized_end=1177
+  _globals['_ASSISTANTTURNSTARTDATA']._serialized_start=1179
+  _globals['_ASSISTANTTURNSTARTDATA']._serialized_end=1245
+  _globals['_ASSISTANTMESSAGEDATA']._serialized_start=1248
+  _globals['_ASSISTANTMESSAGEDATA']._serialized_end=1429
+  _globals['_ASSISTANTMESSAGEDELTADATA']._serialized_start=1431
+  _globals['_ASSISTANTMESSAGEDELTADATA']._serialized_end=1543
+  _globals['_ASSISTANTTURNENDDATA']._serialized_start=1545
+  _globals['_ASSISTANTTURNENDDATA']._serialized_end=1669
+  _globals['_SESSIONIDLEDATA']._serialized_start=1671
+  _globals['_SESSIONIDLEDATA']._serialized_end=1688
+  _globals['_SESSIONERRORDATA']._serialized_start=1690
+  _globals['_SESSIONERRORDATA']._serialized_end=1787
+  _globals['_ABORTDATA']._serialized_start=1789
+  _globals['_ABORTDATA']._serialized_end=1833
+  _globals['_TOOLDEFINITION']._serialized_start=1835
+  _globals['_TOOLDEFINITION']._serialized_end=1918
+  _globals['_TOOLREQUEST']._serialized_start=1920
+  _globals['_TOOLREQUEST']._serialized_end=1993
+  _globals['_PENDINGMESSAGESMODIFIEDDATA']._serialized_start=1995
+  _globals['_PENDINGMESSAGESMODIFIEDDATA']._serialized_end=2045
+  _globals['_SESSIONDELETEDDATA']._serialized_start=2047
+  _globals['_SESSIONDELETEDDATA']._serialized_end=2087
 # @@protoc_insertion_point(module_scope)

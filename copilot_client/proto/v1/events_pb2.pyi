@@ -76,6 +76,8 @@ class SessionEvent(_message.Message):
     SESSION_IDLE_FIELD_NUMBER: _builtins.int
     SESSION_ERROR_FIELD_NUMBER: _builtins.int
     ABORT_FIELD_NUMBER: _builtins.int
+    PENDING_MESSAGES_MODIFIED_FIELD_NUMBER: _builtins.int
+    SESSION_DELETED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id of this event (a UUID)."""
     sequence: _builtins.int
@@ -112,6 +114,15 @@ class SessionEvent(_message.Message):
     def session_error(self) -> Global___SessionErrorData: ...
     @_builtins.property
     def abort(self) -> Global___AbortData: ...
+    @_builtins.property
+    def pending_messages_modified(self) -> Global___PendingMessagesModifiedData:
+        """models and providers: 20-29
+
+        sharing sessions between clients: 30-39
+        """
+
+    @_builtins.property
+    def session_deleted(self) -> Global___SessionDeletedData: ...
     def __init__(
         self,
         *,
@@ -131,12 +142,14 @@ class SessionEvent(_message.Message):
         session_idle: Global___SessionIdleData | None = ...,
         session_error: Global___SessionErrorData | None = ...,
         abort: Global___AbortData | None = ...,
+        pending_messages_modified: Global___PendingMessagesModifiedData | None = ...,
+        session_deleted: Global___SessionDeletedData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "data", b"data", "session_error", b"session_error", "session_idle", b"session_idle", "session_resume", b"session_resume", "session_start", b"session_start", "timestamp", b"timestamp", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "data", b"data", "pending_messages_modified", b"pending_messages_modified", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_resume", b"session_resume", "session_start", b"session_start", "timestamp", b"timestamp", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "data", b"data", "ephemeral", b"ephemeral", "id", b"id", "parent_id", b"parent_id", "sequence", b"sequence", "session_error", b"session_error", "session_idle", b"session_idle", "session_resume", b"session_resume", "session_start", b"session_start", "timestamp", b"timestamp", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "data", b"data", "ephemeral", b"ephemeral", "id", b"id", "parent_id", b"parent_id", "pending_messages_modified", b"pending_messages_modified", "sequence", b"sequence", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_resume", b"session_resume", "session_start", b"session_start", "timestamp", b"timestamp", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort"]  # noqa: Y015
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort", "pending_messages_modified", "session_deleted"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
 
@@ -489,3 +502,55 @@ class ToolRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ToolRequest: _TypeAlias = ToolRequest  # noqa: Y015
+
+@_typing.final
+class PendingMessagesModifiedData(_message.Message):
+    """== models and providers: payloads ==
+
+    == sharing sessions between clients: payloads ==
+    "pending_messages.modified" (ephemeral): the queue of messages waiting for
+    their turn changed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of the waiting messages, in the order they will run."""
+
+    def __init__(
+        self,
+        *,
+        message_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_ids", b"message_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingMessagesModifiedData: _TypeAlias = PendingMessagesModifiedData  # noqa: Y015
+
+@_typing.final
+class SessionDeletedData(_message.Message):
+    """"session.deleted" (ephemeral): the last event an attached client receives
+    before its stream ends with NOT_FOUND.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionDeletedData: _TypeAlias = SessionDeletedData  # noqa: Y015

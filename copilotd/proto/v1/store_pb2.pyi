@@ -3,9 +3,11 @@
 isort:skip_file
 copilotd's private storage records (not part of the public API)."""
 
+from collections import abc as _abc
 from copilot_client.proto.v1 import copilot_pb2 as _copilot_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -27,6 +29,7 @@ class SessionRecord(_message.Message):
     LOG_NUMBER_FIELD_NUMBER: _builtins.int
     OPEN_TURN_ID_FIELD_NUMBER: _builtins.int
     OPEN_TURN_USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
     log_number: _builtins.int
     """Key prefix of this session's events in the event table; never reused,
     so a session re-created under the same id starts a fresh log.
@@ -38,6 +41,12 @@ class SessionRecord(_message.Message):
     open_turn_user_message_id: _builtins.str
     @_builtins.property
     def metadata(self) -> _copilot_pb2.SessionMetadata: ...
+    @_builtins.property
+    def pending(self) -> _containers.RepeatedCompositeFieldContainer[_copilot_pb2.PendingMessage]:
+        """Messages waiting for their turn, in order; the first is started when
+        the running turn ends (or at the next start of the daemon).
+        """
+
     def __init__(
         self,
         *,
@@ -45,10 +54,11 @@ class SessionRecord(_message.Message):
         log_number: _builtins.int = ...,
         open_turn_id: _builtins.str = ...,
         open_turn_user_message_id: _builtins.str = ...,
+        pending: _abc.Iterable[_copilot_pb2.PendingMessage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_number", b"log_number", "metadata", b"metadata", "open_turn_id", b"open_turn_id", "open_turn_user_message_id", b"open_turn_user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_number", b"log_number", "metadata", b"metadata", "open_turn_id", b"open_turn_id", "open_turn_user_message_id", b"open_turn_user_message_id", "pending", b"pending"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
