@@ -21,11 +21,12 @@ from ._errors import (
     SessionExistsError,
     SessionFailedError,
     SessionNotFoundError,
-    TurnInProgressError,
 )
+from ._lifecycle import LifecycleHandler
 from ._session import CopilotSession, EventHandler
 from ._types import (
     EventData,
+    LifecycleEvent,
     MessageOptions,
     SessionConfig,
     SessionEvent,
@@ -46,6 +47,8 @@ __all__ = [
     "EventHandler",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "LifecycleEvent",
+    "LifecycleHandler",
     "MessageOptions",
     "RPCError",
     "ResourceExhaustedError",
@@ -59,7 +62,6 @@ __all__ = [
     "SessionMetadata",
     "SessionNotFoundError",
     "SystemMessageConfig",
-    "TurnInProgressError",
     "__version__",
 ]
 

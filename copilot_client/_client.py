@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, overload
 
 from . import _autostart
-from ._errors import DaemonUnavailableError, SessionNotFoundError
+from ._errors import CopilotError, DaemonUnavailableError, SessionNotFoundError
+from ._lifecycle import LifecycleHandler, LifecycleWatch
 from ._paths import MAX_SOCKET_PATH_BYTES, resolve_data_dir, resolve_socket_path
 from ._session import CopilotSession
 from ._transport import Transport
@@ -67,6 +68,7 @@ class CopilotClient:
         self._started = False
         self._daemon_version: str | None = None
         self._sessions: set[CopilotSession] = set()
+        self._lifecycle: LifecycleWatch | None = None
 
     def __repr__(self) -> str:
         return f"CopilotClient(socket_path={str(self._socket_path)!r})"
@@ -130,6 +132,9 @@ class CopilotClient:
         for session in list(self._sessions):
             await session.destroy()
         self._sessions.clear()
+        if self._lifecycle is not None:
+            await self._lifecycle.close()
+            self._lifecycle = None
         await self._transport.close()
         self._started = False
 
@@ -149,6 +154,43 @@ class CopilotClient:
         if not self._started:
             await self.start()
         return self._transport.stub
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @overload
+    def on_lifecycle(self, handler: LifecycleHandler, /) -> Callable[[], None]: ...
+    @overload
+    def on_lifecycle(self, event_type: str, handler: LifecycleHandler, /) -> Callable[[], None]: ...
+
+    def on_lifecycle(
+        self, first: str | LifecycleHandler, handler: LifecycleHandler | None = None, /
+    ) -> Callable[[], None]:
+        """Calls ``handler`` for session lifecycle events, whichever process caused them.
+
+        ``on_lifecycle(handler)`` gets every type; ``on_lifecycle("session.created",
+        handler)`` one ("session.created", "session.deleted", "session.updated").
+        The client must be started. Events are delivered from the moment the
+        watch is live: ``await lifecycle_ready()`` to be sure it is.
+
+        Returns:
+            A function that removes the handler.
+        """
+        if not self._started:
+            raise CopilotError("start the client before subscribing to lifecycle events")
+        if self._lifecycle is None:
+            self._lifecycle = LifecycleWatch(self._transport)
+        if isinstance(first, str):
+            if handler is None:
+                raise TypeError("on_lifecycle(event_type, handler) needs a handler")
+            return self._lifecycle.add(first, handler)
+        return self._lifecycle.add(None, first)
+
+    async def lifecycle_ready(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Waits until the lifecycle watch started by :meth:`on_lifecycle` is live."""
+        if self._lifecycle is None:
+            raise CopilotError("no lifecycle handler is registered")
+        async with asyncio.timeout(timeout):
+            await self._lifecycle.live.wait()
 
     # -- calls ---------------------------------------------------------------
 

@@ -8,7 +8,6 @@ The tree::
     │   ├── SessionExistsError            ALREADY_EXISTS
     │   ├── InvalidArgumentError          INVALID_ARGUMENT
     │   ├── FailedPreconditionError       FAILED_PRECONDITION
-    │   │   ├── TurnInProgressError       reason TURN_IN_PROGRESS
     │   │   └── SequenceConflictError     reason SEQUENCE_CONFLICT
     │   ├── ResourceExhaustedError        RESOURCE_EXHAUSTED
     │   └── DaemonUnavailableError        UNAVAILABLE, or the daemon cannot be reached
@@ -40,11 +39,11 @@ __all__ = [
     "SessionExistsError",
     "SessionFailedError",
     "SessionNotFoundError",
-    "TurnInProgressError",
     "map_rpc_error",
 ]
 
 REASON_METADATA_KEY = "copilot-error-reason"
+CURRENT_SEQUENCE_METADATA_KEY = "copilot-current-sequence"
 
 START_HINT = "Start it with `copilotd serve` or `systemctl --user start copilotd`."
 
@@ -60,7 +59,7 @@ class RPCError(CopilotError):
         message: The daemon's human-readable explanation.
         status: The gRPC status code.
         reason: The ``ErrorReason`` name sent by the daemon (for example
-            ``"ERROR_REASON_TURN_IN_PROGRESS"``), or ``""`` when none was sent.
+            ``"ERROR_REASON_SESSION_NOT_FOUND"``), or ``""`` when none was sent.
     """
 
     def __init__(self, message: str, *, status: grpc.StatusCode, reason: str = "") -> None:
@@ -92,12 +91,14 @@ class FailedPreconditionError(RPCError):
     """The session is not in a state that allows the call."""
 
 
-class TurnInProgressError(FailedPreconditionError):
-    """A turn is already running in this session; wait for it or abort it."""
-
-
 class SequenceConflictError(FailedPreconditionError):
-    """The session's log moved on since the sequence number the call expected."""
+    """The session's log moved on since the sequence number the call expected.
+
+    Nothing was written. ``current_sequence`` is the session's last sequence
+    number when the daemon refused the call (None if it did not say).
+    """
+
+    current_sequence: int | None = None
 
 
 class ResourceExhaustedError(RPCError):
@@ -146,7 +147,6 @@ _BY_REASON: dict[str, type[RPCError]] = {
     "PROMPT_TOO_LARGE": InvalidArgumentError,
     "INVALID_PAGE_TOKEN": InvalidArgumentError,
     "INVALID_ARGUMENT": InvalidArgumentError,
-    "TURN_IN_PROGRESS": TurnInProgressError,
     "SEQUENCE_CONFLICT": SequenceConflictError,
     "STORE_FULL": ResourceExhaustedError,
     "SUBSCRIBER_TOO_SLOW": ResourceExhaustedError,
@@ -164,13 +164,13 @@ _BY_STATUS: dict[grpc.StatusCode, type[RPCError]] = {
 }
 
 
-def _reason_of(error: grpc.aio.AioRpcError) -> str:
+def _trailer(error: grpc.aio.AioRpcError, wanted: str) -> str:
     try:
         metadata = error.trailing_metadata() or ()
     except Exception:  # a client-side failure may carry no metadata at all
         return ""
     for key, value in metadata:
-        if key == REASON_METADATA_KEY:
+        if key == wanted:
             return value.decode() if isinstance(value, bytes) else str(value)
     return ""
 
@@ -189,7 +189,7 @@ def map_rpc_error(error: grpc.aio.AioRpcError, *, socket_path: str | os.PathLike
         The exception to raise (the caller chains ``error`` to it).
     """
     status = error.code()
-    reason = _reason_of(error)
+    reason = _trailer(error, REASON_METADATA_KEY)
     details = error.details() or status.name
     short = reason.removeprefix("ERROR_REASON_")
     cls = _BY_REASON.get(short) or _BY_STATUS.get(status, RPCError)
@@ -203,4 +203,8 @@ def map_rpc_error(error: grpc.aio.AioRpcError, *, socket_path: str | os.PathLike
         return DaemonUnavailableError(
             message, status=status, reason=reason, socket_path=socket_path
         )
-    return cls(details, status=status, reason=reason)
+    mapped = cls(details, status=status, reason=reason)
+    if isinstance(mapped, SequenceConflictError):
+        current = _trailer(error, CURRENT_SEQUENCE_METADATA_KEY)
+        mapped.current_sequence = int(current) if current.isdigit() else None
+    return mapped

@@ -28,6 +28,10 @@ logger = logging.getLogger("copilot_client")
 EventHandler = Callable[[SessionEvent], Awaitable[None] | None]
 
 # Re-attaching the event stream after UNAVAILABLE: attempts and first delay.
+_SEND_MODES = {
+    "enqueue": copilot_pb2.SEND_MODE_ENQUEUE,
+    "immediate": copilot_pb2.SEND_MODE_IMMEDIATE,
+}
 STREAM_RETRIES = 5
 STREAM_RETRY_DELAY = 0.2
 # After a turn's end, how long send_and_wait waits for the session.idle that
@@ -122,15 +126,24 @@ class CopilotSession:
         Returns:
             The message id (the id of the persisted ``user.message`` event).
 
+        While a turn runs, the message waits for it (``mode="enqueue"``) or
+        aborts it and runs next (``mode="immediate"``).
+
         Raises:
-            TurnInProgressError: A turn is already running in this session.
             InvalidArgumentError: The prompt is empty or too large.
+            SequenceConflictError: ``expected_last_sequence`` was given and the
+                session has moved on; nothing was written.
         """
         self._check_usable()
         message = MessageOptions.coerce(options)
         request = copilot_pb2.SendMessageRequest(
-            session_id=self.session_id, prompt=message.prompt, source=message.source or ""
+            session_id=self.session_id,
+            prompt=message.prompt,
+            source=message.source or "",
+            mode=_SEND_MODES[message.mode],
         )
+        if message.expected_last_sequence is not None:
+            request.expected_last_sequence = message.expected_last_sequence
         response = await self._transport.call(self._transport.stub.SendMessage, request)
         return response.message_id
 

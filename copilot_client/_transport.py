@@ -114,3 +114,16 @@ class Transport:
             raise map_rpc_error(error, socket_path=self.socket_path) from error
         finally:
             call.cancel()
+
+    async def watch_lifecycle(self) -> AsyncGenerator[copilot_pb2.LifecycleEvent | None, None]:
+        """Yields None once the watch is live, then lifecycle events; failures mapped."""
+        call = self.stub.WatchLifecycle(copilot_pb2.WatchLifecycleRequest())
+        try:
+            await call.initial_metadata()  # the daemon sends it once the watch is live
+            yield None
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as error:
+            raise map_rpc_error(error, socket_path=self.socket_path) from error
+        finally:
+            call.cancel()

@@ -14,6 +14,7 @@ from .proto.v1 import copilot_pb2, events_pb2
 
 __all__ = [
     "EventData",
+    "LifecycleEvent",
     "MessageOptions",
     "SessionConfig",
     "SessionEvent",
@@ -24,6 +25,7 @@ __all__ = [
 ]
 
 SystemMessageMode = Literal["append", "replace"]
+SendMode = Literal["enqueue", "immediate"]
 
 _MODES: dict[str, copilot_pb2.SystemMessageMode.ValueType] = {
     "append": copilot_pb2.SYSTEM_MESSAGE_MODE_APPEND,
@@ -120,6 +122,14 @@ class MessageOptions:
     source: str | None = None
     """A free-form tag of the sender (client name, process), stored with the message."""
 
+    mode: SendMode = "enqueue"
+    """While a turn runs: ``"enqueue"`` waits for it (turns run one at a time, in
+    arrival order); ``"immediate"`` aborts it and runs this message next."""
+
+    expected_last_sequence: int | None = None
+    """When set, the daemon refuses the message (``SequenceConflictError``, nothing
+    written) unless the session's last persisted sequence number is this one."""
+
     @classmethod
     def coerce(cls, value: MessageOptions | str | Mapping[str, Any]) -> MessageOptions:
         """Options from a :class:`MessageOptions`, a prompt, or a dict like the SDK's."""
@@ -128,7 +138,12 @@ class MessageOptions:
         if isinstance(value, str):
             return cls(value)
         if isinstance(value, Mapping):
-            return cls(str(value["prompt"]), source=value.get("source"))
+            return cls(
+                str(value["prompt"]),
+                source=value.get("source"),
+                mode=value.get("mode", "enqueue"),
+                expected_last_sequence=value.get("expected_last_sequence"),
+            )
         raise TypeError(f"expected MessageOptions or str, not {type(value).__name__}")
 
 
@@ -164,6 +179,9 @@ class SessionMetadata:
     turn_running: bool
     """Whether a turn was running when this was read."""
 
+    pending_messages: int = 0
+    """Messages waiting for their turn when this was read."""
+
     @classmethod
     def from_proto(cls, proto: copilot_pb2.SessionMetadata) -> SessionMetadata:
         """Converts the wire form."""
@@ -176,6 +194,7 @@ class SessionMetadata:
             message_count=proto.message_count,
             last_sequence=proto.last_sequence,
             turn_running=proto.turn_running,
+            pending_messages=proto.pending_messages,
         )
 
 
@@ -204,6 +223,8 @@ class SessionEventType(enum.StrEnum):
     SESSION_IDLE = "session.idle"
     SESSION_ERROR = "session.error"
     ABORT = "abort"
+    PENDING_MESSAGES_MODIFIED = "pending_messages.modified"
+    SESSION_DELETED = "session.deleted"
     UNKNOWN = "unknown"
 
     @classmethod
@@ -248,6 +269,8 @@ class EventData:
     """``user.message``: free-form tag of the sender."""
     producer_version: str | None = None
     """``session.start``: version of copilotd that created the session."""
+    message_ids: tuple[str, ...] | None = None
+    """``pending_messages.modified``: ids of the queued messages, in running order."""
 
 
 # Text bodies keep "" (an answer can be empty); other empty strings mean "unset".
@@ -266,7 +289,9 @@ def _event_data(proto: events_pb2.SessionEvent) -> EventData:
         if name not in _SCALAR_FIELDS:
             continue
         value = getattr(payload, name)
-        if isinstance(value, str) and not value and name not in _TEXT_FIELDS:
+        if descriptor.is_repeated:
+            value = tuple(value)
+        elif isinstance(value, str) and not value and name not in _TEXT_FIELDS:
             value = None
         values[name] = value
     if member == "assistant_turn_end":
@@ -315,4 +340,30 @@ class SessionEvent:
             ephemeral=proto.ephemeral,
             data=_event_data(proto),
             proto=proto,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LifecycleEvent:
+    """A session was created, deleted or updated, by whichever client."""
+
+    type: str
+    """``"session.created"``, ``"session.deleted"`` or ``"session.updated"``."""
+    session_id: str
+    """The session concerned."""
+    metadata: SessionMetadata | None
+    """Its metadata after the change; ``None`` for ``session.deleted``."""
+    timestamp: datetime
+    """When it happened (aware, UTC)."""
+
+    @classmethod
+    def from_proto(cls, proto: copilot_pb2.LifecycleEvent) -> LifecycleEvent:
+        """Converts the wire form."""
+        return cls(
+            type=proto.type,
+            session_id=proto.session_id,
+            metadata=(
+                SessionMetadata.from_proto(proto.metadata) if proto.HasField("metadata") else None
+            ),
+            timestamp=_datetime(proto.timestamp),
         )

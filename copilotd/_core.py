@@ -11,7 +11,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from copilot_client.proto.v1 import copilot_pb2
 from copilotd import _events as ev
@@ -24,12 +24,13 @@ from copilotd._errors import (
     SessionNotFoundError,
     ShuttingDownError,
     StoreFullError,
-    TurnInProgressError,
 )
 from copilotd._events import SessionEvent, SessionMetadata
 from copilotd._fanout import FanOut
 from copilotd._providers import ChatMessage, ProviderRegistry
+from copilotd._scheduler import TurnScheduler
 from copilotd._store import (
+    PendingMessage,
     SequenceConflict,
     SessionExists,
     SessionNotFound,
@@ -50,6 +51,12 @@ from copilotd._validation import (
 
 log = logging.getLogger(__name__)
 
+LifecycleEvent = copilot_pb2.LifecycleEvent
+LIFECYCLE_TOPIC = "lifecycle"
+SESSION_CREATED = "session.created"
+SESSION_DELETED = "session.deleted"
+SESSION_UPDATED = "session.updated"
+
 STREAM_BATCH_EVENTS = 256
 # Sessions kept in memory without a running turn; older ones are dropped and
 # reloaded from the store when used again.
@@ -67,10 +74,7 @@ def store_errors(session_id: str = "") -> Iterator[None]:
     except SessionExists as error:
         raise SessionExistsError(error.session_id) from None
     except SequenceConflict as error:
-        raise SequenceConflictError(
-            f"session {error.session_id!r} has moved on to sequence {error.actual} "
-            f"(expected {error.expected}); read the new events and retry"
-        ) from None
+        raise SequenceConflictError(error.session_id, error.expected, error.actual) from None
     except StoreFull as error:
         raise StoreFullError(f"the session store is full: {error}") from None
 
@@ -86,6 +90,8 @@ class SessionState:
     # the whole history.
     context: list[ChatMessage] | None = None
     turn: RunningTurn | None = None
+    # Mirror of the record's durable queue of messages waiting for a turn.
+    pending: list[PendingMessage] = field(default_factory=list)
 
 
 class SessionService:
@@ -98,18 +104,28 @@ class SessionService:
         providers: ProviderRegistry,
         *,
         version: str,
-        fanout: FanOut | None = None,
+        fanout: FanOut[SessionEvent] | None = None,
         max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
     ) -> None:
         self._store = store
         self._committer = committer
-        self.fanout = fanout or FanOut()
+        self.fanout: FanOut[SessionEvent] = fanout or FanOut()
+        self.lifecycle: FanOut[LifecycleEvent] = FanOut()
         self.providers = providers
         self.version = version
         self.max_prompt_bytes = max_prompt_bytes
         self._states: dict[str, SessionState] = {}
         self._turns = TurnEngine(self)
+        self._scheduler = TurnScheduler(self, self._turns)
         self._shutting_down = False
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
 
     # -- state and writes ---------------------------------------------------
 
@@ -117,7 +133,11 @@ class SessionService:
         session_id = record.metadata.session_id
         state = self._states.get(session_id)
         if state is None:
-            state = SessionState(record.metadata.last_sequence, record.metadata.last_event_id)
+            state = SessionState(
+                record.metadata.last_sequence,
+                record.metadata.last_event_id,
+                pending=list(record.pending),
+            )
             self._states[session_id] = state
             if len(self._states) > MAX_IDLE_STATES:
                 self._evict_idle_states()
@@ -125,7 +145,8 @@ class SessionService:
 
     def _evict_idle_states(self) -> None:
         excess = len(self._states) - MAX_IDLE_STATES // 2
-        for session_id in [sid for sid, s in self._states.items() if s.turn is None][:excess]:
+        idle = [sid for sid, s in self._states.items() if s.turn is None and not s.pending]
+        for session_id in idle[:excess]:
             del self._states[session_id]
 
     def _record(self, session_id: str) -> SessionRecord:
@@ -136,14 +157,19 @@ class SessionService:
         return record
 
     def _published(
-        self, session_id: str, stored: Sequence[SessionEvent], *, closed_turn: bool = False
+        self,
+        record: SessionRecord,
+        stored: Sequence[SessionEvent],
+        *,
+        closed_turn: bool = False,
     ) -> None:
         """After a commit: advance the in-memory state and fan the events out.
 
-        A commit that closes a turn frees the session for the next one here,
-        before anyone can react to its turn_end, and is followed by
-        session.idle.
+        A commit that closes a turn hands the session to the next queued
+        message (or to session.idle) here, before anyone can react to its
+        turn_end.
         """
+        session_id = record.metadata.session_id
         state = self._states.get(session_id)
         if state is not None and stored:
             state.last_sequence = stored[-1].sequence
@@ -151,17 +177,32 @@ class SessionService:
             if state.context is not None:
                 state.context.extend(_context_messages(stored))
         self.fanout.publish(session_id, stored)
+        self._announce_lifecycle(SESSION_UPDATED, session_id, record.metadata)
         if closed_turn:
             if state is not None:
-                state.turn = None
-            self.publish_ephemeral(session_id, ev.make_event(ev.SESSION_IDLE))
+                self._scheduler.after_turn(session_id, state)
+            else:
+                self.publish_ephemeral(session_id, ev.make_event(ev.SESSION_IDLE))
 
-    def release_turn(self, turn: RunningTurn) -> None:
-        """Free the session after a turn whose end could not be committed."""
+    def release_turn(self, turn: RunningTurn, *, turn_started: bool) -> None:
+        """Free the session after a turn whose start or end could not be committed."""
         state = self._states.get(turn.session_id)
-        if state is not None and state.turn is turn:
+        if state is None or state.turn is not turn:
+            return
+        if turn_started or state.pending:
+            self._scheduler.after_turn(turn.session_id, state)
+        else:
             state.turn = None
-            self.publish_ephemeral(turn.session_id, ev.make_event(ev.SESSION_IDLE))
+
+    def _announce_lifecycle(
+        self, event_type: str, session_id: str, metadata: SessionMetadata | None
+    ) -> None:
+        if not self.lifecycle.subscriber_count(LIFECYCLE_TOPIC):
+            return
+        event = LifecycleEvent(type=event_type, session_id=session_id, timestamp=ev.now_timestamp())
+        if metadata is not None:
+            event.metadata.CopyFrom(metadata)
+        self.lifecycle.publish(LIFECYCLE_TOPIC, [event])
 
     async def append(
         self,
@@ -171,6 +212,7 @@ class SessionService:
         open_turn: tuple[str, str] | None = None,
         close_turn: bool = False,
         expected_last_sequence: int | None = None,
+        pending: list[PendingMessage] | None = None,
     ) -> tuple[SessionRecord, list[SessionEvent]]:
         """Durably append ``events``, then publish them; returns the record and stored events."""
         with store_errors(session_id):
@@ -181,9 +223,10 @@ class SessionService:
                     expected_last_sequence=expected_last_sequence,
                     open_turn=open_turn,
                     close_turn=close_turn,
+                    pending=pending,
                 ),
                 on_commit=lambda result: self._published(
-                    session_id, result[1], closed_turn=close_turn
+                    result[0], result[1], closed_turn=close_turn
                 ),
             )
 
@@ -228,7 +271,8 @@ class SessionService:
                 lambda writer: writer.create_session(metadata, [start])
             )
         self._state(record)
-        self._published(session_id, stored)
+        self.fanout.publish(session_id, stored)
+        self._announce_lifecycle(SESSION_CREATED, session_id, record.metadata)
         log.info("created session %s (model %s)", session_id, model)
         return record.metadata
 
@@ -277,20 +321,39 @@ class SessionService:
         with store_errors(session_id):
             await self._committer.submit(lambda writer: writer.delete_session(session_id))
         state = self._states.pop(session_id, None)
+        terminal = ev.make_event(ev.SESSION_DELETED, session_id=session_id)
+        if state is not None:
+            terminal.sequence = state.last_sequence
+            terminal.parent_id = state.last_event_id
+        self.fanout.end(session_id, SessionNotFoundError(session_id), last=[terminal])
         if state is not None and state.turn is not None:
             await self._turns.cancel(state.turn, reason="session deleted", interrupted=False)
-        self.fanout.end_session(session_id, SessionNotFoundError(session_id))
+        self._announce_lifecycle(SESSION_DELETED, session_id, None)
         log.info("deleted session %s", session_id)
 
-    async def send_message(self, session_id: str, prompt: str, source: str) -> SessionEvent:
-        """Persist the user message and start its turn; returns the stored user.message."""
+    async def send_message(
+        self,
+        session_id: str,
+        prompt: str,
+        source: str,
+        *,
+        mode: int = 0,
+        expected_last_sequence: int | None = None,
+    ) -> tuple[SessionEvent, bool]:
+        """Persist the user message and start its turn, or queue it behind the running one.
+
+        Returns the user.message (its sequence is 0 while queued) and whether it queued.
+        """
         self._check_running()
         check_prompt(prompt, self.max_prompt_bytes)
         record = self._record(session_id)
         state = self._state(record)
-        if state.turn is not None:
-            raise TurnInProgressError(session_id)
-        return await self._turns.start(record, state, prompt, source)
+        if expected_last_sequence is not None and expected_last_sequence != state.last_sequence:
+            raise SequenceConflictError(session_id, expected_last_sequence, state.last_sequence)
+        user = ev.make_event(ev.USER_MESSAGE, content=prompt, source=source)
+        return await self._scheduler.send(
+            session_id, state, user, mode=mode, expected_last_sequence=expected_last_sequence
+        )
 
     async def abort_turn(self, session_id: str, reason: str) -> bool:
         self._record(session_id)
@@ -360,24 +423,49 @@ class SessionService:
     # -- lifecycle ----------------------------------------------------------------
 
     async def recover_interrupted_turns(self) -> int:
-        """Close the turns a crash left open, so no history ends in a half turn."""
-        records = self._store.sessions_with_open_turns()
-        for record in records:
-            end = ev.make_event(
-                ev.ASSISTANT_TURN_END,
-                turn_id=record.open_turn_id,
-                user_message_id=record.open_turn_user_message_id,
-                reason=ev.TurnEndReason.TURN_END_REASON_INTERRUPTED,
-                message=INTERRUPTED_AT_RESTART,
-            )
-            await self.append(record.metadata.session_id, [end], close_turn=True)
-            log.warning(
-                "session %s: closed turn %s %s",
-                record.metadata.session_id,
-                record.open_turn_id,
-                INTERRUPTED_AT_RESTART,
-            )
-        return len(records)
+        """Close the turns a crash left open, then run the messages still queued.
+
+        Returns how many turns were closed as interrupted.
+        """
+        closed = 0
+        for record in self._store.sessions_with_open_turns():
+            session_id = record.metadata.session_id
+            state = self._state(record)
+            if record.open_turn_id:
+                end = ev.make_event(
+                    ev.ASSISTANT_TURN_END,
+                    turn_id=record.open_turn_id,
+                    user_message_id=record.open_turn_user_message_id,
+                    reason=ev.TurnEndReason.TURN_END_REASON_INTERRUPTED,
+                    message=INTERRUPTED_AT_RESTART,
+                )
+                # Its commit hands the session to the first queued message, if any.
+                await self.append(session_id, [end], close_turn=True)
+                closed += 1
+                log.warning(
+                    "session %s: closed turn %s %s",
+                    session_id,
+                    record.open_turn_id,
+                    INTERRUPTED_AT_RESTART,
+                )
+            elif state.pending and state.turn is None:
+                self._scheduler.start_next(session_id, state)
+        return closed
+
+    async def watch_lifecycle(self, types: Sequence[str]) -> AsyncGenerator[list[LifecycleEvent]]:
+        """Lifecycle events of every session (filtered by ``types`` when given), live."""
+        self._check_running()
+        wanted = frozenset(types)
+        subscription = self.lifecycle.subscribe(LIFECYCLE_TOPIC)
+        try:
+            yield []  # the subscription is live from here on
+            while True:
+                batch = await subscription.next_batch()
+                selected = [e for e in batch if not wanted or e.type in wanted]
+                if selected:
+                    yield selected
+        finally:
+            self.lifecycle.unsubscribe(subscription)
 
     async def shutdown(self) -> None:
         """Stop taking work; end running turns with a marker; end live streams."""
@@ -386,6 +474,7 @@ class SessionService:
         for turn in running:
             await self._turns.cancel(turn, reason="daemon shutting down", interrupted=True)
         self.fanout.end_all(ShuttingDownError())
+        self.lifecycle.end_all(ShuttingDownError())
 
     def _check_running(self) -> None:
         if self._shutting_down:
@@ -394,6 +483,10 @@ class SessionService:
     @property
     def running_turns(self) -> int:
         return sum(1 for s in self._states.values() if s.turn is not None)
+
+
+def _is_new(event: SessionEvent, cursor: int) -> bool:
+    return event.sequence >= cursor if event.ephemeral else event.sequence > cursor
 
 
 def _context_messages(events: Sequence[SessionEvent]) -> list[ChatMessage]:

@@ -14,6 +14,7 @@ from copilot_client.proto.v1 import copilot_pb2
 
 Reason = copilot_pb2.ErrorReason
 REASON_METADATA_KEY = "copilot-error-reason"
+CURRENT_SEQUENCE_METADATA_KEY = "copilot-current-sequence"
 
 
 class ServiceError(Exception):
@@ -23,6 +24,8 @@ class ServiceError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # Extra trailing metadata that helps the caller recover.
+        self.trailers: tuple[tuple[str, str], ...] = ()
 
 
 class SessionNotFoundError(ServiceError):
@@ -58,20 +61,16 @@ class InvalidArgumentError(ServiceError):
         self.reason = reason
 
 
-class TurnInProgressError(ServiceError):
-    status = grpc.StatusCode.FAILED_PRECONDITION
-    reason = Reason.ERROR_REASON_TURN_IN_PROGRESS
-
-    def __init__(self, session_id: str) -> None:
-        super().__init__(
-            f"a turn is already running in session {session_id!r}; wait for session.idle "
-            "(send_and_wait does) or abort the running turn first"
-        )
-
-
 class SequenceConflictError(ServiceError):
     status = grpc.StatusCode.FAILED_PRECONDITION
     reason = Reason.ERROR_REASON_SEQUENCE_CONFLICT
+
+    def __init__(self, session_id: str, expected: int, current: int) -> None:
+        super().__init__(
+            f"session {session_id!r} has moved on to sequence {current} (you expected "
+            f"{expected}); nothing was written: read the new events and send again"
+        )
+        self.trailers = ((CURRENT_SEQUENCE_METADATA_KEY, str(current)),)
 
 
 class StoreFullError(ServiceError):
@@ -92,7 +91,9 @@ class ShuttingDownError(ServiceError):
         super().__init__("copilotd is shutting down; retry once it is back")
 
 
-def grpc_status_for(error: ServiceError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str]]]:
+def grpc_status_for(
+    error: ServiceError,
+) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
     """Status code, message and trailing metadata that represent ``error`` on the wire."""
     reason_name = Reason.Name(error.reason)
-    return error.status, error.message, ((REASON_METADATA_KEY, reason_name),)
+    return error.status, error.message, ((REASON_METADATA_KEY, reason_name), *error.trailers)

@@ -26,6 +26,8 @@ ASSISTANT_TURN_END: Final = "assistant.turn_end"
 SESSION_IDLE: Final = "session.idle"
 SESSION_ERROR: Final = "session.error"
 ABORT: Final = "abort"
+PENDING_MESSAGES_MODIFIED: Final = "pending_messages.modified"
+SESSION_DELETED: Final = "session.deleted"
 
 # Event type -> name of the payload field in the SessionEvent.data oneof.
 PAYLOAD_FIELD: Final[dict[str, str]] = {
@@ -39,9 +41,13 @@ PAYLOAD_FIELD: Final[dict[str, str]] = {
     SESSION_IDLE: "session_idle",
     SESSION_ERROR: "session_error",
     ABORT: "abort",
+    PENDING_MESSAGES_MODIFIED: "pending_messages_modified",
+    SESSION_DELETED: "session_deleted",
 }
 
-EPHEMERAL_TYPES: Final = frozenset({ASSISTANT_MESSAGE_DELTA, SESSION_IDLE})
+EPHEMERAL_TYPES: Final = frozenset(
+    {ASSISTANT_MESSAGE_DELTA, SESSION_IDLE, PENDING_MESSAGES_MODIFIED, SESSION_DELETED}
+)
 MESSAGE_TYPES: Final = frozenset({USER_MESSAGE, ASSISTANT_MESSAGE})
 
 SUMMARY_MAX_CHARS: Final = 80
@@ -72,7 +78,11 @@ def make_event(event_type: str, **payload: Any) -> SessionEvent:
     )
     getattr(event, field).SetInParent()
     for name, value in payload.items():
-        setattr(getattr(event, field), name, value)
+        target = getattr(event, field)
+        if isinstance(value, list):
+            getattr(target, name).extend(value)
+        else:
+            setattr(target, name, value)
     return event
 
 

@@ -89,10 +89,18 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         self, request: pb.SendMessageRequest, context: Context
     ) -> pb.SendMessageResponse:
         async with _translate_errors(context, "SendMessage"):
-            event = await self._service.send_message(
-                request.session_id, request.prompt, request.source
+            event, queued = await self._service.send_message(
+                request.session_id,
+                request.prompt,
+                request.source,
+                mode=request.mode,
+                expected_last_sequence=(
+                    request.expected_last_sequence
+                    if request.HasField("expected_last_sequence")
+                    else None
+                ),
             )
-        return pb.SendMessageResponse(message_id=event.id, sequence=event.sequence)
+        return pb.SendMessageResponse(message_id=event.id, sequence=event.sequence, queued=queued)
 
     async def AbortTurn(
         self, request: pb.AbortTurnRequest, context: Context
@@ -121,3 +129,16 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
             async with contextlib.aclosing(stream):
                 async for events, live in stream:
                     yield pb.StreamEventsResponse(events=events, live=live)
+
+    async def WatchLifecycle(
+        self, request: pb.WatchLifecycleRequest, context: Context
+    ) -> AsyncIterator[pb.LifecycleEvent]:
+        async with _translate_errors(context, "WatchLifecycle"):
+            stream = self._service.watch_lifecycle(request.types)
+            async with contextlib.aclosing(stream):
+                async for batch in stream:
+                    if not batch:
+                        # Tell the client the watch is live before anything happens.
+                        await context.send_initial_metadata(())
+                    for event in batch:
+                        yield event

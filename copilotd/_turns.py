@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 
 from copilot_client.proto.v1 import copilot_pb2
 from copilotd import _events as ev
-from copilotd._errors import ServiceError
+from copilotd._errors import ServiceError, SessionNotFoundError
 from copilotd._events import SessionEvent
 from copilotd._providers import ChatMessage, ChatRequest, ProviderError, TextDelta
 
 if TYPE_CHECKING:
     from copilotd._core import SessionService, SessionState
-    from copilotd._store import SessionRecord
+    from copilotd._store import PendingMessage
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ class RunningTurn:
     session_id: str
     turn_id: str
     user_message_id: str
-    model: str
-    system_message: copilot_pb2.SystemMessage
+    model: str = ""
+    system_message: copilot_pb2.SystemMessage = field(default_factory=copilot_pb2.SystemMessage)
     text: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     # Set once the turn's task exists (or its start failed), so that an abort
@@ -61,30 +61,47 @@ class TurnEngine:
     def __init__(self, service: SessionService) -> None:
         self._service = service
 
-    async def start(
-        self, record: SessionRecord, state: SessionState, prompt: str, source: str
-    ) -> SessionEvent:
-        """Commit the user message and start the turn; returns the stored user.message."""
-        metadata = record.metadata
-        user = ev.make_event(ev.USER_MESSAGE, content=prompt, source=source)
+    def claim(self, state: SessionState, session_id: str, user_message_id: str) -> RunningTurn:
+        """Reserve the session for the turn answering ``user_message_id`` (before any await)."""
         turn = RunningTurn(
-            session_id=metadata.session_id,
-            turn_id=ev.new_id(),
-            user_message_id=user.id,
-            model=metadata.model,
-            system_message=metadata.system_message,
+            session_id=session_id, turn_id=ev.new_id(), user_message_id=user_message_id
         )
-        turn_start = ev.make_event(
-            ev.ASSISTANT_TURN_START, turn_id=turn.turn_id, user_message_id=user.id
-        )
-        state.turn = turn  # claimed before the first await: one turn at a time
+        state.turn = turn
+        return turn
+
+    async def begin(
+        self,
+        turn: RunningTurn,
+        user: SessionEvent,
+        *,
+        expected_last_sequence: int | None = None,
+        pending: list[PendingMessage] | None = None,
+    ) -> SessionEvent:
+        """Commit the user message with its turn_start, then run the turn in a task.
+
+        Returns the stored user.message. If the commit fails the session is
+        released and the error raised; nothing of the turn was written.
+        """
+        service = self._service
         try:
-            _, stored = await self._service.append(
-                turn.session_id, [user, turn_start], open_turn=(turn.turn_id, user.id)
+            record = service.store.get_session(turn.session_id)
+            if record is None:
+                raise SessionNotFoundError(turn.session_id)
+            turn.model = record.metadata.model
+            turn.system_message.CopyFrom(record.metadata.system_message)
+            turn_start = ev.make_event(
+                ev.ASSISTANT_TURN_START, turn_id=turn.turn_id, user_message_id=user.id
+            )
+            _, stored = await service.append(
+                turn.session_id,
+                [user, turn_start],
+                open_turn=(turn.turn_id, user.id),
+                expected_last_sequence=expected_last_sequence,
+                pending=pending,
             )
         except BaseException:
-            state.turn = None
             turn.started.set()
+            service.release_turn(turn, turn_started=False)
             raise
         turn.task = asyncio.get_running_loop().create_task(
             self._run(turn), name=f"turn {turn.session_id}/{turn.turn_id}"
@@ -151,9 +168,9 @@ class TurnEngine:
                 turn.session_id,
                 error.message,
             )
-            self._service.release_turn(turn)
+            self._service.release_turn(turn, turn_started=True)
         except BaseException:
-            self._service.release_turn(turn)
+            self._service.release_turn(turn, turn_started=True)
             raise
 
     def _assistant_message(

@@ -17,9 +17,10 @@ import pytest
 from copilot_client import (
     CopilotClient,
     InvalidArgumentError,
+    MessageOptions,
+    SequenceConflictError,
     SessionExistsError,
     SessionNotFoundError,
-    TurnInProgressError,
 )
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
@@ -176,20 +177,52 @@ async def test_prompt_too_large(
     await session.send("é" * (MAX_PROMPT_BYTES // 2))  # exactly at the cap is fine
 
 
-async def test_turn_in_progress(
+async def test_messages_sent_during_a_turn_queue(
     stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
 ) -> None:
     session = await client.create_session(session_id="busy")
-    await session.send("first")
-    error = await wire_error(stub.SendMessage(pb.SendMessageRequest(session_id="busy", prompt="x")))
+    first = await stub.SendMessage(pb.SendMessageRequest(session_id="busy", prompt="first"))
+    second = await stub.SendMessage(pb.SendMessageRequest(session_id="busy", prompt="second"))
+    assert (first.queued, second.queued) == (False, True)
+    assert first.sequence == 2 and second.sequence == 0  # no sequence until its turn starts
+    metadata = await client.get_session_metadata("busy")
+    assert metadata is not None and metadata.pending_messages == 1
+    assert await session.abort()  # ends the first turn; the queued one starts next
+
+    answer = await session.send_and_wait("third", timeout=60)
+    assert answer is not None and 'You said: "third"' in answer.data.content
+    history = await session.get_messages()
+    users = [e for e in history if e.type == "user.message"]
+    assert [(u.id, u.data.content) for u in users] == [
+        (first.message_id, "first"),
+        (second.message_id, "second"),
+        (users[2].id, "third"),
+    ]
+    metadata = await client.get_session_metadata("busy")
+    assert metadata is not None and metadata.pending_messages == 0
+
+
+async def test_stale_expected_sequence_writes_nothing(
+    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
+) -> None:
+    session = await client.create_session(session_id="guarded")
+    error = await wire_error(
+        stub.SendMessage(
+            pb.SendMessageRequest(session_id="guarded", prompt="late", expected_last_sequence=0)
+        )
+    )
     assert error.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert error.reason == "ERROR_REASON_TURN_IN_PROGRESS"
-    assert "session.idle" in error.details
-    with pytest.raises(TurnInProgressError, match="already running"):
-        await session.send("second")
-    assert await session.abort()
-    users = [e for e in await session.get_messages() if e.type == "user.message"]
-    assert [e.data.content for e in users] == ["first"]
+    assert error.reason == "ERROR_REASON_SEQUENCE_CONFLICT"
+    assert "moved on to sequence 1" in error.details and "nothing was written" in error.details
+    with pytest.raises(SequenceConflictError) as caught:
+        await session.send(MessageOptions("late", expected_last_sequence=0))
+    assert caught.value.current_sequence == 1
+    assert [e.type for e in await session.get_messages()] == ["session.start"]
+    # The current sequence is accepted.
+    await session.send(MessageOptions("on time", expected_last_sequence=1))
+    assert [e.data.content for e in await session.get_messages() if e.type == "user.message"] == [
+        "on time"
+    ]
 
 
 async def test_invalid_page_token(

@@ -34,7 +34,6 @@ from copilot_client import (
     SessionEventType,
     SessionExistsError,
     SessionNotFoundError,
-    TurnInProgressError,
 )
 from tests.daemon_process import DaemonProcess
 
@@ -324,7 +323,7 @@ async def test_send_and_wait_timeout_does_not_abort(slow_client: CopilotClient) 
     assert 'You said: "Take your time"' in history[3].data.content
 
 
-async def test_turn_in_progress_then_abort(slow_client: CopilotClient) -> None:
+async def test_abort_keeps_the_partial_answer(slow_client: CopilotClient) -> None:
     session = await slow_client.create_session(session_id="stoppable")
     watched = Recorder()
     session.on(watched)
@@ -332,12 +331,6 @@ async def test_turn_in_progress_then_abort(slow_client: CopilotClient) -> None:
 
     waiting = asyncio.create_task(session.send_and_wait("Tell me everything", timeout=60))
     await watched.wait_type(T.ASSISTANT_MESSAGE_DELTA)
-
-    with pytest.raises(TurnInProgressError) as busy:
-        await session.send("Me too")
-    assert busy.value.status is grpc.StatusCode.FAILED_PRECONDITION
-    assert busy.value.reason == "ERROR_REASON_TURN_IN_PROGRESS"
-    assert "session.idle" in busy.value.message and "abort" in busy.value.message
 
     assert await session.abort("user pressed stop") is True
     answer = await waiting
@@ -363,7 +356,7 @@ async def test_turn_in_progress_then_abort(slow_client: CopilotClient) -> None:
         T.ASSISTANT_TURN_END,
     ]
     check_log_integrity(history)
-    assert history[1].data.content == "Tell me everything"  # "Me too" was refused
+    assert history[1].data.content == "Tell me everything"
     assert history[3].data.reason == "user pressed stop"
     assert history[4] == answer
     assert (history[5].data.reason, history[5].data.message) == ("aborted", "user pressed stop")

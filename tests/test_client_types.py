@@ -35,7 +35,6 @@ from copilot_client import (
     SessionMetadata,
     SessionNotFoundError,
     SystemMessageConfig,
-    TurnInProgressError,
 )
 from copilot_client._errors import REASON_METADATA_KEY, map_rpc_error
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
@@ -243,7 +242,6 @@ def rpc_error(code: str, details: str | None) -> grpc.aio.AioRpcError:
         ("ALREADY_EXISTS/ERROR_REASON_SESSION_EXISTS", SessionExistsError),
         ("INVALID_ARGUMENT/ERROR_REASON_EMPTY_PROMPT", InvalidArgumentError),
         ("INVALID_ARGUMENT", InvalidArgumentError),
-        ("FAILED_PRECONDITION/ERROR_REASON_TURN_IN_PROGRESS", TurnInProgressError),
         ("FAILED_PRECONDITION/ERROR_REASON_SEQUENCE_CONFLICT", SequenceConflictError),
         ("FAILED_PRECONDITION", FailedPreconditionError),
         ("RESOURCE_EXHAUSTED/ERROR_REASON_STORE_FULL", ResourceExhaustedError),

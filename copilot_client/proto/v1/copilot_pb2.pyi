@@ -50,8 +50,6 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT"""
     ERROR_REASON_INVALID_ARGUMENT: _ErrorReason.ValueType  # 7
     """INVALID_ARGUMENT, other fields"""
-    ERROR_REASON_TURN_IN_PROGRESS: _ErrorReason.ValueType  # 8
-    """FAILED_PRECONDITION"""
     ERROR_REASON_SEQUENCE_CONFLICT: _ErrorReason.ValueType  # 9
     """FAILED_PRECONDITION"""
     ERROR_REASON_STORE_FULL: _ErrorReason.ValueType  # 10
@@ -83,8 +81,6 @@ ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason.ValueType  # 6
 """INVALID_ARGUMENT"""
 ERROR_REASON_INVALID_ARGUMENT: ErrorReason.ValueType  # 7
 """INVALID_ARGUMENT, other fields"""
-ERROR_REASON_TURN_IN_PROGRESS: ErrorReason.ValueType  # 8
-"""FAILED_PRECONDITION"""
 ERROR_REASON_SEQUENCE_CONFLICT: ErrorReason.ValueType  # 9
 """FAILED_PRECONDITION"""
 ERROR_REASON_STORE_FULL: ErrorReason.ValueType  # 10

@@ -138,8 +138,8 @@ class CopilotServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SendMessage(self, request, context):
-        """Persists a user.message durably and starts a turn; returns the message
-        id. FAILED_PRECONDITION when a turn is already running.
+        """Persists a user.message durably and starts a turn, or (while a turn
+        runs) queues the message durably behind it; returns the message id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,8 +54,8 @@ class CopilotServiceStub:
     DeleteSession: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.DeleteSessionRequest, _copilot_pb2.DeleteSessionResponse]
     """Deletes a session's metadata and every event in one transaction."""
     SendMessage: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.SendMessageRequest, _copilot_pb2.SendMessageResponse]
-    """Persists a user.message durably and starts a turn; returns the message
-    id. FAILED_PRECONDITION when a turn is already running.
+    """Persists a user.message durably and starts a turn, or (while a turn
+    runs) queues the message durably behind it; returns the message id.
     """
     AbortTurn: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.AbortTurnRequest, _copilot_pb2.AbortTurnResponse]
     """Aborts the running turn, whoever started it."""
@@ -91,8 +91,8 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     DeleteSession: _aio.UnaryUnaryMultiCallable[_copilot_pb2.DeleteSessionRequest, _copilot_pb2.DeleteSessionResponse]  # type: ignore[assignment]
     """Deletes a session's metadata and every event in one transaction."""
     SendMessage: _aio.UnaryUnaryMultiCallable[_copilot_pb2.SendMessageRequest, _copilot_pb2.SendMessageResponse]  # type: ignore[assignment]
-    """Persists a user.message durably and starts a turn; returns the message
-    id. FAILED_PRECONDITION when a turn is already running.
+    """Persists a user.message durably and starts a turn, or (while a turn
+    runs) queues the message durably behind it; returns the message id.
     """
     AbortTurn: _aio.UnaryUnaryMultiCallable[_copilot_pb2.AbortTurnRequest, _copilot_pb2.AbortTurnResponse]  # type: ignore[assignment]
     """Aborts the running turn, whoever started it."""
@@ -167,8 +167,8 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _copilot_pb2.SendMessageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_copilot_pb2.SendMessageResponse, _abc.Awaitable[_copilot_pb2.SendMessageResponse]]:
-        """Persists a user.message durably and starts a turn; returns the message
-        id. FAILED_PRECONDITION when a turn is already running.
+        """Persists a user.message durably and starts a turn, or (while a turn
+        runs) queues the message durably behind it; returns the message id.
         """
 
     @_abc_1.abstractmethod
