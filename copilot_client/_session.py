@@ -292,6 +292,15 @@ class CopilotSession:
                 self._run_stream(), name=f"copilot-session-{self.session_id}"
             )
 
+    async def attach(self) -> None:
+        """Attaches to the session's live events now and returns once the stream is live.
+
+        ``on()`` and ``send_and_wait()`` attach by themselves; call this when
+        events that other clients cause from now on must not be missed.
+        """
+        self._check_usable()
+        await self._ensure_live()
+
     async def _ensure_live(self) -> None:
         """Starts the event stream if needed and waits until it is live."""
         self._start_stream()

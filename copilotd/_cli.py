@@ -12,6 +12,7 @@ import click
 from copilot_client._paths import DATA_DIR_ENV, SOCKET_ENV, resolve_data_dir, resolve_socket_path
 from copilotd import __version__
 from copilotd._config import CONFIG_ENV, ConfigError, load_config
+from copilotd._fanout import DEFAULT_BUFFER_EVENTS
 from copilotd._server import ServeConfig, StartupError, serve
 from copilotd._validation import DEFAULT_MAX_PROMPT_BYTES
 
@@ -51,6 +52,13 @@ def main() -> None:
     help="Seconds the offline model waits before each streamed piece (for demos and tests).",
 )
 @click.option(
+    "--subscriber-buffer",
+    type=click.IntRange(min=1),
+    default=DEFAULT_BUFFER_EVENTS,
+    show_default=True,
+    help="Live events buffered per subscriber before a slow one is cut off (it re-attaches).",
+)
+@click.option(
     "--config",
     "config_path",
     envvar=CONFIG_ENV,
@@ -63,6 +71,7 @@ def serve_command(
     data_dir: Path | None,
     max_prompt_bytes: int,
     offline_delay: float,
+    subscriber_buffer: int,
     config_path: Path | None,
     log_level: str,
 ) -> None:
@@ -82,6 +91,7 @@ def serve_command(
         data_dir=resolve_data_dir(data_dir),
         max_prompt_bytes=max_prompt_bytes,
         offline_delta_delay=offline_delay,
+        subscriber_buffer=subscriber_buffer,
         config_file=config_file,
     )
     try:

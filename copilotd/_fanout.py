@@ -9,6 +9,7 @@ the other subscribers go on.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Generic, TypeVar
@@ -16,6 +17,8 @@ from typing import Generic, TypeVar
 from copilotd._errors import ServiceError, SubscriberTooSlowError
 
 DEFAULT_BUFFER_EVENTS = 10_000
+
+log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 
@@ -89,6 +92,12 @@ class FanOut(Generic[Item]):
     def publish(self, key: str, items: Sequence[Item]) -> None:
         for subscription in list(self._subscribers.get(key, ())):
             if not subscription._push(items):
+                log.info(
+                    "a subscriber of %s fell more than %d events behind and was cut off; "
+                    "it re-attaches from its cursor",
+                    key,
+                    self._buffer_events,
+                )
                 self.unsubscribe(subscription)
 
     def end(self, key: str, error: ServiceError, last: Sequence[Item] = ()) -> None:

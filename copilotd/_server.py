@@ -24,6 +24,7 @@ from copilotd import __version__
 from copilotd._committer import GroupCommitter
 from copilotd._config import ConfigFile
 from copilotd._core import SessionService
+from copilotd._fanout import DEFAULT_BUFFER_EVENTS, FanOut
 from copilotd._providers import OfflineProvider, ProviderRegistry
 from copilotd._servicer import CopilotServicer
 from copilotd._store import LmdbStore, StoreError
@@ -51,6 +52,8 @@ class ServeConfig:
         data_dir: where the store lives.
         max_prompt_bytes: largest accepted prompt, in UTF-8 bytes.
         offline_delta_delay: seconds the offline model waits before each delta.
+        subscriber_buffer: live events buffered per subscriber before it is cut
+            off (it then re-attaches from its cursor).
         shutdown_grace: seconds in-flight calls get to finish at shutdown.
         initial_map_size: starting size of the LMDB map, in bytes.
         max_map_size: cap on the LMDB map size (None: grow while the disk allows).
@@ -61,6 +64,7 @@ class ServeConfig:
     data_dir: Path
     max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES
     offline_delta_delay: float = 0.0
+    subscriber_buffer: int = DEFAULT_BUFFER_EVENTS
     shutdown_grace: float = 5.0
     initial_map_size: int = 64 * 1024 * 1024
     max_map_size: int | None = None
@@ -151,7 +155,12 @@ async def _serve_store(
     committer.start()
     providers = ProviderRegistry(fallback=OfflineProvider(delta_delay=config.offline_delta_delay))
     service = SessionService(
-        store, committer, providers, version=__version__, max_prompt_bytes=config.max_prompt_bytes
+        store,
+        committer,
+        providers,
+        version=__version__,
+        max_prompt_bytes=config.max_prompt_bytes,
+        fanout=FanOut(buffer_events=config.subscriber_buffer),
     )
     recovered = await service.recover_interrupted_turns()
     if recovered:
