@@ -183,3 +183,35 @@ def test_socket_path_too_long_is_refused(short_tmp: Path) -> None:
     assert result.returncode == 1
     assert "longer than 107 bytes" in result.stderr
     assert not os.path.exists(long_socket.parent)
+
+
+async def test_queued_messages_survive_sigkill(slow_daemon: DaemonProcess) -> None:
+    async with CopilotClient(socket_path=slow_daemon.socket_path, auto_start=False) as client:
+        await start_slow_turn(client, "queue")
+        session = await client.resume_session("queue")
+        waiting = [await session.send(f"queued {i}") for i in range(2)]
+        metadata = await client.get_session_metadata("queue")
+        assert metadata is not None and metadata.pending_messages == 2
+        slow_daemon.kill()
+
+    slow_daemon.start()
+    async with CopilotClient(socket_path=slow_daemon.socket_path, auto_start=False) as client:
+        session = await client.resume_session("queue")
+        done = asyncio.Event()
+
+        def on_event(event: SessionEvent) -> None:
+            if event.type == "assistant.turn_end" and event.data.user_message_id == waiting[-1]:
+                done.set()
+
+        session.on(on_event)
+        await session.attach()
+        if not any(
+            e.type == "assistant.turn_end" and e.data.user_message_id == waiting[-1]
+            for e in await session.get_messages()
+        ):
+            await asyncio.wait_for(done.wait(), 60)
+        events = await session.get_messages()
+    users = [(e.id, e.data.content) for e in events if e.type == "user.message"]
+    assert users[1:] == [(waiting[0], "queued 0"), (waiting[1], "queued 1")]
+    reasons = [e.data.reason for e in events if e.type == "assistant.turn_end"]
+    assert reasons == ["interrupted", "completed", "completed"]
