@@ -68,6 +68,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_BACKUP_UNSUPPORTED: _ErrorReason.ValueType  # 41
     """FAILED_PRECONDITION, on BackupStore"""
+    ERROR_REASON_NO_RETENTION_POLICY: _ErrorReason.ValueType  # 42
+    """FAILED_PRECONDITION, on PruneSessions"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed, beyond its status code. Sent as the value of the
@@ -107,6 +109,8 @@ INVALID_ARGUMENT, on ImportSession
 """
 ERROR_REASON_BACKUP_UNSUPPORTED: ErrorReason.ValueType  # 41
 """FAILED_PRECONDITION, on BackupStore"""
+ERROR_REASON_NO_RETENTION_POLICY: ErrorReason.ValueType  # 42
+"""FAILED_PRECONDITION, on PruneSessions"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _SystemMessageMode:
