@@ -164,6 +164,9 @@ class SessionMetadata:
     turn_running: bool
     """Whether a turn was running when this was read."""
 
+    pinned: bool = False
+    """Whether the session is pinned: retention never deletes it."""
+
     @classmethod
     def from_proto(cls, proto: copilot_pb2.SessionMetadata) -> SessionMetadata:
         """Converts the wire form."""
@@ -176,6 +179,7 @@ class SessionMetadata:
             message_count=proto.message_count,
             last_sequence=proto.last_sequence,
             turn_running=proto.turn_running,
+            pinned=proto.pinned,
         )
 
 

@@ -134,7 +134,7 @@ class AdminService:
                     continue
             deleted.append(metadata)
             log.info(
-                "retention: deleted session %s (last active %s; rule: %s)",
+                "pruned session %s (last active %s; rule: %s)",
                 metadata.session_id,
                 metadata.modified_time.ToJsonString(),
                 rule.describe(),
