@@ -213,19 +213,12 @@ def test_export_needs_ids_or_all(daemon: DaemonProcess, tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()  # no partial file left behind
 
 
-async def test_progress_bar_only_on_a_terminal(
-    daemon: DaemonProcess, client: CopilotClient, tmp_path: Path
-) -> None:
-    await talk(client, "a", "one")
-    piped = copilotd(daemon, "export", "--all", "-o", "-")
-    assert piped.returncode == 0
-    assert piped.stderr == "exported 1 session(s), 5 events to -\n"  # nothing but the summary
-    assert json.loads(piped.stdout.splitlines()[-1]) == {"kind": "end", "session_count": 1}
-
+def export_on_terminal(daemon: DaemonProcess, output: Path) -> tuple[int, bytes]:
+    """Export with a terminal (a pty) as stderr; returns the exit code and what it showed."""
     controller, terminal = os.openpty()
     try:
         process = subprocess.run(
-            [sys.executable, "-m", "copilotd", "export", "--all", "-o", str(tmp_path / "t.jsonl")],
+            [sys.executable, "-m", "copilotd", "export", "--all", "-o", str(output)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=terminal,
@@ -239,7 +232,20 @@ async def test_progress_bar_only_on_a_terminal(
                 shown += chunk
     finally:
         os.close(controller)
-    assert process.returncode == 0
+    return process.returncode, shown
+
+
+async def test_progress_bar_only_on_a_terminal(
+    daemon: DaemonProcess, client: CopilotClient, tmp_path: Path
+) -> None:
+    await talk(client, "a", "one")
+    piped = copilotd(daemon, "export", "--all", "-o", "-")
+    assert piped.returncode == 0
+    assert piped.stderr == "exported 1 session(s), 5 events to -\n"  # nothing but the summary
+    assert json.loads(piped.stdout.splitlines()[-1]) == {"kind": "end", "session_count": 1}
+
+    code, shown = export_on_terminal(daemon, tmp_path / "t.jsonl")
+    assert code == 0
     assert b"exporting" in shown and b"100%" in shown
 
 
