@@ -10,6 +10,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 READY_MARKER = "serving on"
 START_TIMEOUT = 30.0
@@ -62,6 +63,10 @@ class DaemonProcess:
             *self.extra_args,
         ]
 
+    def popen_options(self) -> dict[str, Any]:
+        """More ``subprocess.Popen`` arguments (e.g. ``pass_fds``), for subclasses."""
+        return {}
+
     def start(self) -> DaemonProcess:
         ready = threading.Event()
         self.process = subprocess.Popen(
@@ -71,6 +76,7 @@ class DaemonProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            **self.popen_options(),
         )
         # Each process gets its own event: the reader of a killed predecessor
         # reaching end-of-file must not wake the wait for this one.
