@@ -69,6 +69,7 @@ class DaemonProcess:
 
     def start(self) -> DaemonProcess:
         ready = threading.Event()
+        first_line = len(self.output)
         self.process = subprocess.Popen(
             self.command(),
             env={**os.environ, **self.extra_env},
@@ -81,10 +82,17 @@ class DaemonProcess:
         # Each process gets its own event: the reader of a killed predecessor
         # reaching end-of-file must not wake the wait for this one.
         threading.Thread(target=self._read_output, args=(self.process, ready), daemon=True).start()
-        if not ready.wait(START_TIMEOUT) or self.process.poll() is not None:
+        # The marker, not just an event: the reader also wakes us at end of
+        # output, when the process may not be reaped yet (poll() still None).
+        if not ready.wait(START_TIMEOUT) or not self._served(self.process, first_line):
             self.kill()
             raise RuntimeError("copilotd did not start:\n" + "".join(self.output))
         return self
+
+    def _served(self, process: subprocess.Popen[str], first_line: int) -> bool:
+        with self._output_changed:
+            marked = any(READY_MARKER in line for line in self.output[first_line:])
+        return marked and process.poll() is None
 
     def _read_output(self, process: subprocess.Popen[str], ready: threading.Event) -> None:
         assert process.stderr is not None
