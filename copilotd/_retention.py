@@ -50,12 +50,12 @@ def parse_duration(text: str) -> timedelta:
 
 
 def format_duration(value: timedelta) -> str:
-    """The shortest ``parse_duration`` text for ``value`` (whole seconds)."""
+    """``value`` as ``parse_duration`` text, in days at most ("30d", not "4w2d")."""
     seconds = int(value.total_seconds())
     if seconds == 0:
         return "0s"
     parts = []
-    for unit, size in sorted(_UNITS.items(), key=lambda item: -item[1]):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         count, seconds = divmod(seconds, size)
         if count:
             parts.append(f"{count}{unit}")
