@@ -31,6 +31,7 @@ from tests.cli_support import copilotd, ok, one_line_error
 from tests.daemon_process import DaemonProcess
 
 RECEIVE_TIMEOUT = 30.0
+PASSED_ENV = ("HOME", "PATH", "PYTHONDONTWRITEBYTECODE")
 CALL_TIMEOUT = 60.0
 
 
@@ -258,7 +259,8 @@ async def test_systemd_socket_activate_starts_the_daemon_on_the_first_client(
         "systemd-socket-activate",
         "--listen",
         str(socket_path),
-        *("--setenv=HOME", "--setenv=PATH"),
+        # It passes on only what it is told to (as systemd does).
+        *(f"--setenv={name}" for name in PASSED_ENV if name in os.environ),
         sys.executable,
         "-m",
         "copilotd",
