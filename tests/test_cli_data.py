@@ -16,7 +16,7 @@ import pytest
 
 from copilot_client import CopilotClient, SessionConfig
 from copilot_client.proto.v1 import copilot_pb2 as pb
-from copilot_client.proto.v1 import copilot_pb2_grpc
+from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
 from copilotd._store import LmdbStore
 from tests.cli_support import copilotd, ok, one_line_error
 from tests.daemon_process import DaemonProcess
@@ -43,7 +43,7 @@ async def talk(client: CopilotClient, session_id: str, *prompts: str, **config: 
 
 async def history(
     stub: copilot_pb2_grpc.CopilotServiceStub, session_id: str
-) -> tuple[pb.SessionMetadata, list[pb.SessionEvent]]:
+) -> tuple[pb.SessionMetadata, list[events_pb2.SessionEvent]]:
     metadata = (await stub.GetSession(pb.GetSessionRequest(session_id=session_id))).session
     events = (
         await stub.ListEvents(pb.ListEventsRequest(session_id=session_id, page_size=1000))
