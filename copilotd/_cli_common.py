@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -50,6 +51,10 @@ def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
             return command(*args, **kwargs)
         except (CliError, CopilotError) as error:
             fail(str(error))
+        except BrokenPipeError:  # the reader went away (`| head`): nothing left to say
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise click.exceptions.Exit(1) from None
         except OSError as error:
             where = f" ({error.filename})" if error.filename else ""
             fail(f"{error.strerror or error}{where}")

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, BinaryIO, Final
 
 import click
 
@@ -234,6 +234,11 @@ def import_report(response: pb.ImportSessionResponse) -> str:
 # -- backup -----------------------------------------------------------------------------
 
 
+def private_file(path: Path) -> BinaryIO:
+    """A new file only its owner can read (a store's copy holds every conversation)."""
+    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
 def backup_store_dir(backup: Path) -> Path:
     """The folder holding a backup's data.mdb: ``BACKUP/store``, ``BACKUP``, or the file's."""
     if backup.is_file():
@@ -272,8 +277,11 @@ def backup_command(dest: Path, socket_path: Path | None) -> None:
     dest = dest.expanduser()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise CliError(f"{dest} exists and is not an empty folder; choose a new one")
+    # Private, like the data directory it copies: it holds every conversation.
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(dest, 0o700)
     store_dir = dest / STORE_SUBDIR
-    store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    store_dir.mkdir(mode=0o700, exist_ok=True)
     partial = store_dir / f"{DATA_FILE}.partial"
 
     async def main() -> int:
@@ -285,7 +293,10 @@ def backup_command(dest: Path, socket_path: Path | None) -> None:
                     f"the daemon sends a {info.format!r} backup, unknown to this copilotd"
                 )
             received, complete = 0, False
-            with partial.open("wb") as handle, progress(info.estimated_bytes, "backing up") as bar:
+            with (
+                private_file(partial) as handle,
+                progress(info.estimated_bytes, "backing up") as bar,
+            ):
                 async for response in responses:
                     handle.write(response.data)
                     received += len(response.data)
@@ -347,7 +358,7 @@ def _swap_in(source_dir: Path, target: Path) -> tuple[Path, Path | None, int]:
     shutil.rmtree(incoming, ignore_errors=True)
     incoming.mkdir(mode=0o700)
     try:
-        with (source_dir / DATA_FILE).open("rb") as src, (incoming / DATA_FILE).open("wb") as dst:
+        with (source_dir / DATA_FILE).open("rb") as src, private_file(incoming / DATA_FILE) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
             dst.flush()
             os.fsync(dst.fileno())

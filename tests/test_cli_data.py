@@ -298,6 +298,8 @@ async def test_backup_under_write_load_holds_every_earlier_session(
     assert backup.returncode == 0, err.decode()
     assert writes_during > 0, "the backup did not run under load"
     assert out.decode().startswith("backed up ")
+    assert (tmp_path / "backup").stat().st_mode & 0o777 == 0o700  # private, like the data
+    assert (tmp_path / "backup" / "store" / "data.mdb").stat().st_mode & 0o777 == 0o600
 
     copy = LmdbStore.open(tmp_path / "backup" / "store")
     try:

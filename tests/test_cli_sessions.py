@@ -111,6 +111,31 @@ async def test_list_table_json_limit_and_older_than(
     assert "40d" in table[2] and "from long ago" in table[2]
 
 
+async def test_a_reader_that_goes_away_is_no_error_message(
+    daemon: DaemonProcess, client: CopilotClient
+) -> None:
+    await talk(client, "a", "x")
+    exit_code, stderr = list_into_closed_pipe(daemon)
+    assert (exit_code, stderr) == (1, "")  # like `copilotd sessions list | head -0`
+
+
+def list_into_closed_pipe(daemon: DaemonProcess) -> tuple[int, str]:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # before the command starts: its first write meets a closed pipe
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "copilotd", "sessions", "list"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=daemon.env,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    return result.returncode, result.stderr
+
+
 def test_list_rejects_a_bad_duration(daemon: DaemonProcess) -> None:
     result = copilotd(daemon, "sessions", "list", "--older-than", "30x")
     assert result.returncode == 2
