@@ -10,6 +10,7 @@ import click
 
 from copilot_client._paths import DATA_DIR_ENV, SOCKET_ENV, resolve_data_dir, resolve_socket_path
 from copilotd import __version__
+from copilotd._cli_common import OneLineErrors
 from copilotd._cli_data import backup_command, export_command, import_command, restore_command
 from copilotd._cli_service import install_service_command, status_command
 from copilotd._cli_sessions import sessions_group
@@ -19,7 +20,7 @@ from copilotd._server import ServeConfig, StartupError, serve
 from copilotd._validation import DEFAULT_MAX_PROMPT_BYTES
 
 
-@click.group()
+@click.group(cls=OneLineErrors)
 @click.version_option(__version__, prog_name="copilotd")
 def main() -> None:
     """copilotd keeps chat sessions with language models safe across restarts."""

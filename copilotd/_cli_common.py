@@ -11,17 +11,17 @@ import asyncio
 import functools
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, ParamSpec, Protocol, TypeVar
+from typing import Any, Final, NoReturn, ParamSpec, Protocol, TypeVar
 
 import click
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from copilot_client._errors import CopilotError, map_rpc_error
+from copilot_client._errors import CopilotError, DaemonUnavailableError, map_rpc_error
 from copilot_client._paths import SOCKET_ENV, resolve_socket_path
 from copilot_client._transport import Transport
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
@@ -37,9 +37,9 @@ class CliError(Exception):
     """A failure the command reports in one line (the message) before exiting 1."""
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"copilotd: {message}", err=True)
-    raise click.exceptions.Exit(code)
+    sys.exit(code)
 
 
 def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
@@ -60,9 +60,43 @@ def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
             fail(f"{error.strerror or error}{where}")
         except KeyboardInterrupt:
             fail("interrupted", 130)
-        raise AssertionError("unreachable")
 
     return wrapper
+
+
+_NO_ARGS_IS_HELP: Final[type[click.UsageError]] = getattr(
+    click.exceptions, "NoArgsIsHelpError", type("_Never", (click.UsageError,), {})
+)
+
+
+class OneLineErrors(click.Group):
+    """A group whose usage errors are one line too: ``copilotd: <problem> (see … --help)``."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except _NO_ARGS_IS_HELP as error:  # plain `copilotd`: the help, as click shows it
+            click.echo(error.format_message(), err=True)
+            sys.exit(error.exit_code)
+        except click.UsageError as error:
+            hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
+            fail(f"{error.format_message()}{hint}", error.exit_code)
+        except click.ClickException as error:
+            fail(error.format_message(), error.exit_code)
+        except click.Abort:
+            fail("aborted", 1)
+        except click.exceptions.Exit as exit_:
+            sys.exit(exit_.exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -103,13 +137,19 @@ class Daemon:
 async def connect(socket_path: Path | None) -> AsyncIterator[Daemon]:
     """Connect to the daemon that serves ``socket_path``; never starts one.
 
-    Raises ``DaemonUnavailableError`` (whose message names the socket and how
-    to start the daemon) when nothing answers.
+    Raises ``CliError`` (naming the socket and how to start the daemon) when
+    nothing answers.
     """
     transport = Transport(resolve_socket_path(socket_path))
     transport.open()
     try:
-        await transport.call(transport.stub.Ping, copilot_pb2.PingRequest(), deadline=PING_DEADLINE)
+        try:
+            await transport.call(
+                transport.stub.Ping, copilot_pb2.PingRequest(), deadline=PING_DEADLINE
+            )
+        except DaemonUnavailableError as error:
+            # "copilotd: the daemon is not reachable at …", not "copilotd: copilotd is …"
+            raise CliError(str(error).replace("copilotd is", "the daemon is", 1)) from error
         yield Daemon(transport)
     finally:
         await transport.close()

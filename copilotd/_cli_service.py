@@ -76,7 +76,9 @@ def status_command(as_json: bool, socket_path: Path | None) -> None:
 
     try:
         status = run(main())
-    except DaemonUnavailableError:
+    except CliError as error:
+        if not isinstance(error.__cause__, DaemonUnavailableError):
+            raise
         _print_not_running(resolve_socket_path(socket_path), as_json)
         raise click.exceptions.Exit(NOT_RUNNING_EXIT) from None
     on_disk = file_size(Path(status.data_dir) / STORE_SUBDIR / "data.mdb")

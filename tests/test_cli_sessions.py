@@ -136,10 +136,14 @@ def list_into_closed_pipe(daemon: DaemonProcess) -> tuple[int, str]:
     return result.returncode, result.stderr
 
 
-def test_list_rejects_a_bad_duration(daemon: DaemonProcess) -> None:
+def test_usage_errors_are_one_line_too(daemon: DaemonProcess) -> None:
     result = copilotd(daemon, "sessions", "list", "--older-than", "30x")
     assert result.returncode == 2
-    assert "'30x' is not a duration like 30d" in result.stderr
+    line = one_line_error(result)
+    assert "'30x' is not a duration like 30d" in line
+    assert line.endswith(" sessions list --help`)")  # where to read more
+    assert "No such command 'lst'" in one_line_error(copilotd(daemon, "sessions", "lst"))
+    assert copilotd(daemon, "--version").stdout.startswith("copilotd, version ")
 
 
 async def test_show_prints_metadata_and_transcript(
