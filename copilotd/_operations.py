@@ -40,14 +40,14 @@ class Operations:
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         return [self.metrics.interceptor()] if self.metrics else []
 
-    def serve_metrics(
+    def attach(
         self,
         admin: AdminService,
         service: SessionService,
         store: Store,
         providers: ProviderRegistry,
     ) -> None:
-        """Open the metrics endpoint (before the API, so a busy port stops the start)."""
+        """Know the services; open the metrics endpoint (before the API: a busy port stops it)."""
         self._admin = admin
         if self.metrics is None or self._metrics_address is None:
             return

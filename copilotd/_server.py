@@ -209,7 +209,7 @@ async def _serve_store(
         retention=operations.retention,
     )
     try:
-        operations.serve_metrics(admin, service, store, providers)
+        operations.attach(admin, service, store, providers)
     except OSError as error:
         raise StartupError(f"cannot serve metrics on {config.metrics_address}: {error}") from None
     recovered = await service.recover_interrupted_turns()
