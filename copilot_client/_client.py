@@ -309,6 +309,21 @@ class CopilotClient:
         stub = await self._stub()
         await self._transport.call(stub.DeleteSession, request)
 
+    async def pin_session(self, session_id: str, pinned: bool = True) -> SessionMetadata:
+        """Pins a session (``pinned=False``: unpins it); retention never deletes a pinned one.
+
+        Raises:
+            SessionNotFoundError: No session has this id.
+        """
+        request = copilot_pb2.SetSessionPinnedRequest(session_id=session_id, pinned=pinned)
+        stub = await self._stub()
+        response = await self._transport.call(stub.SetSessionPinned, request)
+        return SessionMetadata.from_proto(response.session)
+
+    async def unpin_session(self, session_id: str) -> SessionMetadata:
+        """Unpins a session, so that retention may delete it again."""
+        return await self.pin_session(session_id, pinned=False)
+
     async def get_last_session_id(self) -> str | None:
         """The id of the most recently active session, or ``None`` if there is none."""
         page = await self.list_sessions_page(page_size=1)

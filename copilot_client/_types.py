@@ -181,6 +181,8 @@ class SessionMetadata:
 
     pending_messages: int = 0
     """Messages waiting for their turn when this was read."""
+    pinned: bool = False
+    """Whether the session is pinned: retention never deletes it."""
 
     @classmethod
     def from_proto(cls, proto: copilot_pb2.SessionMetadata) -> SessionMetadata:
@@ -195,6 +197,7 @@ class SessionMetadata:
             last_sequence=proto.last_sequence,
             turn_running=proto.turn_running,
             pending_messages=proto.pending_messages,
+            pinned=proto.pinned,
         )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
@@ -11,13 +10,18 @@ import click
 
 from copilot_client._paths import DATA_DIR_ENV, SOCKET_ENV, resolve_data_dir, resolve_socket_path
 from copilotd import __version__
+from copilotd._cli_common import OneLineErrors
+from copilotd._cli_data import backup_command, export_command, import_command, restore_command
+from copilotd._cli_service import install_service_command, status_command
+from copilotd._cli_sessions import sessions_group
 from copilotd._config import CONFIG_ENV, ConfigError, load_config
 from copilotd._fanout import DEFAULT_BUFFER_EVENTS
+from copilotd._logging import configure_logging
 from copilotd._server import ServeConfig, StartupError, serve
 from copilotd._validation import DEFAULT_MAX_PROMPT_BYTES
 
 
-@click.group()
+@click.group(cls=OneLineErrors)
 @click.version_option(__version__, prog_name="copilotd")
 def main() -> None:
     """copilotd keeps chat sessions with language models safe across restarts."""
@@ -66,6 +70,13 @@ def main() -> None:
     help=f"Config file [env {CONFIG_ENV}; default $XDG_CONFIG_HOME/copilotd/config.toml].",
 )
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+@click.option("--log-json", is_flag=True, help="Log one JSON object per line (to stderr).")
+@click.option(
+    "--metrics",
+    "metrics_address",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (loopback addresses only).",
+)
 def serve_command(
     socket_path: Path | None,
     data_dir: Path | None,
@@ -74,13 +85,15 @@ def serve_command(
     subscriber_buffer: int,
     config_path: Path | None,
     log_level: str,
+    log_json: bool,
+    metrics_address: str | None,
 ) -> None:
-    """Run the daemon in the foreground until SIGTERM or SIGINT."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Run the daemon in the foreground until SIGTERM or SIGINT.
+
+    Under systemd (Type=notify) it reports readiness and pings the watchdog,
+    and it serves the socket systemd passes (socket activation).
+    """
+    configure_logging(log_level, json=log_json)
     try:
         config_file = load_config(config_path)
     except ConfigError as error:
@@ -93,9 +106,22 @@ def serve_command(
         offline_delta_delay=offline_delay,
         subscriber_buffer=subscriber_buffer,
         config_file=config_file,
+        metrics_address=metrics_address,
     )
     try:
         asyncio.run(serve(config))
     except StartupError as error:
         click.echo(f"copilotd: cannot start: {error}", err=True)
         sys.exit(1)
+
+
+for _command in (
+    status_command,
+    sessions_group,
+    export_command,
+    import_command,
+    backup_command,
+    restore_command,
+    install_service_command,
+):
+    main.add_command(_command)

@@ -91,6 +91,32 @@ class ShuttingDownError(ServiceError):
         super().__init__("copilotd is shutting down; retry once it is back")
 
 
+# -- administration ----------------------------------------------------------
+
+
+class InvalidImportError(InvalidArgumentError):
+    """An imported history is not complete and in order; the message says where."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, Reason.ERROR_REASON_INVALID_IMPORT)
+
+
+class BackupUnsupportedError(ServiceError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    reason = Reason.ERROR_REASON_BACKUP_UNSUPPORTED
+
+
+class NoRetentionPolicyError(ServiceError):
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    reason = Reason.ERROR_REASON_NO_RETENTION_POLICY
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no retention rule was given and the daemon has no [retention] policy configured; "
+            "give older_than and/or keep, or configure [retention] in the config file"
+        )
+
+
 def grpc_status_for(
     error: ServiceError,
 ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:

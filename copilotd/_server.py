@@ -10,24 +10,37 @@ import os
 import signal
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
 
 from copilot_client._paths import MAX_SOCKET_PATH_BYTES, channel_target
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
 from copilotd import __version__
+from copilotd._activation import (
+    ActivationError,
+    InheritedSocket,
+    inherited_socket,
+    private_socket_path,
+)
+from copilotd._admin import AdminService, DaemonInfo
 from copilotd._committer import GroupCommitter
-from copilotd._config import ConfigFile
+from copilotd._config import ConfigError, ConfigFile
 from copilotd._core import SessionService
-from copilotd._fanout import DEFAULT_BUFFER_EVENTS, FanOut
+from copilotd._events import now_timestamp
+from copilotd._fanout import DEFAULT_BUFFER_EVENTS
+from copilotd._metrics import MetricsAddressError
+from copilotd._operations import Operations
 from copilotd._providers import OfflineProvider, ProviderRegistry
-from copilotd._servicer import CopilotServicer
+from copilotd._retention import RetentionPolicy
+from copilotd._servicer_admin import AdminServicer
 from copilotd._store import LmdbStore, StoreError
+from copilotd._systemd import listen_sockets
 from copilotd._validation import DEFAULT_MAX_PROMPT_BYTES
 
 log = logging.getLogger(__name__)
@@ -58,6 +71,7 @@ class ServeConfig:
         initial_map_size: starting size of the LMDB map, in bytes.
         max_map_size: cap on the LMDB map size (None: grow while the disk allows).
         config_file: the parsed config file (each concern reads its own table).
+        metrics_address: ``HOST:PORT`` (loopback) of the Prometheus endpoint, or None.
     """
 
     socket_path: Path
@@ -69,6 +83,7 @@ class ServeConfig:
     initial_map_size: int = 64 * 1024 * 1024
     max_map_size: int | None = None
     config_file: ConfigFile = field(default_factory=ConfigFile)
+    metrics_address: str | None = None
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -121,7 +136,17 @@ def check_socket_path(socket_path: Path) -> None:
 
 
 async def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Run the daemon until SIGTERM or SIGINT; raises ``StartupError`` when it cannot start."""
+    """Run the daemon until SIGTERM or SIGINT; raises ``StartupError`` when it cannot start.
+
+    Under systemd socket activation the passed socket is served (and its
+    path is the socket, whatever ``config.socket_path`` says).
+    """
+    try:
+        inherited = inherited_socket(listen_sockets())
+    except ActivationError as error:
+        raise StartupError(str(error)) from None
+    if inherited is not None:
+        config = replace(config, socket_path=inherited.path)
     check_socket_path(config.socket_path)
     ensure_private_dir(config.socket_path.parent)
     ensure_private_dir(config.data_dir)
@@ -132,8 +157,10 @@ async def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None =
             f"the socket {config.socket_path}",
         ),
     ):
-        # Holding the socket's lock, any socket file present is a dead daemon's.
-        config.socket_path.unlink(missing_ok=True)
+        # Holding the socket's lock, any socket file present is a dead daemon's
+        # (unless systemd passed it: that one is systemd's).
+        if inherited is None:
+            config.socket_path.unlink(missing_ok=True)
         try:
             store = LmdbStore.open(
                 config.data_dir / STORE_SUBDIR,
@@ -143,14 +170,24 @@ async def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None =
         except StoreError as error:
             raise StartupError(str(error)) from None
         try:
-            await _serve_store(config, store, on_ready)
+            await _serve_store(config, store, on_ready, inherited)
         finally:
             store.close()
 
 
 async def _serve_store(
-    config: ServeConfig, store: LmdbStore, on_ready: Callable[[str], None] | None
+    config: ServeConfig,
+    store: LmdbStore,
+    on_ready: Callable[[str], None] | None,
+    inherited: InheritedSocket | None,
 ) -> None:
+    try:
+        operations = Operations(
+            metrics_address=config.metrics_address,
+            retention=RetentionPolicy.from_config(config.config_file),
+        )
+    except (ConfigError, MetricsAddressError) as error:
+        raise StartupError(str(error)) from None
     committer = GroupCommitter(store)
     committer.start()
     providers = ProviderRegistry(fallback=OfflineProvider(delta_delay=config.offline_delta_delay))
@@ -160,8 +197,25 @@ async def _serve_store(
         providers,
         version=__version__,
         max_prompt_bytes=config.max_prompt_bytes,
-        fanout=FanOut(buffer_events=config.subscriber_buffer),
+        fanout=operations.fanout(buffer_events=config.subscriber_buffer),
     )
+    admin = AdminService(
+        service,
+        store,
+        committer,
+        info=DaemonInfo(
+            version=__version__,
+            socket_path=config.socket_path,
+            data_dir=config.data_dir,
+            socket_activated=inherited is not None,
+            start_time=now_timestamp(),
+        ),
+        retention=operations.retention,
+    )
+    try:
+        operations.attach(admin, service, store, providers)
+    except OSError as error:
+        raise StartupError(f"cannot serve metrics on {config.metrics_address}: {error}") from None
     recovered = await service.recover_interrupted_turns()
     if recovered:
         log.warning("closed %d turn(s) interrupted by the previous daemon's end", recovered)
@@ -170,15 +224,30 @@ async def _serve_store(
         options=[
             ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
             ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
-        ]
+        ],
+        interceptors=operations.interceptors(),
     )
-    copilot_pb2_grpc.add_CopilotServiceServicer_to_server(CopilotServicer(service), server)
+    copilot_pb2_grpc.add_CopilotServiceServicer_to_server(AdminServicer(service, admin), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    # Behind systemd's socket, the server listens privately and a relay joins them.
+    bound_path = (
+        config.socket_path if inherited is None else private_socket_path(config.socket_path)
+    )
+    check_socket_path(bound_path)
+    bound_path.unlink(missing_ok=True)
     target = channel_target(config.socket_path)
-    server.add_insecure_port(target)
+    server.add_insecure_port(channel_target(bound_path))
     await server.start()
-    os.chmod(config.socket_path, 0o600)
+    os.chmod(bound_path, 0o600)
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -186,17 +255,27 @@ async def _serve_store(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    log.info("copilotd %s serving on %s (data in %s)", __version__, target, config.data_dir)
+    operations.start(inherited, bound_path)
+    log.info(
+        "copilotd %s serving on %s (data in %s%s)",
+        __version__,
+        target,
+        config.data_dir,
+        ", socket from systemd" if inherited is not None else "",
+    )
+    operations.ready(f"serving on {target}")
     if on_ready is not None:
         on_ready(target)
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
+        await operations.stopping()
         await health.enter_graceful_shutdown()
         await service.shutdown()
         await server.stop(config.shutdown_grace)
+        await operations.close()
         await committer.close()
         await providers.aclose()
-        config.socket_path.unlink(missing_ok=True)
+        bound_path.unlink(missing_ok=True)
         log.info("stopped; store closed cleanly")

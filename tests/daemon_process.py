@@ -10,6 +10,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 READY_MARKER = "serving on"
 START_TIMEOUT = 30.0
@@ -23,13 +24,22 @@ def short_temp_dir(prefix: str = "cpd") -> Path:
 class DaemonProcess:
     """``copilotd serve`` on its own socket and data dir, started and stopped by tests."""
 
-    def __init__(self, root: Path, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        extra_args: Sequence[str] = (),
+        *,
+        extra_env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
         self.root = root
         self.socket_path = root / "run" / "copilotd.sock"
-        self.data_dir = root / "data"
+        self.data_dir = data_dir or root / "data"
         self.extra_args = list(extra_args)
+        self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
+        self._output_changed = threading.Condition()
 
     @property
     def env(self) -> dict[str, str]:
@@ -53,30 +63,67 @@ class DaemonProcess:
             *self.extra_args,
         ]
 
+    def popen_options(self) -> dict[str, Any]:
+        """More ``subprocess.Popen`` arguments (e.g. ``pass_fds``), for subclasses."""
+        return {}
+
     def start(self) -> DaemonProcess:
         ready = threading.Event()
+        first_line = len(self.output)
         self.process = subprocess.Popen(
             self.command(),
+            env={**os.environ, **self.extra_env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            **self.popen_options(),
         )
         # Each process gets its own event: the reader of a killed predecessor
         # reaching end-of-file must not wake the wait for this one.
         threading.Thread(target=self._read_output, args=(self.process, ready), daemon=True).start()
-        if not ready.wait(START_TIMEOUT) or self.process.poll() is not None:
+        # The marker, not just an event: the reader also wakes us at end of
+        # output, when the process may not be reaped yet (poll() still None).
+        if not ready.wait(START_TIMEOUT) or not self._served(self.process, first_line):
             self.kill()
             raise RuntimeError("copilotd did not start:\n" + "".join(self.output))
         return self
 
+    def _served(self, process: subprocess.Popen[str], first_line: int) -> bool:
+        with self._output_changed:
+            marked = any(READY_MARKER in line for line in self.output[first_line:])
+        return marked and process.poll() is None
+
     def _read_output(self, process: subprocess.Popen[str], ready: threading.Event) -> None:
         assert process.stderr is not None
         for line in process.stderr:
-            self.output.append(line)
+            with self._output_changed:
+                self.output.append(line)
+                self._output_changed.notify_all()
             if READY_MARKER in line:
                 ready.set()
         ready.set()  # exited: wake the waiter, which checks poll()
+        with self._output_changed:
+            self._output_changed.notify_all()
+
+    def wait_for_output(self, text: str, timeout: float = START_TIMEOUT) -> str:
+        """The first log line containing ``text``, once the daemon has written it."""
+
+        def found() -> str | None:
+            return next((line for line in self.output if text in line), None)
+
+        with self._output_changed:
+            self._output_changed.wait_for(
+                lambda: (
+                    found() is not None
+                    or (self.process is not None and self.process.poll() is not None)
+                ),
+                timeout,
+            )
+            line = found()
+        if line is None:
+            raise AssertionError(f"the daemon never logged {text!r}:\n" + "".join(self.output))
+        return line
 
     def kill(self) -> None:
         """SIGKILL: the daemon gets no chance to clean up."""

@@ -36,5 +36,6 @@ def test_no_stale_stubs_without_a_proto(tmp_path: Path) -> None:
         str(path.relative_to(ROOT))
         for package in ("copilot_client", "copilotd")
         for path in (ROOT / package / "proto").rglob("*_pb2*.py*")
+        if path.suffix in (".py", ".pyi")  # not __pycache__'s .pyc
     }
     assert committed == generated

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import itertools
 import math
+import os
 import random
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +33,7 @@ from copilotd._events import (
 )
 from copilotd._store import (
     SCHEMA_VERSION,
+    BackupUnsupported,
     LmdbStore,
     MemoryStore,
     PendingMessage,
@@ -188,6 +190,10 @@ class StoreContract:
     """The contract every backend passes unchanged; subclasses define ``make_store``."""
 
     def make_store(self, tmp_path: Path) -> Store:
+        raise NotImplementedError
+
+    def open_copy(self, copy: Path) -> Store | None:
+        """Open the file ``copy_to`` wrote; None for a backend without backups."""
         raise NotImplementedError
 
     @pytest.fixture
@@ -560,15 +566,130 @@ class StoreContract:
         store.close()
         store.close()
 
+    # Pinning
+
+    def test_pinning_changes_only_the_pin(self, store: Store) -> None:
+        create(store, "old", [user("o")])
+        create(store, "new", [user("n")])
+        before = record_of(store, "old")
+
+        pinned = run(store, lambda writer: writer.set_pinned("old", True))
+        assert pinned.metadata.pinned
+        assert record_of(store, "old") == pinned
+        unchanged = SessionRecord()
+        unchanged.CopyFrom(pinned)
+        unchanged.metadata.pinned = False
+        assert unchanged == before
+        assert listed_ids(store.list_sessions(limit=10)[0]) == ["new", "old"]
+
+        # Appending keeps the pin; unpinning clears it.
+        record, _ = append(store, "old", [user("again")])
+        assert record.metadata.pinned
+        assert not run(store, lambda writer: writer.set_pinned("old", False)).metadata.pinned
+        with pytest.raises(SessionNotFound):
+            run(store, lambda writer: writer.set_pinned("missing", True))
+
+    def test_size_grows_with_data(self, store: Store) -> None:
+        empty = store.size_bytes()
+        create(store, "s", [user("x" * 100_000)])
+        assert store.size_bytes() > empty
+
+    # Backup
+
+    def test_a_copy_holds_what_was_committed_before_it(self, store: Store, tmp_path: Path) -> None:
+        create(store, "kept", [user("a"), reply("b")])
+        append(store, "kept", [user("q")], open_turn=("t1", "m1"))
+        copy = tmp_path / "copy" / "data.mdb"
+        copy.parent.mkdir()
+        with copy.open("wb") as handle:
+            try:
+                store.copy_to(handle.fileno())
+            except BackupUnsupported:
+                assert self.open_copy(copy) is None
+                return
+        create(store, "after", [user("later")])
+
+        copied = self.open_copy(copy)
+        assert copied is not None
+        try:
+            assert copied.get_session("kept") == record_of(store, "kept")
+            assert all_events(copied, "kept") == all_events(store, "kept")
+            assert copied.get_session("after") is None
+            assert listed_ids(copied.sessions_with_open_turns()) == ["kept"]
+            create(copied, "writable")  # a copy is a whole store, not a read-only dump
+        finally:
+            copied.close()
+
+    def test_a_copy_taken_during_writes_is_a_committed_prefix(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        create(store, "s")
+        stop = threading.Event()
+        flowing = threading.Event()
+        written: list[int] = []
+
+        def writer() -> None:
+            while not stop.is_set() or len(written) < 50:
+                position = len(written) + 1
+                append(store, "s", [user(numbered(position))])
+                written.append(position)
+                if position == 20:
+                    flowing.set()
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        read_end, write_end = os.pipe()  # a pipe: the copy must never seek
+        received = bytearray()
+        try:
+            flowing.wait()  # the copy starts with the writer in full flow
+            copier = threading.Thread(target=_copy_and_close, args=(store, write_end))
+            copier.start()
+            while chunk := os.read(read_end, 1 << 16):
+                received += chunk
+            copier.join()
+        finally:
+            stop.set()
+            thread.join()
+            os.close(read_end)
+        if not received:  # the backend has no backup (it raised in the thread)
+            assert self.open_copy(tmp_path / "none") is None
+            return
+        copy = tmp_path / "copy" / "data.mdb"
+        copy.parent.mkdir()
+        copy.write_bytes(received)
+        copied = self.open_copy(copy)
+        assert copied is not None
+        try:
+            events = all_events(copied, "s")
+            check_prefix(events)
+            assert 20 <= len(events) <= len(written)
+        finally:
+            copied.close()
+
+
+def _copy_and_close(store: Store, fd: int) -> None:
+    try:
+        store.copy_to(fd)
+    except BackupUnsupported:
+        pass
+    finally:
+        os.close(fd)
+
 
 class TestMemoryStore(StoreContract):
     def make_store(self, tmp_path: Path) -> Store:
         return MemoryStore()
 
+    def open_copy(self, copy: Path) -> Store | None:
+        return None
+
 
 class TestLmdbStore(StoreContract):
     def make_store(self, tmp_path: Path) -> Store:
         return LmdbStore.open(tmp_path / "store")
+
+    def open_copy(self, copy: Path) -> Store | None:
+        return LmdbStore.open(copy.parent)
 
 
 def set_schema_version(path: Path, version: bytes) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from copilotd._store.base import (
     SCHEMA_VERSION,
+    BackupUnsupported,
     PendingMessage,
     SequenceConflict,
     SessionEvent,
@@ -26,6 +27,7 @@ from copilotd._store.memory_store import MemoryStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BackupUnsupported",
     "LmdbStore",
     "MemoryStore",
     "PendingMessage",

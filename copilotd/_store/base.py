@@ -37,6 +37,12 @@ The contract:
   and reads go on working.
 * **Versioning.** Opening a store written by a newer schema version raises
   ``StoreVersionError`` and leaves the files untouched.
+* **Pinning** (``set_pinned``) changes only ``metadata.pinned``: the listing
+  order and every other field stay as they were.
+* **Backup.** ``copy_to`` writes a consistent copy of the whole store, as it
+  stood at one instant, while reads and writes go on in other threads. A
+  backend whose data cannot outlive the process (the memory store) raises
+  ``BackupUnsupported`` instead; the contract suite accepts either.
 """
 
 from __future__ import annotations
@@ -98,6 +104,10 @@ class StoreCorrupt(StoreError):
     """The store's files cannot be read as a copilotd store."""
 
 
+class BackupUnsupported(StoreError):
+    """This backend cannot write a copy of itself (its data lives only in memory)."""
+
+
 class StoreWriter(ABC):
     """The operations available inside one ``Store.write_batch`` transaction."""
 
@@ -147,6 +157,10 @@ class StoreWriter(ABC):
     @abstractmethod
     def delete_session(self, session_id: str) -> None:
         """Delete a session's record and all its events. Raises ``SessionNotFound``."""
+
+    @abstractmethod
+    def set_pinned(self, session_id: str, pinned: bool) -> SessionRecord:
+        """Set ``metadata.pinned``; nothing else changes. Raises ``SessionNotFound``."""
 
 
 class Store(ABC):
@@ -208,6 +222,22 @@ class Store(ABC):
     @abstractmethod
     def session_count(self) -> int:
         """How many sessions there are (cost: constant)."""
+
+    @abstractmethod
+    def size_bytes(self) -> int:
+        """About how many bytes the stored data occupies (for status and metrics)."""
+
+    @abstractmethod
+    def copy_to(self, fd: int) -> None:
+        """Write a consistent copy of the whole store to the open file descriptor ``fd``.
+
+        The copy is the store as it stood at one instant; writes committed
+        while it is made are not in it, and they are not held back by it.
+        ``fd`` may be a pipe: the bytes are written in order, never sought.
+        The LMDB backend writes a compacted LMDB data file (``data.mdb``) that
+        ``LmdbStore.open`` opens as a store. Raises ``BackupUnsupported`` when
+        the backend has no such copy (the memory store).
+        """
 
     @abstractmethod
     def close(self) -> None:

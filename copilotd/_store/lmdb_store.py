@@ -304,6 +304,23 @@ class LmdbStore(Store):
         with self._reading() as txn:
             return int(txn.stat(self._tables.meta)["entries"])
 
+    def size_bytes(self) -> int:
+        """Pages up to the last one in use: freed pages inside count, the map's tail does not."""
+        with self._gate.shared():
+            self._check_open()
+            last_page = int(self._env.info()["last_pgno"])
+            return (last_page + 1) * int(self._env.stat()["psize"])
+
+    def copy_to(self, fd: int) -> None:
+        """LMDB's own hot copy, compacted (free pages left out), from one read snapshot.
+
+        It holds the resize gate for its whole duration: a write that needs a
+        larger map waits until the copy is done (writes that fit go on).
+        """
+        with self._gate.shared():
+            self._check_open()
+            self._env.copyfd(fd, compact=True)
+
     def close(self) -> None:
         with self._write_lock, self._gate.exclusive():
             if not self._closed:
@@ -388,6 +405,14 @@ class _LmdbWriter(StoreWriter):
             cursor.set_range(prefix)
             while cursor.key()[: U64.size] == prefix:
                 cursor.delete()
+
+    def set_pinned(self, session_id: str, pinned: bool) -> SessionRecord:
+        record = _load_record(self._txn, self._tables, session_id)
+        if record is None:
+            raise SessionNotFound(session_id)
+        record.metadata.pinned = pinned
+        self._save(record, recency_key(record.metadata))
+        return record
 
     def _take_log_number(self) -> int:
         raw = self._txn.get(_NEXT_LOG_NUMBER_KEY, db=self._tables.sys)

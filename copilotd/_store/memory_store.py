@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from copilotd._store import _records
 from copilotd._store.base import (
+    BackupUnsupported,
     PendingMessage,
     SessionEvent,
     SessionExists,
@@ -120,6 +121,19 @@ class MemoryStore(Store):
             self._check_open()
             return len(self._state.records)
 
+    def size_bytes(self) -> int:
+        with self._lock:
+            self._check_open()
+            state = self._state
+            records = sum(len(raw) for raw in state.records.values())
+            return records + sum(len(raw) for log in state.logs.values() for raw in log)
+
+    def copy_to(self, fd: int) -> None:
+        raise BackupUnsupported(
+            "the in-memory store keeps nothing beyond the process, so it has no backup; "
+            "back up a daemon that runs on the LMDB store"
+        )
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -196,6 +210,14 @@ class _MemoryWriter(StoreWriter):
         self._undo.append(lambda: state.logs.__setitem__(record.log_number, log))
         self._remove_recency(_records.recency_key(record.metadata))
         self._set_open_turn(session_id, False)
+
+    def set_pinned(self, session_id: str, pinned: bool) -> SessionRecord:
+        record = self._state.record(session_id)
+        if record is None:
+            raise SessionNotFound(session_id)
+        record.metadata.pinned = pinned
+        self._save(record, _records.recency_key(record.metadata))
+        return record
 
     # Journaled primitives
 

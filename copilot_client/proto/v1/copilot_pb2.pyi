@@ -60,6 +60,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE"""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 13
     """INTERNAL"""
+    ERROR_REASON_INVALID_IMPORT: _ErrorReason.ValueType  # 40
+    """administration: 40-49
+    INVALID_ARGUMENT, on ImportSession
+    """
+    ERROR_REASON_BACKUP_UNSUPPORTED: _ErrorReason.ValueType  # 41
+    """FAILED_PRECONDITION, on BackupStore"""
+    ERROR_REASON_NO_RETENTION_POLICY: _ErrorReason.ValueType  # 42
+    """FAILED_PRECONDITION, on PruneSessions"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed, beyond its status code. Sent as the value of the
@@ -91,6 +99,14 @@ ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 12
 """UNAVAILABLE"""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 13
 """INTERNAL"""
+ERROR_REASON_INVALID_IMPORT: ErrorReason.ValueType  # 40
+"""administration: 40-49
+INVALID_ARGUMENT, on ImportSession
+"""
+ERROR_REASON_BACKUP_UNSUPPORTED: ErrorReason.ValueType  # 41
+"""FAILED_PRECONDITION, on BackupStore"""
+ERROR_REASON_NO_RETENTION_POLICY: ErrorReason.ValueType  # 42
+"""FAILED_PRECONDITION, on PruneSessions"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _SystemMessageMode:
@@ -159,6 +175,34 @@ SEND_MODE_ENQUEUE: SendMode.ValueType  # 1
 SEND_MODE_IMMEDIATE: SendMode.ValueType  # 2
 """Abort the running turn and run this message next."""
 Global___SendMode: _TypeAlias = SendMode  # noqa: Y015
+
+class _ImportConflict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ImportConflictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImportConflict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IMPORT_CONFLICT_UNSPECIFIED: _ImportConflict.ValueType  # 0
+    """same as FAIL"""
+    IMPORT_CONFLICT_FAIL: _ImportConflict.ValueType  # 1
+    """ALREADY_EXISTS"""
+    IMPORT_CONFLICT_RENAME: _ImportConflict.ValueType  # 2
+    """Import under a new id: "<id>-imported", then "<id>-imported-2", ..."""
+    IMPORT_CONFLICT_OVERWRITE: _ImportConflict.ValueType  # 3
+    """Delete the existing session (as DeleteSession does), then import."""
+
+class ImportConflict(_ImportConflict, metaclass=_ImportConflictEnumTypeWrapper):
+    """What to do when an imported session's id is taken."""
+
+IMPORT_CONFLICT_UNSPECIFIED: ImportConflict.ValueType  # 0
+"""same as FAIL"""
+IMPORT_CONFLICT_FAIL: ImportConflict.ValueType  # 1
+"""ALREADY_EXISTS"""
+IMPORT_CONFLICT_RENAME: ImportConflict.ValueType  # 2
+"""Import under a new id: "<id>-imported", then "<id>-imported-2", ..."""
+IMPORT_CONFLICT_OVERWRITE: ImportConflict.ValueType  # 3
+"""Delete the existing session (as DeleteSession does), then import."""
+Global___ImportConflict: _TypeAlias = ImportConflict  # noqa: Y015
 
 @_typing.final
 class PingRequest(_message.Message):
@@ -271,6 +315,7 @@ class SessionMetadata(_message.Message):
     TURN_RUNNING_FIELD_NUMBER: _builtins.int
     SYSTEM_MESSAGE_FIELD_NUMBER: _builtins.int
     PENDING_MESSAGES_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     summary: _builtins.str
     """The first prompt, shortened."""
@@ -284,6 +329,10 @@ class SessionMetadata(_message.Message):
     pending_messages: _builtins.int
     """sharing sessions between clients: 30-39
     Messages waiting for their turn.
+    """
+    pinned: _builtins.bool
+    """administration: 40-49
+    Retention never deletes a pinned session (SetSessionPinned).
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -307,10 +356,11 @@ class SessionMetadata(_message.Message):
         turn_running: _builtins.bool = ...,
         system_message: Global___SystemMessage | None = ...,
         pending_messages: _builtins.int = ...,
+        pinned: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["modified_time", b"modified_time", "start_time", b"start_time", "system_message", b"system_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "pending_messages", b"pending_messages", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "turn_running", b"turn_running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "pending_messages", b"pending_messages", "pinned", b"pinned", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "turn_running", b"turn_running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -849,3 +899,383 @@ class LifecycleEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LifecycleEvent: _TypeAlias = LifecycleEvent  # noqa: Y015
+
+@_typing.final
+class GetDaemonStatusRequest(_message.Message):
+    """== administration: messages =="""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDaemonStatusRequest: _TypeAlias = GetDaemonStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetDaemonStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    SOCKET_PATH_FIELD_NUMBER: _builtins.int
+    DATA_DIR_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    STORE_BYTES_FIELD_NUMBER: _builtins.int
+    SESSION_COUNT_FIELD_NUMBER: _builtins.int
+    RUNNING_TURNS_FIELD_NUMBER: _builtins.int
+    SOCKET_ACTIVATED_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
+    METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    pid: _builtins.int
+    socket_path: _builtins.str
+    """The socket clients connect to, and the daemon's data directory."""
+    data_dir: _builtins.str
+    store_bytes: _builtins.int
+    """Bytes the store's data occupies (the file on disk may be larger: LMDB
+    reuses freed pages rather than shrinking the file).
+    """
+    session_count: _builtins.int
+    running_turns: _builtins.int
+    socket_activated: _builtins.bool
+    """True when systemd passed the listening socket (socket activation)."""
+    metrics_address: _builtins.str
+    """"host:port" of the Prometheus endpoint; empty when it is off."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def retention(self) -> Global___RetentionPolicy:
+        """The [retention] policy of the config file; all zero when it is off."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        socket_path: _builtins.str = ...,
+        data_dir: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        store_bytes: _builtins.int = ...,
+        session_count: _builtins.int = ...,
+        running_turns: _builtins.int = ...,
+        socket_activated: _builtins.bool = ...,
+        retention: Global___RetentionPolicy | None = ...,
+        metrics_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retention", b"retention", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_dir", b"data_dir", "metrics_address", b"metrics_address", "pid", b"pid", "retention", b"retention", "running_turns", b"running_turns", "session_count", b"session_count", "socket_activated", b"socket_activated", "socket_path", b"socket_path", "start_time", b"start_time", "store_bytes", b"store_bytes", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDaemonStatusResponse: _TypeAlias = GetDaemonStatusResponse  # noqa: Y015
+
+@_typing.final
+class RetentionPolicy(_message.Message):
+    """A retention rule. A session is selected when every limit that is set
+    selects it: it was last active longer ago than max_age, and it is not
+    among the max_sessions most recently active. Pinned sessions and sessions
+    with a running turn are never selected.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_SESSIONS_FIELD_NUMBER: _builtins.int
+    SWEEP_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    max_age_seconds: _builtins.int
+    """0: no age limit."""
+    max_sessions: _builtins.int
+    """Unset: no count limit."""
+    sweep_interval_seconds: _builtins.int
+    """How often the daemon sweeps (0: never)."""
+    def __init__(
+        self,
+        *,
+        max_age_seconds: _builtins.int = ...,
+        max_sessions: _builtins.int | None = ...,
+        sweep_interval_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_sessions", b"_max_sessions", "max_sessions", b"max_sessions"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_sessions", b"_max_sessions", "max_age_seconds", b"max_age_seconds", "max_sessions", b"max_sessions", "sweep_interval_seconds", b"sweep_interval_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_sessions: _TypeAlias = _typing.Literal["max_sessions"]  # noqa: Y015
+    _WhichOneofArgType__max_sessions: _TypeAlias = _typing.Literal["_max_sessions", b"_max_sessions"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_sessions) -> _WhichOneofReturnType__max_sessions | None: ...
+
+Global___RetentionPolicy: _TypeAlias = RetentionPolicy  # noqa: Y015
+
+@_typing.final
+class SetSessionPinnedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    pinned: _builtins.bool
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        pinned: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pinned", b"pinned", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSessionPinnedRequest: _TypeAlias = SetSessionPinnedRequest  # noqa: Y015
+
+@_typing.final
+class SetSessionPinnedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SessionMetadata: ...
+    def __init__(
+        self,
+        *,
+        session: Global___SessionMetadata | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetSessionPinnedResponse: _TypeAlias = SetSessionPinnedResponse  # noqa: Y015
+
+@_typing.final
+class PruneSessionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    """List what would be deleted, delete nothing."""
+    @_builtins.property
+    def policy(self) -> Global___RetentionPolicy:
+        """The rule to apply; unset: the daemon's configured [retention] policy
+        (FAILED_PRECONDITION when there is none). A rule with neither limit set
+        is INVALID_ARGUMENT.
+        """
+
+    def __init__(
+        self,
+        *,
+        policy: Global___RetentionPolicy | None = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneSessionsRequest: _TypeAlias = PruneSessionsRequest  # noqa: Y015
+
+@_typing.final
+class PruneSessionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    PINNED_KEPT_FIELD_NUMBER: _builtins.int
+    pinned_kept: _builtins.int
+    """Pinned sessions the rule would otherwise have selected."""
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionMetadata]:
+        """Deleted (or, for a dry run, to be deleted), most recently active first."""
+
+    def __init__(
+        self,
+        *,
+        sessions: _abc.Iterable[Global___SessionMetadata] | None = ...,
+        pinned_kept: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pinned_kept", b"pinned_kept", "sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneSessionsResponse: _TypeAlias = PruneSessionsResponse  # noqa: Y015
+
+@_typing.final
+class ImportHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    EVENT_COUNT_FIELD_NUMBER: _builtins.int
+    ON_CONFLICT_FIELD_NUMBER: _builtins.int
+    event_count: _builtins.int
+    """How many events follow, in all requests together."""
+    on_conflict: Global___ImportConflict.ValueType
+    @_builtins.property
+    def metadata(self) -> Global___SessionMetadata:
+        """The exported session's metadata (session_id set). The counters
+        (last_sequence, message_count, ...) are recomputed from the events.
+        """
+
+    def __init__(
+        self,
+        *,
+        metadata: Global___SessionMetadata | None = ...,
+        event_count: _builtins.int = ...,
+        on_conflict: Global___ImportConflict.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_count", b"event_count", "metadata", b"metadata", "on_conflict", b"on_conflict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportHeader: _TypeAlias = ImportHeader  # noqa: Y015
+
+@_typing.final
+class ImportSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___ImportHeader:
+        """In the first request only."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.SessionEvent]:
+        """The next events of the history, in sequence order (1, 2, 3, ...)."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___ImportHeader | None = ...,
+        events: _abc.Iterable[_events_pb2.SessionEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSessionRequest: _TypeAlias = ImportSessionRequest  # noqa: Y015
+
+@_typing.final
+class ImportSessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    ORIGINAL_SESSION_ID_FIELD_NUMBER: _builtins.int
+    REPLACED_FIELD_NUMBER: _builtins.int
+    CLOSED_OPEN_TURN_FIELD_NUMBER: _builtins.int
+    original_session_id: _builtins.str
+    """The id in the export, when the session was renamed."""
+    replaced: _builtins.bool
+    """True when an existing session was deleted to make room."""
+    closed_open_turn: _builtins.bool
+    """True when the history ended inside a turn (it was exported while the
+    turn ran) and the import closed it with an "interrupted" turn_end.
+    """
+    @_builtins.property
+    def session(self) -> Global___SessionMetadata: ...
+    def __init__(
+        self,
+        *,
+        session: Global___SessionMetadata | None = ...,
+        original_session_id: _builtins.str = ...,
+        replaced: _builtins.bool = ...,
+        closed_open_turn: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closed_open_turn", b"closed_open_turn", "original_session_id", b"original_session_id", "replaced", b"replaced", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportSessionResponse: _TypeAlias = ImportSessionResponse  # noqa: Y015
+
+@_typing.final
+class BackupStoreRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupStoreRequest: _TypeAlias = BackupStoreRequest  # noqa: Y015
+
+@_typing.final
+class BackupStoreResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The next piece of the copy."""
+    complete: _builtins.bool
+    """In the last response only: the copy is complete."""
+    total_bytes: _builtins.int
+    """With complete: the copy's size in bytes."""
+    @_builtins.property
+    def info(self) -> Global___BackupInfo:
+        """In the first response only."""
+
+    def __init__(
+        self,
+        *,
+        info: Global___BackupInfo | None = ...,
+        data: _builtins.bytes = ...,
+        complete: _builtins.bool = ...,
+        total_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "data", b"data", "info", b"info", "total_bytes", b"total_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupStoreResponse: _TypeAlias = BackupStoreResponse  # noqa: Y015
+
+@_typing.final
+class BackupInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORMAT_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    ESTIMATED_BYTES_FIELD_NUMBER: _builtins.int
+    format: _builtins.str
+    """"lmdb": the bytes are an LMDB data file; save them as
+    <data dir>/store/data.mdb.
+    """
+    schema_version: _builtins.int
+    estimated_bytes: _builtins.int
+    """Upper bound of the copy's size, for progress display."""
+    def __init__(
+        self,
+        *,
+        format: _builtins.str = ...,
+        schema_version: _builtins.int = ...,
+        estimated_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_bytes", b"estimated_bytes", "format", b"format", "schema_version", b"schema_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackupInfo: _TypeAlias = BackupInfo  # noqa: Y015

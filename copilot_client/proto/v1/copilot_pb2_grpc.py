@@ -89,6 +89,31 @@ class CopilotServiceStub:
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.WatchLifecycleRequest.SerializeToString,
                 response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.LifecycleEvent.FromString,
                 _registered_method=True)
+        self.GetDaemonStatus = channel.unary_unary(
+                '/copilot.v1.CopilotService/GetDaemonStatus',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.GetDaemonStatusRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.GetDaemonStatusResponse.FromString,
+                _registered_method=True)
+        self.SetSessionPinned = channel.unary_unary(
+                '/copilot.v1.CopilotService/SetSessionPinned',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetSessionPinnedRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetSessionPinnedResponse.FromString,
+                _registered_method=True)
+        self.PruneSessions = channel.unary_unary(
+                '/copilot.v1.CopilotService/PruneSessions',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.PruneSessionsRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.PruneSessionsResponse.FromString,
+                _registered_method=True)
+        self.ImportSession = channel.stream_unary(
+                '/copilot.v1.CopilotService/ImportSession',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ImportSessionRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ImportSessionResponse.FromString,
+                _registered_method=True)
+        self.BackupStore = channel.unary_stream(
+                '/copilot.v1.CopilotService/BackupStore',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.BackupStoreRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.BackupStoreResponse.FromString,
+                _registered_method=True)
 
 
 class CopilotServiceServicer:
@@ -178,6 +203,51 @@ class CopilotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDaemonStatus(self, request, context):
+        """== administration ==
+        What the daemon is doing: version, pid, socket, data directory, store
+        size, session count, retention policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSessionPinned(self, request, context):
+        """Pins or unpins a session. Retention (and PruneSessions) never deletes a
+        pinned session. NOT_FOUND when missing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneSessions(self, request, context):
+        """Deletes the sessions that a retention rule selects (or, with dry_run,
+        only lists them). Pinned sessions and sessions with a running turn are
+        kept. Each deletion goes through DeleteSession's path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSession(self, request_iterator, context):
+        """Creates a session from an exported history (see docs/export-format.md):
+        the first request carries the header, every request may carry events.
+        Event ids, sequence numbers and timestamps are kept. ALREADY_EXISTS when
+        the id is taken and on_conflict is FAIL; INVALID_ARGUMENT (reason
+        INVALID_IMPORT) for a history that is not complete and in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BackupStore(self, request, context):
+        """A consistent copy of the whole store, taken while the daemon serves:
+        first an info response, then the bytes in order, then a complete one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CopilotServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +305,31 @@ def add_CopilotServiceServicer_to_server(servicer, server):
                     servicer.WatchLifecycle,
                     request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.WatchLifecycleRequest.FromString,
                     response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.LifecycleEvent.SerializeToString,
+            ),
+            'GetDaemonStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDaemonStatus,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.GetDaemonStatusRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.GetDaemonStatusResponse.SerializeToString,
+            ),
+            'SetSessionPinned': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSessionPinned,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetSessionPinnedRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetSessionPinnedResponse.SerializeToString,
+            ),
+            'PruneSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneSessions,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.PruneSessionsRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.PruneSessionsResponse.SerializeToString,
+            ),
+            'ImportSession': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportSession,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ImportSessionRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ImportSessionResponse.SerializeToString,
+            ),
+            'BackupStore': grpc.unary_stream_rpc_method_handler(
+                    servicer.BackupStore,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.BackupStoreRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.BackupStoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -534,6 +629,141 @@ class CopilotService:
             '/copilot.v1.CopilotService/WatchLifecycle',
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.WatchLifecycleRequest.SerializeToString,
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.LifecycleEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDaemonStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/GetDaemonStatus',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.GetDaemonStatusRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.GetDaemonStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSessionPinned(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/SetSessionPinned',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetSessionPinnedRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetSessionPinnedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/PruneSessions',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.PruneSessionsRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.PruneSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/copilot.v1.CopilotService/ImportSession',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ImportSessionRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ImportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackupStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/copilot.v1.CopilotService/BackupStore',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.BackupStoreRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.BackupStoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

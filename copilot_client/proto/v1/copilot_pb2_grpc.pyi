@@ -72,6 +72,31 @@ class CopilotServiceStub:
     Lifecycle of all sessions (created, deleted, updated), whichever client
     caused it, until the client cancels.
     """
+    GetDaemonStatus: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.GetDaemonStatusRequest, _copilot_pb2.GetDaemonStatusResponse]
+    """== administration ==
+    What the daemon is doing: version, pid, socket, data directory, store
+    size, session count, retention policy.
+    """
+    SetSessionPinned: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.SetSessionPinnedRequest, _copilot_pb2.SetSessionPinnedResponse]
+    """Pins or unpins a session. Retention (and PruneSessions) never deletes a
+    pinned session. NOT_FOUND when missing.
+    """
+    PruneSessions: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.PruneSessionsRequest, _copilot_pb2.PruneSessionsResponse]
+    """Deletes the sessions that a retention rule selects (or, with dry_run,
+    only lists them). Pinned sessions and sessions with a running turn are
+    kept. Each deletion goes through DeleteSession's path.
+    """
+    ImportSession: _grpc.StreamUnaryMultiCallable[_copilot_pb2.ImportSessionRequest, _copilot_pb2.ImportSessionResponse]
+    """Creates a session from an exported history (see docs/export-format.md):
+    the first request carries the header, every request may carry events.
+    Event ids, sequence numbers and timestamps are kept. ALREADY_EXISTS when
+    the id is taken and on_conflict is FAIL; INVALID_ARGUMENT (reason
+    INVALID_IMPORT) for a history that is not complete and in order.
+    """
+    BackupStore: _grpc.UnaryStreamMultiCallable[_copilot_pb2.BackupStoreRequest, _copilot_pb2.BackupStoreResponse]
+    """A consistent copy of the whole store, taken while the daemon serves:
+    first an info response, then the bytes in order, then a complete one.
+    """
 
 @_typing.type_check_only
 class CopilotServiceAsyncStub(CopilotServiceStub):
@@ -108,6 +133,31 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     == sharing sessions between clients ==
     Lifecycle of all sessions (created, deleted, updated), whichever client
     caused it, until the client cancels.
+    """
+    GetDaemonStatus: _aio.UnaryUnaryMultiCallable[_copilot_pb2.GetDaemonStatusRequest, _copilot_pb2.GetDaemonStatusResponse]  # type: ignore[assignment]
+    """== administration ==
+    What the daemon is doing: version, pid, socket, data directory, store
+    size, session count, retention policy.
+    """
+    SetSessionPinned: _aio.UnaryUnaryMultiCallable[_copilot_pb2.SetSessionPinnedRequest, _copilot_pb2.SetSessionPinnedResponse]  # type: ignore[assignment]
+    """Pins or unpins a session. Retention (and PruneSessions) never deletes a
+    pinned session. NOT_FOUND when missing.
+    """
+    PruneSessions: _aio.UnaryUnaryMultiCallable[_copilot_pb2.PruneSessionsRequest, _copilot_pb2.PruneSessionsResponse]  # type: ignore[assignment]
+    """Deletes the sessions that a retention rule selects (or, with dry_run,
+    only lists them). Pinned sessions and sessions with a running turn are
+    kept. Each deletion goes through DeleteSession's path.
+    """
+    ImportSession: _aio.StreamUnaryMultiCallable[_copilot_pb2.ImportSessionRequest, _copilot_pb2.ImportSessionResponse]  # type: ignore[assignment]
+    """Creates a session from an exported history (see docs/export-format.md):
+    the first request carries the header, every request may carry events.
+    Event ids, sequence numbers and timestamps are kept. ALREADY_EXISTS when
+    the id is taken and on_conflict is FAIL; INVALID_ARGUMENT (reason
+    INVALID_IMPORT) for a history that is not complete and in order.
+    """
+    BackupStore: _aio.UnaryStreamMultiCallable[_copilot_pb2.BackupStoreRequest, _copilot_pb2.BackupStoreResponse]  # type: ignore[assignment]
+    """A consistent copy of the whole store, taken while the daemon serves:
+    first an info response, then the bytes in order, then a complete one.
     """
 
 class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -208,6 +258,61 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
         == sharing sessions between clients ==
         Lifecycle of all sessions (created, deleted, updated), whichever client
         caused it, until the client cancels.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDaemonStatus(
+        self,
+        request: _copilot_pb2.GetDaemonStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.GetDaemonStatusResponse, _abc.Awaitable[_copilot_pb2.GetDaemonStatusResponse]]:
+        """== administration ==
+        What the daemon is doing: version, pid, socket, data directory, store
+        size, session count, retention policy.
+        """
+
+    @_abc_1.abstractmethod
+    def SetSessionPinned(
+        self,
+        request: _copilot_pb2.SetSessionPinnedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.SetSessionPinnedResponse, _abc.Awaitable[_copilot_pb2.SetSessionPinnedResponse]]:
+        """Pins or unpins a session. Retention (and PruneSessions) never deletes a
+        pinned session. NOT_FOUND when missing.
+        """
+
+    @_abc_1.abstractmethod
+    def PruneSessions(
+        self,
+        request: _copilot_pb2.PruneSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.PruneSessionsResponse, _abc.Awaitable[_copilot_pb2.PruneSessionsResponse]]:
+        """Deletes the sessions that a retention rule selects (or, with dry_run,
+        only lists them). Pinned sessions and sessions with a running turn are
+        kept. Each deletion goes through DeleteSession's path.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportSession(
+        self,
+        request_iterator: _MaybeAsyncIterator[_copilot_pb2.ImportSessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.ImportSessionResponse, _abc.Awaitable[_copilot_pb2.ImportSessionResponse]]:
+        """Creates a session from an exported history (see docs/export-format.md):
+        the first request carries the header, every request may carry events.
+        Event ids, sequence numbers and timestamps are kept. ALREADY_EXISTS when
+        the id is taken and on_conflict is FAIL; INVALID_ARGUMENT (reason
+        INVALID_IMPORT) for a history that is not complete and in order.
+        """
+
+    @_abc_1.abstractmethod
+    def BackupStore(
+        self,
+        request: _copilot_pb2.BackupStoreRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_copilot_pb2.BackupStoreResponse], _abc.AsyncIterator[_copilot_pb2.BackupStoreResponse]]:
+        """A consistent copy of the whole store, taken while the daemon serves:
+        first an info response, then the bytes in order, then a complete one.
         """
 
 def add_CopilotServiceServicer_to_server(servicer: CopilotServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
