@@ -21,9 +21,11 @@ from grpc_health.v1._async import HealthServicer
 from copilot_client._paths import MAX_SOCKET_PATH_BYTES, channel_target
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
 from copilotd import __version__
+from copilotd._access import TcpListener, start_tcp_server
 from copilotd._committer import GroupCommitter
-from copilotd._config import ConfigFile
+from copilotd._config import ConfigError, ConfigFile
 from copilotd._core import SessionService
+from copilotd._decoding import RequestDecoding
 from copilotd._fanout import DEFAULT_BUFFER_EVENTS, FanOut
 from copilotd._providers import OfflineProvider, ProviderRegistry
 from copilotd._servicer import CopilotServicer
@@ -37,6 +39,10 @@ STORE_SUBDIR = "store"
 DATA_LOCK_NAME = "copilotd.lock"
 # Room for the largest prompt plus protobuf framing.
 GRPC_MESSAGE_LIMIT = 8 * 1024 * 1024
+GRPC_OPTIONS = (
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+    ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+)
 
 
 class StartupError(Exception):
@@ -57,6 +63,7 @@ class ServeConfig:
         shutdown_grace: seconds in-flight calls get to finish at shutdown.
         initial_map_size: starting size of the LMDB map, in bytes.
         max_map_size: cap on the LMDB map size (None: grow while the disk allows).
+        tcp: the TCP port to serve on as well, with its token and TLS (None: Unix only).
         config_file: the parsed config file (each concern reads its own table).
     """
 
@@ -68,6 +75,7 @@ class ServeConfig:
     shutdown_grace: float = 5.0
     initial_map_size: int = 64 * 1024 * 1024
     max_map_size: int | None = None
+    tcp: TcpListener | None = None
     config_file: ConfigFile = field(default_factory=ConfigFile)
 
 
@@ -166,17 +174,23 @@ async def _serve_store(
     if recovered:
         log.warning("closed %d turn(s) interrupted by the previous daemon's end", recovered)
 
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
-            ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
-        ]
-    )
-    copilot_pb2_grpc.add_CopilotServiceServicer_to_server(CopilotServicer(service), server)
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    servicer, health = CopilotServicer(service), HealthServicer()
+
+    def register(server: grpc.aio.Server) -> None:
+        copilot_pb2_grpc.add_CopilotServiceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+
+    server = grpc.aio.server(interceptors=[RequestDecoding()], options=GRPC_OPTIONS)
+    register(server)
     target = channel_target(config.socket_path)
     server.add_insecure_port(target)
+    try:
+        tcp_server = (
+            await start_tcp_server(config.tcp, register, GRPC_OPTIONS) if config.tcp else None
+        )
+    except ConfigError as error:
+        await committer.close()
+        raise StartupError(str(error)) from None
     await server.start()
     os.chmod(config.socket_path, 0o600)
     for name in ("", SERVICE_NAME):
@@ -196,6 +210,8 @@ async def _serve_store(
         await health.enter_graceful_shutdown()
         await service.shutdown()
         await server.stop(config.shutdown_grace)
+        if tcp_server is not None:
+            await tcp_server.stop(config.shutdown_grace)
         await committer.close()
         await providers.aclose()
         config.socket_path.unlink(missing_ok=True)
