@@ -58,6 +58,7 @@ LIFECYCLE_TOPIC = "lifecycle"
 SESSION_CREATED = "session.created"
 SESSION_DELETED = "session.deleted"
 SESSION_UPDATED = "session.updated"
+LIFECYCLE_TYPES = frozenset({SESSION_CREATED, SESSION_DELETED, SESSION_UPDATED})
 
 STREAM_BATCH_EVENTS = 256
 # Sessions kept in memory without a running turn; older ones are dropped and
@@ -471,6 +472,11 @@ class SessionService:
         """Lifecycle events of every session (filtered by ``types`` when given), live."""
         self._check_running()
         wanted = frozenset(types)
+        if unknown := wanted - LIFECYCLE_TYPES:
+            raise InvalidArgumentError(
+                f"types has unknown lifecycle event types {sorted(unknown)}; the known ones "
+                f"are {', '.join(sorted(LIFECYCLE_TYPES))} (leave types empty for all)"
+            )
         subscription = self.lifecycle.subscribe(LIFECYCLE_TOPIC)
         try:
             yield []  # the subscription is live from here on
