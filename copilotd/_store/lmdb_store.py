@@ -197,6 +197,7 @@ class LmdbStore(Store):
         except _CORRUPTION_ERRORS as exc:
             raise _corrupt(path, exc) from exc
         try:
+            _check_not_truncated(env, path)
             version = _read_schema_version(env, path)
             tables = _open_tables(env, initialize=version is None)
         except BaseException as exc:
@@ -498,6 +499,23 @@ def _map_sizes(initial_map_size: int, max_map_size: int | None) -> tuple[int | N
         raise ValueError(f"max_map_size must be at least {MIN_MAP_SIZE + MIN_RESERVE} bytes")
     cap = max_map_size // page * page
     return cap, min(initial, cap)
+
+
+def _check_not_truncated(env: lmdb.Environment, path: Path) -> None:
+    """Refuse a data file shorter than the pages its header says are in use.
+
+    Reading a page past the end of a memory-mapped file kills the process
+    with SIGBUS; a truncated store (a failed copy, a full disk during a
+    restore) must be refused before any page is read.
+    """
+    used = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+    size = (path / "data.mdb").stat().st_size
+    if size < used:
+        raise StoreCorrupt(
+            f"the copilotd store at {path} is truncated: its data file has {size} bytes but "
+            f"its header says {used} are in use. It was left untouched: restore it from a "
+            "backup or move it aside."
+        )
 
 
 def _read_schema_version(env: lmdb.Environment, path: Path) -> int | None:
