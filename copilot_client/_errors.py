@@ -203,6 +203,12 @@ def map_rpc_error(error: grpc.aio.AioRpcError, *, socket_path: str | os.PathLike
     if cls is DaemonUnavailableError:
         if short == "SHUTTING_DOWN":
             message = f"copilotd at {os.fspath(socket_path)} is shutting down: {details}"
+        elif "Permission denied" in details:
+            message = (
+                f"copilotd at {os.fspath(socket_path)} is not open to this user ({details}): "
+                "a daemon's socket is private to the user running it. Run as that user, or "
+                "use your own daemon (the default socket is per user)."
+            )
         else:
             message = (
                 f"copilotd is not reachable at {os.fspath(socket_path)} ({details}). {START_HINT}"

@@ -99,7 +99,8 @@ def exclusive_lock(path: Path, what: str) -> Iterator[IO[str]]:
     The kernel releases it when the process dies, however it dies, so a lock
     file left behind by a killed daemon never blocks the next one.
     """
-    handle = open(path, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+    # Private like everything of the daemon's; held open for its lifetime.
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
