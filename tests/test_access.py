@@ -35,6 +35,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from copilot_client import CopilotClient, DaemonUnavailableError, UnauthenticatedError
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
+from copilotd._access import tcp_listener
+from copilotd._config import ConfigError, ConfigFile
 from tests.daemon_process import DaemonProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -394,3 +396,21 @@ async def test_tls_with_certificate_and_token(
     finally:
         assert daemon.terminate() == 0
     assert token not in "".join(daemon.output)
+
+
+def test_access_settings_from_the_config_file(short_tmp: Path) -> None:
+    token_file = write_token(short_tmp, "t" * 20)
+    config = ConfigFile(
+        short_tmp / "config.toml",
+        {"access": {"listen": "[::1]:7777", "token_file": str(token_file)}},
+    )
+    listener = tcp_listener(config, environ={})
+    assert listener is not None
+    assert (listener.host, listener.port, listener.address) == ("::1", 7777, "[::1]:7777")
+    assert "t" * 20 not in repr(listener)
+    # The command line wins; no listen address at all means no TCP.
+    from_cli = tcp_listener(config, listen="127.0.0.1:9", environ={})
+    assert from_cli is not None and from_cli.port == 9
+    assert tcp_listener(ConfigFile(), environ={"COPILOTD_TOKEN": "t" * 20}) is None
+    with pytest.raises(ConfigError, match="listen must be a string"):
+        tcp_listener(ConfigFile(None, {"access": {"listen": 7777}}), environ={})

@@ -26,6 +26,8 @@ import pytest
 from copilot_client import CopilotClient, ResourceExhaustedError
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
+from copilotd._config import ConfigError, ConfigFile
+from copilotd._store_settings import max_store_bytes, parse_size
 from tests.daemon_process import DaemonProcess
 from tests.store_check import check_store
 
@@ -251,3 +253,16 @@ async def test_damaged_store_is_refused_untouched(short_tmp: Path, damage: str) 
     data_file.write_bytes(original)
     report = check_store(daemon.data_dir)
     assert len(report.sessions) == 20
+
+
+def test_store_cap_settings() -> None:
+    assert parse_size("512MiB", "x") == 512 << 20
+    assert parse_size("2 g", "x") == 2 << 30
+    assert parse_size(1 << 20, "x") == 1 << 20
+    assert max_store_bytes(ConfigFile(None, {"store": {"max_size": "8MiB"}}), None) == 8 << 20
+    assert max_store_bytes(ConfigFile(None, {"store": {"max_size": "8MiB"}}), "1MiB") == 1 << 20
+    assert max_store_bytes(ConfigFile(), None) is None
+    with pytest.raises(ConfigError, match="is not a size"):
+        parse_size("lots", "--max-store-bytes")
+    with pytest.raises(ConfigError, match="too small"):
+        parse_size("1k", "--max-store-bytes")
