@@ -38,6 +38,7 @@ from copilot_client.proto.v1 import copilot_pb2_grpc
 from copilotd._access import tcp_listener
 from copilotd._config import ConfigError, ConfigFile
 from tests.daemon_process import DaemonProcess
+from tests.privileged import run_as_root_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on tcp (\S+)")
@@ -81,18 +82,11 @@ else:
 @pytest.fixture
 def stranger() -> Iterator[str]:
     """A local user created for this test (root only), removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("creating another local user needs root")
-    if shutil.which("useradd") is None:
-        pytest.skip("useradd is not installed")
     name = f"cpd-stranger-{os.getpid()}"
-    created = subprocess.run(
+    run_as_root_or_skip(
         ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-        capture_output=True,
-        text=True,
+        "creating another local user",
     )
-    if created.returncode != 0:
-        pytest.skip(f"cannot create a user: {created.stderr.strip()}")
     try:
         yield name
     finally:

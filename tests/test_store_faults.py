@@ -29,6 +29,7 @@ from copilot_client.proto.v1 import copilot_pb2_grpc
 from copilotd._config import ConfigError, ConfigFile
 from copilotd._store_settings import max_store_bytes, parse_size
 from tests.daemon_process import DaemonProcess
+from tests.privileged import run_as_root_or_skip
 from tests.store_check import check_store
 
 PROMPT = "x" * (48 * 1024)
@@ -151,17 +152,12 @@ async def test_size_cap_refuses_writes_keeps_reads_and_recovers(short_tmp: Path)
 @pytest.fixture
 def small_disk(short_tmp: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs mounted for the test (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
     mount_point = short_tmp / "disk"
     mount_point.mkdir()
-    result = subprocess.run(
+    run_as_root_or_skip(
         ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
+        "mounting a small tmpfs",
     )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     try:
         yield mount_point
     finally:
