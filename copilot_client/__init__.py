@@ -21,6 +21,7 @@ from ._errors import (
     SessionExistsError,
     SessionFailedError,
     SessionNotFoundError,
+    UnauthenticatedError,
 )
 from ._lifecycle import LifecycleHandler
 from ._session import CopilotSession, EventHandler
@@ -62,6 +63,7 @@ __all__ = [
     "SessionMetadata",
     "SessionNotFoundError",
     "SystemMessageConfig",
+    "UnauthenticatedError",
     "__version__",
 ]
 

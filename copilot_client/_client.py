@@ -21,6 +21,8 @@ from .proto.v1 import copilot_pb2, copilot_pb2_grpc
 
 __all__ = ["CopilotClient"]
 
+ADDRESS_ENV = "COPILOTD_ADDRESS"
+TOKEN_ENV = "COPILOTD_TOKEN"
 RESUME_TAIL_EVENTS = 50
 MAX_PAGE_SIZE = 1000
 _CONFIG_FIELDS = frozenset(f.name for f in fields(SessionConfig))
@@ -42,6 +44,14 @@ class CopilotClient:
         daemon_command: The command that runs the daemon (``serve ...`` is
             appended); default ``python -m copilotd``, else ``copilotd`` on PATH.
         start_timeout: Seconds to wait for an auto-started daemon to serve.
+        address: ``HOST:PORT`` of a daemon serving TCP (``copilotd serve
+            --listen``), used instead of the socket; default ``$COPILOTD_ADDRESS``.
+            A daemon on TCP is never auto-started.
+        token: The bearer token the daemon's TCP port requires; default
+            ``$COPILOTD_TOKEN``. Not sent over the Unix socket.
+        tls_root_cert: PEM file of the daemon's certificate (or of its CA): the
+            TCP connection then uses TLS. Without it, plain TCP is used, which
+            grpc allows to loopback addresses only.
     """
 
     def __init__(
@@ -52,7 +62,11 @@ class CopilotClient:
         auto_start: bool = True,
         daemon_command: Sequence[str] | None = None,
         start_timeout: float = 10.0,
+        address: str | None = None,
+        token: str | None = None,
+        tls_root_cert: str | os.PathLike[str] | None = None,
     ) -> None:
+        self._address = address or os.environ.get(ADDRESS_ENV) or None
         self._socket_path = resolve_socket_path(socket_path)
         if len(os.fsencode(self._socket_path)) > MAX_SOCKET_PATH_BYTES:
             raise ValueError(
@@ -60,10 +74,15 @@ class CopilotClient:
                 "bytes, the limit of Unix sockets; choose a shorter one"
             )
         self._data_dir = resolve_data_dir(data_dir)
-        self._auto_start = auto_start
+        self._auto_start = auto_start and self._address is None
         self._daemon_command = list(daemon_command) if daemon_command else None
         self._start_timeout = start_timeout
-        self._transport = Transport(self._socket_path)
+        self._transport = Transport(
+            self._socket_path,
+            address=self._address,
+            token=token or os.environ.get(TOKEN_ENV) or None,
+            tls_root_cert=Path(tls_root_cert) if tls_root_cert else None,
+        )
         self._start_lock = asyncio.Lock()
         self._started = False
         self._daemon_version: str | None = None
@@ -71,6 +90,8 @@ class CopilotClient:
         self._lifecycle: LifecycleWatch | None = None
 
     def __repr__(self) -> str:
+        if self._address:
+            return f"CopilotClient(address={self._address!r})"
         return f"CopilotClient(socket_path={str(self._socket_path)!r})"
 
     @property

@@ -10,6 +10,7 @@ The tree::
     │   ├── FailedPreconditionError       FAILED_PRECONDITION
     │   │   └── SequenceConflictError     reason SEQUENCE_CONFLICT
     │   ├── ResourceExhaustedError        RESOURCE_EXHAUSTED
+    │   ├── UnauthenticatedError          UNAUTHENTICATED (TCP without the right token)
     │   └── DaemonUnavailableError        UNAVAILABLE, or the daemon cannot be reached
     └── SessionFailedError                a turn reported ``session.error``
 
@@ -39,6 +40,7 @@ __all__ = [
     "SessionExistsError",
     "SessionFailedError",
     "SessionNotFoundError",
+    "UnauthenticatedError",
     "map_rpc_error",
 ]
 
@@ -105,6 +107,10 @@ class ResourceExhaustedError(RPCError):
     """The daemon ran out of room, or this client fell behind an event stream."""
 
 
+class UnauthenticatedError(RPCError):
+    """The daemon's TCP port refused the call: no bearer token, or not the right one."""
+
+
 class DaemonUnavailableError(RPCError):
     """The daemon cannot be reached, is shutting down, or could not be started.
 
@@ -160,6 +166,7 @@ _BY_STATUS: dict[grpc.StatusCode, type[RPCError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.UNAVAILABLE: DaemonUnavailableError,
 }
 
@@ -196,6 +203,12 @@ def map_rpc_error(error: grpc.aio.AioRpcError, *, socket_path: str | os.PathLike
     if cls is DaemonUnavailableError:
         if short == "SHUTTING_DOWN":
             message = f"copilotd at {os.fspath(socket_path)} is shutting down: {details}"
+        elif "Permission denied" in details:
+            message = (
+                f"copilotd at {os.fspath(socket_path)} is not open to this user ({details}): "
+                "a daemon's socket is private to the user running it. Run as that user, or "
+                "use your own daemon (the default socket is per user)."
+            )
         else:
             message = (
                 f"copilotd is not reachable at {os.fspath(socket_path)} ({details}). {START_HINT}"

@@ -329,7 +329,7 @@ class CopilotSession:
                         if response.live:
                             self._live.set()
                 error: CopilotError = DaemonUnavailableError(
-                    "the event stream ended", socket_path=self._transport.socket_path
+                    "the event stream ended", socket_path=self._transport.where
                 )
             except SessionNotFoundError as exc:
                 self._deleted = exc

@@ -34,12 +34,33 @@ class Transport:
 
     Args:
         socket_path: The daemon's Unix socket.
+        address: ``HOST:PORT`` of the daemon's TCP port, used instead of the
+            socket when given.
+        token: The bearer token sent with every call over TCP.
+        tls_root_cert: PEM file of the certificate to trust: TCP then uses TLS.
+            Without it, TCP is plain text, which grpc allows to loopback
+            addresses only, so the token never crosses a network in clear.
     """
 
-    def __init__(self, socket_path: Path) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        *,
+        address: str | None = None,
+        token: str | None = None,
+        tls_root_cert: Path | None = None,
+    ) -> None:
         self.socket_path = socket_path
+        self.address = address
+        self._token = token
+        self._tls_root_cert = tls_root_cert
         self._channel: grpc.aio.Channel | None = None
         self._stub: copilot_pb2_grpc.CopilotServiceAsyncStub | None = None
+
+    @property
+    def where(self) -> str:
+        """The address or socket calls go to, for messages."""
+        return self.address or str(self.socket_path)
 
     @property
     def is_open(self) -> bool:
@@ -63,10 +84,26 @@ class Transport:
     def open(self) -> None:
         """Creates the channel (connecting happens on the first call)."""
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(
-                channel_target(self.socket_path), options=CHANNEL_OPTIONS
-            )
+            if self.address is None:
+                self._channel = grpc.aio.insecure_channel(
+                    channel_target(self.socket_path), options=CHANNEL_OPTIONS
+                )
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self.address, self._tcp_credentials(), options=CHANNEL_OPTIONS
+                )
             self._stub = copilot_pb2_grpc.CopilotServiceStub(self._channel)
+
+    def _tcp_credentials(self) -> grpc.ChannelCredentials:
+        if self._tls_root_cert is not None:
+            credentials = grpc.ssl_channel_credentials(self._tls_root_cert.read_bytes())
+        else:
+            credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+        if self._token:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(self._token)
+            )
+        return credentials
 
     async def close(self) -> None:
         """Closes the channel, cancelling calls still running on it."""
@@ -94,7 +131,7 @@ class Transport:
         try:
             return await rpc(request, timeout=deadline)
         except grpc.aio.AioRpcError as error:
-            raise map_rpc_error(error, socket_path=self.socket_path) from error
+            raise map_rpc_error(error, socket_path=self.where) from error
 
     async def stream_events(
         self, session_id: str, after_sequence: int
@@ -111,7 +148,7 @@ class Transport:
             async for response in call:
                 yield response
         except grpc.aio.AioRpcError as error:
-            raise map_rpc_error(error, socket_path=self.socket_path) from error
+            raise map_rpc_error(error, socket_path=self.where) from error
         finally:
             call.cancel()
 
@@ -124,6 +161,6 @@ class Transport:
             async for event in call:
                 yield event
         except grpc.aio.AioRpcError as error:
-            raise map_rpc_error(error, socket_path=self.socket_path) from error
+            raise map_rpc_error(error, socket_path=self.where) from error
         finally:
             call.cancel()

@@ -10,6 +10,7 @@ import click
 
 from copilot_client._paths import DATA_DIR_ENV, SOCKET_ENV, resolve_data_dir, resolve_socket_path
 from copilotd import __version__
+from copilotd._access import TOKEN_ENV, tcp_listener
 from copilotd._cli_common import OneLineErrors
 from copilotd._cli_data import backup_command, export_command, import_command, restore_command
 from copilotd._cli_service import install_service_command, status_command
@@ -18,6 +19,7 @@ from copilotd._config import CONFIG_ENV, ConfigError, load_config
 from copilotd._fanout import DEFAULT_BUFFER_EVENTS
 from copilotd._logging import configure_logging
 from copilotd._server import ServeConfig, StartupError, serve
+from copilotd._store_settings import max_store_bytes
 from copilotd._validation import DEFAULT_MAX_PROMPT_BYTES
 
 
@@ -69,6 +71,25 @@ def main() -> None:
     type=click.Path(path_type=Path),
     help=f"Config file [env {CONFIG_ENV}; default $XDG_CONFIG_HOME/copilotd/config.toml].",
 )
+@click.option(
+    "--max-store-bytes",
+    "max_store",
+    help="Cap on the store's size, e.g. 512MiB; writes beyond it get RESOURCE_EXHAUSTED "
+    "[config [store] max_size; default: no cap].",
+)
+@click.option(
+    "--listen",
+    help="Also serve on TCP HOST:PORT, with a bearer token (plain text on loopback only, "
+    "else TLS) [config [access] listen; default: Unix socket only].",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    help=f"File holding the bearer token TCP calls must carry [config [access] token_file; "
+    f"else env {TOKEN_ENV}].",
+)
+@click.option("--tls-cert", type=click.Path(path_type=Path), help="TLS certificate (PEM) for TCP.")
+@click.option("--tls-key", type=click.Path(path_type=Path), help="TLS private key (PEM) for TCP.")
 @click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
 @click.option("--log-json", is_flag=True, help="Log one JSON object per line (to stderr).")
 @click.option(
@@ -84,6 +105,11 @@ def serve_command(
     offline_delay: float,
     subscriber_buffer: int,
     config_path: Path | None,
+    max_store: str | None,
+    listen: str | None,
+    token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     log_level: str,
     log_json: bool,
     metrics_address: str | None,
@@ -96,6 +122,10 @@ def serve_command(
     configure_logging(log_level, json=log_json)
     try:
         config_file = load_config(config_path)
+        max_map_size = max_store_bytes(config_file, max_store)
+        tcp = tcp_listener(
+            config_file, listen=listen, token_file=token_file, tls_cert=tls_cert, tls_key=tls_key
+        )
     except ConfigError as error:
         click.echo(f"copilotd: cannot start: {error}", err=True)
         sys.exit(1)
@@ -105,6 +135,8 @@ def serve_command(
         max_prompt_bytes=max_prompt_bytes,
         offline_delta_delay=offline_delay,
         subscriber_buffer=subscriber_buffer,
+        max_map_size=max_map_size,
+        tcp=tcp,
         config_file=config_file,
         metrics_address=metrics_address,
     )

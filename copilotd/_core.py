@@ -44,6 +44,8 @@ from copilotd._validation import (
     DEFAULT_MAX_PROMPT_BYTES,
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    check_enum,
+    check_label,
     check_prompt,
     check_session_id,
     page_size,
@@ -56,6 +58,7 @@ LIFECYCLE_TOPIC = "lifecycle"
 SESSION_CREATED = "session.created"
 SESSION_DELETED = "session.deleted"
 SESSION_UPDATED = "session.updated"
+LIFECYCLE_TYPES = frozenset({SESSION_CREATED, SESSION_DELETED, SESSION_UPDATED})
 
 STREAM_BATCH_EVENTS = 256
 # Sessions kept in memory without a running turn; older ones are dropped and
@@ -258,9 +261,19 @@ class SessionService:
         self._check_running()
         session_id = config.session_id or str(uuid.uuid4())
         check_session_id(session_id)
-        model = config.model or self.providers.default_model
+        model = check_label(config.model, "config.model") or self.providers.default_model
         metadata = SessionMetadata(session_id=session_id, model=model)
         if config.HasField("system_message"):
+            check_enum(
+                config.system_message.mode,
+                copilot_pb2.SystemMessageMode,
+                "config.system_message.mode",
+            )
+            check_label(
+                config.system_message.content,
+                "config.system_message.content",
+                self.max_prompt_bytes,
+            )
             metadata.system_message.CopyFrom(config.system_message)
         start = ev.make_event(
             ev.SESSION_START, session_id=session_id, model=model, producer_version=self.version
@@ -346,6 +359,8 @@ class SessionService:
         """
         self._check_running()
         check_prompt(prompt, self.max_prompt_bytes)
+        check_label(source, "source")
+        check_enum(mode, copilot_pb2.SendMode, "mode")
         record = self._record(session_id)
         state = self._state(record)
         if expected_last_sequence is not None and expected_last_sequence != state.last_sequence:
@@ -356,6 +371,7 @@ class SessionService:
         )
 
     async def abort_turn(self, session_id: str, reason: str) -> bool:
+        check_label(reason, "reason")
         self._record(session_id)
         state = self._states.get(session_id)
         if state is None or state.turn is None:
@@ -456,6 +472,11 @@ class SessionService:
         """Lifecycle events of every session (filtered by ``types`` when given), live."""
         self._check_running()
         wanted = frozenset(types)
+        if unknown := wanted - LIFECYCLE_TYPES:
+            raise InvalidArgumentError(
+                f"types has unknown lifecycle event types {sorted(unknown)}; the known ones "
+                f"are {', '.join(sorted(LIFECYCLE_TYPES))} (leave types empty for all)"
+            )
         subscription = self.lifecycle.subscribe(LIFECYCLE_TOPIC)
         try:
             yield []  # the subscription is live from here on

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from copilot_client._paths import MAX_SOCKET_PATH_BYTES, channel_target
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
 from copilotd import __version__
+from copilotd._access import TcpListener, start_tcp_server
 from copilotd._activation import (
     ActivationError,
     InheritedSocket,
@@ -32,6 +33,7 @@ from copilotd._admin import AdminService, DaemonInfo
 from copilotd._committer import GroupCommitter
 from copilotd._config import ConfigError, ConfigFile
 from copilotd._core import SessionService
+from copilotd._decoding import RequestDecoding
 from copilotd._events import now_timestamp
 from copilotd._fanout import DEFAULT_BUFFER_EVENTS
 from copilotd._metrics import MetricsAddressError
@@ -50,6 +52,10 @@ STORE_SUBDIR = "store"
 DATA_LOCK_NAME = "copilotd.lock"
 # Room for the largest prompt plus protobuf framing.
 GRPC_MESSAGE_LIMIT = 8 * 1024 * 1024
+GRPC_OPTIONS = (
+    ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+    ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+)
 
 
 class StartupError(Exception):
@@ -70,6 +76,7 @@ class ServeConfig:
         shutdown_grace: seconds in-flight calls get to finish at shutdown.
         initial_map_size: starting size of the LMDB map, in bytes.
         max_map_size: cap on the LMDB map size (None: grow while the disk allows).
+        tcp: the TCP port to serve on as well, with its token and TLS (None: Unix only).
         config_file: the parsed config file (each concern reads its own table).
         metrics_address: ``HOST:PORT`` (loopback) of the Prometheus endpoint, or None.
     """
@@ -82,6 +89,7 @@ class ServeConfig:
     shutdown_grace: float = 5.0
     initial_map_size: int = 64 * 1024 * 1024
     max_map_size: int | None = None
+    tcp: TcpListener | None = None
     config_file: ConfigFile = field(default_factory=ConfigFile)
     metrics_address: str | None = None
 
@@ -106,7 +114,8 @@ def exclusive_lock(path: Path, what: str) -> Iterator[IO[str]]:
     The kernel releases it when the process dies, however it dies, so a lock
     file left behind by a killed daemon never blocks the next one.
     """
-    handle = open(path, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+    # Private like everything of the daemon's; held open for its lifetime.
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -220,24 +229,24 @@ async def _serve_store(
     if recovered:
         log.warning("closed %d turn(s) interrupted by the previous daemon's end", recovered)
 
+    servicer, health = AdminServicer(service, admin), HealthServicer()
+
+    def register(server: grpc.aio.Server) -> None:
+        copilot_pb2_grpc.add_CopilotServiceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+
     server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
-            ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
-        ],
-        interceptors=operations.interceptors(),
+        interceptors=[RequestDecoding(), *operations.interceptors()], options=GRPC_OPTIONS
     )
-    copilot_pb2_grpc.add_CopilotServiceServicer_to_server(AdminServicer(service, admin), server)
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    register(server)
     # Behind systemd's socket, the server listens privately and a relay joins them.
     bound_path = (
         config.socket_path if inherited is None else private_socket_path(config.socket_path)
@@ -246,6 +255,13 @@ async def _serve_store(
     bound_path.unlink(missing_ok=True)
     target = channel_target(config.socket_path)
     server.add_insecure_port(channel_target(bound_path))
+    try:
+        tcp_server = (
+            await start_tcp_server(config.tcp, register, GRPC_OPTIONS) if config.tcp else None
+        )
+    except ConfigError as error:
+        await committer.close()
+        raise StartupError(str(error)) from None
     await server.start()
     os.chmod(bound_path, 0o600)
     for name in ("", SERVICE_NAME):
@@ -274,6 +290,8 @@ async def _serve_store(
         await health.enter_graceful_shutdown()
         await service.shutdown()
         await server.stop(config.shutdown_grace)
+        if tcp_server is not None:
+            await tcp_server.stop(config.shutdown_grace)
         await operations.close()
         await committer.close()
         await providers.aclose()

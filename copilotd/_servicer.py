@@ -19,6 +19,7 @@ from copilot_client.proto.v1 import copilot_pb2_grpc
 from copilotd._core import SessionService
 from copilotd._errors import ServiceError, grpc_status_for
 from copilotd._events import now_timestamp
+from copilotd._validation import check_enum
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -113,6 +114,7 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         self, request: pb.ListEventsRequest, context: Context
     ) -> pb.ListEventsResponse:
         async with _translate_errors(context, "ListEvents"):
+            check_enum(request.order, pb.EventOrder, "order")
             events, cursor = self._service.list_events(
                 request.session_id,
                 request.cursor,

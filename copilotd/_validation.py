@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, Protocol
 
 from copilotd._errors import InvalidArgumentError, Reason
 
@@ -13,6 +14,14 @@ SESSION_ID_RULE: Final = (
     f"1 to {SESSION_ID_MAX_LENGTH} characters from A-Z a-z 0-9 . _ : @ -, "
     "starting with a letter or a digit"
 )
+
+
+class EnumType(Protocol):
+    """What generated protobuf enum wrappers offer."""
+
+    def values(self) -> Sequence[int]: ...
+    def items(self) -> Sequence[tuple[str, int]]: ...
+
 
 DEFAULT_MAX_PROMPT_BYTES: Final = 1024 * 1024
 DEFAULT_PAGE_SIZE: Final = 50
@@ -57,3 +66,34 @@ def page_size(requested: int, default: int) -> int:
     if requested == 0:
         return default
     return min(requested, MAX_PAGE_SIZE)
+
+
+# Short labels and names that are stored with events or sessions. Generous for
+# their purpose, small enough that no caller can bloat the store through them.
+MAX_LABEL_BYTES: Final = 1024
+
+
+def check_label(value: str, field: str, max_bytes: int = MAX_LABEL_BYTES) -> str:
+    """A free-form short string (a model name, a source tag, an abort reason)."""
+    size = len(value.encode("utf-8"))
+    if size > max_bytes:
+        raise InvalidArgumentError(
+            f"{field} is {size} bytes, over the limit of {max_bytes} bytes; shorten it"
+        )
+    return value
+
+
+def check_enum(value: int, enum: EnumType, field: str) -> int:
+    """Refuse enum values this daemon does not know, rather than guess what they meant.
+
+    Proto3 enums are open: a newer client can send a value added after this
+    daemon was built. Doing something else than what it asked for (say,
+    queueing a message it wanted to run now) would be worse than saying no.
+    """
+    if value not in enum.values():
+        known = ", ".join(f"{name} ({number})" for name, number in enum.items())
+        raise InvalidArgumentError(
+            f"{field} has the unknown value {value}; this copilotd knows {known}. "
+            "Upgrade copilotd or send one of those"
+        )
+    return value

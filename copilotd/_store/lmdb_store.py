@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import logging
 import mmap
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -57,6 +58,18 @@ MiB: Final = 1 << 20
 DEFAULT_INITIAL_MAP_SIZE: Final = 64 * MiB
 # Below this even creating the tables may not fit.
 MIN_MAP_SIZE: Final = 64 * 1024
+# Under a size cap, this share of the cap (within bounds) is kept for the
+# writes that free space or close what is open: deleting a session, ending a
+# turn, starting a queued message (which moves text already stored). LMDB
+# writes copy-on-write, so even a delete needs free pages; without a reserve a
+# store filled to its cap could not be emptied.
+RESERVE_SHARE: Final = 8
+MIN_RESERVE: Final = 64 * 1024
+MAX_RESERVE: Final = 64 * MiB
+# Free space below which an I/O error on commit is taken for a full disk.
+DISK_NEARLY_FULL: Final = 1 * MiB
+# The main table and the two meta pages, which ``txn.stat`` of the tables omits.
+_UNCOUNTED_PAGES: Final = 3
 
 _SCHEMA_VERSION_KEY: Final = b"schema_version"
 _NEXT_LOG_NUMBER_KEY: Final = b"next_log_number"
@@ -79,6 +92,9 @@ class _Tables:
     recency: lmdb._Database
     open_turns: lmdb._Database
     sys: lmdb._Database
+
+    def all(self) -> tuple[lmdb._Database, ...]:
+        return (self.meta, self.events, self.recency, self.open_turns, self.sys)
 
 
 class _Gate:
@@ -135,6 +151,11 @@ class LmdbStore(Store):
         self._tables = tables
         self._path = path
         self._max_map_size = max_map_size
+        # Ordinary writes stop here; the rest of the cap is the reserve.
+        self._soft_limit = (
+            None if max_map_size is None else max_map_size - reserve_for(max_map_size)
+        )
+        self._page_size = int(env.stat()["psize"])
         self._write_lock = threading.Lock()
         self._gate = _Gate()
         self._closed = False
@@ -176,13 +197,14 @@ class LmdbStore(Store):
         except _CORRUPTION_ERRORS as exc:
             raise _corrupt(path, exc) from exc
         try:
+            _check_not_truncated(env, path)
             version = _read_schema_version(env, path)
             tables = _open_tables(env, initialize=version is None)
         except BaseException as exc:
             env.close()
             if isinstance(exc, _CORRUPTION_ERRORS):
                 raise _corrupt(path, exc) from exc
-            if isinstance(exc, lmdb.Error) and _is_disk_full(exc):
+            if isinstance(exc, lmdb.Error) and _is_disk_full(exc, path):
                 raise _disk_full(path) from exc
             raise
         return cls(env, tables, path, cap)
@@ -207,18 +229,40 @@ class LmdbStore(Store):
     def _run_batch(self, operations: list[Callable[[StoreWriter], T]]) -> list[T | StoreError]:
         txn = self._env.begin(write=True)
         try:
-            writer = _LmdbWriter(self._env, self._tables, txn)
+            writer = _LmdbWriter(self._env, self._tables, txn, self._space_check())
             results = [writer.run(operation) for operation in operations]
             self._commit(txn)
         except lmdb.Error as exc:
             txn.abort()
-            if _is_disk_full(exc):
+            if _is_disk_full(exc, self._path):
                 raise _disk_full(self._path) from exc
             raise
         except BaseException:
             txn.abort()
             raise
         return results
+
+    def _space_check(self) -> Callable[[lmdb.Transaction[bytes]], StoreFull | None] | None:
+        """Under a cap: a check, run after each ordinary operation, that it left the reserve."""
+        limit, cap = self._soft_limit, self._max_map_size
+        if limit is None or cap is None:
+            return None
+        tables, page_size, path = self._tables, self._page_size, self._path
+
+        def check(txn: lmdb.Transaction[bytes]) -> StoreFull | None:
+            pages = _UNCOUNTED_PAGES + sum(
+                stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+                for stat in (txn.stat(table) for table in tables.all())
+            )
+            if pages * page_size <= limit:
+                return None
+            return StoreFull(
+                f"the copilotd store at {path} reached its size cap of {cap} bytes "
+                f"({cap - limit} of them kept for deletions and turn ends); nothing was "
+                "written. Delete old sessions or raise the cap (max_map_size)."
+            )
+
+        return check
 
     @staticmethod
     def _commit(txn: lmdb.Transaction[bytes]) -> None:
@@ -333,21 +377,37 @@ class LmdbStore(Store):
 
 
 class _LmdbWriter(StoreWriter):
-    """Runs each operation in its own child transaction of the batch's."""
+    """Runs each operation in its own child transaction of the batch's.
+
+    Under a size cap, ``space_check`` runs after each operation that may not
+    use the reserve; when it reports the store full, that operation is undone
+    and gets the ``StoreFull`` error, and the batch goes on.
+    """
 
     def __init__(
-        self, env: lmdb.Environment, tables: _Tables, batch: lmdb.Transaction[bytes]
+        self,
+        env: lmdb.Environment,
+        tables: _Tables,
+        batch: lmdb.Transaction[bytes],
+        space_check: Callable[[lmdb.Transaction[bytes]], StoreFull | None] | None = None,
     ) -> None:
         self._env = env
         self._tables = tables
         self._batch = batch
         self._txn = batch
+        self._space_check = space_check
+        self._may_use_reserve = False
 
     def run(self, operation: Callable[[StoreWriter], T]) -> T | StoreError:
         """Run ``operation``; if it raises ``StoreError``, undo it and return the error."""
         child = self._txn = self._env.begin(write=True, parent=self._batch)
+        self._may_use_reserve = False
         try:
             result = operation(self)
+            if self._space_check is not None and not self._may_use_reserve:
+                full = self._space_check(child)
+                if full is not None:
+                    raise full
         except StoreError as exc:
             child.abort()
             return exc
@@ -380,6 +440,10 @@ class _LmdbWriter(StoreWriter):
         close_turn: bool = False,
         pending: Sequence[PendingMessage] | None = None,
     ) -> tuple[SessionRecord, list[SessionEvent]]:
+        # Ending a turn, and starting a queued message (its text is already
+        # stored in the queue), may use the reserve: neither may be refused
+        # for lack of space without leaving a half turn or dropping a message.
+        self._may_use_reserve = close_turn or (open_turn is not None and pending is not None)
         record = _load_record(self._txn, self._tables, session_id)
         if record is None:
             raise SessionNotFound(session_id)
@@ -393,6 +457,7 @@ class _LmdbWriter(StoreWriter):
         return record, stored
 
     def delete_session(self, session_id: str) -> None:
+        self._may_use_reserve = True
         record = _load_record(self._txn, self._tables, session_id)
         if record is None:
             raise SessionNotFound(session_id)
@@ -444,16 +509,38 @@ class _LmdbWriter(StoreWriter):
 # Opening
 
 
+def reserve_for(cap: int) -> int:
+    """Bytes of a size cap kept for deletions and turn ends."""
+    return max(MIN_RESERVE, min(MAX_RESERVE, cap // RESERVE_SHARE))
+
+
 def _map_sizes(initial_map_size: int, max_map_size: int | None) -> tuple[int | None, int]:
     """(cap, initial) in whole OS pages, the initial size within the cap."""
     page = mmap.PAGESIZE
     initial = -(-max(initial_map_size, MIN_MAP_SIZE) // page) * page
     if max_map_size is None:
         return None, initial
-    if max_map_size < MIN_MAP_SIZE:
-        raise ValueError(f"max_map_size must be at least {MIN_MAP_SIZE} bytes")
+    if max_map_size < MIN_MAP_SIZE + MIN_RESERVE:
+        raise ValueError(f"max_map_size must be at least {MIN_MAP_SIZE + MIN_RESERVE} bytes")
     cap = max_map_size // page * page
     return cap, min(initial, cap)
+
+
+def _check_not_truncated(env: lmdb.Environment, path: Path) -> None:
+    """Refuse a data file shorter than the pages its header says are in use.
+
+    Reading a page past the end of a memory-mapped file kills the process
+    with SIGBUS; a truncated store (a failed copy, a full disk during a
+    restore) must be refused before any page is read.
+    """
+    used = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+    size = (path / "data.mdb").stat().st_size
+    if size < used:
+        raise StoreCorrupt(
+            f"the copilotd store at {path} is truncated: its data file has {size} bytes but "
+            f"its header says {used} are in use. It was left untouched: restore it from a "
+            "backup or move it aside."
+        )
 
 
 def _read_schema_version(env: lmdb.Environment, path: Path) -> int | None:
@@ -518,12 +605,25 @@ def _disk_full(path: Path) -> StoreFull:
     )
 
 
-def _is_disk_full(exc: lmdb.Error) -> bool:
-    return (
+def _is_disk_full(exc: lmdb.Error, path: Path) -> bool:
+    if (
         isinstance(exc, lmdb.DiskError)
         or getattr(exc, "code", None) in (errno.ENOSPC, errno.EDQUOT)
         or "No space left" in str(exc)
-    )
+    ):
+        return True
+    # LMDB reports a short write, which is what a full disk causes, as EIO.
+    # py-lmdb gives no error code for it, only mdb_strerror's text.
+    io_error = getattr(exc, "code", None) == errno.EIO or os.strerror(errno.EIO) in str(exc)
+    return io_error and _free_disk_bytes(path) < DISK_NEARLY_FULL
+
+
+def _free_disk_bytes(path: Path) -> int:
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return DISK_NEARLY_FULL
+    return info.f_bavail * info.f_frsize
 
 
 # Reading

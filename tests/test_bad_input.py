@@ -1,0 +1,383 @@
+"""Bad input against ONE real daemon: property tests on every RPC, raw bytes, raw sockets.
+
+Hypothesis generates requests with random and invalid fields for every RPC
+of the service, undecodable request bodies, and garbage written straight to
+the Unix socket. Every call must end with a status code from the documented
+set (never UNKNOWN or INTERNAL), each refusal with the "copilot-error-reason"
+trailer and a message; the daemon must never crash (same pid, still answers
+Ping) and its store must be whole afterwards (checked from disk by the last
+test of this module, which stops the daemon). Each test prints how many
+cases it ran.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from copilot_client.proto.v1 import copilot_pb2 as pb
+from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
+from copilotd._validation import MAX_LABEL_BYTES
+from tests.daemon_process import DaemonProcess, short_temp_dir
+from tests.store_check import check_store
+
+MAX_PROMPT_BYTES = 4096
+EXISTING = ["alpha", "beta-1", "gamma:2@x"]
+LIFECYCLE_TYPES = ["session.created", "session.deleted", "session.updated"]
+# What the daemon may answer to a request it could not or would not serve.
+REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+SERVICE = "/copilot.v1.CopilotService/"
+UNARY_METHODS = [
+    "Ping",
+    "CreateSession",
+    "GetSession",
+    "ResumeSession",
+    "ListSessions",
+    "DeleteSession",
+    "SendMessage",
+    "AbortTurn",
+    "ListEvents",
+]
+STREAM_METHODS = ["StreamEvents", "WatchLifecycle"]
+CALL_TIMEOUT = 20
+CASES = {"rpc": 1500, "raw": 500, "socket": 200}
+tally: Counter[str] = Counter()
+
+
+class Daemon:
+    def __init__(self) -> None:
+        self.root = short_temp_dir("fuzz")
+        self.process = DaemonProcess(self.root, ["--max-prompt-bytes", str(MAX_PROMPT_BYTES)])
+        self.process.start()
+        assert self.process.process is not None
+        self.pid = self.process.process.pid
+        self.channel = grpc.insecure_channel(f"unix:{self.process.socket_path}")
+        self.stub = copilot_pb2_grpc.CopilotServiceStub(self.channel)
+
+
+@pytest.fixture(scope="module")
+def fuzzed() -> Iterator[Daemon]:
+    daemon = Daemon()
+    for session_id in EXISTING:
+        daemon.stub.CreateSession(
+            pb.CreateSessionRequest(config=pb.SessionConfig(session_id=session_id))
+        )
+    yield daemon
+    daemon.channel.close()
+    daemon.process.kill()
+    shutil.rmtree(daemon.root, ignore_errors=True)
+
+
+# -- strategies ----------------------------------------------------------------
+
+uint32 = st.integers(0, 2**32 - 1)
+uint64 = st.integers(0, 2**64 - 1)
+# Hypothesis picks among one_of's branches evenly: a branch repeated is weighted.
+any_enum = st.one_of(st.integers(0, 2), st.integers(0, 2), st.integers(-(2**31), 2**31 - 1))
+nasty_text = st.one_of(
+    st.text(max_size=40),
+    st.text(alphabet=st.characters(max_codepoint=0x1F), max_size=10),
+    st.sampled_from(["", " ", "../x", "a/b", "a\x00b", "é" * 3, "\u202e", "x" * 129]),
+)
+session_ids = st.one_of(
+    st.sampled_from(EXISTING),
+    st.sampled_from(EXISTING),
+    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,20}", fullmatch=True),
+    nasty_text,
+)
+prompts = st.one_of(
+    st.text(min_size=1, max_size=200),
+    st.from_regex(r"[a-z]{1,20}", fullmatch=True),
+    st.just(""),
+    st.just("é" * (MAX_PROMPT_BYTES // 2 + 1)),  # just over the limit
+)
+labels = st.one_of(
+    st.text(max_size=30), st.just(""), st.just(""), st.just("m" * (MAX_LABEL_BYTES + 1))
+)
+
+
+def tools() -> st.SearchStrategy[list[events_pb2.ToolDefinition]]:
+    tool = st.builds(
+        events_pb2.ToolDefinition,
+        name=nasty_text,
+        description=st.text(max_size=50),
+        parameters_json_schema=st.text(max_size=50),
+    )
+    return st.lists(tool, max_size=3)
+
+
+def session_configs() -> st.SearchStrategy[pb.SessionConfig]:
+    system = st.builds(pb.SystemMessage, content=st.text(max_size=100), mode=any_enum)
+    return st.builds(
+        pb.SessionConfig,
+        session_id=st.one_of(st.just(""), session_ids),
+        model=labels,
+        system_message=st.one_of(st.none(), system),
+        tools=tools(),
+    )
+
+
+def send_requests() -> st.SearchStrategy[pb.SendMessageRequest]:
+    def build(sid: str, prompt: str, source: str, mode: int, expected: int | None) -> Any:
+        request = pb.SendMessageRequest(session_id=sid, prompt=prompt, source=source, mode=mode)
+        if expected is not None:
+            request.expected_last_sequence = expected
+        return request
+
+    return st.builds(build, session_ids, prompts, labels, any_enum, st.none() | uint64)
+
+
+REQUESTS: dict[str, st.SearchStrategy[Any]] = {
+    "Ping": st.just(pb.PingRequest()),
+    "CreateSession": st.builds(pb.CreateSessionRequest, config=session_configs()),
+    "GetSession": st.builds(pb.GetSessionRequest, session_id=session_ids),
+    "ResumeSession": st.builds(
+        pb.ResumeSessionRequest, session_id=session_ids, tail_events=uint32, tools=tools()
+    ),
+    "ListSessions": st.builds(
+        pb.ListSessionsRequest, page_size=uint32, page_token=st.one_of(nasty_text, st.just(""))
+    ),
+    "DeleteSession": st.builds(
+        pb.DeleteSessionRequest, session_id=st.one_of(nasty_text, st.from_regex(r"z[0-9]{1,3}"))
+    ),
+    "SendMessage": send_requests(),
+    "AbortTurn": st.builds(pb.AbortTurnRequest, session_id=session_ids, reason=labels),
+    "ListEvents": st.builds(
+        pb.ListEventsRequest,
+        session_id=session_ids,
+        cursor=uint64,
+        page_size=uint32,
+        order=any_enum,
+    ),
+    "StreamEvents": st.builds(
+        pb.StreamEventsRequest, session_id=session_ids, after_sequence=uint64
+    ),
+    "WatchLifecycle": st.builds(
+        pb.WatchLifecycleRequest,
+        types=st.lists(st.one_of(nasty_text, st.sampled_from(LIFECYCLE_TYPES)), max_size=3),
+    ),
+}
+
+
+# -- calling -------------------------------------------------------------------
+
+
+def reason_of(error: grpc.RpcError) -> str:
+    trailers = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+    return str(trailers.get("copilot-error-reason", ""))
+
+
+def check_refusal(error: grpc.RpcError, method: str) -> None:
+    code = error.code()  # type: ignore[attr-defined]
+    assert code in REFUSALS, f"{method}: {code} {error.details()}"  # type: ignore[attr-defined]
+    assert error.details(), method  # type: ignore[attr-defined]
+    assert reason_of(error).startswith("ERROR_REASON_"), f"{method}: no reason trailer"
+
+
+def call_unary(daemon: Daemon, method: str, request: Any) -> None:
+    rpc: Callable[..., Any] = getattr(daemon.stub, method)
+    try:
+        rpc(request, timeout=CALL_TIMEOUT)
+        tally[f"{method} ok"] += 1
+    except grpc.RpcError as error:
+        check_refusal(error, method)
+        tally[f"{method} {error.code().name}"] += 1  # type: ignore[attr-defined]
+
+
+def stir(daemon: Daemon) -> None:
+    """Cause one lifecycle event of each type, so that a live watch has something to send."""
+    tally["stirred"] += 1
+    session_id = f"stir-{tally['stirred']}"
+    daemon.stub.CreateSession(
+        pb.CreateSessionRequest(config=pb.SessionConfig(session_id=session_id))
+    )
+    daemon.stub.ResumeSession(pb.ResumeSessionRequest(session_id=session_id))
+    daemon.stub.DeleteSession(pb.DeleteSessionRequest(session_id=session_id))
+
+
+def next_response(daemon: Daemon, method: str, call: Any) -> None:
+    """The first response: the catch-up batch, a lifecycle event, or the refusal."""
+    if method == "WatchLifecycle":
+        call.initial_metadata()  # sent once the watch is live (or refused)
+        stir(daemon)
+    next(call)
+
+
+def call_stream(daemon: Daemon, method: str, request: Any) -> None:
+    call = getattr(daemon.stub, method)(request, timeout=CALL_TIMEOUT)
+    try:
+        next_response(daemon, method, call)
+        tally[f"{method} ok"] += 1
+    except grpc.RpcError as error:
+        check_refusal(error, method)
+        tally[f"{method} {error.code().name}"] += 1  # type: ignore[attr-defined]
+    finally:
+        call.cancel()
+
+
+any_request = st.sampled_from(sorted(REQUESTS)).flatmap(
+    lambda method: st.tuples(st.just(method), REQUESTS[method])
+)
+
+
+@settings(
+    max_examples=CASES["rpc"],
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(case=any_request)
+def test_every_rpc_with_random_and_invalid_fields(fuzzed: Daemon, case: tuple[str, Any]) -> None:
+    method, request = case
+    tally["rpc cases"] += 1
+    if method in STREAM_METHODS:
+        call_stream(fuzzed, method, request)
+    else:
+        call_unary(fuzzed, method, request)
+
+
+@settings(max_examples=CASES["raw"], deadline=None, database=None)
+@given(method=st.sampled_from(UNARY_METHODS + STREAM_METHODS), body=st.binary(max_size=512))
+def test_raw_request_bodies(fuzzed: Daemon, method: str, body: bytes) -> None:
+    """Bytes that may not decode as the method's request: INVALID_ARGUMENT, or a valid call."""
+    tally["raw cases"] += 1
+    identity: Callable[[bytes], bytes] = bytes
+    path = SERVICE + method
+    try:
+        if method in STREAM_METHODS:
+            call = fuzzed.channel.unary_stream(path, identity, identity)(body, timeout=CALL_TIMEOUT)
+            try:
+                next_response(fuzzed, method, call)
+            finally:
+                call.cancel()
+        else:
+            fuzzed.channel.unary_unary(path, identity, identity)(body, timeout=30)
+        tally["raw ok"] += 1
+    except grpc.RpcError as error:
+        check_refusal(error, method)
+        tally[f"raw {error.code().name}"] += 1  # type: ignore[attr-defined]
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+@settings(max_examples=CASES["socket"], deadline=None, database=None)
+@given(garbage=st.binary(min_size=1, max_size=4096), preface=st.booleans())
+def test_garbage_on_the_raw_socket(fuzzed: Daemon, garbage: bytes, preface: bool) -> None:
+    """The daemon hangs up on a peer that does not speak HTTP/2 (or speaks it wrong)."""
+    tally["socket cases"] += 1
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as peer:
+        peer.settimeout(30)
+        peer.connect(str(fuzzed.process.socket_path))
+        try:
+            peer.sendall((HTTP2_PREFACE if preface else b"") + garbage)
+            peer.shutdown(socket.SHUT_WR)
+            while peer.recv(65536):
+                pass  # whatever it says (a SETTINGS or GOAWAY frame), until it hangs up
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # hung up even before reading everything: also fine
+    tally["socket hung up"] += 1
+
+
+def test_unknown_enum_values_are_refused(fuzzed: Daemon) -> None:
+    stub = fuzzed.stub
+    stub.CreateSession(pb.CreateSessionRequest(config=pb.SessionConfig(session_id="quiet")))
+    for call, field in [
+        (
+            lambda: stub.SendMessage(
+                pb.SendMessageRequest(session_id="quiet", prompt="x", mode=99)
+            ),
+            "mode",
+        ),
+        (lambda: stub.ListEvents(pb.ListEventsRequest(session_id="alpha", order=99)), "order"),
+        (
+            lambda: stub.CreateSession(
+                pb.CreateSessionRequest(
+                    config=pb.SessionConfig(
+                        session_id="enum", system_message=pb.SystemMessage(content="x", mode=99)
+                    )
+                )
+            ),
+            "config.system_message.mode",
+        ),
+    ]:
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        error: Any = caught.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason_of(error) == "ERROR_REASON_INVALID_ARGUMENT"
+        assert f"{field} has the unknown value 99" in error.details()
+        assert "Upgrade copilotd" in error.details()
+    # Nothing was written: not the message, not the session.
+    assert stub.GetSession(pb.GetSessionRequest(session_id="quiet")).session.last_sequence == 1
+    with pytest.raises(grpc.RpcError, match="NOT_FOUND"):
+        stub.GetSession(pb.GetSessionRequest(session_id="enum"))
+
+
+def test_oversized_labels_are_refused(fuzzed: Daemon) -> None:
+    big = "x" * (MAX_LABEL_BYTES + 1)
+    stub = fuzzed.stub
+    for call, field in [
+        (
+            lambda: stub.SendMessage(
+                pb.SendMessageRequest(session_id="beta-1", prompt="x", source=big)
+            ),
+            "source",
+        ),
+        (lambda: stub.AbortTurn(pb.AbortTurnRequest(session_id="beta-1", reason=big)), "reason"),
+        (
+            lambda: stub.CreateSession(
+                pb.CreateSessionRequest(config=pb.SessionConfig(session_id="big", model=big))
+            ),
+            "config.model",
+        ),
+    ]:
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        error: Any = caught.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"{field} is {MAX_LABEL_BYTES + 1} bytes, over the limit" in error.details()
+
+
+def test_message_size_limits(fuzzed: Daemon) -> None:
+    """Over --max-prompt-bytes: INVALID_ARGUMENT; over gRPC's 8 MiB: RESOURCE_EXHAUSTED."""
+    stub = fuzzed.stub
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SendMessage(pb.SendMessageRequest(session_id="beta-1", prompt="p" * 5000))
+    error: Any = caught.value
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(error) == "ERROR_REASON_PROMPT_TOO_LARGE"
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SendMessage(pb.SendMessageRequest(session_id="beta-1", prompt="p" * (9 << 20)))
+    error = caught.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in error.details()
+
+
+def test_the_daemon_survived_and_its_store_is_whole(fuzzed: Daemon) -> None:
+    """Runs last in this module: same process, still serving; a clean stop; a whole store."""
+    assert fuzzed.process.process is not None
+    assert fuzzed.process.process.poll() is None and fuzzed.process.process.pid == fuzzed.pid
+    assert fuzzed.stub.Ping(pb.PingRequest(), timeout=10).version
+    assert "Traceback" not in "".join(fuzzed.process.output)
+    fuzzed.channel.close()
+    assert fuzzed.process.terminate() == 0
+    report = check_store(fuzzed.process.data_dir)
+    assert set(EXISTING) <= report.sessions.keys()
+    print(f"\nFIGURES bad input: {dict(sorted(tally.items()))}")
+    print(
+        f"store after fuzzing: {len(report.sessions)} sessions, {report.event_count} events, whole"
+    )

@@ -1,0 +1,86 @@
+"""Crash safety: the crash harness (tests/crash_harness.py) in the test suite.
+
+CI runs a bounded version (5 SIGKILLs); the full run (20 SIGKILLs, also
+``python -m tests.crash_harness --kills 20``) is marked slow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from copilotd._events import USER_MESSAGE, make_event
+from tests.crash_harness import Acks, Figures, HarnessFailure, check_acknowledged, run
+from tests.store_check import SessionState, StoreReport
+
+
+def report_figures(figures: Figures) -> None:
+    print("\nFIGURES crash harness:", figures.summary())
+
+
+def check_figures(figures: Figures, kills: int) -> None:
+    assert figures.kills == kills
+    assert figures.lost == 0 and figures.misordered == 0
+    assert figures.messages_acknowledged > kills and figures.sessions_acknowledged > 0
+    assert figures.probes_answered == kills
+    # Load was flowing: kills hit running turns, which were closed at restart.
+    assert figures.interrupted_turns_closed > 0
+
+
+@pytest.mark.timeout(300)
+def test_crash_harness_bounded(short_tmp: Path) -> None:
+    figures = run(kills=5, workers=3, sessions=4, root=short_tmp, log=False)
+    report_figures(figures)
+    check_figures(figures, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_crash_harness_full(short_tmp: Path) -> None:
+    figures = run(kills=20, workers=4, sessions=6, root=short_tmp, log=False)
+    report_figures(figures)
+    check_figures(figures, 20)
+
+
+def stored(*message_ids: str, pending: tuple[str, ...] = ()) -> SessionState:
+    events = []
+    for message_id in message_ids:
+        event = make_event(USER_MESSAGE, content="x")
+        event.id = message_id
+        events.append(event)
+    return SessionState(
+        events=events,
+        user_message_ids=list(message_ids),
+        pending_ids=list(pending),
+        open_turn_id="",
+    )
+
+
+def acknowledged(*lines: tuple[str, dict[str, str]]) -> Acks:
+    acks = Acks()
+    for source, line in lines:
+        acks.record(source, line)
+    return acks
+
+
+def test_the_check_sees_lost_and_misordered_writes() -> None:
+    """The harness's verdict is not vacuous: it fails on the defects it looks for."""
+    acks = acknowledged(
+        ("w0", {"create": "s"}),
+        ("w0", {"send": "s", "id": "m1"}),
+        ("w0", {"send": "s", "id": "m2"}),
+        ("w1", {"send": "s", "id": "m3"}),
+    )
+    whole = StoreReport({"s": stored("m1", "m3", pending=("m2",))})
+    check_acknowledged(whole, acks, Figures())
+
+    for broken, what in [
+        (StoreReport({"s": stored("m1", "m3")}), "lost: ['m2']"),
+        (StoreReport({"s": stored("m2", "m1", "m3")}), "misordered: ['w0 in s']"),
+        (StoreReport({}), "session s"),
+    ]:
+        figures = Figures()
+        with pytest.raises(HarnessFailure, match=what.replace("[", r"\[").replace("]", r"\]")):
+            check_acknowledged(broken, acks, figures)
+        assert figures.lost + figures.misordered > 0
