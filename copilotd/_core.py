@@ -7,6 +7,7 @@ events to live subscribers in commit order.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -192,9 +193,11 @@ class SessionService:
         state = self._states.get(turn.session_id)
         if state is None or state.turn is not turn:
             return
-        if turn_started or state.pending:
+        if turn_started:
             self._scheduler.after_turn(turn.session_id, state)
         else:
+            # Nothing of the turn was written; queued messages wait for the
+            # next send or the next start rather than failing one after another.
             state.turn = None
 
     def _announce_lifecycle(
@@ -492,8 +495,13 @@ class SessionService:
         """Stop taking work; end running turns with a marker; end live streams."""
         self._shutting_down = True
         running = [s.turn for s in self._states.values() if s.turn is not None]
-        for turn in running:
-            await self._turns.cancel(turn, reason="daemon shutting down", interrupted=True)
+        # Concurrently, so their end markers share commits.
+        await asyncio.gather(
+            *(
+                self._turns.cancel(turn, reason="daemon shutting down", interrupted=True)
+                for turn in running
+            )
+        )
         self.fanout.end_all(ShuttingDownError())
         self.lifecycle.end_all(ShuttingDownError())
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from copilot_client.proto.v1 import copilot_pb2
 from copilotd import _events as ev
+from copilotd._errors import SessionNotFoundError
 from copilotd._events import SessionEvent
 from copilotd._store import PendingMessage
 
@@ -81,7 +82,9 @@ class TurnScheduler:
                 state.pending.remove(pending)
             raise
         self.announce(session_id, state)
-        if immediate and state.turn is not None:
+        if state.turn is None:
+            self.start_next(session_id, state)  # an earlier start failed: retry now
+        elif immediate:
             await self._turns.cancel(state.turn, reason=SUPERSEDED)
         return user, True
 
@@ -111,17 +114,33 @@ class TurnScheduler:
         user = ev.make_event(ev.USER_MESSAGE, content=queued.content, source=queued.source)
         user.id = queued.message_id
         task = asyncio.get_running_loop().create_task(
-            self._begin_queued(session_id, state, turn, user)
+            self._begin_queued(session_id, state, turn, user, queued)
         )
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
 
     async def _begin_queued(
-        self, session_id: str, state: SessionState, turn: RunningTurn, user: SessionEvent
+        self,
+        session_id: str,
+        state: SessionState,
+        turn: RunningTurn,
+        user: SessionEvent,
+        queued: PendingMessage,
     ) -> None:
         try:
             await self._turns.begin(turn, user, pending=list(state.pending))
+        except SessionNotFoundError:
+            return  # deleted meanwhile, queue and all
         except Exception as error:
-            log.warning("session %s: queued message %s not started: %s", session_id, user.id, error)
+            # It is still first in the durable queue: keep it first here too, so
+            # that no later rewrite of the queue drops it. The next message sent
+            # (or the next start of the daemon) tries again.
+            state.pending.insert(0, queued)
+            log.warning(
+                "session %s: queued message %s not started, will retry: %s",
+                session_id,
+                user.id,
+                error,
+            )
             return
         self.announce(session_id, state)
