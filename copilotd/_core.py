@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 
-from copilot_client.proto.v1 import copilot_pb2
+from copilot_client.proto.v1 import copilot_pb2, events_pb2
 from copilotd import _events as ev
 from copilotd._committer import GroupCommitter
 from copilotd._errors import (
@@ -28,7 +28,12 @@ from copilotd._errors import (
 )
 from copilotd._events import SessionEvent, SessionMetadata
 from copilotd._fanout import FanOut
-from copilotd._providers import ChatMessage, ProviderRegistry
+from copilotd._providers import (
+    ChatMessage,
+    ProviderRegistry,
+    check_provider_config,
+    public_provider_config,
+)
 from copilotd._store import (
     SequenceConflict,
     SessionExists,
@@ -222,11 +227,20 @@ class SessionService:
         start = ev.make_event(
             ev.SESSION_START, session_id=session_id, model=model, producer_version=self.version
         )
+        own_provider = config.HasField("provider")
+        if own_provider:  # stored without its secrets; they stay in memory
+            check_provider_config(config.provider)
+            metadata.provider.CopyFrom(public_provider_config(config.provider))
+            start.session_start.provider.CopyFrom(metadata.provider)
+        else:
+            self.providers.check_model(model)
         metadata.start_time.CopyFrom(start.timestamp)
         with store_errors(session_id):
             record, stored = await self._committer.submit(
                 lambda writer: writer.create_session(metadata, [start])
             )
+        if own_provider:
+            await self.providers.hold_session_provider(session_id, config.provider)
         self._state(record)
         self._published(session_id, stored)
         log.info("created session %s (model %s)", session_id, model)
@@ -236,8 +250,12 @@ class SessionService:
         return self._record(session_id).metadata
 
     async def resume_session(
-        self, session_id: str, tail_events: int
+        self,
+        session_id: str,
+        tail_events: int,
+        provider: events_pb2.ProviderConfig | None = None,
     ) -> tuple[SessionMetadata, list[SessionEvent]]:
+        """Record a session.resume; ``provider`` (the session's own, again) is held in memory."""
         self._check_running()
         record = self._record(session_id)
         state = self._state(record)
@@ -247,7 +265,12 @@ class SessionService:
             already_in_use=self.fanout.subscriber_count(session_id) > 0,
             turn_running=state.turn is not None,
         )
+        if provider is not None:
+            check_provider_config(provider)
+            resume.session_resume.provider.CopyFrom(public_provider_config(provider))
         record, _ = await self.append(session_id, [resume])
+        if provider is not None:
+            await self.providers.hold_session_provider(session_id, provider)
         tail: list[SessionEvent] = []
         if tail_events:
             with store_errors(session_id):
@@ -279,6 +302,7 @@ class SessionService:
         state = self._states.pop(session_id, None)
         if state is not None and state.turn is not None:
             await self._turns.cancel(state.turn, reason="session deleted", interrupted=False)
+        await self.providers.forget_session(session_id)
         self.fanout.end_session(session_id, SessionNotFoundError(session_id))
         log.info("deleted session %s", session_id)
 
@@ -290,7 +314,32 @@ class SessionService:
         state = self._state(record)
         if state.turn is not None:
             raise TurnInProgressError(session_id)
-        return await self._turns.start(record, state, prompt, source)
+        route = self.providers.route_for(record.metadata)  # before anything is written
+        return await self._turns.start(record, state, prompt, source, route)
+
+    def list_models(self) -> tuple[list[copilot_pb2.ModelInfo], bool]:
+        """The models on offer, default first, and whether only the offline model answers."""
+        return self.providers.list_models(), self.providers.offline_only
+
+    async def set_model(self, session_id: str, model: str) -> SessionMetadata:
+        """Switch the session's model for its next turns (records session.model_change)."""
+        self._check_running()
+        if not model:
+            raise InvalidArgumentError(
+                "model is empty; name one of client.list_models()",
+                Reason.ERROR_REASON_UNKNOWN_MODEL,
+            )
+        record = self._record(session_id)
+        if record.metadata.model == model:
+            return record.metadata
+        if not record.metadata.provider.type:  # a session's own provider serves any name
+            self.providers.check_model(model)
+        change = ev.make_event(
+            ev.SESSION_MODEL_CHANGE, previous_model=record.metadata.model, new_model=model
+        )
+        record, _ = await self.append(session_id, [change])
+        log.info("session %s now uses model %s", session_id, model)
+        return record.metadata
 
     async def abort_turn(self, session_id: str, reason: str) -> bool:
         self._record(session_id)
@@ -400,7 +449,9 @@ def _context_messages(events: Sequence[SessionEvent]) -> list[ChatMessage]:
     messages = []
     for event in events:
         if event.type == ev.USER_MESSAGE:
-            messages.append(ChatMessage("user", event.user_message.content))
+            messages.append(ChatMessage("user", event.user_message.content, event.sequence))
         elif event.type == ev.ASSISTANT_MESSAGE and event.assistant_message.content:
-            messages.append(ChatMessage("assistant", event.assistant_message.content))
+            messages.append(
+                ChatMessage("assistant", event.assistant_message.content, event.sequence)
+            )
     return messages

@@ -26,6 +26,9 @@ ASSISTANT_TURN_END: Final = "assistant.turn_end"
 SESSION_IDLE: Final = "session.idle"
 SESSION_ERROR: Final = "session.error"
 ABORT: Final = "abort"
+ASSISTANT_USAGE: Final = "assistant.usage"
+SESSION_MODEL_CHANGE: Final = "session.model_change"
+SESSION_TRUNCATION: Final = "session.truncation"
 
 # Event type -> name of the payload field in the SessionEvent.data oneof.
 PAYLOAD_FIELD: Final[dict[str, str]] = {
@@ -39,6 +42,9 @@ PAYLOAD_FIELD: Final[dict[str, str]] = {
     SESSION_IDLE: "session_idle",
     SESSION_ERROR: "session_error",
     ABORT: "abort",
+    ASSISTANT_USAGE: "assistant_usage",
+    SESSION_MODEL_CHANGE: "session_model_change",
+    SESSION_TRUNCATION: "session_truncation",
 }
 
 EPHEMERAL_TYPES: Final = frozenset({ASSISTANT_MESSAGE_DELTA, SESSION_IDLE})
@@ -93,3 +99,10 @@ def apply_to_metadata(metadata: SessionMetadata, event: SessionEvent) -> None:
         metadata.message_count += 1
     if event.type == USER_MESSAGE and not metadata.summary:
         metadata.summary = summarize(event.user_message.content)
+    elif event.type == ASSISTANT_USAGE:
+        metadata.input_tokens += event.assistant_usage.input_tokens
+        metadata.output_tokens += event.assistant_usage.output_tokens
+    elif event.type == SESSION_MODEL_CHANGE:
+        metadata.model = event.session_model_change.new_model
+    elif event.type == SESSION_RESUME and event.session_resume.HasField("provider"):
+        metadata.provider.CopyFrom(event.session_resume.provider)

@@ -22,9 +22,10 @@ from copilot_client._paths import MAX_SOCKET_PATH_BYTES, channel_target
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
 from copilotd import __version__
 from copilotd._committer import GroupCommitter
-from copilotd._config import ConfigFile
+from copilotd._config import ConfigError, ConfigFile
 from copilotd._core import SessionService
-from copilotd._providers import OfflineProvider, ProviderRegistry
+from copilotd._providers import ProviderRegistry, ProviderSettings, load_provider_settings
+from copilotd._secrets import install_log_redaction
 from copilotd._servicer import CopilotServicer
 from copilotd._store import LmdbStore, StoreError
 from copilotd._validation import DEFAULT_MAX_PROMPT_BYTES
@@ -118,6 +119,11 @@ def check_socket_path(socket_path: Path) -> None:
 
 async def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Run the daemon until SIGTERM or SIGINT; raises ``StartupError`` when it cannot start."""
+    install_log_redaction()
+    try:
+        provider_settings = load_provider_settings(config.config_file)
+    except ConfigError as error:
+        raise StartupError(str(error)) from None
     check_socket_path(config.socket_path)
     ensure_private_dir(config.socket_path.parent)
     ensure_private_dir(config.data_dir)
@@ -139,17 +145,20 @@ async def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None =
         except StoreError as error:
             raise StartupError(str(error)) from None
         try:
-            await _serve_store(config, store, on_ready)
+            await _serve_store(config, store, provider_settings, on_ready)
         finally:
             store.close()
 
 
 async def _serve_store(
-    config: ServeConfig, store: LmdbStore, on_ready: Callable[[str], None] | None
+    config: ServeConfig,
+    store: LmdbStore,
+    provider_settings: ProviderSettings,
+    on_ready: Callable[[str], None] | None,
 ) -> None:
     committer = GroupCommitter(store)
     committer.start()
-    providers = ProviderRegistry(fallback=OfflineProvider(delta_delay=config.offline_delta_delay))
+    providers = ProviderRegistry(provider_settings, offline_delta_delay=config.offline_delta_delay)
     service = SessionService(
         store, committer, providers, version=__version__, max_prompt_bytes=config.max_prompt_bytes
     )

@@ -65,6 +65,15 @@ class CopilotServiceStub:
     """Persisted events after a cursor, then the live tail (ephemeral events
     included) until the client cancels or the session is deleted.
     """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ListModelsRequest, _copilot_pb2.ListModelsResponse]
+    """== models and providers ==
+    The models this daemon offers (from its config file), default first.
+    """
+    SetModel: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.SetModelRequest, _copilot_pb2.SetModelResponse]
+    """Switches a session to another model for its next turns; records a
+    session.model_change event. INVALID_ARGUMENT (UNKNOWN_MODEL) when no
+    configured provider offers the model.
+    """
 
 @_typing.type_check_only
 class CopilotServiceAsyncStub(CopilotServiceStub):
@@ -94,6 +103,15 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     StreamEvents: _aio.UnaryStreamMultiCallable[_copilot_pb2.StreamEventsRequest, _copilot_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """Persisted events after a cursor, then the live tail (ephemeral events
     included) until the client cancels or the session is deleted.
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_copilot_pb2.ListModelsRequest, _copilot_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """== models and providers ==
+    The models this daemon offers (from its config file), default first.
+    """
+    SetModel: _aio.UnaryUnaryMultiCallable[_copilot_pb2.SetModelRequest, _copilot_pb2.SetModelResponse]  # type: ignore[assignment]
+    """Switches a session to another model for its next turns; records a
+    session.model_change event. INVALID_ARGUMENT (UNKNOWN_MODEL) when no
+    configured provider offers the model.
     """
 
 class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -181,6 +199,27 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_copilot_pb2.StreamEventsResponse], _abc.AsyncIterator[_copilot_pb2.StreamEventsResponse]]:
         """Persisted events after a cursor, then the live tail (ephemeral events
         included) until the client cancels or the session is deleted.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _copilot_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.ListModelsResponse, _abc.Awaitable[_copilot_pb2.ListModelsResponse]]:
+        """== models and providers ==
+        The models this daemon offers (from its config file), default first.
+        """
+
+    @_abc_1.abstractmethod
+    def SetModel(
+        self,
+        request: _copilot_pb2.SetModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.SetModelResponse, _abc.Awaitable[_copilot_pb2.SetModelResponse]]:
+        """Switches a session to another model for its next turns; records a
+        session.model_change event. INVALID_ARGUMENT (UNKNOWN_MODEL) when no
+        configured provider offers the model.
         """
 
 def add_CopilotServiceServicer_to_server(servicer: CopilotServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

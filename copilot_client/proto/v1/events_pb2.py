@@ -25,39 +25,47 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$copilot_client/proto/v1/events.proto\x12\ncopilot.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdd\x05\n\x0cSessionEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tparent_id\x18\x04 \x01(\t\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x11\n\tephemeral\x18\x06 \x01(\x08\x12\x35\n\rsession_start\x18\n \x01(\x0b\x32\x1c.copilot.v1.SessionStartDataH\x00\x12\x37\n\x0esession_resume\x18\x0b \x01(\x0b\x32\x1d.copilot.v1.SessionResumeDataH\x00\x12\x33\n\x0cuser_message\x18\x0c \x01(\x0b\x32\x1b.copilot.v1.UserMessageDataH\x00\x12\x42\n\x14\x61ssistant_turn_start\x18\r \x01(\x0b\x32\".copilot.v1.AssistantTurnStartDataH\x00\x12=\n\x11\x61ssistant_message\x18\x0e \x01(\x0b\x32 .copilot.v1.AssistantMessageDataH\x00\x12H\n\x17\x61ssistant_message_delta\x18\x0f \x01(\x0b\x32%.copilot.v1.AssistantMessageDeltaDataH\x00\x12>\n\x12\x61ssistant_turn_end\x18\x10 \x01(\x0b\x32 .copilot.v1.AssistantTurnEndDataH\x00\x12\x33\n\x0csession_idle\x18\x11 \x01(\x0b\x32\x1b.copilot.v1.SessionIdleDataH\x00\x12\x35\n\rsession_error\x18\x12 \x01(\x0b\x32\x1c.copilot.v1.SessionErrorDataH\x00\x12&\n\x05\x61\x62ort\x18\x13 \x01(\x0b\x32\x15.copilot.v1.AbortDataH\x00\x42\x06\n\x04\x64\x61ta\"O\n\x10SessionStartData\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10producer_version\x18\x03 \x01(\t\"V\n\x11SessionResumeData\x12\x13\n\x0b\x65vent_count\x18\x01 \x01(\x04\x12\x16\n\x0e\x61lready_in_use\x18\x02 \x01(\x08\x12\x14\n\x0cturn_running\x18\x03 \x01(\x08\"2\n\x0fUserMessageData\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\"B\n\x16\x41ssistantTurnStartData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\"\xb5\x01\n\x14\x41ssistantMessageData\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x0f\n\x07partial\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12.\n\rtool_requests\x18\x07 \x03(\x0b\x32\x17.copilot.v1.ToolRequest\"p\n\x19\x41ssistantMessageDeltaData\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x15\n\rdelta_content\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\"|\n\x14\x41ssistantTurnEndData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.copilot.v1.TurnEndReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x11\n\x0fSessionIdleData\"a\n\x10SessionErrorData\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\",\n\tAbortData\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\"S\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\"I\n\x0bToolRequest\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t*\xa8\x01\n\rTurnEndReason\x12\x1f\n\x1bTURN_END_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19TURN_END_REASON_COMPLETED\x10\x01\x12\x1b\n\x17TURN_END_REASON_ABORTED\x10\x02\x12\x19\n\x15TURN_END_REASON_ERROR\x10\x03\x12\x1f\n\x1bTURN_END_REASON_INTERRUPTED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$copilot_client/proto/v1/events.proto\x12\ncopilot.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x07\n\x0cSessionEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tparent_id\x18\x04 \x01(\t\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x11\n\tephemeral\x18\x06 \x01(\x08\x12\x35\n\rsession_start\x18\n \x01(\x0b\x32\x1c.copilot.v1.SessionStartDataH\x00\x12\x37\n\x0esession_resume\x18\x0b \x01(\x0b\x32\x1d.copilot.v1.SessionResumeDataH\x00\x12\x33\n\x0cuser_message\x18\x0c \x01(\x0b\x32\x1b.copilot.v1.UserMessageDataH\x00\x12\x42\n\x14\x61ssistant_turn_start\x18\r \x01(\x0b\x32\".copilot.v1.AssistantTurnStartDataH\x00\x12=\n\x11\x61ssistant_message\x18\x0e \x01(\x0b\x32 .copilot.v1.AssistantMessageDataH\x00\x12H\n\x17\x61ssistant_message_delta\x18\x0f \x01(\x0b\x32%.copilot.v1.AssistantMessageDeltaDataH\x00\x12>\n\x12\x61ssistant_turn_end\x18\x10 \x01(\x0b\x32 .copilot.v1.AssistantTurnEndDataH\x00\x12\x33\n\x0csession_idle\x18\x11 \x01(\x0b\x32\x1b.copilot.v1.SessionIdleDataH\x00\x12\x35\n\rsession_error\x18\x12 \x01(\x0b\x32\x1c.copilot.v1.SessionErrorDataH\x00\x12&\n\x05\x61\x62ort\x18\x13 \x01(\x0b\x32\x15.copilot.v1.AbortDataH\x00\x12\x39\n\x0f\x61ssistant_usage\x18\x14 \x01(\x0b\x32\x1e.copilot.v1.AssistantUsageDataH\x00\x12\x42\n\x14session_model_change\x18\x15 \x01(\x0b\x32\".copilot.v1.SessionModelChangeDataH\x00\x12?\n\x12session_truncation\x18\x16 \x01(\x0b\x32!.copilot.v1.SessionTruncationDataH\x00\x42\x06\n\x04\x64\x61ta\"}\n\x10SessionStartData\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10producer_version\x18\x03 \x01(\t\x12,\n\x08provider\x18\x14 \x01(\x0b\x32\x1a.copilot.v1.ProviderConfig\"\x84\x01\n\x11SessionResumeData\x12\x13\n\x0b\x65vent_count\x18\x01 \x01(\x04\x12\x16\n\x0e\x61lready_in_use\x18\x02 \x01(\x08\x12\x14\n\x0cturn_running\x18\x03 \x01(\x08\x12,\n\x08provider\x18\x14 \x01(\x0b\x32\x1a.copilot.v1.ProviderConfig\"2\n\x0fUserMessageData\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\"B\n\x16\x41ssistantTurnStartData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\"\xb5\x01\n\x14\x41ssistantMessageData\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x0f\n\x07partial\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12.\n\rtool_requests\x18\x07 \x03(\x0b\x32\x17.copilot.v1.ToolRequest\"p\n\x19\x41ssistantMessageDeltaData\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x15\n\rdelta_content\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\"|\n\x14\x41ssistantTurnEndData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.copilot.v1.TurnEndReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x11\n\x0fSessionIdleData\"\x88\x01\n\x10SessionErrorData\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x13\n\x0bstatus_code\x18\x14 \x01(\r\x12\x10\n\x08\x61ttempts\x18\x15 \x01(\r\",\n\tAbortData\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\"S\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\"I\n\x0bToolRequest\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\xca\x01\n\x0eProviderConfig\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\x14\n\x0c\x62\x65\x61rer_token\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x05 \x01(\t\x12\x12\n\nwire_model\x18\x06 \x01(\t\x12\x19\n\x11max_prompt_tokens\x18\x07 \x01(\r\x12\x19\n\x11max_output_tokens\x18\x08 \x01(\r\x12\x12\n\ncredential\x18\t \x01(\t\"\xf3\x01\n\x12\x41ssistantUsageData\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x04\x12\x15\n\routput_tokens\x18\x03 \x01(\x04\x12\x19\n\x11\x63\x61\x63he_read_tokens\x18\x04 \x01(\x04\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x05 \x01(\x04\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x04\x12\x0f\n\x07turn_id\x18\x07 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x08 \x01(\t\x12\x18\n\x10provider_call_id\x18\t \x01(\t\x12\x11\n\testimated\x18\n \x01(\x08\"C\n\x16SessionModelChangeData\x12\x16\n\x0eprevious_model\x18\x01 \x01(\t\x12\x11\n\tnew_model\x18\x02 \x01(\t\"\x9d\x02\n\x15SessionTruncationData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x13\n\x0btoken_limit\x18\x02 \x01(\x04\x12\x1d\n\x15pre_truncation_tokens\x18\x03 \x01(\x04\x12\x1f\n\x17pre_truncation_messages\x18\x04 \x01(\r\x12\x1e\n\x16post_truncation_tokens\x18\x05 \x01(\x04\x12 \n\x18post_truncation_messages\x18\x06 \x01(\r\x12\x16\n\x0etokens_removed\x18\x07 \x01(\x04\x12\x18\n\x10messages_removed\x18\x08 \x01(\r\x12\x1b\n\x13\x66irst_kept_sequence\x18\t \x01(\x04\x12\r\n\x05model\x18\n \x01(\t*\xa8\x01\n\rTurnEndReason\x12\x1f\n\x1bTURN_END_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19TURN_END_REASON_COMPLETED\x10\x01\x12\x1b\n\x17TURN_END_REASON_ABORTED\x10\x02\x12\x19\n\x15TURN_END_REASON_ERROR\x10\x03\x12\x1f\n\x1bTURN_END_REASON_INTERRUPTED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'copilot_client.proto.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TURNENDREASON']._serialized_start=1859
-  _globals['_TURNENDREASON']._serialized_end=2027
+  _globals['_TURNENDREASON']._serialized_start=2992
+  _globals['_TURNENDREASON']._serialized_end=3160
   _globals['_SESSIONEVENT']._serialized_start=86
-  _globals['_SESSIONEVENT']._serialized_end=819
-  _globals['_SESSIONSTARTDATA']._serialized_start=821
-  _globals['_SESSIONSTARTDATA']._serialized_end=900
-  _globals['_SESSIONRESUMEDATA']._serialized_start=902
-  _globals['_SESSIONRESUMEDATA']._serialized_end=988
-  _globals['_USERMESSAGEDATA']._serialized_start=990
-  _globals['_USERMESSAGEDATA']._serialized_end=1040
-  _globals['_ASSISTANTTURNSTARTDATA']._serialized_start=1042
-  _globals['_ASSISTANTTURNSTARTDATA']._serialized_end=1108
-  _globals['_ASSISTANTMESSAGEDATA']._serialized_start=1111
-  _globals['_ASSISTANTMESSAGEDATA']._serialized_end=1292
-  _globals['_ASSISTANTMESSAGEDELTADATA']._serialized_start=1294
-  _globals['_ASSISTANTMESSAGEDELTADATA']._serialized_end=1406
-  _globals['_ASSISTANTTURNENDDATA']._serialized_start=1408
-  _globals['_ASSISTANTTURNENDDATA']._serialized_end=1532
-  _globals['_SESSIONIDLEDATA']._serialized_start=1534
-  _globals['_SESSIONIDLEDATA']._serialized_end=1551
-  _globals['_SESSIONERRORDATA']._serialized_start=1553
-  _globals['_SESSIONERRORDATA']._serialized_end=1650
-  _globals['_ABORTDATA']._serialized_start=1652
-  _globals['_ABORTDATA']._serialized_end=1696
-  _globals['_TOOLDEFINITION']._serialized_start=1698
-  _globals['_TOOLDEFINITION']._serialized_end=1781
-  _globals['_TOOLREQUEST']._serialized_start=1783
-  _globals['_TOOLREQUEST']._serialized_end=1856
+  _globals['_SESSIONEVENT']._serialized_end=1011
+  _globals['_SESSIONSTARTDATA']._serialized_start=1013
+  _globals['_SESSIONSTARTDATA']._serialized_end=1138
+  _globals['_SESSIONRESUMEDATA']._serialized_start=1141
+  _globals['_SESSIONRESUMEDATA']._serialized_end=1273
+  _globals['_USERMESSAGEDATA']._serialized_start=1275
+  _globals['_USERMESSAGEDATA']._serialized_end=1325
+  _globals['_ASSISTANTTURNSTARTDATA']._serialized_start=1327
+  _globals['_ASSISTANTTURNSTARTDATA']._serialized_end=1393
+  _globals['_ASSISTANTMESSAGEDATA']._serialized_start=1396
+  _globals['_ASSISTANTMESSAGEDATA']._serialized_end=1577
+  _globals['_ASSISTANTMESSAGEDELTADATA']._serialized_start=1579
+  _globals['_ASSISTANTMESSAGEDELTADATA']._serialized_end=1691
+  _globals['_ASSISTANTTURNENDDATA']._serialized_start=1693
+  _globals['_ASSISTANTTURNENDDATA']._serialized_end=1817
+  _globals['_SESSIONIDLEDATA']._serialized_start=1819
+  _globals['_SESSIONIDLEDATA']._serialized_end=1836
+  _globals['_SESSIONERRORDATA']._serialized_start=1839
+  _globals['_SESSIONERRORDATA']._serialized_end=1975
+  _globals['_ABORTDATA']._serialized_start=1977
+  _globals['_ABORTDATA']._serialized_end=2021
+  _globals['_TOOLDEFINITION']._serialized_start=2023
+  _globals['_TOOLDEFINITION']._serialized_end=2106
+  _globals['_TOOLREQUEST']._serialized_start=2108
+  _globals['_TOOLREQUEST']._serialized_end=2181
+  _globals['_PROVIDERCONFIG']._serialized_start=2184
+  _globals['_PROVIDERCONFIG']._serialized_end=2386
+  _globals['_ASSISTANTUSAGEDATA']._serialized_start=2389
+  _globals['_ASSISTANTUSAGEDATA']._serialized_end=2632
+  _globals['_SESSIONMODELCHANGEDATA']._serialized_start=2634
+  _globals['_SESSIONMODELCHANGEDATA']._serialized_end=2701
+  _globals['_SESSIONTRUNCATIONDATA']._serialized_start=2704
+  _globals['_SESSIONTRUNCATIONDATA']._serialized_end=2989
 # @@protoc_insertion_point(module_scope)
