@@ -15,6 +15,7 @@ from ._errors import (
     DaemonUnavailableError,
     FailedPreconditionError,
     InvalidArgumentError,
+    ProviderSecretRequiredError,
     ResourceExhaustedError,
     RPCError,
     SequenceConflictError,
@@ -23,6 +24,7 @@ from ._errors import (
     SessionNotFoundError,
     TurnInProgressError,
 )
+from ._models import ModelInfo, ProviderConfig
 from ._session import CopilotSession, EventHandler
 from ._types import (
     EventData,
@@ -47,6 +49,9 @@ __all__ = [
     "FailedPreconditionError",
     "InvalidArgumentError",
     "MessageOptions",
+    "ModelInfo",
+    "ProviderConfig",
+    "ProviderSecretRequiredError",
     "RPCError",
     "ResourceExhaustedError",
     "SequenceConflictError",

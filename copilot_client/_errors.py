@@ -9,7 +9,8 @@ The tree::
     │   ├── InvalidArgumentError          INVALID_ARGUMENT
     │   ├── FailedPreconditionError       FAILED_PRECONDITION
     │   │   ├── TurnInProgressError       reason TURN_IN_PROGRESS
-    │   │   └── SequenceConflictError     reason SEQUENCE_CONFLICT
+    │   │   ├── SequenceConflictError     reason SEQUENCE_CONFLICT
+    │   │   └── ProviderSecretRequiredError  reason PROVIDER_SECRET_REQUIRED
     │   ├── ResourceExhaustedError        RESOURCE_EXHAUSTED
     │   └── DaemonUnavailableError        UNAVAILABLE, or the daemon cannot be reached
     └── SessionFailedError                a turn reported ``session.error``
@@ -34,6 +35,7 @@ __all__ = [
     "DaemonUnavailableError",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "ProviderSecretRequiredError",
     "RPCError",
     "ResourceExhaustedError",
     "SequenceConflictError",
@@ -100,6 +102,12 @@ class SequenceConflictError(FailedPreconditionError):
     """The session's log moved on since the sequence number the call expected."""
 
 
+class ProviderSecretRequiredError(FailedPreconditionError):
+    """The session has its own provider, whose secret the daemon no longer holds
+    (it keeps secrets in memory only): resume the session with
+    ``client.resume_session(id, provider=...)`` and send again."""
+
+
 class ResourceExhaustedError(RPCError):
     """The daemon ran out of room, or this client fell behind an event stream."""
 
@@ -152,6 +160,10 @@ _BY_REASON: dict[str, type[RPCError]] = {
     "SUBSCRIBER_TOO_SLOW": ResourceExhaustedError,
     "SHUTTING_DOWN": DaemonUnavailableError,
     "INTERNAL": RPCError,
+    "INVALID_PROVIDER": InvalidArgumentError,
+    "UNKNOWN_MODEL": InvalidArgumentError,
+    "PROVIDER_SECRET_REQUIRED": ProviderSecretRequiredError,
+    "MODEL_UNAVAILABLE": FailedPreconditionError,
 }
 
 _BY_STATUS: dict[grpc.StatusCode, type[RPCError]] = {

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ._models import ProviderConfig
 from .proto.v1 import copilot_pb2, events_pb2
 
 __all__ = [
@@ -94,6 +95,11 @@ class SessionConfig:
     streaming: bool = True
     """Accepted for Copilot SDK compatibility: deltas are always streamed."""
 
+    provider: ProviderConfig | Mapping[str, Any] | None = None
+    """The session's own model provider (bring your own key): a
+    :class:`ProviderConfig` or a dict like the Copilot SDK's. ``None``: the
+    daemon's configured providers."""
+
     def to_proto(self) -> copilot_pb2.SessionConfig:
         """The wire form.
 
@@ -105,6 +111,8 @@ class SessionConfig:
             proto.system_message.CopyFrom(
                 SystemMessageConfig.coerce(self.system_message).to_proto()
             )
+        if self.provider is not None:
+            proto.provider.CopyFrom(ProviderConfig.coerce(self.provider).to_proto())
         return proto
 
 
@@ -164,6 +172,15 @@ class SessionMetadata:
     turn_running: bool
     """Whether a turn was running when this was read."""
 
+    input_tokens: int = 0
+    """Input tokens of all its model calls (sum of ``assistant.usage`` events)."""
+
+    output_tokens: int = 0
+    """Output tokens of all its model calls."""
+
+    provider: ProviderConfig | None = None
+    """Its own provider, secrets left out; ``None``: the daemon's configured ones."""
+
     @classmethod
     def from_proto(cls, proto: copilot_pb2.SessionMetadata) -> SessionMetadata:
         """Converts the wire form."""
@@ -176,6 +193,9 @@ class SessionMetadata:
             message_count=proto.message_count,
             last_sequence=proto.last_sequence,
             turn_running=proto.turn_running,
+            input_tokens=proto.input_tokens,
+            output_tokens=proto.output_tokens,
+            provider=ProviderConfig.from_proto(proto.provider),
         )
 
 
@@ -204,6 +224,9 @@ class SessionEventType(enum.StrEnum):
     SESSION_IDLE = "session.idle"
     SESSION_ERROR = "session.error"
     ABORT = "abort"
+    ASSISTANT_USAGE = "assistant.usage"
+    SESSION_MODEL_CHANGE = "session.model_change"
+    SESSION_TRUNCATION = "session.truncation"
     UNKNOWN = "unknown"
 
     @classmethod
@@ -248,6 +271,44 @@ class EventData:
     """``user.message``: free-form tag of the sender."""
     producer_version: str | None = None
     """``session.start``: version of copilotd that created the session."""
+    status_code: int | None = None
+    """``session.error``: the provider's HTTP status (0 when it gave none)."""
+    attempts: int | None = None
+    """``session.error``: requests made to the provider, retries included."""
+    input_tokens: int | None = None
+    """``assistant.usage``: input (prompt) tokens of the model call."""
+    output_tokens: int | None = None
+    """``assistant.usage``: output tokens of the model call."""
+    cache_read_tokens: int | None = None
+    """``assistant.usage``: input tokens served from the provider's cache."""
+    cache_write_tokens: int | None = None
+    """``assistant.usage``: input tokens written to the provider's cache."""
+    duration_ms: int | None = None
+    """``assistant.usage``: from the request to the end of the answer, retries included."""
+    provider_call_id: str | None = None
+    """``assistant.usage``: the provider's id of the response."""
+    estimated: bool | None = None
+    """``assistant.usage``: the provider reported no usage; the counts are estimates."""
+    previous_model: str | None = None
+    """``session.model_change``: the model before."""
+    new_model: str | None = None
+    """``session.model_change``: the model of the next turns."""
+    token_limit: int | None = None
+    """``session.truncation``: the budget for the request's messages, in tokens."""
+    pre_truncation_tokens: int | None = None
+    """``session.truncation``: estimated tokens of the whole history."""
+    pre_truncation_messages: int | None = None
+    """``session.truncation``: messages in the whole history (system message included)."""
+    post_truncation_tokens: int | None = None
+    """``session.truncation``: estimated tokens of what was sent."""
+    post_truncation_messages: int | None = None
+    """``session.truncation``: messages sent."""
+    tokens_removed: int | None = None
+    """``session.truncation``: estimated tokens left out."""
+    messages_removed: int | None = None
+    """``session.truncation``: messages left out (the oldest)."""
+    first_kept_sequence: int | None = None
+    """``session.truncation``: the messages before this sequence number were left out."""
 
 
 # Text bodies keep "" (an answer can be empty); other empty strings mean "unset".

@@ -6,6 +6,7 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import anthropic
+import httpx2
 
 from copilotd._providers.base import (
     ChatChunk,
@@ -78,6 +79,11 @@ class AnthropicMessagesProvider(ModelProvider):
             raise connection_error(self._label, error) from None
         except anthropic.APIError as error:
             raise ProviderError(f"{self._label}: {error.message}") from None
+        # The SDK lets transport errors met while reading the stream through.
+        except httpx2.TimeoutException:
+            raise timeout_error(self._label, self._connection.timeout) from None
+        except httpx2.TransportError as error:
+            raise connection_error(self._label, error) from None
         yield Usage(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
