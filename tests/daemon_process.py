@@ -30,6 +30,7 @@ class DaemonProcess:
         self.extra_args = list(extra_args)
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
+        self._reader: threading.Thread | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -64,7 +65,10 @@ class DaemonProcess:
         )
         # Each process gets its own event: the reader of a killed predecessor
         # reaching end-of-file must not wake the wait for this one.
-        threading.Thread(target=self._read_output, args=(self.process, ready), daemon=True).start()
+        self._reader = threading.Thread(
+            target=self._read_output, args=(self.process, ready), daemon=True
+        )
+        self._reader.start()
         if not ready.wait(START_TIMEOUT) or self.process.poll() is not None:
             self.kill()
             raise RuntimeError("copilotd did not start:\n" + "".join(self.output))
@@ -85,10 +89,13 @@ class DaemonProcess:
             self.process.wait()
 
     def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
+        """SIGTERM and wait; returns the exit code. ``output`` then holds all the log."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        code = self.process.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(timeout)
+        return code
 
     def restart_after_kill(self) -> DaemonProcess:
         self.kill()

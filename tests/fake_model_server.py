@@ -127,9 +127,7 @@ class FakeModelServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets
-        self.port = server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]
 
     def stop(self) -> None:
         if self._runner is not None:
@@ -303,7 +301,7 @@ def _openai_events(request: Request, reply: Reply) -> Iterator[tuple[str, bytes]
 
 def _anthropic_events(request: Request, reply: Reply) -> Iterator[tuple[str, bytes]]:
     prompt, completion = _usage(request, reply)
-    message = {
+    message: dict[str, Any] = {
         "id": "msg_fake",
         "type": "message",
         "role": "assistant",

@@ -15,18 +15,22 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
+import grpc
 import pytest
 
 from copilot_client import (
     CopilotClient,
     InvalidArgumentError,
+    ProviderConfig,
+    ProviderSecretRequiredError,
     SessionEvent,
     SessionEventType,
     SessionFailedError,
 )
 from copilotd._budget import estimate_tokens, message_tokens
-from copilotd._providers.base import ChatMessage
+from copilotd._providers.base import ChatMessage, Role
 from copilotd._turns import BUILTIN_SYSTEM_MESSAGE
 from tests.daemon_process import DaemonProcess
 from tests.fake_model_server import FakeModelServer, Reply, Request, error, stream
@@ -165,6 +169,10 @@ def conversation(request: Request) -> list[tuple[str, str]]:
     return sent
 
 
+def as_chat(request: Request) -> list[ChatMessage]:
+    return [ChatMessage(cast(Role, role), content) for role, content in conversation(request)]
+
+
 def streamed_text(events: list[SessionEvent], user_message_id: str | None) -> str:
     return "".join(
         e.data.delta_content or ""
@@ -290,8 +298,7 @@ async def test_usage_is_estimated_when_the_provider_reports_none(
     assert request.body["model"] == "gpt-test"  # the wire model
     usage = next(e for e in await session.get_messages() if e.type is T.ASSISTANT_USAGE)
     assert usage.data.estimated is True
-    sent = [ChatMessage(role, content) for role, content in conversation(request)]  # type: ignore[arg-type]
-    assert usage.data.input_tokens == sum(message_tokens(m) for m in sent)
+    assert usage.data.input_tokens == sum(message_tokens(m) for m in as_chat(request))
     assert usage.data.output_tokens == estimate_tokens(server.default_text)
 
 
@@ -571,8 +578,7 @@ async def test_long_session_is_trimmed_to_the_budget(
         assert kept[-1] == ("user", prompts[i])  # the newest user message stays
         assert kept == full[len(full) - len(kept) :]  # the oldest were left out
         assert kept[0][0] == "user"
-        tokens = sum(message_tokens(ChatMessage(r, c)) for r, c in sent)  # type: ignore[arg-type]
-        assert tokens <= budget
+        assert sum(message_tokens(m) for m in as_chat(request)) <= budget
         assert request.body["max_completion_tokens"] == SMALL_OUTPUT
         full += [("assistant", f"Answer {i}")]
 
@@ -583,16 +589,16 @@ async def test_long_session_is_trimmed_to_the_budget(
         if len(conversation(request)) - 1 < 2 * turn + 1  # fewer than the whole history
     ]
     assert len(truncations) == len(trimmed)
-    for event, (turn, kept) in zip(truncations, trimmed, strict=True):
+    for event, (turn, sent_count) in zip(truncations, trimmed, strict=True):
         whole = 2 * turn + 1  # earlier questions and answers, and the new question
-        assert event.data.messages_removed == whole - kept
+        assert event.data.messages_removed == whole - sent_count
         assert event.data.pre_truncation_messages == whole + 1  # and the system message
-        assert event.data.post_truncation_messages == kept + 1
+        assert event.data.post_truncation_messages == sent_count + 1
         assert event.data.token_limit == budget
         post = event.data.post_truncation_tokens or 0
         assert post <= budget < (event.data.pre_truncation_tokens or 0)
         assert event.data.tokens_removed == (event.data.pre_truncation_tokens or 0) - post
-        first_kept = messages[whole - kept]
+        first_kept = messages[whole - sent_count]
         assert event.data.first_kept_sequence == first_kept.sequence
         turn_start = next(
             e
@@ -601,3 +607,178 @@ async def test_long_session_is_trimmed_to_the_budget(
         )
         assert turn_start.data.user_message_id == messages[2 * turn].id
         assert event.sequence == turn_start.sequence + 1
+
+
+# -- a session's own provider, and secrets ----------------------------------------
+
+
+def assert_nowhere(secrets: list[str], daemon: DaemonProcess) -> None:
+    """No secret in any file of the data directory (LMDB's data.mdb included) or in the log."""
+    files = [path for path in daemon.data_dir.rglob("*") if path.is_file()]
+    assert any(path.name == "data.mdb" for path in files)
+    for path in files:
+        data = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in data, f"{secret} found in {path}"
+    log = "".join(daemon.output)
+    for secret in secrets:
+        assert secret not in log, f"{secret} found in the daemon's log"
+
+
+async def test_own_provider_secrets_never_reach_the_store_or_the_log(
+    start_daemon: DaemonFactory, server: FakeModelServer
+) -> None:
+    daemon = start_daemon(args=("--log-level", "DEBUG"))
+    own_key = ProviderConfig(
+        type="openai", base_url=f"{server.url}/v1", api_key=SESSION_KEY, wire_model="their-model"
+    )
+    own_token = {
+        "type": "anthropic",
+        "base_url": server.url,
+        "bearer_token": SESSION_TOKEN,
+        "max_output_tokens": 500,
+    }
+    assert SESSION_KEY not in repr(own_key)
+    secrets = [SESSION_KEY, SESSION_TOKEN, OPENAI_KEY, ANTHROPIC_KEY]
+    async with connect(daemon) as client:
+        keyed = await client.create_session(session_id="own-key", model="mine", provider=own_key)
+        assert keyed.metadata.provider == ProviderConfig(
+            type="openai",
+            base_url=f"{server.url}/v1",
+            wire_model="their-model",
+            credential="api_key",
+        )
+        await keyed.send_and_wait("Hello over my own key")
+        # A retried failure is logged with the provider's words: the log hides the key.
+        server.script(error(500, f"Internal error for key {SESSION_KEY}"), stream("Retried"))
+        retried = await keyed.send_and_wait("Try again")
+        assert retried is not None and retried.data.content == "Retried"
+        tokened = await client.create_session(
+            session_id="own-token", model="claude-mine", provider=own_token
+        )
+        await tokened.send_and_wait("Hello over my own token")
+        # Provider messages that quote a secret are stored and logged without it.
+        server.script(error(401, f"Incorrect API key provided: {SESSION_KEY}"))
+        with pytest.raises(SessionFailedError) as failed:
+            await keyed.send_and_wait("Once more")
+        assert "provided: [redacted]" in (failed.value.event.data.message or "")
+        configured = await client.create_session(session_id="configured", model="gpt-test")
+        server.script(error(403, f"Keys {OPENAI_KEY} and {ANTHROPIC_KEY} are not allowed"))
+        with pytest.raises(SessionFailedError):
+            await configured.send_and_wait("Configured")
+        listed = {s.session_id: s for s in await client.list_sessions()}
+        assert listed["own-token"].provider == ProviderConfig(
+            type="anthropic", base_url=server.url, max_output_tokens=500, credential="bearer_token"
+        )
+
+    # The secrets were really used...
+    requests = server.requests
+    assert requests[0].headers["authorization"] == f"Bearer {SESSION_KEY}"
+    assert requests[0].body["model"] == "their-model"
+    assert requests[3].headers["authorization"] == f"Bearer {SESSION_TOKEN}"
+    assert requests[3].body["max_tokens"] == 500
+    # ...and are nowhere on disk or in the (debug-level) log after a clean stop.
+    assert daemon.terminate() == 0
+    assert any("DEBUG" in line for line in daemon.output)
+    assert any("Internal error for key [redacted]; retry 1 of 3" in line for line in daemon.output)
+    assert_nowhere(secrets, daemon)
+
+    daemon.start()
+    async with connect(daemon) as client:
+        keyed = await client.resume_session("own-key")
+        before = await keyed.get_messages()
+        with pytest.raises(ProviderSecretRequiredError) as missing:
+            await keyed.send("Are you still there?")
+        error_ = missing.value
+        assert error_.status is grpc.StatusCode.FAILED_PRECONDITION
+        assert error_.reason == "ERROR_REASON_PROVIDER_SECRET_REQUIRED"
+        assert "client.resume_session('own-key', provider=" in error_.message
+        assert "'api_key': ..." in error_.message and f"{server.url}/v1" in error_.message
+        assert await keyed.get_messages() == before  # refused before anything was written
+
+        tokened = await client.resume_session("own-token")
+        with pytest.raises(ProviderSecretRequiredError) as missing:
+            await tokened.send_and_wait("And you?")
+        assert "'bearer_token': ..." in missing.value.message
+
+        keyed = await client.resume_session("own-key", provider=own_key)
+        answer = await keyed.send_and_wait("Back with my key")
+        assert answer is not None and answer.data.content == server.default_text
+        last = server.requests[-1]
+        assert last.headers["authorization"] == f"Bearer {SESSION_KEY}"
+        assert conversation(last)[1:3] == [
+            ("user", "Hello over my own key"),
+            ("assistant", server.default_text),
+        ]
+    assert daemon.terminate() == 0
+    assert_nowhere(secrets, daemon)
+
+
+async def test_configured_provider_answers_when_the_config_allows_it(
+    start_daemon: DaemonFactory, server: FakeModelServer
+) -> None:
+    daemon = start_daemon('session_secret_missing = "use_configured"')
+    own = ProviderConfig(type="anthropic", base_url=server.url, api_key=SESSION_KEY)
+    async with connect(daemon) as client:
+        session = await client.create_session(session_id="byok", model="gpt-test", provider=own)
+        await session.send_and_wait("Through my own key")
+    daemon.restart_after_kill()
+    async with connect(daemon) as client:
+        session = await client.resume_session("byok")
+        answer = await session.send_and_wait("Through the configured provider")
+        assert answer is not None
+    mine, configured = server.requests
+    assert mine.api == "anthropic" and SESSION_KEY in mine.headers["authorization"]
+    assert configured.api == "openai" and configured.headers["authorization"] == (
+        f"Bearer {OPENAI_KEY}"
+    )
+
+
+async def test_own_provider_without_a_secret_needs_nothing_after_a_restart(
+    daemon: DaemonProcess, server: FakeModelServer
+) -> None:
+    local = {"type": "openai", "base_url": f"{server.url}/v1", "max_prompt_tokens": 4000}
+    async with connect(daemon) as client:
+        session = await client.create_session(session_id="local", model="llama3", provider=local)
+        await session.set_model("qwen2")  # a session's own provider serves any name
+        await session.send_and_wait("Hi")
+    daemon.restart_after_kill()
+    async with connect(daemon) as client:
+        session = await client.resume_session("local")
+        await session.send_and_wait("Still there?")
+    assert [r.body["model"] for r in server.requests] == ["qwen2", "qwen2"]
+    assert all(r.headers["authorization"] == "Bearer no-key" for r in server.requests)
+
+
+@pytest.mark.parametrize(
+    ("provider", "complaint"),
+    [
+        ({"type": "bedrock"}, "not one of openai, azure, anthropic"),
+        ({"type": "azure", "base_url": "https://x.openai.azure.com"}, "api_version"),
+        ({"type": "openai", "api_key": "k" * 8, "bearer_token": "t" * 8}, "not both"),
+        ({"type": "openai", "base_url": "localhost:11434"}, "not an http:// or https:// URL"),
+    ],
+)
+async def test_invalid_own_provider_is_refused(
+    client: CopilotClient, provider: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(InvalidArgumentError) as refused:
+        await client.create_session(session_id="bad", provider=provider)
+    assert refused.value.reason == "ERROR_REASON_INVALID_PROVIDER"
+    assert complaint in refused.value.message
+    assert await client.get_session_metadata("bad") is None
+    await client.create_session(session_id="good")
+    with pytest.raises(InvalidArgumentError) as refused:
+        await client.resume_session("good", provider=provider)
+    assert complaint in refused.value.message
+
+
+def test_provider_config_accepts_the_copilot_sdk_dict() -> None:
+    config = ProviderConfig.coerce(
+        {"type": "azure", "base_url": "https://x.openai.azure.com", "azure": {"api_version": "v1"}}
+    )
+    assert config.api_version == "v1"
+    with pytest.raises(ValueError, match="wire_api"):
+        ProviderConfig.coerce({"type": "openai", "wire_api": "responses"})
+    with pytest.raises(ValueError, match="unknown provider keys"):
+        ProviderConfig.coerce({"type": "openai", "apikey": "typo"})
