@@ -272,9 +272,10 @@ class EventData:
     producer_version: str | None = None
     """``session.start``: version of copilotd that created the session."""
     status_code: int | None = None
-    """``session.error``: the provider's HTTP status (0 when it gave none)."""
+    """``session.error``: the provider's HTTP status; ``None`` when it gave none."""
     attempts: int | None = None
-    """``session.error``: requests made to the provider, retries included."""
+    """``session.error``: requests made to the provider, retries included; ``None``
+    when it was not called."""
     input_tokens: int | None = None
     """``assistant.usage``: input (prompt) tokens of the model call."""
     output_tokens: int | None = None
@@ -326,6 +327,8 @@ def _event_data(proto: events_pb2.SessionEvent) -> EventData:
         name = descriptor.name
         if name not in _SCALAR_FIELDS:
             continue
+        if descriptor.has_presence and not payload.HasField(name):
+            continue  # an optional field left unset: None
         value = getattr(payload, name)
         if isinstance(value, str) and not value and name not in _TEXT_FIELDS:
             value = None

@@ -289,16 +289,17 @@ class TurnEngine:
         events = []
         if turn.text:
             events.append(self._assistant_message(turn, message_id, partial=True))
-        events.append(
-            ev.make_event(
-                ev.SESSION_ERROR,
-                error_type=error_type,
-                message=message,
-                turn_id=turn.turn_id,
-                user_message_id=turn.user_message_id,
-                status_code=status_code,
-                attempts=attempts,
-            )
+        error = ev.make_event(
+            ev.SESSION_ERROR,
+            error_type=error_type,
+            message=message,
+            turn_id=turn.turn_id,
+            user_message_id=turn.user_message_id,
         )
+        if status_code:
+            error.session_error.status_code = status_code
+        if attempts:
+            error.session_error.attempts = attempts
+        events.append(error)
         events.append(self._turn_end(turn, ev.TurnEndReason.TURN_END_REASON_ERROR, message))
         return events

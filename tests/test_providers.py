@@ -22,6 +22,7 @@ import pytest
 
 from copilot_client import (
     CopilotClient,
+    FailedPreconditionError,
     InvalidArgumentError,
     ProviderConfig,
     ProviderSecretRequiredError,
@@ -377,6 +378,27 @@ async def test_offline_model_when_nothing_is_configured(short_tmp: Path) -> None
             assert T.ASSISTANT_USAGE not in types(await session.get_messages())
     finally:
         daemon.kill()
+
+
+async def test_a_model_no_longer_offered_is_refused_until_switched(
+    short_tmp: Path, start_daemon: DaemonFactory, server: FakeModelServer
+) -> None:
+    offline = DaemonProcess(short_tmp).start()  # same data dir, no config
+    async with connect(offline) as client:
+        await client.create_session(session_id="old", model="gpt-5")
+    offline.kill()
+    daemon = start_daemon()
+    async with connect(daemon) as client:
+        session = await client.resume_session("old")
+        with pytest.raises(FailedPreconditionError) as refused:
+            await session.send("Hello?")
+        assert refused.value.reason == "ERROR_REASON_MODEL_UNAVAILABLE"
+        assert "'gpt-5'" in refused.value.message and "set_model" in refused.value.message
+        await session.set_model("gpt-test")
+        answer = await session.send_and_wait("Hello again")
+        assert answer is not None and answer.data.content == server.default_text
+    # The refused send wrote nothing: the provider got only the second message.
+    assert conversation(server.requests[0])[1:] == [("user", "Hello again")]
 
 
 # -- failures --------------------------------------------------------------------
@@ -771,14 +793,3 @@ async def test_invalid_own_provider_is_refused(
     with pytest.raises(InvalidArgumentError) as refused:
         await client.resume_session("good", provider=provider)
     assert complaint in refused.value.message
-
-
-def test_provider_config_accepts_the_copilot_sdk_dict() -> None:
-    config = ProviderConfig.coerce(
-        {"type": "azure", "base_url": "https://x.openai.azure.com", "azure": {"api_version": "v1"}}
-    )
-    assert config.api_version == "v1"
-    with pytest.raises(ValueError, match="wire_api"):
-        ProviderConfig.coerce({"type": "openai", "wire_api": "responses"})
-    with pytest.raises(ValueError, match="unknown provider keys"):
-        ProviderConfig.coerce({"type": "openai", "apikey": "typo"})

@@ -426,10 +426,13 @@ class SessionErrorData(_message.Message):
     user_message_id: _builtins.str
     status_code: _builtins.int
     """models and providers: 20-29
-    The provider's HTTP status, when it answered with one (e.g. 401, 429).
+    The provider's HTTP status, when it answered with one (e.g. 401, 429);
+    unset for failures without one.
     """
     attempts: _builtins.int
-    """How many requests were made to the provider (retries included)."""
+    """How many requests were made to the provider (retries included); unset
+    when the provider was not called.
+    """
     def __init__(
         self,
         *,
@@ -437,14 +440,21 @@ class SessionErrorData(_message.Message):
         message: _builtins.str = ...,
         turn_id: _builtins.str = ...,
         user_message_id: _builtins.str = ...,
-        status_code: _builtins.int = ...,
-        attempts: _builtins.int = ...,
+        status_code: _builtins.int | None = ...,
+        attempts: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_attempts", b"_attempts", "_status_code", b"_status_code", "attempts", b"attempts", "status_code", b"status_code"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "error_type", b"error_type", "message", b"message", "status_code", b"status_code", "turn_id", b"turn_id", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempts", b"_attempts", "_status_code", b"_status_code", "attempts", b"attempts", "error_type", b"error_type", "message", b"message", "status_code", b"status_code", "turn_id", b"turn_id", "user_message_id", b"user_message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__attempts: _TypeAlias = _typing.Literal["attempts"]  # noqa: Y015
+    _WhichOneofArgType__attempts: _TypeAlias = _typing.Literal["_attempts", b"_attempts"]  # noqa: Y015
+    _WhichOneofReturnType__status_code: _TypeAlias = _typing.Literal["status_code"]  # noqa: Y015
+    _WhichOneofArgType__status_code: _TypeAlias = _typing.Literal["_status_code", b"_status_code"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__attempts) -> _WhichOneofReturnType__attempts | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__status_code) -> _WhichOneofReturnType__status_code | None: ...
 
 Global___SessionErrorData: _TypeAlias = SessionErrorData  # noqa: Y015
 
