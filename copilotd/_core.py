@@ -230,6 +230,12 @@ class SessionService:
         own_provider = config.HasField("provider")
         if own_provider:  # stored without its secrets; they stay in memory
             check_provider_config(config.provider)
+            if not config.model and not config.provider.wire_model:
+                raise InvalidArgumentError(
+                    "a session with its own provider needs a model: set SessionConfig.model "
+                    "(or the provider's wire_model) to a model that provider serves",
+                    Reason.ERROR_REASON_INVALID_PROVIDER,
+                )
             metadata.provider.CopyFrom(public_provider_config(config.provider))
             start.session_start.provider.CopyFrom(metadata.provider)
         else:

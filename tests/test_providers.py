@@ -426,6 +426,21 @@ async def test_429_and_503_with_retry_after_are_retried_then_succeed(
     history = await session.get_messages()
     assert types(history[1:]) == COMPLETED_TURN  # no session.error
 
+    # A provider that asks for a longer wait than max_retry_after gets no retry.
+    server.script(error(429, "Quota exhausted", retry_after="120"))
+    with pytest.raises(SessionFailedError) as failed:
+        await session.send_and_wait("Once more")
+    event = failed.value.event
+    assert (event.data.error_type, event.data.status_code, event.data.attempts) == (
+        "rate_limit",
+        429,
+        1,
+    )
+    assert "asked to wait 120 s before retrying, more than max_retry_after = 60 s" in (
+        event.data.message or ""
+    )
+    assert len(server.requests) == 4
+
 
 @pytest.mark.parametrize(("api", "status"), [("openai", 401), ("anthropic", 403)])
 async def test_authentication_failure_is_not_retried(
@@ -793,3 +808,13 @@ async def test_invalid_own_provider_is_refused(
     with pytest.raises(InvalidArgumentError) as refused:
         await client.resume_session("good", provider=provider)
     assert complaint in refused.value.message
+
+
+async def test_own_provider_needs_a_model(client: CopilotClient, server: FakeModelServer) -> None:
+    provider = ProviderConfig(base_url=f"{server.url}/v1")
+    with pytest.raises(InvalidArgumentError) as refused:
+        await client.create_session(provider=provider)
+    assert "needs a model" in refused.value.message
+    session = await client.create_session(provider=ProviderConfig(wire_model="served-name"))
+    assert session.metadata.provider is not None
+    assert session.metadata.provider.base_url is None  # the public endpoint of the type

@@ -188,8 +188,12 @@ class ProviderRegistry:
                 held = self._hold(session_id, metadata.provider)  # it needs no secret
             if held is not None:
                 return self._session_route(metadata.model, held.config, held.provider)
-            if not self._settings.use_configured_when_secret_missing:
+            route = None
+            if self._settings.use_configured_when_secret_missing:
+                route = self._configured_route(metadata.model)
+            if route is None:
                 raise self._secret_required(session_id, metadata.provider)
+            return route
         route = self._configured_route(metadata.model)
         if route is None:
             raise FailedPreconditionError(

@@ -88,6 +88,16 @@ class RetryingProvider(ModelProvider):
                 wait = self.policy.delay(error, attempt)
                 if wait is None:
                     error.attempts = attempt
+                    asked = error.retry_after
+                    if (
+                        error.retryable
+                        and asked is not None
+                        and asked > self.policy.max_retry_after
+                    ):
+                        error.message += (
+                            f" (the provider asked to wait {asked:g} s before retrying, more "
+                            f"than max_retry_after = {self.policy.max_retry_after:g} s)"
+                        )
                     raise
                 log.warning(
                     "%s: %s; retry %d of %d in %.2f s",
