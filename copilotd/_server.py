@@ -189,11 +189,13 @@ async def _serve_store(
     log.info("copilotd %s serving on %s (data in %s)", __version__, target, config.data_dir)
     if on_ready is not None:
         on_ready(target)
+    warm_up = asyncio.create_task(providers.warm_up(), name="provider warm-up")
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
         await health.enter_graceful_shutdown()
+        warm_up.cancel()
         await service.shutdown()
         await server.stop(config.shutdown_grace)
         await committer.close()

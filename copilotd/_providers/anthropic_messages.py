@@ -6,7 +6,6 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import anthropic
-import httpx2
 
 from copilotd._providers.base import (
     ChatChunk,
@@ -17,7 +16,7 @@ from copilotd._providers.base import (
     TextDelta,
     Usage,
 )
-from copilotd._providers.http_errors import connection_error, status_error, timeout_error
+from copilotd._providers.http_errors import sdk_errors
 from copilotd._providers.settings import ANTHROPIC_DEFAULT_MAX_OUTPUT_TOKENS, Connection
 
 # The SDK insists on a credential and would otherwise look for one in the
@@ -47,7 +46,7 @@ class AnthropicMessagesProvider(ModelProvider):
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")
         input_tokens = output_tokens = cache_read = cache_write = 0
         call_id = ""
-        try:
+        with sdk_errors(anthropic, self._label, self._connection.timeout):
             response = await self._client.messages.create(
                 model=request.model,
                 max_tokens=request.max_output_tokens or ANTHROPIC_DEFAULT_MAX_OUTPUT_TOKENS,
@@ -69,21 +68,6 @@ class AnthropicMessagesProvider(ModelProvider):
                             yield TextDelta(event.delta.text)
                     elif event.type == "message_delta":
                         output_tokens = event.usage.output_tokens
-        except anthropic.APIStatusError as error:
-            raise status_error(
-                self._label, error.status_code, error.body, error.response.headers, error.message
-            ) from None
-        except anthropic.APITimeoutError:
-            raise timeout_error(self._label, self._connection.timeout) from None
-        except anthropic.APIConnectionError as error:
-            raise connection_error(self._label, error) from None
-        except anthropic.APIError as error:
-            raise ProviderError(f"{self._label}: {error.message}") from None
-        # The SDK lets transport errors met while reading the stream through.
-        except httpx2.TimeoutException:
-            raise timeout_error(self._label, self._connection.timeout) from None
-        except httpx2.TransportError as error:
-            raise connection_error(self._label, error) from None
         yield Usage(
             input_tokens=input_tokens,
             output_tokens=output_tokens,

@@ -106,5 +106,8 @@ class ModelProvider(ABC):
     def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk]:
         """Stream the answer to ``request``: text deltas, then at most one ``Usage``."""
 
+    async def warm_up(self) -> None:  # noqa: B027 - most providers have nothing to prepare
+        """Prepare for the first request (e.g. load an SDK); errors are left to ``stream``."""
+
     async def aclose(self) -> None:  # noqa: B027 - most providers hold nothing to release
         """Release connections; the provider is not used afterwards."""

@@ -3,19 +3,47 @@
 401/403 are authentication failures and are never retried; 429, 408, 409
 and 5xx (529 "overloaded" included), timeouts and dropped connections may be
 retried. The message keeps the provider's own words (from its JSON error
-body) and says who answered what.
+body) and says who answered what. ``sdk_errors`` is the one place the SDKs'
+exceptions are caught.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import http
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from types import ModuleType
+
+import httpx2
 
 from copilotd._providers.base import ProviderError
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+@contextlib.contextmanager
+def sdk_errors(sdk: ModuleType, label: str, timeout: float) -> Iterator[None]:
+    """Raise the ``ProviderError`` for any failure of the ``openai`` or ``anthropic`` SDK.
+
+    Both SDKs name their exceptions alike (``APIStatusError``,
+    ``APITimeoutError``, ``APIConnectionError``, ``APIError``). Transport
+    errors met while reading a stream can come through unwrapped (the
+    Anthropic SDK lets them), so those of their HTTP client are mapped too.
+    """
+    try:
+        yield
+    except sdk.APIStatusError as error:
+        raise status_error(
+            label, error.status_code, error.body, error.response.headers, error.message
+        ) from None
+    except (sdk.APITimeoutError, httpx2.TimeoutException):
+        raise timeout_error(label, timeout) from None
+    except (sdk.APIConnectionError, httpx2.TransportError) as error:
+        raise connection_error(label, error) from None
+    except sdk.APIError as error:
+        raise ProviderError(f"{label}: {error.message}") from None
 
 
 def status_error(

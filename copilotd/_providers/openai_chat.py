@@ -27,7 +27,7 @@ from copilotd._providers.base import (
     TextDelta,
     Usage,
 )
-from copilotd._providers.http_errors import connection_error, status_error, timeout_error
+from copilotd._providers.http_errors import sdk_errors
 from copilotd._providers.settings import Connection
 
 # The SDK insists on a credential; servers that need none (Ollama, vLLM)
@@ -67,8 +67,10 @@ class OpenAIChatProvider(ModelProvider):
                 f"{self._label}: {self._connection.missing_secret}", error_type="configuration"
             )
         limit = request.max_output_tokens or openai.omit
+        # Newer OpenAI models refuse max_tokens; older compatible servers know only it.
+        modern = self._connection.max_tokens_param == "max_completion_tokens"
         usage: Usage | None = None
-        try:
+        with sdk_errors(openai, self._label, self._connection.timeout):
             response = await self._client.chat.completions.create(
                 model=request.model,
                 messages=[_message(m) for m in request.messages],
@@ -76,14 +78,8 @@ class OpenAIChatProvider(ModelProvider):
                 stream_options=(
                     {"include_usage": True} if self._connection.stream_usage else openai.omit
                 ),
-                max_completion_tokens=(
-                    limit
-                    if self._connection.max_tokens_param == "max_completion_tokens"
-                    else openai.omit
-                ),
-                max_tokens=limit
-                if self._connection.max_tokens_param == "max_tokens"
-                else openai.omit,
+                max_completion_tokens=limit if modern else openai.omit,
+                max_tokens=openai.omit if modern else limit,
             )
             async with response:
                 async for chunk in response:
@@ -97,16 +93,6 @@ class OpenAIChatProvider(ModelProvider):
                     for choice in chunk.choices:
                         if choice.delta is not None and choice.delta.content:
                             yield TextDelta(choice.delta.content)
-        except openai.APIStatusError as error:
-            raise status_error(
-                self._label, error.status_code, error.body, error.response.headers, error.message
-            ) from None
-        except openai.APITimeoutError:
-            raise timeout_error(self._label, self._connection.timeout) from None
-        except openai.APIConnectionError as error:
-            raise connection_error(self._label, error) from None
-        except openai.APIError as error:
-            raise ProviderError(f"{self._label}: {error.message}") from None
         if usage is not None:
             yield usage
 

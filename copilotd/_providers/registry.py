@@ -14,6 +14,7 @@ Two sources:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -129,6 +130,10 @@ class ProviderRegistry:
     @property
     def offline_only(self) -> bool:
         return not self._providers
+
+    async def warm_up(self) -> None:
+        """Build the configured providers now (their SDKs load in a worker thread)."""
+        await asyncio.gather(*(p.warm_up() for p in self._providers.values()))
 
     # -- models ----------------------------------------------------------------
 

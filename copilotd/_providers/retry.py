@@ -121,5 +121,8 @@ class RetryingProvider(ModelProvider):
         finally:
             await chunks.aclose()
 
+    async def warm_up(self) -> None:
+        await self.inner.warm_up()
+
     async def aclose(self) -> None:
         await self.inner.aclose()
