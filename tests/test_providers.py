@@ -72,6 +72,7 @@ default = "gpt-test"
 type = "openai"
 base_url = "{server.url}/v1"
 api_key_env = "{KEY_ENV}"
+headers = {{ "X-Team" = "copilotd-tests" }}
 {retry}
 [providers.openai.models]
 "gpt-test" = {{}}
@@ -224,6 +225,7 @@ async def test_requests_carry_system_message_and_history_across_a_restart(
         assert last.body["model"] == "gpt-test"
         assert last.headers["authorization"] == f"Bearer {OPENAI_KEY}"
         assert last.body["stream_options"] == {"include_usage": True}
+        assert last.headers["x-team"] == "copilotd-tests"  # the configured extra header
     elif api == "azure":
         assert last.path == "/openai/deployments/my-deployment/chat/completions"
         assert last.query["api-version"] == "2024-10-21"
@@ -771,20 +773,44 @@ async def test_configured_provider_answers_when_the_config_allows_it(
     )
 
 
+AMBIENT = {
+    name: f"ambient-{name.lower()}-value"
+    for name in (
+        "OPENAI_API_KEY",
+        "AZURE_OPENAI_API_KEY",
+        "AZURE_OPENAI_AD_TOKEN",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+    )
+}
+
+
 async def test_own_provider_without_a_secret_needs_nothing_after_a_restart(
-    daemon: DaemonProcess, server: FakeModelServer
+    start_daemon: DaemonFactory, server: FakeModelServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Keys in the daemon's environment must never go to a session's own server.
+    for name, value in AMBIENT.items():
+        monkeypatch.setenv(name, value)
+    daemon = start_daemon()
     local = {"type": "openai", "base_url": f"{server.url}/v1", "max_prompt_tokens": 4000}
     async with connect(daemon) as client:
         session = await client.create_session(session_id="local", model="llama3", provider=local)
         await session.set_model("qwen2")  # a session's own provider serves any name
         await session.send_and_wait("Hi")
+        other = await client.create_session(
+            model="claude-x", provider={"type": "anthropic", "base_url": server.url}
+        )
+        await other.send_and_wait("Hi")
     daemon.restart_after_kill()
     async with connect(daemon) as client:
         session = await client.resume_session("local")
         await session.send_and_wait("Still there?")
-    assert [r.body["model"] for r in server.requests] == ["qwen2", "qwen2"]
-    assert all(r.headers["authorization"] == "Bearer no-key" for r in server.requests)
+    requests = server.requests
+    assert [r.body["model"] for r in requests] == ["qwen2", "claude-x", "qwen2"]
+    assert all(r.headers["authorization"] == "Bearer no-key" for r in requests)
+    for request in requests:
+        sent = repr(request.headers) + repr(request.body)
+        assert not any(value in sent for value in AMBIENT.values())
 
 
 @pytest.mark.parametrize(
@@ -818,3 +844,28 @@ async def test_own_provider_needs_a_model(client: CopilotClient, server: FakeMod
     session = await client.create_session(provider=ProviderConfig(wire_model="served-name"))
     assert session.metadata.provider is not None
     assert session.metadata.provider.base_url is None  # the public endpoint of the type
+
+
+async def test_own_azure_provider_with_a_token_and_a_prompt_budget(
+    client: CopilotClient, server: FakeModelServer
+) -> None:
+    provider = ProviderConfig(
+        type="azure",
+        base_url=server.url,
+        bearer_token=SESSION_TOKEN,
+        api_version="2025-01-01-preview",
+        wire_model="team-deployment",
+        max_prompt_tokens=120,
+    )
+    session = await client.create_session(model="gpt-4o", provider=provider)
+    long = "many words of context " * 8  # about 60 tokens by the estimate
+    await session.send_and_wait(f"First: {long}")
+    await session.send_and_wait(f"Second: {long}")
+    first, second = server.requests
+    assert first.path == "/openai/deployments/team-deployment/chat/completions"
+    assert first.query["api-version"] == "2025-01-01-preview"
+    assert first.headers["authorization"] == f"Bearer {SESSION_TOKEN}"
+    assert conversation(second)[1:] == [("user", f"Second: {long}")]  # the first left out
+    history = await session.get_messages()
+    truncation = next(e for e in history if e.type is T.SESSION_TRUNCATION)
+    assert (truncation.data.token_limit, truncation.data.messages_removed) == (120, 2)
