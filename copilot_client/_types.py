@@ -274,8 +274,8 @@ class EventData:
     status_code: int | None = None
     """``session.error``: the provider's HTTP status; ``None`` when it gave none."""
     attempts: int | None = None
-    """``session.error``: requests made to the provider, retries included; ``None``
-    when it was not called."""
+    """``session.error``: times the provider was tried, retries included; ``None``
+    for failures that are not the provider's."""
     input_tokens: int | None = None
     """``assistant.usage``: input (prompt) tokens of the model call."""
     output_tokens: int | None = None

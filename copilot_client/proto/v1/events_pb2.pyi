@@ -430,8 +430,8 @@ class SessionErrorData(_message.Message):
     unset for failures without one.
     """
     attempts: _builtins.int
-    """How many requests were made to the provider (retries included); unset
-    when the provider was not called.
+    """How many times the provider was tried (retries included); unset for
+    failures that are not the provider's (e.g. "internal").
     """
     def __init__(
         self,
