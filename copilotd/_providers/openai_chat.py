@@ -73,7 +73,12 @@ class OpenAIChatProvider(ModelProvider):
         with sdk_errors(openai, self._label, self._connection.timeout):
             response = await self._client.chat.completions.create(
                 model=request.model,
-                messages=[_message(m) for m in request.messages],
+                # The messages go in extra_body, which the SDK sends as given: its
+                # per-message transform of `messages` (key aliases and file
+                # encodings, which plain text never needs) costs about 0.25 ms
+                # of event-loop time per message - 100 ms for 400 messages.
+                messages=[],
+                extra_body={"messages": [_message(m) for m in request.messages]},
                 stream=True,
                 stream_options=(
                     {"include_usage": True} if self._connection.stream_usage else openai.omit
