@@ -123,7 +123,9 @@ class FakeModelServer:
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure)
         app.router.add_post("/v1/messages", self._anthropic)
         # Cancel a handler when its client goes away, as a real server notices.
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
