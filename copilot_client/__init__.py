@@ -15,6 +15,7 @@ from ._errors import (
     DaemonUnavailableError,
     FailedPreconditionError,
     InvalidArgumentError,
+    ProviderSecretRequiredError,
     ResourceExhaustedError,
     RPCError,
     SequenceConflictError,
@@ -24,6 +25,7 @@ from ._errors import (
     UnauthenticatedError,
 )
 from ._lifecycle import LifecycleHandler
+from ._models import ModelInfo, ProviderConfig
 from ._session import CopilotSession, EventHandler
 from ._types import (
     EventData,
@@ -51,6 +53,9 @@ __all__ = [
     "LifecycleEvent",
     "LifecycleHandler",
     "MessageOptions",
+    "ModelInfo",
+    "ProviderConfig",
+    "ProviderSecretRequiredError",
     "RPCError",
     "ResourceExhaustedError",
     "SequenceConflictError",

@@ -13,6 +13,7 @@ from typing import Any, Self, overload
 from . import _autostart
 from ._errors import CopilotError, DaemonUnavailableError, SessionNotFoundError
 from ._lifecycle import LifecycleHandler, LifecycleWatch
+from ._models import ModelInfo, ProviderConfig
 from ._paths import MAX_SOCKET_PATH_BYTES, resolve_data_dir, resolve_socket_path
 from ._session import CopilotSession
 from ._transport import Transport
@@ -249,21 +250,33 @@ class CopilotClient:
         return self._track(SessionMetadata.from_proto(response.session))
 
     async def resume_session(
-        self, session_id: str, config: SessionConfig | Mapping[str, Any] | None = None
+        self,
+        session_id: str,
+        config: SessionConfig | Mapping[str, Any] | None = None,
+        *,
+        provider: ProviderConfig | Mapping[str, Any] | None = None,
     ) -> CopilotSession:
         """Resumes an existing session (recorded as a ``session.resume`` event).
 
         Args:
             session_id: The session's id.
-            config: Accepted for Copilot SDK compatibility; the session keeps
-                the model and system message it was created with.
+            config: As in the Copilot SDK; only its ``provider`` is used: the
+                session keeps the model and system message it was created with.
+            provider: The session's own provider, again (its secret is not
+                stored, so a session created with one needs it after every
+                daemon restart). Overrides ``config``'s.
 
         Raises:
             SessionNotFoundError: No session has this id.
+            InvalidArgumentError: The provider config is invalid.
         """
+        if provider is None and config is not None:
+            provider = config.get("provider") if isinstance(config, Mapping) else config.provider
         request = copilot_pb2.ResumeSessionRequest(
             session_id=session_id, tail_events=RESUME_TAIL_EVENTS
         )
+        if provider is not None:
+            request.provider.CopyFrom(ProviderConfig.coerce(provider).to_proto())
         stub = await self._stub()
         response = await self._transport.call(stub.ResumeSession, request)
         metadata = SessionMetadata.from_proto(response.session)
@@ -349,3 +362,13 @@ class CopilotClient:
         """The id of the most recently active session, or ``None`` if there is none."""
         page = await self.list_sessions_page(page_size=1)
         return page.sessions[0].session_id if page.sessions else None
+
+    async def list_models(self) -> list[ModelInfo]:
+        """The models the daemon's configured providers offer, the default first.
+
+        With no provider configured, the one entry is the offline model,
+        which then answers every model name.
+        """
+        stub = await self._stub()
+        response = await self._transport.call(stub.ListModels, copilot_pb2.ListModelsRequest())
+        return [ModelInfo.from_proto(model) for model in response.models]

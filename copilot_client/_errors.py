@@ -8,7 +8,8 @@ The tree::
     │   ├── SessionExistsError            ALREADY_EXISTS
     │   ├── InvalidArgumentError          INVALID_ARGUMENT
     │   ├── FailedPreconditionError       FAILED_PRECONDITION
-    │   │   └── SequenceConflictError     reason SEQUENCE_CONFLICT
+    │   │   ├── SequenceConflictError     reason SEQUENCE_CONFLICT
+    │   │   └── ProviderSecretRequiredError  reason PROVIDER_SECRET_REQUIRED
     │   ├── ResourceExhaustedError        RESOURCE_EXHAUSTED
     │   ├── UnauthenticatedError          UNAUTHENTICATED (TCP without the right token)
     │   └── DaemonUnavailableError        UNAVAILABLE, or the daemon cannot be reached
@@ -34,6 +35,7 @@ __all__ = [
     "DaemonUnavailableError",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "ProviderSecretRequiredError",
     "RPCError",
     "ResourceExhaustedError",
     "SequenceConflictError",
@@ -103,6 +105,12 @@ class SequenceConflictError(FailedPreconditionError):
     current_sequence: int | None = None
 
 
+class ProviderSecretRequiredError(FailedPreconditionError):
+    """The session has its own provider, whose secret the daemon no longer holds
+    (it keeps secrets in memory only): resume the session with
+    ``client.resume_session(id, provider=...)`` and send again."""
+
+
 class ResourceExhaustedError(RPCError):
     """The daemon ran out of room, or this client fell behind an event stream."""
 
@@ -158,6 +166,10 @@ _BY_REASON: dict[str, type[RPCError]] = {
     "SUBSCRIBER_TOO_SLOW": ResourceExhaustedError,
     "SHUTTING_DOWN": DaemonUnavailableError,
     "INTERNAL": RPCError,
+    "INVALID_PROVIDER": InvalidArgumentError,
+    "UNKNOWN_MODEL": InvalidArgumentError,
+    "PROVIDER_SECRET_REQUIRED": ProviderSecretRequiredError,
+    "MODEL_UNAVAILABLE": FailedPreconditionError,
 }
 
 _BY_STATUS: dict[grpc.StatusCode, type[RPCError]] = {

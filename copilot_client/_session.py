@@ -219,6 +219,21 @@ class CopilotSession:
         except TimeoutError:
             return
 
+    async def set_model(self, model: str) -> None:
+        """Switches the session to ``model`` for its next turns.
+
+        Recorded as a ``session.model_change`` event; a running turn keeps
+        its model.
+
+        Raises:
+            InvalidArgumentError: No provider of the daemon offers ``model``
+                (see ``client.list_models()``).
+        """
+        self._check_usable()
+        request = copilot_pb2.SetModelRequest(session_id=self.session_id, model=model)
+        response = await self._transport.call(self._transport.stub.SetModel, request)
+        self._metadata = SessionMetadata.from_proto(response.session)
+
     async def abort(self, reason: str = "") -> bool:
         """Aborts the running turn, whoever started it.
 

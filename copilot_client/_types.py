@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ._models import ProviderConfig
 from .proto.v1 import copilot_pb2, events_pb2
 
 __all__ = [
@@ -96,6 +97,11 @@ class SessionConfig:
     streaming: bool = True
     """Accepted for Copilot SDK compatibility: deltas are always streamed."""
 
+    provider: ProviderConfig | Mapping[str, Any] | None = None
+    """The session's own model provider (bring your own key): a
+    :class:`ProviderConfig` or a dict like the Copilot SDK's. ``None``: the
+    daemon's configured providers."""
+
     def to_proto(self) -> copilot_pb2.SessionConfig:
         """The wire form.
 
@@ -107,6 +113,8 @@ class SessionConfig:
             proto.system_message.CopyFrom(
                 SystemMessageConfig.coerce(self.system_message).to_proto()
             )
+        if self.provider is not None:
+            proto.provider.CopyFrom(ProviderConfig.coerce(self.provider).to_proto())
         return proto
 
 
@@ -183,6 +191,14 @@ class SessionMetadata:
     """Messages waiting for their turn when this was read."""
     pinned: bool = False
     """Whether the session is pinned: retention never deletes it."""
+    input_tokens: int = 0
+    """Input tokens of all its model calls (sum of ``assistant.usage`` events)."""
+
+    output_tokens: int = 0
+    """Output tokens of all its model calls."""
+
+    provider: ProviderConfig | None = None
+    """Its own provider, secrets left out; ``None``: the daemon's configured ones."""
 
     @classmethod
     def from_proto(cls, proto: copilot_pb2.SessionMetadata) -> SessionMetadata:
@@ -198,6 +214,9 @@ class SessionMetadata:
             turn_running=proto.turn_running,
             pending_messages=proto.pending_messages,
             pinned=proto.pinned,
+            input_tokens=proto.input_tokens,
+            output_tokens=proto.output_tokens,
+            provider=ProviderConfig.from_proto(proto.provider),
         )
 
 
@@ -228,6 +247,9 @@ class SessionEventType(enum.StrEnum):
     ABORT = "abort"
     PENDING_MESSAGES_MODIFIED = "pending_messages.modified"
     SESSION_DELETED = "session.deleted"
+    ASSISTANT_USAGE = "assistant.usage"
+    SESSION_MODEL_CHANGE = "session.model_change"
+    SESSION_TRUNCATION = "session.truncation"
     UNKNOWN = "unknown"
 
     @classmethod
@@ -274,6 +296,45 @@ class EventData:
     """``session.start``: version of copilotd that created the session."""
     message_ids: tuple[str, ...] | None = None
     """``pending_messages.modified``: ids of the queued messages, in running order."""
+    status_code: int | None = None
+    """``session.error``: the provider's HTTP status; ``None`` when it gave none."""
+    attempts: int | None = None
+    """``session.error``: times the provider was tried, retries included; ``None``
+    for failures that are not the provider's."""
+    input_tokens: int | None = None
+    """``assistant.usage``: input (prompt) tokens of the model call."""
+    output_tokens: int | None = None
+    """``assistant.usage``: output tokens of the model call."""
+    cache_read_tokens: int | None = None
+    """``assistant.usage``: input tokens served from the provider's cache."""
+    cache_write_tokens: int | None = None
+    """``assistant.usage``: input tokens written to the provider's cache."""
+    duration_ms: int | None = None
+    """``assistant.usage``: from the request to the end of the answer, retries included."""
+    provider_call_id: str | None = None
+    """``assistant.usage``: the provider's id of the response."""
+    estimated: bool | None = None
+    """``assistant.usage``: the provider reported no usage; the counts are estimates."""
+    previous_model: str | None = None
+    """``session.model_change``: the model before."""
+    new_model: str | None = None
+    """``session.model_change``: the model of the next turns."""
+    token_limit: int | None = None
+    """``session.truncation``: the budget for the request's messages, in tokens."""
+    pre_truncation_tokens: int | None = None
+    """``session.truncation``: estimated tokens of the whole history."""
+    pre_truncation_messages: int | None = None
+    """``session.truncation``: messages in the whole history (system message included)."""
+    post_truncation_tokens: int | None = None
+    """``session.truncation``: estimated tokens of what was sent."""
+    post_truncation_messages: int | None = None
+    """``session.truncation``: messages sent."""
+    tokens_removed: int | None = None
+    """``session.truncation``: estimated tokens left out."""
+    messages_removed: int | None = None
+    """``session.truncation``: messages left out (the oldest)."""
+    first_kept_sequence: int | None = None
+    """``session.truncation``: the messages before this sequence number were left out."""
 
 
 # Text bodies keep "" (an answer can be empty); other empty strings mean "unset".
@@ -291,6 +352,8 @@ def _event_data(proto: events_pb2.SessionEvent) -> EventData:
         name = descriptor.name
         if name not in _SCALAR_FIELDS:
             continue
+        if descriptor.has_presence and not payload.HasField(name):
+            continue  # an optional field left unset: None
         value = getattr(payload, name)
         if descriptor.is_repeated:
             value = tuple(value)

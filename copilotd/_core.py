@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from copilot_client.proto.v1 import copilot_pb2
+from copilot_client.proto.v1 import copilot_pb2, events_pb2
 from copilotd import _events as ev
 from copilotd._committer import GroupCommitter
 from copilotd._errors import (
@@ -28,7 +28,12 @@ from copilotd._errors import (
 )
 from copilotd._events import SessionEvent, SessionMetadata
 from copilotd._fanout import FanOut
-from copilotd._providers import ChatMessage, ProviderRegistry
+from copilotd._providers import (
+    ChatMessage,
+    ProviderRegistry,
+    check_provider_config,
+    public_provider_config,
+)
 from copilotd._scheduler import TurnScheduler
 from copilotd._store import (
     PendingMessage,
@@ -281,11 +286,26 @@ class SessionService:
         start = ev.make_event(
             ev.SESSION_START, session_id=session_id, model=model, producer_version=self.version
         )
+        own_provider = config.HasField("provider")
+        if own_provider:  # stored without its secrets; they stay in memory
+            check_provider_config(config.provider)
+            if not config.model and not config.provider.wire_model:
+                raise InvalidArgumentError(
+                    "a session with its own provider needs a model: set SessionConfig.model "
+                    "(or the provider's wire_model) to a model that provider serves",
+                    Reason.ERROR_REASON_INVALID_PROVIDER,
+                )
+            metadata.provider.CopyFrom(public_provider_config(config.provider))
+            start.session_start.provider.CopyFrom(metadata.provider)
+        else:
+            self.providers.check_model(model)
         metadata.start_time.CopyFrom(start.timestamp)
         with store_errors(session_id):
             record, stored = await self._committer.submit(
                 lambda writer: writer.create_session(metadata, [start])
             )
+        if own_provider:
+            await self.providers.hold_session_provider(session_id, config.provider)
         self._state(record)
         self.fanout.publish(session_id, stored)
         self._announce_lifecycle(SESSION_CREATED, session_id, record.metadata)
@@ -296,8 +316,12 @@ class SessionService:
         return self._record(session_id).metadata
 
     async def resume_session(
-        self, session_id: str, tail_events: int
+        self,
+        session_id: str,
+        tail_events: int,
+        provider: events_pb2.ProviderConfig | None = None,
     ) -> tuple[SessionMetadata, list[SessionEvent]]:
+        """Record a session.resume; ``provider`` (the session's own, again) is held in memory."""
         self._check_running()
         record = self._record(session_id)
         state = self._state(record)
@@ -307,7 +331,12 @@ class SessionService:
             already_in_use=self.fanout.subscriber_count(session_id) > 0,
             turn_running=state.turn is not None,
         )
+        if provider is not None:
+            check_provider_config(provider)
+            resume.session_resume.provider.CopyFrom(public_provider_config(provider))
         record, _ = await self.append(session_id, [resume])
+        if provider is not None:
+            await self.providers.hold_session_provider(session_id, provider)
         tail: list[SessionEvent] = []
         if tail_events:
             with store_errors(session_id):
@@ -344,6 +373,7 @@ class SessionService:
         self.fanout.end(session_id, SessionNotFoundError(session_id), last=[terminal])
         if state is not None and state.turn is not None:
             await self._turns.cancel(state.turn, reason="session deleted", interrupted=False)
+        await self.providers.forget_session(session_id)
         self._announce_lifecycle(SESSION_DELETED, session_id, None)
         log.info("deleted session %s", session_id)
 
@@ -368,10 +398,37 @@ class SessionService:
         state = self._state(record)
         if expected_last_sequence is not None and expected_last_sequence != state.last_sequence:
             raise SequenceConflictError(session_id, expected_last_sequence, state.last_sequence)
+        # Refuse a message no provider could answer before anything is written;
+        # the route is taken again from the record when the turn begins.
+        self.providers.route_for(record.metadata)
         user = ev.make_event(ev.USER_MESSAGE, content=prompt, source=source)
         return await self._scheduler.send(
             session_id, state, user, mode=mode, expected_last_sequence=expected_last_sequence
         )
+
+    def list_models(self) -> tuple[list[copilot_pb2.ModelInfo], bool]:
+        """The models on offer, default first, and whether only the offline model answers."""
+        return self.providers.list_models(), self.providers.offline_only
+
+    async def set_model(self, session_id: str, model: str) -> SessionMetadata:
+        """Switch the session's model for its next turns (records session.model_change)."""
+        self._check_running()
+        if not model:
+            raise InvalidArgumentError(
+                "model is empty; name one of client.list_models()",
+                Reason.ERROR_REASON_UNKNOWN_MODEL,
+            )
+        record = self._record(session_id)
+        if record.metadata.model == model:
+            return record.metadata
+        if not record.metadata.provider.type:  # a session's own provider serves any name
+            self.providers.check_model(model)
+        change = ev.make_event(
+            ev.SESSION_MODEL_CHANGE, previous_model=record.metadata.model, new_model=model
+        )
+        record, _ = await self.append(session_id, [change])
+        log.info("session %s now uses model %s", session_id, model)
+        return record.metadata
 
     async def abort_turn(self, session_id: str, reason: str) -> bool:
         check_label(reason, "reason")
@@ -494,14 +551,15 @@ class SessionService:
     async def shutdown(self) -> None:
         """Stop taking work; end running turns with a marker; end live streams."""
         self._shutting_down = True
-        running = [s.turn for s in self._states.values() if s.turn is not None]
-        # Concurrently, so their end markers share commits.
-        await asyncio.gather(
-            *(
-                self._turns.cancel(turn, reason="daemon shutting down", interrupted=True)
-                for turn in running
+        # Concurrently, so their end markers share commits; again while a send
+        # that was already past its check has started one meanwhile.
+        while running := [s.turn for s in self._states.values() if s.turn is not None]:
+            await asyncio.gather(
+                *(
+                    self._turns.cancel(turn, reason="daemon shutting down", interrupted=True)
+                    for turn in running
+                )
             )
-        )
         self.fanout.end_all(ShuttingDownError())
         self.lifecycle.end_all(ShuttingDownError())
 
@@ -522,7 +580,9 @@ def _context_messages(events: Sequence[SessionEvent]) -> list[ChatMessage]:
     messages = []
     for event in events:
         if event.type == ev.USER_MESSAGE:
-            messages.append(ChatMessage("user", event.user_message.content))
+            messages.append(ChatMessage("user", event.user_message.content, event.sequence))
         elif event.type == ev.ASSISTANT_MESSAGE and event.assistant_message.content:
-            messages.append(ChatMessage("assistant", event.assistant_message.content))
+            messages.append(
+                ChatMessage("assistant", event.assistant_message.content, event.sequence)
+            )
     return messages

@@ -61,6 +61,16 @@ class InvalidArgumentError(ServiceError):
         self.reason = reason
 
 
+class FailedPreconditionError(ServiceError):
+    """The session is not in a state that allows the call; ``reason`` says why."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, reason: Reason.ValueType) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class SequenceConflictError(ServiceError):
     status = grpc.StatusCode.FAILED_PRECONDITION
     reason = Reason.ERROR_REASON_SEQUENCE_CONFLICT

@@ -28,6 +28,9 @@ SESSION_ERROR: Final = "session.error"
 ABORT: Final = "abort"
 PENDING_MESSAGES_MODIFIED: Final = "pending_messages.modified"
 SESSION_DELETED: Final = "session.deleted"
+ASSISTANT_USAGE: Final = "assistant.usage"
+SESSION_MODEL_CHANGE: Final = "session.model_change"
+SESSION_TRUNCATION: Final = "session.truncation"
 
 # Event type -> name of the payload field in the SessionEvent.data oneof.
 PAYLOAD_FIELD: Final[dict[str, str]] = {
@@ -43,6 +46,9 @@ PAYLOAD_FIELD: Final[dict[str, str]] = {
     ABORT: "abort",
     PENDING_MESSAGES_MODIFIED: "pending_messages_modified",
     SESSION_DELETED: "session_deleted",
+    ASSISTANT_USAGE: "assistant_usage",
+    SESSION_MODEL_CHANGE: "session_model_change",
+    SESSION_TRUNCATION: "session_truncation",
 }
 
 EPHEMERAL_TYPES: Final = frozenset(
@@ -103,3 +109,10 @@ def apply_to_metadata(metadata: SessionMetadata, event: SessionEvent) -> None:
         metadata.message_count += 1
     if event.type == USER_MESSAGE and not metadata.summary:
         metadata.summary = summarize(event.user_message.content)
+    elif event.type == ASSISTANT_USAGE:
+        metadata.input_tokens += event.assistant_usage.input_tokens
+        metadata.output_tokens += event.assistant_usage.output_tokens
+    elif event.type == SESSION_MODEL_CHANGE:
+        metadata.model = event.session_model_change.new_model
+    elif event.type == SESSION_RESUME and event.session_resume.HasField("provider"):
+        metadata.provider.CopyFrom(event.session_resume.provider)

@@ -13,6 +13,7 @@ import grpc
 from copilotd._activation import InheritedSocket, SocketRelay
 from copilotd._admin import AdminService
 from copilotd._core import SessionService
+from copilotd._errors import ServiceError
 from copilotd._events import SessionEvent
 from copilotd._fanout import FanOut
 from copilotd._metrics import MeteredFanOut, Metrics, MetricsAddress
@@ -106,5 +107,9 @@ class Operations:
 
 def _provider_name(store: Store, providers: ProviderRegistry, session_id: str) -> str:
     record = store.get_session(session_id)
-    model = record.metadata.model if record is not None else ""
-    return providers.provider_for(model).name
+    if record is None:
+        return "unknown"
+    try:
+        return providers.route_for(record.metadata).provider.name
+    except ServiceError:
+        return "unavailable"

@@ -82,10 +82,12 @@ class TurnScheduler:
                 state.pending.remove(pending)
             raise
         self.announce(session_id, state)
-        if state.turn is None:
-            self.start_next(session_id, state)  # an earlier start failed: retry now
+        running = state.turn
+        if running is None:
+            if not self._service.shutting_down:
+                self.start_next(session_id, state)  # an earlier start failed: retry now
         elif immediate:
-            await self._turns.cancel(state.turn, reason=SUPERSEDED)
+            await self._turns.cancel(running, reason=SUPERSEDED)
         return user, True
 
     def announce(self, session_id: str, state: SessionState) -> None:

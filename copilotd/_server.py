@@ -38,8 +38,9 @@ from copilotd._events import now_timestamp
 from copilotd._fanout import DEFAULT_BUFFER_EVENTS
 from copilotd._metrics import MetricsAddressError
 from copilotd._operations import Operations
-from copilotd._providers import OfflineProvider, ProviderRegistry
+from copilotd._providers import ProviderRegistry, ProviderSettings, load_provider_settings
 from copilotd._retention import RetentionPolicy
+from copilotd._secrets import install_log_redaction
 from copilotd._servicer_admin import AdminServicer
 from copilotd._store import LmdbStore, StoreError
 from copilotd._systemd import listen_sockets
@@ -156,6 +157,11 @@ async def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None =
         raise StartupError(str(error)) from None
     if inherited is not None:
         config = replace(config, socket_path=inherited.path)
+    install_log_redaction()
+    try:
+        provider_settings = load_provider_settings(config.config_file)
+    except ConfigError as error:
+        raise StartupError(str(error)) from None
     check_socket_path(config.socket_path)
     ensure_private_dir(config.socket_path.parent)
     ensure_private_dir(config.data_dir)
@@ -179,7 +185,7 @@ async def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None =
         except StoreError as error:
             raise StartupError(str(error)) from None
         try:
-            await _serve_store(config, store, on_ready, inherited)
+            await _serve_store(config, store, provider_settings, on_ready, inherited)
         finally:
             store.close()
 
@@ -187,6 +193,7 @@ async def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None =
 async def _serve_store(
     config: ServeConfig,
     store: LmdbStore,
+    provider_settings: ProviderSettings,
     on_ready: Callable[[str], None] | None,
     inherited: InheritedSocket | None,
 ) -> None:
@@ -199,7 +206,7 @@ async def _serve_store(
         raise StartupError(str(error)) from None
     committer = GroupCommitter(store)
     committer.start()
-    providers = ProviderRegistry(fallback=OfflineProvider(delta_delay=config.offline_delta_delay))
+    providers = ProviderRegistry(provider_settings, offline_delta_delay=config.offline_delta_delay)
     service = SessionService(
         store,
         committer,
@@ -282,12 +289,14 @@ async def _serve_store(
     operations.ready(f"serving on {target}")
     if on_ready is not None:
         on_ready(target)
+    warm_up = asyncio.create_task(providers.warm_up(), name="provider warm-up")
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
         await operations.stopping()
         await health.enter_graceful_shutdown()
+        warm_up.cancel()
         await service.shutdown()
         await server.stop(config.shutdown_grace)
         if tcp_server is not None:

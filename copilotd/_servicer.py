@@ -68,7 +68,9 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
     ) -> pb.ResumeSessionResponse:
         async with _translate_errors(context, "ResumeSession"):
             metadata, tail = await self._service.resume_session(
-                request.session_id, request.tail_events
+                request.session_id,
+                request.tail_events,
+                request.provider if request.HasField("provider") else None,
             )
         return pb.ResumeSessionResponse(session=metadata, tail=tail)
 
@@ -144,3 +146,17 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
                         await context.send_initial_metadata(())
                     for event in batch:
                         yield event
+
+    # == models and providers ==
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
+    ) -> pb.ListModelsResponse:
+        async with _translate_errors(context, "ListModels"):
+            models, offline_only = self._service.list_models()
+        return pb.ListModelsResponse(models=models, offline_only=offline_only)
+
+    async def SetModel(self, request: pb.SetModelRequest, context: Context) -> pb.SetModelResponse:
+        async with _translate_errors(context, "SetModel"):
+            metadata = await self._service.set_model(request.session_id, request.model)
+        return pb.SetModelResponse(session=metadata)

@@ -4,21 +4,32 @@ A turn persists the user message (and its turn_start) before the model is
 called, streams the model's deltas live, and always ends with a persisted
 ``assistant.turn_end``: completed, aborted, failed or interrupted. Text that
 was streamed before an abort or a failure is kept as a partial
-``assistant.message``.
+``assistant.message``. The history sent is trimmed to the model's context
+budget (recorded as ``session.truncation``), and the tokens a completed turn
+used are recorded as ``assistant.usage``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from copilot_client.proto.v1 import copilot_pb2
 from copilotd import _events as ev
+from copilotd._budget import FittedRequest, Truncation, estimate_tokens, fit_to_budget
 from copilotd._errors import ServiceError, SessionNotFoundError
 from copilotd._events import SessionEvent
-from copilotd._providers import ChatMessage, ChatRequest, ProviderError, TextDelta
+from copilotd._providers import (
+    ChatMessage,
+    ChatRequest,
+    ModelRoute,
+    ProviderError,
+    Usage,
+)
+from copilotd._secrets import REDACTOR
 
 if TYPE_CHECKING:
     from copilotd._core import SessionService, SessionState
@@ -40,6 +51,7 @@ class RunningTurn:
     user_message_id: str
     model: str = ""
     system_message: copilot_pb2.SystemMessage = field(default_factory=copilot_pb2.SystemMessage)
+    route: ModelRoute | None = None
     text: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     # Set once the turn's task exists (or its start failed), so that an abort
@@ -89,6 +101,7 @@ class TurnEngine:
                 raise SessionNotFoundError(turn.session_id)
             turn.model = record.metadata.model
             turn.system_message.CopyFrom(record.metadata.system_message)
+            turn.route = service.providers.route_for(record.metadata)
             turn_start = ev.make_event(
                 ev.ASSISTANT_TURN_START, turn_id=turn.turn_id, user_message_id=user.id
             )
@@ -122,15 +135,27 @@ class TurnEngine:
     async def _run(self, turn: RunningTurn) -> None:
         service = self._service
         message_id = ev.new_id()
+        route = turn.route
+        assert route is not None, "begin() sets the route before the turn runs"
+        started = time.monotonic()
         try:
-            context = service.load_context(turn.session_id)
-            request = ChatRequest(
-                model=turn.model,
-                messages=[ChatMessage("system", system_prompt(turn.system_message)), *context],
+            fitted = fit_to_budget(
+                ChatMessage("system", system_prompt(turn.system_message)),
+                service.load_context(turn.session_id),
+                route.prompt_budget,
             )
-            provider = service.providers.provider_for(turn.model)
-            async for chunk in provider.stream(request):
-                if isinstance(chunk, TextDelta) and chunk.text:
+            if fitted.truncation is not None:
+                await service.append(turn.session_id, [self._truncation(turn, fitted.truncation)])
+            request = ChatRequest(
+                model=route.wire_model,
+                messages=fitted.messages,
+                max_output_tokens=route.max_output_tokens,
+            )
+            usage: Usage | None = None
+            async for chunk in route.provider.stream(request):
+                if isinstance(chunk, Usage):
+                    usage = chunk
+                elif chunk.text:
                     turn.text.append(chunk.text)
                     service.publish_ephemeral(
                         turn.session_id,
@@ -142,20 +167,74 @@ class TurnEngine:
                             user_message_id=turn.user_message_id,
                         ),
                     )
-            events = [
-                self._assistant_message(turn, message_id, partial=False),
-                self._turn_end(turn, ev.TurnEndReason.TURN_END_REASON_COMPLETED, ""),
-            ]
+            events = [self._assistant_message(turn, message_id, partial=False)]
+            if usage is not None or route.provider.counts_tokens:
+                events.append(self._usage(turn, usage, fitted, time.monotonic() - started))
+            events.append(self._turn_end(turn, ev.TurnEndReason.TURN_END_REASON_COMPLETED, ""))
         except asyncio.CancelledError:
             events = self._cancelled_events(turn, message_id)
         except ProviderError as error:
-            events = self._failed_events(turn, message_id, error.error_type, error.message)
+            # The provider's words may quote a key; nothing secret is stored.
+            message = REDACTOR.redact(error.message)
+            if error.attempts > 1:
+                message += f" (gave up after {error.attempts} attempts)"
+            log.warning("turn %s of session %s failed: %s", turn.turn_id, turn.session_id, message)
+            events = self._failed_events(
+                turn,
+                message_id,
+                error.error_type,
+                message,
+                status_code=error.status_code,
+                attempts=error.attempts,
+            )
         except Exception:
             log.exception("turn %s of session %s failed", turn.turn_id, turn.session_id)
             events = self._failed_events(
                 turn, message_id, "internal", "internal error in copilotd; see the daemon log"
             )
         await self._finish(turn, events)
+
+    @staticmethod
+    def _truncation(turn: RunningTurn, truncation: Truncation) -> SessionEvent:
+        return ev.make_event(
+            ev.SESSION_TRUNCATION,
+            turn_id=turn.turn_id,
+            token_limit=truncation.token_limit,
+            pre_truncation_tokens=truncation.pre_tokens,
+            pre_truncation_messages=truncation.pre_messages,
+            post_truncation_tokens=truncation.post_tokens,
+            post_truncation_messages=truncation.post_messages,
+            tokens_removed=truncation.tokens_removed,
+            messages_removed=truncation.messages_removed,
+            first_kept_sequence=truncation.first_kept_sequence,
+            model=turn.model,
+        )
+
+    @staticmethod
+    def _usage(
+        turn: RunningTurn, usage: Usage | None, fitted: FittedRequest, seconds: float
+    ) -> SessionEvent:
+        """The turn's assistant.usage: as reported, else estimated like the context budget."""
+        if usage is None:
+            usage = Usage(
+                input_tokens=fitted.tokens, output_tokens=estimate_tokens("".join(turn.text))
+            )
+            estimated = True
+        else:
+            estimated = False
+        return ev.make_event(
+            ev.ASSISTANT_USAGE,
+            model=turn.model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            duration_ms=round(seconds * 1000),
+            turn_id=turn.turn_id,
+            user_message_id=turn.user_message_id,
+            provider_call_id=usage.call_id,
+            estimated=estimated,
+        )
 
     async def _finish(self, turn: RunningTurn, events: list[SessionEvent]) -> None:
         try:
@@ -211,19 +290,29 @@ class TurnEngine:
         return events
 
     def _failed_events(
-        self, turn: RunningTurn, message_id: str, error_type: str, message: str
+        self,
+        turn: RunningTurn,
+        message_id: str,
+        error_type: str,
+        message: str,
+        *,
+        status_code: int = 0,
+        attempts: int = 0,
     ) -> list[SessionEvent]:
         events = []
         if turn.text:
             events.append(self._assistant_message(turn, message_id, partial=True))
-        events.append(
-            ev.make_event(
-                ev.SESSION_ERROR,
-                error_type=error_type,
-                message=message,
-                turn_id=turn.turn_id,
-                user_message_id=turn.user_message_id,
-            )
+        error = ev.make_event(
+            ev.SESSION_ERROR,
+            error_type=error_type,
+            message=message,
+            turn_id=turn.turn_id,
+            user_message_id=turn.user_message_id,
         )
+        if status_code:
+            error.session_error.status_code = status_code
+        if attempts:
+            error.session_error.attempts = attempts
+        events.append(error)
         events.append(self._turn_end(turn, ev.TurnEndReason.TURN_END_REASON_ERROR, message))
         return events

@@ -40,6 +40,7 @@ class DaemonProcess:
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self._output_changed = threading.Condition()
+        self._reader: threading.Thread | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -81,7 +82,10 @@ class DaemonProcess:
         )
         # Each process gets its own event: the reader of a killed predecessor
         # reaching end-of-file must not wake the wait for this one.
-        threading.Thread(target=self._read_output, args=(self.process, ready), daemon=True).start()
+        self._reader = threading.Thread(
+            target=self._read_output, args=(self.process, ready), daemon=True
+        )
+        self._reader.start()
         # The marker, not just an event: the reader also wakes us at end of
         # output, when the process may not be reaped yet (poll() still None).
         if not ready.wait(START_TIMEOUT) or not self._served(self.process, first_line):
@@ -132,10 +136,13 @@ class DaemonProcess:
             self.process.wait()
 
     def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
+        """SIGTERM and wait; returns the exit code. ``output`` then holds all the log."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        code = self.process.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(timeout)
+        return code
 
     def restart_after_kill(self) -> DaemonProcess:
         self.kill()

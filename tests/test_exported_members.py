@@ -56,4 +56,5 @@ def test_client_imports_nothing_from_the_daemon() -> None:
     top_level = set(json.loads(result.stdout))
     assert "copilot_client" in top_level
     assert "copilotd" not in top_level
-    assert not top_level & {"lmdb", "click"}  # the daemon's dependencies
+    # The daemon's dependencies, model provider SDKs included.
+    assert not top_level & {"lmdb", "click", "openai", "anthropic", "pydantic", "httpx2"}

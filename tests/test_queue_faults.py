@@ -16,7 +16,7 @@ from copilot_client.proto.v1 import copilot_pb2
 from copilotd import _events as ev
 from copilotd._committer import GroupCommitter
 from copilotd._core import SessionService
-from copilotd._providers import OfflineProvider, ProviderRegistry
+from copilotd._providers import ProviderRegistry
 from copilotd._store import LmdbStore, StoreFull, StoreWriter
 
 
@@ -39,7 +39,7 @@ async def test_failed_start_of_a_queued_message_keeps_it_queued(tmp_path: Path) 
     service = SessionService(
         store,
         committer,
-        ProviderRegistry(fallback=OfflineProvider(delta_delay=0.01)),
+        ProviderRegistry(offline_delta_delay=0.01),
         version="test",
     )
     try:

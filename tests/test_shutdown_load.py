@@ -115,7 +115,10 @@ async def test_sigterm_with_50_turns_in_flight(short_tmp: Path) -> None:
         f"acknowledged by {WRITERS} writers around the signal; exit {exit_code} after {took:.2f} s"
     )
     assert exit_code == 0
-    assert set(refusals) <= {grpc.StatusCode.UNAVAILABLE}
+    # The daemon refuses with UNAVAILABLE while it shuts down; a call that reaches
+    # grpc after the server stopped accepting is cancelled by grpc itself. Either
+    # way the writer was not told "done", and every write it was told of is kept.
+    assert set(refusals) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
     assert "store closed cleanly" in "".join(daemon.output)
 
     report = check_store(daemon.data_dir)

@@ -1,4 +1,4 @@
-"""Model providers and the registry that picks one per model."""
+"""Model providers and the registry that routes each turn to one."""
 
 from copilotd._providers.base import (
     ChatChunk,
@@ -10,16 +10,30 @@ from copilotd._providers.base import (
     Usage,
 )
 from copilotd._providers.offline import OfflineProvider
-from copilotd._providers.registry import ProviderRegistry
+from copilotd._providers.registry import (
+    ModelRoute,
+    ProviderRegistry,
+    check_provider_config,
+    public_provider_config,
+)
+from copilotd._providers.retry import RetryingProvider, RetryPolicy
+from copilotd._providers.settings import ProviderSettings, load_provider_settings
 
 __all__ = [
     "ChatChunk",
     "ChatMessage",
     "ChatRequest",
     "ModelProvider",
+    "ModelRoute",
     "OfflineProvider",
     "ProviderError",
     "ProviderRegistry",
+    "ProviderSettings",
+    "RetryPolicy",
+    "RetryingProvider",
     "TextDelta",
     "Usage",
+    "check_provider_config",
+    "load_provider_settings",
+    "public_provider_config",
 ]

@@ -1,16 +1,18 @@
 """The model provider interface: one streaming call per turn.
 
 A provider turns a ``ChatRequest`` into an async stream of ``TextDelta``
-pieces and, at the end, one ``Usage``. Cancelling the consuming task must stop
-the underlying request promptly (providers do their network I/O inside the
-generator, so ``CancelledError`` reaches it at its next await). Failures are
-raised as ``ProviderError`` with a category the turn engine records.
+pieces and, at the end, at most one ``Usage``. Cancelling the consuming task
+must stop the underlying request promptly (providers do their network I/O
+inside the generator, so ``CancelledError`` reaches it at its next await and
+the HTTP stream is closed on the way out). Failures are raised as
+``ProviderError`` with a category the turn engine records, and whether
+trying again may help.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,10 +23,20 @@ Role = Literal["system", "user", "assistant"]
 class ChatMessage:
     role: Role
     content: str
+    # Sequence number of the stored event it comes from (0: not stored).
+    sequence: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
+    """One model call: ``messages`` start with the system message.
+
+    Attributes:
+        model: the model name the provider knows (the wire model).
+        messages: system message first, then the history, oldest first.
+        max_output_tokens: largest answer to ask for (None: the provider's default).
+    """
+
     model: str
     messages: Sequence[ChatMessage]
     max_output_tokens: int | None = None
@@ -39,6 +51,10 @@ class TextDelta:
 class Usage:
     input_tokens: int
     output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    # The provider's id of the response, when it gave one.
+    call_id: str = ""
 
 
 ChatChunk = TextDelta | Usage
@@ -48,27 +64,50 @@ class ProviderError(Exception):
     """A model call failed.
 
     Args:
-        message: what went wrong, for the user.
-        error_type: category recorded in session.error (e.g. "provider",
-            "authentication", "rate_limit", "timeout").
+        message: what went wrong, for the user (the provider's own words
+            where there are some).
+        error_type: category recorded in session.error: "authentication",
+            "rate_limit", "timeout", "connection", "configuration" or
+            "provider".
         status_code: the provider's HTTP status, when there was one.
+        retryable: whether the same request may succeed later (429, 5xx,
+            timeouts, dropped connections).
+        retry_after: seconds the provider asked to wait (``Retry-After``).
     """
 
-    def __init__(self, message: str, *, error_type: str = "provider", status_code: int = 0):
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_type: str = "provider",
+        status_code: int = 0,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.error_type = error_type
         self.status_code = status_code
+        self.retryable = retryable
+        self.retry_after = retry_after
+        # Requests made before giving up; set by the retry layer.
+        self.attempts = 1
 
 
 class ModelProvider(ABC):
     """Something that answers chat requests, streaming."""
 
     name: str
+    # False for a provider whose answers cost no tokens (the offline model):
+    # its turns record no assistant.usage.
+    counts_tokens: bool = True
 
     @abstractmethod
-    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        """Stream the answer to ``request``: text deltas, then one ``Usage``."""
+    def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk]:
+        """Stream the answer to ``request``: text deltas, then at most one ``Usage``."""
+
+    async def warm_up(self) -> None:  # noqa: B027 - most providers have nothing to prepare
+        """Prepare for the first request (e.g. load an SDK); errors are left to ``stream``."""
 
     async def aclose(self) -> None:  # noqa: B027 - most providers hold nothing to release
         """Release connections; the provider is not used afterwards."""

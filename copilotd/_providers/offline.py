@@ -8,9 +8,9 @@ prompt and recalls the earlier user messages it was given as context.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
-from copilotd._providers.base import ChatChunk, ChatRequest, ModelProvider, TextDelta, Usage
+from copilotd._providers.base import ChatChunk, ChatRequest, ModelProvider, TextDelta
 
 RECALL_LIMIT = 5
 QUOTE_LIMIT = 120
@@ -61,16 +61,15 @@ class OfflineProvider(ModelProvider):
     """
 
     name = "offline"
+    counts_tokens = False
 
     def __init__(self, *, delta_delay: float = 0.0) -> None:
         self._delta_delay = delta_delay
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk]:
         reply = compose_reply(request)
         for piece in split_into_deltas(reply):
             # Yield control between deltas even without a delay, as a network
             # provider would, so that aborts and other sessions get a turn.
             await asyncio.sleep(self._delta_delay)
             yield TextDelta(piece)
-        input_tokens = sum(len(m.content.split()) for m in request.messages)
-        yield Usage(input_tokens=input_tokens, output_tokens=len(reply.split()))

@@ -68,6 +68,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION, on BackupStore"""
     ERROR_REASON_NO_RETENTION_POLICY: _ErrorReason.ValueType  # 42
     """FAILED_PRECONDITION, on PruneSessions"""
+    ERROR_REASON_INVALID_PROVIDER: _ErrorReason.ValueType  # 20
+    """models and providers: 20-29
+    INVALID_ARGUMENT, a ProviderConfig field
+    """
+    ERROR_REASON_UNKNOWN_MODEL: _ErrorReason.ValueType  # 21
+    """INVALID_ARGUMENT"""
+    ERROR_REASON_PROVIDER_SECRET_REQUIRED: _ErrorReason.ValueType  # 22
+    """FAILED_PRECONDITION"""
+    ERROR_REASON_MODEL_UNAVAILABLE: _ErrorReason.ValueType  # 23
+    """FAILED_PRECONDITION"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed, beyond its status code. Sent as the value of the
@@ -107,6 +117,16 @@ ERROR_REASON_BACKUP_UNSUPPORTED: ErrorReason.ValueType  # 41
 """FAILED_PRECONDITION, on BackupStore"""
 ERROR_REASON_NO_RETENTION_POLICY: ErrorReason.ValueType  # 42
 """FAILED_PRECONDITION, on PruneSessions"""
+ERROR_REASON_INVALID_PROVIDER: ErrorReason.ValueType  # 20
+"""models and providers: 20-29
+INVALID_ARGUMENT, a ProviderConfig field
+"""
+ERROR_REASON_UNKNOWN_MODEL: ErrorReason.ValueType  # 21
+"""INVALID_ARGUMENT"""
+ERROR_REASON_PROVIDER_SECRET_REQUIRED: ErrorReason.ValueType  # 22
+"""FAILED_PRECONDITION"""
+ERROR_REASON_MODEL_UNAVAILABLE: ErrorReason.ValueType  # 23
+"""FAILED_PRECONDITION"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _SystemMessageMode:
@@ -162,9 +182,7 @@ class _SendModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SendMode.Val
     """Abort the running turn and run this message next."""
 
 class SendMode(_SendMode, metaclass=_SendModeEnumTypeWrapper):
-    """== models and providers: messages ==
-
-    == sharing sessions between clients: messages ==
+    """== sharing sessions between clients: messages ==
     How a message sent while a turn runs is handled.
     """
 
@@ -274,6 +292,7 @@ class SessionConfig(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     SYSTEM_MESSAGE_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Empty: the daemon generates a UUID."""
     model: _builtins.str
@@ -284,6 +303,13 @@ class SessionConfig(_message.Message):
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToolDefinition]:
         """Client-side tools (reserved; see ToolDefinition)."""
 
+    @_builtins.property
+    def provider(self) -> _events_pb2.ProviderConfig:
+        """models and providers: 20-29
+        The session's own model provider (bring your own key). Its secrets are
+        held in the daemon's memory only; see ProviderConfig.
+        """
+
     def __init__(
         self,
         *,
@@ -291,10 +317,11 @@ class SessionConfig(_message.Message):
         model: _builtins.str = ...,
         system_message: Global___SystemMessage | None = ...,
         tools: _abc.Iterable[_events_pb2.ToolDefinition] | None = ...,
+        provider: _events_pb2.ProviderConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["system_message", b"system_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "system_message", b"system_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "session_id", b"session_id", "system_message", b"system_message", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "provider", b"provider", "session_id", b"session_id", "system_message", b"system_message", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -316,6 +343,9 @@ class SessionMetadata(_message.Message):
     SYSTEM_MESSAGE_FIELD_NUMBER: _builtins.int
     PENDING_MESSAGES_FIELD_NUMBER: _builtins.int
     PINNED_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     summary: _builtins.str
     """The first prompt, shortened."""
@@ -334,6 +364,11 @@ class SessionMetadata(_message.Message):
     """administration: 40-49
     Retention never deletes a pinned session (SetSessionPinned).
     """
+    input_tokens: _builtins.int
+    """models and providers: 20-29
+    Token usage summed over the session's assistant.usage events.
+    """
+    output_tokens: _builtins.int
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -342,6 +377,10 @@ class SessionMetadata(_message.Message):
 
     @_builtins.property
     def system_message(self) -> Global___SystemMessage: ...
+    @_builtins.property
+    def provider(self) -> _events_pb2.ProviderConfig:
+        """The session's own provider, secrets left out (unset: the configured ones)."""
+
     def __init__(
         self,
         *,
@@ -357,10 +396,13 @@ class SessionMetadata(_message.Message):
         system_message: Global___SystemMessage | None = ...,
         pending_messages: _builtins.int = ...,
         pinned: _builtins.bool = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        provider: _events_pb2.ProviderConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["modified_time", b"modified_time", "start_time", b"start_time", "system_message", b"system_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["modified_time", b"modified_time", "provider", b"provider", "start_time", b"start_time", "system_message", b"system_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "pending_messages", b"pending_messages", "pinned", b"pinned", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "turn_running", b"turn_running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_tokens", b"input_tokens", "last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "output_tokens", b"output_tokens", "pending_messages", b"pending_messages", "pinned", b"pinned", "provider", b"provider", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "turn_running", b"turn_running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -452,6 +494,7 @@ class ResumeSessionRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     TAIL_EVENTS_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     tail_events: _builtins.int
     """How many of the latest persisted events to return (0: none; at most
@@ -461,16 +504,24 @@ class ResumeSessionRequest(_message.Message):
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToolDefinition]:
         """Tools the resuming client offers (reserved)."""
 
+    @_builtins.property
+    def provider(self) -> _events_pb2.ProviderConfig:
+        """models and providers: 20-29
+        The session's own provider again (its secret is not stored, so a
+        session created with one needs it after every daemon restart).
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         tail_events: _builtins.int = ...,
         tools: _abc.Iterable[_events_pb2.ToolDefinition] | None = ...,
+        provider: _events_pb2.ProviderConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "tail_events", b"tail_events", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "session_id", b"session_id", "tail_events", b"tail_events", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -809,6 +860,135 @@ class StreamEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamEventsResponse: _TypeAlias = StreamEventsResponse  # noqa: Y015
+
+@_typing.final
+class ModelInfo(_message.Message):
+    """== models and providers: messages =="""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PROVIDER_TYPE_FIELD_NUMBER: _builtins.int
+    CONTEXT_WINDOW_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The name sessions use (SessionConfig.model, SetModel)."""
+    provider: _builtins.str
+    """Name of the configured provider that serves it ("offline" for the
+    built-in offline model).
+    """
+    provider_type: _builtins.str
+    """"openai", "azure", "anthropic" or "offline"."""
+    context_window: _builtins.int
+    """Context window in tokens (0: not configured, the history is not trimmed)."""
+    max_output_tokens: _builtins.int
+    """Largest answer requested, in tokens (0: the provider's default)."""
+    is_default: _builtins.bool
+    """True for the model of sessions created without one."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        provider_type: _builtins.str = ...,
+        context_window: _builtins.int = ...,
+        max_output_tokens: _builtins.int = ...,
+        is_default: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_window", b"context_window", "id", b"id", "is_default", b"is_default", "max_output_tokens", b"max_output_tokens", "provider", b"provider", "provider_type", b"provider_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    OFFLINE_ONLY_FIELD_NUMBER: _builtins.int
+    offline_only: _builtins.bool
+    """True when no provider is configured: the offline model then answers
+    every model name.
+    """
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]:
+        """The default model first."""
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelInfo] | None = ...,
+        offline_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "offline_only", b"offline_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class SetModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    model: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetModelRequest: _TypeAlias = SetModelRequest  # noqa: Y015
+
+@_typing.final
+class SetModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SessionMetadata: ...
+    def __init__(
+        self,
+        *,
+        session: Global___SessionMetadata | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetModelResponse: _TypeAlias = SetModelResponse  # noqa: Y015
 
 @_typing.final
 class PendingMessage(_message.Message):

@@ -84,6 +84,16 @@ class CopilotServiceStub:
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.StreamEventsResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/copilot.v1.CopilotService/ListModels',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.SetModel = channel.unary_unary(
+                '/copilot.v1.CopilotService/SetModel',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetModelRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetModelResponse.FromString,
+                _registered_method=True)
         self.WatchLifecycle = channel.unary_stream(
                 '/copilot.v1.CopilotService/WatchLifecycle',
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.WatchLifecycleRequest.SerializeToString,
@@ -192,10 +202,25 @@ class CopilotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def WatchLifecycle(self, request, context):
+    def ListModels(self, request, context):
         """== models and providers ==
+        The models this daemon offers (from its config file), default first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
-        == sharing sessions between clients ==
+    def SetModel(self, request, context):
+        """Switches a session to another model for its next turns; records a
+        session.model_change event. INVALID_ARGUMENT (UNKNOWN_MODEL) when no
+        configured provider offers the model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchLifecycle(self, request, context):
+        """== sharing sessions between clients ==
         Lifecycle of all sessions (created, deleted, updated), whichever client
         caused it, until the client cancels.
         """
@@ -300,6 +325,16 @@ def add_CopilotServiceServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.StreamEventsRequest.FromString,
                     response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.StreamEventsResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListModelsRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'SetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetModel,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetModelRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetModelResponse.SerializeToString,
             ),
             'WatchLifecycle': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchLifecycle,
@@ -602,6 +637,60 @@ class CopilotService:
             '/copilot.v1.CopilotService/StreamEvents',
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.StreamEventsRequest.SerializeToString,
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.StreamEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/ListModels',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListModelsRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/SetModel',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetModelRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

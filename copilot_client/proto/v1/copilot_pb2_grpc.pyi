@@ -65,10 +65,17 @@ class CopilotServiceStub:
     """Persisted events after a cursor, then the live tail (ephemeral events
     included) until the client cancels or the session is deleted.
     """
-    WatchLifecycle: _grpc.UnaryStreamMultiCallable[_copilot_pb2.WatchLifecycleRequest, _copilot_pb2.LifecycleEvent]
+    ListModels: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ListModelsRequest, _copilot_pb2.ListModelsResponse]
     """== models and providers ==
-
-    == sharing sessions between clients ==
+    The models this daemon offers (from its config file), default first.
+    """
+    SetModel: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.SetModelRequest, _copilot_pb2.SetModelResponse]
+    """Switches a session to another model for its next turns; records a
+    session.model_change event. INVALID_ARGUMENT (UNKNOWN_MODEL) when no
+    configured provider offers the model.
+    """
+    WatchLifecycle: _grpc.UnaryStreamMultiCallable[_copilot_pb2.WatchLifecycleRequest, _copilot_pb2.LifecycleEvent]
+    """== sharing sessions between clients ==
     Lifecycle of all sessions (created, deleted, updated), whichever client
     caused it, until the client cancels.
     """
@@ -127,10 +134,17 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     """Persisted events after a cursor, then the live tail (ephemeral events
     included) until the client cancels or the session is deleted.
     """
-    WatchLifecycle: _aio.UnaryStreamMultiCallable[_copilot_pb2.WatchLifecycleRequest, _copilot_pb2.LifecycleEvent]  # type: ignore[assignment]
+    ListModels: _aio.UnaryUnaryMultiCallable[_copilot_pb2.ListModelsRequest, _copilot_pb2.ListModelsResponse]  # type: ignore[assignment]
     """== models and providers ==
-
-    == sharing sessions between clients ==
+    The models this daemon offers (from its config file), default first.
+    """
+    SetModel: _aio.UnaryUnaryMultiCallable[_copilot_pb2.SetModelRequest, _copilot_pb2.SetModelResponse]  # type: ignore[assignment]
+    """Switches a session to another model for its next turns; records a
+    session.model_change event. INVALID_ARGUMENT (UNKNOWN_MODEL) when no
+    configured provider offers the model.
+    """
+    WatchLifecycle: _aio.UnaryStreamMultiCallable[_copilot_pb2.WatchLifecycleRequest, _copilot_pb2.LifecycleEvent]  # type: ignore[assignment]
+    """== sharing sessions between clients ==
     Lifecycle of all sessions (created, deleted, updated), whichever client
     caused it, until the client cancels.
     """
@@ -248,14 +262,33 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _copilot_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.ListModelsResponse, _abc.Awaitable[_copilot_pb2.ListModelsResponse]]:
+        """== models and providers ==
+        The models this daemon offers (from its config file), default first.
+        """
+
+    @_abc_1.abstractmethod
+    def SetModel(
+        self,
+        request: _copilot_pb2.SetModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.SetModelResponse, _abc.Awaitable[_copilot_pb2.SetModelResponse]]:
+        """Switches a session to another model for its next turns; records a
+        session.model_change event. INVALID_ARGUMENT (UNKNOWN_MODEL) when no
+        configured provider offers the model.
+        """
+
+    @_abc_1.abstractmethod
     def WatchLifecycle(
         self,
         request: _copilot_pb2.WatchLifecycleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_copilot_pb2.LifecycleEvent], _abc.AsyncIterator[_copilot_pb2.LifecycleEvent]]:
-        """== models and providers ==
-
-        == sharing sessions between clients ==
+        """== sharing sessions between clients ==
         Lifecycle of all sessions (created, deleted, updated), whichever client
         caused it, until the client cancels.
         """

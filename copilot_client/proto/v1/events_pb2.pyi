@@ -76,6 +76,9 @@ class SessionEvent(_message.Message):
     SESSION_IDLE_FIELD_NUMBER: _builtins.int
     SESSION_ERROR_FIELD_NUMBER: _builtins.int
     ABORT_FIELD_NUMBER: _builtins.int
+    ASSISTANT_USAGE_FIELD_NUMBER: _builtins.int
+    SESSION_MODEL_CHANGE_FIELD_NUMBER: _builtins.int
+    SESSION_TRUNCATION_FIELD_NUMBER: _builtins.int
     PENDING_MESSAGES_MODIFIED_FIELD_NUMBER: _builtins.int
     SESSION_DELETED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
@@ -115,11 +118,16 @@ class SessionEvent(_message.Message):
     @_builtins.property
     def abort(self) -> Global___AbortData: ...
     @_builtins.property
-    def pending_messages_modified(self) -> Global___PendingMessagesModifiedData:
-        """models and providers: 20-29
+    def assistant_usage(self) -> Global___AssistantUsageData:
+        """models and providers: 20-29"""
 
-        sharing sessions between clients: 30-39
-        """
+    @_builtins.property
+    def session_model_change(self) -> Global___SessionModelChangeData: ...
+    @_builtins.property
+    def session_truncation(self) -> Global___SessionTruncationData: ...
+    @_builtins.property
+    def pending_messages_modified(self) -> Global___PendingMessagesModifiedData:
+        """sharing sessions between clients: 30-39"""
 
     @_builtins.property
     def session_deleted(self) -> Global___SessionDeletedData: ...
@@ -142,14 +150,17 @@ class SessionEvent(_message.Message):
         session_idle: Global___SessionIdleData | None = ...,
         session_error: Global___SessionErrorData | None = ...,
         abort: Global___AbortData | None = ...,
+        assistant_usage: Global___AssistantUsageData | None = ...,
+        session_model_change: Global___SessionModelChangeData | None = ...,
+        session_truncation: Global___SessionTruncationData | None = ...,
         pending_messages_modified: Global___PendingMessagesModifiedData | None = ...,
         session_deleted: Global___SessionDeletedData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "data", b"data", "pending_messages_modified", b"pending_messages_modified", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_resume", b"session_resume", "session_start", b"session_start", "timestamp", b"timestamp", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "pending_messages_modified", b"pending_messages_modified", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "data", b"data", "ephemeral", b"ephemeral", "id", b"id", "parent_id", b"parent_id", "pending_messages_modified", b"pending_messages_modified", "sequence", b"sequence", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_resume", b"session_resume", "session_start", b"session_start", "timestamp", b"timestamp", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "ephemeral", b"ephemeral", "id", b"id", "parent_id", b"parent_id", "pending_messages_modified", b"pending_messages_modified", "sequence", b"sequence", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort", "pending_messages_modified", "session_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort", "assistant_usage", "session_model_change", "session_truncation", "pending_messages_modified", "session_deleted"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
 
@@ -164,20 +175,28 @@ class SessionStartData(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     PRODUCER_VERSION_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     model: _builtins.str
     producer_version: _builtins.str
     """Version of copilotd that created the session."""
+    @_builtins.property
+    def provider(self) -> Global___ProviderConfig:
+        """models and providers: 20-29
+        The session's own provider, secrets left out.
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         model: _builtins.str = ...,
         producer_version: _builtins.str = ...,
+        provider: Global___ProviderConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "producer_version", b"producer_version", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "producer_version", b"producer_version", "provider", b"provider", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -192,22 +211,30 @@ class SessionResumeData(_message.Message):
     EVENT_COUNT_FIELD_NUMBER: _builtins.int
     ALREADY_IN_USE_FIELD_NUMBER: _builtins.int
     TURN_RUNNING_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     event_count: _builtins.int
     """Number of persisted events before this one."""
     already_in_use: _builtins.bool
     """True when another client held the session at the time."""
     turn_running: _builtins.bool
     """True when a turn was running at the time."""
+    @_builtins.property
+    def provider(self) -> Global___ProviderConfig:
+        """models and providers: 20-29
+        The provider the resuming client passed, secrets left out.
+        """
+
     def __init__(
         self,
         *,
         event_count: _builtins.int = ...,
         already_in_use: _builtins.bool = ...,
         turn_running: _builtins.bool = ...,
+        provider: Global___ProviderConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_in_use", b"already_in_use", "event_count", b"event_count", "turn_running", b"turn_running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_in_use", b"already_in_use", "event_count", b"event_count", "provider", b"provider", "turn_running", b"turn_running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -400,11 +427,22 @@ class SessionErrorData(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     TURN_ID_FIELD_NUMBER: _builtins.int
     USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
     error_type: _builtins.str
     """Category, e.g. "provider", "authentication", "internal"."""
     message: _builtins.str
     turn_id: _builtins.str
     user_message_id: _builtins.str
+    status_code: _builtins.int
+    """models and providers: 20-29
+    The provider's HTTP status, when it answered with one (e.g. 401, 429);
+    unset for failures without one.
+    """
+    attempts: _builtins.int
+    """How many times the provider was tried (retries included); unset for
+    failures that are not the provider's (e.g. "internal").
+    """
     def __init__(
         self,
         *,
@@ -412,12 +450,21 @@ class SessionErrorData(_message.Message):
         message: _builtins.str = ...,
         turn_id: _builtins.str = ...,
         user_message_id: _builtins.str = ...,
+        status_code: _builtins.int | None = ...,
+        attempts: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_attempts", b"_attempts", "_status_code", b"_status_code", "attempts", b"attempts", "status_code", b"status_code"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_type", b"error_type", "message", b"message", "turn_id", b"turn_id", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_attempts", b"_attempts", "_status_code", b"_status_code", "attempts", b"attempts", "error_type", b"error_type", "message", b"message", "status_code", b"status_code", "turn_id", b"turn_id", "user_message_id", b"user_message_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__attempts: _TypeAlias = _typing.Literal["attempts"]  # noqa: Y015
+    _WhichOneofArgType__attempts: _TypeAlias = _typing.Literal["_attempts", b"_attempts"]  # noqa: Y015
+    _WhichOneofReturnType__status_code: _TypeAlias = _typing.Literal["status_code"]  # noqa: Y015
+    _WhichOneofArgType__status_code: _TypeAlias = _typing.Literal["_status_code", b"_status_code"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__attempts) -> _WhichOneofReturnType__attempts | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__status_code) -> _WhichOneofReturnType__status_code | None: ...
 
 Global___SessionErrorData: _TypeAlias = SessionErrorData  # noqa: Y015
 
@@ -504,10 +551,214 @@ class ToolRequest(_message.Message):
 Global___ToolRequest: _TypeAlias = ToolRequest  # noqa: Y015
 
 @_typing.final
-class PendingMessagesModifiedData(_message.Message):
+class ProviderConfig(_message.Message):
     """== models and providers: payloads ==
 
-    == sharing sessions between clients: payloads ==
+    A model provider given by a client for one session ("bring your own key",
+    as in the Copilot SDK's provider config).
+
+    api_key and bearer_token are secrets: the daemon keeps them in memory for
+    the session only; they never reach its store, exports or logs, and every
+    response and event carries them empty. After a daemon restart the client
+    passes the provider again with ResumeSession.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    BASE_URL_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    BEARER_TOKEN_FIELD_NUMBER: _builtins.int
+    API_VERSION_FIELD_NUMBER: _builtins.int
+    WIRE_MODEL_FIELD_NUMBER: _builtins.int
+    MAX_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """"openai" (Chat Completions: OpenAI, Ollama, vLLM, llama.cpp, LM Studio,
+    any compatible server), "azure" (Azure OpenAI) or "anthropic".
+    """
+    base_url: _builtins.str
+    """E.g. "https://api.openai.com/v1", "http://localhost:11434/v1",
+    "https://NAME.openai.azure.com", "https://api.anthropic.com". Empty: the
+    public endpoint of the type (required for azure).
+    """
+    api_key: _builtins.str
+    bearer_token: _builtins.str
+    """Sent as "Authorization: Bearer" instead of an API key (e.g. an Entra ID
+    token for Azure).
+    """
+    api_version: _builtins.str
+    """Azure OpenAI API version, e.g. "2024-10-21"."""
+    wire_model: _builtins.str
+    """The model (or Azure deployment) name sent to the provider; empty: the
+    session's model.
+    """
+    max_prompt_tokens: _builtins.int
+    """Budget for the history sent per turn, in tokens (0: no trimming)."""
+    max_output_tokens: _builtins.int
+    """Largest answer requested, in tokens (0: the provider's default)."""
+    credential: _builtins.str
+    """Set by the daemon: which secret the session was given ("api_key",
+    "bearer_token" or "" for none), so a client knows what to pass again.
+    """
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        base_url: _builtins.str = ...,
+        api_key: _builtins.str = ...,
+        bearer_token: _builtins.str = ...,
+        api_version: _builtins.str = ...,
+        wire_model: _builtins.str = ...,
+        max_prompt_tokens: _builtins.int = ...,
+        max_output_tokens: _builtins.int = ...,
+        credential: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "api_version", b"api_version", "base_url", b"base_url", "bearer_token", b"bearer_token", "credential", b"credential", "max_output_tokens", b"max_output_tokens", "max_prompt_tokens", b"max_prompt_tokens", "type", b"type", "wire_model", b"wire_model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderConfig: _TypeAlias = ProviderConfig  # noqa: Y015
+
+@_typing.final
+class AssistantUsageData(_message.Message):
+    """"assistant.usage": tokens one model call used. Summed into the session's
+    metadata (input_tokens, output_tokens).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_READ_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_CALL_ID_FIELD_NUMBER: _builtins.int
+    ESTIMATED_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    input_tokens: _builtins.int
+    output_tokens: _builtins.int
+    cache_read_tokens: _builtins.int
+    cache_write_tokens: _builtins.int
+    duration_ms: _builtins.int
+    """From the request to the end of the answer, retries included."""
+    turn_id: _builtins.str
+    user_message_id: _builtins.str
+    provider_call_id: _builtins.str
+    """The provider's id of the response (e.g. "chatcmpl-…", "msg_…")."""
+    estimated: _builtins.bool
+    """True when the provider reported no usage and the counts are estimates."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cache_read_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
+        duration_ms: _builtins.int = ...,
+        turn_id: _builtins.str = ...,
+        user_message_id: _builtins.str = ...,
+        provider_call_id: _builtins.str = ...,
+        estimated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "duration_ms", b"duration_ms", "estimated", b"estimated", "input_tokens", b"input_tokens", "model", b"model", "output_tokens", b"output_tokens", "provider_call_id", b"provider_call_id", "turn_id", b"turn_id", "user_message_id", b"user_message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssistantUsageData: _TypeAlias = AssistantUsageData  # noqa: Y015
+
+@_typing.final
+class SessionModelChangeData(_message.Message):
+    """"session.model_change": later turns use another model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_MODEL_FIELD_NUMBER: _builtins.int
+    NEW_MODEL_FIELD_NUMBER: _builtins.int
+    previous_model: _builtins.str
+    new_model: _builtins.str
+    def __init__(
+        self,
+        *,
+        previous_model: _builtins.str = ...,
+        new_model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_model", b"new_model", "previous_model", b"previous_model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionModelChangeData: _TypeAlias = SessionModelChangeData  # noqa: Y015
+
+@_typing.final
+class SessionTruncationData(_message.Message):
+    """"session.truncation": the history did not fit the model's context budget,
+    so the oldest messages were left out of this turn's request. Token counts
+    are estimates (see README, "Context budget").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_LIMIT_FIELD_NUMBER: _builtins.int
+    PRE_TRUNCATION_TOKENS_FIELD_NUMBER: _builtins.int
+    PRE_TRUNCATION_MESSAGES_FIELD_NUMBER: _builtins.int
+    POST_TRUNCATION_TOKENS_FIELD_NUMBER: _builtins.int
+    POST_TRUNCATION_MESSAGES_FIELD_NUMBER: _builtins.int
+    TOKENS_REMOVED_FIELD_NUMBER: _builtins.int
+    MESSAGES_REMOVED_FIELD_NUMBER: _builtins.int
+    FIRST_KEPT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.str
+    token_limit: _builtins.int
+    """The budget for the request's messages, in tokens."""
+    pre_truncation_tokens: _builtins.int
+    pre_truncation_messages: _builtins.int
+    post_truncation_tokens: _builtins.int
+    post_truncation_messages: _builtins.int
+    tokens_removed: _builtins.int
+    messages_removed: _builtins.int
+    first_kept_sequence: _builtins.int
+    """The messages left out are those before this sequence number (the
+    first message kept); the system message and the newest user message are
+    always kept.
+    """
+    model: _builtins.str
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.str = ...,
+        token_limit: _builtins.int = ...,
+        pre_truncation_tokens: _builtins.int = ...,
+        pre_truncation_messages: _builtins.int = ...,
+        post_truncation_tokens: _builtins.int = ...,
+        post_truncation_messages: _builtins.int = ...,
+        tokens_removed: _builtins.int = ...,
+        messages_removed: _builtins.int = ...,
+        first_kept_sequence: _builtins.int = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_kept_sequence", b"first_kept_sequence", "messages_removed", b"messages_removed", "model", b"model", "post_truncation_messages", b"post_truncation_messages", "post_truncation_tokens", b"post_truncation_tokens", "pre_truncation_messages", b"pre_truncation_messages", "pre_truncation_tokens", b"pre_truncation_tokens", "token_limit", b"token_limit", "tokens_removed", b"tokens_removed", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionTruncationData: _TypeAlias = SessionTruncationData  # noqa: Y015
+
+@_typing.final
+class PendingMessagesModifiedData(_message.Message):
+    """== sharing sessions between clients: payloads ==
     "pending_messages.modified" (ephemeral): the queue of messages waiting for
     their turn changed.
     """
