@@ -25,3 +25,7 @@ def configure_logging(level: str, *, json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The providers' HTTP clients log every request at INFO: one line per model
+    # call drowns the daemon's own lines. Their warnings still come through.
+    for noisy in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
