@@ -28,6 +28,8 @@ class _Pending(Generic[T]):
     operation: Callable[[StoreWriter], T]
     on_commit: Callable[[T], None] | None
     future: asyncio.Future[T]
+    # Set when a shared batch failed as a whole: retried in a transaction of its own.
+    alone: bool = False
 
 
 class GroupCommitter:
@@ -43,6 +45,7 @@ class GroupCommitter:
         self._closing = False
         self.batches_committed = 0
         self.operations_committed = 0
+        self.largest_batch = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
@@ -73,30 +76,54 @@ class GroupCommitter:
         if self._task is not None:
             await self._task
         self._executor.shutdown(wait=True)
+        log.info(
+            "group commit: %d operations in %d durable transactions (largest %d)",
+            self.operations_committed,
+            self.batches_committed,
+            self.largest_batch,
+        )
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                operations = [item.operation for item in batch]
+                batch = self._take_batch()
                 try:
-                    results = await loop.run_in_executor(
-                        self._executor, self._store.write_batch, operations
-                    )
-                except Exception as error:  # the whole batch failed: nothing was written
+                    results = await self._write(batch)
+                except Exception as error:
+                    if len(batch) == 1:
+                        batch[0].future.set_exception(error)
+                        continue
+                    # Nothing was written. Retry one by one, so that an operation
+                    # that fails this way fails alone, not its batch mates too.
                     for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(error)
+                        item.alone = True
+                    self._pending[:0] = batch
                     continue
-                self.batches_committed += 1
-                self.operations_committed += len(batch)
                 self._settle(batch, results)
             if self._closing:
                 return
+
+    def _take_batch(self) -> list[_Pending[Any]]:
+        """The next operations to commit together: all pending, or one on its own."""
+        if self._pending[0].alone:
+            return [self._pending.pop(0)]
+        count = 0
+        while count < min(len(self._pending), self._max_batch) and not self._pending[count].alone:
+            count += 1
+        batch = self._pending[:count]
+        del self._pending[:count]
+        return batch
+
+    async def _write(self, batch: list[_Pending[Any]]) -> list[Any]:
+        operations = [item.operation for item in batch]
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._executor, self._store.write_batch, operations)
+        self.batches_committed += 1
+        self.operations_committed += len(batch)
+        self.largest_batch = max(self.largest_batch, len(batch))
+        return results
 
     @staticmethod
     def _settle(batch: list[_Pending[Any]], results: list[Any]) -> None:
