@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from copilot_client.proto.v1 import copilot_pb2
 from copilotd import _events as ev
 from copilotd._committer import GroupCommitter
+from copilotd._context import ContextWindow, context_messages
 from copilotd._errors import (
     InvalidArgumentError,
     Reason,
@@ -81,10 +82,10 @@ class SessionState:
 
     last_sequence: int
     last_event_id: str
-    # Model context (user and assistant messages), loaded on the first turn
-    # and then extended as messages are committed, so a turn never re-reads
-    # the whole history.
-    context: list[ChatMessage] | None = None
+    # Model context (recent user and assistant messages), loaded on the first
+    # turn and then extended as messages are committed, so a turn never
+    # re-reads the history.
+    context: ContextWindow | None = None
     turn: RunningTurn | None = None
 
 
@@ -149,7 +150,7 @@ class SessionService:
             state.last_sequence = stored[-1].sequence
             state.last_event_id = stored[-1].id
             if state.context is not None:
-                state.context.extend(_context_messages(stored))
+                state.context.extend(context_messages(stored))
         self.fanout.publish(session_id, stored)
         if closed_turn:
             if state is not None:
@@ -195,19 +196,11 @@ class SessionService:
         self.fanout.publish(session_id, [event])
 
     def load_context(self, session_id: str) -> list[ChatMessage]:
-        """The session's user and assistant messages, oldest first (cached per session)."""
+        """The session's recent user and assistant messages, oldest first (cached per session)."""
         state = self._states[session_id]
         if state.context is None:
-            messages: list[ChatMessage] = []
-            cursor = 0
-            while True:
-                page = self._store.read_events(session_id, after=cursor, limit=MAX_PAGE_SIZE)
-                messages.extend(_context_messages(page))
-                if len(page) < MAX_PAGE_SIZE:
-                    break
-                cursor = page[-1].sequence
-            state.context = messages
-        return state.context
+            state.context = ContextWindow.load(self._store, session_id)
+        return state.context.messages
 
     # -- the API --------------------------------------------------------------
 
@@ -394,13 +387,3 @@ class SessionService:
     @property
     def running_turns(self) -> int:
         return sum(1 for s in self._states.values() if s.turn is not None)
-
-
-def _context_messages(events: Sequence[SessionEvent]) -> list[ChatMessage]:
-    messages = []
-    for event in events:
-        if event.type == ev.USER_MESSAGE:
-            messages.append(ChatMessage("user", event.user_message.content))
-        elif event.type == ev.ASSISTANT_MESSAGE and event.assistant_message.content:
-            messages.append(ChatMessage("assistant", event.assistant_message.content))
-    return messages

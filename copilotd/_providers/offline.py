@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from operator import attrgetter
 
 from copilotd._providers.base import ChatChunk, ChatRequest, ModelProvider, TextDelta, Usage
 
 RECALL_LIMIT = 5
 QUOTE_LIMIT = 120
 DELTA_COUNT = 6
+CHARS_PER_TOKEN = 4
+_content = attrgetter("content")
 
 
 def _quote(text: str) -> str:
@@ -68,9 +71,16 @@ class OfflineProvider(ModelProvider):
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         reply = compose_reply(request)
         for piece in split_into_deltas(reply):
-            # Yield control between deltas even without a delay, as a network
-            # provider would, so that aborts and other sessions get a turn.
-            await asyncio.sleep(self._delta_delay)
+            # Without a delay the model is instantaneous: its deltas are ready
+            # at once (as a fast provider's buffered chunks are), so they reach
+            # subscribers together instead of costing a loop iteration and a
+            # stream message each.
+            if self._delta_delay:
+                await asyncio.sleep(self._delta_delay)
             yield TextDelta(piece)
-        input_tokens = sum(len(m.content.split()) for m in request.messages)
-        yield Usage(input_tokens=input_tokens, output_tokens=len(reply.split()))
+        # About four characters per token: counting words would split the
+        # whole context again on every turn.
+        yield Usage(
+            input_tokens=sum(map(len, map(_content, request.messages))) // CHARS_PER_TOKEN,
+            output_tokens=len(reply) // CHARS_PER_TOKEN,
+        )
