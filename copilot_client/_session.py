@@ -281,6 +281,8 @@ class CopilotSession:
 
     async def _ensure_live(self) -> None:
         """Starts the event stream if needed and waits until it is live."""
+        if self._live.is_set() and self._stream_task is not None and not self._stream_task.done():
+            return  # the usual case from the second turn on: nothing to wait for
         self._start_stream()
         task = self._stream_task
         assert task is not None

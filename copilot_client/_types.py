@@ -8,6 +8,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from .proto.v1 import copilot_pb2, events_pb2
@@ -261,10 +262,7 @@ def _event_data(proto: events_pb2.SessionEvent) -> EventData:
         return EventData()
     payload = getattr(proto, member)
     values: dict[str, Any] = {}
-    for descriptor in payload.DESCRIPTOR.fields:
-        name = descriptor.name
-        if name not in _SCALAR_FIELDS:
-            continue
+    for name in _payload_fields(payload):
         value = getattr(payload, name)
         if isinstance(value, str) and not value and name not in _TEXT_FIELDS:
             value = None
@@ -272,10 +270,25 @@ def _event_data(proto: events_pb2.SessionEvent) -> EventData:
     if member == "assistant_turn_end":
         values["reason"] = (
             events_pb2.TurnEndReason.Name(payload.reason).removeprefix("TURN_END_REASON_").lower()
-            if payload.reason in events_pb2.TurnEndReason.values()
+            if payload.reason in _TURN_END_REASONS
             else str(payload.reason)
         )
     return EventData(**values)
+
+
+# Every event received goes through _event_data: look each payload type's
+# fields up once.
+_FIELDS_BY_PAYLOAD: dict[str, tuple[str, ...]] = {}
+_TURN_END_REASONS = frozenset(events_pb2.TurnEndReason.values())
+
+
+def _payload_fields(payload: Message) -> tuple[str, ...]:
+    descriptor = payload.DESCRIPTOR
+    names = _FIELDS_BY_PAYLOAD.get(descriptor.full_name)
+    if names is None:
+        names = tuple(f.name for f in descriptor.fields if f.name in _SCALAR_FIELDS)
+        _FIELDS_BY_PAYLOAD[descriptor.full_name] = names
+    return names
 
 
 @dataclass(frozen=True, kw_only=True)
