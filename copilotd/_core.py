@@ -30,6 +30,7 @@ from copilotd._errors import (
 from copilotd._events import SessionEvent, SessionMetadata
 from copilotd._fanout import FanOut
 from copilotd._providers import ChatMessage, ProviderRegistry
+from copilotd._purger import Purger
 from copilotd._store import (
     SequenceConflict,
     SessionExists,
@@ -110,6 +111,8 @@ class SessionService:
         self.max_prompt_bytes = max_prompt_bytes
         self._states: dict[str, SessionState] = {}
         self._turns = TurnEngine(self)
+        # Deleted sessions' events are removed after the deletion, in steps.
+        self.purger = Purger(committer)
         self._shutting_down = False
 
     # -- state and writes ---------------------------------------------------
@@ -269,6 +272,7 @@ class SessionService:
         check_session_id(session_id)
         with store_errors(session_id):
             await self._committer.submit(lambda writer: writer.delete_session(session_id))
+        self.purger.kick()
         state = self._states.pop(session_id, None)
         if state is not None and state.turn is not None:
             await self._turns.cancel(state.turn, reason="session deleted", interrupted=False)
@@ -375,6 +379,7 @@ class SessionService:
     async def shutdown(self) -> None:
         """Stop taking work; end running turns with a marker; end live streams."""
         self._shutting_down = True
+        await self.purger.close()
         running = [s.turn for s in self._states.values() if s.turn is not None]
         for turn in running:
             await self._turns.cancel(turn, reason="daemon shutting down", interrupted=True)
