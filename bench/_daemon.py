@@ -1,0 +1,74 @@
+"""A real daemon per benchmark: temp socket, temp data dir, its memory and its commits.
+
+The process itself is ``tests.daemon_process.DaemonProcess`` (the one the
+tests start), so the bench and the tests run the daemon the same way.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from copilotd._server import STORE_SUBDIR
+from tests.daemon_process import DaemonProcess
+
+_GROUP_COMMIT = re.compile(
+    r"group commit: (\d+) operations in (\d+) durable transactions \(largest (\d+)\)"
+)
+_MEMORY_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+
+
+class BenchDaemon:
+    """``copilotd serve`` in ``root``, optionally on a copy of a seeded store."""
+
+    def __init__(self, root: Path, *, seeded_store: Path | None = None) -> None:
+        self._process = DaemonProcess(root)
+        self._seeded_store = seeded_store
+
+    @property
+    def socket(self) -> str:
+        return str(self._process.socket_path)
+
+    @property
+    def pid(self) -> int:
+        assert self._process.process is not None
+        return self._process.process.pid
+
+    def start(self) -> BenchDaemon:
+        if self._seeded_store is not None:
+            target = self._process.data_dir / STORE_SUBDIR
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            shutil.copytree(self._seeded_store, target)
+        self._process.start()
+        return self
+
+    def memory_mb(self) -> dict[str, float]:
+        """Resident memory now (VmRSS: anonymous + file-backed, i.e. the LMDB
+        pages it touched) and at its peak (VmHWM), in MB (10^6 bytes)."""
+        figures: dict[str, float] = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in _MEMORY_FIELDS:
+                figures[name] = int(value.split()[0]) * 1024 / 1e6
+        return figures
+
+    def stop(self) -> dict[str, Any]:
+        """SIGTERM; returns the exit code and the group-commit figures from its log."""
+        code = self._process.terminate()
+        stats: dict[str, Any] = {"exit_code": code}
+        for line in self._process.output:
+            match = _GROUP_COMMIT.search(line)
+            if match:
+                operations, transactions, largest = map(int, match.groups())
+                stats.update(
+                    operations=operations,
+                    transactions=transactions,
+                    largest_batch=largest,
+                    operations_per_transaction=operations / max(1, transactions),
+                )
+        return stats
+
+    def kill(self) -> None:
+        self._process.kill()

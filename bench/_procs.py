@@ -1,0 +1,149 @@
+"""Client load from several processes, and the arithmetic of what they measured.
+
+Workers are separate Python processes (``spawn``: nothing of the parent's
+gRPC state is inherited). Each prepares (connects, creates its sessions, warms
+up), waits at a shared barrier, then runs its load until a deadline and
+returns what it timed. All clocks are ``time.monotonic`` (CLOCK_MONOTONIC, the
+same in every process), so the parent can line the processes up.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import statistics
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.synchronize import Barrier
+from typing import Any
+
+_CONTEXT = multiprocessing.get_context("spawn")
+BARRIER_TIMEOUT = 300.0
+
+
+@dataclass
+class Timed:
+    """What one worker process measured.
+
+    Attributes:
+        started: when its load began (after the barrier).
+        deadline: when it stopped starting new operations.
+        spans: (start, end) of every operation, all clients of the process.
+        extra: anything else the worker reports.
+    """
+
+    started: float
+    deadline: float
+    spans: list[tuple[float, float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Worker = Callable[[dict[str, Any], Barrier], Timed]
+
+
+def _run_worker(worker: Worker, params: dict[str, Any], barrier: Barrier, results: Any) -> None:
+    try:
+        results.put((params["index"], worker(params, barrier)))
+    except BaseException:
+        barrier.abort()
+        results.put((params["index"], traceback.format_exc()))
+
+
+def run_processes(jobs: Sequence[tuple[Worker, dict[str, Any]]]) -> list[Timed]:
+    """Run each ``(worker, params)`` in its own process, released together; results in order."""
+    barrier = _CONTEXT.Barrier(len(jobs))
+    results = _CONTEXT.Queue()
+    processes = [
+        _CONTEXT.Process(
+            target=_run_worker, args=(worker, {**p, "index": i}, barrier, results), daemon=True
+        )
+        for i, (worker, p) in enumerate(jobs)
+    ]
+    for process in processes:
+        process.start()
+    collected: dict[int, Timed] = {}
+    failures: list[str] = []
+    try:
+        for _ in processes:
+            index, result = results.get(timeout=BARRIER_TIMEOUT + 600)
+            if isinstance(result, str):
+                failures.append(result)
+            else:
+                collected[index] = result
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    if failures:
+        raise RuntimeError("a benchmark worker failed:\n" + failures[0])
+    return [collected[i] for i in range(len(jobs))]
+
+
+def wait_at(barrier: Barrier) -> float:
+    """Wait for every process of the run; returns the start time."""
+    barrier.wait(BARRIER_TIMEOUT)
+    return time.monotonic()
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` clients over at most ``parts`` processes, as evenly as possible."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+# Arithmetic
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100), nearest rank; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/max in milliseconds, and the count."""
+    ms = [s * 1000 for s in seconds]
+    return {
+        "n": len(ms),
+        "p50_ms": percentile(ms, 50),
+        "p90_ms": percentile(ms, 90),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": max(ms) if ms else math.nan,
+        "mean_ms": statistics.fmean(ms) if ms else math.nan,
+    }
+
+
+def throughput(results: Sequence[Timed]) -> dict[str, Any]:
+    """Operations per second over the window in which every process was loading.
+
+    Only operations that ended inside the window count, so processes that
+    started late or stopped early do not flatter or penalise the figure.
+    Shares are each process's count over the mean count.
+    """
+    start = max(r.started for r in results)
+    end = min(r.deadline for r in results)
+    if end <= start:
+        raise RuntimeError("the worker processes never ran at the same time; lengthen the run")
+    counts = []
+    latencies: list[float] = []
+    for result in results:
+        inside = [(s, e) for s, e in result.spans if start <= e <= end]
+        counts.append(len(inside))
+        latencies.extend(e - s for s, e in inside)
+    mean = statistics.fmean(counts)
+    shares = [c / mean if mean else math.nan for c in counts]
+    return {
+        "per_second": sum(counts) / (end - start),
+        "window_s": end - start,
+        "operations": sum(counts),
+        "shares": shares,
+        "share_min": min(shares),
+        "share_max": max(shares),
+        **latency_summary(latencies),
+    }
