@@ -101,8 +101,10 @@ def side_by_side(results: dict[str, Any]) -> str:
         )
         rows.append(
             [
-                "another session's slowest turn during that delete (its p50)",
-                f"{_ms(delete['other_max_ms'])} ({_ms(delete['other_p50_ms'])})",
+                f"another session's slowest turn while the deleted events were purged "
+                f"({delete['purged_events']:,} events, {delete['purge_steps']} steps, "
+                f"{delete['purge_seconds']:.2f} s); its p50 before",
+                f"{_ms(delete['other_max_ms'])}; {_ms(delete['other_p50_ms'])}",
                 "—",
             ]
         )

@@ -70,6 +70,7 @@ def bench_store(root: Path, sizes: Sizes, seed_cache: Path) -> dict[str, Any]:
         memory["end"] = daemon.memory_mb()
     finally:
         group_commit = daemon.stop()
+    delete = _purge_stall(delete, group_commit.pop("purges"))
     log("store: baseline probes (resume, list, history reads)")
     (base,) = run_processes([(_baseline.probe_worker, {**params, "path": str(sqlite_file)})])
     return {
@@ -86,8 +87,14 @@ def bench_store(root: Path, sizes: Sizes, seed_cache: Path) -> dict[str, Any]:
 
 
 def _delete_stall(daemon: BenchDaemon, layout: _seed.Layout, sizes: Sizes) -> dict[str, Any]:
-    largest = layout.resume_ids[max(layout.resume_ids, key=int)]
-    seconds = max(2.0, sizes.turn_seconds / 2)
+    """Delete the largest session while another session takes turns back to back.
+
+    Returns the deletion's own latency and the other session's turns: their
+    p50 before the deletion, and their latencies from the deletion on (the
+    purge of the deleted events runs after the call returns; see ``_purge_stall``).
+    """
+    size = max(layout.resume_ids, key=int)
+    seconds = max(3.0, sizes.turn_seconds)
     turns, delete = run_processes(
         [
             (
@@ -102,18 +109,36 @@ def _delete_stall(daemon: BenchDaemon, layout: _seed.Layout, sizes: Sizes) -> di
             ),
             (
                 _ours.delete_worker,
-                {"socket": daemon.socket, "session_id": largest[-1], "delay": seconds / 3},
+                {"socket": daemon.socket, "session_id": layout.resume_ids[size][-1], "delay": 1.0},
             ),
         ]
     )
     (begin, end) = delete.spans[0]
-    during = [e - s for s, e in turns.spans if s < end and e > begin]
     return {
-        "session_events": int(max(layout.resume_ids, key=int)),
+        "session_events": int(size),
         "delete_ms": (end - begin) * 1000,
-        "other_max_ms": max(during, default=0.0) * 1000,
+        "begin": begin,
+        "end": end,
+        "turns_end": turns.deadline,
+        "other_spans": turns.spans,
+        "other_p50_ms": latency_summary([e - s for s, e in turns.spans if e < begin])["p50_ms"],
+    }
+
+
+def _purge_stall(delete: dict[str, Any], purges: list[dict[str, Any]]) -> dict[str, Any]:
+    """The other session's slowest turn while the deleted session was being purged."""
+    purge = purges[-1] if purges else {"events": 0, "seconds": 0.0, "steps": 0}
+    until = delete["end"] + purge["seconds"]
+    during = [e - s for s, e in delete.pop("other_spans") if e > delete["begin"] and s < until]
+    return {
+        **delete,
+        "purged_events": purge["events"],
+        "purge_seconds": purge["seconds"],
+        "purge_steps": purge["steps"],
+        "purge_within_run": until <= delete["turns_end"],
         "other_turns_during": len(during),
-        "other_p50_ms": latency_summary([e - s for s, e in turns.spans])["p50_ms"],
+        "other_max_ms": max(during, default=0.0) * 1000,
+        "other_during": latency_summary(during),
     }
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 from copilot_client.proto.v1 import copilot_pb2
+from copilotd import _committer
 from copilotd._committer import GroupCommitter
 from copilotd._core import SessionService
 from copilotd._events import USER_MESSAGE, make_event
@@ -136,6 +137,50 @@ async def test_a_writer_that_breaks_its_batch_fails_alone(committer: GroupCommit
     # The shared attempt wrote nothing; then one transaction per writer.
     assert store.attempts == [3, 1, 1, 1]
     assert store.batches == [1, 1]
+
+
+async def held_then(
+    committer: GroupCommitter, queue: Callable[[], list[asyncio.Future[Any]]]
+) -> list[int]:
+    """Hold a first transaction open, queue more writes meanwhile, then release them all."""
+    store = store_of(committer)
+    store.hold = threading.Event()
+    first = asyncio.ensure_future(committer.submit(creation("first")))
+    await asyncio.to_thread(store.entered.wait, 30)
+    queued = queue()
+    await asyncio.sleep(0)
+    store.hold.set()
+    await asyncio.gather(first, *queued)
+    return store.batches
+
+
+def purge_step(writer: StoreWriter) -> int:
+    return writer.purge_deleted(100)
+
+
+async def test_background_work_waits_for_the_writes_waiting(committer: GroupCommitter) -> None:
+    batches = await held_then(
+        committer,
+        lambda: [
+            asyncio.ensure_future(committer.submit(purge_step, background=True)),
+            *(asyncio.ensure_future(committer.submit(creation(f"s{n}"))) for n in range(3)),
+        ],
+    )
+    assert batches == [1, 3, 1]  # the writes first, then the purge step alone
+
+
+async def test_background_work_is_not_starved_by_constant_writes(
+    committer: GroupCommitter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_committer, "BACKGROUND_EVERY", 1)
+    batches = await held_then(
+        committer,
+        lambda: [
+            asyncio.ensure_future(committer.submit(purge_step, background=True)),
+            *(asyncio.ensure_future(committer.submit(creation(f"s{n}"))) for n in range(3)),
+        ],
+    )
+    assert batches == [1, 1, 3]
 
 
 async def test_on_commit_runs_in_commit_order(committer: GroupCommitter) -> None:

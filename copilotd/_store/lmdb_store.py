@@ -175,6 +175,12 @@ class LmdbStore(Store):
                 sync=True,
                 metasync=True,
                 lock=True,
+                # Reads are point lookups and short range scans. With the OS's
+                # readahead, each fault also pulled in neighbouring pages (other
+                # sessions' events), which the kernel then mapped into the
+                # daemon: a full listing of 100,000 sessions left ~380 MB
+                # resident instead of ~60 MB.
+                readahead=False,
             )
         except _CORRUPTION_ERRORS as exc:
             raise _corrupt(path, exc) from exc
