@@ -91,7 +91,9 @@ async def _turns(params: dict[str, Any], barrier: Barrier) -> Timed:
             await session.add_items(items)
             timed.spans.append((begin, time.monotonic()))
 
+    cpu = time.process_time()
     await asyncio.gather(*(loop(session) for session in sessions))
+    timed.extra["cpu_seconds"] = time.process_time() - cpu
     for session in sessions:
         session.close()
     return timed

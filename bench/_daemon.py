@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from tests.daemon_process import DaemonProcess
 _GROUP_COMMIT = re.compile(
     r"group commit: (\d+) operations in (\d+) durable transactions \(largest (\d+)\)"
 )
-_PURGED = re.compile(r"purged (\d+) events of deleted sessions in ([\d.]+) s \((\d+) steps\)")
+PURGED = re.compile(r"purged (\d+) events of deleted sessions in ([\d.]+) s \((\d+) steps\)")
 _MEMORY_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
 
 
@@ -58,13 +59,27 @@ class BenchDaemon:
                 figures[name] = int(value.split()[0]) * 1024 / 1e6
         return figures
 
+    def wait_for_log(self, pattern: re.Pattern[str], timeout: float) -> bool:
+        """Wait until the daemon logs a line matching ``pattern``; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(pattern.search(line) for line in list(self._process.output)):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def cpu_seconds(self) -> float:
+        """CPU time the daemon has used so far (all its threads, user and system)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> dict[str, Any]:
         """SIGTERM; returns the exit code and the group-commit figures from its log."""
         code = self._process.terminate()
         stats: dict[str, Any] = {"exit_code": code}
         stats["purges"] = [
             {"events": int(m[1]), "seconds": float(m[2]), "steps": int(m[3])}
-            for m in map(_PURGED.search, self._process.output)
+            for m in map(PURGED.search, self._process.output)
             if m
         ]
         for line in self._process.output:

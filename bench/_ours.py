@@ -55,13 +55,17 @@ async def _load(
     started = await asyncio.to_thread(wait_at, barrier)
     deadline = started + params["seconds"]
     timed = Timed(started=started, deadline=deadline)
+    stop = params.get("stop")  # set by the parent to end the run early
 
     async def loop(operation: Callable[[], Awaitable[object]]) -> None:
-        while (begin := time.monotonic()) < deadline:
+        while (begin := time.monotonic()) < deadline and not (stop and stop.is_set()):
             await operation()
             timed.spans.append((begin, time.monotonic()))
 
+    cpu = time.process_time()
     await asyncio.gather(*(loop(op) for op in operations))
+    timed.extra["cpu_seconds"] = time.process_time() - cpu
+    timed.deadline = min(deadline, time.monotonic())
     for client in clients:
         await client.stop()
     return timed

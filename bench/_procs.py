@@ -9,14 +9,16 @@ same in every process), so the parent can line the processes up.
 
 from __future__ import annotations
 
+import bisect
 import math
 import multiprocessing
 import statistics
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.synchronize import Barrier
+from multiprocessing.synchronize import Barrier, Event
 from typing import Any
 
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -51,9 +53,14 @@ def _run_worker(worker: Worker, params: dict[str, Any], barrier: Barrier, result
         results.put((params["index"], traceback.format_exc()))
 
 
-def run_processes(jobs: Sequence[tuple[Worker, dict[str, Any]]]) -> list[Timed]:
-    """Run each ``(worker, params)`` in its own process, released together; results in order."""
-    barrier = _CONTEXT.Barrier(len(jobs))
+def run_processes(
+    jobs: Sequence[tuple[Worker, dict[str, Any]]], on_start: Callable[[], None] | None = None
+) -> list[Timed]:
+    """Run each ``(worker, params)`` in its own process, released together; results in order.
+
+    ``on_start`` is called in this process when the workers are released.
+    """
+    barrier = _CONTEXT.Barrier(len(jobs) + (on_start is not None))
     results = _CONTEXT.Queue()
     processes = [
         _CONTEXT.Process(
@@ -66,6 +73,12 @@ def run_processes(jobs: Sequence[tuple[Worker, dict[str, Any]]]) -> list[Timed]:
     collected: dict[int, Timed] = {}
     failures: list[str] = []
     try:
+        if on_start is not None:
+            try:
+                barrier.wait(BARRIER_TIMEOUT)
+                on_start()
+            except threading.BrokenBarrierError:
+                pass  # a worker failed; its traceback is in the results
         for _ in processes:
             index, result = results.get(timeout=BARRIER_TIMEOUT + 600)
             if isinstance(result, str):
@@ -80,6 +93,55 @@ def run_processes(jobs: Sequence[tuple[Worker, dict[str, Any]]]) -> list[Timed]:
     if failures:
         raise RuntimeError("a benchmark worker failed:\n" + failures[0])
     return [collected[i] for i in range(len(jobs))]
+
+
+class CpuSampler:
+    """Samples a process's CPU time in a thread, to read it over any window later.
+
+    Args:
+        read: returns the process's CPU seconds so far.
+        interval: seconds between samples.
+    """
+
+    def __init__(self, read: Callable[[], float], interval: float = 0.05) -> None:
+        self._read = read
+        self._interval = interval
+        self._samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while True:
+            self._samples.append((time.monotonic(), self._read()))
+            if self._stop.wait(self._interval):
+                return
+
+    def between(self, start: float, end: float) -> float:
+        """CPU seconds used from ``start`` to ``end`` (interpolated between samples)."""
+        return self._at(end) - self._at(start)
+
+    def _at(self, moment: float) -> float:
+        times = [t for t, _ in self._samples]
+        i = bisect.bisect_left(times, moment)
+        if i == 0:
+            return self._samples[0][1]
+        if i == len(times):
+            return self._samples[-1][1]
+        (t0, c0), (t1, c1) = self._samples[i - 1], self._samples[i]
+        return c0 + (c1 - c0) * (moment - t0) / (t1 - t0)
+
+
+def shared_event() -> Event:
+    """An event the parent can set and workers see (pass it in a worker's params)."""
+    return _CONTEXT.Event()
 
 
 def wait_at(barrier: Barrier) -> float:
@@ -138,9 +200,13 @@ def throughput(results: Sequence[Timed]) -> dict[str, Any]:
         latencies.extend(e - s for s, e in inside)
     mean = statistics.fmean(counts)
     shares = [c / mean if mean else math.nan for c in counts]
+    client_cpu = sum(r.extra.get("cpu_seconds", 0.0) for r in results)
+    client_operations = sum(len(r.spans) for r in results)
     return {
         "per_second": sum(counts) / (end - start),
+        "window": [start, end],
         "window_s": end - start,
+        "client_cpu_ms_per_operation": 1000 * client_cpu / max(1, client_operations),
         "operations": sum(counts),
         "shares": shares,
         "share_min": min(shares),

@@ -126,6 +126,13 @@ def side_by_side(results: dict[str, Any]) -> str:
         )
         rows.append([f"bare pings/s, {layout}", _rate(run["pings"]["per_second"]), "—"])
         rows.append(
+            [
+                f"CPU per turn, daemon + clients, {layout} (per bare ping)",
+                f"{_cpu(run['copilotd'])} ({_cpu(run['pings'])})",
+                _cpu(run["baseline"]),
+            ]
+        )
+        rows.append(
             [f"turns per durable transaction, {layout}", _batching(run["group_commit"]), "—"]
         )
     durable = results.get("durable")
@@ -143,6 +150,13 @@ def side_by_side(results: dict[str, Any]) -> str:
                 f"share of turns per process, {p} processes",
                 _shares(durable["copilotd"]),
                 _shares(durable["baseline"]),
+            ]
+        )
+        rows.append(
+            [
+                f"CPU per durable turn, daemon + clients, {p} processes",
+                _cpu(durable["copilotd"]),
+                _cpu(durable["baseline"]),
             ]
         )
         rows.append(
@@ -166,6 +180,36 @@ def side_by_side(results: dict[str, Any]) -> str:
 
 def _throughput(run: dict[str, Any]) -> str:
     return f"{_rate(run['per_second'])}; p50 {_ms(run['p50_ms'])}, p99 {_ms(run['p99_ms'])}"
+
+
+def _cpu(run: dict[str, Any]) -> str:
+    client = run.get("client_cpu_ms_per_operation", math.nan)
+    if "daemon_cpu_ms_per_operation" not in run:
+        return f"{_ms(client)} (all in the client process)"
+    return f"{_ms(run['daemon_cpu_ms_per_operation'])} + {_ms(client)}"
+
+
+def profile_table(results: dict[str, Any]) -> str:
+    """Where the daemon's event loop spent its time in the widest turns run (``--profile``)."""
+    runs = [run for run in results.get("turns", []) if "profile" in run["copilotd"]]
+    if not runs:
+        return ""
+    profile = runs[-1]["copilotd"]["profile"]
+    rows = [
+        [f"event loop: {kind}", f"{share:.0%}"] for kind, share in profile["event_loop"].items()
+    ]
+    rows += [
+        [f"  copilotd: {name}", f"{share:.1%}"]
+        for name, share in profile["copilotd_functions"].items()
+    ]
+    rows += [
+        [f"thread: {name}", f"{share:.0%} of all samples"]
+        for name, share in profile["threads"].items()
+    ]
+    title = (
+        f"daemon under {runs[-1]['clients']} clients' turns (py-spy, {profile['samples']} samples)"
+    )
+    return table([title, "share"], rows)
 
 
 def _shares(run: dict[str, Any]) -> str:

@@ -25,20 +25,32 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import _baseline, _ours, _report, _seed
-from bench._daemon import BenchDaemon
-from bench._procs import latency_summary, run_processes, split, throughput
+from bench import _baseline, _ours, _profile, _report, _seed
+from bench._daemon import PURGED, BenchDaemon
+from bench._procs import (
+    CpuSampler,
+    Worker,
+    latency_summary,
+    run_processes,
+    shared_event,
+    split,
+    throughput,
+)
 from bench._sizes import MODES, Sizes
 from tests.daemon_process import short_temp_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCHMARKS = ("store", "turns", "durable", "cold")
 FIRST_TURNS = 3
+# Longest wait for a deleted session's events to be purged.
+PURGE_TIMEOUT = 120.0
 
 
 def log(message: str) -> None:
@@ -89,12 +101,18 @@ def bench_store(root: Path, sizes: Sizes, seed_cache: Path) -> dict[str, Any]:
 def _delete_stall(daemon: BenchDaemon, layout: _seed.Layout, sizes: Sizes) -> dict[str, Any]:
     """Delete the largest session while another session takes turns back to back.
 
-    Returns the deletion's own latency and the other session's turns: their
-    p50 before the deletion, and their latencies from the deletion on (the
-    purge of the deleted events runs after the call returns; see ``_purge_stall``).
+    The other session goes on until the deleted events are purged (the daemon
+    logs it); returns the deletion's own latency and the other session's
+    turns (see ``_purge_stall``).
     """
     size = max(layout.resume_ids, key=int)
-    seconds = max(3.0, sizes.turn_seconds)
+    stop = shared_event()
+
+    def stop_after_the_purge() -> None:
+        daemon.wait_for_log(PURGED, PURGE_TIMEOUT)
+        time.sleep(0.5)
+        stop.set()
+
     turns, delete = run_processes(
         [
             (
@@ -102,16 +120,18 @@ def _delete_stall(daemon: BenchDaemon, layout: _seed.Layout, sizes: Sizes) -> di
                 {
                     "socket": daemon.socket,
                     "clients": 1,
-                    "seconds": seconds,
+                    "seconds": PURGE_TIMEOUT,
                     "prefix": "during-delete",
                     "prompt_bytes": sizes.prompt_bytes,
+                    "stop": stop,
                 },
             ),
             (
                 _ours.delete_worker,
                 {"socket": daemon.socket, "session_id": layout.resume_ids[size][-1], "delay": 1.0},
             ),
-        ]
+        ],
+        on_start=lambda: threading.Thread(target=stop_after_the_purge, daemon=True).start(),
     )
     (begin, end) = delete.spans[0]
     return {
@@ -145,7 +165,31 @@ def _purge_stall(delete: dict[str, Any], purges: list[dict[str, Any]]) -> dict[s
 # Turns
 
 
-def bench_turns(root: Path, sizes: Sizes) -> list[dict[str, Any]]:
+def _measured(
+    daemon: BenchDaemon,
+    jobs: list[tuple[Worker, dict[str, Any]]],
+    on_start: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Throughput of ``jobs`` against ``daemon``, with the daemon's CPU per operation."""
+    with CpuSampler(daemon.cpu_seconds) as cpu:
+        result = throughput(run_processes(jobs, on_start))
+    start, end = result["window"]
+    result["daemon_cpu_ms_per_operation"] = (
+        1000 * cpu.between(start, end) / max(1, result["operations"])
+    )
+    return result
+
+
+def _profiling(
+    pid: int, seconds: float, raw: Path, recordings: list[subprocess.Popen[bytes]]
+) -> Callable[[], None]:
+    def start() -> None:
+        recordings.append(_profile.start(pid, seconds, raw))
+
+    return start
+
+
+def bench_turns(root: Path, sizes: Sizes, profile: bool) -> list[dict[str, Any]]:
     runs = []
     for clients in sizes.client_counts:
         per_process = split(clients, sizes.client_processes)
@@ -157,8 +201,16 @@ def bench_turns(root: Path, sizes: Sizes) -> list[dict[str, Any]]:
                 for c in per_process
             ]
             log(f"turns: {clients} clients in {len(per_process)} processes: pings, then turns")
-            pings = throughput(run_processes([(_ours.pings_worker, job) for job in jobs]))
-            ours = throughput(run_processes([(_ours.turns_worker, job) for job in jobs]))
+            pings = _measured(daemon, [(_ours.pings_worker, job) for job in jobs])
+            recordings: list[subprocess.Popen[bytes]] = []
+            raw = root / f"profile-turns{clients}.txt"
+            on_start = None
+            if profile and clients == max(sizes.client_counts):
+                on_start = _profiling(daemon.pid, sizes.turn_seconds - 1, raw, recordings)
+            ours = _measured(daemon, [(_ours.turns_worker, job) for job in jobs], on_start)
+            for recording in recordings:
+                recording.wait(60)
+                ours["profile"] = _profile.summarize(raw)
         finally:
             group_commit = daemon.stop()
         path = root / f"baseline-turns{clients}.db"
@@ -192,8 +244,8 @@ def bench_durable(root: Path, sizes: Sizes) -> dict[str, Any]:
     daemon = BenchDaemon(root / "durable").start()
     try:
         log(f"durable: copilotd, {processes} client processes")
-        ours = run_processes(
-            [(_ours.turns_worker, {**common, "socket": daemon.socket})] * processes
+        ours = _measured(
+            daemon, [(_ours.turns_worker, {**common, "socket": daemon.socket})] * processes
         )
     finally:
         group_commit = daemon.stop()
@@ -202,7 +254,7 @@ def bench_durable(root: Path, sizes: Sizes) -> dict[str, Any]:
     base = run_processes([(_baseline.turns_worker, {**common, "path": str(path)})] * processes)
     return {
         "processes": processes,
-        "copilotd": throughput(ours),
+        "copilotd": ours,
         "baseline": throughput(base),
         "baseline_synchronous": sorted({r.extra["synchronous"] for r in base}),
         "group_commit": group_commit,
@@ -292,7 +344,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run(sizes: Sizes, only: tuple[str, ...], seed_cache: Path | None, out: Path) -> dict[str, Any]:
+def run(
+    sizes: Sizes, only: tuple[str, ...], seed_cache: Path | None, out: Path, profile: bool = False
+) -> dict[str, Any]:
     root = short_temp_dir("cpdb")
     results: dict[str, Any] = {
         "mode": sizes.name,
@@ -304,7 +358,7 @@ def run(sizes: Sizes, only: tuple[str, ...], seed_cache: Path | None, out: Path)
         if "store" in only:
             results["store"] = bench_store(root, sizes, seed_cache or root / "seed")
         if "turns" in only:
-            results["turns"] = bench_turns(root, sizes)
+            results["turns"] = bench_turns(root, sizes, profile)
         if "durable" in only:
             results["durable"] = bench_durable(root, sizes)
         if "cold" in only:
@@ -312,6 +366,7 @@ def run(sizes: Sizes, only: tuple[str, ...], seed_cache: Path | None, out: Path)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     results["seconds"] = time.monotonic() - began
+    results["machine"]["load_after"] = os.getloadavg()
     found = _report.targets(results)
     results["targets"] = [t.__dict__ for t in found]
     text = "\n\n".join(
@@ -319,8 +374,9 @@ def run(sizes: Sizes, only: tuple[str, ...], seed_cache: Path | None, out: Path)
             _report.side_by_side(results),
             _report.target_table(found),
             _report.reference_table(results),
+            _report.profile_table(results),
         ]
-    )
+    ).strip()
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in (f"{sizes.name}-{stamp}", f"{sizes.name}-latest"):
@@ -362,5 +418,10 @@ def main(argv: list[str] | None = None) -> None:
         default=RESULTS_DIR,
         help=f"where the JSON and Markdown results go (default {RESULTS_DIR})",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record the daemon with py-spy during the widest turns run (needs ptrace rights)",
+    )
     args = parser.parse_args(argv)
-    run(MODES[args.mode], tuple(args.only), args.seed_cache, args.out)
+    run(MODES[args.mode], tuple(args.only), args.seed_cache, args.out, args.profile)
