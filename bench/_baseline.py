@@ -29,7 +29,7 @@ from typing import Any
 
 from agents import SQLiteSession
 
-from bench._ours import ROUND_CALLS, WARMUP_TURNS, prompt
+from bench._ours import ROUND_CALLS, prompt
 from bench._procs import Timed, latency_summary, wait_at
 
 LIST_FIRST_PAGE = (
@@ -55,7 +55,7 @@ def open_session(session_id: str, path: Path | str) -> DurableSQLiteSession:
     return DurableSQLiteSession(session_id, str(path))
 
 
-async def _synchronous_setting(session: DurableSQLiteSession) -> int:
+async def synchronous_setting(session: DurableSQLiteSession) -> int:
     """The ``synchronous`` pragma of the connection the session writes with (2 = FULL)."""
 
     def read() -> int:
@@ -70,37 +70,6 @@ def turn_items(size: int, tag: str) -> list[Any]:
         {"role": "user", "content": prompt(size, tag)},
         {"role": "assistant", "content": prompt(size, "answer")},
     ]
-
-
-async def _turns(params: dict[str, Any], barrier: Barrier) -> Timed:
-    sessions = [
-        open_session(f"{params['prefix']}-{params['index']}-{k}", params["path"])
-        for k in range(params["clients"])
-    ]
-    items = turn_items(params["prompt_bytes"], params["prefix"])
-    for session in sessions:
-        for _ in range(WARMUP_TURNS):
-            await session.add_items(items)
-    synchronous = await _synchronous_setting(sessions[0])
-    started = await asyncio.to_thread(wait_at, barrier)
-    deadline = started + params["seconds"]
-    timed = Timed(started=started, deadline=deadline, extra={"synchronous": synchronous})
-
-    async def loop(session: DurableSQLiteSession) -> None:
-        while (begin := time.monotonic()) < deadline:
-            await session.add_items(items)
-            timed.spans.append((begin, time.monotonic()))
-
-    cpu = time.process_time()
-    await asyncio.gather(*(loop(session) for session in sessions))
-    timed.extra["cpu_seconds"] = time.process_time() - cpu
-    for session in sessions:
-        session.close()
-    return timed
-
-
-def turns_worker(params: dict[str, Any], barrier: Barrier) -> Timed:
-    return asyncio.run(_turns(params, barrier))
 
 
 async def _probe(params: dict[str, Any], barrier: Barrier) -> Timed:

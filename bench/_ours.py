@@ -30,7 +30,7 @@ def prompt(size: int, tag: str) -> str:
     return (text * (size // len(text) + 1))[:size]
 
 
-async def _client(socket_path: str) -> CopilotClient:
+async def connect(socket_path: str) -> CopilotClient:
     client = CopilotClient(socket_path=socket_path, auto_start=False)
     await client.start()
     return client
@@ -44,7 +44,7 @@ async def _load(
     barrier: Barrier,
     prepare: Callable[[CopilotClient, str], Awaitable[Callable[[], Awaitable[object]]]],
 ) -> Timed:
-    clients = [await _client(params["socket"]) for _ in range(params["clients"])]
+    clients = [await connect(params["socket"]) for _ in range(params["clients"])]
     operations = [
         await prepare(client, f"{params['prefix']}-{params['index']}-{k}")
         for k, client in enumerate(clients)
@@ -80,19 +80,8 @@ async def _turns(params: dict[str, Any], barrier: Barrier) -> Timed:
     return await _load(params, barrier, prepare)
 
 
-async def _pings(params: dict[str, Any], barrier: Barrier) -> Timed:
-    async def prepare(client: CopilotClient, name: str) -> Callable[[], Awaitable[object]]:
-        return client.ping
-
-    return await _load(params, barrier, prepare)
-
-
 def turns_worker(params: dict[str, Any], barrier: Barrier) -> Timed:
     return asyncio.run(_turns(params, barrier))
-
-
-def pings_worker(params: dict[str, Any], barrier: Barrier) -> Timed:
-    return asyncio.run(_pings(params, barrier))
 
 
 # Latency probes: one client, sequential calls
@@ -105,7 +94,7 @@ async def _timed(operation: Callable[[], Awaitable[object]]) -> float:
 
 
 async def _probe(params: dict[str, Any], barrier: Barrier) -> Timed:
-    client = await _client(params["socket"])
+    client = await connect(params["socket"])
     resume_ids: dict[str, list[str]] = params["resume_ids"]
     turns: dict[str, int] = {size: 0 for size in resume_ids}
 
@@ -182,7 +171,7 @@ def probe_worker(params: dict[str, Any], barrier: Barrier) -> Timed:
 
 
 async def _delete(params: dict[str, Any], barrier: Barrier) -> Timed:
-    client = await _client(params["socket"])
+    client = await connect(params["socket"])
     started = await asyncio.to_thread(wait_at, barrier)
     await asyncio.sleep(params["delay"])
     begin = time.monotonic()

@@ -179,37 +179,3 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
         "max_ms": max(ms) if ms else math.nan,
         "mean_ms": statistics.fmean(ms) if ms else math.nan,
     }
-
-
-def throughput(results: Sequence[Timed]) -> dict[str, Any]:
-    """Operations per second over the window in which every process was loading.
-
-    Only operations that ended inside the window count, so processes that
-    started late or stopped early do not flatter or penalise the figure.
-    Shares are each process's count over the mean count.
-    """
-    start = max(r.started for r in results)
-    end = min(r.deadline for r in results)
-    if end <= start:
-        raise RuntimeError("the worker processes never ran at the same time; lengthen the run")
-    counts = []
-    latencies: list[float] = []
-    for result in results:
-        inside = [(s, e) for s, e in result.spans if start <= e <= end]
-        counts.append(len(inside))
-        latencies.extend(e - s for s, e in inside)
-    mean = statistics.fmean(counts)
-    shares = [c / mean if mean else math.nan for c in counts]
-    client_cpu = sum(r.extra.get("cpu_seconds", 0.0) for r in results)
-    client_operations = sum(len(r.spans) for r in results)
-    return {
-        "per_second": sum(counts) / (end - start),
-        "window": [start, end],
-        "window_s": end - start,
-        "client_cpu_ms_per_operation": 1000 * client_cpu / max(1, client_operations),
-        "operations": sum(counts),
-        "shares": shares,
-        "share_min": min(shares),
-        "share_max": max(shares),
-        **latency_summary(latencies),
-    }

@@ -23,8 +23,10 @@ class Sizes:
         client_counts: concurrent clients for turns per second.
         client_processes: processes those clients are spread over (at most).
         durable_processes: client processes of the durable-turns benchmark.
-        turn_seconds: how long each turns-per-second run lasts.
-        durable_seconds: how long the durable-turns run lasts.
+        turn_seconds: how long each kind of load (pings, copilotd turns,
+            baseline turns) is measured, per client count.
+        durable_seconds: how long each side of the durable-turns run is measured.
+        slot_seconds: length of the alternating slots the kinds of load take.
         cold_starts: client processes started for the cold-start figure.
         prompt_bytes: size of a prompt (and of the baseline's items).
     """
@@ -43,6 +45,7 @@ class Sizes:
     turn_seconds: float
     durable_seconds: float
     cold_starts: int
+    slot_seconds: float
     prompt_bytes: int = 500
 
 
@@ -61,6 +64,7 @@ FULL = Sizes(
     turn_seconds=10.0,
     durable_seconds=15.0,
     cold_starts=10,
+    slot_seconds=1.0,
 )
 
 QUICK = Sizes(
@@ -78,6 +82,7 @@ QUICK = Sizes(
     turn_seconds=3.0,
     durable_seconds=4.0,
     cold_starts=3,
+    slot_seconds=0.5,
 )
 
 TINY = Sizes(
@@ -95,6 +100,7 @@ TINY = Sizes(
     turn_seconds=0.5,
     durable_seconds=0.5,
     cold_starts=1,
+    slot_seconds=0.25,
 )
 
 MODES = {sizes.name: sizes for sizes in (FULL, QUICK, TINY)}

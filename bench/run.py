@@ -7,9 +7,11 @@ The benchmarks, each on a daemon of its own (temp socket, temp data dir):
   create, the bare ping on the same socket, deleting a large session while
   another one works, and the daemon's resident memory.
 * ``turns``: turns per second from 1, 8 and 32 clients spread over several
-  processes, next to bare pings per second from as many callers.
+  processes, next to bare pings per second from as many callers and the
+  baseline's turns from as many sessions, in alternating slots
+  (``bench/_slots.py``), with the CPU each costs the daemon and the clients.
 * ``durable``: durable turns from 16 client processes: throughput, p50/p99
-  latency and each process's share.
+  latency and each process's share, copilotd and the baseline alternating.
 * ``cold``: a client process's start to its first answered call.
 
 Each is run for copilotd and for the baseline (``bench/_baseline.py``) in the
@@ -27,22 +29,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import _baseline, _ours, _profile, _report, _seed
+from bench import _baseline, _ours, _profile, _report, _seed, _slots
 from bench._daemon import PURGED, BenchDaemon
-from bench._procs import (
-    CpuSampler,
-    Worker,
-    latency_summary,
-    run_processes,
-    shared_event,
-    split,
-    throughput,
-)
+from bench._procs import CpuSampler, Timed, latency_summary, run_processes, shared_event, split
 from bench._sizes import MODES, Sizes
 from tests.daemon_process import short_temp_dir
 
@@ -165,68 +158,76 @@ def _purge_stall(delete: dict[str, Any], purges: list[dict[str, Any]]) -> dict[s
 # Turns
 
 
-def _measured(
+def _interleaved(
     daemon: BenchDaemon,
-    jobs: list[tuple[Worker, dict[str, Any]]],
-    on_start: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """Throughput of ``jobs`` against ``daemon``, with the daemon's CPU per operation."""
+    kinds: list[str],
+    per_process: list[int],
+    common: dict[str, Any],
+    seconds: float,
+    slot_seconds: float,
+) -> tuple[dict[str, dict[str, Any]], list[Timed]]:
+    """Run ``kinds`` of load in alternating slots (``bench/_slots.py``); figures per kind."""
+    slots = len(kinds) * max(1, round(seconds / slot_seconds))
+    params = {**common, "socket": daemon.socket, "slots": slots, "slot_seconds": slot_seconds}
     with CpuSampler(daemon.cpu_seconds) as cpu:
-        result = throughput(run_processes(jobs, on_start))
-    start, end = result["window"]
-    result["daemon_cpu_ms_per_operation"] = (
-        1000 * cpu.between(start, end) / max(1, result["operations"])
-    )
-    return result
+        results = run_processes(_slots.jobs(kinds, per_process, params))
+    figures = {
+        kind: _slots.figures(results, kind, None if kind == _slots.BASELINE else cpu)
+        for kind in kinds
+    }
+    return figures, results
 
 
-def _profiling(
-    pid: int, seconds: float, raw: Path, recordings: list[subprocess.Popen[bytes]]
-) -> Callable[[], None]:
+def _profiled_turns(
+    root: Path, daemon: BenchDaemon, per_process: list[int], common: dict[str, Any], seconds: float
+) -> dict[str, Any]:
+    """Record the daemon with py-spy during copilotd turns only (``--profile``)."""
+    raw = root / "profile.txt"
+    recordings: list[subprocess.Popen[bytes]] = []
+
     def start() -> None:
-        recordings.append(_profile.start(pid, seconds, raw))
+        recordings.append(_profile.start(daemon.pid, seconds - 0.5, raw))
 
-    return start
+    params = {**common, "socket": daemon.socket, "slots": 1, "slot_seconds": seconds}
+    run_processes(_slots.jobs([_slots.TURNS], per_process, params), on_start=start)
+    for recording in recordings:
+        recording.wait(60)
+    return _profile.summarize(raw)
 
 
 def bench_turns(root: Path, sizes: Sizes, profile: bool) -> list[dict[str, Any]]:
     runs = []
+    kinds = [_slots.PINGS, _slots.TURNS, _slots.BASELINE]
     for clients in sizes.client_counts:
         per_process = split(clients, sizes.client_processes)
-        common = {"seconds": sizes.turn_seconds, "prompt_bytes": sizes.prompt_bytes}
+        common = {
+            "prompt_bytes": sizes.prompt_bytes,
+            "prefix": f"t{clients}",
+            "path": str(root / f"baseline-turns{clients}.db"),
+        }
         daemon = BenchDaemon(root / f"turns{clients}").start()
         try:
-            jobs = [
-                {**common, "socket": daemon.socket, "clients": c, "prefix": f"t{clients}"}
-                for c in per_process
-            ]
-            log(f"turns: {clients} clients in {len(per_process)} processes: pings, then turns")
-            pings = _measured(daemon, [(_ours.pings_worker, job) for job in jobs])
-            recordings: list[subprocess.Popen[bytes]] = []
-            raw = root / f"profile-turns{clients}.txt"
-            on_start = None
+            log(
+                f"turns: {clients} clients in {len(per_process)} processes: "
+                "pings, copilotd turns and baseline turns in alternating slots"
+            )
+            figures, _ = _interleaved(
+                daemon, kinds, per_process, common, sizes.turn_seconds, sizes.slot_seconds
+            )
             if profile and clients == max(sizes.client_counts):
-                on_start = _profiling(daemon.pid, sizes.turn_seconds - 1, raw, recordings)
-            ours = _measured(daemon, [(_ours.turns_worker, job) for job in jobs], on_start)
-            for recording in recordings:
-                recording.wait(60)
-                ours["profile"] = _profile.summarize(raw)
+                log("turns: profiling the daemon under copilotd turns alone")
+                figures[_slots.TURNS]["profile"] = _profiled_turns(
+                    root, daemon, per_process, {**common, "prefix": "profiled"}, sizes.turn_seconds
+                )
         finally:
             group_commit = daemon.stop()
-        path = root / f"baseline-turns{clients}.db"
-        log(f"turns: baseline, {clients} sessions in {len(per_process)} processes")
-        base_jobs = [
-            {**common, "path": str(path), "clients": c, "prefix": f"t{clients}"}
-            for c in per_process
-        ]
-        base = throughput(run_processes([(_baseline.turns_worker, job) for job in base_jobs]))
         runs.append(
             {
                 "clients": clients,
                 "processes": len(per_process),
-                "pings": pings,
-                "copilotd": ours,
-                "baseline": base,
+                "pings": figures[_slots.PINGS],
+                "copilotd": figures[_slots.TURNS],
+                "baseline": figures[_slots.BASELINE],
                 "group_commit": group_commit,
             }
         )
@@ -236,27 +237,28 @@ def bench_turns(root: Path, sizes: Sizes, profile: bool) -> list[dict[str, Any]]
 def bench_durable(root: Path, sizes: Sizes) -> dict[str, Any]:
     processes = sizes.durable_processes
     common = {
-        "seconds": sizes.durable_seconds,
         "prompt_bytes": sizes.prompt_bytes,
-        "clients": 1,
         "prefix": "durable",
+        "path": str(root / "baseline-durable.db"),
     }
     daemon = BenchDaemon(root / "durable").start()
     try:
-        log(f"durable: copilotd, {processes} client processes")
-        ours = _measured(
-            daemon, [(_ours.turns_worker, {**common, "socket": daemon.socket})] * processes
+        log(f"durable: {processes} client processes, copilotd and baseline in alternating slots")
+        figures, results = _interleaved(
+            daemon,
+            [_slots.TURNS, _slots.BASELINE],
+            [1] * processes,
+            common,
+            sizes.durable_seconds,
+            sizes.slot_seconds,
         )
     finally:
         group_commit = daemon.stop()
-    log(f"durable: baseline, {processes} processes on one SQLite file")
-    path = root / "baseline-durable.db"
-    base = run_processes([(_baseline.turns_worker, {**common, "path": str(path)})] * processes)
     return {
         "processes": processes,
-        "copilotd": ours,
-        "baseline": throughput(base),
-        "baseline_synchronous": sorted({r.extra["synchronous"] for r in base}),
+        "copilotd": figures[_slots.TURNS],
+        "baseline": figures[_slots.BASELINE],
+        "baseline_synchronous": sorted({r.extra["synchronous"] for r in results}),
         "group_commit": group_commit,
     }
 
