@@ -72,7 +72,7 @@ def side_by_side(results: dict[str, Any]) -> str:
             rows.append(
                 [
                     f"first turn after resume, {int(size):,}-event session "
-                    "(baseline: `get_items()`, the history its runner reads per turn)",
+                    "(baseline: `get_items()` of it all)",
                     _lat(ours[f"first_turn_{size}"]),
                     _lat(base[f"first_turn_{size}"]),
                 ]
@@ -133,7 +133,7 @@ def side_by_side(results: dict[str, Any]) -> str:
             ]
         )
         rows.append(
-            [f"turns per durable transaction, {layout}", _batching(run["group_commit"]), "—"]
+            [f"writes per durable transaction, {layout}", _batching(run["group_commit"]), "—"]
         )
     durable = results.get("durable")
     if durable:

@@ -371,14 +371,7 @@ def run(
     results["machine"]["load_after"] = os.getloadavg()
     found = _report.targets(results)
     results["targets"] = [t.__dict__ for t in found]
-    text = "\n\n".join(
-        [
-            _report.side_by_side(results),
-            _report.target_table(found),
-            _report.reference_table(results),
-            _report.profile_table(results),
-        ]
-    ).strip()
+    text = render(results)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in (f"{sizes.name}-{stamp}", f"{sizes.name}-latest"):
@@ -387,6 +380,18 @@ def run(
     print(text)
     log(f"done in {results['seconds']:.0f} s; results in {out}/{sizes.name}-latest.json")
     return results
+
+
+def render(results: dict[str, Any]) -> str:
+    """The tables of a run, from its results (as written to the JSON file)."""
+    return "\n\n".join(
+        [
+            _report.side_by_side(results),
+            _report.target_table(_report.targets(results)),
+            _report.reference_table(results),
+            _report.profile_table(results),
+        ]
+    ).strip()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -425,5 +430,14 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="record the daemon with py-spy during the widest turns run (needs ptrace rights)",
     )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="print the tables of an earlier run from its JSON file, and run nothing",
+    )
     args = parser.parse_args(argv)
+    if args.report:
+        print(render(json.loads(args.report.read_text())))
+        return
     run(MODES[args.mode], tuple(args.only), args.seed_cache, args.out, args.profile)
