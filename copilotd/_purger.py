@@ -57,6 +57,9 @@ class Purger:
             except (StoreError, RuntimeError) as error:  # full disk, or shutting down
                 log.warning("purging deleted sessions stopped (resumed later): %s", error)
                 return
+            except Exception:
+                log.exception("purging deleted sessions failed (retried after a restart)")
+                return
             self.events_purged += removed
             purged, steps = purged + removed, steps + 1
             if removed < step and not self._again:
