@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
 from copilotd import _events as ev
 from copilotd._committer import GroupCommitter
+from copilotd._context import ContextWindow, context_messages
 from copilotd._errors import (
     InvalidArgumentError,
     Reason,
@@ -34,6 +35,7 @@ from copilotd._providers import (
     check_provider_config,
     public_provider_config,
 )
+from copilotd._purger import Purger
 from copilotd._scheduler import TurnScheduler
 from copilotd._store import (
     PendingMessage,
@@ -94,10 +96,10 @@ class SessionState:
 
     last_sequence: int
     last_event_id: str
-    # Model context (user and assistant messages), loaded on the first turn
-    # and then extended as messages are committed, so a turn never re-reads
-    # the whole history.
-    context: list[ChatMessage] | None = None
+    # Model context (recent user and assistant messages), loaded on the first
+    # turn and then extended as messages are committed, so a turn never
+    # re-reads the history.
+    context: ContextWindow | None = None
     turn: RunningTurn | None = None
     # Mirror of the record's durable queue of messages waiting for a turn.
     pending: list[PendingMessage] = field(default_factory=list)
@@ -126,6 +128,8 @@ class SessionService:
         self._states: dict[str, SessionState] = {}
         self._turns = TurnEngine(self)
         self._scheduler = TurnScheduler(self, self._turns)
+        # Deleted sessions' events are removed after the deletion, in steps.
+        self.purger = Purger(committer)
         self._shutting_down = False
 
     @property
@@ -184,7 +188,7 @@ class SessionService:
             state.last_sequence = stored[-1].sequence
             state.last_event_id = stored[-1].id
             if state.context is not None:
-                state.context.extend(_context_messages(stored))
+                state.context.extend(context_messages(stored))
         self.fanout.publish(session_id, stored)
         self._announce_lifecycle(SESSION_UPDATED, session_id, record.metadata)
         if closed_turn:
@@ -249,19 +253,11 @@ class SessionService:
         self.fanout.publish(session_id, [event])
 
     def load_context(self, session_id: str) -> list[ChatMessage]:
-        """The session's user and assistant messages, oldest first (cached per session)."""
+        """The session's recent user and assistant messages, oldest first (cached per session)."""
         state = self._states[session_id]
         if state.context is None:
-            messages: list[ChatMessage] = []
-            cursor = 0
-            while True:
-                page = self._store.read_events(session_id, after=cursor, limit=MAX_PAGE_SIZE)
-                messages.extend(_context_messages(page))
-                if len(page) < MAX_PAGE_SIZE:
-                    break
-                cursor = page[-1].sequence
-            state.context = messages
-        return state.context
+            state.context = ContextWindow.load(self._store, session_id)
+        return state.context.messages
 
     # -- the API --------------------------------------------------------------
 
@@ -365,6 +361,7 @@ class SessionService:
         check_session_id(session_id)
         with store_errors(session_id):
             await self._committer.submit(lambda writer: writer.delete_session(session_id))
+        self.purger.kick()
         state = self._states.pop(session_id, None)
         terminal = ev.make_event(ev.SESSION_DELETED, session_id=session_id)
         if state is not None:
@@ -551,6 +548,7 @@ class SessionService:
     async def shutdown(self) -> None:
         """Stop taking work; end running turns with a marker; end live streams."""
         self._shutting_down = True
+        await self.purger.close()
         # Concurrently, so their end markers share commits; again while a send
         # that was already past its check has started one meanwhile.
         while running := [s.turn for s in self._states.values() if s.turn is not None]:
@@ -574,15 +572,3 @@ class SessionService:
 
 def _is_new(event: SessionEvent, cursor: int) -> bool:
     return event.sequence >= cursor if event.ephemeral else event.sequence > cursor
-
-
-def _context_messages(events: Sequence[SessionEvent]) -> list[ChatMessage]:
-    messages = []
-    for event in events:
-        if event.type == ev.USER_MESSAGE:
-            messages.append(ChatMessage("user", event.user_message.content, event.sequence))
-        elif event.type == ev.ASSISTANT_MESSAGE and event.assistant_message.content:
-            messages.append(
-                ChatMessage("assistant", event.assistant_message.content, event.sequence)
-            )
-    return messages

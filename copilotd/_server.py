@@ -235,6 +235,7 @@ async def _serve_store(
     recovered = await service.recover_interrupted_turns()
     if recovered:
         log.warning("closed %d turn(s) interrupted by the previous daemon's end", recovered)
+    service.purger.kick()  # deletions the previous daemon did not finish purging
 
     servicer, health = AdminServicer(service, admin), HealthServicer()
 

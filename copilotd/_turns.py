@@ -57,6 +57,9 @@ class RunningTurn:
     # Set once the turn's task exists (or its start failed), so that an abort
     # arriving while the user message is still being committed can wait.
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by the turn's task when it first runs: a task cancelled before that
+    # would never reach the code that records the turn's end.
+    running: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_reason: str = ""
     interrupted: bool = False
 
@@ -127,12 +130,14 @@ class TurnEngine:
         await turn.started.wait()
         if turn.task is None or turn.task.done():
             return
+        await turn.running.wait()
         turn.cancel_reason = reason
         turn.interrupted = interrupted
         turn.task.cancel()
         await asyncio.wait({turn.task})
 
     async def _run(self, turn: RunningTurn) -> None:
+        turn.running.set()
         service = self._service
         message_id = ev.new_id()
         route = turn.route

@@ -28,7 +28,7 @@ def test_ruff_format() -> None:
 
 def test_mypy_strict() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "copilotd", "copilot_client"],
+        [sys.executable, "-m", "mypy", "copilotd", "copilot_client", "bench"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -104,6 +104,11 @@ def delete(store: Store, session_id: str) -> None:
     run(store, lambda writer: writer.delete_session(session_id))
 
 
+def purge(store: Store, limit: int) -> int:
+    removed: int = run(store, lambda writer: writer.purge_deleted(limit))
+    return removed
+
+
 def record_of(store: Store, session_id: str) -> SessionRecord:
     record = store.get_session(session_id)
     assert record is not None, session_id
@@ -451,6 +456,43 @@ class StoreContract:
         assert not record.metadata.turn_running
         assert contents(all_events(store, "other")) == ["o"]
 
+    def test_deleted_events_are_purged_in_bounded_steps(self, store: Store) -> None:
+        create(store, "other", [user("o")])
+        create(store, "long", [user(numbered(n)) for n in range(1, 251)])
+        create(store, "short", [user("a"), user("b")])
+        delete(store, "long")
+        delete(store, "short")
+        record, _ = create(store, "long", [user("new")])  # a new log, not the old one
+
+        steps = [purge(store, 100) for _ in range(4)]
+        assert steps == [100, 100, 52, 0]
+        assert contents(all_events(store, "long")) == ["new"]
+        assert contents(all_events(store, "other")) == ["o"]
+        assert record.metadata.last_sequence == 1
+
+    def test_purging_nothing(self, store: Store) -> None:
+        create(store, "s", [user("kept")])
+        assert purge(store, 10) == 0
+        assert contents(all_events(store, "s")) == ["kept"]
+
+    def test_a_purge_step_in_a_failed_batch_is_undone(self, store: Store) -> None:
+        create(store, "s", [user(str(n)) for n in range(30)])
+        delete(store, "s")
+
+        class Boom(Exception):
+            pass
+
+        def boom(writer: StoreWriter) -> None:
+            raise Boom
+
+        with pytest.raises(Boom):
+            store.write_batch([lambda writer: writer.purge_deleted(20), boom])
+        assert [purge(store, 20), purge(store, 20)] == [20, 10]
+
+    def test_purge_limit_must_be_positive(self, store: Store) -> None:
+        with pytest.raises(ValueError):
+            purge(store, 0)
+
     def test_delete_unknown_session(self, store: Store) -> None:
         with pytest.raises(SessionNotFound):
             delete(store, "nope")
@@ -701,8 +743,52 @@ def set_schema_version(path: Path, version: bytes) -> None:
         env.close()
 
 
+def event_entries(path: Path) -> int:
+    """Entries in the store's events table, read from the files directly."""
+    env = lmdb.open(str(path), max_dbs=8, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return int(txn.stat(env.open_db(b"events", txn=txn, create=False))["entries"])
+    finally:
+        env.close()
+
+
 class TestLmdbFiles:
     """What only a store on disk can get wrong."""
+
+    def test_purging_goes_on_after_reopening(self, tmp_path: Path) -> None:
+        path = tmp_path / "store"
+        store = LmdbStore.open(path)
+        create(store, "kept", [user("k")])
+        create(store, "gone", [user(str(n)) for n in range(300)])
+        delete(store, "gone")
+        assert purge(store, 100) == 100
+        store.close()  # as if the daemon stopped (or crashed) half way
+        assert event_entries(path) == 201
+
+        store = LmdbStore.open(path)
+        try:
+            assert [purge(store, 150), purge(store, 150)] == [150, 50]
+            assert contents(all_events(store, "kept")) == ["k"]
+        finally:
+            store.close()
+        assert event_entries(path) == 1
+
+    def test_a_store_from_before_the_purge_table_opens(self, tmp_path: Path) -> None:
+        path = tmp_path / "store"
+        LmdbStore.open(path).close()
+        env = lmdb.open(str(path), max_dbs=8)
+        with env.begin(write=True) as txn:
+            txn.drop(env.open_db(b"purge", txn=txn), delete=True)
+        env.close()
+
+        store = LmdbStore.open(path)
+        try:
+            create(store, "s", [user("x")])
+            delete(store, "s")
+            assert purge(store, 10) == 1
+        finally:
+            store.close()
 
     def test_data_survives_reopening(self, tmp_path: Path) -> None:
         path = tmp_path / "store"

@@ -25,8 +25,14 @@ The contract:
   and may run in any thread, concurrently with a ``write_batch`` in another
   thread. Calls to ``write_batch`` may come from several threads; the store
   serialises them.
-* **Deletion** removes a session's record and every event in one transaction.
-  A session later created under the same id starts with an empty log.
+* **Deletion** removes a session in one transaction: from its commit on, no
+  read finds the session or any of its events, and a session later created
+  under the same id starts with an empty log. The space of the deleted
+  events is reclaimed afterwards, in steps of bounded size
+  (``StoreWriter.purge_deleted``), so that deleting a long history never
+  holds a transaction (and every other writer) for long. The pending work is
+  recorded durably with the deletion: after a crash, purging goes on where
+  it stopped.
 * **Listing** is ordered by ``metadata.modified_time``, newest first, ties
   broken by session id (the greater first); page tokens are opaque strings,
   and a full walk through the pages returns each session that existed,
@@ -156,7 +162,18 @@ class StoreWriter(ABC):
 
     @abstractmethod
     def delete_session(self, session_id: str) -> None:
-        """Delete a session's record and all its events. Raises ``SessionNotFound``."""
+        """Delete a session: its record now, its events by ``purge_deleted``.
+
+        Raises ``SessionNotFound``.
+        """
+
+    @abstractmethod
+    def purge_deleted(self, limit: int) -> int:
+        """Remove up to ``limit`` events of deleted sessions.
+
+        Returns how many it removed; fewer than ``limit`` means none are left.
+        Raises ``ValueError`` for a limit below 1.
+        """
 
     @abstractmethod
     def set_pinned(self, session_id: str, pinned: bool) -> SessionRecord:

@@ -10,6 +10,8 @@ numerically):
 * ``recency``: modified time in ns (8 bytes) + session id -> b"", read
   backwards for newest-first listing.
 * ``open_turns``: session id -> b"", the sessions with a turn in progress.
+* ``purge``: log number (8 bytes) -> b"", deleted sessions whose events are
+  still to be removed (``purge_deleted``).
 * ``sys``: ``schema_version`` (ASCII int) and ``next_log_number`` (8 bytes).
 
 LMDB's map is a fixed-size window onto the file; it is grown on demand.
@@ -73,7 +75,8 @@ _UNCOUNTED_PAGES: Final = 3
 
 _SCHEMA_VERSION_KEY: Final = b"schema_version"
 _NEXT_LOG_NUMBER_KEY: Final = b"next_log_number"
-_TABLES: Final = (b"meta", b"events", b"recency", b"open_turns", b"sys")
+# "purge" came after schema version 1's first release; opening creates it.
+_TABLES: Final = (b"meta", b"events", b"recency", b"open_turns", b"sys", b"purge")
 # LMDB's own ways of saying "this is not (or no longer) a valid environment".
 _CORRUPTION_ERRORS: Final = (
     lmdb.InvalidError,
@@ -92,6 +95,7 @@ class _Tables:
     recency: lmdb._Database
     open_turns: lmdb._Database
     sys: lmdb._Database
+    purge: lmdb._Database
 
     def all(self) -> tuple[lmdb._Database, ...]:
         return (self.meta, self.events, self.recency, self.open_turns, self.sys)
@@ -193,6 +197,12 @@ class LmdbStore(Store):
                 sync=True,
                 metasync=True,
                 lock=True,
+                # Reads are point lookups and short range scans. With the OS's
+                # readahead, each fault also pulled in neighbouring pages (other
+                # sessions' events), which the kernel then mapped into the
+                # daemon: a full listing of 100,000 sessions left ~380 MB
+                # resident instead of ~60 MB.
+                readahead=False,
             )
         except _CORRUPTION_ERRORS as exc:
             raise _corrupt(path, exc) from exc
@@ -465,11 +475,26 @@ class _LmdbWriter(StoreWriter):
         self._txn.delete(key, db=self._tables.meta)
         self._txn.delete(key, db=self._tables.open_turns)
         self._txn.delete(recency_key(record.metadata), db=self._tables.recency)
-        prefix = U64.pack(record.log_number)
-        with self._txn.cursor(db=self._tables.events) as cursor:
-            cursor.set_range(prefix)
-            while cursor.key()[: U64.size] == prefix:
-                cursor.delete()
+        # Unreachable from now on: log numbers are never reused.
+        self._txn.put(U64.pack(record.log_number), b"", db=self._tables.purge)
+
+    def purge_deleted(self, limit: int) -> int:
+        if limit < 1:
+            raise ValueError(f"limit must be positive, not {limit}")
+        removed = 0
+        with (
+            self._txn.cursor(db=self._tables.purge) as pending,
+            self._txn.cursor(db=self._tables.events) as events,
+        ):
+            while removed < limit and pending.first():
+                prefix = pending.key()
+                events.set_range(prefix)
+                while removed < limit and events.key()[: U64.size] == prefix:
+                    events.delete()
+                    removed += 1
+                if events.key()[: U64.size] != prefix:
+                    pending.delete()
+        return removed
 
     def set_pinned(self, session_id: str, pinned: bool) -> SessionRecord:
         record = _load_record(self._txn, self._tables, session_id)

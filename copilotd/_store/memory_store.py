@@ -9,6 +9,7 @@ how they never see uncommitted data.
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -42,6 +43,8 @@ class _State:
         self.recency: list[bytes] = []  # sorted listing keys
         self.open_turns: set[str] = set()
         self.next_log_number = 1
+        # Deleted sessions' events not yet purged, by log number (as on disk).
+        self.purging: dict[int, list[bytes]] = {}
 
     def record(self, session_id: str) -> SessionRecord | None:
         raw = self.records.get(session_id)
@@ -206,8 +209,10 @@ class _MemoryWriter(StoreWriter):
             raise SessionNotFound(session_id)
         state = self._state
         raw, log = state.records.pop(session_id), state.logs.pop(record.log_number)
+        state.purging[record.log_number] = log
         self._undo.append(lambda: state.records.__setitem__(session_id, raw))
         self._undo.append(lambda: state.logs.__setitem__(record.log_number, log))
+        self._undo.append(lambda: state.purging.pop(record.log_number))
         self._remove_recency(_records.recency_key(record.metadata))
         self._set_open_turn(session_id, False)
 
@@ -218,6 +223,24 @@ class _MemoryWriter(StoreWriter):
         record.metadata.pinned = pinned
         self._save(record, _records.recency_key(record.metadata))
         return record
+
+    def purge_deleted(self, limit: int) -> int:
+        if limit < 1:
+            raise ValueError(f"limit must be positive, not {limit}")
+        purging = self._state.purging
+        removed = 0
+        for log_number in sorted(purging):
+            events = purging[log_number]
+            gone = events[: limit - removed]
+            del events[: len(gone)]
+            self._undo.append(functools.partial(_put_back, events, gone))
+            removed += len(gone)
+            if not events:
+                del purging[log_number]
+                self._undo.append(functools.partial(purging.__setitem__, log_number, events))
+            if removed >= limit:
+                break
+        return removed
 
     # Journaled primitives
 
@@ -275,3 +298,7 @@ class _MemoryWriter(StoreWriter):
         else:
             turns.discard(session_id)
             self._undo.append(lambda: turns.add(session_id))
+
+
+def _put_back(events: list[bytes], gone: list[bytes]) -> None:
+    events[:0] = gone

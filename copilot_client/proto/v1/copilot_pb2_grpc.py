@@ -166,7 +166,8 @@ class CopilotServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSession(self, request, context):
-        """Deletes a session's metadata and every event in one transaction.
+        """Deletes a session: once it returns, the session and every event of it
+        are gone for every reader (their space is reclaimed in the background).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,7 +52,9 @@ class CopilotServiceStub:
     ListSessions: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ListSessionsRequest, _copilot_pb2.ListSessionsResponse]
     """Sessions, most recently active first, one page at a time."""
     DeleteSession: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.DeleteSessionRequest, _copilot_pb2.DeleteSessionResponse]
-    """Deletes a session's metadata and every event in one transaction."""
+    """Deletes a session: once it returns, the session and every event of it
+    are gone for every reader (their space is reclaimed in the background).
+    """
     SendMessage: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.SendMessageRequest, _copilot_pb2.SendMessageResponse]
     """Persists a user.message durably and starts a turn, or (while a turn
     runs) queues the message durably behind it; returns the message id.
@@ -121,7 +123,9 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     ListSessions: _aio.UnaryUnaryMultiCallable[_copilot_pb2.ListSessionsRequest, _copilot_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """Sessions, most recently active first, one page at a time."""
     DeleteSession: _aio.UnaryUnaryMultiCallable[_copilot_pb2.DeleteSessionRequest, _copilot_pb2.DeleteSessionResponse]  # type: ignore[assignment]
-    """Deletes a session's metadata and every event in one transaction."""
+    """Deletes a session: once it returns, the session and every event of it
+    are gone for every reader (their space is reclaimed in the background).
+    """
     SendMessage: _aio.UnaryUnaryMultiCallable[_copilot_pb2.SendMessageRequest, _copilot_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Persists a user.message durably and starts a turn, or (while a turn
     runs) queues the message durably behind it; returns the message id.
@@ -223,7 +227,9 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _copilot_pb2.DeleteSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_copilot_pb2.DeleteSessionResponse, _abc.Awaitable[_copilot_pb2.DeleteSessionResponse]]:
-        """Deletes a session's metadata and every event in one transaction."""
+        """Deletes a session: once it returns, the session and every event of it
+        are gone for every reader (their space is reclaimed in the background).
+        """
 
     @_abc_1.abstractmethod
     def SendMessage(
