@@ -16,7 +16,6 @@ what a sweep would delete.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -26,6 +25,7 @@ from typing import Any, Final
 
 from copilotd._config import ConfigError, ConfigFile
 from copilotd._events import SessionMetadata
+from copilotd._periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def select(
     return Selection(selected, pinned_kept)
 
 
-class RetentionSweeper:
+class RetentionSweeper(Periodic):
     """Applies the configured rule at start and then every ``sweep_interval``.
 
     Args:
@@ -185,30 +185,14 @@ class RetentionSweeper:
         if policy.rule is None:
             raise ValueError("retention is off: no rule to sweep with")
         self._rule = policy.rule
-        self._interval = policy.sweep_interval.total_seconds()
         self._prune = prune
-        self._task: asyncio.Task[None] | None = None
+        super().__init__("retention sweep", policy.sweep_interval.total_seconds(), self._sweep)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="retention")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                result = await self._prune(self._rule)
-                log.info(
-                    "retention sweep: deleted %d session(s) %s (%d pinned kept)",
-                    len(result.sessions),
-                    self._rule.describe(),
-                    result.pinned_kept,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the next sweep may well succeed; never stop sweeping
-                log.exception("retention sweep failed")
-            await asyncio.sleep(self._interval)
+    async def _sweep(self) -> None:
+        result = await self._prune(self._rule)
+        log.info(
+            "retention sweep: deleted %d session(s) %s (%d pinned kept)",
+            len(result.sessions),
+            self._rule.describe(),
+            result.pinned_kept,
+        )

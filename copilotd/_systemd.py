@@ -10,13 +10,13 @@ every function here does nothing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import fcntl
 import logging
 import os
 import socket
 from typing import Final
+
+from copilotd._periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -87,23 +87,12 @@ def watchdog_interval() -> float | None:
     return timeout / 2 if timeout > 0 else None
 
 
-class Watchdog:
+class Watchdog(Periodic):
     """Pings ``WATCHDOG=1`` from the event loop, so a stuck loop stops the pings."""
 
     def __init__(self, interval: float) -> None:
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        super().__init__("watchdog", interval, self._ping)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="watchdog")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            notify("WATCHDOG=1")
-            await asyncio.sleep(self._interval)
+    @staticmethod
+    async def _ping() -> None:
+        notify("WATCHDOG=1")
