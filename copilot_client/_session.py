@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from types import TracebackType
@@ -53,6 +54,20 @@ class _Delivery(NamedTuple):
 
 
 _REATTACHED = _Reattached()
+
+
+def _seen(queue: asyncio.Queue[_Item], message_id: str) -> bool:
+    """Whether an event of message ``message_id`` is among those queued (left in place)."""
+    items = [queue.get_nowait() for _ in range(queue.qsize())]
+    for item in items:
+        queue.put_nowait(item)
+    return any(
+        isinstance(item, _Delivery)
+        and (item.event.id == message_id or item.event.data.user_message_id == message_id)
+        for item in items
+    )
+
+
 # Most events of a turn are deltas; converting them for no one was a
 # quarter of send_and_wait's own CPU time.
 _DELTA = SessionEventType.ASSISTANT_MESSAGE_DELTA.value
@@ -84,6 +99,8 @@ class CopilotSession:
         self._stream_error: CopilotError | None = None
         self._destroyed = False
         self._deleted: SessionNotFoundError | None = None
+        # attach() was called: keep the stream even without handlers.
+        self._attached = False
 
     def __repr__(self) -> str:
         return f"CopilotSession(session_id={self.session_id!r})"
@@ -138,15 +155,22 @@ class CopilotSession:
                 session has moved on; nothing was written.
         """
         self._check_usable()
-        message = MessageOptions.coerce(options)
+        return await self._send(MessageOptions.coerce(options), message_id="")
+
+    def _request(self, message: MessageOptions, message_id: str) -> copilot_pb2.SendMessageRequest:
         request = copilot_pb2.SendMessageRequest(
             session_id=self.session_id,
             prompt=message.prompt,
             source=message.source or "",
             mode=_SEND_MODES[message.mode],
+            message_id=message_id,
         )
         if message.expected_last_sequence is not None:
             request.expected_last_sequence = message.expected_last_sequence
+        return request
+
+    async def _send(self, message: MessageOptions, message_id: str) -> str:
+        request = self._request(message, message_id)
         response = await self._transport.call(self._transport.stub.SendMessage, request)
         return response.message_id
 
@@ -167,21 +191,58 @@ class CopilotSession:
         Raises:
             TimeoutError: The turn did not end within ``timeout``.
             SessionFailedError: The turn reported a ``session.error``.
+
+        With no event handler registered, this is one call that returns the
+        turn's outcome; with handlers, they see every event of the turn
+        before this returns. Either way it rides out a restart of the
+        daemon: the message (sent with an id of this client's choosing) is
+        looked up in the log and recorded once.
         """
         self._check_usable()
+        message = MessageOptions.coerce(options)
+        message_id = str(uuid.uuid4())
+        end = asyncio.get_running_loop().time() + timeout
+        if self._handlers:
+            return await self._send_and_wait_streamed(message, message_id, end, resend=False)
+        request = self._request(message, message_id)
+        try:
+            async with asyncio.timeout_at(end):
+                response = await self._transport.call(
+                    self._transport.stub.SendMessageAndWait, request
+                )
+        except DaemonUnavailableError:
+            logger.debug("daemon unavailable during message %s: looking it up", message_id)
+            return await self._send_and_wait_streamed(message, message_id, end, resend=True)
+        if self._stream_task is None or self._stream_task.done():
+            self._last_sequence = max(self._last_sequence, response.turn_end.sequence)
+        if response.HasField("error"):
+            raise SessionFailedError(SessionEvent.from_proto(response.error))
+        return SessionEvent.from_proto(response.answer) if response.HasField("answer") else None
+
+    async def _send_and_wait_streamed(
+        self, message: MessageOptions, message_id: str, end: float, *, resend: bool
+    ) -> SessionEvent | None:
+        """Sends over the unary call and waits for the turn's end on the event stream.
+
+        ``resend``: the message may already be in the log (a call carrying it
+        was cut); it is sent only if the stream's catch-up does not show it.
+        """
         queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._waiters.add(queue)  # before sending: the turn's events may beat the reply
         loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
+        stream_was_running = self._stream_task is not None and not self._stream_task.done()
         try:
             async with asyncio.timeout_at(end):
                 await self._ensure_live()
-                message_id = await self.send(options)
+                if not (resend and _seen(queue, message_id)):
+                    await self._send(message, message_id)
                 answer, failure, replayed = await self._wait_turn_end(queue, message_id)
             if not replayed:  # after a catch-up, the ephemeral session.idle is lost
                 await self._wait_idle(queue, max(0.0, min(IDLE_GRACE, end - loop.time())))
         finally:
             self._waiters.discard(queue)
+            if resend and not stream_was_running and not self._handlers and not self._attached:
+                await self._stop_stream()  # it was only needed to find the message
         if failure is not None:
             raise SessionFailedError(failure)
         return answer
@@ -317,6 +378,7 @@ class CopilotSession:
         events that other clients cause from now on must not be missed.
         """
         self._check_usable()
+        self._attached = True
         await self._ensure_live()
 
     async def _ensure_live(self) -> None:
@@ -415,6 +477,18 @@ class CopilotSession:
                     self.session_id,
                 )
 
+    async def _stop_stream(self) -> None:
+        task, self._stream_task = self._stream_task, None
+        self._live.clear()
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+
     # -- lifetime ------------------------------------------------------------
 
     async def destroy(self) -> None:
@@ -427,15 +501,7 @@ class CopilotSession:
         self._destroyed = True
         self._handlers.clear()
         self._fail_waiters(CopilotError(f"session {self.session_id!r} was destroyed"))
-        task, self._stream_task = self._stream_task, None
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+        await self._stop_stream()
         if self._on_destroy is not None:
             self._on_destroy(self)
 

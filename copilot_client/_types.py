@@ -293,7 +293,8 @@ class EventData:
     event_count: int | None = None
     """``session.resume``: number of persisted events before it."""
     already_in_use: bool | None = None
-    """``session.resume``: another client held the session at the time."""
+    """``session.resume``: another client was using the session at the time
+    (attached to its events, or waiting for one of its turns)."""
     turn_running: bool | None = None
     """``session.resume``: a turn was running at the time."""
     source: str | None = None

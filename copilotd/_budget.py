@@ -63,27 +63,38 @@ class FittedRequest:
 
 
 def fit_to_budget(
-    system: ChatMessage, history: Sequence[ChatMessage], budget: int | None
+    system: ChatMessage,
+    history: Sequence[ChatMessage],
+    budget: int | None,
+    *,
+    history_tokens: int | None = None,
 ) -> FittedRequest:
     """``[system, *history]``, without its oldest messages when over ``budget`` tokens.
 
     ``budget`` None means no limit. ``history`` ends with the newest user
     message, which is kept even when it alone is over the budget (the
     provider then decides; our estimate is high, so it may well fit).
+    ``history_tokens``, the estimate of the whole history when the caller
+    keeps it up to date, spares a pass over it: then only the messages kept
+    when trimming are measured.
     """
-    costs = [message_tokens(m) for m in history]
     system_cost = message_tokens(system)
-    total = system_cost + sum(costs)
+    if history_tokens is None:
+        history_tokens = sum(map(message_tokens, history))
+    total = system_cost + history_tokens
     if budget is None or total <= budget or len(history) <= 1:
         return FittedRequest([system, *history], total)
     first_kept = len(history) - 1
-    used = system_cost + costs[-1]
-    while first_kept > 0 and used + costs[first_kept - 1] <= budget:
+    used = system_cost + message_tokens(history[-1])
+    while first_kept > 0:
+        cost = message_tokens(history[first_kept - 1])
+        if used + cost > budget:
+            break
         first_kept -= 1
-        used += costs[first_kept]
+        used += cost
     # A history must begin with the user: drop an answer whose question is gone.
     while first_kept < len(history) - 1 and history[first_kept].role == "assistant":
-        used -= costs[first_kept]
+        used -= message_tokens(history[first_kept])
         first_kept += 1
     kept = list(history[first_kept:])
     return FittedRequest(

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from copilotd import _events as ev
+from copilotd._budget import message_tokens
 from copilotd._events import SessionEvent
 from copilotd._providers import ChatMessage
 from copilotd._store import Store
@@ -45,6 +46,7 @@ class ContextWindow:
         self._max_chars = max_chars
         self._messages: list[ChatMessage] = []
         self._chars = 0
+        self._tokens = 0
         self.extend(messages)
 
     @classmethod
@@ -73,13 +75,20 @@ class ContextWindow:
         """The messages, oldest first (the window's own list: do not change it)."""
         return self._messages
 
+    @property
+    def tokens(self) -> int:
+        """The estimated tokens of all the messages (kept up to date, for the budget)."""
+        return self._tokens
+
     def extend(self, messages: Iterable[ChatMessage]) -> None:
         """Add newer messages, dropping the oldest ones beyond the budget."""
         for message in messages:
             self._messages.append(message)
             self._chars += len(message.content)
+            self._tokens += message_tokens(message)
         drop = 0
         while self._chars > self._max_chars and drop < len(self._messages) - 1:
             self._chars -= len(self._messages[drop].content)
+            self._tokens -= message_tokens(self._messages[drop])
             drop += 1
         del self._messages[:drop]

@@ -20,8 +20,10 @@ from copilotd._committer import GroupCommitter
 from copilotd._context import ContextWindow, context_messages
 from copilotd._errors import (
     InvalidArgumentError,
+    MessageAlreadyAnsweredError,
     Reason,
     SequenceConflictError,
+    ServiceError,
     SessionExistsError,
     SessionNotFoundError,
     ShuttingDownError,
@@ -30,7 +32,6 @@ from copilotd._errors import (
 from copilotd._events import SessionEvent, SessionMetadata
 from copilotd._fanout import FanOut
 from copilotd._providers import (
-    ChatMessage,
     ProviderRegistry,
     check_provider_config,
     public_provider_config,
@@ -54,6 +55,7 @@ from copilotd._validation import (
     MAX_PAGE_SIZE,
     check_enum,
     check_label,
+    check_message_id,
     check_prompt,
     check_session_id,
     page_size,
@@ -72,6 +74,10 @@ STREAM_BATCH_EVENTS = 256
 # Sessions kept in memory without a running turn; older ones are dropped and
 # reloaded from the store when used again.
 MAX_IDLE_STATES = 1024
+# User messages remembered per session (id -> sequence), so that a client
+# sending a message again with its own id after losing the connection does
+# not record it twice.
+RECENT_MESSAGE_IDS = 256
 INTERRUPTED_AT_RESTART = "interrupted by daemon restart"
 
 
@@ -90,6 +96,28 @@ def store_errors(session_id: str = "") -> Iterator[None]:
         raise StoreFullError(f"the session store is full: {error}") from None
 
 
+@dataclass(frozen=True)
+class TurnOutcome:
+    """How a turn ended: what ``send_message_and_wait`` returns."""
+
+    message_id: str
+    answer: SessionEvent | None
+    error: SessionEvent | None
+    turn_end: SessionEvent
+
+    @classmethod
+    def from_closing_commit(cls, stored: Sequence[SessionEvent]) -> TurnOutcome:
+        """From the events of the commit that closed the turn (turn_end last)."""
+        turn_end = stored[-1]
+        answer = error = None
+        for event in stored:
+            if event.type == ev.ASSISTANT_MESSAGE:
+                answer = event
+            elif event.type == ev.SESSION_ERROR:
+                error = event
+        return cls(turn_end.assistant_turn_end.user_message_id, answer, error, turn_end)
+
+
 @dataclass
 class SessionState:
     """What the daemon keeps in memory about a session while it is in use."""
@@ -103,6 +131,30 @@ class SessionState:
     turn: RunningTurn | None = None
     # Mirror of the record's durable queue of messages waiting for a turn.
     pending: list[PendingMessage] = field(default_factory=list)
+    # Recent user messages' ids and sequence numbers, oldest first.
+    recent_messages: dict[str, int] = field(default_factory=dict)
+    # Callers of send_message_and_wait, by user message id.
+    turn_waiters: dict[str, asyncio.Future[TurnOutcome]] = field(default_factory=dict)
+
+    def remember_messages(self, stored: Sequence[SessionEvent]) -> None:
+        for event in stored:
+            if event.type == ev.USER_MESSAGE:
+                self.recent_messages[event.id] = event.sequence
+                if len(self.recent_messages) > RECENT_MESSAGE_IDS:
+                    del self.recent_messages[next(iter(self.recent_messages))]
+
+    def resolve_waiter(self, message_id: str, outcome: TurnOutcome | BaseException) -> None:
+        waiter = self.turn_waiters.pop(message_id, None)
+        if waiter is None or waiter.done():
+            return
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
+
+    def fail_waiters(self, error: BaseException) -> None:
+        for message_id in list(self.turn_waiters):
+            self.resolve_waiter(message_id, error)
 
 
 class SessionService:
@@ -158,7 +210,11 @@ class SessionService:
 
     def _evict_idle_states(self) -> None:
         excess = len(self._states) - MAX_IDLE_STATES // 2
-        idle = [sid for sid, s in self._states.items() if s.turn is None and not s.pending]
+        idle = [
+            sid
+            for sid, s in self._states.items()
+            if s.turn is None and not s.pending and not s.turn_waiters
+        ]
         for session_id in idle[:excess]:
             del self._states[session_id]
 
@@ -189,20 +245,29 @@ class SessionService:
             state.last_event_id = stored[-1].id
             if state.context is not None:
                 state.context.extend(context_messages(stored))
+            state.remember_messages(stored)
         self.fanout.publish(session_id, stored)
         self._announce_lifecycle(SESSION_UPDATED, session_id, record.metadata)
         if closed_turn:
             if state is not None:
+                if state.turn_waiters and stored:
+                    outcome = TurnOutcome.from_closing_commit(stored)
+                    state.resolve_waiter(outcome.message_id, outcome)
                 self._scheduler.after_turn(session_id, state)
             else:
                 self.publish_ephemeral(session_id, ev.make_event(ev.SESSION_IDLE))
 
-    def release_turn(self, turn: RunningTurn, *, turn_started: bool) -> None:
+    def release_turn(
+        self, turn: RunningTurn, *, turn_started: bool, error: BaseException | None = None
+    ) -> None:
         """Free the session after a turn whose start or end could not be committed."""
         state = self._states.get(turn.session_id)
         if state is None or state.turn is not turn:
             return
         if turn_started:
+            if not isinstance(error, ServiceError):
+                error = ServiceError("the turn's end could not be recorded; see the daemon log")
+            state.resolve_waiter(turn.user_message_id, error)
             self._scheduler.after_turn(turn.session_id, state)
         else:
             # Nothing of the turn was written; queued messages wait for the
@@ -252,12 +317,12 @@ class SessionService:
             event.parent_id = state.last_event_id
         self.fanout.publish(session_id, [event])
 
-    def load_context(self, session_id: str) -> list[ChatMessage]:
-        """The session's recent user and assistant messages, oldest first (cached per session)."""
+    def load_context(self, session_id: str) -> ContextWindow:
+        """The session's recent user and assistant messages (cached per session)."""
         state = self._states[session_id]
         if state.context is None:
             state.context = ContextWindow.load(self._store, session_id)
-        return state.context.messages
+        return state.context
 
     # -- the API --------------------------------------------------------------
 
@@ -324,7 +389,7 @@ class SessionService:
         resume = ev.make_event(
             ev.SESSION_RESUME,
             event_count=record.metadata.last_sequence,
-            already_in_use=self.fanout.subscriber_count(session_id) > 0,
+            already_in_use=self.fanout.subscriber_count(session_id) > 0 or bool(state.turn_waiters),
             turn_running=state.turn is not None,
         )
         if provider is not None:
@@ -365,6 +430,7 @@ class SessionService:
         state = self._states.pop(session_id, None)
         terminal = ev.make_event(ev.SESSION_DELETED, session_id=session_id)
         if state is not None:
+            state.fail_waiters(SessionNotFoundError(session_id))
             terminal.sequence = state.last_sequence
             terminal.parent_id = state.last_event_id
         self.fanout.end(session_id, SessionNotFoundError(session_id), last=[terminal])
@@ -382,26 +448,105 @@ class SessionService:
         *,
         mode: int = 0,
         expected_last_sequence: int | None = None,
+        message_id: str = "",
     ) -> tuple[SessionEvent, bool]:
         """Persist the user message and start its turn, or queue it behind the running one.
 
-        Returns the user.message (its sequence is 0 while queued) and whether it queued.
+        Returns the user.message (its sequence is 0 while queued) and whether
+        it queued. A ``message_id`` this session already holds is not
+        recorded again: the message as it stands is returned.
         """
+        state, user = self._prepare_send(session_id, prompt, source, mode, message_id)
+        if (known := self._known_message(state, user.id)) is not None:
+            return known
+        self._check_sequence(session_id, state, expected_last_sequence)
+        return await self._scheduler.send(
+            session_id, state, user, mode=mode, expected_last_sequence=expected_last_sequence
+        )
+
+    async def send_message_and_wait(
+        self,
+        session_id: str,
+        prompt: str,
+        source: str,
+        *,
+        mode: int = 0,
+        expected_last_sequence: int | None = None,
+        message_id: str = "",
+    ) -> TurnOutcome:
+        """``send_message``, then wait for the end of the message's turn.
+
+        Cancelling the wait leaves the turn running. A ``message_id`` that is
+        queued or running is waited for rather than sent again; one whose
+        turn has ended raises ``MessageAlreadyAnsweredError``.
+        """
+        state, user = self._prepare_send(session_id, prompt, source, mode, message_id)
+        known = self._known_message(state, user.id)
+        if (
+            known is not None
+            and not known[1]
+            and (state.turn is None or state.turn.user_message_id != user.id)
+        ):
+            raise MessageAlreadyAnsweredError(session_id, user.id)
+        if known is None:
+            self._check_sequence(session_id, state, expected_last_sequence)
+        # Registered before sending: the turn may end before the send returns.
+        waiter = state.turn_waiters.get(user.id)
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+            state.turn_waiters[user.id] = waiter
+        if known is None:
+            try:
+                await self._scheduler.send(
+                    session_id,
+                    state,
+                    user,
+                    mode=mode,
+                    expected_last_sequence=expected_last_sequence,
+                )
+            except BaseException:
+                if state.turn_waiters.get(user.id) is waiter:
+                    del state.turn_waiters[user.id]
+                raise
+        # Shielded: a caller that gives up leaves the waiter to others sending
+        # the same id again; the turn's end resolves and removes it.
+        return await asyncio.shield(waiter)
+
+    def _prepare_send(
+        self, session_id: str, prompt: str, source: str, mode: int, message_id: str
+    ) -> tuple[SessionState, SessionEvent]:
+        """Check a send and build its user.message; nothing is written."""
         self._check_running()
         check_prompt(prompt, self.max_prompt_bytes)
         check_label(source, "source")
         check_enum(mode, copilot_pb2.SendMode, "mode")
+        check_message_id(message_id)
         record = self._record(session_id)
         state = self._state(record)
-        if expected_last_sequence is not None and expected_last_sequence != state.last_sequence:
-            raise SequenceConflictError(session_id, expected_last_sequence, state.last_sequence)
         # Refuse a message no provider could answer before anything is written;
         # the route is taken again from the record when the turn begins.
         self.providers.route_for(record.metadata)
         user = ev.make_event(ev.USER_MESSAGE, content=prompt, source=source)
-        return await self._scheduler.send(
-            session_id, state, user, mode=mode, expected_last_sequence=expected_last_sequence
-        )
+        if message_id:
+            user.id = message_id
+        return state, user
+
+    @staticmethod
+    def _check_sequence(
+        session_id: str, state: SessionState, expected_last_sequence: int | None
+    ) -> None:
+        if expected_last_sequence is not None and expected_last_sequence != state.last_sequence:
+            raise SequenceConflictError(session_id, expected_last_sequence, state.last_sequence)
+
+    @staticmethod
+    def _known_message(state: SessionState, message_id: str) -> tuple[SessionEvent, bool] | None:
+        """The message as this session holds it, if it does, and whether it is queued."""
+        if any(queued.message_id == message_id for queued in state.pending):
+            return SessionEvent(id=message_id, type=ev.USER_MESSAGE), True
+        sequence = state.recent_messages.get(message_id)
+        if sequence is None:
+            return None
+        return SessionEvent(id=message_id, sequence=sequence, type=ev.USER_MESSAGE), False
 
     def list_models(self) -> tuple[list[copilot_pb2.ModelInfo], bool]:
         """The models on offer, default first, and whether only the offline model answers."""
@@ -558,6 +703,8 @@ class SessionService:
                     for turn in running
                 )
             )
+        for state in self._states.values():
+            state.fail_waiters(ShuttingDownError())  # queued messages: they run after a restart
         self.fanout.end_all(ShuttingDownError())
         self.lifecycle.end_all(ShuttingDownError())
 

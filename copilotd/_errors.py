@@ -83,6 +83,17 @@ class SequenceConflictError(ServiceError):
         self.trailers = ((CURRENT_SEQUENCE_METADATA_KEY, str(current)),)
 
 
+class MessageAlreadyAnsweredError(ServiceError):
+    status = grpc.StatusCode.ALREADY_EXISTS
+    reason = Reason.ERROR_REASON_MESSAGE_ALREADY_ANSWERED
+
+    def __init__(self, session_id: str, message_id: str) -> None:
+        super().__init__(
+            f"message {message_id!r} of session {session_id!r} was already sent and its turn "
+            "has ended; read its answer with ListEvents, or send a new message with a new id"
+        )
+
+
 class StoreFullError(ServiceError):
     status = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = Reason.ERROR_REASON_STORE_FULL

@@ -102,8 +102,32 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
                     if request.HasField("expected_last_sequence")
                     else None
                 ),
+                message_id=request.message_id,
             )
         return pb.SendMessageResponse(message_id=event.id, sequence=event.sequence, queued=queued)
+
+    async def SendMessageAndWait(
+        self, request: pb.SendMessageRequest, context: Context
+    ) -> pb.SendMessageAndWaitResponse:
+        async with _translate_errors(context, "SendMessageAndWait"):
+            outcome = await self._service.send_message_and_wait(
+                request.session_id,
+                request.prompt,
+                request.source,
+                mode=request.mode,
+                expected_last_sequence=(
+                    request.expected_last_sequence
+                    if request.HasField("expected_last_sequence")
+                    else None
+                ),
+                message_id=request.message_id,
+            )
+        return pb.SendMessageAndWaitResponse(
+            message_id=outcome.message_id,
+            answer=outcome.answer,
+            error=outcome.error,
+            turn_end=outcome.turn_end,
+        )
 
     async def AbortTurn(
         self, request: pb.AbortTurnRequest, context: Context

@@ -144,10 +144,12 @@ class TurnEngine:
         assert route is not None, "begin() sets the route before the turn runs"
         started = time.monotonic()
         try:
+            context = service.load_context(turn.session_id)
             fitted = fit_to_budget(
                 ChatMessage("system", system_prompt(turn.system_message)),
-                service.load_context(turn.session_id),
+                context.messages,
                 route.prompt_budget,
+                history_tokens=context.tokens,
             )
             if fitted.truncation is not None:
                 await service.append(turn.session_id, [self._truncation(turn, fitted.truncation)])
@@ -162,6 +164,8 @@ class TurnEngine:
                     usage = chunk
                 elif chunk.text:
                     turn.text.append(chunk.text)
+                    if not service.fanout.subscriber_count(turn.session_id):
+                        continue  # deltas are live-only: nobody to build them for
                     service.publish_ephemeral(
                         turn.session_id,
                         ev.make_event(
@@ -252,9 +256,9 @@ class TurnEngine:
                 turn.session_id,
                 error.message,
             )
-            self._service.release_turn(turn, turn_started=True)
-        except BaseException:
-            self._service.release_turn(turn, turn_started=True)
+            self._service.release_turn(turn, turn_started=True, error=error)
+        except BaseException as error:
+            self._service.release_turn(turn, turn_started=True, error=error)
             raise
 
     def _assistant_message(

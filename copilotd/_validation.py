@@ -15,6 +15,8 @@ SESSION_ID_RULE: Final = (
     "starting with a letter or a digit"
 )
 
+MESSAGE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
 
 class EnumType(Protocol):
     """What generated protobuf enum wrappers offer."""
@@ -59,6 +61,18 @@ def check_prompt(prompt: str, max_bytes: int) -> str:
             Reason.ERROR_REASON_PROMPT_TOO_LARGE,
         )
     return prompt
+
+
+def check_message_id(message_id: str) -> str:
+    """A client-chosen id for a user message (empty: the daemon picks one)."""
+    if message_id and MESSAGE_ID_PATTERN.fullmatch(message_id) is None:
+        shown = message_id if len(message_id) <= 40 else message_id[:40] + "…"
+        raise InvalidArgumentError(
+            f"invalid message_id {shown!r} ({len(message_id)} characters): a message id is "
+            "1 to 64 characters from A-Z a-z 0-9 . _ : - (leave it empty to let copilotd "
+            "choose one)"
+        )
+    return message_id
 
 
 def page_size(requested: int, default: int) -> int:

@@ -254,6 +254,7 @@ async def test_two_clients_see_each_others_turns(daemon: DaemonProcess) -> None:
         CopilotClient(socket_path=daemon.socket_path, auto_start=False) as second,
     ):
         mine = await first.create_session(session_id="shared")
+        await mine.attach()  # watched by this client from now on
         await mine.send_and_wait("First question")
 
         theirs = await second.resume_session("shared")

@@ -60,6 +60,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE"""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 13
     """INTERNAL"""
+    ERROR_REASON_MESSAGE_ALREADY_ANSWERED: _ErrorReason.ValueType  # 14
+    """ALREADY_EXISTS, on SendMessageAndWait"""
     ERROR_REASON_INVALID_IMPORT: _ErrorReason.ValueType  # 40
     """administration: 40-49
     INVALID_ARGUMENT, on ImportSession
@@ -109,6 +111,8 @@ ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 12
 """UNAVAILABLE"""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 13
 """INTERNAL"""
+ERROR_REASON_MESSAGE_ALREADY_ANSWERED: ErrorReason.ValueType  # 14
+"""ALREADY_EXISTS, on SendMessageAndWait"""
 ERROR_REASON_INVALID_IMPORT: ErrorReason.ValueType  # 40
 """administration: 40-49
 INVALID_ARGUMENT, on ImportSession
@@ -644,12 +648,21 @@ class SendMessageRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     EXPECTED_LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     prompt: _builtins.str
     source: _builtins.str
     """Free-form tag of the sender, stored in the user.message event."""
+    message_id: _builtins.str
+    """Optional id for the user.message event, chosen by the client (1 to 64
+    characters from A-Z a-z 0-9 . _ : -; a random UUID is the usual choice)
+    so that after losing the connection it can find out whether the message
+    was recorded, and send it again safely: a message id the daemon already
+    holds for this session (queued, running, or answered since the daemon
+    started) is not recorded twice. Empty: the daemon picks one.
+    """
     mode: Global___SendMode.ValueType
     """sharing sessions between clients: 30-39"""
     expected_last_sequence: _builtins.int
@@ -664,12 +677,13 @@ class SendMessageRequest(_message.Message):
         session_id: _builtins.str = ...,
         prompt: _builtins.str = ...,
         source: _builtins.str = ...,
+        message_id: _builtins.str = ...,
         mode: Global___SendMode.ValueType = ...,
         expected_last_sequence: _builtins.int | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence", "expected_last_sequence", b"expected_last_sequence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence", "expected_last_sequence", b"expected_last_sequence", "mode", b"mode", "prompt", b"prompt", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence", "expected_last_sequence", b"expected_last_sequence", "message_id", b"message_id", "mode", b"mode", "prompt", b"prompt", "session_id", b"session_id", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_last_sequence: _TypeAlias = _typing.Literal["expected_last_sequence"]  # noqa: Y015
     _WhichOneofArgType__expected_last_sequence: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence"]  # noqa: Y015
@@ -706,6 +720,46 @@ class SendMessageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendMessageResponse: _TypeAlias = SendMessageResponse  # noqa: Y015
+
+@_typing.final
+class SendMessageAndWaitResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    TURN_END_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """Id of the persisted user.message event."""
+    @_builtins.property
+    def answer(self) -> _events_pb2.SessionEvent:
+        """The turn's answer (its assistant.message); unset when it ended without
+        one (aborted or failed before any text, or interrupted).
+        """
+
+    @_builtins.property
+    def error(self) -> _events_pb2.SessionEvent:
+        """The turn's session.error when it failed."""
+
+    @_builtins.property
+    def turn_end(self) -> _events_pb2.SessionEvent:
+        """The turn's assistant.turn_end: its reason says how the turn ended."""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        answer: _events_pb2.SessionEvent | None = ...,
+        error: _events_pb2.SessionEvent | None = ...,
+        turn_end: _events_pb2.SessionEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "error", b"error", "turn_end", b"turn_end"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "error", b"error", "message_id", b"message_id", "turn_end", b"turn_end"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendMessageAndWaitResponse: _TypeAlias = SendMessageAndWaitResponse  # noqa: Y015
 
 @_typing.final
 class AbortTurnRequest(_message.Message):

@@ -69,6 +69,11 @@ class CopilotServiceStub:
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageRequest.SerializeToString,
                 response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageResponse.FromString,
                 _registered_method=True)
+        self.SendMessageAndWait = channel.unary_unary(
+                '/copilot.v1.CopilotService/SendMessageAndWait',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageAndWaitResponse.FromString,
+                _registered_method=True)
         self.AbortTurn = channel.unary_unary(
                 '/copilot.v1.CopilotService/AbortTurn',
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.AbortTurnRequest.SerializeToString,
@@ -176,6 +181,18 @@ class CopilotServiceServicer:
     def SendMessage(self, request, context):
         """Persists a user.message durably and starts a turn, or (while a turn
         runs) queues the message durably behind it; returns the message id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendMessageAndWait(self, request, context):
+        """Sends a message as SendMessage does, then waits until its turn has ended
+        and returns the turn's outcome: one call and one response for a client
+        that needs the answer but not the live events. The turn is not aborted
+        when the call is cancelled or its deadline passes: it runs on, and its
+        events are in the log. ALREADY_EXISTS (MESSAGE_ALREADY_ANSWERED) when
+        message_id names a message whose turn has already ended.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -311,6 +328,11 @@ def add_CopilotServiceServicer_to_server(servicer, server):
                     servicer.SendMessage,
                     request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageRequest.FromString,
                     response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageResponse.SerializeToString,
+            ),
+            'SendMessageAndWait': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendMessageAndWait,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageAndWaitResponse.SerializeToString,
             ),
             'AbortTurn': grpc.unary_unary_rpc_method_handler(
                     servicer.AbortTurn,
@@ -557,6 +579,33 @@ class CopilotService:
             '/copilot.v1.CopilotService/SendMessage',
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageRequest.SerializeToString,
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendMessageAndWait(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/SendMessageAndWait',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageAndWaitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,14 @@ class CopilotServiceStub:
     """Persists a user.message durably and starts a turn, or (while a turn
     runs) queues the message durably behind it; returns the message id.
     """
+    SendMessageAndWait: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.SendMessageRequest, _copilot_pb2.SendMessageAndWaitResponse]
+    """Sends a message as SendMessage does, then waits until its turn has ended
+    and returns the turn's outcome: one call and one response for a client
+    that needs the answer but not the live events. The turn is not aborted
+    when the call is cancelled or its deadline passes: it runs on, and its
+    events are in the log. ALREADY_EXISTS (MESSAGE_ALREADY_ANSWERED) when
+    message_id names a message whose turn has already ended.
+    """
     AbortTurn: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.AbortTurnRequest, _copilot_pb2.AbortTurnResponse]
     """Aborts the running turn, whoever started it."""
     ListEvents: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ListEventsRequest, _copilot_pb2.ListEventsResponse]
@@ -129,6 +137,14 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     SendMessage: _aio.UnaryUnaryMultiCallable[_copilot_pb2.SendMessageRequest, _copilot_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Persists a user.message durably and starts a turn, or (while a turn
     runs) queues the message durably behind it; returns the message id.
+    """
+    SendMessageAndWait: _aio.UnaryUnaryMultiCallable[_copilot_pb2.SendMessageRequest, _copilot_pb2.SendMessageAndWaitResponse]  # type: ignore[assignment]
+    """Sends a message as SendMessage does, then waits until its turn has ended
+    and returns the turn's outcome: one call and one response for a client
+    that needs the answer but not the live events. The turn is not aborted
+    when the call is cancelled or its deadline passes: it runs on, and its
+    events are in the log. ALREADY_EXISTS (MESSAGE_ALREADY_ANSWERED) when
+    message_id names a message whose turn has already ended.
     """
     AbortTurn: _aio.UnaryUnaryMultiCallable[_copilot_pb2.AbortTurnRequest, _copilot_pb2.AbortTurnResponse]  # type: ignore[assignment]
     """Aborts the running turn, whoever started it."""
@@ -239,6 +255,20 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_copilot_pb2.SendMessageResponse, _abc.Awaitable[_copilot_pb2.SendMessageResponse]]:
         """Persists a user.message durably and starts a turn, or (while a turn
         runs) queues the message durably behind it; returns the message id.
+        """
+
+    @_abc_1.abstractmethod
+    def SendMessageAndWait(
+        self,
+        request: _copilot_pb2.SendMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.SendMessageAndWaitResponse, _abc.Awaitable[_copilot_pb2.SendMessageAndWaitResponse]]:
+        """Sends a message as SendMessage does, then waits until its turn has ended
+        and returns the turn's outcome: one call and one response for a client
+        that needs the answer but not the live events. The turn is not aborted
+        when the call is cancelled or its deadline passes: it runs on, and its
+        events are in the log. ALREADY_EXISTS (MESSAGE_ALREADY_ANSWERED) when
+        message_id names a message whose turn has already ended.
         """
 
     @_abc_1.abstractmethod

@@ -215,7 +215,10 @@ class SessionResumeData(_message.Message):
     event_count: _builtins.int
     """Number of persisted events before this one."""
     already_in_use: _builtins.bool
-    """True when another client held the session at the time."""
+    """True when another client was using the session at the time: attached
+    to its live events (StreamEvents) or waiting for one of its turns
+    (SendMessageAndWait).
+    """
     turn_running: _builtins.bool
     """True when a turn was running at the time."""
     @_builtins.property
