@@ -145,6 +145,14 @@ def side_by_side(results: dict[str, Any]) -> str:
                 _throughput(durable["baseline"]),
             ]
         )
+        if "pings" in durable:  # runs before 2026-11-25 had none
+            rows.append(
+                [
+                    f"bare pings/s, {p} processes (CPU per ping, daemon + clients)",
+                    f"{_rate(durable['pings']['per_second'])} ({_cpu(durable['pings'])})",
+                    "—",
+                ]
+            )
         rows.append(
             [
                 f"share of turns per process, {p} processes",

@@ -243,10 +243,13 @@ def bench_durable(root: Path, sizes: Sizes) -> dict[str, Any]:
     }
     daemon = BenchDaemon(root / "durable").start()
     try:
-        log(f"durable: {processes} client processes, copilotd and baseline in alternating slots")
+        log(
+            f"durable: {processes} client processes, pings, copilotd turns and baseline "
+            "turns in alternating slots"
+        )
         figures, results = _interleaved(
             daemon,
-            [_slots.TURNS, _slots.BASELINE],
+            [_slots.PINGS, _slots.TURNS, _slots.BASELINE],
             [1] * processes,
             common,
             sizes.durable_seconds,
@@ -256,6 +259,7 @@ def bench_durable(root: Path, sizes: Sizes) -> dict[str, Any]:
         group_commit = daemon.stop()
     return {
         "processes": processes,
+        "pings": figures[_slots.PINGS],
         "copilotd": figures[_slots.TURNS],
         "baseline": figures[_slots.BASELINE],
         "baseline_synchronous": sorted({r.extra["synchronous"] for r in results}),

@@ -230,7 +230,6 @@ class CopilotSession:
         queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._waiters.add(queue)  # before sending: the turn's events may beat the reply
         loop = asyncio.get_running_loop()
-        stream_was_running = self._stream_task is not None and not self._stream_task.done()
         try:
             async with asyncio.timeout_at(end):
                 await self._ensure_live()
@@ -241,8 +240,8 @@ class CopilotSession:
                 await self._wait_idle(queue, max(0.0, min(IDLE_GRACE, end - loop.time())))
         finally:
             self._waiters.discard(queue)
-            if resend and not stream_was_running and not self._handlers and not self._attached:
-                await self._stop_stream()  # it was only needed to find the message
+            if not (self._waiters or self._handlers or self._attached):
+                await self._stop_stream()  # only send_and_wait needed it
         if failure is not None:
             raise SessionFailedError(failure)
         return answer

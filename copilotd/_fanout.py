@@ -89,6 +89,11 @@ class FanOut(Generic[Item]):
     def subscriber_count(self, key: str) -> int:
         return len(self._subscribers.get(key, ()))
 
+    def has_audience(self, key: str) -> bool:
+        """Whether anything would see items published under ``key`` (so live-only
+        items need not be built otherwise)."""
+        return bool(self._subscribers.get(key))
+
     def publish(self, key: str, items: Sequence[Item]) -> None:
         for subscription in list(self._subscribers.get(key, ())):
             if not subscription._push(items):

@@ -218,6 +218,9 @@ class MeteredFanOut(FanOut[SessionEvent]):
         super().__init__(**options)
         self._metrics = metrics
 
+    def has_audience(self, key: str) -> bool:
+        return True  # the metrics see every event
+
     def publish(self, session_id: str, events: Sequence[SessionEvent]) -> None:
         try:
             self._metrics.observe(session_id, events)

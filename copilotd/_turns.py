@@ -164,7 +164,7 @@ class TurnEngine:
                     usage = chunk
                 elif chunk.text:
                     turn.text.append(chunk.text)
-                    if not service.fanout.subscriber_count(turn.session_id):
+                    if not service.fanout.has_audience(turn.session_id):
                         continue  # deltas are live-only: nobody to build them for
                     service.publish_ephemeral(
                         turn.session_id,

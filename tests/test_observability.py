@@ -115,7 +115,7 @@ async def test_metrics_move_when_turns_run(metered: tuple[DaemonProcess, str]) -
             await client.delete_session("missing")
     after = scrape(url)
 
-    send = "/copilot.v1.CopilotService/SendMessage"
+    send = "/copilot.v1.CopilotService/SendMessageAndWait"  # send_and_wait, no handlers
     assert value(after, "copilotd_rpc_requests_total", method=send, code="OK") == 2
     assert value(after, "copilotd_rpc_duration_seconds_count", method=send) == 2
     delete = "/copilot.v1.CopilotService/DeleteSession"
