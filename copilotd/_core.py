@@ -316,8 +316,14 @@ class SessionService:
         session_id: str,
         tail_events: int,
         provider: events_pb2.ProviderConfig | None = None,
-    ) -> tuple[SessionMetadata, list[SessionEvent]]:
-        """Record a session.resume; ``provider`` (the session's own, again) is held in memory."""
+    ) -> tuple[SessionMetadata, list[SessionEvent], bool]:
+        """Record a session.resume; ``provider`` (the session's own, again) is held in memory.
+
+        Returns the metadata, the last ``tail_events`` events and whether the
+        session.resume was recorded: on a full store it is not, and the resume
+        succeeds anyway, so that a user whose disk is full can still open and
+        read their sessions (and delete some to make room).
+        """
         self._check_running()
         record = self._record(session_id)
         state = self._state(record)
@@ -330,7 +336,12 @@ class SessionService:
         if provider is not None:
             check_provider_config(provider)
             resume.session_resume.provider.CopyFrom(public_provider_config(provider))
-        record, _ = await self.append(session_id, [resume])
+        recorded = True
+        try:
+            record, _ = await self.append(session_id, [resume])
+        except StoreFullError as error:
+            recorded = False
+            log.warning("session %s resumed without a session.resume event: %s", session_id, error)
         if provider is not None:
             await self.providers.hold_session_provider(session_id, provider)
         tail: list[SessionEvent] = []
@@ -340,7 +351,7 @@ class SessionService:
                     session_id, limit=min(tail_events, MAX_PAGE_SIZE), newest_first=True
                 )
             tail.reverse()
-        return record.metadata, tail
+        return record.metadata, tail, recorded
 
     def list_sessions(
         self, requested_page_size: int, page_token: str
