@@ -29,6 +29,7 @@ from copilotd._errors import (
 )
 from copilotd._events import SessionEvent, SessionMetadata
 from copilotd._fanout import FanOut
+from copilotd._idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
 from copilotd._providers import (
     ChatMessage,
     ProviderRegistry,
@@ -117,6 +118,7 @@ class SessionService:
         version: str,
         fanout: FanOut[SessionEvent] | None = None,
         max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
+        idle_context_budget: int = DEFAULT_BUDGET_BYTES,
     ) -> None:
         self._store = store
         self._committer = committer
@@ -126,6 +128,8 @@ class SessionService:
         self.version = version
         self.max_prompt_bytes = max_prompt_bytes
         self._states: dict[str, SessionState] = {}
+        # Bounds the memory of the cached contexts of idle sessions.
+        self.idle_contexts = IdleContexts(idle_context_budget)
         self._turns = TurnEngine(self)
         self._scheduler = TurnScheduler(self, self._turns)
         # Deleted sessions' events are removed after the deletion, in steps.
@@ -160,6 +164,7 @@ class SessionService:
         excess = len(self._states) - MAX_IDLE_STATES // 2
         idle = [sid for sid, s in self._states.items() if s.turn is None and not s.pending]
         for session_id in idle[:excess]:
+            self.idle_contexts.take(session_id)
             del self._states[session_id]
 
     def _record(self, session_id: str) -> SessionRecord:
@@ -187,13 +192,16 @@ class SessionService:
         if state is not None and stored:
             state.last_sequence = stored[-1].sequence
             state.last_event_id = stored[-1].id
-            if state.context is not None:
-                state.context.extend(context_messages(stored))
+            if state.context is not None and (added := context_messages(stored)):
+                self.idle_contexts.take(session_id)  # in use; counted again once idle
+                state.context.extend(added)
         self.fanout.publish(session_id, stored)
         self._announce_lifecycle(SESSION_UPDATED, session_id, record.metadata)
         if closed_turn:
             if state is not None:
                 self._scheduler.after_turn(session_id, state)
+                if state.turn is None:
+                    self.idle_contexts.park(session_id, state)
             else:
                 self.publish_ephemeral(session_id, ev.make_event(ev.SESSION_IDLE))
 
@@ -208,6 +216,8 @@ class SessionService:
             # Nothing of the turn was written; queued messages wait for the
             # next send or the next start rather than failing one after another.
             state.turn = None
+        if state.turn is None:
+            self.idle_contexts.park(turn.session_id, state)
 
     def _announce_lifecycle(
         self, event_type: str, session_id: str, metadata: SessionMetadata | None
@@ -255,6 +265,7 @@ class SessionService:
     def load_context(self, session_id: str) -> list[ChatMessage]:
         """The session's recent user and assistant messages, oldest first (cached per session)."""
         state = self._states[session_id]
+        self.idle_contexts.take(session_id)
         if state.context is None:
             state.context = ContextWindow.load(self._store, session_id)
         return state.context.messages
@@ -374,6 +385,7 @@ class SessionService:
             await self._committer.submit(lambda writer: writer.delete_session(session_id))
         self.purger.kick()
         state = self._states.pop(session_id, None)
+        self.idle_contexts.take(session_id)
         terminal = ev.make_event(ev.SESSION_DELETED, session_id=session_id)
         if state is not None:
             terminal.sequence = state.last_sequence
