@@ -266,6 +266,9 @@ class CopilotClient:
                 stored, so a session created with one needs it after every
                 daemon restart). Overrides ``config``'s.
 
+        On a full store the session is resumed without its ``session.resume``
+        event; the session's ``resume_recorded`` is then False.
+
         Raises:
             SessionNotFoundError: No session has this id.
             InvalidArgumentError: The provider config is invalid.
@@ -282,10 +285,15 @@ class CopilotClient:
         metadata = SessionMetadata.from_proto(response.session)
         if response.tail and response.tail[-1].sequence > metadata.last_sequence:
             metadata = replace(metadata, last_sequence=response.tail[-1].sequence)
-        return self._track(metadata)
+        return self._track(metadata, resume_recorded=not response.resume_not_recorded)
 
-    def _track(self, metadata: SessionMetadata) -> CopilotSession:
-        session = CopilotSession(self._transport, metadata, on_destroy=self._sessions.discard)
+    def _track(self, metadata: SessionMetadata, *, resume_recorded: bool = True) -> CopilotSession:
+        session = CopilotSession(
+            self._transport,
+            metadata,
+            on_destroy=self._sessions.discard,
+            resume_recorded=resume_recorded,
+        )
         self._sessions.add(session)
         return session
 

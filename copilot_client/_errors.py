@@ -22,6 +22,7 @@ package catches these classes.
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING
 
 import grpc
@@ -112,7 +113,9 @@ class ProviderSecretRequiredError(FailedPreconditionError):
 
 
 class ResourceExhaustedError(RPCError):
-    """The daemon ran out of room, or this client fell behind an event stream."""
+    """The daemon ran out of room, this client fell behind an event stream, or a
+    request (or answer) exceeds the gRPC message size limit (``reason`` is then
+    ``""`` and the message gives the sizes)."""
 
 
 class UnauthenticatedError(RPCError):
@@ -183,6 +186,40 @@ _BY_STATUS: dict[grpc.StatusCode, type[RPCError]] = {
 }
 
 
+# grpc's own words when a message exceeds a size limit, e.g. "SERVER: Received
+# message larger than max (9437189 vs. 8388608)". Older grpc releases leave
+# out the side.
+_TOO_LARGE = re.compile(
+    r"(?:(?P<side>SERVER|CLIENT): )?(?P<verb>Received|Sent) message larger than max "
+    r"\((?P<size>\d+) vs\. (?P<limit>\d+)\)"
+)
+_SHORTEN = (
+    "copilotd refuses prompts and system messages over its --max-prompt-bytes "
+    "(1 MiB by default) anyway: shorten the prompt, or send a long text in parts"
+)
+
+
+def _message_too_large(details: str) -> str | None:
+    """A message that says which size limit a call hit, or None if it hit none."""
+    found = _TOO_LARGE.search(details)
+    if found is None:
+        return None
+    size, limit = found["size"], found["limit"]
+    # Who hit its limit: the client sending or receiving, or the daemon.
+    by_client = found["side"] == "CLIENT" or (found["side"] is None and found["verb"] == "Sent")
+    request = (found["verb"] == "Sent") == by_client
+    whose = "this client's" if by_client else "the daemon's"
+    if request:
+        return (
+            f"the request is {size} bytes, over {whose} message size limit of {limit} bytes, "
+            f"so it was not processed; {_SHORTEN}"
+        )
+    return (
+        f"the daemon's answer is {size} bytes, over {whose} message size limit of {limit} "
+        "bytes: read the session's events in smaller pages"
+    )
+
+
 def _trailer(error: grpc.aio.AioRpcError, wanted: str) -> str:
     try:
         metadata = error.trailing_metadata() or ()
@@ -228,6 +265,8 @@ def map_rpc_error(error: grpc.aio.AioRpcError, *, socket_path: str | os.PathLike
         return DaemonUnavailableError(
             message, status=status, reason=reason, socket_path=socket_path
         )
+    if status == grpc.StatusCode.RESOURCE_EXHAUSTED and not reason:
+        details = _message_too_large(details) or details
     mapped = cls(details, status=status, reason=reason)
     if isinstance(mapped, SequenceConflictError):
         current = _trailer(error, CURRENT_SEQUENCE_METADATA_KEY)

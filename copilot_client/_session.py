@@ -87,9 +87,11 @@ class CopilotSession:
         metadata: SessionMetadata,
         *,
         on_destroy: Callable[[CopilotSession], None] | None = None,
+        resume_recorded: bool = True,
     ) -> None:
         self._transport = transport
         self._metadata = metadata
+        self._resume_recorded = resume_recorded
         self._on_destroy = on_destroy
         self._last_sequence = metadata.last_sequence
         self._handlers: dict[object, EventHandler] = {}
@@ -114,6 +116,17 @@ class CopilotSession:
     def metadata(self) -> SessionMetadata:
         """The metadata as last received from the daemon."""
         return self._metadata
+
+    @property
+    def resume_recorded(self) -> bool:
+        """False when the daemon's store was full as this handle resumed the session.
+
+        The session then works as usual for reading (and deleting), but its
+        log has no ``session.resume`` event for this resume, and writes such
+        as :meth:`send` raise ``ResourceExhaustedError`` until there is room.
+        True for created sessions and for every resume that was recorded.
+        """
+        return self._resume_recorded
 
     async def __aenter__(self) -> Self:
         return self

@@ -10,6 +10,7 @@ end, a page at a time, only as far as the budget reaches.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -24,6 +25,14 @@ from copilotd._store import Store
 MAX_CHARS: Final = 512 * 1024
 # Events read per page while loading (backwards from the end).
 LOAD_PAGE_EVENTS: Final = 500
+# Memory a cached message takes besides its text: the ChatMessage and its
+# slot in the window's list.
+MESSAGE_OVERHEAD_BYTES: Final = sys.getsizeof(ChatMessage("user", "", 0)) + 8
+
+
+def message_bytes(message: ChatMessage) -> int:
+    """The memory a cached message holds (Python stores text in 1 to 4 bytes a character)."""
+    return sys.getsizeof(message.content) + MESSAGE_OVERHEAD_BYTES
 
 
 def context_messages(events: Iterable[SessionEvent]) -> list[ChatMessage]:
@@ -47,6 +56,7 @@ class ContextWindow:
         self._messages: list[ChatMessage] = []
         self._chars = 0
         self._tokens = 0
+        self._bytes = 0
         self.extend(messages)
 
     @classmethod
@@ -80,15 +90,22 @@ class ContextWindow:
         """The estimated tokens of all the messages (kept up to date, for the budget)."""
         return self._tokens
 
+    @property
+    def memory_bytes(self) -> int:
+        """The memory the cached messages hold (``message_bytes`` summed)."""
+        return self._bytes
+
     def extend(self, messages: Iterable[ChatMessage]) -> None:
         """Add newer messages, dropping the oldest ones beyond the budget."""
         for message in messages:
             self._messages.append(message)
             self._chars += len(message.content)
             self._tokens += message_tokens(message)
+            self._bytes += message_bytes(message)
         drop = 0
         while self._chars > self._max_chars and drop < len(self._messages) - 1:
             self._chars -= len(self._messages[drop].content)
             self._tokens -= message_tokens(self._messages[drop])
+            self._bytes -= message_bytes(self._messages[drop])
             drop += 1
         del self._messages[:drop]

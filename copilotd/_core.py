@@ -31,6 +31,7 @@ from copilotd._errors import (
 )
 from copilotd._events import SessionEvent, SessionMetadata
 from copilotd._fanout import FanOut
+from copilotd._idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
 from copilotd._providers import (
     ProviderRegistry,
     check_provider_config,
@@ -169,6 +170,7 @@ class SessionService:
         version: str,
         fanout: FanOut[SessionEvent] | None = None,
         max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
+        idle_context_budget: int = DEFAULT_BUDGET_BYTES,
     ) -> None:
         self._store = store
         self._committer = committer
@@ -178,6 +180,8 @@ class SessionService:
         self.version = version
         self.max_prompt_bytes = max_prompt_bytes
         self._states: dict[str, SessionState] = {}
+        # Bounds the memory of the cached contexts of idle sessions.
+        self.idle_contexts = IdleContexts(idle_context_budget)
         self._turns = TurnEngine(self)
         self._scheduler = TurnScheduler(self, self._turns)
         # Deleted sessions' events are removed after the deletion, in steps.
@@ -216,6 +220,7 @@ class SessionService:
             if s.turn is None and not s.pending and not s.turn_waiters
         ]
         for session_id in idle[:excess]:
+            self.idle_contexts.take(session_id)
             del self._states[session_id]
 
     def _record(self, session_id: str) -> SessionRecord:
@@ -243,8 +248,9 @@ class SessionService:
         if state is not None and stored:
             state.last_sequence = stored[-1].sequence
             state.last_event_id = stored[-1].id
-            if state.context is not None:
-                state.context.extend(context_messages(stored))
+            if state.context is not None and (added := context_messages(stored)):
+                self.idle_contexts.take(session_id)  # in use; counted again once idle
+                state.context.extend(added)
             state.remember_messages(stored)
         self.fanout.publish(session_id, stored)
         self._announce_lifecycle(SESSION_UPDATED, session_id, record.metadata)
@@ -254,6 +260,8 @@ class SessionService:
                     outcome = TurnOutcome.from_closing_commit(stored)
                     state.resolve_waiter(outcome.message_id, outcome)
                 self._scheduler.after_turn(session_id, state)
+                if state.turn is None:
+                    self.idle_contexts.park(session_id, state)
             else:
                 self.publish_ephemeral(session_id, ev.make_event(ev.SESSION_IDLE))
 
@@ -273,6 +281,8 @@ class SessionService:
             # Nothing of the turn was written; queued messages wait for the
             # next send or the next start rather than failing one after another.
             state.turn = None
+        if state.turn is None:
+            self.idle_contexts.park(turn.session_id, state)
 
     def _announce_lifecycle(
         self, event_type: str, session_id: str, metadata: SessionMetadata | None
@@ -320,6 +330,7 @@ class SessionService:
     def load_context(self, session_id: str) -> ContextWindow:
         """The session's recent user and assistant messages (cached per session)."""
         state = self._states[session_id]
+        self.idle_contexts.take(session_id)
         if state.context is None:
             state.context = ContextWindow.load(self._store, session_id)
         return state.context
@@ -381,8 +392,14 @@ class SessionService:
         session_id: str,
         tail_events: int,
         provider: events_pb2.ProviderConfig | None = None,
-    ) -> tuple[SessionMetadata, list[SessionEvent]]:
-        """Record a session.resume; ``provider`` (the session's own, again) is held in memory."""
+    ) -> tuple[SessionMetadata, list[SessionEvent], bool]:
+        """Record a session.resume; ``provider`` (the session's own, again) is held in memory.
+
+        Returns the metadata, the last ``tail_events`` events and whether the
+        session.resume was recorded: on a full store it is not, and the resume
+        succeeds anyway, so that a user whose disk is full can still open and
+        read their sessions (and delete some to make room).
+        """
         self._check_running()
         record = self._record(session_id)
         state = self._state(record)
@@ -395,7 +412,12 @@ class SessionService:
         if provider is not None:
             check_provider_config(provider)
             resume.session_resume.provider.CopyFrom(public_provider_config(provider))
-        record, _ = await self.append(session_id, [resume])
+        recorded = True
+        try:
+            record, _ = await self.append(session_id, [resume])
+        except StoreFullError as error:
+            recorded = False
+            log.warning("session %s resumed without a session.resume event: %s", session_id, error)
         if provider is not None:
             await self.providers.hold_session_provider(session_id, provider)
         tail: list[SessionEvent] = []
@@ -405,7 +427,7 @@ class SessionService:
                     session_id, limit=min(tail_events, MAX_PAGE_SIZE), newest_first=True
                 )
             tail.reverse()
-        return record.metadata, tail
+        return record.metadata, tail, recorded
 
     def list_sessions(
         self, requested_page_size: int, page_token: str
@@ -428,6 +450,7 @@ class SessionService:
             await self._committer.submit(lambda writer: writer.delete_session(session_id))
         self.purger.kick()
         state = self._states.pop(session_id, None)
+        self.idle_contexts.take(session_id)
         terminal = ev.make_event(ev.SESSION_DELETED, session_id=session_id)
         if state is not None:
             state.fail_waiters(SessionNotFoundError(session_id))

@@ -10,7 +10,8 @@ loopback address: the endpoint has no authentication.
   lasts from its ``assistant.turn_start`` to its ``assistant.turn_end``; the
   provider's first-token latency runs from ``turn_start`` to the first
   delta; a provider error is a ``session.error``.
-* Store size, session count and running turns are read when scraped.
+* Store size, session count, running turns and the memory of idle sessions'
+  cached contexts are read when scraped.
 """
 
 from __future__ import annotations
@@ -160,10 +161,13 @@ class Metrics:
         store_bytes: Callable[[], int],
         running_turns: Callable[[], int],
         provider_of: Callable[[str], str],
+        idle_context_bytes: Callable[[], int],
     ) -> None:
         """Read the live figures at scrape time; name a session's provider for labels."""
         self._provider_of = provider_of
-        self.registry.register(_LiveFigures(session_count, store_bytes, running_turns))
+        self.registry.register(
+            _LiveFigures(session_count, store_bytes, running_turns, idle_context_bytes)
+        )
 
     def serve(self, address: MetricsAddress) -> str:
         """Start the HTTP endpoint (a thread); returns the ``host:port`` it listens on."""
@@ -235,11 +239,17 @@ class _LiveFigures(Collector):
         session_count: Callable[[], int],
         store_bytes: Callable[[], int],
         running_turns: Callable[[], int],
+        idle_context_bytes: Callable[[], int],
     ) -> None:
         self._figures = (
             ("sessions", "Sessions in the store.", session_count),
             ("store_size_bytes", "Bytes the store's data occupies.", store_bytes),
             ("turns_running", "Turns running now.", running_turns),
+            (
+                "idle_context_bytes",
+                "Memory held by the cached model contexts of idle sessions (bounded).",
+                idle_context_bytes,
+            ),
         )
 
     def collect(self) -> Iterable[GaugeMetricFamily]:

@@ -60,6 +60,7 @@ class Operations:
             session_count=store.session_count,
             store_bytes=store.size_bytes,
             running_turns=lambda: service.running_turns,
+            idle_context_bytes=lambda: service.idle_contexts.bytes,
             provider_of=lambda session_id: _provider_name(store, providers, session_id),
         )
         address = self.metrics.serve(self._metrics_address)

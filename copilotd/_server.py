@@ -44,19 +44,23 @@ from copilotd._secrets import install_log_redaction
 from copilotd._servicer_admin import AdminServicer
 from copilotd._store import LmdbStore, StoreError
 from copilotd._systemd import listen_sockets
-from copilotd._validation import DEFAULT_MAX_PROMPT_BYTES
+from copilotd._validation import DEFAULT_MAX_PROMPT_BYTES, max_message_bytes
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = copilot_pb2.DESCRIPTOR.services_by_name["CopilotService"].full_name
 STORE_SUBDIR = "store"
 DATA_LOCK_NAME = "copilotd.lock"
-# Room for the largest prompt plus protobuf framing.
-GRPC_MESSAGE_LIMIT = 8 * 1024 * 1024
-GRPC_OPTIONS = (
-    ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
-    ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
-)
+
+
+def grpc_options(max_prompt_bytes: int) -> tuple[tuple[str, int], ...]:
+    """Message size limits: above any valid request, so that ours is the error a
+    too-large prompt gets; answers carry stored prompts, so the same for them."""
+    limit = max_message_bytes(max_prompt_bytes)
+    return (
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+    )
 
 
 class StartupError(Exception):
@@ -251,8 +255,9 @@ async def _serve_store(
             server,
         )
 
+    options = grpc_options(config.max_prompt_bytes)
     server = grpc.aio.server(
-        interceptors=[RequestDecoding(), *operations.interceptors()], options=GRPC_OPTIONS
+        interceptors=[RequestDecoding(), *operations.interceptors()], options=options
     )
     register(server)
     # Behind systemd's socket, the server listens privately and a relay joins them.
@@ -264,9 +269,7 @@ async def _serve_store(
     target = channel_target(config.socket_path)
     server.add_insecure_port(channel_target(bound_path))
     try:
-        tcp_server = (
-            await start_tcp_server(config.tcp, register, GRPC_OPTIONS) if config.tcp else None
-        )
+        tcp_server = await start_tcp_server(config.tcp, register, options) if config.tcp else None
     except ConfigError as error:
         await committer.close()
         raise StartupError(str(error)) from None

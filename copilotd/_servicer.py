@@ -67,12 +67,14 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         self, request: pb.ResumeSessionRequest, context: Context
     ) -> pb.ResumeSessionResponse:
         async with _translate_errors(context, "ResumeSession"):
-            metadata, tail = await self._service.resume_session(
+            metadata, tail, recorded = await self._service.resume_session(
                 request.session_id,
                 request.tail_events,
                 request.provider if request.HasField("provider") else None,
             )
-        return pb.ResumeSessionResponse(session=metadata, tail=tail)
+        return pb.ResumeSessionResponse(
+            session=metadata, tail=tail, resume_not_recorded=not recorded
+        )
 
     async def ListSessions(
         self, request: pb.ListSessionsRequest, context: Context

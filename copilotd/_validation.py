@@ -26,6 +26,14 @@ class EnumType(Protocol):
 
 
 DEFAULT_MAX_PROMPT_BYTES: Final = 1024 * 1024
+# gRPC refuses a message above its size limit before any of our code runs,
+# with its own RESOURCE_EXHAUSTED and no copilot-error-reason. The limit is
+# set well above the largest valid request (a prompt or system message at
+# its limit, plus a few short fields), so that a prompt over its limit, even
+# several times over, reaches check_prompt and gets a message that says how
+# to fix it. Only a request beyond this bound is refused by gRPC itself.
+MIN_MESSAGE_BYTES: Final = 8 * 1024 * 1024
+MESSAGE_HEADROOM_BYTES: Final = 1024 * 1024
 DEFAULT_PAGE_SIZE: Final = 50
 DEFAULT_EVENT_PAGE_SIZE: Final = 100
 MAX_PAGE_SIZE: Final = 1000
@@ -73,6 +81,11 @@ def check_message_id(message_id: str) -> str:
             "choose one)"
         )
     return message_id
+
+
+def max_message_bytes(max_prompt_bytes: int) -> int:
+    """The largest gRPC message the daemon reads or writes (see MIN_MESSAGE_BYTES)."""
+    return max(MIN_MESSAGE_BYTES, 4 * max_prompt_bytes + MESSAGE_HEADROOM_BYTES)
 
 
 def page_size(requested: int, default: int) -> int:

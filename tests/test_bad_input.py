@@ -353,7 +353,8 @@ def test_oversized_labels_are_refused(fuzzed: Daemon) -> None:
 
 
 def test_message_size_limits(fuzzed: Daemon) -> None:
-    """Over --max-prompt-bytes: INVALID_ARGUMENT; over gRPC's 8 MiB: RESOURCE_EXHAUSTED."""
+    """Over --max-prompt-bytes: INVALID_ARGUMENT; over the message bound (8 MiB here):
+    gRPC's RESOURCE_EXHAUSTED (more in tests/test_message_size.py)."""
     stub = fuzzed.stub
     with pytest.raises(grpc.RpcError) as caught:
         stub.SendMessage(pb.SendMessageRequest(session_id="beta-1", prompt="p" * 5000))

@@ -307,3 +307,44 @@ async def test_unserved_socket_without_auto_start(sock_dir: Path) -> None:
 def test_socket_path_too_long() -> None:
     with pytest.raises(ValueError, match="107"):
         CopilotClient(socket_path="/tmp/" + "x" * 120)
+
+
+@pytest.mark.parametrize(
+    ("details", "expected"),
+    [
+        (
+            "SERVER: Received message larger than max (9437189 vs. 8388608)",
+            "the request is 9437189 bytes, over the daemon's message size limit of 8388608",
+        ),
+        (
+            "CLIENT: Sent message larger than max (70000000 vs. 67108864)",
+            "the request is 70000000 bytes, over this client's message size limit of 67108864",
+        ),
+        (
+            "Stream removed (CLIENT: Received message larger than max (70000000 vs. 67108864))",
+            "the daemon's answer is 70000000 bytes, over this client's message size limit",
+        ),
+        (
+            "SERVER: Sent message larger than max (9437189 vs. 8388608)",
+            "the daemon's answer is 9437189 bytes, over the daemon's message size limit",
+        ),
+        (
+            "Received message larger than max (10 vs. 5)",
+            "the request is 10 bytes, over the daemon's message size limit of 5",
+        ),
+    ],
+)
+def test_message_size_limits_get_a_clear_message(details: str, expected: str) -> None:
+    error = map_rpc_error(rpc_error("RESOURCE_EXHAUSTED", details), socket_path="s")
+    assert type(error) is ResourceExhaustedError
+    assert error.reason == ""
+    assert expected in error.message
+    if "request" in expected:
+        assert "--max-prompt-bytes" in error.message
+    else:
+        assert "smaller pages" in error.message
+    # The daemon's own RESOURCE_EXHAUSTED keeps its words.
+    full = map_rpc_error(
+        rpc_error("RESOURCE_EXHAUSTED/ERROR_REASON_STORE_FULL", details), socket_path="s"
+    )
+    assert full.message == details

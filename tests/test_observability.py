@@ -127,6 +127,8 @@ async def test_metrics_move_when_turns_run(metered: tuple[DaemonProcess, str]) -
     assert value(after, "copilotd_sessions") == 1
     assert value(after, "copilotd_store_size_bytes") > 0
     assert value(after, "copilotd_turns_running") == 0
+    # The session is idle: its cached context (two prompts, two answers) is counted.
+    assert value(after, "copilotd_idle_context_bytes") > 2 * len("one")
     assert value(after, "process_resident_memory_bytes") > 0
 
     status = json.loads(ok(copilotd(daemon, "status", "--json")))

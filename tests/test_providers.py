@@ -816,6 +816,77 @@ async def test_own_provider_without_a_secret_needs_nothing_after_a_restart(
         assert not any(value in sent for value in AMBIENT.values())
 
 
+# What the SDKs add to requests from the environment (explicit constructor
+# arguments cannot turn these off): the daemon owner's, never a session's.
+DAEMON_HEADERS = {
+    "OPENAI_CUSTOM_HEADERS": (
+        "X-Daemon-Secret: daemon-openai-header\n"
+        "Authorization: Bearer daemon-openai-token\n"
+        "api-key: daemon-azure-key"
+    ),
+    "ANTHROPIC_CUSTOM_HEADERS": (
+        "X-Daemon-Secret: daemon-anthropic-header\n"
+        "Authorization: Bearer daemon-anthropic-token\n"
+        "x-api-key: daemon-anthropic-key"
+    ),
+    "OPENAI_ORG_ID": "daemon-org",
+    "OPENAI_PROJECT_ID": "daemon-project",
+    "OPENAI_ADMIN_KEY": "daemon-admin-key",
+}
+
+
+def own_providers(server: FakeModelServer) -> dict[str, dict[str, str]]:
+    """Session providers of every type and credential, by the model name they serve."""
+    azure = {"type": "azure", "base_url": server.url, "api_version": "2024-10-21"}
+    anthropic = {"type": "anthropic", "base_url": server.url}
+    return {
+        "openai-key": {"type": "openai", "base_url": f"{server.url}/v1", "api_key": SESSION_KEY},
+        "openai-none": {"type": "openai", "base_url": f"{server.url}/v1"},
+        "azure-key": {**azure, "api_key": SESSION_KEY},
+        "azure-token": {**azure, "bearer_token": SESSION_TOKEN},
+        "anthropic-key": {**anthropic, "api_key": SESSION_KEY},
+        "anthropic-token": {**anthropic, "bearer_token": SESSION_TOKEN},
+    }
+
+
+async def test_the_daemons_environment_headers_never_reach_an_own_provider(
+    start_daemon: DaemonFactory, server: FakeModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in DAEMON_HEADERS.items():
+        monkeypatch.setenv(name, value)
+    daemon = start_daemon()
+    own = own_providers(server)
+    async with connect(daemon) as client:
+        for model, provider in own.items():
+            session = await client.create_session(model=model, provider=provider)
+            await session.send_and_wait("Hi")
+        for model in ("gpt-test", "claude-test"):
+            configured = await client.create_session(model=model)
+            await configured.send_and_wait("Hi")
+    *mine, configured_openai, configured_anthropic = server.requests
+    assert len(mine) == len(own)
+
+    for model, request in zip(own, mine, strict=True):
+        assert request.body["model"] == model
+        assert "daemon" not in repr(request.headers), (model, request.headers)
+        for header in ("x-daemon-secret", "openai-organization", "openai-project"):
+            assert header not in request.headers, (model, header)
+        credential = SESSION_TOKEN if model.endswith("token") else SESSION_KEY
+        if model == "azure-key":
+            assert request.headers["api-key"] == SESSION_KEY
+            assert "authorization" not in request.headers
+        elif model == "openai-none":
+            assert request.headers["authorization"] == "Bearer no-key"
+        else:
+            assert request.headers["authorization"] == f"Bearer {credential}", model
+            assert "api-key" not in request.headers and "x-api-key" not in request.headers
+    # The configured providers get what the daemon's environment says, as before.
+    assert configured_openai.headers["x-daemon-secret"] == "daemon-openai-header"
+    assert configured_openai.headers["openai-organization"] == "daemon-org"
+    assert configured_openai.headers["openai-project"] == "daemon-project"
+    assert configured_anthropic.headers["x-daemon-secret"] == "daemon-anthropic-header"
+
+
 @pytest.mark.parametrize(
     ("provider", "complaint"),
     [

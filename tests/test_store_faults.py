@@ -50,7 +50,11 @@ async def connect(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.Copil
 
 
 async def write_until_refused(
-    stub: copilot_pb2_grpc.CopilotServiceStub, prefix: str, written: Written, limit: int = 500
+    stub: copilot_pb2_grpc.CopilotServiceStub,
+    prefix: str,
+    written: Written,
+    limit: int = 500,
+    prompt: str = PROMPT,
 ) -> None:
     """Create sessions with one large message each until the daemon refuses a write.
 
@@ -65,7 +69,7 @@ async def write_until_refused(
             )
             written.messages[session_id] = []
             reply = await stub.SendMessage(
-                pb.SendMessageRequest(session_id=session_id, prompt=PROMPT)
+                pb.SendMessageRequest(session_id=session_id, prompt=prompt)
             )
             written.messages[session_id].append(reply.message_id)
         except grpc.aio.AioRpcError as error:
@@ -146,6 +150,90 @@ async def test_size_cap_refuses_writes_keeps_reads_and_recovers(short_tmp: Path)
         f"\nFIGURES size cap: 1 MiB held {len(written.messages) - len(more.messages)} sessions "
         f"with a 48 KiB message after {len(doomed)} were deleted to make room "
         f"({len(refill.messages)} new ones fitted); raised to 4 MiB: {len(more.messages)} more"
+    )
+
+
+async def resume_until_not_recorded(
+    stub: copilot_pb2_grpc.CopilotServiceStub, session_id: str, limit: int = 2000
+) -> tuple[pb.ResumeSessionResponse, int]:
+    """Resume until the store has no room left for the session.resume event.
+
+    Each recorded resume takes a little room; the one that finds none must
+    still succeed. Returns that response and how many resumes were recorded.
+    """
+    for recorded in range(limit):
+        reply = await stub.ResumeSession(
+            pb.ResumeSessionRequest(session_id=session_id, tail_events=5)
+        )
+        if reply.resume_not_recorded:
+            return reply, recorded
+        assert reply.tail[-1].type == "session.resume"
+    raise AssertionError(f"{limit} resumes recorded and the store is not full")
+
+
+async def test_resume_works_on_a_full_store_without_its_event(short_tmp: Path) -> None:
+    daemon = DaemonProcess(short_tmp, ["--max-store-bytes", "1MiB"]).start()
+    written, topped_up = Written(), Written()
+    try:
+        async with connect(daemon) as stub:
+            await write_until_refused(stub, "fill", written)
+            # Smaller writes take what the large ones left, so few resumes fill the rest.
+            await write_until_refused(stub, "top", topped_up, prompt="y" * 2048)
+            written.messages.update(topped_up.messages)
+            target = next(iter(written.messages))
+            before = await stub.ListEvents(pb.ListEventsRequest(session_id=target))
+
+            reply, recorded = await resume_until_not_recorded(stub, target)
+            # Resumed: the metadata and the tail as stored, with no event added.
+            assert reply.session.session_id == target
+            assert reply.session.last_sequence == before.events[-1].sequence + recorded
+            assert reply.tail[-1].sequence == reply.session.last_sequence
+            daemon.wait_for_output(f"session {target} resumed without a session.resume event")
+            again = await stub.ResumeSession(pb.ResumeSessionRequest(session_id=target))
+            assert again.resume_not_recorded
+
+            # The client says so; reading works; writing still gets the clear error.
+            async with CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client:
+                session = await client.resume_session(target)
+                assert not session.resume_recorded
+                messages = await session.get_messages()
+                assert len(messages) == reply.session.last_sequence
+                with pytest.raises(ResourceExhaustedError, match="Delete old sessions") as full:
+                    await session.send(PROMPT)
+                assert full.value.reason == "ERROR_REASON_STORE_FULL"
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.CreateSession(
+                    pb.CreateSessionRequest(
+                        config=pb.SessionConfig(
+                            session_id="new", system_message=pb.SystemMessage(content=PROMPT)
+                        )
+                    )
+                )
+            assert_store_full(refused.value, "size cap")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.SendMessage(pb.SendMessageRequest(session_id=target, prompt=PROMPT))
+            assert_store_full(refused.value, "size cap")
+            await assert_reads_work(stub, written)
+
+            # Deleting makes room: the next resume is recorded again.
+            for session_id in list(written.messages)[1:4]:
+                await stub.DeleteSession(pb.DeleteSessionRequest(session_id=session_id))
+                del written.messages[session_id]
+            reply = await stub.ResumeSession(
+                pb.ResumeSessionRequest(session_id=target, tail_events=1)
+            )
+            assert not reply.resume_not_recorded
+            assert reply.tail[-1].type == "session.resume"
+            async with CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client:
+                assert (await client.resume_session(target)).resume_recorded
+        assert daemon.terminate() == 0
+        assert_kept(daemon.data_dir, written)
+    finally:
+        daemon.kill()
+    print(
+        f"\nFIGURES resume on a full store: {len(written.messages)} sessions kept; "
+        f"{recorded} resumes recorded before the store had no room for one, then resumed "
+        "without the event"
     )
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any, cast
 
 import anthropic
 
@@ -15,6 +15,11 @@ from copilotd._providers.base import (
     ProviderError,
     TextDelta,
     Usage,
+)
+from copilotd._providers.environment import (
+    ANTHROPIC_CUSTOM_HEADERS,
+    environment_headers,
+    isolated_client,
 )
 from copilotd._providers.http_errors import sdk_errors
 from copilotd._providers.settings import ANTHROPIC_DEFAULT_MAX_OUTPUT_TOKENS, Connection
@@ -29,13 +34,12 @@ class AnthropicMessagesProvider(ModelProvider):
         self.name = connection.name
         self._label = f"anthropic provider {connection.name!r} at {connection.base_url}"
         self._connection = connection
-        self._client = anthropic.AsyncAnthropic(
-            api_key=None if connection.bearer_token else (connection.api_key or NO_KEY),
-            auth_token=connection.bearer_token,
-            base_url=connection.base_url,
-            max_retries=0,  # RetryingProvider retries
-            timeout=anthropic.Timeout(connection.timeout, connect=connection.connect_timeout),
-            default_headers=dict(connection.headers),
+        self._client = isolated_client(
+            lambda headers: _client(connection, headers),
+            connection.headers,
+            {} if connection.use_environment else environment_headers(ANTHROPIC_CUSTOM_HEADERS),
+            anthropic.omit,
+            "anthropic",
         )
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk]:
@@ -78,6 +82,18 @@ class AnthropicMessagesProvider(ModelProvider):
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _client(connection: Connection, headers: Mapping[str, object]) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(
+        api_key=None if connection.bearer_token else (connection.api_key or NO_KEY),
+        auth_token=connection.bearer_token,
+        base_url=connection.base_url,
+        max_retries=0,  # RetryingProvider retries
+        timeout=anthropic.Timeout(connection.timeout, connect=connection.connect_timeout),
+        # Omit values remove a header the SDK would add.
+        default_headers=cast("dict[str, str]", dict(headers)),
+    )
 
 
 def _alternating(messages: Sequence[ChatMessage]) -> list[Any]:

@@ -7,8 +7,8 @@ Serves OpenAI itself, Azure OpenAI (``type = "azure"``: deployments and
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any, cast
 
 import openai
 from openai.types.chat import (
@@ -27,6 +27,12 @@ from copilotd._providers.base import (
     TextDelta,
     Usage,
 )
+from copilotd._providers.environment import (
+    OPENAI_CUSTOM_HEADERS,
+    OPENAI_HEADER_VARIABLES,
+    environment_headers,
+    isolated_client,
+)
 from copilotd._providers.http_errors import sdk_errors
 from copilotd._providers.settings import Connection
 
@@ -40,26 +46,15 @@ class OpenAIChatProvider(ModelProvider):
         self.name = connection.name
         self._label = f"{connection.type} provider {connection.name!r} at {connection.base_url}"
         self._connection = connection
-        options: dict[str, Any] = {
-            "max_retries": 0,  # RetryingProvider retries
-            "timeout": openai.Timeout(connection.timeout, connect=connection.connect_timeout),
-            "default_headers": dict(connection.headers),
-        }
-        self._client: openai.AsyncOpenAI
-        if connection.type == "azure":
-            self._client = openai.AsyncAzureOpenAI(
-                azure_endpoint=connection.base_url,
-                api_version=connection.api_version,
-                api_key=None if connection.bearer_token else (connection.api_key or NO_KEY),
-                azure_ad_token=connection.bearer_token,
-                **options,
-            )
-        else:
-            self._client = openai.AsyncOpenAI(
-                api_key=connection.api_key or connection.bearer_token or NO_KEY,
-                base_url=connection.base_url,
-                **options,
-            )
+        self._client = isolated_client(
+            lambda headers: _client(connection, headers),
+            connection.headers,
+            {}
+            if connection.use_environment
+            else environment_headers(OPENAI_CUSTOM_HEADERS, OPENAI_HEADER_VARIABLES),
+            openai.omit,
+            "openai",
+        )
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk]:
         if self._connection.missing_secret:
@@ -103,6 +98,28 @@ class OpenAIChatProvider(ModelProvider):
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def _client(connection: Connection, headers: Mapping[str, object]) -> openai.AsyncOpenAI:
+    options: dict[str, Any] = {
+        "max_retries": 0,  # RetryingProvider retries
+        "timeout": openai.Timeout(connection.timeout, connect=connection.connect_timeout),
+        # Omit values remove a header the SDK would add.
+        "default_headers": cast("dict[str, str]", dict(headers)),
+    }
+    if connection.type == "azure":
+        return openai.AsyncAzureOpenAI(
+            azure_endpoint=connection.base_url,
+            api_version=connection.api_version,
+            api_key=None if connection.bearer_token else (connection.api_key or NO_KEY),
+            azure_ad_token=connection.bearer_token,
+            **options,
+        )
+    return openai.AsyncOpenAI(
+        api_key=connection.api_key or connection.bearer_token or NO_KEY,
+        base_url=connection.base_url,
+        **options,
+    )
 
 
 def _cached_tokens(usage: Any) -> int:

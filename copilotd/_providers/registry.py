@@ -284,6 +284,7 @@ class ProviderRegistry:
             api_key=config.api_key or None,
             bearer_token=config.bearer_token or None,
             api_version=config.api_version,
+            use_environment=False,  # the daemon's headers are not for the session's server
         )
         held = _SessionProvider(config=config, provider=build_provider(connection))
         self._sessions[session_id] = held

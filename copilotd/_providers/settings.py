@@ -102,6 +102,9 @@ class Connection:
         name: the config table's name, or "session <id>" for a session's own.
         missing_secret: why the configured secret is unavailable (e.g. an
             unset environment variable); calls then fail with that message.
+        use_environment: whether the SDK may add what copilotd's environment
+            says (``OPENAI_CUSTOM_HEADERS``, ``OPENAI_ORG_ID``, …): yes for the
+            configured providers, no for a session's own (``environment.py``).
     """
 
     name: str
@@ -117,6 +120,7 @@ class Connection:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     stream_usage: bool = True
     max_tokens_param: str = "max_completion_tokens"
+    use_environment: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -537,12 +537,22 @@ class ResumeSessionResponse(_message.Message):
 
     SESSION_FIELD_NUMBER: _builtins.int
     TAIL_FIELD_NUMBER: _builtins.int
+    RESUME_NOT_RECORDED_FIELD_NUMBER: _builtins.int
+    resume_not_recorded: _builtins.bool
+    """administration: 40-49
+    True when the store was full (see ErrorReason STORE_FULL): the session
+    was resumed but its session.resume event was not written. Everything
+    else works as after any resume: reads, ending turns and deleting
+    sessions (which frees room); other writes, such as sending a message,
+    get RESOURCE_EXHAUSTED (STORE_FULL) until there is room. False (the
+    default) when the resume was recorded as usual.
+    """
     @_builtins.property
     def session(self) -> Global___SessionMetadata: ...
     @_builtins.property
     def tail(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.SessionEvent]:
         """The latest persisted events, oldest first (the session.resume event
-        last).
+        last, unless resume_not_recorded).
         """
 
     def __init__(
@@ -550,10 +560,11 @@ class ResumeSessionResponse(_message.Message):
         *,
         session: Global___SessionMetadata | None = ...,
         tail: _abc.Iterable[_events_pb2.SessionEvent] | None = ...,
+        resume_not_recorded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "tail", b"tail"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resume_not_recorded", b"resume_not_recorded", "session", b"session", "tail", b"tail"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

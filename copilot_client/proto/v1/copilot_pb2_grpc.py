@@ -157,7 +157,8 @@ class CopilotServiceServicer:
 
     def ResumeSession(self, request, context):
         """Records a session.resume event and returns the metadata and the latest
-        events. NOT_FOUND when missing.
+        events. NOT_FOUND when missing. On a full store the session is resumed
+        without the event (resume_not_recorded).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

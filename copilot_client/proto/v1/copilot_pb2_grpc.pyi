@@ -47,7 +47,8 @@ class CopilotServiceStub:
     """One session's metadata. NOT_FOUND when missing."""
     ResumeSession: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ResumeSessionRequest, _copilot_pb2.ResumeSessionResponse]
     """Records a session.resume event and returns the metadata and the latest
-    events. NOT_FOUND when missing.
+    events. NOT_FOUND when missing. On a full store the session is resumed
+    without the event (resume_not_recorded).
     """
     ListSessions: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ListSessionsRequest, _copilot_pb2.ListSessionsResponse]
     """Sessions, most recently active first, one page at a time."""
@@ -126,7 +127,8 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     """One session's metadata. NOT_FOUND when missing."""
     ResumeSession: _aio.UnaryUnaryMultiCallable[_copilot_pb2.ResumeSessionRequest, _copilot_pb2.ResumeSessionResponse]  # type: ignore[assignment]
     """Records a session.resume event and returns the metadata and the latest
-    events. NOT_FOUND when missing.
+    events. NOT_FOUND when missing. On a full store the session is resumed
+    without the event (resume_not_recorded).
     """
     ListSessions: _aio.UnaryUnaryMultiCallable[_copilot_pb2.ListSessionsRequest, _copilot_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """Sessions, most recently active first, one page at a time."""
@@ -226,7 +228,8 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_copilot_pb2.ResumeSessionResponse, _abc.Awaitable[_copilot_pb2.ResumeSessionResponse]]:
         """Records a session.resume event and returns the metadata and the latest
-        events. NOT_FOUND when missing.
+        events. NOT_FOUND when missing. On a full store the session is resumed
+        without the event (resume_not_recorded).
         """
 
     @_abc_1.abstractmethod
