@@ -479,12 +479,17 @@ class SessionService:
         it queued. A ``message_id`` this session already holds is not
         recorded again: the message as it stands is returned.
         """
-        state, user = self._prepare_send(session_id, prompt, source, mode, message_id)
+        state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
         if (known := self._known_message(state, user.id)) is not None:
             return known
         self._check_sequence(session_id, state, expected_last_sequence)
         return await self._scheduler.send(
-            session_id, state, user, mode=mode, expected_last_sequence=expected_last_sequence
+            session_id,
+            state,
+            user,
+            mode=mode,
+            expected_last_sequence=expected_last_sequence,
+            record=record,
         )
 
     async def send_message_and_wait(
@@ -503,7 +508,7 @@ class SessionService:
         queued or running is waited for rather than sent again; one whose
         turn has ended raises ``MessageAlreadyAnsweredError``.
         """
-        state, user = self._prepare_send(session_id, prompt, source, mode, message_id)
+        state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
         known = self._known_message(state, user.id)
         if (
             known is not None
@@ -526,6 +531,7 @@ class SessionService:
                     user,
                     mode=mode,
                     expected_last_sequence=expected_last_sequence,
+                    record=record,
                 )
             except BaseException:
                 if state.turn_waiters.get(user.id) is waiter:
@@ -537,7 +543,7 @@ class SessionService:
 
     def _prepare_send(
         self, session_id: str, prompt: str, source: str, mode: int, message_id: str
-    ) -> tuple[SessionState, SessionEvent]:
+    ) -> tuple[SessionState, SessionEvent, SessionRecord]:
         """Check a send and build its user.message; nothing is written."""
         self._check_running()
         check_prompt(prompt, self.max_prompt_bytes)
@@ -552,7 +558,7 @@ class SessionService:
         user = ev.make_event(ev.USER_MESSAGE, content=prompt, source=source)
         if message_id:
             user.id = message_id
-        return state, user
+        return state, user, record
 
     @staticmethod
     def _check_sequence(

@@ -19,7 +19,7 @@ from copilot_client.proto.v1 import copilot_pb2
 from copilotd import _events as ev
 from copilotd._errors import SessionNotFoundError
 from copilotd._events import SessionEvent
-from copilotd._store import PendingMessage
+from copilotd._store import PendingMessage, SessionRecord
 
 if TYPE_CHECKING:
     from copilotd._core import SessionService, SessionState
@@ -45,16 +45,17 @@ class TurnScheduler:
         *,
         mode: int,
         expected_last_sequence: int | None,
+        record: SessionRecord | None = None,
     ) -> tuple[SessionEvent, bool]:
         """Start a turn for ``user`` now, or queue it; returns the event and whether it queued.
 
         A queued message's event has no sequence number yet: it gets one
-        when its turn starts.
+        when its turn starts. ``record``: the session's, if just read.
         """
         if state.turn is None and not state.pending:
             turn = self._turns.claim(state, session_id, user.id)
             stored = await self._turns.begin(
-                turn, user, expected_last_sequence=expected_last_sequence
+                turn, user, expected_last_sequence=expected_last_sequence, record=record
             )
             return stored, False
         pending = PendingMessage(

@@ -33,7 +33,7 @@ from copilotd._secrets import REDACTOR
 
 if TYPE_CHECKING:
     from copilotd._core import SessionService, SessionState
-    from copilotd._store import PendingMessage
+    from copilotd._store import PendingMessage, SessionRecord
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class TurnEngine:
         *,
         expected_last_sequence: int | None = None,
         pending: list[PendingMessage] | None = None,
+        record: SessionRecord | None = None,
     ) -> SessionEvent:
         """Commit the user message with its turn_start, then run the turn in a task.
 
@@ -99,7 +100,8 @@ class TurnEngine:
         """
         service = self._service
         try:
-            record = service.store.get_session(turn.session_id)
+            if record is None:  # not read by the caller (no await since, so still current)
+                record = service.store.get_session(turn.session_id)
             if record is None:
                 raise SessionNotFoundError(turn.session_id)
             turn.model = record.metadata.model
