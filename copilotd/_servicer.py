@@ -42,6 +42,19 @@ async def _translate_errors(context: Context, method: str) -> AsyncIterator[None
         await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
+def _send_arguments(request: pb.SendMessageRequest) -> dict[str, Any]:
+    return {
+        "session_id": request.session_id,
+        "prompt": request.prompt,
+        "source": request.source,
+        "mode": request.mode,
+        "expected_last_sequence": (
+            request.expected_last_sequence if request.HasField("expected_last_sequence") else None
+        ),
+        "message_id": request.message_id,
+    }
+
+
 class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
     def __init__(self, service: SessionService) -> None:
         self._service = service
@@ -94,36 +107,14 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         self, request: pb.SendMessageRequest, context: Context
     ) -> pb.SendMessageResponse:
         async with _translate_errors(context, "SendMessage"):
-            event, queued = await self._service.send_message(
-                request.session_id,
-                request.prompt,
-                request.source,
-                mode=request.mode,
-                expected_last_sequence=(
-                    request.expected_last_sequence
-                    if request.HasField("expected_last_sequence")
-                    else None
-                ),
-                message_id=request.message_id,
-            )
+            event, queued = await self._service.send_message(**_send_arguments(request))
         return pb.SendMessageResponse(message_id=event.id, sequence=event.sequence, queued=queued)
 
     async def SendMessageAndWait(
         self, request: pb.SendMessageRequest, context: Context
     ) -> pb.SendMessageAndWaitResponse:
         async with _translate_errors(context, "SendMessageAndWait"):
-            outcome = await self._service.send_message_and_wait(
-                request.session_id,
-                request.prompt,
-                request.source,
-                mode=request.mode,
-                expected_last_sequence=(
-                    request.expected_last_sequence
-                    if request.HasField("expected_last_sequence")
-                    else None
-                ),
-                message_id=request.message_id,
-            )
+            outcome = await self._service.send_message_and_wait(**_send_arguments(request))
         return pb.SendMessageAndWaitResponse(
             message_id=outcome.message_id,
             answer=outcome.answer,

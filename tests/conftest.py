@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import DaemonProcess, short_temp_dir
+from tests.daemon_process import SLOW_DELAY, DaemonProcess, short_temp_dir
 
 
 @pytest.fixture
@@ -19,5 +19,13 @@ def short_tmp() -> Iterator[Path]:
 @pytest.fixture
 def daemon(short_tmp: Path) -> Iterator[DaemonProcess]:
     process = DaemonProcess(short_tmp).start()
+    yield process
+    process.kill()
+
+
+@pytest.fixture
+def slow_daemon(short_tmp: Path) -> Iterator[DaemonProcess]:
+    """A daemon whose offline model takes over a second per turn."""
+    process = DaemonProcess(short_tmp, extra_args=["--offline-delay", SLOW_DELAY]).start()
     yield process
     process.kill()

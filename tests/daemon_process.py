@@ -14,6 +14,9 @@ from typing import Any
 
 READY_MARKER = "serving on"
 START_TIMEOUT = 30.0
+# Seconds before each of the offline model's ~6 deltas: a turn lasts over a
+# second, long enough to watch, time out on, abort, or crash in the middle of.
+SLOW_DELAY = "0.2"
 
 
 def short_temp_dir(prefix: str = "cpd") -> Path:

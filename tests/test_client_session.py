@@ -41,8 +41,6 @@ ROOT = Path(__file__).resolve().parent.parent
 T = SessionEventType
 # Upper bound on waiting for an event; reaching it fails the test instead of hanging.
 EVENT_WAIT = 30.0
-# Seconds before each of the offline model's ~6 deltas: a turn lasts over a second.
-SLOW_DELAY = "0.2"
 TURN = [T.USER_MESSAGE, T.ASSISTANT_TURN_START, T.ASSISTANT_MESSAGE, T.ASSISTANT_TURN_END]
 
 
@@ -98,13 +96,6 @@ def check_log_integrity(history: list[SessionEvent]) -> None:
 async def client(daemon: DaemonProcess) -> AsyncIterator[CopilotClient]:
     async with CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client:
         yield client
-
-
-@pytest.fixture
-def slow_daemon(short_tmp: Path) -> Iterator[DaemonProcess]:
-    process = DaemonProcess(short_tmp, extra_args=["--offline-delay", SLOW_DELAY]).start()
-    yield process
-    process.kill()
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -28,7 +27,6 @@ from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
 from tests.daemon_process import DaemonProcess
 from tests.test_client_session import (
     EVENT_WAIT,
-    SLOW_DELAY,
     TURN,
     Recorder,
     check_log_integrity,
@@ -38,13 +36,6 @@ from tests.test_client_session import (
 T = SessionEventType
 REASON = "copilot-error-reason"
 TurnEndReason = events_pb2.TurnEndReason
-
-
-@pytest.fixture
-def slow_daemon(short_tmp: Path) -> Iterator[DaemonProcess]:
-    process = DaemonProcess(short_tmp, extra_args=["--offline-delay", SLOW_DELAY]).start()
-    yield process
-    process.kill()
 
 
 @pytest.fixture
