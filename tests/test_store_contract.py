@@ -348,6 +348,49 @@ class StoreContract:
 
         check()
 
+    def test_reads_bounded_by_bytes_stop_before_the_event_that_would_pass_the_budget(
+        self, store: Store
+    ) -> None:
+        sizes = [300, 200, 900, 100, 100, 2000, 50]
+        create(store, "s", [user("x" * size) for size in sizes])
+        weight = {e.sequence: e.ByteSize() for e in all_events(store, "s")}
+        budget = weight[2] + weight[3] + weight[4]
+
+        def sequences(**window: Any) -> list[int]:
+            return [e.sequence for e in store.read_events("s", **window)]
+
+        assert sequences(after=1, limit=100, max_bytes=budget) == [2, 3, 4]
+        assert sequences(after=1, limit=100, max_bytes=budget - 1) == [2, 3]
+        assert sequences(after=1, limit=2, max_bytes=budget) == [2, 3]  # the count still bounds
+        # The first event is returned whatever its size: a page is never empty.
+        assert sequences(after=5, limit=100, max_bytes=1) == [6]
+        assert sequences(after=5, limit=100, max_bytes=0) == [6]
+        assert sequences(before=5, limit=100, newest_first=True, max_bytes=budget) == [4, 3, 2]
+        assert sequences(before=7, limit=100, newest_first=True, max_bytes=weight[6] + 1) == [6]
+        assert sequences(limit=100, max_bytes=sum(weight.values())) == list(range(1, 8))
+        assert sequences(after=7, limit=100, max_bytes=1) == []
+        with pytest.raises(ValueError):
+            store.read_events("s", limit=10, max_bytes=-1)
+
+    def test_byte_bounded_pages_walk_every_event_once(self, store: Store) -> None:
+        rng = random.Random(7)
+        create(store, "s", [user("x" * rng.randrange(1, 5000)) for _ in range(60)])
+        budget = 8 * KiB
+        for newest_first in (False, True):
+            seen: list[SessionEvent] = []
+            while page := store.read_events(
+                "s",
+                after=0 if newest_first or not seen else seen[-1].sequence,
+                before=seen[-1].sequence if newest_first and seen else None,
+                limit=1000,
+                newest_first=newest_first,
+                max_bytes=budget,
+            ):
+                assert len(page) == 1 or sum(e.ByteSize() for e in page) <= budget
+                seen += page
+            expected = list(range(1, 61))
+            assert [e.sequence for e in seen] == (expected[::-1] if newest_first else expected)
+
     def test_read_unknown_session(self, store: Store) -> None:
         with pytest.raises(SessionNotFound):
             store.read_events("nope", limit=10)

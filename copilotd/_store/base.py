@@ -21,10 +21,11 @@ The contract:
   nothing and does not stop the others; any other exception aborts the whole
   batch and is raised, leaving the store as it was.
 * **Reads** never see uncommitted data, cost in proportion to what they
-  return (range scans, never a scan of a whole history or of all sessions),
-  and may run in any thread, concurrently with a ``write_batch`` in another
-  thread. Calls to ``write_batch`` may come from several threads; the store
-  serialises them.
+  return (range scans, never a scan of a whole history or of all sessions;
+  an event read can be bounded by bytes as well as by count, so that no
+  answer built from it outgrows a gRPC message), and may run in any thread,
+  concurrently with a ``write_batch`` in another thread. Calls to
+  ``write_batch`` may come from several threads; the store serialises them.
 * **Deletion** removes a session in one transaction: from its commit on, no
   read finds the session or any of its events, and a session later created
   under the same id starts with an empty log. The space of the deleted
@@ -210,6 +211,7 @@ class Store(ABC):
         before: int | None = None,
         limit: int,
         newest_first: bool = False,
+        max_bytes: int | None = None,
     ) -> list[SessionEvent]:
         """Persisted events with ``after < sequence < before``, at most ``limit``.
 
@@ -217,6 +219,16 @@ class Store(ABC):
         With ``newest_first``: the ``limit`` events just before ``before``
         (``None``: from the end), newest first. Raises ``SessionNotFound``;
         ``ValueError`` for a negative bound or limit (a limit of 0 gives []).
+
+        With ``max_bytes``, the read also stops before the event that would
+        bring the summed serialized sizes of the events returned (each one's
+        ``ByteSize()``) past ``max_bytes``; the first event is returned
+        whatever its size, so a read of a non-empty window is never empty.
+        This bounds what an answer carrying the events weighs, and the read
+        costs what it returns: large events beyond the budget are not
+        decoded. The caller cannot tell a page cut by ``max_bytes`` from one
+        that reached the end of the window; the session's ``last_sequence``
+        says whether more follow.
         """
 
     @abstractmethod

@@ -316,8 +316,10 @@ class LmdbStore(Store):
         before: int | None = None,
         limit: int,
         newest_first: bool = False,
+        max_bytes: int | None = None,
     ) -> list[SessionEvent]:
         _check_window(after, before, limit)
+        budget = _records.ByteBudget(max_bytes)
         with self._reading() as txn:
             record = _load_record(txn, self._tables, session_id)
             if record is None:
@@ -326,7 +328,7 @@ class LmdbStore(Store):
                 before = record.metadata.last_sequence + 1
             with txn.cursor(db=self._tables.events) as cursor:
                 scan = _scan_backward if newest_first else _scan_forward
-                return scan(cursor, record.log_number, after, before, limit)
+                return scan(cursor, record.log_number, after, before, limit, budget)
 
     def list_sessions(self, *, limit: int, page_token: str = "") -> tuple[list[SessionRecord], str]:
         if limit < 1:
@@ -676,7 +678,12 @@ def _seek_below(cursor: lmdb.Cursor[bytes], key: bytes) -> bool:
 
 
 def _scan_forward(
-    cursor: lmdb.Cursor[bytes], log_number: int, after: int, before: int, limit: int
+    cursor: lmdb.Cursor[bytes],
+    log_number: int,
+    after: int,
+    before: int,
+    limit: int,
+    budget: _records.ByteBudget,
 ) -> list[SessionEvent]:
     events: list[SessionEvent] = []
     if after >= _records.MAX_U64:
@@ -687,13 +694,20 @@ def _scan_forward(
         key, value = cursor.item()
         if key[: U64.size] != prefix or U64.unpack_from(key, U64.size)[0] >= before:
             break
+        if not budget.take(len(value)):
+            break
         events.append(SessionEvent.FromString(value))
         positioned = cursor.next()
     return events
 
 
 def _scan_backward(
-    cursor: lmdb.Cursor[bytes], log_number: int, after: int, before: int, limit: int
+    cursor: lmdb.Cursor[bytes],
+    log_number: int,
+    after: int,
+    before: int,
+    limit: int,
+    budget: _records.ByteBudget,
 ) -> list[SessionEvent]:
     events: list[SessionEvent] = []
     prefix = U64.pack(log_number)
@@ -701,6 +715,8 @@ def _scan_backward(
     while positioned and len(events) < limit:
         key, value = cursor.item()
         if key[: U64.size] != prefix or U64.unpack_from(key, U64.size)[0] <= after:
+            break
+        if not budget.take(len(value)):
             break
         events.append(SessionEvent.FromString(value))
         positioned = cursor.prev()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -80,9 +81,11 @@ class MemoryStore(Store):
         before: int | None = None,
         limit: int,
         newest_first: bool = False,
+        max_bytes: int | None = None,
     ) -> list[SessionEvent]:
         if after < 0 or (before is not None and before < 0) or limit < 0:
             raise ValueError(f"bad event window: after={after}, before={before}, limit={limit}")
+        budget = _records.ByteBudget(max_bytes)
         with self._lock:
             self._check_open()
             record = self._state.record(session_id)
@@ -96,7 +99,10 @@ class MemoryStore(Store):
                 window = events[max(low, high - limit) : high][::-1]
             else:
                 window = events[low : min(high, low + limit)]
-            return [SessionEvent.FromString(raw) for raw in window]
+            return [
+                SessionEvent.FromString(raw)
+                for raw in itertools.takewhile(lambda raw: budget.take(len(raw)), window)
+            ]
 
     def list_sessions(self, *, limit: int, page_token: str = "") -> tuple[list[SessionRecord], str]:
         if limit < 1:
