@@ -32,7 +32,7 @@ from copilotd._errors import (
 from copilotd._events import SessionEvent, SessionMetadata
 from copilotd._fanout import FanOut
 from copilotd._idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
-from copilotd._paging import EVENT_PAGE_BYTES, byte_batches
+from copilotd._paging import PAGE_BYTES, byte_batches
 from copilotd._providers import (
     ProviderRegistry,
     check_provider_config,
@@ -428,7 +428,7 @@ class SessionService:
                     session_id,
                     limit=min(tail_events, MAX_PAGE_SIZE),
                     newest_first=True,
-                    max_bytes=EVENT_PAGE_BYTES,  # the newest that fit; the rest by ListEvents
+                    max_bytes=PAGE_BYTES,  # the newest that fit; the rest by ListEvents
                 )
             tail.reverse()
         return record.metadata, tail, recorded
@@ -438,7 +438,9 @@ class SessionService:
     ) -> tuple[list[SessionMetadata], str]:
         try:
             records, next_token = self._store.list_sessions(
-                limit=page_size(requested_page_size, DEFAULT_PAGE_SIZE), page_token=page_token
+                limit=page_size(requested_page_size, DEFAULT_PAGE_SIZE),
+                page_token=page_token,
+                max_bytes=PAGE_BYTES,  # system messages may be as large as prompts
             )
         except ValueError:
             raise InvalidArgumentError(
@@ -620,11 +622,11 @@ class SessionService:
                     before=cursor or None,
                     limit=limit,
                     newest_first=True,
-                    max_bytes=EVENT_PAGE_BYTES,
+                    max_bytes=PAGE_BYTES,
                 )
             else:
                 events = self._store.read_events(
-                    session_id, after=cursor, limit=limit, max_bytes=EVENT_PAGE_BYTES
+                    session_id, after=cursor, limit=limit, max_bytes=PAGE_BYTES
                 )
         if not events:
             return events, 0
@@ -662,7 +664,7 @@ class SessionService:
                         session_id,
                         after=cursor,
                         limit=STREAM_BATCH_EVENTS,
-                        max_bytes=EVENT_PAGE_BYTES,
+                        max_bytes=PAGE_BYTES,
                     )
                     if page:
                         cursor = page[-1].sequence

@@ -5,12 +5,13 @@ of 120 turns with 80 KB prompts, about 9.8 MB of events. Before answers were
 bounded by bytes, a ListEvents page of 500 events weighed more than the limit
 and gRPC refused to send it: ``get_messages()`` failed, and so did a
 StreamEvents catch-up, a ResumeSession tail of 1000 events and the export.
-Now every answer that carries events holds at most ``EVENT_PAGE_BYTES`` of
+Now every answer that carries events holds at most ``PAGE_BYTES`` of
 them (or one larger event), and a page cut short by size still leads to the
 next one.
 
-The raw channel here has no receive limit, so what is measured is what the
-daemon sends, not what the client accepts.
+The same holds for a page of sessions whose metadata carries long system
+messages. The raw channel here has no receive limit, so what is measured is
+what the daemon sends, not what the client accepts.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from copilot_client import CopilotClient, SessionEventType
+from copilot_client import CopilotClient, SessionConfig, SessionEventType
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
 from copilotd import _events as ev
 from copilotd._events import SessionEvent
-from copilotd._paging import EVENT_PAGE_BYTES, byte_batches
+from copilotd._paging import PAGE_BYTES, byte_batches
 from copilotd._validation import DEFAULT_MAX_PROMPT_BYTES, max_message_bytes
 from tests.cli_support import copilotd, ok
 from tests.daemon_process import DaemonProcess, short_temp_dir
@@ -55,7 +56,7 @@ def weight(events: Sequence[SessionEvent]) -> int:
 def check_bounded(events: Sequence[SessionEvent], answer_bytes: int) -> None:
     """What every answer carrying events must be: under the budget, or one event alone."""
     assert answer_bytes <= LIMIT
-    assert len(events) == 1 or weight(events) <= EVENT_PAGE_BYTES
+    assert len(events) == 1 or weight(events) <= PAGE_BYTES
 
 
 def check_chain(events: Sequence[SessionEvent], first: int = 1) -> None:
@@ -126,8 +127,8 @@ async def read_all(
 
 
 def test_the_page_budget_is_what_the_proto_documents() -> None:
-    assert 2 * MiB == EVENT_PAGE_BYTES
-    assert EVENT_PAGE_BYTES <= LIMIT // 4
+    assert 2 * MiB == PAGE_BYTES
+    assert PAGE_BYTES <= LIMIT // 4
 
 
 def test_byte_batches_split_a_burst_in_order() -> None:
@@ -165,6 +166,7 @@ async def test_get_messages_returns_every_event_of_a_history_over_the_limit(
 async def test_a_list_events_walk_gets_everything_in_pages_under_the_limit(
     stub: copilot_pb2_grpc.CopilotServiceStub, big: int
 ) -> None:
+    figures: list[str] = []
     for page_size, newest_first in ((500, False), (1000, False), (1000, True)):
         pages: list[pb.ListEventsResponse] = []
         events = await read_all(
@@ -180,10 +182,13 @@ async def test_a_list_events_walk_gets_everything_in_pages_under_the_limit(
         # Every page but the last was cut by size, not by count, and has a cursor.
         assert all(len(page.events) < page_size and page.next_cursor for page in pages[:-1])
         assert pages[-1].next_cursor == 0
+        figures.append(
+            f"page_size {page_size}{' newest first' if newest_first else ''}: {len(pages)} "
+            f"pages of at most {max(p.ByteSize() for p in pages)} bytes"
+        )
     print(
-        f"\nFIGURES large history: {len(events)} events, {weight(events)} bytes; ListEvents "
-        f"page_size 500 -> {len(pages)} pages of at most "
-        f"{max(p.ByteSize() for p in pages)} bytes (limit {LIMIT})"
+        f"\nFIGURES large history: {len(events)} events, {weight(events)} bytes, read by "
+        f"ListEvents with {'; '.join(figures)} (limit {LIMIT})"
     )
 
 
@@ -270,7 +275,7 @@ async def test_resume_returns_the_newest_events_that_fit(
         )
     )
     assert [e.sequence for e in before.events] == [tail[0].sequence - 1]
-    assert weight(tail) + before.events[0].ByteSize() > EVENT_PAGE_BYTES
+    assert weight(tail) + before.events[0].ByteSize() > PAGE_BYTES
     # The client's resume (a tail of 50) and what follows work as usual.
     session = await client.resume_session(BIG)
     assert session.session_id == BIG
@@ -292,3 +297,31 @@ def test_export_and_sessions_show_carry_every_event(
     assert [int(e["sequence"]) for e in shown["events"]] == list(range(1, len(events) + 1))
     shown_prompts = [e["user_message"]["content"] for e in shown["events"] if "user_message" in e]
     assert shown_prompts[:TURNS] == [prompt(index) for index in range(TURNS)]
+
+
+async def test_sessions_with_long_system_messages_are_listed_in_pages_under_the_limit(
+    daemon: DaemonProcess, client: CopilotClient, stub: copilot_pb2_grpc.CopilotServiceStub
+) -> None:
+    # Ten system messages of 900 KB: one page of them would be over the limit.
+    ids = [f"system-{index}" for index in range(10)]
+    for session_id in ids:
+        await client.create_session(
+            SessionConfig(session_id=session_id, system_message={"content": "s" * 900_000})
+        )
+    listed = [metadata.session_id for metadata in await client.list_sessions()]
+    assert listed[: len(ids)] == ids[::-1]
+    sizes: list[int] = []
+    token = ""
+    walked: list[str] = []
+    while True:
+        page = await stub.ListSessions(pb.ListSessionsRequest(page_size=1000, page_token=token))
+        assert page.ByteSize() <= LIMIT
+        assert len(page.sessions) == 1 or sum(m.ByteSize() for m in page.sessions) <= PAGE_BYTES
+        sizes.append(page.ByteSize())
+        walked += [metadata.session_id for metadata in page.sessions]
+        token = page.next_page_token
+        if not token:
+            break
+    assert walked == listed and len(sizes) > 3
+    shown = json.loads(ok(copilotd(daemon, "sessions", "list", "--json")))
+    assert [session["session_id"] for session in shown] == listed

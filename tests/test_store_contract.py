@@ -570,6 +570,36 @@ class StoreContract:
             records = [r for page in walk(store, page_size) for r in page]
             assert listed_ids(records) == sorted(ids, reverse=True)
 
+    def test_listing_bounded_by_bytes_walks_every_session_once(self, store: Store) -> None:
+        rng = random.Random(11)
+        ids = [f"s{n:02d}" for n in range(40)]
+        for session_id in ids:  # one by one: the listing order is the creation order
+            metadata = SessionMetadata(session_id=session_id)
+            metadata.system_message.content = "y" * rng.randrange(0, 3000)
+            run(store, lambda writer, m=metadata: writer.create_session(m, [user("hi")]))
+        budget = 6 * KiB
+        pages: list[list[SessionRecord]] = []
+        token = ""
+        while True:
+            page, token = store.list_sessions(limit=1000, page_token=token, max_bytes=budget)
+            pages.append(page)
+            assert page, "a page with a token after it is never empty"
+            assert len(page) == 1 or sum(r.metadata.ByteSize() for r in page) <= budget
+            if not token:
+                break
+        assert listed_ids(r for page in pages for r in page) == ids[::-1]
+        assert len(pages) > 3
+        # Each page stopped before the session that did not fit.
+        for page, following in itertools.pairwise(pages):
+            weight = sum(r.metadata.ByteSize() for r in page)
+            assert weight + following[0].metadata.ByteSize() > budget
+        # The first session is listed whatever its size; the count still bounds.
+        assert len(store.list_sessions(limit=1000, max_bytes=1)[0]) == 1
+        page, token = store.list_sessions(limit=2, max_bytes=1 << 30)
+        assert listed_ids(page) == ids[:-3:-1] and token
+        with pytest.raises(ValueError):
+            store.list_sessions(limit=10, max_bytes=-1)
+
     def test_listing_an_empty_store(self, store: Store) -> None:
         assert store.list_sessions(limit=10) == ([], "")
 

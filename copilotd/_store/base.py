@@ -22,8 +22,8 @@ The contract:
   batch and is raised, leaving the store as it was.
 * **Reads** never see uncommitted data, cost in proportion to what they
   return (range scans, never a scan of a whole history or of all sessions;
-  an event read can be bounded by bytes as well as by count, so that no
-  answer built from it outgrows a gRPC message), and may run in any thread,
+  event reads and listing can be bounded by bytes as well as by count, so
+  that no answer built from them outgrows a gRPC message), and may run in any thread,
   concurrently with a ``write_batch`` in another thread. Calls to
   ``write_batch`` may come from several threads; the store serialises them.
 * **Deletion** removes a session in one transaction: from its commit on, no
@@ -232,12 +232,18 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def list_sessions(self, *, limit: int, page_token: str = "") -> tuple[list[SessionRecord], str]:
+    def list_sessions(
+        self, *, limit: int, page_token: str = "", max_bytes: int | None = None
+    ) -> tuple[list[SessionRecord], str]:
         """Up to ``limit`` sessions, most recently modified first, after ``page_token``.
 
         Returns the page and the token of the next one ("" when this was the
         last page). Raises ``ValueError`` for a token this store did not issue
-        and for a ``limit`` below 1.
+        and for a ``limit`` below 1. With ``max_bytes``, the page also stops
+        before the session whose metadata would bring the summed sizes of the
+        page's metadata (``ByteSize()``; a system message may weigh as much as
+        a prompt) past ``max_bytes``, as ``read_events`` does; the first is
+        always returned, and the token leads on to the rest.
         """
 
     @abstractmethod

@@ -330,17 +330,24 @@ class LmdbStore(Store):
                 scan = _scan_backward if newest_first else _scan_forward
                 return scan(cursor, record.log_number, after, before, limit, budget)
 
-    def list_sessions(self, *, limit: int, page_token: str = "") -> tuple[list[SessionRecord], str]:
+    def list_sessions(
+        self, *, limit: int, page_token: str = "", max_bytes: int | None = None
+    ) -> tuple[list[SessionRecord], str]:
         if limit < 1:
             raise ValueError(f"limit must be positive, not {limit}")
         start = _records.decode_page_token(page_token) if page_token else None
+        budget = _records.ByteBudget(max_bytes)
         with self._reading() as txn, txn.cursor(db=self._tables.recency) as cursor:
             positioned = cursor.last() if start is None else _seek_below(cursor, start)
             page: list[SessionRecord] = []
             last_key = b""
             while positioned and len(page) < limit:
-                last_key = cursor.key()
-                page.append(self._indexed_record(txn, last_key[U64.size :]))
+                key = cursor.key()
+                record = self._indexed_record(txn, key[U64.size :])
+                if not budget.take(record.metadata.ByteSize()):
+                    break
+                page.append(record)
+                last_key = key
                 positioned = cursor.prev()
             return page, _records.encode_page_token(last_key) if positioned else ""
 

@@ -579,7 +579,10 @@ class ListSessionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """0: the default (50); values above 1000 are treated as 1000."""
+    """0: the default (50); values above 1000 are treated as 1000. A page may
+    hold fewer sessions than asked for when their metadata is large (long
+    system messages): keep reading until next_page_token is empty.
+    """
     page_token: _builtins.str
     """From the previous response; empty for the first page."""
     def __init__(
@@ -603,9 +606,13 @@ class ListSessionsResponse(_message.Message):
     SESSIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Empty when this is the last page."""
+    """Empty when this is the last page; a page cut short by its size has one."""
     @_builtins.property
-    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionMetadata]: ...
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionMetadata]:
+        """At most page_size sessions whose metadata sums to at most 2 MiB
+        (serialized); a larger one comes alone.
+        """
+
     def __init__(
         self,
         *,
