@@ -32,6 +32,7 @@ from copilotd._errors import (
 from copilotd._events import SessionEvent, SessionMetadata
 from copilotd._fanout import FanOut
 from copilotd._idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
+from copilotd._paging import PAGE_BYTES, byte_batches
 from copilotd._providers import (
     ProviderRegistry,
     check_provider_config,
@@ -424,7 +425,10 @@ class SessionService:
         if tail_events:
             with store_errors(session_id):
                 tail = self._store.read_events(
-                    session_id, limit=min(tail_events, MAX_PAGE_SIZE), newest_first=True
+                    session_id,
+                    limit=min(tail_events, MAX_PAGE_SIZE),
+                    newest_first=True,
+                    max_bytes=PAGE_BYTES,  # the newest that fit; the rest by ListEvents
                 )
             tail.reverse()
         return record.metadata, tail, recorded
@@ -434,7 +438,9 @@ class SessionService:
     ) -> tuple[list[SessionMetadata], str]:
         try:
             records, next_token = self._store.list_sessions(
-                limit=page_size(requested_page_size, DEFAULT_PAGE_SIZE), page_token=page_token
+                limit=page_size(requested_page_size, DEFAULT_PAGE_SIZE),
+                page_token=page_token,
+                max_bytes=PAGE_BYTES,  # system messages may be as large as prompts
             )
         except ValueError:
             raise InvalidArgumentError(
@@ -618,23 +624,40 @@ class SessionService:
         with store_errors(session_id):
             if newest_first:
                 events = self._store.read_events(
-                    session_id, before=cursor or None, limit=limit, newest_first=True
+                    session_id,
+                    before=cursor or None,
+                    limit=limit,
+                    newest_first=True,
+                    max_bytes=PAGE_BYTES,
                 )
             else:
-                events = self._store.read_events(session_id, after=cursor, limit=limit)
-        next_cursor = events[-1].sequence if len(events) == limit else 0
-        if newest_first and next_cursor == 1:
-            next_cursor = 0
-        return events, next_cursor
+                events = self._store.read_events(
+                    session_id, after=cursor, limit=limit, max_bytes=PAGE_BYTES
+                )
+        if not events:
+            return events, 0
+        # A page cut short by its byte budget holds fewer events than asked
+        # for: whether more follow is told by the sequence numbers, not the count.
+        last = events[-1].sequence
+        more = last > 1 if newest_first else not self._read_to_end(session_id, last)
+        return events, last if more else 0
+
+    def _read_to_end(self, session_id: str, sequence: int) -> bool:
+        """Whether ``sequence`` is the session's last persisted event (or past it)."""
+        record = self._store.get_session(session_id)
+        if record is None:
+            raise SessionNotFoundError(session_id)
+        return sequence >= record.metadata.last_sequence
 
     async def stream_events(
         self, session_id: str, after_sequence: int
-    ) -> AsyncGenerator[tuple[list[SessionEvent], bool]]:
+    ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
         """Persisted events after the cursor, then live ones, as ``(batch, live)`` pairs.
 
         The subscription is registered before the store is read, so nothing
         committed in between is missed; events already delivered from the
-        store are skipped when they come in live.
+        store are skipped when they come in live. Every batch is bounded by
+        bytes (``byte_batches``), however far behind the subscriber is.
         """
         self._check_running()
         self._record(session_id)
@@ -644,14 +667,17 @@ class SessionService:
             while True:
                 with store_errors(session_id):
                     page = self._store.read_events(
-                        session_id, after=cursor, limit=STREAM_BATCH_EVENTS
+                        session_id,
+                        after=cursor,
+                        limit=STREAM_BATCH_EVENTS,
+                        max_bytes=PAGE_BYTES,
                     )
-                if page:
-                    cursor = page[-1].sequence
-                if len(page) < STREAM_BATCH_EVENTS:
-                    yield page, True
+                    if page:
+                        cursor = page[-1].sequence
+                    caught_up = not page or self._read_to_end(session_id, cursor)
+                yield page, caught_up
+                if caught_up:
                     break
-                yield page, False
             while True:
                 batch = await subscription.next_batch()
                 fresh = [
@@ -662,8 +688,8 @@ class SessionService:
                 for event in fresh:
                     if not event.ephemeral:
                         cursor = event.sequence
-                if fresh:
-                    yield fresh, True
+                for part in byte_batches(fresh):
+                    yield part, True
         finally:
             self.fanout.unsubscribe(subscription)
 

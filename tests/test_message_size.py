@@ -61,12 +61,30 @@ async def test_a_valid_prompt_above_8_mib_of_answer_works(
         answer = await session.send_and_wait(prompt, timeout=60)
         assert answer is not None
         await session.send_and_wait(prompt, timeout=60)
-        # Two stored prompts of 4 MiB: more than 8 MiB in one answer.
+        # Two stored prompts of 4 MiB: more than 8 MiB of history, read back
+        # in pages that hold an event larger than the page budget alone.
+        history = await session.get_messages()
+        assert [e.data.content for e in history if e.type.value == "user.message"] == [
+            prompt,
+            prompt,
+        ]
+        page = await stub.ListEvents(pb.ListEventsRequest(session_id="big", page_size=1000))
+        assert [e.type for e in page.events] == ["session.start", "session.resume"]
+        page = await stub.ListEvents(
+            pb.ListEventsRequest(session_id="big", cursor=page.next_cursor, page_size=1000)
+        )
+        assert [e.user_message.content for e in page.events] == [prompt]
+        assert page.next_cursor == 3
+        # The resume tail holds the newest events that fit its budget.
         resumed = await stub.ResumeSession(
             pb.ResumeSessionRequest(session_id="big", tail_events=20)
         )
-        prompts = [e.user_message.content for e in resumed.tail if e.type == "user.message"]
-        assert prompts == [prompt, prompt]
+        assert [e.type for e in resumed.tail] == [
+            "assistant.turn_start",
+            "assistant.message",
+            "assistant.turn_end",
+            "session.resume",
+        ]
 
 
 async def test_a_prompt_over_its_limit_gets_our_error(

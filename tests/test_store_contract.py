@@ -348,6 +348,49 @@ class StoreContract:
 
         check()
 
+    def test_reads_bounded_by_bytes_stop_before_the_event_that_would_pass_the_budget(
+        self, store: Store
+    ) -> None:
+        sizes = [300, 200, 900, 100, 100, 2000, 50]
+        create(store, "s", [user("x" * size) for size in sizes])
+        weight = {e.sequence: e.ByteSize() for e in all_events(store, "s")}
+        budget = weight[2] + weight[3] + weight[4]
+
+        def sequences(**window: Any) -> list[int]:
+            return [e.sequence for e in store.read_events("s", **window)]
+
+        assert sequences(after=1, limit=100, max_bytes=budget) == [2, 3, 4]
+        assert sequences(after=1, limit=100, max_bytes=budget - 1) == [2, 3]
+        assert sequences(after=1, limit=2, max_bytes=budget) == [2, 3]  # the count still bounds
+        # The first event is returned whatever its size: a page is never empty.
+        assert sequences(after=5, limit=100, max_bytes=1) == [6]
+        assert sequences(after=5, limit=100, max_bytes=0) == [6]
+        assert sequences(before=5, limit=100, newest_first=True, max_bytes=budget) == [4, 3, 2]
+        assert sequences(before=7, limit=100, newest_first=True, max_bytes=weight[6] + 1) == [6]
+        assert sequences(limit=100, max_bytes=sum(weight.values())) == list(range(1, 8))
+        assert sequences(after=7, limit=100, max_bytes=1) == []
+        with pytest.raises(ValueError):
+            store.read_events("s", limit=10, max_bytes=-1)
+
+    def test_byte_bounded_pages_walk_every_event_once(self, store: Store) -> None:
+        rng = random.Random(7)
+        create(store, "s", [user("x" * rng.randrange(1, 5000)) for _ in range(60)])
+        budget = 8 * KiB
+        for newest_first in (False, True):
+            seen: list[SessionEvent] = []
+            while page := store.read_events(
+                "s",
+                after=0 if newest_first or not seen else seen[-1].sequence,
+                before=seen[-1].sequence if newest_first and seen else None,
+                limit=1000,
+                newest_first=newest_first,
+                max_bytes=budget,
+            ):
+                assert len(page) == 1 or sum(e.ByteSize() for e in page) <= budget
+                seen += page
+            expected = list(range(1, 61))
+            assert [e.sequence for e in seen] == (expected[::-1] if newest_first else expected)
+
     def test_read_unknown_session(self, store: Store) -> None:
         with pytest.raises(SessionNotFound):
             store.read_events("nope", limit=10)
@@ -526,6 +569,36 @@ class StoreContract:
         for page_size in (1, 2, 5):
             records = [r for page in walk(store, page_size) for r in page]
             assert listed_ids(records) == sorted(ids, reverse=True)
+
+    def test_listing_bounded_by_bytes_walks_every_session_once(self, store: Store) -> None:
+        rng = random.Random(11)
+        ids = [f"s{n:02d}" for n in range(40)]
+        for session_id in ids:  # one by one: the listing order is the creation order
+            metadata = SessionMetadata(session_id=session_id)
+            metadata.system_message.content = "y" * rng.randrange(0, 3000)
+            run(store, lambda writer, m=metadata: writer.create_session(m, [user("hi")]))
+        budget = 6 * KiB
+        pages: list[list[SessionRecord]] = []
+        token = ""
+        while True:
+            page, token = store.list_sessions(limit=1000, page_token=token, max_bytes=budget)
+            pages.append(page)
+            assert page, "a page with a token after it is never empty"
+            assert len(page) == 1 or sum(r.metadata.ByteSize() for r in page) <= budget
+            if not token:
+                break
+        assert listed_ids(r for page in pages for r in page) == ids[::-1]
+        assert len(pages) > 3
+        # Each page stopped before the session that did not fit.
+        for page, following in itertools.pairwise(pages):
+            weight = sum(r.metadata.ByteSize() for r in page)
+            assert weight + following[0].metadata.ByteSize() > budget
+        # The first session is listed whatever its size; the count still bounds.
+        assert len(store.list_sessions(limit=1000, max_bytes=1)[0]) == 1
+        page, token = store.list_sessions(limit=2, max_bytes=1 << 30)
+        assert listed_ids(page) == ids[:-3:-1] and token
+        with pytest.raises(ValueError):
+            store.list_sessions(limit=10, max_bytes=-1)
 
     def test_listing_an_empty_store(self, store: Store) -> None:
         assert store.list_sessions(limit=10) == ([], "")

@@ -131,3 +131,24 @@ def decode_page_token(token: str) -> bytes:
     except (binascii.Error, ValueError):
         raise ValueError(f"malformed page token {token!r}") from None
     return key
+
+
+class ByteBudget:
+    """How many serialized bytes an event read may still return (``read_events``'s
+    ``max_bytes``): the first event always fits, the others while the sum does."""
+
+    def __init__(self, max_bytes: int | None) -> None:
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes must not be negative, not {max_bytes}")
+        self._left = max_bytes
+        self._first = True
+
+    def take(self, size: int) -> bool:
+        """Count an event of ``size`` bytes if it fits; False (nothing counted) if not."""
+        if self._left is None:
+            return True
+        if size > self._left and not self._first:
+            return False
+        self._left = max(0, self._left - size)
+        self._first = False
+        return True

@@ -21,10 +21,11 @@ The contract:
   nothing and does not stop the others; any other exception aborts the whole
   batch and is raised, leaving the store as it was.
 * **Reads** never see uncommitted data, cost in proportion to what they
-  return (range scans, never a scan of a whole history or of all sessions),
-  and may run in any thread, concurrently with a ``write_batch`` in another
-  thread. Calls to ``write_batch`` may come from several threads; the store
-  serialises them.
+  return (range scans, never a scan of a whole history or of all sessions;
+  event reads and listing can be bounded by bytes as well as by count, so
+  that no answer built from them outgrows a gRPC message), and may run in any thread,
+  concurrently with a ``write_batch`` in another thread. Calls to
+  ``write_batch`` may come from several threads; the store serialises them.
 * **Deletion** removes a session in one transaction: from its commit on, no
   read finds the session or any of its events, and a session later created
   under the same id starts with an empty log. The space of the deleted
@@ -210,6 +211,7 @@ class Store(ABC):
         before: int | None = None,
         limit: int,
         newest_first: bool = False,
+        max_bytes: int | None = None,
     ) -> list[SessionEvent]:
         """Persisted events with ``after < sequence < before``, at most ``limit``.
 
@@ -217,15 +219,31 @@ class Store(ABC):
         With ``newest_first``: the ``limit`` events just before ``before``
         (``None``: from the end), newest first. Raises ``SessionNotFound``;
         ``ValueError`` for a negative bound or limit (a limit of 0 gives []).
+
+        With ``max_bytes``, the read also stops before the event that would
+        bring the summed serialized sizes of the events returned (each one's
+        ``ByteSize()``) past ``max_bytes``; the first event is returned
+        whatever its size, so a read of a non-empty window is never empty.
+        This bounds what an answer carrying the events weighs, and the read
+        costs what it returns: large events beyond the budget are not
+        decoded. The caller cannot tell a page cut by ``max_bytes`` from one
+        that reached the end of the window; the session's ``last_sequence``
+        says whether more follow.
         """
 
     @abstractmethod
-    def list_sessions(self, *, limit: int, page_token: str = "") -> tuple[list[SessionRecord], str]:
+    def list_sessions(
+        self, *, limit: int, page_token: str = "", max_bytes: int | None = None
+    ) -> tuple[list[SessionRecord], str]:
         """Up to ``limit`` sessions, most recently modified first, after ``page_token``.
 
         Returns the page and the token of the next one ("" when this was the
         last page). Raises ``ValueError`` for a token this store did not issue
-        and for a ``limit`` below 1.
+        and for a ``limit`` below 1. With ``max_bytes``, the page also stops
+        before the session whose metadata would bring the summed sizes of the
+        page's metadata (``ByteSize()``; a system message may weigh as much as
+        a prompt) past ``max_bytes``, as ``read_events`` does; the first is
+        always returned, and the token leads on to the rest.
         """
 
     @abstractmethod

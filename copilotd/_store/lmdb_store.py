@@ -316,8 +316,10 @@ class LmdbStore(Store):
         before: int | None = None,
         limit: int,
         newest_first: bool = False,
+        max_bytes: int | None = None,
     ) -> list[SessionEvent]:
         _check_window(after, before, limit)
+        budget = _records.ByteBudget(max_bytes)
         with self._reading() as txn:
             record = _load_record(txn, self._tables, session_id)
             if record is None:
@@ -326,19 +328,26 @@ class LmdbStore(Store):
                 before = record.metadata.last_sequence + 1
             with txn.cursor(db=self._tables.events) as cursor:
                 scan = _scan_backward if newest_first else _scan_forward
-                return scan(cursor, record.log_number, after, before, limit)
+                return scan(cursor, record.log_number, after, before, limit, budget)
 
-    def list_sessions(self, *, limit: int, page_token: str = "") -> tuple[list[SessionRecord], str]:
+    def list_sessions(
+        self, *, limit: int, page_token: str = "", max_bytes: int | None = None
+    ) -> tuple[list[SessionRecord], str]:
         if limit < 1:
             raise ValueError(f"limit must be positive, not {limit}")
         start = _records.decode_page_token(page_token) if page_token else None
+        budget = _records.ByteBudget(max_bytes)
         with self._reading() as txn, txn.cursor(db=self._tables.recency) as cursor:
             positioned = cursor.last() if start is None else _seek_below(cursor, start)
             page: list[SessionRecord] = []
             last_key = b""
             while positioned and len(page) < limit:
-                last_key = cursor.key()
-                page.append(self._indexed_record(txn, last_key[U64.size :]))
+                key = cursor.key()
+                record = self._indexed_record(txn, key[U64.size :])
+                if not budget.take(record.metadata.ByteSize()):
+                    break
+                page.append(record)
+                last_key = key
                 positioned = cursor.prev()
             return page, _records.encode_page_token(last_key) if positioned else ""
 
@@ -676,7 +685,12 @@ def _seek_below(cursor: lmdb.Cursor[bytes], key: bytes) -> bool:
 
 
 def _scan_forward(
-    cursor: lmdb.Cursor[bytes], log_number: int, after: int, before: int, limit: int
+    cursor: lmdb.Cursor[bytes],
+    log_number: int,
+    after: int,
+    before: int,
+    limit: int,
+    budget: _records.ByteBudget,
 ) -> list[SessionEvent]:
     events: list[SessionEvent] = []
     if after >= _records.MAX_U64:
@@ -687,13 +701,20 @@ def _scan_forward(
         key, value = cursor.item()
         if key[: U64.size] != prefix or U64.unpack_from(key, U64.size)[0] >= before:
             break
+        if not budget.take(len(value)):
+            break
         events.append(SessionEvent.FromString(value))
         positioned = cursor.next()
     return events
 
 
 def _scan_backward(
-    cursor: lmdb.Cursor[bytes], log_number: int, after: int, before: int, limit: int
+    cursor: lmdb.Cursor[bytes],
+    log_number: int,
+    after: int,
+    before: int,
+    limit: int,
+    budget: _records.ByteBudget,
 ) -> list[SessionEvent]:
     events: list[SessionEvent] = []
     prefix = U64.pack(log_number)
@@ -701,6 +722,8 @@ def _scan_backward(
     while positioned and len(events) < limit:
         key, value = cursor.item()
         if key[: U64.size] != prefix or U64.unpack_from(key, U64.size)[0] <= after:
+            break
+        if not budget.take(len(value)):
             break
         events.append(SessionEvent.FromString(value))
         positioned = cursor.prev()

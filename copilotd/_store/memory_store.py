@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -80,9 +81,11 @@ class MemoryStore(Store):
         before: int | None = None,
         limit: int,
         newest_first: bool = False,
+        max_bytes: int | None = None,
     ) -> list[SessionEvent]:
         if after < 0 or (before is not None and before < 0) or limit < 0:
             raise ValueError(f"bad event window: after={after}, before={before}, limit={limit}")
+        budget = _records.ByteBudget(max_bytes)
         with self._lock:
             self._check_open()
             record = self._state.record(session_id)
@@ -96,11 +99,17 @@ class MemoryStore(Store):
                 window = events[max(low, high - limit) : high][::-1]
             else:
                 window = events[low : min(high, low + limit)]
-            return [SessionEvent.FromString(raw) for raw in window]
+            return [
+                SessionEvent.FromString(raw)
+                for raw in itertools.takewhile(lambda raw: budget.take(len(raw)), window)
+            ]
 
-    def list_sessions(self, *, limit: int, page_token: str = "") -> tuple[list[SessionRecord], str]:
+    def list_sessions(
+        self, *, limit: int, page_token: str = "", max_bytes: int | None = None
+    ) -> tuple[list[SessionRecord], str]:
         if limit < 1:
             raise ValueError(f"limit must be positive, not {limit}")
+        budget = _records.ByteBudget(max_bytes)
         with self._lock:
             self._check_open()
             recency = self._state.recency
@@ -109,9 +118,17 @@ class MemoryStore(Store):
                 end = bisect.bisect_left(recency, _records.decode_page_token(page_token))
             start = max(0, end - limit)
             keys = recency[start:end][::-1]
-            page = [self._state.record(key[_records.U64.size :].decode()) for key in keys]
-            token = _records.encode_page_token(keys[-1]) if start > 0 else ""
-            return [record for record in page if record is not None], token
+            page: list[SessionRecord] = []
+            last_key = b""
+            for key in keys:
+                record = self._state.record(key[_records.U64.size :].decode())
+                if record is None:
+                    continue
+                if not budget.take(record.metadata.ByteSize()):
+                    return page, _records.encode_page_token(last_key)
+                page.append(record)
+                last_key = key
+            return page, _records.encode_page_token(keys[-1]) if start > 0 else ""
 
     def sessions_with_open_turns(self) -> list[SessionRecord]:
         with self._lock:

@@ -502,7 +502,9 @@ class ResumeSessionRequest(_message.Message):
     session_id: _builtins.str
     tail_events: _builtins.int
     """How many of the latest persisted events to return (0: none; at most
-    1000).
+    1000). Fewer when they are large: the tail holds the newest events whose
+    serialized sizes sum to at most 2 MiB (and always the newest event);
+    read older ones with ListEvents.
     """
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToolDefinition]:
@@ -552,7 +554,7 @@ class ResumeSessionResponse(_message.Message):
     @_builtins.property
     def tail(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.SessionEvent]:
         """The latest persisted events, oldest first (the session.resume event
-        last, unless resume_not_recorded).
+        last, unless resume_not_recorded); the newest that fit, see tail_events.
         """
 
     def __init__(
@@ -577,7 +579,10 @@ class ListSessionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """0: the default (50); values above 1000 are treated as 1000."""
+    """0: the default (50); values above 1000 are treated as 1000. A page may
+    hold fewer sessions than asked for when their metadata is large (long
+    system messages): keep reading until next_page_token is empty.
+    """
     page_token: _builtins.str
     """From the previous response; empty for the first page."""
     def __init__(
@@ -601,9 +606,13 @@ class ListSessionsResponse(_message.Message):
     SESSIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Empty when this is the last page."""
+    """Empty when this is the last page; a page cut short by its size has one."""
     @_builtins.property
-    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionMetadata]: ...
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionMetadata]:
+        """At most page_size sessions whose metadata sums to at most 2 MiB
+        (serialized); a larger one comes alone.
+        """
+
     def __init__(
         self,
         *,
@@ -828,7 +837,10 @@ class ListEventsRequest(_message.Message):
     Newest first: events with sequence < cursor (0 = from the end).
     """
     page_size: _builtins.int
-    """0: the default (100); values above 1000 are treated as 1000."""
+    """0: the default (100); values above 1000 are treated as 1000. A page
+    may hold fewer events than asked for when they are large (see
+    ListEventsResponse): keep reading until next_cursor is 0.
+    """
     order: Global___EventOrder.ValueType
     def __init__(
         self,
@@ -853,9 +865,18 @@ class ListEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_CURSOR_FIELD_NUMBER: _builtins.int
     next_cursor: _builtins.int
-    """Cursor for the next page; 0 when there is none."""
+    """Cursor for the next page (the sequence number of this page's last
+    event); 0 when this page reached the end of the log (oldest first: the
+    last event persisted when it was read; newest first: the first event).
+    A page cut short by its size still has a cursor.
+    """
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.SessionEvent]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.SessionEvent]:
+        """At most page_size events whose serialized sizes (SessionEvent's
+        ByteSize) sum to at most 2 MiB; an event larger than that comes alone.
+        The page is never empty while events remain.
+        """
+
     def __init__(
         self,
         *,
@@ -911,7 +932,12 @@ class StreamEventsResponse(_message.Message):
     onwards: the stream is now live.
     """
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.SessionEvent]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.SessionEvent]:
+        """Bounded like a ListEvents page: at most 2 MiB of events (or one larger
+        event); the catch-up takes as many responses as it needs, and so does
+        a burst of live events.
+        """
+
     def __init__(
         self,
         *,

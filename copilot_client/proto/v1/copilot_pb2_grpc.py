@@ -207,7 +207,9 @@ class CopilotServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEvents(self, request, context):
-        """Persisted events, one page at a time, by sequence cursor.
+        """Persisted events, one page at a time, by sequence cursor. Pages are
+        bounded by bytes as well as by count (see ListEventsResponse), so every
+        event of every session can be read whatever its size.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

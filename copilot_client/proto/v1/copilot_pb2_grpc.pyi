@@ -71,7 +71,10 @@ class CopilotServiceStub:
     AbortTurn: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.AbortTurnRequest, _copilot_pb2.AbortTurnResponse]
     """Aborts the running turn, whoever started it."""
     ListEvents: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ListEventsRequest, _copilot_pb2.ListEventsResponse]
-    """Persisted events, one page at a time, by sequence cursor."""
+    """Persisted events, one page at a time, by sequence cursor. Pages are
+    bounded by bytes as well as by count (see ListEventsResponse), so every
+    event of every session can be read whatever its size.
+    """
     StreamEvents: _grpc.UnaryStreamMultiCallable[_copilot_pb2.StreamEventsRequest, _copilot_pb2.StreamEventsResponse]
     """Persisted events after a cursor, then the live tail (ephemeral events
     included) until the client cancels or the session is deleted.
@@ -151,7 +154,10 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     AbortTurn: _aio.UnaryUnaryMultiCallable[_copilot_pb2.AbortTurnRequest, _copilot_pb2.AbortTurnResponse]  # type: ignore[assignment]
     """Aborts the running turn, whoever started it."""
     ListEvents: _aio.UnaryUnaryMultiCallable[_copilot_pb2.ListEventsRequest, _copilot_pb2.ListEventsResponse]  # type: ignore[assignment]
-    """Persisted events, one page at a time, by sequence cursor."""
+    """Persisted events, one page at a time, by sequence cursor. Pages are
+    bounded by bytes as well as by count (see ListEventsResponse), so every
+    event of every session can be read whatever its size.
+    """
     StreamEvents: _aio.UnaryStreamMultiCallable[_copilot_pb2.StreamEventsRequest, _copilot_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """Persisted events after a cursor, then the live tail (ephemeral events
     included) until the client cancels or the session is deleted.
@@ -288,7 +294,10 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _copilot_pb2.ListEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_copilot_pb2.ListEventsResponse, _abc.Awaitable[_copilot_pb2.ListEventsResponse]]:
-        """Persisted events, one page at a time, by sequence cursor."""
+        """Persisted events, one page at a time, by sequence cursor. Pages are
+        bounded by bytes as well as by count (see ListEventsResponse), so every
+        event of every session can be read whatever its size.
+        """
 
     @_abc_1.abstractmethod
     def StreamEvents(

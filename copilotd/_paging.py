@@ -1,0 +1,49 @@
+"""Answers that carry events or sessions stay well under gRPC's message size limit.
+
+A session may hold any number of events as large as a prompt may be, so a
+page of events bounded only by count (up to 1000) can outweigh the message
+limit (``max_message_bytes``, at least 8 MiB), and an answer over it is lost
+to the caller with gRPC's RESOURCE_EXHAUSTED: a history that can never be
+read, a subscriber that can never catch up. The same holds for a page of
+sessions, whose metadata carries their system messages. So every such
+answer (ListEvents and ListSessions pages, the ResumeSession tail,
+StreamEvents batches) is bounded by bytes as well as by count: items are
+added while their serialized sizes sum to at most ``PAGE_BYTES``. One item
+larger than that still travels alone: an event or a session's metadata is at
+most a prompt (or an answer) plus short fields, and the message limit is
+four times the prompt limit plus 1 MiB, so it fits with whatever else the
+answer holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+from copilotd._events import SessionEvent
+from copilotd._validation import MIN_MESSAGE_BYTES
+
+# A quarter of the smallest message limit. With the default prompt limit
+# (1 MiB), a ResumeSession answer (metadata with a system message, plus the
+# tail) then stays under 4 MiB, the receive limit gRPC libraries default to,
+# so clients in other languages read every answer without raising theirs.
+# Larger pages would save little: a round trip costs far less than 2 MiB.
+PAGE_BYTES: Final = MIN_MESSAGE_BYTES // 4
+
+
+def byte_batches(
+    events: Sequence[SessionEvent], max_bytes: int = PAGE_BYTES
+) -> Iterator[Sequence[SessionEvent]]:
+    """``events`` in order, in runs that weigh at most ``max_bytes`` (or hold one event).
+
+    The common case, a batch within the budget, is yielded as it is.
+    """
+    start, weight = 0, 0
+    for index, event in enumerate(events):
+        size = event.ByteSize()
+        if weight + size > max_bytes and index > start:
+            yield events[start:index]
+            start, weight = index, 0
+        weight += size
+    if start < len(events):
+        yield events[start:] if start else events
