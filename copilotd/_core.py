@@ -770,7 +770,3 @@ class SessionService:
     @property
     def running_turns(self) -> int:
         return sum(1 for state in self._states.values() if state.turn is not None)
-
-
-def _is_new(event: SessionEvent, cursor: int) -> bool:
-    return event.sequence >= cursor if event.ephemeral else event.sequence > cursor

@@ -41,6 +41,14 @@ BUILTIN_SYSTEM_MESSAGE = (
     "You are a helpful assistant in a conversation that copilotd keeps across restarts."
 )
 INTERRUPTED_AT_SHUTDOWN = "interrupted by daemon shutdown"
+# A provider's error text kept in session.error (its body can be a whole page).
+MAX_ERROR_MESSAGE_CHARS = 4096
+
+
+class AnswerTooLargeError(Exception):
+    """The model's answer outgrew what the daemon can store and send back."""
+
+
 Mode = copilot_pb2.SystemMessageMode
 
 
@@ -62,6 +70,9 @@ class RunningTurn:
     running: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_reason: str = ""
     interrupted: bool = False
+    # Characters of ``text`` so far (cheap to keep; bytes are counted only
+    # when the characters alone could be over the limit).
+    chars: int = 0
 
 
 def system_prompt(message: copilot_pb2.SystemMessage) -> str:
@@ -166,6 +177,9 @@ class TurnEngine:
                     usage = chunk
                 elif chunk.text:
                     turn.text.append(chunk.text)
+                    turn.chars += len(chunk.text)
+                    if turn.chars * 4 > service.max_prompt_bytes:
+                        self._check_answer_size(turn, service.max_prompt_bytes)
                     if not service.fanout.has_audience(turn.session_id):
                         continue  # deltas are live-only: nobody to build them for
                     service.publish_ephemeral(
@@ -184,9 +198,14 @@ class TurnEngine:
             events.append(self._turn_end(turn, ev.TurnEndReason.TURN_END_REASON_COMPLETED, ""))
         except asyncio.CancelledError:
             events = self._cancelled_events(turn, message_id)
+        except AnswerTooLargeError as error:
+            log.warning("turn %s of session %s: %s", turn.turn_id, turn.session_id, error)
+            events = self._failed_events(turn, message_id, "answer_too_large", str(error))
         except ProviderError as error:
             # The provider's words may quote a key; nothing secret is stored.
             message = REDACTOR.redact(error.message)
+            if len(message) > MAX_ERROR_MESSAGE_CHARS:
+                message = message[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
             if error.attempts > 1:
                 message += f" (gave up after {error.attempts} attempts)"
             log.warning("turn %s of session %s failed: %s", turn.turn_id, turn.session_id, message)
@@ -204,6 +223,25 @@ class TurnEngine:
                 turn, message_id, "internal", "internal error in copilotd; see the daemon log"
             )
         await self._finish(turn, events)
+
+    @staticmethod
+    def _check_answer_size(turn: RunningTurn, limit: int) -> None:
+        """Stop a turn whose answer passes ``limit`` bytes, keeping what fits as partial.
+
+        The limit is the prompt limit: an answer must fit in one event that
+        every reader (SendMessageAndWait, a page of ListEvents) can carry.
+        """
+        text = "".join(turn.text).encode()
+        if len(text) <= limit:
+            return
+        kept = text[:limit].decode(errors="ignore")
+        turn.text[:] = [kept]
+        turn.chars = len(kept)
+        raise AnswerTooLargeError(
+            f"the model's answer passed {limit} bytes (the daemon's --max-prompt-bytes), so "
+            f"the turn was stopped; its first {len(kept.encode())} bytes are kept as a partial "
+            "answer. Ask for a shorter answer, or start copilotd with a larger --max-prompt-bytes"
+        )
 
     @staticmethod
     def _truncation(turn: RunningTurn, truncation: Truncation) -> SessionEvent:

@@ -943,3 +943,40 @@ async def test_own_azure_provider_with_a_token_and_a_prompt_budget(
     history = await session.get_messages()
     truncation = next(e for e in history if e.type is T.SESSION_TRUNCATION)
     assert (truncation.data.token_limit, truncation.data.messages_removed) == (120, 2)
+
+
+async def test_an_answer_over_the_size_limit_is_stopped_and_kept_as_partial(
+    start_daemon: DaemonFactory, server: FakeModelServer
+) -> None:
+    """A model that never stops cannot write an event no reader could carry."""
+    limit = 64 * 1024
+    daemon = start_daemon(args=("--max-prompt-bytes", str(limit)))
+    chunk = "é" * 4000  # 8,000 bytes: the cut falls inside a two-byte character
+    server.script(Reply(chunks=(chunk,) * 40), Reply(chunks=(chunk,) * 4), error(400, "x" * 9000))
+    async with connect(daemon) as client:
+        session = await client.create_session(model=MODEL_OF["openai"])
+        with pytest.raises(SessionFailedError) as failed:
+            await session.send_and_wait("Talk forever")
+        assert failed.value.event.data.error_type == "answer_too_large"
+        assert f"passed {limit} bytes" in (failed.value.event.data.message or "")
+        history = await session.get_messages()
+        assert types(history[1:]) == [
+            T.USER_MESSAGE,
+            T.ASSISTANT_TURN_START,
+            T.ASSISTANT_MESSAGE,
+            T.SESSION_ERROR,
+            T.ASSISTANT_TURN_END,
+        ]
+        partial = history[3]
+        assert partial.data.partial is True
+        kept = partial.data.content or ""
+        assert kept == "é" * (limit // 2)  # as many whole characters as fit
+        assert history[5].data.reason == "error"
+
+        # An answer under the limit is whole; a provider's long error body is clipped.
+        answer = await session.send_and_wait("A short one")
+        assert answer is not None and answer.data.content == chunk * 4
+        with pytest.raises(SessionFailedError) as failed:
+            await session.send_and_wait("And now?")
+        message = failed.value.event.data.message or ""
+        assert len(message) == 4096 and message.endswith("x…") and "400 Bad Request" in message
