@@ -305,9 +305,11 @@ def prune_command(
         click.echo(json.dumps([metadata_dict(m) for m in response.sessions], indent=2))
         return
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {len(response.sessions)} session(s)")
+    click.echo(f"{verb} {response.session_count} session(s)")
     if response.sessions:
         print_table(response.sessions)
+    if len(response.sessions) < response.session_count:
+        click.echo(f"(the first {len(response.sessions)} shown)")
     if response.pinned_kept:
         click.echo(f"kept {response.pinned_kept} pinned session(s) the rule selects")
 

@@ -18,10 +18,13 @@ answer holds.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Final
+from typing import Final, TypeVar
 
-from copilotd._events import SessionEvent
+from google.protobuf.message import Message
+
 from copilotd._validation import MIN_MESSAGE_BYTES
+
+ItemT = TypeVar("ItemT", bound=Message)
 
 # A quarter of the smallest message limit. With the default prompt limit
 # (1 MiB), a ResumeSession answer (metadata with a system message, plus the
@@ -31,10 +34,9 @@ from copilotd._validation import MIN_MESSAGE_BYTES
 PAGE_BYTES: Final = MIN_MESSAGE_BYTES // 4
 
 
-def byte_batches(
-    events: Sequence[SessionEvent], max_bytes: int = PAGE_BYTES
-) -> Iterator[Sequence[SessionEvent]]:
-    """``events`` in order, in runs that weigh at most ``max_bytes`` (or hold one event).
+def byte_batches(events: Sequence[ItemT], max_bytes: int = PAGE_BYTES) -> Iterator[Sequence[ItemT]]:
+    """``events`` (or any messages) in order, in runs that weigh at most
+    ``max_bytes`` (or hold one).
 
     The common case, a batch within the budget, is yielded as it is.
     """

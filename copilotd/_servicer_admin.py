@@ -12,6 +12,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd._admin import AdminService, rule_from_proto
 from copilotd._core import SessionService
+from copilotd._paging import byte_batches
 from copilotd._servicer import Context, CopilotServicer, _translate_errors
 
 
@@ -49,7 +50,11 @@ class AdminServicer(CopilotServicer):
             else:
                 result = await self._admin.prune(rule)
                 sessions, pinned_kept = result.sessions, result.pinned_kept
-        return pb.PruneSessionsResponse(sessions=sessions, pinned_kept=pinned_kept)
+        return pb.PruneSessionsResponse(
+            sessions=next(byte_batches(sessions), []),
+            pinned_kept=pinned_kept,
+            session_count=len(sessions),
+        )
 
     async def ImportSession(
         self, request_iterator: AsyncIterable[pb.ImportSessionRequest], context: Context

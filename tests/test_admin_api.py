@@ -164,3 +164,25 @@ async def test_backup_stream_shape(stub: copilot_pb2_grpc.CopilotServiceStub) ->
     data = b"".join(piece.data for piece in pieces)
     assert last.complete and last.total_bytes == len(data) > 0
     assert not any(piece.complete for piece in pieces)
+
+
+async def test_prune_of_sessions_too_large_for_one_answer(
+    stub: copilot_pb2_grpc.CopilotServiceStub,
+) -> None:
+    """Ten sessions' metadata weigh 9 MB here: the answer lists what fits and counts all."""
+    system = pb.SystemMessage(content="s" * 900_000)
+    for number in range(11):
+        config = pb.SessionConfig(session_id=f"big-{number}", system_message=system)
+        await stub.CreateSession(pb.CreateSessionRequest(config=config))
+    rule = pb.RetentionPolicy(max_sessions=1)
+    preview = await stub.PruneSessions(pb.PruneSessionsRequest(policy=rule, dry_run=True))
+    pruned = await stub.PruneSessions(pb.PruneSessionsRequest(policy=rule))
+    for response in (preview, pruned):
+        assert response.session_count == 10
+        assert 1 <= len(response.sessions) < 10
+        assert response.ByteSize() < 3 * 1024 * 1024
+        assert [s.session_id for s in response.sessions] == [
+            f"big-{number}" for number in range(9, 9 - len(response.sessions), -1)
+        ]
+    left = await stub.ListSessions(pb.ListSessionsRequest())
+    assert [s.session_id for s in left.sessions] == ["big-10"]

@@ -1360,21 +1360,28 @@ class PruneSessionsResponse(_message.Message):
 
     SESSIONS_FIELD_NUMBER: _builtins.int
     PINNED_KEPT_FIELD_NUMBER: _builtins.int
+    SESSION_COUNT_FIELD_NUMBER: _builtins.int
     pinned_kept: _builtins.int
     """Pinned sessions the rule would otherwise have selected."""
+    session_count: _builtins.int
+    """How many sessions were deleted (or, for a dry run, would be)."""
     @_builtins.property
     def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionMetadata]:
-        """Deleted (or, for a dry run, to be deleted), most recently active first."""
+        """Deleted (or, for a dry run, to be deleted), most recently active first:
+        as many as fit in 2 MiB (a prune can select tens of thousands);
+        session_count counts them all.
+        """
 
     def __init__(
         self,
         *,
         sessions: _abc.Iterable[Global___SessionMetadata] | None = ...,
         pinned_kept: _builtins.int = ...,
+        session_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pinned_kept", b"pinned_kept", "sessions", b"sessions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pinned_kept", b"pinned_kept", "session_count", b"session_count", "sessions", b"sessions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
