@@ -894,6 +894,10 @@ async def test_the_daemons_environment_headers_never_reach_an_own_provider(
         ({"type": "azure", "base_url": "https://x.openai.azure.com"}, "api_version"),
         ({"type": "openai", "api_key": "k" * 8, "bearer_token": "t" * 8}, "not both"),
         ({"type": "openai", "base_url": "localhost:11434"}, "not an http:// or https:// URL"),
+        (
+            {"type": "openai", "wire_model": "m" * 20_000, "api_key": "k" * 17_000},
+            "wire_model (20000 bytes), api_key (17000 bytes) over the limit of 16384",
+        ),
     ],
 )
 async def test_invalid_own_provider_is_refused(

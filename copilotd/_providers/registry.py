@@ -88,10 +88,25 @@ def public_provider_config(config: ProviderConfig) -> ProviderConfig:
     return public
 
 
+# Generous for a URL, a model name or a token (Entra ID tokens run to a few
+# KiB); small enough that a session's stored metadata stays small.
+MAX_PROVIDER_FIELD_BYTES = 16 * 1024
+
+
 def check_provider_config(config: ProviderConfig) -> None:
     """Raise ``InvalidArgumentError`` (INVALID_PROVIDER) for a config that cannot work."""
     problem = ""
-    if config.type not in SESSION_PROVIDER_TYPES:
+    oversized = [
+        f"{name} ({size} bytes)"
+        for name in ("base_url", "api_version", "wire_model", "api_key", "bearer_token")
+        if (size := len(getattr(config, name).encode())) > MAX_PROVIDER_FIELD_BYTES
+    ]
+    if oversized:
+        problem = (
+            f"provider {', '.join(oversized)} over the limit of {MAX_PROVIDER_FIELD_BYTES} "
+            "bytes a provider field may take; check what was passed"
+        )
+    elif config.type not in SESSION_PROVIDER_TYPES:
         problem = f"provider type {config.type!r} is not one of {', '.join(SESSION_PROVIDER_TYPES)}"
     elif config.api_key and config.bearer_token:
         problem = "give the provider an api_key or a bearer_token, not both"
