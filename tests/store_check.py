@@ -67,6 +67,10 @@ def check_session(store: LmdbStore, session_id: str) -> SessionState:
     if events:
         assert record.metadata.last_event_id == events[-1].id, f"{where}: wrong last id"
     assert not any(e.ephemeral for e in events), f"{where}: an ephemeral event was stored"
+    assert len({e.id for e in events}) == len(events), f"{where}: an event id recorded twice"
+    logged = {e.id for e in events if e.type == USER_MESSAGE}
+    twice = [p.message_id for p in record.pending if p.message_id in logged]
+    assert not twice, f"{where}: messages {twice} both queued and in the log"
 
     starts = [e.assistant_turn_start.turn_id for e in events if e.type == ASSISTANT_TURN_START]
     ends = {e.assistant_turn_end.turn_id: e for e in events if e.type == ASSISTANT_TURN_END}

@@ -4,11 +4,14 @@ Usage: python -m tests.clients.crash_worker NAME SESSIONS SEED PACE
 
 Runs SESSIONS concurrent tasks. Each creates a session, sends it a few
 messages one after another (each starts a turn, or queues behind the running
-one), then moves on to a new session. Every write the daemon acknowledged is
-printed as a JSON line at once ({"create": id} or {"send": id, "id": message
-id}); a write that failed (the daemon was being killed) is retried as a new
-write, never reported. PACE is the longest pause between two writes of a
-task, in seconds. The process ends when its stdin closes.
+one), then moves on to a new session. Every other message goes through
+``send_and_wait`` with no handler, the one-call path that rides out a crash
+on its own (it is acknowledged when it returns the answer to that message).
+Every write the daemon acknowledged is printed as a JSON line at once
+({"create": id} or {"send": id, "id": message id}); a write that failed (the
+daemon was being killed) is retried as a new write, never reported. PACE is
+the longest pause between two writes of a task, in seconds. The process ends
+when its stdin closes.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from typing import Any
 
 from copilot_client import (
     CopilotClient,
+    CopilotError,
     CopilotSession,
     DaemonUnavailableError,
     SessionExistsError,
 )
 
 MESSAGES_PER_SESSION = 6
+# How long a send_and_wait may ride out restarts before it is tried again.
+WAIT_TIMEOUT = 30.0
 # While the daemon is down, calls fail at once; wait this long before the next try.
 RETRY_PAUSE = 0.05
 
@@ -61,6 +67,20 @@ async def send(session: CopilotSession, prompt: str) -> None:
         return
 
 
+async def send_and_wait(session: CopilotSession, prompt: str) -> None:
+    while True:
+        try:
+            answer = await session.send_and_wait(prompt, timeout=WAIT_TIMEOUT)
+        except (CopilotError, TimeoutError):
+            await asyncio.sleep(RETRY_PAUSE)
+            continue
+        if answer is not None and answer.data.user_message_id:
+            # Its turn was interrupted when there is no answer: recorded, but
+            # its id is not known here, so it is not reported.
+            say(send=session.session_id, id=answer.data.user_message_id)
+        return
+
+
 async def task(
     client: CopilotClient, name: str, slot: int, rng: random.Random, pace: float
 ) -> None:
@@ -68,7 +88,8 @@ async def task(
     while True:
         session = await open_session(client, f"{name}-{slot}-{generation}")
         for index in range(MESSAGES_PER_SESSION):
-            await send(session, f"message {index} of {session.session_id}")
+            prompt = f"message {index} of {session.session_id}"
+            await (send_and_wait if index % 2 else send)(session, prompt)
             await asyncio.sleep(rng.uniform(0, pace))
         await session.destroy()
         generation += 1
