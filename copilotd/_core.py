@@ -580,7 +580,9 @@ class SessionService:
             return SessionEvent(id=message_id, type=ev.USER_MESSAGE), True
         sequence = state.recent_messages.get(message_id)
         if sequence is None:
-            return None
+            if state.turn is None or state.turn.user_message_id != message_id:
+                return None
+            sequence = 0  # taken from the queue, its start not committed yet
         return SessionEvent(id=message_id, sequence=sequence, type=ev.USER_MESSAGE), False
 
     def list_models(self) -> tuple[list[copilot_pb2.ModelInfo], bool]:
