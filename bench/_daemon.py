@@ -1,6 +1,6 @@
 """A real daemon per benchmark: temp socket, temp data dir, its memory and its commits.
 
-The process itself is ``tests.daemon_process.DaemonProcess`` (the one the
+The process itself is ``tests.support.daemon_process.DaemonProcess`` (the one the
 tests start), so the bench and the tests run the daemon the same way.
 """
 
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from copilotd._server import STORE_SUBDIR
-from tests.daemon_process import DaemonProcess
+from copilotd.runtime.server import STORE_SUBDIR
+from tests.support.daemon_process import DaemonProcess
 
 _GROUP_COMMIT = re.compile(
     r"group commit: (\d+) operations in (\d+) durable transactions \(largest (\d+)\)"

@@ -23,7 +23,7 @@ from typing import Any
 
 MAIN_THREAD = "MainThread"
 # Frames of copilotd that are on every stack (the command that runs the loop).
-_ENTRY_FILES = ("copilotd/__main__.py", "copilotd/_cli.py", "copilotd/_cli_common.py")
+_ENTRY_FILES = ("copilotd/__main__.py", "copilotd/cli/main.py", "copilotd/cli/common.py")
 
 
 def py_spy() -> str | None:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._sizes import Sizes
-from copilotd import _events as ev
-from copilotd._store import LmdbStore, SessionEvent, SessionMetadata, StoreWriter
+from copilotd import events as ev
+from copilotd.store import LmdbStore, SessionEvent, SessionMetadata, StoreWriter
 
 MODEL = "gpt-5"
 USER_TEXT = "Tell me more about the trade-offs of this design, with an example please. " * 2

@@ -37,7 +37,7 @@ from bench import _baseline, _ours, _profile, _report, _seed, _slots
 from bench._daemon import PURGED, BenchDaemon
 from bench._procs import CpuSampler, Timed, latency_summary, run_processes, shared_event, split
 from bench._sizes import MODES, Sizes
-from tests.daemon_process import short_temp_dir
+from tests.support.daemon_process import short_temp_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCHMARKS = ("store", "turns", "durable", "cold")

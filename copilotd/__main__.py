@@ -1,3 +1,3 @@
-from copilotd._cli import main
+from copilotd.cli.main import main
 
 main()

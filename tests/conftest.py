@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import SLOW_DELAY, DaemonProcess, short_temp_dir
+from tests.support.daemon_process import SLOW_DELAY, DaemonProcess, short_temp_dir
 
 
 @pytest.fixture

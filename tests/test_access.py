@@ -35,10 +35,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from copilot_client import CopilotClient, DaemonUnavailableError, UnauthenticatedError
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
-from copilotd._access import tcp_listener
-from copilotd._config import ConfigError, ConfigFile
-from tests.daemon_process import DaemonProcess
-from tests.privileged import run_as_root_or_skip
+from copilotd.api.access import tcp_listener
+from copilotd.config import ConfigError, ConfigFile
+from tests.support.daemon_process import DaemonProcess
+from tests.support.privileged import run_as_root_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on tcp (\S+)")

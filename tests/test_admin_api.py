@@ -11,8 +11,8 @@ import pytest
 from copilot_client import CopilotClient, InvalidArgumentError, SessionNotFoundError
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
-from copilotd._store import SCHEMA_VERSION
-from tests.daemon_process import DaemonProcess
+from copilotd.store import SCHEMA_VERSION
+from tests.support.daemon_process import DaemonProcess
 from tests.test_api import wire_error
 
 

@@ -24,7 +24,7 @@ from copilot_client import (
 )
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon_process import DaemonProcess
 
 MAX_PROMPT_BYTES = 2000
 

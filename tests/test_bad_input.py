@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
-from copilotd._validation import MAX_LABEL_BYTES
-from tests.daemon_process import DaemonProcess, short_temp_dir
-from tests.store_check import check_store
+from copilotd.limits import MAX_LABEL_BYTES
+from tests.support.daemon_process import DaemonProcess, short_temp_dir
+from tests.support.store_check import check_store
 
 MAX_PROMPT_BYTES = 4096
 EXISTING = ["alpha", "beta-1", "gamma:2@x"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from copilotd._budget import estimate_tokens, fit_to_budget, message_tokens
-from copilotd._providers import ChatMessage
+from copilotd.providers import ChatMessage
+from copilotd.sessions.token_budget import estimate_tokens, fit_to_budget, message_tokens
 
 SYSTEM = ChatMessage("system", "You are helpful.")
 

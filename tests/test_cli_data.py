@@ -17,9 +17,9 @@ import pytest
 from copilot_client import CopilotClient, SessionConfig
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
-from copilotd._store import LmdbStore
-from tests.cli_support import copilotd, ok, one_line_error
-from tests.daemon_process import DaemonProcess
+from copilotd.store import LmdbStore
+from tests.support.cli import copilotd, ok, one_line_error
+from tests.support.daemon_process import DaemonProcess
 
 
 @pytest.fixture

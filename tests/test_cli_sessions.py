@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from copilot_client import CopilotClient
-from tests.cli_support import MadeSession, copilotd, ok, one_line_error, write_export
-from tests.daemon_process import DaemonProcess
+from tests.support.cli import MadeSession, copilotd, ok, one_line_error, write_export
+from tests.support.daemon_process import DaemonProcess
 
 DAY = timedelta(days=1)
 

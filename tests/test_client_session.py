@@ -35,7 +35,7 @@ from copilot_client import (
     SessionExistsError,
     SessionNotFoundError,
 )
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon_process import DaemonProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 T = SessionEventType

@@ -18,13 +18,13 @@ from typing import Any, TypeVar
 import pytest
 
 from copilot_client.proto.v1 import copilot_pb2
-from copilotd import _committer
-from copilotd._committer import GroupCommitter
-from copilotd._core import SessionService
-from copilotd._events import USER_MESSAGE, make_event
-from copilotd._providers import ProviderRegistry
-from copilotd._purger import Purger
-from copilotd._store import LmdbStore, SessionMetadata, StoreError, StoreWriter
+from copilotd.events import USER_MESSAGE, make_event
+from copilotd.providers import ProviderRegistry
+from copilotd.sessions.service import SessionService
+from copilotd.store import LmdbStore, SessionMetadata, StoreError, StoreWriter
+from copilotd.store import committer as committer_module
+from copilotd.store.committer import GroupCommitter
+from copilotd.store.purger import Purger
 
 T = TypeVar("T")
 
@@ -172,7 +172,7 @@ async def test_background_work_waits_for_the_writes_waiting(committer: GroupComm
 async def test_background_work_is_not_starved_by_constant_writes(
     committer: GroupCommitter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_committer, "BACKGROUND_EVERY", 1)
+    monkeypatch.setattr(committer_module, "BACKGROUND_EVERY", 1)
     batches = await held_then(
         committer,
         lambda: [

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from copilotd._config import ConfigError, load_config
-from tests.daemon_process import DaemonProcess
+from copilotd.config import ConfigError, load_config
+from tests.support.daemon_process import DaemonProcess
 
 
 def test_missing_default_file_means_defaults(

@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from copilotd import _context
-from copilotd._context import ContextWindow
-from copilotd._events import (
+from copilotd.events import (
     ASSISTANT_MESSAGE,
     ASSISTANT_TURN_START,
     USER_MESSAGE,
     make_event,
 )
-from copilotd._providers import ChatMessage
-from copilotd._store import LmdbStore, SessionEvent, SessionMetadata
+from copilotd.providers import ChatMessage
+from copilotd.sessions import context_window
+from copilotd.sessions.context_window import ContextWindow
+from copilotd.store import LmdbStore, SessionEvent, SessionMetadata
 
 
 class CountingStore(LmdbStore):
@@ -90,7 +90,7 @@ def test_load_takes_user_and_assistant_messages_in_order(store: CountingStore) -
 def test_load_reads_only_as_far_back_as_the_budget(
     store: CountingStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_context, "LOAD_PAGE_EVENTS", 30)
+    monkeypatch.setattr(context_window, "LOAD_PAGE_EVENTS", 30)
     seed(store, "s", turns(1_000))  # 3,000 events, 2,000 messages of 5 characters
 
     window = ContextWindow.load(store, "s", max_chars=100)
@@ -104,7 +104,7 @@ def test_load_reads_only_as_far_back_as_the_budget(
 def test_load_of_a_history_shorter_than_the_budget_reads_it_all(
     store: CountingStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_context, "LOAD_PAGE_EVENTS", 30)
+    monkeypatch.setattr(context_window, "LOAD_PAGE_EVENTS", 30)
     seed(store, "s", turns(40))
     window = ContextWindow.load(store, "s", max_chars=10_000)
     assert len(window.messages) == 80

@@ -1,7 +1,7 @@
-"""Crash safety: the crash harness (tests/crash_harness.py) in the test suite.
+"""Crash safety: the crash harness (tests/support/crash_harness.py) in the test suite.
 
 CI runs a bounded version (5 SIGKILLs); the full run (20 SIGKILLs, also
-``python -m tests.crash_harness --kills 20``) is marked slow.
+``python -m tests.support.crash_harness --kills 20``) is marked slow.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from copilotd._events import USER_MESSAGE, make_event
-from tests.crash_harness import Acks, Figures, HarnessFailure, check_acknowledged, run
-from tests.store_check import SessionState, StoreReport
+from copilotd.events import USER_MESSAGE, make_event
+from tests.support.crash_harness import Acks, Figures, HarnessFailure, check_acknowledged, run
+from tests.support.store_check import SessionState, StoreReport
 
 
 def report_figures(figures: Figures) -> None:

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from copilot_client.proto.v1 import copilot_pb2
-from copilotd import _events as ev
-from copilotd._committer import GroupCommitter
-from copilotd._context import ContextWindow, context_messages, message_bytes
-from copilotd._core import SessionService
-from copilotd._idle_contexts import IdleContexts
-from copilotd._providers import ChatMessage, ProviderRegistry
-from copilotd._store import LmdbStore
+from copilotd import events as ev
+from copilotd.providers import ChatMessage, ProviderRegistry
+from copilotd.sessions.context_window import ContextWindow, context_messages, message_bytes
+from copilotd.sessions.idle_contexts import IdleContexts
+from copilotd.sessions.service import SessionService
+from copilotd.store import LmdbStore
+from copilotd.store.committer import GroupCommitter
 
 BUDGET = 256 * 1024
 FILLER = "x" * (24 * 1024)

@@ -28,12 +28,11 @@ import pytest
 from copilot_client import CopilotClient, SessionConfig, SessionEventType
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
-from copilotd import _events as ev
-from copilotd._events import SessionEvent
-from copilotd._paging import PAGE_BYTES, byte_batches
-from copilotd._validation import DEFAULT_MAX_PROMPT_BYTES, max_message_bytes
-from tests.cli_support import copilotd, ok
-from tests.daemon_process import DaemonProcess, short_temp_dir
+from copilotd import events as ev
+from copilotd.events import SessionEvent
+from copilotd.limits import DEFAULT_MAX_PROMPT_BYTES, PAGE_BYTES, byte_batches, max_message_bytes
+from tests.support.cli import copilotd, ok
+from tests.support.daemon_process import DaemonProcess, short_temp_dir
 from tests.test_client_session import check_log_integrity
 
 MiB = 1 << 20

@@ -20,8 +20,8 @@ import pytest
 from copilot_client import CopilotClient, InvalidArgumentError, ResourceExhaustedError
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
-from copilotd._validation import max_message_bytes
-from tests.daemon_process import DaemonProcess, short_temp_dir
+from copilotd.limits import max_message_bytes
+from tests.support.daemon_process import DaemonProcess, short_temp_dir
 
 MiB = 1 << 20
 MAX_PROMPT = 4 * MiB

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from copilot_client import CopilotClient
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon_process import DaemonProcess
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node"
 

@@ -17,10 +17,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from copilot_client import CopilotClient, SessionNotFoundError
-from copilotd import _events as ev
-from copilotd._metrics import Metrics, MetricsAddress, MetricsAddressError
-from tests.cli_support import copilotd, ok
-from tests.daemon_process import DaemonProcess
+from copilotd import events as ev
+from copilotd.runtime.metrics import Metrics, MetricsAddress, MetricsAddressError
+from tests.support.cli import copilotd, ok
+from tests.support.daemon_process import DaemonProcess
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from copilotd._providers.environment import (
+from copilotd.providers.environment import (
     OPENAI_CUSTOM_HEADERS,
     OPENAI_HEADER_VARIABLES,
     check_isolated,

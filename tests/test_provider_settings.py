@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from copilotd._config import ConfigError, ConfigFile, load_config
-from copilotd._providers import ProviderRegistry, ProviderSettings, load_provider_settings
-from copilotd._secrets import REDACTOR
-from tests.daemon_process import DaemonProcess
+from copilotd.config import ConfigError, ConfigFile, load_config
+from copilotd.providers import ProviderRegistry, ProviderSettings, load_provider_settings
+from copilotd.redaction import REDACTOR
+from tests.support.daemon_process import DaemonProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 README_BLOCKS = [

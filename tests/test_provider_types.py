@@ -18,7 +18,7 @@ from copilot_client import (
     SessionMetadata,
 )
 from copilot_client.proto.v1 import copilot_pb2
-from copilotd._events import make_event
+from copilotd.events import make_event
 
 
 def test_provider_config_round_trip_keeps_secrets_out_of_repr() -> None:

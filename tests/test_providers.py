@@ -30,11 +30,11 @@ from copilot_client import (
     SessionEventType,
     SessionFailedError,
 )
-from copilotd._budget import estimate_tokens, message_tokens
-from copilotd._providers.base import ChatMessage, Role
-from copilotd._turns import BUILTIN_SYSTEM_MESSAGE
-from tests.daemon_process import DaemonProcess
-from tests.fake_model_server import FakeModelServer, Reply, Request, error, stream
+from copilotd.providers.base import ChatMessage, Role
+from copilotd.sessions.token_budget import estimate_tokens, message_tokens
+from copilotd.sessions.turns import BUILTIN_SYSTEM_MESSAGE
+from tests.support.daemon_process import DaemonProcess
+from tests.support.fake_model_server import FakeModelServer, Reply, Request, error, stream
 from tests.test_client_session import Recorder
 
 T = SessionEventType

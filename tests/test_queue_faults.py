@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from copilot_client.proto.v1 import copilot_pb2
-from copilotd import _events as ev
-from copilotd._committer import GroupCommitter
-from copilotd._core import SessionService
-from copilotd._providers import ProviderRegistry
-from copilotd._store import LmdbStore, StoreFull, StoreWriter
+from copilotd import events as ev
+from copilotd.providers import ProviderRegistry
+from copilotd.sessions.service import SessionService
+from copilotd.store import LmdbStore, StoreFull, StoreWriter
+from copilotd.store.committer import GroupCommitter
 
 
 class FillingStore(LmdbStore):

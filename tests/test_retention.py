@@ -9,19 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from copilotd._config import ConfigError, ConfigFile
-from copilotd._events import SessionMetadata
-from copilotd._retention import (
+from copilotd.admin.retention import (
     RetentionPolicy,
     RetentionRule,
-    RetentionSweeper,
     Selection,
     format_duration,
     parse_duration,
     select,
 )
-from tests.cli_support import MadeSession, copilotd, ok, write_export
-from tests.daemon_process import DaemonProcess
+from copilotd.config import ConfigError, ConfigFile
+from copilotd.events import SessionMetadata
+from copilotd.runtime.sidecars import RetentionSweeper
+from tests.support.cli import MadeSession, copilotd, ok, write_export
+from tests.support.daemon_process import DaemonProcess
 
 DAY = timedelta(days=1)
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

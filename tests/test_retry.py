@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from copilotd._providers import ProviderError, RetryPolicy
-from copilotd._providers.http_errors import retry_after_seconds, status_error
-from copilotd._secrets import RedactingFormatter, SecretRedactor, install_log_redaction
+from copilotd.providers import ProviderError, RetryPolicy
+from copilotd.providers.http_errors import retry_after_seconds, status_error
+from copilotd.redaction import RedactingFormatter, SecretRedactor, install_log_redaction
 
 POLICY = RetryPolicy(max_retries=3, initial_delay=0.5, max_delay=4.0, max_retry_after=30.0)
 

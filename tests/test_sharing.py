@@ -17,18 +17,18 @@ import pytest
 from copilot_client import CopilotClient, MessageOptions, SessionEvent
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
-from tests.daemon_process import DaemonProcess
+from tests.support.daemon_process import DaemonProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TURN = ["user.message", "assistant.turn_start", "assistant.message", "assistant.turn_end"]
 
 
 class Worker:
-    """A client process (tests/clients/sharing_worker.py) driven line by line."""
+    """A client process (tests/support/clients/sharing_worker.py) driven line by line."""
 
     def __init__(self, daemon: DaemonProcess, role: str, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.clients.sharing_worker", role, *args],
+            [sys.executable, "-m", "tests.support.clients.sharing_worker", role, *args],
             cwd=ROOT,
             env=daemon.env,
             stdin=subprocess.PIPE,

@@ -18,10 +18,10 @@ import pytest
 
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
-from copilotd._events import ASSISTANT_MESSAGE_DELTA, ASSISTANT_TURN_END, TurnEndReason
-from copilotd._turns import INTERRUPTED_AT_SHUTDOWN
-from tests.daemon_process import DaemonProcess
-from tests.store_check import check_store
+from copilotd.events import ASSISTANT_MESSAGE_DELTA, ASSISTANT_TURN_END, TurnEndReason
+from copilotd.sessions.turns import INTERRUPTED_AT_SHUTDOWN
+from tests.support.daemon_process import DaemonProcess
+from tests.support.store_check import check_store
 
 TURNS = 50
 QUEUED = 10

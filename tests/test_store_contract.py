@@ -1,4 +1,4 @@
-"""The storage contract suite (see ``copilotd/_store/base.py``), run against every backend.
+"""The storage contract suite (see ``copilotd/store/base.py``), run against every backend.
 
 ``StoreContract`` holds the contract; each backend subclasses it and only says
 how to make a store. ``TestLmdbFiles`` covers what only a store on disk can
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from copilotd._events import (
+from copilotd.events import (
     ASSISTANT_MESSAGE,
     ASSISTANT_MESSAGE_DELTA,
     ASSISTANT_TURN_END,
@@ -31,7 +31,7 @@ from copilotd._events import (
     make_event,
     summarize,
 )
-from copilotd._store import (
+from copilotd.store import (
     SCHEMA_VERSION,
     BackupUnsupported,
     LmdbStore,

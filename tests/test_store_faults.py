@@ -26,11 +26,11 @@ import pytest
 from copilot_client import CopilotClient, ResourceExhaustedError
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
-from copilotd._config import ConfigError, ConfigFile
-from copilotd._store_settings import max_store_bytes, parse_size
-from tests.daemon_process import DaemonProcess
-from tests.privileged import run_as_root_or_skip
-from tests.store_check import check_store
+from copilotd.config import ConfigError, ConfigFile
+from copilotd.store.settings import max_store_bytes, parse_size
+from tests.support.daemon_process import DaemonProcess
+from tests.support.privileged import run_as_root_or_skip
+from tests.support.store_check import check_store
 
 PROMPT = "x" * (48 * 1024)
 

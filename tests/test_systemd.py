@@ -27,8 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from copilot_client import CopilotClient
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
-from tests.cli_support import copilotd, ok, one_line_error
-from tests.daemon_process import DaemonProcess
+from tests.support.cli import copilotd, ok, one_line_error
+from tests.support.daemon_process import DaemonProcess
 
 RECEIVE_TIMEOUT = 30.0
 PASSED_ENV = ("HOME", "PATH", "PYTHONDONTWRITEBYTECODE")

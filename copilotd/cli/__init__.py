@@ -1,0 +1,1 @@
+"""The command line: ``copilotd serve`` and the commands that talk to a running daemon."""

@@ -1,0 +1,159 @@
+"""The ``copilotd`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import click
+
+from copilot_client._paths import DATA_DIR_ENV, SOCKET_ENV, resolve_data_dir, resolve_socket_path
+from copilotd import __version__
+from copilotd.api.access import TOKEN_ENV, tcp_listener
+from copilotd.cli.common import OneLineErrors
+from copilotd.cli.data import backup_command, export_command, import_command, restore_command
+from copilotd.cli.service import install_service_command, status_command
+from copilotd.cli.sessions import sessions_group
+from copilotd.config import CONFIG_ENV, ConfigError, load_config
+from copilotd.limits import DEFAULT_MAX_PROMPT_BYTES
+from copilotd.runtime.logs import configure_logging
+from copilotd.runtime.server import ServeConfig, StartupError, serve
+from copilotd.sessions.fanout import DEFAULT_BUFFER_EVENTS
+from copilotd.store.settings import max_store_bytes
+
+
+@click.group(cls=OneLineErrors)
+@click.version_option(__version__, prog_name="copilotd")
+def main() -> None:
+    """copilotd keeps chat sessions with language models safe across restarts."""
+
+
+@main.command("serve")
+@click.option(
+    "--socket",
+    "socket_path",
+    envvar=SOCKET_ENV,
+    type=click.Path(path_type=Path),
+    help=f"Unix socket to serve on [env {SOCKET_ENV}; default "
+    "$XDG_RUNTIME_DIR/copilotd/copilotd.sock].",
+)
+@click.option(
+    "--data-dir",
+    envvar=DATA_DIR_ENV,
+    type=click.Path(path_type=Path),
+    help=f"Where sessions are stored [env {DATA_DIR_ENV}; default $XDG_DATA_HOME/copilotd].",
+)
+@click.option(
+    "--max-prompt-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PROMPT_BYTES,
+    show_default=True,
+    help="Largest prompt accepted, in UTF-8 bytes.",
+)
+@click.option(
+    "--offline-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Seconds the offline model waits before each streamed piece (for demos and tests).",
+)
+@click.option(
+    "--subscriber-buffer",
+    type=click.IntRange(min=1),
+    default=DEFAULT_BUFFER_EVENTS,
+    show_default=True,
+    help="Live events buffered per subscriber before a slow one is cut off (it re-attaches).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    envvar=CONFIG_ENV,
+    type=click.Path(path_type=Path),
+    help=f"Config file [env {CONFIG_ENV}; default $XDG_CONFIG_HOME/copilotd/config.toml].",
+)
+@click.option(
+    "--max-store-bytes",
+    "max_store",
+    help="Cap on the store's size, e.g. 512MiB; writes beyond it get RESOURCE_EXHAUSTED "
+    "[config [store] max_size; default: no cap].",
+)
+@click.option(
+    "--listen",
+    help="Also serve on TCP HOST:PORT, with a bearer token (plain text on loopback only, "
+    "else TLS) [config [access] listen; default: Unix socket only].",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    help=f"File holding the bearer token TCP calls must carry [config [access] token_file; "
+    f"else env {TOKEN_ENV}].",
+)
+@click.option("--tls-cert", type=click.Path(path_type=Path), help="TLS certificate (PEM) for TCP.")
+@click.option("--tls-key", type=click.Path(path_type=Path), help="TLS private key (PEM) for TCP.")
+@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+@click.option("--log-json", is_flag=True, help="Log one JSON object per line (to stderr).")
+@click.option(
+    "--metrics",
+    "metrics_address",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (loopback addresses only).",
+)
+def serve_command(
+    socket_path: Path | None,
+    data_dir: Path | None,
+    max_prompt_bytes: int,
+    offline_delay: float,
+    subscriber_buffer: int,
+    config_path: Path | None,
+    max_store: str | None,
+    listen: str | None,
+    token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    log_level: str,
+    log_json: bool,
+    metrics_address: str | None,
+) -> None:
+    """Run the daemon in the foreground until SIGTERM or SIGINT.
+
+    Under systemd (Type=notify) it reports readiness and pings the watchdog,
+    and it serves the socket systemd passes (socket activation).
+    """
+    configure_logging(log_level, json=log_json)
+    try:
+        config_file = load_config(config_path)
+        max_map_size = max_store_bytes(config_file, max_store)
+        tcp = tcp_listener(
+            config_file, listen=listen, token_file=token_file, tls_cert=tls_cert, tls_key=tls_key
+        )
+    except ConfigError as error:
+        click.echo(f"copilotd: cannot start: {error}", err=True)
+        sys.exit(1)
+    config = ServeConfig(
+        socket_path=resolve_socket_path(socket_path),
+        data_dir=resolve_data_dir(data_dir),
+        max_prompt_bytes=max_prompt_bytes,
+        offline_delta_delay=offline_delay,
+        subscriber_buffer=subscriber_buffer,
+        max_map_size=max_map_size,
+        tcp=tcp,
+        config_file=config_file,
+        metrics_address=metrics_address,
+    )
+    try:
+        asyncio.run(serve(config))
+    except StartupError as error:
+        click.echo(f"copilotd: cannot start: {error}", err=True)
+        sys.exit(1)
+
+
+for _command in (
+    status_command,
+    sessions_group,
+    export_command,
+    import_command,
+    backup_command,
+    restore_command,
+    install_service_command,
+):
+    main.add_command(_command)

@@ -1,0 +1,209 @@
+"""``copilotd status`` and ``copilotd install-service``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+import click
+
+from copilot_client._errors import DaemonUnavailableError
+from copilot_client._paths import resolve_data_dir, resolve_socket_path
+from copilot_client.proto.v1 import copilot_pb2 as pb
+from copilotd.admin.retention import format_duration
+from copilotd.cli.common import (
+    CliError,
+    connect,
+    human_bytes,
+    reports_errors,
+    run,
+    socket_option,
+    to_datetime,
+)
+from copilotd.runtime.server import STORE_SUBDIR
+
+# `copilotd status` exits with this when the daemon is not running (as
+# `systemctl status` does for an inactive unit).
+NOT_RUNNING_EXIT: Final = 3
+UNIT_NAMES: Final = ("copilotd.service", "copilotd.socket")
+TEMPLATE_EXEC_START: Final = "ExecStart=%h/.local/bin/copilotd serve"
+TEMPLATE_DATA_DIR: Final = "%h/.local/share/copilotd"
+
+
+def retention_text(policy: pb.RetentionPolicy) -> str:
+    parts = []
+    if policy.max_age_seconds:
+        parts.append(
+            f"inactive for more than {format_duration(timedelta(seconds=policy.max_age_seconds))}"
+        )
+    if policy.HasField("max_sessions"):
+        parts.append(f"beyond the {policy.max_sessions} most recent")
+    if not parts:
+        return "off"
+    interval = format_duration(timedelta(seconds=policy.sweep_interval_seconds))
+    return f"delete sessions {' and '.join(parts)}, swept every {interval}"
+
+
+def file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@socket_option
+@reports_errors
+def status_command(as_json: bool, socket_path: Path | None) -> None:
+    """Whether the daemon runs, and its version, socket, data, store size and sessions.
+
+    Exits 0 when it runs and 3 when it does not.
+    """
+
+    async def main() -> pb.GetDaemonStatusResponse:
+        async with connect(socket_path) as daemon:
+            response: pb.GetDaemonStatusResponse = await daemon.call(
+                daemon.stub.GetDaemonStatus, pb.GetDaemonStatusRequest()
+            )
+            return response
+
+    try:
+        status = run(main())
+    except CliError as error:
+        if not isinstance(error.__cause__, DaemonUnavailableError):
+            raise
+        _print_not_running(resolve_socket_path(socket_path), as_json)
+        raise click.exceptions.Exit(NOT_RUNNING_EXIT) from None
+    on_disk = file_size(Path(status.data_dir) / STORE_SUBDIR / "data.mdb")
+    if as_json:
+        report: dict[str, Any] = {
+            "running": True,
+            "version": status.version,
+            "pid": status.pid,
+            "socket": status.socket_path,
+            "socket_activated": status.socket_activated,
+            "data_dir": status.data_dir,
+            "started": status.start_time.ToJsonString(),
+            "store_bytes": status.store_bytes,
+            "store_file_bytes": on_disk,
+            "sessions": status.session_count,
+            "running_turns": status.running_turns,
+            "retention": retention_text(status.retention),
+            "metrics": status.metrics_address or None,
+        }
+        click.echo(json.dumps(report, indent=2))
+        return
+    uptime = format_duration(
+        timedelta(seconds=int((datetime.now(UTC) - to_datetime(status.start_time)).total_seconds()))
+    )
+    disk = f", {human_bytes(on_disk)} file" if on_disk is not None else ""
+    lines = [
+        f"copilotd {status.version} is running (pid {status.pid}, up {uptime})",
+        f"socket:     {status.socket_path}{' (from systemd)' if status.socket_activated else ''}",
+        f"data dir:   {status.data_dir}",
+        f"store:      {human_bytes(status.store_bytes)} in use{disk}",
+        f"sessions:   {status.session_count} ({status.running_turns} turn(s) running)",
+        f"retention:  {retention_text(status.retention)}",
+        "metrics:    "
+        + (f"http://{status.metrics_address}/metrics" if status.metrics_address else "off"),
+    ]
+    click.echo("\n".join(lines))
+
+
+def _print_not_running(socket_path: Path, as_json: bool) -> None:
+    data_dir = resolve_data_dir()
+    on_disk = file_size(data_dir / STORE_SUBDIR / "data.mdb")
+    if as_json:
+        report = {
+            "running": False,
+            "socket": str(socket_path),
+            "data_dir": str(data_dir),
+            "store_file_bytes": on_disk,
+        }
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"copilotd is not running (nothing answers at {socket_path})")
+    click.echo(f"data dir:   {data_dir}")
+    click.echo(
+        f"store:      {human_bytes(on_disk) + ' file' if on_disk is not None else 'none yet'}"
+    )
+    click.echo("start it:   copilotd serve, or systemctl --user start copilotd")
+
+
+# -- install-service --------------------------------------------------------------------
+
+
+def unit_template(name: str) -> str:
+    return resources.files("copilotd").joinpath("units", name).read_text(encoding="utf-8")
+
+
+def render_unit(name: str, *, command: list[str], data_dir: Path) -> str:
+    """The unit ``name`` for this installation: its ExecStart and its data directory."""
+    text = unit_template(name)
+    if name != "copilotd.service":
+        return text
+    exec_start = "ExecStart=" + " ".join(_systemd_quote(part) for part in [*command, "serve"])
+    default_data = Path.home() / ".local" / "share" / "copilotd"
+    if data_dir != default_data:
+        exec_start += " --data-dir " + _systemd_quote(str(data_dir))
+        text = text.replace(
+            f"ReadWritePaths={TEMPLATE_DATA_DIR}", f"ReadWritePaths={_systemd_quote(str(data_dir))}"
+        )
+    if TEMPLATE_EXEC_START not in text:
+        raise AssertionError("the unit template lost its ExecStart line")
+    return text.replace(TEMPLATE_EXEC_START, exec_start)
+
+
+def _systemd_quote(word: str) -> str:
+    """Quote for systemd's command-line syntax (and escape its % specifiers)."""
+    word = word.replace("%", "%%")
+    return shlex.quote(word) if any(c.isspace() or c in "\"'\\" for c in word) else word
+
+
+def default_unit_dir() -> Path:
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config_home) / "systemd" / "user"
+
+
+@click.command("install-service")
+@click.option(
+    "--unit-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where to write the units [default $XDG_CONFIG_HOME/systemd/user].",
+)
+@click.option("--force", is_flag=True, help="Replace unit files that differ.")
+@reports_errors
+def install_service_command(unit_dir: Path | None, force: bool) -> None:
+    """Write copilotd.service and copilotd.socket for this installation (systemd --user)."""
+    unit_dir = unit_dir or default_unit_dir()
+    data_dir = resolve_data_dir()
+    command = [sys.executable, "-m", "copilotd"]
+    units = {name: render_unit(name, command=command, data_dir=data_dir) for name in UNIT_NAMES}
+    for name, text in units.items():
+        path = unit_dir / name
+        if path.exists() and path.read_text(encoding="utf-8") != text and not force:
+            raise CliError(f"{path} exists and differs; pass --force to replace it")
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    # The unit lets the daemon write only there, so it must exist before it starts.
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name, text in units.items():
+        path = unit_dir / name
+        unchanged = path.exists() and path.read_text(encoding="utf-8") == text
+        if not unchanged:
+            path.write_text(text, encoding="utf-8")
+        click.echo(f"{'unchanged' if unchanged else 'wrote'} {path}")
+    click.echo(
+        "\nNow run:\n"
+        "  systemctl --user daemon-reload\n"
+        "  systemctl --user enable --now copilotd.socket    # started by the first client\n"
+        "or, to keep it running from login on:\n"
+        "  systemctl --user enable --now copilotd.service\n"
+        "Logs: journalctl --user -u copilotd"
+    )

@@ -1,0 +1,344 @@
+"""``copilotd sessions …``: list, show, delete, prune, pin and unpin, over the gRPC API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+from google.protobuf import json_format
+
+from copilot_client.proto.v1 import copilot_pb2 as pb
+from copilotd import events as ev
+from copilotd.admin.retention import format_duration
+from copilotd.cli.common import (
+    DURATION,
+    CliError,
+    Daemon,
+    age,
+    connect,
+    local_time,
+    reports_errors,
+    run,
+    socket_option,
+    to_datetime,
+)
+from copilotd.events import SessionEvent, SessionMetadata
+from copilotd.limits import MAX_PAGE_SIZE
+
+SUMMARY_WIDTH = 48
+
+
+@click.group("sessions")
+def sessions_group() -> None:
+    """List, inspect, delete, prune and pin sessions (through the running daemon)."""
+
+
+# -- reading -----------------------------------------------------------------------
+
+
+async def list_all(
+    daemon: Daemon, *, older_than: timedelta | None = None, limit: int | None = None
+) -> list[SessionMetadata]:
+    """Sessions, most recently active first, page by page."""
+    cutoff = datetime.now(UTC) - older_than if older_than is not None else None
+    found: list[SessionMetadata] = []
+    token = ""
+    while limit is None or len(found) < limit:
+        response = await daemon.call(
+            daemon.stub.ListSessions,
+            pb.ListSessionsRequest(page_size=MAX_PAGE_SIZE, page_token=token),
+        )
+        for metadata in response.sessions:
+            if cutoff is None or to_datetime(metadata.modified_time) < cutoff:
+                found.append(metadata)
+        token = response.next_page_token
+        if not token:
+            break
+    return found if limit is None else found[:limit]
+
+
+async def read_events(daemon: Daemon, session_id: str, up_to: int) -> list[SessionEvent]:
+    """Persisted events 1..``up_to``, oldest first (later ones are left out)."""
+    events: list[SessionEvent] = []
+    cursor = 0
+    while cursor < up_to:
+        response = await daemon.call(
+            daemon.stub.ListEvents,
+            pb.ListEventsRequest(session_id=session_id, cursor=cursor, page_size=MAX_PAGE_SIZE),
+        )
+        page = [e for e in response.events if e.sequence <= up_to]
+        events.extend(page)
+        if not response.events or not response.next_cursor:
+            break
+        cursor = response.next_cursor
+    return events
+
+
+def metadata_dict(metadata: SessionMetadata) -> dict[str, Any]:
+    """A session as plain JSON: numbers as numbers, times as RFC 3339."""
+    return {
+        "session_id": metadata.session_id,
+        "start_time": metadata.start_time.ToJsonString(),
+        "modified_time": metadata.modified_time.ToJsonString(),
+        "summary": metadata.summary,
+        "model": metadata.model,
+        "message_count": metadata.message_count,
+        "last_sequence": metadata.last_sequence,
+        "turn_running": metadata.turn_running,
+        "pinned": metadata.pinned,
+    }
+
+
+def print_table(sessions: Sequence[SessionMetadata]) -> None:
+    now = datetime.now(UTC)
+    rows = [("ID", "LAST ACTIVE", "AGE", "MSGS", "MODEL", "PIN", "SUMMARY")]
+    for m in sessions:
+        summary = (
+            m.summary if len(m.summary) <= SUMMARY_WIDTH else m.summary[: SUMMARY_WIDTH - 1] + "…"
+        )
+        rows.append(
+            (
+                m.session_id,
+                local_time(m.modified_time),
+                age(m.modified_time, now),
+                str(m.message_count),
+                m.model,
+                "yes" if m.pinned else "",
+                summary,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+@sessions_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
+@click.option("--older-than", type=DURATION, help="Only sessions inactive for longer (e.g. 30d).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many sessions.")
+@socket_option
+@reports_errors
+def list_command(
+    as_json: bool, older_than: timedelta | None, limit: int | None, socket_path: Path | None
+) -> None:
+    """Sessions, most recently active first."""
+
+    async def main() -> list[SessionMetadata]:
+        async with connect(socket_path) as daemon:
+            return await list_all(daemon, older_than=older_than, limit=limit)
+
+    sessions = run(main())
+    if as_json:
+        click.echo(json.dumps([metadata_dict(m) for m in sessions], indent=2, ensure_ascii=False))
+    elif sessions:
+        print_table(sessions)
+    else:
+        click.echo(
+            "no sessions"
+            + (f" inactive for more than {format_duration(older_than)}" if older_than else ""),
+            err=True,
+        )
+
+
+def transcript_line(event: SessionEvent) -> str | None:
+    """One readable line for an event of the transcript (None: nothing worth showing)."""
+    stamp = to_datetime(event.timestamp).astimezone().strftime("%H:%M:%S")
+    kind = event.type
+    if kind == ev.USER_MESSAGE:
+        text = f"user: {event.user_message.content}"
+    elif kind == ev.ASSISTANT_MESSAGE:
+        partial = " [partial]" if event.assistant_message.partial else ""
+        text = f"assistant{partial}: {event.assistant_message.content}"
+    elif kind == ev.SESSION_START:
+        text = f"-- session started (model {event.session_start.model})"
+    elif kind == ev.SESSION_RESUME:
+        text = "-- resumed"
+    elif kind == ev.SESSION_ERROR:
+        error = event.session_error
+        text = f"!! error ({error.error_type}): {error.message}"
+    elif kind == ev.ABORT:
+        text = f"-- aborted: {event.abort.reason}"
+    elif kind == ev.ASSISTANT_TURN_END:
+        end = event.assistant_turn_end
+        if end.reason == ev.TurnEndReason.TURN_END_REASON_COMPLETED:
+            return None
+        reason = ev.TurnEndReason.Name(end.reason).removeprefix("TURN_END_REASON_").lower()
+        text = f"-- turn {reason}" + (f": {end.message}" if end.message else "")
+    elif kind == ev.ASSISTANT_TURN_START:
+        return None
+    else:
+        text = f"-- {kind}"
+    return f"[{stamp}] {text}"
+
+
+@sessions_group.command("show")
+@click.argument("session_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata and events as JSON.")
+@socket_option
+@reports_errors
+def show_command(session_id: str, as_json: bool, socket_path: Path | None) -> None:
+    """A session's metadata and its transcript (nothing is recorded: no resume)."""
+
+    async def main() -> tuple[SessionMetadata, list[SessionEvent]]:
+        async with connect(socket_path) as daemon:
+            response = await daemon.call(
+                daemon.stub.GetSession, pb.GetSessionRequest(session_id=session_id)
+            )
+            metadata = response.session
+            return metadata, await read_events(daemon, session_id, metadata.last_sequence)
+
+    metadata, events = run(main())
+    if as_json:
+        payload = {
+            "session": metadata_dict(metadata),
+            "events": [
+                json_format.MessageToDict(e, preserving_proto_field_name=True) for e in events
+            ],
+        }
+        click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        return
+    fields = [
+        ("session", metadata.session_id),
+        ("model", metadata.model),
+        ("started", local_time(metadata.start_time)),
+        (
+            "last active",
+            f"{local_time(metadata.modified_time)} ({age(metadata.modified_time)} ago)",
+        ),
+        ("messages", str(metadata.message_count)),
+        ("events", str(metadata.last_sequence)),
+        ("pinned", "yes" if metadata.pinned else "no"),
+        ("turn running", "yes" if metadata.turn_running else "no"),
+        ("summary", metadata.summary),
+    ]
+    for name, value in fields:
+        click.echo(f"{name + ':':<14}{value}")
+    click.echo()
+    for event in events:
+        line = transcript_line(event)
+        if line is not None:
+            click.echo(line)
+
+
+# -- changing ----------------------------------------------------------------------
+
+
+@sessions_group.command("delete")
+@click.argument("session_ids", metavar="ID...", nargs=-1, required=True)
+@click.option("--yes", "-y", is_flag=True, help="Delete without asking.")
+@socket_option
+@reports_errors
+def delete_command(session_ids: tuple[str, ...], yes: bool, socket_path: Path | None) -> None:
+    """Delete sessions and all their events, for good (asks first unless --yes)."""
+    if not yes and not sys.stdin.isatty():
+        raise CliError("not deleting without a confirmation (stdin is not a terminal): pass --yes")
+
+    async def main() -> None:
+        async with connect(socket_path) as daemon:
+            for session_id in session_ids:
+                response = await daemon.call(
+                    daemon.stub.GetSession, pb.GetSessionRequest(session_id=session_id)
+                )
+                m = response.session
+                question = (
+                    f"Delete session {session_id} ({m.message_count} messages, last active "
+                    f"{local_time(m.modified_time)}{', pinned' if m.pinned else ''})?"
+                )
+                if not yes and not click.confirm(question, default=False, err=True):
+                    click.echo(f"kept {session_id}", err=True)
+                    continue
+                await daemon.call(
+                    daemon.stub.DeleteSession, pb.DeleteSessionRequest(session_id=session_id)
+                )
+                click.echo(f"deleted {session_id}")
+
+    run(main())
+
+
+@sessions_group.command("prune")
+@click.option(
+    "--older-than", type=DURATION, help="Delete sessions inactive for longer than this (e.g. 30d)."
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    help="Keep the N most recently active sessions, whatever their age.",
+)
+@click.option("--dry-run", is_flag=True, help="Only show what would be deleted.")
+@click.option("--json", "as_json", is_flag=True, help="Print the sessions as a JSON array.")
+@socket_option
+@reports_errors
+def prune_command(
+    older_than: timedelta | None,
+    keep: int | None,
+    dry_run: bool,
+    as_json: bool,
+    socket_path: Path | None,
+) -> None:
+    """Delete old sessions; pinned ones and running turns are never touched.
+
+    With --older-than and --keep, a session goes when it is older AND not among
+    the N most recent. With neither, the daemon's [retention] policy is used,
+    so `copilotd sessions prune --dry-run` shows what the next sweep deletes.
+    """
+    request = pb.PruneSessionsRequest(dry_run=dry_run)
+    if older_than is not None or keep is not None:
+        request.policy.max_age_seconds = int(older_than.total_seconds()) if older_than else 0
+        if keep is not None:
+            request.policy.max_sessions = keep
+
+    async def main() -> pb.PruneSessionsResponse:
+        async with connect(socket_path) as daemon:
+            response: pb.PruneSessionsResponse = await daemon.call(
+                daemon.stub.PruneSessions, request
+            )
+            return response
+
+    response = run(main())
+    if as_json:
+        click.echo(json.dumps([metadata_dict(m) for m in response.sessions], indent=2))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {response.session_count} session(s)")
+    if response.sessions:
+        print_table(response.sessions)
+    if len(response.sessions) < response.session_count:
+        click.echo(f"(the first {len(response.sessions)} shown)")
+    if response.pinned_kept:
+        click.echo(f"kept {response.pinned_kept} pinned session(s) the rule selects")
+
+
+def _pin(session_id: str, pinned: bool, socket_path: Path | None) -> None:
+    async def main() -> None:
+        async with connect(socket_path) as daemon:
+            await daemon.call(
+                daemon.stub.SetSessionPinned,
+                pb.SetSessionPinnedRequest(session_id=session_id, pinned=pinned),
+            )
+
+    run(main())
+    click.echo(f"{'pinned' if pinned else 'unpinned'} {session_id}")
+
+
+@sessions_group.command("pin")
+@click.argument("session_id")
+@socket_option
+@reports_errors
+def pin_command(session_id: str, socket_path: Path | None) -> None:
+    """Pin a session: retention and prune never delete it."""
+    _pin(session_id, True, socket_path)
+
+
+@sessions_group.command("unpin")
+@click.argument("session_id")
+@socket_option
+@reports_errors
+def unpin_command(session_id: str, socket_path: Path | None) -> None:
+    """Unpin a session, so retention may delete it again."""
+    _pin(session_id, False, socket_path)

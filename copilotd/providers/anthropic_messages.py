@@ -1,0 +1,114 @@
+"""Anthropic Messages, streaming, through the official ``anthropic`` SDK."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any, cast
+
+import anthropic
+
+from copilotd.providers.base import (
+    ChatChunk,
+    ChatMessage,
+    ChatRequest,
+    ModelProvider,
+    ProviderError,
+    TextDelta,
+    Usage,
+)
+from copilotd.providers.environment import (
+    ANTHROPIC_CUSTOM_HEADERS,
+    environment_headers,
+    isolated_client,
+)
+from copilotd.providers.http_errors import sdk_errors
+from copilotd.providers.settings import ANTHROPIC_DEFAULT_MAX_OUTPUT_TOKENS, Connection
+
+# The SDK insists on a credential and would otherwise look for one in the
+# environment and in profile files; a server that needs none ignores this.
+NO_KEY = "no-key"
+
+
+class AnthropicMessagesProvider(ModelProvider):
+    def __init__(self, connection: Connection) -> None:
+        self.name = connection.name
+        self._label = f"anthropic provider {connection.name!r} at {connection.base_url}"
+        self._connection = connection
+        self._client = isolated_client(
+            lambda headers: _client(connection, headers),
+            connection.headers,
+            {} if connection.use_environment else environment_headers(ANTHROPIC_CUSTOM_HEADERS),
+            anthropic.omit,
+            "anthropic",
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk]:
+        if self._connection.missing_secret:
+            raise ProviderError(
+                f"{self._label}: {self._connection.missing_secret}", error_type="configuration"
+            )
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        input_tokens = output_tokens = cache_read = cache_write = 0
+        call_id = ""
+        with sdk_errors(anthropic, self._label, self._connection.timeout):
+            response = await self._client.messages.create(
+                model=request.model,
+                max_tokens=request.max_output_tokens or ANTHROPIC_DEFAULT_MAX_OUTPUT_TOKENS,
+                messages=_alternating(request.messages),
+                stream=True,
+                system=system or anthropic.omit,
+            )
+            async with response:
+                async for event in response:
+                    if event.type == "message_start":
+                        call_id = event.message.id
+                        start = event.message.usage
+                        input_tokens = start.input_tokens
+                        output_tokens = start.output_tokens
+                        cache_read = start.cache_read_input_tokens or 0
+                        cache_write = start.cache_creation_input_tokens or 0
+                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        if event.delta.text:
+                            yield TextDelta(event.delta.text)
+                    elif event.type == "message_delta":
+                        output_tokens = event.usage.output_tokens
+        yield Usage(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+            call_id=call_id,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _client(connection: Connection, headers: Mapping[str, object]) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(
+        api_key=None if connection.bearer_token else (connection.api_key or NO_KEY),
+        auth_token=connection.bearer_token,
+        base_url=connection.base_url,
+        max_retries=0,  # RetryingProvider retries
+        timeout=anthropic.Timeout(connection.timeout, connect=connection.connect_timeout),
+        # Omit values remove a header the SDK would add.
+        default_headers=cast("dict[str, str]", dict(headers)),
+    )
+
+
+def _alternating(messages: Sequence[ChatMessage]) -> list[Any]:
+    """The non-system messages, consecutive ones of the same role joined.
+
+    A failed turn leaves a user message without an answer, so the history
+    can hold two user messages in a row; the Messages API wants turns to
+    alternate.
+    """
+    merged: list[dict[str, str]] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        if merged and merged[-1]["role"] == message.role:
+            merged[-1]["content"] += "\n\n" + message.content
+        else:
+            merged.append({"role": message.role, "content": message.content})
+    return merged

@@ -1,0 +1,93 @@
+"""The offline model: no network, deterministic, and honest about what it is.
+
+It exists so that copilotd works out of the box and so tests can check that
+a resumed session really carries its history: asked anything, it repeats the
+prompt and recalls the earlier user messages it was given as context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from operator import attrgetter
+
+from copilotd.providers.base import ChatChunk, ChatRequest, ModelProvider, TextDelta
+
+RECALL_LIMIT = 5
+QUOTE_LIMIT = 120
+DELTA_COUNT = 6
+_QUOTE_SCAN = 4 * QUOTE_LIMIT
+_role = attrgetter("role")
+
+
+def _quote(text: str) -> str:
+    # Only the start of a long message can show: collapse the whitespace of
+    # that (a prefix of the whole, collapsed), unless it comes out short.
+    line = " ".join(text[:_QUOTE_SCAN].split())
+    if len(line) <= QUOTE_LIMIT and len(text) > _QUOTE_SCAN:
+        line = " ".join(text.split())
+    if len(line) > QUOTE_LIMIT:
+        line = line[: QUOTE_LIMIT - 1] + "…"
+    return f'"{line}"'
+
+
+def compose_reply(request: ChatRequest) -> str:
+    # From the end: the prompt and the few earlier messages it quotes, without
+    # going through the whole context, which holds hundreds of messages in a
+    # long session; counting user messages is one pass in C.
+    recent: list[str] = []
+    for message in reversed(request.messages):
+        if message.role == "user":
+            recent.append(message.content)
+            if len(recent) > RECALL_LIMIT:
+                break
+    prompt = recent[0] if recent else ""
+    earlier_count = max(0, list(map(_role, request.messages)).count("user") - 1)
+    parts = [
+        f"This is the offline model of copilotd (no model provider is configured, so it "
+        f"answers for every model name, {request.model!r} included).",
+        f"You said: {_quote(prompt)}.",
+    ]
+    if earlier_count:
+        recalled = "; ".join(_quote(m) for m in reversed(recent[1:]))
+        parts.append(
+            f"We were discussing what you said earlier in this session "
+            f"({earlier_count} earlier message{'s' if earlier_count != 1 else ''}): {recalled}."
+        )
+    else:
+        parts.append("There are no earlier messages from you in this session.")
+    return " ".join(parts)
+
+
+def split_into_deltas(text: str, count: int = DELTA_COUNT) -> list[str]:
+    """Split ``text`` into about ``count`` pieces on word boundaries; joined, they are ``text``."""
+    words = text.split(" ")
+    step = max(1, -(-len(words) // count))
+    pieces = [" ".join(words[i : i + step]) for i in range(0, len(words), step)]
+    return [piece if i == 0 else " " + piece for i, piece in enumerate(pieces)]
+
+
+class OfflineProvider(ModelProvider):
+    """Answers every model name locally.
+
+    Args:
+        delta_delay: seconds to wait before each delta, to make a turn last
+            long enough to watch or abort (0 by default).
+    """
+
+    name = "offline"
+    counts_tokens = False
+
+    def __init__(self, *, delta_delay: float = 0.0) -> None:
+        self._delta_delay = delta_delay
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk]:
+        reply = compose_reply(request)
+        for piece in split_into_deltas(reply):
+            # Without a delay the model is instantaneous: its deltas are ready
+            # at once (as a fast provider's buffered chunks are), so they reach
+            # subscribers together instead of costing a loop iteration and a
+            # stream message each.
+            if self._delta_delay:
+                await asyncio.sleep(self._delta_delay)
+            yield TextDelta(piece)

@@ -1,0 +1,332 @@
+"""The ``[providers.NAME]`` and ``[models]`` tables of the config file.
+
+Example (README, "Configuration", has one per kind of server)::
+
+    [models]
+    default = "gpt-4o-mini"        # model of sessions created without one
+
+    [providers.openai]
+    type = "openai"                # openai | azure | anthropic | offline
+    api_key_env = "OPENAI_API_KEY" # or api_key = "..."
+    context_window = 128000        # default for the models below
+    models = ["gpt-4o", "gpt-4o-mini"]
+
+Tables are validated with pydantic (unknown keys are refused, so a typo
+never silently does nothing); errors name the file, the table and the key.
+Secrets read here (``api_key``, ``bearer_token``, header values that look
+like credentials) are handed to the log redactor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from copilotd.config import ConfigError, ConfigFile
+from copilotd.providers.retry import RetryPolicy
+from copilotd.redaction import REDACTOR
+
+ProviderType = Literal["openai", "azure", "anthropic", "offline"]
+PROVIDER_TYPES: tuple[str, ...] = ("openai", "azure", "anthropic", "offline")
+PUBLIC_BASE_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
+# The Anthropic API requires max_tokens on every request.
+ANTHROPIC_DEFAULT_MAX_OUTPUT_TOKENS = 4096
+DEFAULT_TIMEOUT = 600.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+# Header names whose values are treated as secrets (redacted from logs).
+_SECRET_HEADER_WORDS = ("auth", "key", "token", "secret", "cookie")
+
+TableT = TypeVar("TableT", bound="_Table")
+Positive = Annotated[float, Field(gt=0)]
+TokenCount = Annotated[int, Field(ge=1)]
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelTable(_Table):
+    """``[providers.NAME.models.MODEL]``."""
+
+    wire_model: str | None = None
+    context_window: TokenCount | None = None
+    max_output_tokens: TokenCount | None = None
+    max_prompt_tokens: TokenCount | None = None
+
+
+class ProviderTable(_Table):
+    """``[providers.NAME]``."""
+
+    type: ProviderType
+    base_url: str | None = None
+    api_key: str | None = None
+    api_key_env: str | None = None
+    bearer_token: str | None = None
+    bearer_token_env: str | None = None
+    api_version: str | None = None
+    headers: dict[str, str] = {}
+    timeout: Positive = DEFAULT_TIMEOUT
+    connect_timeout: Positive = DEFAULT_CONNECT_TIMEOUT
+    max_retries: Annotated[int, Field(ge=0, le=20)] = RetryPolicy.max_retries
+    retry_initial_delay: Annotated[float, Field(ge=0)] = RetryPolicy.initial_delay
+    retry_max_delay: Annotated[float, Field(ge=0)] = RetryPolicy.max_delay
+    max_retry_after: Annotated[float, Field(ge=0)] = RetryPolicy.max_retry_after
+    stream_usage: bool = True
+    max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
+    context_window: TokenCount | None = None
+    max_output_tokens: TokenCount | None = None
+    models: list[str] | dict[str, ModelTable] = []
+
+
+class ModelsTable(_Table):
+    """``[models]``."""
+
+    default: str | None = None
+    fallback_provider: str | None = None
+    # What a send does on a session whose own provider's secret the daemon no
+    # longer holds (after a restart): "fail" says what to pass again;
+    # "use_configured" answers with the configured provider of its model.
+    session_secret_missing: Literal["fail", "use_configured"] = "fail"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Connection:
+    """How to reach one provider: what its client is built from.
+
+    Attributes:
+        name: the config table's name, or "session <id>" for a session's own.
+        missing_secret: why the configured secret is unavailable (e.g. an
+            unset environment variable); calls then fail with that message.
+        use_environment: whether the SDK may add what copilotd's environment
+            says (``OPENAI_CUSTOM_HEADERS``, ``OPENAI_ORG_ID``, …): yes for the
+            configured providers, no for a session's own (``environment.py``).
+    """
+
+    name: str
+    type: str
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    bearer_token: str | None = field(default=None, repr=False)
+    missing_secret: str = ""
+    api_version: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    stream_usage: bool = True
+    max_tokens_param: str = "max_completion_tokens"
+    use_environment: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    """A model a configured provider offers."""
+
+    name: str
+    provider: str
+    wire_model: str
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    max_prompt_tokens: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderSettings:
+    """Everything the ``[providers.*]`` and ``[models]`` tables say; empty: offline only."""
+
+    connections: dict[str, Connection] = field(default_factory=dict)
+    models: dict[str, ModelSettings] = field(default_factory=dict)
+    default_model: str | None = None
+    # Serves the model names no provider lists, with these settings.
+    fallback: ModelSettings | None = None
+    use_configured_when_secret_missing: bool = False
+
+    def model(self, name: str) -> ModelSettings | None:
+        """The settings of model ``name``, or None when no provider serves it."""
+        listed = self.models.get(name)
+        if listed is not None or self.fallback is None:
+            return listed
+        return replace(self.fallback, name=name, wire_model=name)
+
+
+def check_base_url(url: str) -> str | None:
+    """Why ``url`` cannot be a provider's base URL, or None when it can."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"base_url {url!r} is not an http:// or https:// URL"
+    return None
+
+
+def load_provider_settings(
+    config: ConfigFile, environ: Mapping[str, str] = os.environ
+) -> ProviderSettings:
+    """Read and check ``[providers.*]`` and ``[models]``; raises ``ConfigError``."""
+    where = config.where()
+    providers = config.section("providers")
+    models_table = _parse(ModelsTable, config.section("models"), f"{where}: [models]")
+    connections: dict[str, Connection] = {}
+    models: dict[str, ModelSettings] = {}
+    fallback_name = models_table.fallback_provider
+    fallback: ModelSettings | None = None
+    for name, raw in providers.items():
+        label = f"{where}: [providers.{name}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{label} must be a table (type = ..., models = [...])")
+        table = _parse(ProviderTable, raw, label)
+        connections[name] = _connection(name, table, label, environ)
+        if name == fallback_name:
+            fallback = _model(name, table, "", ModelTable(), label)
+        for model in _models(name, table, label):
+            if model.name in models:
+                raise ConfigError(
+                    f"{where}: model {model.name!r} is offered by both [providers."
+                    f"{models[model.name].provider}] and [providers.{name}]; list it once, or "
+                    f"list it under another name with wire_model = {model.wire_model!r}"
+                )
+            models[model.name] = model
+    if fallback_name is not None and fallback is None:
+        raise ConfigError(
+            f"{where}: [models] fallback_provider = {fallback_name!r} names no [providers.*] table"
+        )
+    if connections and not models and fallback is None:
+        raise ConfigError(
+            f"{where}: the configured providers list no models; add models = [...] to a "
+            "[providers.NAME] table, or set [models] fallback_provider"
+        )
+    settings = ProviderSettings(
+        connections=connections,
+        models=models,
+        fallback=fallback,
+        use_configured_when_secret_missing=models_table.session_secret_missing == "use_configured",
+    )
+    default = models_table.default
+    if default is None and connections:
+        if not models:
+            raise ConfigError(
+                f"{where}: [models] default is needed when no provider lists models "
+                "(the model of sessions created without one)"
+            )
+        default = next(iter(models))
+    elif default is not None and connections and settings.model(default) is None:
+        offered = ", ".join(models) or "none: no provider lists models"
+        raise ConfigError(
+            f"{where}: [models] default = {default!r} is not a model of any provider "
+            f"(offered: {offered})"
+        )
+    return replace(settings, default_model=default)
+
+
+def _parse(kind: type[TableT], values: dict[str, Any], label: str) -> TableT:
+    try:
+        return kind.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or 'table'}: {item['msg']}"
+            for item in error.errors(include_url=False, include_input=False)
+        )
+        raise ConfigError(f"{label}: {problems}") from None
+
+
+def _secret(
+    table: ProviderTable, kind: str, label: str, environ: Mapping[str, str]
+) -> tuple[str | None, str]:
+    """The value of ``kind`` ("api_key" or "bearer_token") and why it is missing, if it is."""
+    value: str | None = getattr(table, kind)
+    variable: str | None = getattr(table, f"{kind}_env")
+    if value is not None and variable is not None:
+        raise ConfigError(f"{label}: set {kind} or {kind}_env, not both")
+    if variable is not None:
+        value = environ.get(variable) or None
+        if value is None:
+            return None, (
+                f"the environment variable {variable} (named by {kind}_env in {label}) is not "
+                "set in copilotd's environment"
+            )
+    return value, ""
+
+
+def _connection(
+    name: str, table: ProviderTable, label: str, environ: Mapping[str, str]
+) -> Connection:
+    api_key, missing_key = _secret(table, "api_key", label, environ)
+    bearer_token, missing_token = _secret(table, "bearer_token", label, environ)
+    if api_key is not None and bearer_token is not None:
+        raise ConfigError(f"{label}: give an api_key or a bearer_token, not both")
+    missing = "" if api_key or bearer_token else (missing_key or missing_token)
+    base_url = table.base_url or PUBLIC_BASE_URLS.get(table.type, "")
+    if table.type == "azure" and (not table.base_url or not table.api_version):
+        raise ConfigError(
+            f"{label}: an azure provider needs base_url (https://NAME.openai.azure.com) "
+            "and api_version (e.g. 2024-10-21)"
+        )
+    if table.type != "offline":
+        problem = check_base_url(base_url)
+        if problem:
+            raise ConfigError(f"{label}: {problem}")
+    for secret in (api_key, bearer_token):
+        if secret:
+            REDACTOR.add(secret)
+    for header, value in table.headers.items():
+        if any(word in header.lower() for word in _SECRET_HEADER_WORDS):
+            REDACTOR.add(value)
+    return Connection(
+        name=name,
+        type=table.type,
+        base_url=base_url,
+        api_key=api_key,
+        bearer_token=bearer_token,
+        missing_secret=missing,
+        api_version=table.api_version or "",
+        headers=dict(table.headers),
+        timeout=table.timeout,
+        connect_timeout=table.connect_timeout,
+        retry=RetryPolicy(
+            max_retries=table.max_retries,
+            initial_delay=table.retry_initial_delay,
+            max_delay=table.retry_max_delay,
+            max_retry_after=table.max_retry_after,
+        ),
+        stream_usage=table.stream_usage,
+        max_tokens_param=table.max_tokens_param,
+    )
+
+
+def _models(name: str, table: ProviderTable, label: str) -> list[ModelSettings]:
+    entries = (
+        dict.fromkeys(table.models, ModelTable())
+        if isinstance(table.models, list)
+        else table.models
+    )
+    models = []
+    for model, settings in entries.items():
+        if not model.strip():
+            raise ConfigError(f"{label}: a model name is empty")
+        models.append(_model(name, table, model, settings, f"{label} model {model!r}"))
+    return models
+
+
+def _model(
+    provider: str, table: ProviderTable, name: str, settings: ModelTable, label: str
+) -> ModelSettings:
+    max_output = settings.max_output_tokens or table.max_output_tokens
+    if max_output is None and table.type == "anthropic":
+        max_output = ANTHROPIC_DEFAULT_MAX_OUTPUT_TOKENS
+    window = settings.context_window or table.context_window
+    if window and not settings.max_prompt_tokens and (max_output or 0) >= window:
+        raise ConfigError(
+            f"{label}: max_output_tokens ({max_output}) leaves no room for the prompt in "
+            f"context_window ({window}); lower it or raise context_window"
+        )
+    return ModelSettings(
+        name=name,
+        provider=provider,
+        wire_model=settings.wire_model or name,
+        context_window=window,
+        max_output_tokens=max_output,
+        max_prompt_tokens=settings.max_prompt_tokens,
+    )

@@ -1,0 +1,148 @@
+"""What runs beside the API: systemd notification and watchdog, the activation
+relay, retention sweeps and the metrics endpoint, started and stopped in order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from copilotd.admin.retention import RetentionPolicy, RetentionRule, Selection
+from copilotd.admin.service import AdminService
+from copilotd.errors import ServiceError
+from copilotd.events import SessionEvent
+from copilotd.providers import ProviderRegistry
+from copilotd.runtime.activation import InheritedSocket, SocketRelay
+from copilotd.runtime.metrics import MeteredFanOut, Metrics, MetricsAddress
+from copilotd.runtime.periodic import Periodic
+from copilotd.runtime.systemd import Watchdog, notify, watchdog_interval
+from copilotd.sessions.fanout import FanOut
+from copilotd.sessions.service import SessionService
+from copilotd.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Operations:
+    """Raises ``MetricsAddressError`` for a metrics address that is not loopback."""
+
+    def __init__(self, *, metrics_address: str | None, retention: RetentionPolicy) -> None:
+        self.retention = retention
+        self._metrics_address = MetricsAddress.parse(metrics_address) if metrics_address else None
+        self.metrics = Metrics() if self._metrics_address else None
+        self._relay: SocketRelay | None = None
+        self._sweeper: RetentionSweeper | None = None
+        self._watchdog: Watchdog | None = None
+        self._admin: AdminService | None = None
+
+    def fanout(self, **options: Any) -> FanOut[SessionEvent]:
+        if self.metrics:
+            return MeteredFanOut(self.metrics, **options)
+        return FanOut(**options)
+
+    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        return [self.metrics.interceptor()] if self.metrics else []
+
+    def attach(
+        self,
+        admin: AdminService,
+        service: SessionService,
+        store: Store,
+        providers: ProviderRegistry,
+    ) -> None:
+        """Know the services; open the metrics endpoint (before the API: a busy port stops it)."""
+        self._admin = admin
+        if self.metrics is None or self._metrics_address is None:
+            return
+        self.metrics.watch(
+            session_count=store.session_count,
+            store_bytes=store.size_bytes,
+            running_turns=lambda: service.running_turns,
+            idle_context_bytes=lambda: service.idle_contexts.bytes,
+            provider_of=lambda session_id: _provider_name(store, providers, session_id),
+        )
+        address = self.metrics.serve(self._metrics_address)
+        admin.info = replace(admin.info, metrics_address=address)
+
+    def start(self, inherited: InheritedSocket | None, bound_path: Path) -> None:
+        """Start relaying, sweeping and pinging the watchdog (the API already serves)."""
+        if inherited is not None:
+            self._relay = SocketRelay(inherited.sock, bound_path)
+            self._relay.start()
+        if self.retention.rule is not None and self._admin is not None:
+            self._sweeper = RetentionSweeper(self.retention, self._admin.prune)
+            self._sweeper.start()
+            log.info(
+                "retention: sweeping every %s for sessions %s",
+                self.retention.sweep_interval,
+                self.retention.rule.describe(),
+            )
+        interval = watchdog_interval()
+        if interval is not None:
+            self._watchdog = Watchdog(interval)
+            self._watchdog.start()
+
+    def ready(self, status: str) -> None:
+        """Tell systemd the daemon serves (Type=notify): only now do clients get started."""
+        notify("READY=1", f"STATUS={status}")
+
+    async def stopping(self) -> None:
+        """First step of shutdown: tell systemd, stop taking connections and sweeping."""
+        notify("STOPPING=1", "STATUS=shutting down")
+        if self._relay is not None:
+            await self._relay.stop_accepting()
+        if self._sweeper is not None:
+            await self._sweeper.stop()
+
+    async def close(self) -> None:
+        """Last step, once the server has stopped."""
+        if self._relay is not None:
+            await self._relay.close()
+        if self._watchdog is not None:
+            await self._watchdog.stop()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def _provider_name(store: Store, providers: ProviderRegistry, session_id: str) -> str:
+    record = store.get_session(session_id)
+    if record is None:
+        return "unknown"
+    try:
+        return providers.route_for(record.metadata).provider.name
+    except ServiceError:
+        return "unavailable"
+
+
+class RetentionSweeper(Periodic):
+    """Applies the configured rule at start and then every ``sweep_interval``.
+
+    Args:
+        policy: the configured policy (must have a rule).
+        prune: deletes what a rule selects and returns the deleted sessions;
+            the same path ``PruneSessions`` takes.
+    """
+
+    def __init__(
+        self,
+        policy: RetentionPolicy,
+        prune: Callable[[RetentionRule], Awaitable[Selection]],
+    ) -> None:
+        if policy.rule is None:
+            raise ValueError("retention is off: no rule to sweep with")
+        self._rule = policy.rule
+        self._prune = prune
+        super().__init__("retention sweep", policy.sweep_interval.total_seconds(), self._sweep)
+
+    async def _sweep(self) -> None:
+        result = await self._prune(self._rule)
+        log.info(
+            "retention sweep: deleted %d session(s) %s (%d pinned kept)",
+            len(result.sessions),
+            self._rule.describe(),
+            result.pinned_kept,
+        )

@@ -1,0 +1,777 @@
+"""The session core: every operation of the API, free of any transport.
+
+The servicer unpacks requests and calls this; tests and other front ends can
+call it directly. All writes go through the group committer and publish their
+events to live subscribers in commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from copilot_client.proto.v1 import copilot_pb2, events_pb2
+from copilotd import events as ev
+from copilotd.errors import (
+    InvalidArgumentError,
+    MessageAlreadyAnsweredError,
+    Reason,
+    SequenceConflictError,
+    ServiceError,
+    SessionExistsError,
+    SessionNotFoundError,
+    ShuttingDownError,
+    StoreFullError,
+)
+from copilotd.events import SessionEvent, SessionMetadata
+from copilotd.limits import (
+    DEFAULT_EVENT_PAGE_SIZE,
+    DEFAULT_MAX_PROMPT_BYTES,
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    PAGE_BYTES,
+    byte_batches,
+)
+from copilotd.providers import (
+    ProviderRegistry,
+    check_provider_config,
+    public_provider_config,
+)
+from copilotd.sessions.context_window import ContextWindow, context_messages
+from copilotd.sessions.fanout import FanOut
+from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
+from copilotd.sessions.scheduler import TurnScheduler
+from copilotd.sessions.turns import RunningTurn, TurnEngine
+from copilotd.sessions.validation import (
+    check_enum,
+    check_label,
+    check_message_id,
+    check_prompt,
+    check_session_id,
+    page_size,
+)
+from copilotd.store import (
+    PendingMessage,
+    SequenceConflict,
+    SessionExists,
+    SessionNotFound,
+    SessionRecord,
+    Store,
+    StoreFull,
+)
+from copilotd.store.committer import GroupCommitter
+from copilotd.store.purger import Purger
+
+log = logging.getLogger(__name__)
+
+LifecycleEvent = copilot_pb2.LifecycleEvent
+LIFECYCLE_TOPIC = "lifecycle"
+SESSION_CREATED = "session.created"
+SESSION_DELETED = "session.deleted"
+SESSION_UPDATED = "session.updated"
+LIFECYCLE_TYPES = frozenset({SESSION_CREATED, SESSION_DELETED, SESSION_UPDATED})
+
+STREAM_BATCH_EVENTS = 256
+# Sessions kept in memory without a running turn; older ones are dropped and
+# reloaded from the store when used again.
+MAX_IDLE_STATES = 1024
+# User messages remembered per session (id -> sequence), so that a client
+# sending a message again with its own id after losing the connection does
+# not record it twice.
+RECENT_MESSAGE_IDS = 256
+INTERRUPTED_AT_RESTART = "interrupted by daemon restart"
+
+
+@contextlib.contextmanager
+def store_errors(session_id: str = "") -> Iterator[None]:
+    """Turn the store's errors into the service's, in one place."""
+    try:
+        yield
+    except SessionNotFound as error:
+        raise SessionNotFoundError(error.session_id) from None
+    except SessionExists as error:
+        raise SessionExistsError(error.session_id) from None
+    except SequenceConflict as error:
+        raise SequenceConflictError(error.session_id, error.expected, error.actual) from None
+    except StoreFull as error:
+        raise StoreFullError(f"the session store is full: {error}") from None
+
+
+@dataclass(frozen=True)
+class TurnOutcome:
+    """How a turn ended: what ``send_message_and_wait`` returns."""
+
+    message_id: str
+    answer: SessionEvent | None
+    error: SessionEvent | None
+    turn_end: SessionEvent
+
+    @classmethod
+    def from_closing_commit(cls, stored: Sequence[SessionEvent]) -> TurnOutcome:
+        """From the events of the commit that closed the turn (turn_end last)."""
+        turn_end = stored[-1]
+        answer = error = None
+        for event in stored:
+            if event.type == ev.ASSISTANT_MESSAGE:
+                answer = event
+            elif event.type == ev.SESSION_ERROR:
+                error = event
+        return cls(turn_end.assistant_turn_end.user_message_id, answer, error, turn_end)
+
+
+@dataclass
+class SessionState:
+    """What the daemon keeps in memory about a session while it is in use."""
+
+    last_sequence: int
+    last_event_id: str
+    # Model context (recent user and assistant messages), loaded on the first
+    # turn and then extended as messages are committed, so a turn never
+    # re-reads the history.
+    context: ContextWindow | None = None
+    turn: RunningTurn | None = None
+    # Mirror of the record's durable queue of messages waiting for a turn.
+    pending: list[PendingMessage] = field(default_factory=list)
+    # Recent user messages' ids and sequence numbers, oldest first.
+    recent_messages: dict[str, int] = field(default_factory=dict)
+    # Callers of send_message_and_wait, by user message id.
+    turn_waiters: dict[str, asyncio.Future[TurnOutcome]] = field(default_factory=dict)
+
+    def remember_messages(self, stored: Sequence[SessionEvent]) -> None:
+        for event in stored:
+            if event.type == ev.USER_MESSAGE:
+                self.recent_messages[event.id] = event.sequence
+                if len(self.recent_messages) > RECENT_MESSAGE_IDS:
+                    del self.recent_messages[next(iter(self.recent_messages))]
+
+    def resolve_waiter(self, message_id: str, outcome: TurnOutcome | BaseException) -> None:
+        waiter = self.turn_waiters.pop(message_id, None)
+        if waiter is None or waiter.done():
+            return
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
+
+    def fail_waiters(self, error: BaseException) -> None:
+        for message_id in list(self.turn_waiters):
+            self.resolve_waiter(message_id, error)
+
+
+class SessionService:
+    """Create, resume, list, delete, talk to and read sessions."""
+
+    def __init__(
+        self,
+        store: Store,
+        committer: GroupCommitter,
+        providers: ProviderRegistry,
+        *,
+        version: str,
+        fanout: FanOut[SessionEvent] | None = None,
+        max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
+        idle_context_budget: int = DEFAULT_BUDGET_BYTES,
+    ) -> None:
+        self._store = store
+        self._committer = committer
+        self.fanout: FanOut[SessionEvent] = fanout or FanOut()
+        self.lifecycle: FanOut[LifecycleEvent] = FanOut()
+        self.providers = providers
+        self.version = version
+        self.max_prompt_bytes = max_prompt_bytes
+        self._states: dict[str, SessionState] = {}
+        # Bounds the memory of the cached contexts of idle sessions.
+        self.idle_contexts = IdleContexts(idle_context_budget)
+        self._turns = TurnEngine(self)
+        self._scheduler = TurnScheduler(self, self._turns)
+        # Deleted sessions' events are removed after the deletion, in steps.
+        self.purger = Purger(committer)
+        self._shutting_down = False
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    # -- state and writes ---------------------------------------------------
+
+    def _state(self, record: SessionRecord) -> SessionState:
+        session_id = record.metadata.session_id
+        state = self._states.get(session_id)
+        if state is None:
+            state = SessionState(
+                record.metadata.last_sequence,
+                record.metadata.last_event_id,
+                pending=list(record.pending),
+            )
+            self._states[session_id] = state
+            if len(self._states) > MAX_IDLE_STATES:
+                self._evict_idle_states()
+        return state
+
+    def _evict_idle_states(self) -> None:
+        excess = len(self._states) - MAX_IDLE_STATES // 2
+        idle = [
+            sid
+            for sid, s in self._states.items()
+            if s.turn is None and not s.pending and not s.turn_waiters
+        ]
+        for session_id in idle[:excess]:
+            self.idle_contexts.take(session_id)
+            del self._states[session_id]
+
+    def _record(self, session_id: str) -> SessionRecord:
+        check_session_id(session_id)
+        record = self._store.get_session(session_id)
+        if record is None:
+            raise SessionNotFoundError(session_id)
+        return record
+
+    def _published(
+        self,
+        record: SessionRecord,
+        stored: Sequence[SessionEvent],
+        *,
+        closed_turn: bool = False,
+    ) -> None:
+        """After a commit: advance the in-memory state and fan the events out.
+
+        A commit that closes a turn hands the session to the next queued
+        message (or to session.idle) here, before anyone can react to its
+        turn_end.
+        """
+        session_id = record.metadata.session_id
+        state = self._states.get(session_id)
+        if state is not None and stored:
+            state.last_sequence = stored[-1].sequence
+            state.last_event_id = stored[-1].id
+            if state.context is not None and (added := context_messages(stored)):
+                self.idle_contexts.take(session_id)  # in use; counted again once idle
+                state.context.extend(added)
+            state.remember_messages(stored)
+        self.fanout.publish(session_id, stored)
+        self._announce_lifecycle(SESSION_UPDATED, session_id, record.metadata)
+        if closed_turn:
+            if state is not None:
+                if state.turn_waiters and stored:
+                    outcome = TurnOutcome.from_closing_commit(stored)
+                    state.resolve_waiter(outcome.message_id, outcome)
+                self._scheduler.after_turn(session_id, state)
+                if state.turn is None:
+                    self.idle_contexts.park(session_id, state)
+            else:
+                self.publish_ephemeral(session_id, ev.make_event(ev.SESSION_IDLE))
+
+    def release_turn(
+        self, turn: RunningTurn, *, turn_started: bool, error: BaseException | None = None
+    ) -> None:
+        """Free the session after a turn whose start or end could not be committed."""
+        state = self._states.get(turn.session_id)
+        if state is None or state.turn is not turn:
+            return
+        if turn_started:
+            if not isinstance(error, ServiceError):
+                error = ServiceError("the turn's end could not be recorded; see the daemon log")
+            state.resolve_waiter(turn.user_message_id, error)
+            self._scheduler.after_turn(turn.session_id, state)
+        else:
+            # Nothing of the turn was written; queued messages wait for the
+            # next send or the next start rather than failing one after another.
+            state.turn = None
+        if state.turn is None:
+            self.idle_contexts.park(turn.session_id, state)
+
+    def _announce_lifecycle(
+        self, event_type: str, session_id: str, metadata: SessionMetadata | None
+    ) -> None:
+        if not self.lifecycle.subscriber_count(LIFECYCLE_TOPIC):
+            return
+        event = LifecycleEvent(type=event_type, session_id=session_id, timestamp=ev.now_timestamp())
+        if metadata is not None:
+            event.metadata.CopyFrom(metadata)
+        self.lifecycle.publish(LIFECYCLE_TOPIC, [event])
+
+    async def append(
+        self,
+        session_id: str,
+        events: Sequence[SessionEvent],
+        *,
+        open_turn: tuple[str, str] | None = None,
+        close_turn: bool = False,
+        expected_last_sequence: int | None = None,
+        pending: list[PendingMessage] | None = None,
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        """Durably append ``events``, then publish them; returns the record and stored events."""
+        with store_errors(session_id):
+            return await self._committer.submit(
+                lambda writer: writer.append_events(
+                    session_id,
+                    events,
+                    expected_last_sequence=expected_last_sequence,
+                    open_turn=open_turn,
+                    close_turn=close_turn,
+                    pending=pending,
+                ),
+                on_commit=lambda result: self._published(
+                    result[0], result[1], closed_turn=close_turn
+                ),
+            )
+
+    def publish_ephemeral(self, session_id: str, event: SessionEvent) -> None:
+        state = self._states.get(session_id)
+        if state is not None:
+            event.sequence = state.last_sequence
+            event.parent_id = state.last_event_id
+        self.fanout.publish(session_id, [event])
+
+    def load_context(self, session_id: str) -> ContextWindow:
+        """The session's recent user and assistant messages (cached per session)."""
+        state = self._states[session_id]
+        self.idle_contexts.take(session_id)
+        if state.context is None:
+            state.context = ContextWindow.load(self._store, session_id)
+        return state.context
+
+    # -- the API --------------------------------------------------------------
+
+    async def create_session(self, config: copilot_pb2.SessionConfig) -> SessionMetadata:
+        self._check_running()
+        session_id = config.session_id or str(uuid.uuid4())
+        check_session_id(session_id)
+        model = check_label(config.model, "config.model") or self.providers.default_model
+        metadata = SessionMetadata(session_id=session_id, model=model)
+        if config.HasField("system_message"):
+            check_enum(
+                config.system_message.mode,
+                copilot_pb2.SystemMessageMode,
+                "config.system_message.mode",
+            )
+            check_label(
+                config.system_message.content,
+                "config.system_message.content",
+                self.max_prompt_bytes,
+            )
+            metadata.system_message.CopyFrom(config.system_message)
+        start = ev.make_event(
+            ev.SESSION_START, session_id=session_id, model=model, producer_version=self.version
+        )
+        own_provider = config.HasField("provider")
+        if own_provider:  # stored without its secrets; they stay in memory
+            check_provider_config(config.provider)
+            if not config.model and not config.provider.wire_model:
+                raise InvalidArgumentError(
+                    "a session with its own provider needs a model: set SessionConfig.model "
+                    "(or the provider's wire_model) to a model that provider serves",
+                    Reason.ERROR_REASON_INVALID_PROVIDER,
+                )
+            metadata.provider.CopyFrom(public_provider_config(config.provider))
+            start.session_start.provider.CopyFrom(metadata.provider)
+        else:
+            self.providers.check_model(model)
+        metadata.start_time.CopyFrom(start.timestamp)
+        with store_errors(session_id):
+            record, stored = await self._committer.submit(
+                lambda writer: writer.create_session(metadata, [start])
+            )
+        if own_provider:
+            await self.providers.hold_session_provider(session_id, config.provider)
+        self._state(record)
+        self.fanout.publish(session_id, stored)
+        self._announce_lifecycle(SESSION_CREATED, session_id, record.metadata)
+        log.info("created session %s (model %s)", session_id, model)
+        return record.metadata
+
+    def get_session(self, session_id: str) -> SessionMetadata:
+        return self._record(session_id).metadata
+
+    async def resume_session(
+        self,
+        session_id: str,
+        tail_events: int,
+        provider: events_pb2.ProviderConfig | None = None,
+    ) -> tuple[SessionMetadata, list[SessionEvent], bool]:
+        """Record a session.resume; ``provider`` (the session's own, again) is held in memory.
+
+        Returns the metadata, the last ``tail_events`` events and whether the
+        session.resume was recorded: on a full store it is not, and the resume
+        succeeds anyway, so that a user whose disk is full can still open and
+        read their sessions (and delete some to make room).
+        """
+        self._check_running()
+        record = self._record(session_id)
+        state = self._state(record)
+        resume = ev.make_event(
+            ev.SESSION_RESUME,
+            event_count=record.metadata.last_sequence,
+            already_in_use=self.fanout.subscriber_count(session_id) > 0 or bool(state.turn_waiters),
+            turn_running=state.turn is not None,
+        )
+        if provider is not None:
+            check_provider_config(provider)
+            resume.session_resume.provider.CopyFrom(public_provider_config(provider))
+        recorded = True
+        try:
+            record, _ = await self.append(session_id, [resume])
+        except StoreFullError as error:
+            recorded = False
+            log.warning("session %s resumed without a session.resume event: %s", session_id, error)
+        if provider is not None:
+            await self.providers.hold_session_provider(session_id, provider)
+        tail: list[SessionEvent] = []
+        if tail_events:
+            with store_errors(session_id):
+                tail = self._store.read_events(
+                    session_id,
+                    limit=min(tail_events, MAX_PAGE_SIZE),
+                    newest_first=True,
+                    max_bytes=PAGE_BYTES,  # the newest that fit; the rest by ListEvents
+                )
+            tail.reverse()
+        return record.metadata, tail, recorded
+
+    def list_sessions(
+        self, requested_page_size: int, page_token: str
+    ) -> tuple[list[SessionMetadata], str]:
+        try:
+            records, next_token = self._store.list_sessions(
+                limit=page_size(requested_page_size, DEFAULT_PAGE_SIZE),
+                page_token=page_token,
+                max_bytes=PAGE_BYTES,  # system messages may be as large as prompts
+            )
+        except ValueError:
+            raise InvalidArgumentError(
+                "page_token is not one this daemon issued; pass the next_page_token of the "
+                "previous response, or an empty token for the first page",
+                Reason.ERROR_REASON_INVALID_PAGE_TOKEN,
+            ) from None
+        return [record.metadata for record in records], next_token
+
+    async def delete_session(self, session_id: str) -> None:
+        check_session_id(session_id)
+        with store_errors(session_id):
+            await self._committer.submit(lambda writer: writer.delete_session(session_id))
+        self.purger.kick()
+        state = self._states.pop(session_id, None)
+        self.idle_contexts.take(session_id)
+        terminal = ev.make_event(ev.SESSION_DELETED, session_id=session_id)
+        if state is not None:
+            state.fail_waiters(SessionNotFoundError(session_id))
+            terminal.sequence = state.last_sequence
+            terminal.parent_id = state.last_event_id
+        self.fanout.end(session_id, SessionNotFoundError(session_id), last=[terminal])
+        if state is not None and state.turn is not None:
+            await self._turns.cancel(state.turn, reason="session deleted", interrupted=False)
+        await self.providers.forget_session(session_id)
+        self._announce_lifecycle(SESSION_DELETED, session_id, None)
+        log.info("deleted session %s", session_id)
+
+    async def send_message(
+        self,
+        session_id: str,
+        prompt: str,
+        source: str,
+        *,
+        mode: int = 0,
+        expected_last_sequence: int | None = None,
+        message_id: str = "",
+    ) -> tuple[SessionEvent, bool]:
+        """Persist the user message and start its turn, or queue it behind the running one.
+
+        Returns the user.message (its sequence is 0 while queued) and whether
+        it queued. A ``message_id`` this session already holds is not
+        recorded again: the message as it stands is returned.
+        """
+        state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
+        if (known := self._known_message(state, user.id)) is not None:
+            return known
+        self._check_sequence(session_id, state, expected_last_sequence)
+        return await self._scheduler.send(
+            session_id,
+            state,
+            user,
+            mode=mode,
+            expected_last_sequence=expected_last_sequence,
+            record=record,
+        )
+
+    async def send_message_and_wait(
+        self,
+        session_id: str,
+        prompt: str,
+        source: str,
+        *,
+        mode: int = 0,
+        expected_last_sequence: int | None = None,
+        message_id: str = "",
+    ) -> TurnOutcome:
+        """``send_message``, then wait for the end of the message's turn.
+
+        Cancelling the wait leaves the turn running. A ``message_id`` that is
+        queued or running is waited for rather than sent again; one whose
+        turn has ended raises ``MessageAlreadyAnsweredError``.
+        """
+        state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
+        known = self._known_message(state, user.id)
+        if (
+            known is not None
+            and not known[1]
+            and (state.turn is None or state.turn.user_message_id != user.id)
+        ):
+            raise MessageAlreadyAnsweredError(session_id, user.id)
+        if known is None:
+            self._check_sequence(session_id, state, expected_last_sequence)
+        # Registered before sending: the turn may end before the send returns.
+        waiter = state.turn_waiters.get(user.id)
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+            state.turn_waiters[user.id] = waiter
+        if known is None:
+            try:
+                await self._scheduler.send(
+                    session_id,
+                    state,
+                    user,
+                    mode=mode,
+                    expected_last_sequence=expected_last_sequence,
+                    record=record,
+                )
+            except BaseException:
+                if state.turn_waiters.get(user.id) is waiter:
+                    del state.turn_waiters[user.id]
+                raise
+        # Shielded: a caller that gives up leaves the waiter to others sending
+        # the same id again; the turn's end resolves and removes it.
+        return await asyncio.shield(waiter)
+
+    def _prepare_send(
+        self, session_id: str, prompt: str, source: str, mode: int, message_id: str
+    ) -> tuple[SessionState, SessionEvent, SessionRecord]:
+        """Check a send and build its user.message; nothing is written."""
+        self._check_running()
+        check_prompt(prompt, self.max_prompt_bytes)
+        check_label(source, "source")
+        check_enum(mode, copilot_pb2.SendMode, "mode")
+        check_message_id(message_id)
+        record = self._record(session_id)
+        state = self._state(record)
+        # Refuse a message no provider could answer before anything is written;
+        # the route is taken again from the record when the turn begins.
+        self.providers.route_for(record.metadata)
+        user = ev.make_event(ev.USER_MESSAGE, content=prompt, source=source)
+        if message_id:
+            user.id = message_id
+        return state, user, record
+
+    @staticmethod
+    def _check_sequence(
+        session_id: str, state: SessionState, expected_last_sequence: int | None
+    ) -> None:
+        if expected_last_sequence is not None and expected_last_sequence != state.last_sequence:
+            raise SequenceConflictError(session_id, expected_last_sequence, state.last_sequence)
+
+    @staticmethod
+    def _known_message(state: SessionState, message_id: str) -> tuple[SessionEvent, bool] | None:
+        """The message as this session holds it, if it does, and whether it is queued."""
+        if any(queued.message_id == message_id for queued in state.pending):
+            return SessionEvent(id=message_id, type=ev.USER_MESSAGE), True
+        sequence = state.recent_messages.get(message_id)
+        if sequence is None:
+            if state.turn is None or state.turn.user_message_id != message_id:
+                return None
+            sequence = 0  # taken from the queue, its start not committed yet
+        return SessionEvent(id=message_id, sequence=sequence, type=ev.USER_MESSAGE), False
+
+    def list_models(self) -> tuple[list[copilot_pb2.ModelInfo], bool]:
+        """The models on offer, default first, and whether only the offline model answers."""
+        return self.providers.list_models(), self.providers.offline_only
+
+    async def set_model(self, session_id: str, model: str) -> SessionMetadata:
+        """Switch the session's model for its next turns (records session.model_change)."""
+        self._check_running()
+        if not model:
+            raise InvalidArgumentError(
+                "model is empty; name one of client.list_models()",
+                Reason.ERROR_REASON_UNKNOWN_MODEL,
+            )
+        record = self._record(session_id)
+        if record.metadata.model == model:
+            return record.metadata
+        if not record.metadata.provider.type:  # a session's own provider serves any name
+            self.providers.check_model(model)
+        change = ev.make_event(
+            ev.SESSION_MODEL_CHANGE, previous_model=record.metadata.model, new_model=model
+        )
+        record, _ = await self.append(session_id, [change])
+        log.info("session %s now uses model %s", session_id, model)
+        return record.metadata
+
+    async def abort_turn(self, session_id: str, reason: str) -> bool:
+        check_label(reason, "reason")
+        self._record(session_id)
+        state = self._states.get(session_id)
+        if state is None or state.turn is None:
+            return False
+        await self._turns.cancel(state.turn, reason=reason or "aborted by a client")
+        return True
+
+    def list_events(
+        self, session_id: str, cursor: int, requested_page_size: int, newest_first: bool
+    ) -> tuple[list[SessionEvent], int]:
+        check_session_id(session_id)
+        limit = page_size(requested_page_size, DEFAULT_EVENT_PAGE_SIZE)
+        with store_errors(session_id):
+            if newest_first:
+                events = self._store.read_events(
+                    session_id,
+                    before=cursor or None,
+                    limit=limit,
+                    newest_first=True,
+                    max_bytes=PAGE_BYTES,
+                )
+            else:
+                events = self._store.read_events(
+                    session_id, after=cursor, limit=limit, max_bytes=PAGE_BYTES
+                )
+        if not events:
+            return events, 0
+        # A page cut short by its byte budget holds fewer events than asked
+        # for: whether more follow is told by the sequence numbers, not the count.
+        last = events[-1].sequence
+        more = last > 1 if newest_first else not self._read_to_end(session_id, last)
+        return events, last if more else 0
+
+    def _read_to_end(self, session_id: str, sequence: int) -> bool:
+        """Whether ``sequence`` is the session's last persisted event (or past it)."""
+        record = self._store.get_session(session_id)
+        if record is None:
+            raise SessionNotFoundError(session_id)
+        return sequence >= record.metadata.last_sequence
+
+    async def stream_events(
+        self, session_id: str, after_sequence: int
+    ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
+        """Persisted events after the cursor, then live ones, as ``(batch, live)`` pairs.
+
+        The subscription is registered before the store is read, so nothing
+        committed in between is missed; events already delivered from the
+        store are skipped when they come in live. Every batch is bounded by
+        bytes (``byte_batches``), however far behind the subscriber is.
+        """
+        self._check_running()
+        self._record(session_id)
+        subscription = self.fanout.subscribe(session_id)
+        try:
+            cursor = after_sequence
+            while True:
+                with store_errors(session_id):
+                    page = self._store.read_events(
+                        session_id,
+                        after=cursor,
+                        limit=STREAM_BATCH_EVENTS,
+                        max_bytes=PAGE_BYTES,
+                    )
+                    if page:
+                        cursor = page[-1].sequence
+                    caught_up = not page or self._read_to_end(session_id, cursor)
+                yield page, caught_up
+                if caught_up:
+                    break
+            while True:
+                batch = await subscription.next_batch()
+                fresh = [
+                    e
+                    for e in batch
+                    if (e.sequence >= cursor if e.ephemeral else e.sequence > cursor)
+                ]
+                for event in fresh:
+                    if not event.ephemeral:
+                        cursor = event.sequence
+                for part in byte_batches(fresh):
+                    yield part, True
+        finally:
+            self.fanout.unsubscribe(subscription)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def recover_interrupted_turns(self) -> int:
+        """Close the turns a crash left open, then run the messages still queued.
+
+        Returns how many turns were closed as interrupted.
+        """
+        closed = 0
+        for record in self._store.sessions_with_open_turns():
+            session_id = record.metadata.session_id
+            state = self._state(record)
+            if record.open_turn_id:
+                end = ev.make_event(
+                    ev.ASSISTANT_TURN_END,
+                    turn_id=record.open_turn_id,
+                    user_message_id=record.open_turn_user_message_id,
+                    reason=ev.TurnEndReason.TURN_END_REASON_INTERRUPTED,
+                    message=INTERRUPTED_AT_RESTART,
+                )
+                # Its commit hands the session to the first queued message, if any.
+                await self.append(session_id, [end], close_turn=True)
+                closed += 1
+                log.warning(
+                    "session %s: closed turn %s %s",
+                    session_id,
+                    record.open_turn_id,
+                    INTERRUPTED_AT_RESTART,
+                )
+            elif state.pending and state.turn is None:
+                self._scheduler.start_next(session_id, state)
+        return closed
+
+    async def watch_lifecycle(self, types: Sequence[str]) -> AsyncGenerator[list[LifecycleEvent]]:
+        """Lifecycle events of every session (filtered by ``types`` when given), live."""
+        self._check_running()
+        wanted = frozenset(types)
+        if unknown := wanted - LIFECYCLE_TYPES:
+            raise InvalidArgumentError(
+                f"types has unknown lifecycle event types {sorted(unknown)}; the known ones "
+                f"are {', '.join(sorted(LIFECYCLE_TYPES))} (leave types empty for all)"
+            )
+        subscription = self.lifecycle.subscribe(LIFECYCLE_TOPIC)
+        try:
+            yield []  # the subscription is live from here on
+            while True:
+                batch = await subscription.next_batch()
+                selected = [e for e in batch if not wanted or e.type in wanted]
+                if selected:
+                    yield selected
+        finally:
+            self.lifecycle.unsubscribe(subscription)
+
+    async def shutdown(self) -> None:
+        """Stop taking work; end running turns with a marker; end live streams."""
+        self._shutting_down = True
+        await self.purger.close()
+        # Concurrently, so their end markers share commits; again while a send
+        # that was already past its check has started one meanwhile.
+        while running := [s.turn for s in self._states.values() if s.turn is not None]:
+            await asyncio.gather(
+                *(
+                    self._turns.cancel(turn, reason="daemon shutting down", interrupted=True)
+                    for turn in running
+                )
+            )
+        for state in self._states.values():
+            state.fail_waiters(ShuttingDownError())  # queued messages: they run after a restart
+        self.fanout.end_all(ShuttingDownError())
+        self.lifecycle.end_all(ShuttingDownError())
+
+    def _check_running(self) -> None:
+        if self._shutting_down:
+            raise ShuttingDownError()
+
+    @property
+    def running_turns(self) -> int:
+        return sum(1 for state in self._states.values() if state.turn is not None)

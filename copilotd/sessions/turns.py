@@ -1,0 +1,367 @@
+"""The turn engine: one user message in, one answer (or a clear end) out.
+
+A turn persists the user message (and its turn_start) before the model is
+called, streams the model's deltas live, and always ends with a persisted
+``assistant.turn_end``: completed, aborted, failed or interrupted. Text that
+was streamed before an abort or a failure is kept as a partial
+``assistant.message``. The history sent is trimmed to the model's context
+budget (recorded as ``session.truncation``), and the tokens a completed turn
+used are recorded as ``assistant.usage``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from copilot_client.proto.v1 import copilot_pb2
+from copilotd import events as ev
+from copilotd.errors import ServiceError, SessionNotFoundError
+from copilotd.events import SessionEvent
+from copilotd.providers import (
+    ChatMessage,
+    ChatRequest,
+    ModelRoute,
+    ProviderError,
+    Usage,
+)
+from copilotd.redaction import REDACTOR
+from copilotd.sessions.token_budget import FittedRequest, Truncation, estimate_tokens, fit_to_budget
+
+if TYPE_CHECKING:
+    from copilotd.sessions.service import SessionService, SessionState
+    from copilotd.store import PendingMessage, SessionRecord
+
+log = logging.getLogger(__name__)
+
+BUILTIN_SYSTEM_MESSAGE = (
+    "You are a helpful assistant in a conversation that copilotd keeps across restarts."
+)
+INTERRUPTED_AT_SHUTDOWN = "interrupted by daemon shutdown"
+# A provider's error text kept in session.error (its body can be a whole page).
+MAX_ERROR_MESSAGE_CHARS = 4096
+
+
+class AnswerTooLargeError(Exception):
+    """The model's answer outgrew what the daemon can store and send back."""
+
+
+Mode = copilot_pb2.SystemMessageMode
+
+
+@dataclass
+class RunningTurn:
+    session_id: str
+    turn_id: str
+    user_message_id: str
+    model: str = ""
+    system_message: copilot_pb2.SystemMessage = field(default_factory=copilot_pb2.SystemMessage)
+    route: ModelRoute | None = None
+    text: list[str] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    # Set once the turn's task exists (or its start failed), so that an abort
+    # arriving while the user message is still being committed can wait.
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by the turn's task when it first runs: a task cancelled before that
+    # would never reach the code that records the turn's end.
+    running: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_reason: str = ""
+    interrupted: bool = False
+    # Characters of ``text`` so far (cheap to keep; bytes are counted only
+    # when the characters alone could be over the limit).
+    chars: int = 0
+
+
+def system_prompt(message: copilot_pb2.SystemMessage) -> str:
+    if not message.content:
+        return BUILTIN_SYSTEM_MESSAGE
+    if message.mode == Mode.SYSTEM_MESSAGE_MODE_REPLACE:
+        return message.content
+    return f"{BUILTIN_SYSTEM_MESSAGE}\n\n{message.content}"
+
+
+class TurnEngine:
+    def __init__(self, service: SessionService) -> None:
+        self._service = service
+
+    def claim(self, state: SessionState, session_id: str, user_message_id: str) -> RunningTurn:
+        """Reserve the session for the turn answering ``user_message_id`` (before any await)."""
+        turn = RunningTurn(
+            session_id=session_id, turn_id=ev.new_id(), user_message_id=user_message_id
+        )
+        state.turn = turn
+        return turn
+
+    async def begin(
+        self,
+        turn: RunningTurn,
+        user: SessionEvent,
+        *,
+        expected_last_sequence: int | None = None,
+        pending: list[PendingMessage] | None = None,
+        record: SessionRecord | None = None,
+    ) -> SessionEvent:
+        """Commit the user message with its turn_start, then run the turn in a task.
+
+        Returns the stored user.message. If the commit fails the session is
+        released and the error raised; nothing of the turn was written.
+        """
+        service = self._service
+        try:
+            if record is None:  # not read by the caller (no await since, so still current)
+                record = service.store.get_session(turn.session_id)
+            if record is None:
+                raise SessionNotFoundError(turn.session_id)
+            turn.model = record.metadata.model
+            turn.system_message.CopyFrom(record.metadata.system_message)
+            turn.route = service.providers.route_for(record.metadata)
+            turn_start = ev.make_event(
+                ev.ASSISTANT_TURN_START, turn_id=turn.turn_id, user_message_id=user.id
+            )
+            _, stored = await service.append(
+                turn.session_id,
+                [user, turn_start],
+                open_turn=(turn.turn_id, user.id),
+                expected_last_sequence=expected_last_sequence,
+                pending=pending,
+            )
+        except BaseException:
+            turn.started.set()
+            service.release_turn(turn, turn_started=False)
+            raise
+        turn.task = asyncio.get_running_loop().create_task(
+            self._run(turn), name=f"turn {turn.session_id}/{turn.turn_id}"
+        )
+        turn.started.set()
+        return stored[0]
+
+    async def cancel(self, turn: RunningTurn, *, reason: str, interrupted: bool = False) -> None:
+        """Stop ``turn`` and wait until its end marker is committed."""
+        await turn.started.wait()
+        if turn.task is None or turn.task.done():
+            return
+        await turn.running.wait()
+        turn.cancel_reason = reason
+        turn.interrupted = interrupted
+        turn.task.cancel()
+        await asyncio.wait({turn.task})
+
+    async def _run(self, turn: RunningTurn) -> None:
+        turn.running.set()
+        service = self._service
+        message_id = ev.new_id()
+        route = turn.route
+        assert route is not None, "begin() sets the route before the turn runs"
+        started = time.monotonic()
+        try:
+            context = service.load_context(turn.session_id)
+            fitted = fit_to_budget(
+                ChatMessage("system", system_prompt(turn.system_message)),
+                context.messages,
+                route.prompt_budget,
+                history_tokens=context.tokens,
+            )
+            if fitted.truncation is not None:
+                await service.append(turn.session_id, [self._truncation(turn, fitted.truncation)])
+            request = ChatRequest(
+                model=route.wire_model,
+                messages=fitted.messages,
+                max_output_tokens=route.max_output_tokens,
+            )
+            usage: Usage | None = None
+            async for chunk in route.provider.stream(request):
+                if isinstance(chunk, Usage):
+                    usage = chunk
+                elif chunk.text:
+                    turn.text.append(chunk.text)
+                    turn.chars += len(chunk.text)
+                    if turn.chars * 4 > service.max_prompt_bytes:
+                        self._check_answer_size(turn, service.max_prompt_bytes)
+                    if not service.fanout.has_audience(turn.session_id):
+                        continue  # deltas are live-only: nobody to build them for
+                    service.publish_ephemeral(
+                        turn.session_id,
+                        ev.make_event(
+                            ev.ASSISTANT_MESSAGE_DELTA,
+                            message_id=message_id,
+                            delta_content=chunk.text,
+                            turn_id=turn.turn_id,
+                            user_message_id=turn.user_message_id,
+                        ),
+                    )
+            events = [self._assistant_message(turn, message_id, partial=False)]
+            if usage is not None or route.provider.counts_tokens:
+                events.append(self._usage(turn, usage, fitted, time.monotonic() - started))
+            events.append(self._turn_end(turn, ev.TurnEndReason.TURN_END_REASON_COMPLETED, ""))
+        except asyncio.CancelledError:
+            events = self._cancelled_events(turn, message_id)
+        except AnswerTooLargeError as error:
+            log.warning("turn %s of session %s: %s", turn.turn_id, turn.session_id, error)
+            events = self._failed_events(turn, message_id, "answer_too_large", str(error))
+        except ProviderError as error:
+            # The provider's words may quote a key; nothing secret is stored.
+            message = REDACTOR.redact(error.message)
+            if len(message) > MAX_ERROR_MESSAGE_CHARS:
+                message = message[: MAX_ERROR_MESSAGE_CHARS - 1] + "…"
+            if error.attempts > 1:
+                message += f" (gave up after {error.attempts} attempts)"
+            log.warning("turn %s of session %s failed: %s", turn.turn_id, turn.session_id, message)
+            events = self._failed_events(
+                turn,
+                message_id,
+                error.error_type,
+                message,
+                status_code=error.status_code,
+                attempts=error.attempts,
+            )
+        except Exception:
+            log.exception("turn %s of session %s failed", turn.turn_id, turn.session_id)
+            events = self._failed_events(
+                turn, message_id, "internal", "internal error in copilotd; see the daemon log"
+            )
+        await self._finish(turn, events)
+
+    @staticmethod
+    def _check_answer_size(turn: RunningTurn, limit: int) -> None:
+        """Stop a turn whose answer passes ``limit`` bytes, keeping what fits as partial.
+
+        The limit is the prompt limit: an answer must fit in one event that
+        every reader (SendMessageAndWait, a page of ListEvents) can carry.
+        """
+        text = "".join(turn.text).encode()
+        if len(text) <= limit:
+            return
+        kept = text[:limit].decode(errors="ignore")
+        turn.text[:] = [kept]
+        turn.chars = len(kept)
+        raise AnswerTooLargeError(
+            f"the model's answer passed {limit} bytes (the daemon's --max-prompt-bytes), so "
+            f"the turn was stopped; its first {len(kept.encode())} bytes are kept as a partial "
+            "answer. Ask for a shorter answer, or start copilotd with a larger --max-prompt-bytes"
+        )
+
+    @staticmethod
+    def _truncation(turn: RunningTurn, truncation: Truncation) -> SessionEvent:
+        return ev.make_event(
+            ev.SESSION_TRUNCATION,
+            turn_id=turn.turn_id,
+            token_limit=truncation.token_limit,
+            pre_truncation_tokens=truncation.pre_tokens,
+            pre_truncation_messages=truncation.pre_messages,
+            post_truncation_tokens=truncation.post_tokens,
+            post_truncation_messages=truncation.post_messages,
+            tokens_removed=truncation.tokens_removed,
+            messages_removed=truncation.messages_removed,
+            first_kept_sequence=truncation.first_kept_sequence,
+            model=turn.model,
+        )
+
+    @staticmethod
+    def _usage(
+        turn: RunningTurn, usage: Usage | None, fitted: FittedRequest, seconds: float
+    ) -> SessionEvent:
+        """The turn's assistant.usage: as reported, else estimated like the context budget."""
+        if usage is None:
+            usage = Usage(
+                input_tokens=fitted.tokens, output_tokens=estimate_tokens("".join(turn.text))
+            )
+            estimated = True
+        else:
+            estimated = False
+        return ev.make_event(
+            ev.ASSISTANT_USAGE,
+            model=turn.model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            duration_ms=round(seconds * 1000),
+            turn_id=turn.turn_id,
+            user_message_id=turn.user_message_id,
+            provider_call_id=usage.call_id,
+            estimated=estimated,
+        )
+
+    async def _finish(self, turn: RunningTurn, events: list[SessionEvent]) -> None:
+        try:
+            await self._service.append(turn.session_id, events, close_turn=True)
+        except ServiceError as error:
+            # Deleted meanwhile, or no space: nothing else to record it in.
+            log.warning(
+                "turn %s of session %s: end not recorded: %s",
+                turn.turn_id,
+                turn.session_id,
+                error.message,
+            )
+            self._service.release_turn(turn, turn_started=True, error=error)
+        except BaseException as error:
+            self._service.release_turn(turn, turn_started=True, error=error)
+            raise
+
+    def _assistant_message(
+        self, turn: RunningTurn, message_id: str, *, partial: bool
+    ) -> SessionEvent:
+        return ev.make_event(
+            ev.ASSISTANT_MESSAGE,
+            message_id=message_id,
+            content="".join(turn.text),
+            turn_id=turn.turn_id,
+            user_message_id=turn.user_message_id,
+            partial=partial,
+            model=turn.model,
+        )
+
+    def _turn_end(self, turn: RunningTurn, reason: int, message: str) -> SessionEvent:
+        return ev.make_event(
+            ev.ASSISTANT_TURN_END,
+            turn_id=turn.turn_id,
+            user_message_id=turn.user_message_id,
+            reason=reason,
+            message=message,
+        )
+
+    def _cancelled_events(self, turn: RunningTurn, message_id: str) -> list[SessionEvent]:
+        events = []
+        if not turn.interrupted:
+            events.append(ev.make_event(ev.ABORT, reason=turn.cancel_reason, turn_id=turn.turn_id))
+        if turn.text:
+            events.append(self._assistant_message(turn, message_id, partial=True))
+        if turn.interrupted:
+            end = self._turn_end(
+                turn, ev.TurnEndReason.TURN_END_REASON_INTERRUPTED, INTERRUPTED_AT_SHUTDOWN
+            )
+        else:
+            end = self._turn_end(turn, ev.TurnEndReason.TURN_END_REASON_ABORTED, turn.cancel_reason)
+        events.append(end)
+        return events
+
+    def _failed_events(
+        self,
+        turn: RunningTurn,
+        message_id: str,
+        error_type: str,
+        message: str,
+        *,
+        status_code: int = 0,
+        attempts: int = 0,
+    ) -> list[SessionEvent]:
+        events = []
+        if turn.text:
+            events.append(self._assistant_message(turn, message_id, partial=True))
+        error = ev.make_event(
+            ev.SESSION_ERROR,
+            error_type=error_type,
+            message=message,
+            turn_id=turn.turn_id,
+            user_message_id=turn.user_message_id,
+        )
+        if status_code:
+            error.session_error.status_code = status_code
+        if attempts:
+            error.session_error.attempts = attempts
+        events.append(error)
+        events.append(self._turn_end(turn, ev.TurnEndReason.TURN_END_REASON_ERROR, message))
+        return events

@@ -1,0 +1,68 @@
+"""Session storage: the contract (``base``), its backends and a factory to pick one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from copilotd.store.base import (
+    SCHEMA_VERSION,
+    BackupUnsupported,
+    PendingMessage,
+    SequenceConflict,
+    SessionEvent,
+    SessionExists,
+    SessionMetadata,
+    SessionNotFound,
+    SessionRecord,
+    Store,
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreVersionError,
+    StoreWriter,
+)
+from copilotd.store.lmdb_store import LmdbStore
+from copilotd.store.memory_store import MemoryStore
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "BackupUnsupported",
+    "LmdbStore",
+    "MemoryStore",
+    "PendingMessage",
+    "SequenceConflict",
+    "SessionEvent",
+    "SessionExists",
+    "SessionMetadata",
+    "SessionNotFound",
+    "SessionRecord",
+    "Store",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreFull",
+    "StoreVersionError",
+    "StoreWriter",
+    "open_store",
+]
+
+STORE_KINDS = ("lmdb", "memory")
+
+
+def open_store(kind: str = "lmdb", path: Path | None = None, **options: Any) -> Store:
+    """Open the store backend named by configuration.
+
+    Args:
+        kind: "lmdb" (durable, the default) or "memory" (nothing survives the
+            process; for tests and trials).
+        path: the store's directory; required for "lmdb", unused by "memory".
+        options: passed to the backend, e.g. ``initial_map_size`` and
+            ``max_map_size`` for "lmdb".
+    """
+    if kind == "lmdb":
+        if path is None:
+            raise ValueError("the lmdb store needs a path")
+        return LmdbStore.open(path, **options)
+    if kind == "memory":
+        return MemoryStore(**options)
+    raise ValueError(f"unknown store kind {kind!r}; expected one of {', '.join(STORE_KINDS)}")

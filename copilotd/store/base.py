@@ -1,0 +1,279 @@
+"""The storage contract: what any backend of copilotd must guarantee.
+
+A store holds, per session, one ``SessionRecord`` (metadata, kept current on
+every write) and an append-only log of persisted ``SessionEvent`` values.
+``tests/test_store_contract.py`` is the contract test suite; every backend
+subclasses it and must pass it unchanged.
+
+The contract:
+
+* **Sequence numbers.** A session's persisted events are numbered 1, 2, 3, …
+  in append order with no gaps and no reuse. The store assigns ``sequence``
+  and ``parent_id`` (the id of the previous event; empty for the first) when
+  it appends; whatever the caller put there is overwritten.
+* **Metadata.** Every append updates the session's metadata through
+  ``copilotd.events.apply_to_metadata`` in the same transaction, so that
+  listing never reads events.
+* **Durability and atomicity.** ``write_batch`` runs its operations in one
+  transaction and returns only once that transaction is durably committed
+  (it survives a crash of the process or of the machine from then on).
+  Each operation is isolated: one that raises ``StoreError`` has written
+  nothing and does not stop the others; any other exception aborts the whole
+  batch and is raised, leaving the store as it was.
+* **Reads** never see uncommitted data, cost in proportion to what they
+  return (range scans, never a scan of a whole history or of all sessions;
+  event reads and listing can be bounded by bytes as well as by count, so
+  that no answer built from them outgrows a gRPC message), and may run in any thread,
+  concurrently with a ``write_batch`` in another thread. Calls to
+  ``write_batch`` may come from several threads; the store serialises them.
+* **Deletion** removes a session in one transaction: from its commit on, no
+  read finds the session or any of its events, and a session later created
+  under the same id starts with an empty log. The space of the deleted
+  events is reclaimed afterwards, in steps of bounded size
+  (``StoreWriter.purge_deleted``), so that deleting a long history never
+  holds a transaction (and every other writer) for long. The pending work is
+  recorded durably with the deletion: after a crash, purging goes on where
+  it stopped.
+* **Listing** is ordered by ``metadata.modified_time``, newest first, ties
+  broken by session id (the greater first); page tokens are opaque strings,
+  and a full walk through the pages returns each session that existed,
+  unmodified, throughout exactly once. A session modified during a walk moves
+  ahead of it: it is never returned twice, but may not be returned at all.
+* **Capacity.** A store that fills its current space grows by itself; when it
+  cannot grow (a configured cap, or a full disk) writes raise ``StoreFull``
+  and reads go on working.
+* **Versioning.** Opening a store written by a newer schema version raises
+  ``StoreVersionError`` and leaves the files untouched.
+* **Pinning** (``set_pinned``) changes only ``metadata.pinned``: the listing
+  order and every other field stay as they were.
+* **Backup.** ``copy_to`` writes a consistent copy of the whole store, as it
+  stood at one instant, while reads and writes go on in other threads. A
+  backend whose data cannot outlive the process (the memory store) raises
+  ``BackupUnsupported`` instead; the contract suite accepts either.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from copilot_client.proto.v1 import copilot_pb2, events_pb2
+from copilotd.proto.v1 import store_pb2
+
+SessionEvent = events_pb2.SessionEvent
+SessionMetadata = copilot_pb2.SessionMetadata
+SessionRecord = store_pb2.SessionRecord
+PendingMessage = copilot_pb2.PendingMessage
+
+SCHEMA_VERSION = 1
+
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises on purpose."""
+
+
+class SessionNotFound(StoreError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"no session with id {session_id!r}")
+        self.session_id = session_id
+
+
+class SessionExists(StoreError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"a session with id {session_id!r} already exists")
+        self.session_id = session_id
+
+
+class SequenceConflict(StoreError):
+    """The session's last sequence number is not the one the writer expected."""
+
+    def __init__(self, session_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"session {session_id!r} is at sequence {actual}, not {expected} as expected"
+        )
+        self.session_id = session_id
+        self.expected = expected
+        self.actual = actual
+
+
+class StoreFull(StoreError):
+    """No space left: the size cap is reached or the disk is full."""
+
+
+class StoreVersionError(StoreError):
+    """The store was written by a newer schema version than this code knows."""
+
+
+class StoreCorrupt(StoreError):
+    """The store's files cannot be read as a copilotd store."""
+
+
+class BackupUnsupported(StoreError):
+    """This backend cannot write a copy of itself (its data lives only in memory)."""
+
+
+class StoreWriter(ABC):
+    """The operations available inside one ``Store.write_batch`` transaction."""
+
+    @abstractmethod
+    def create_session(
+        self, metadata: SessionMetadata, events: Sequence[SessionEvent]
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        """Create a session from ``metadata`` (its ``session_id`` set) with first ``events``.
+
+        Raises ``SessionExists`` when the id is taken. Returns the stored record
+        and the events as stored (sequence numbers and parent ids assigned).
+
+        The store owns ``last_sequence``, ``last_event_id``, ``message_count``
+        and ``turn_running`` (whatever the caller set is reset). ``start_time``
+        becomes the first event's timestamp (the caller's is kept when there
+        are no events); an unset ``modified_time`` defaults to ``start_time``.
+        """
+
+    @abstractmethod
+    def append_events(
+        self,
+        session_id: str,
+        events: Sequence[SessionEvent],
+        *,
+        expected_last_sequence: int | None = None,
+        open_turn: tuple[str, str] | None = None,
+        close_turn: bool = False,
+        pending: Sequence[PendingMessage] | None = None,
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        """Append persisted ``events`` to a session's log, in order.
+
+        Args:
+            session_id: the session to append to.
+            events: events to append (may be empty, e.g. only to close a turn).
+            expected_last_sequence: when given, raise ``SequenceConflict`` (and
+                write nothing) unless the session's last sequence equals it.
+            open_turn: ``(turn_id, user_message_id)`` to record as the turn in
+                progress (``metadata.turn_running`` becomes true).
+            close_turn: clear the turn in progress. Applied before
+                ``open_turn``, so one call can end a turn and start the next.
+
+        Raises ``SessionNotFound``. Returns the updated record and the stored
+        events (copies: the caller's events are left as they were). An
+        ephemeral event raises ``ValueError``, which aborts the batch.
+        """
+
+    @abstractmethod
+    def delete_session(self, session_id: str) -> None:
+        """Delete a session: its record now, its events by ``purge_deleted``.
+
+        Raises ``SessionNotFound``.
+        """
+
+    @abstractmethod
+    def purge_deleted(self, limit: int) -> int:
+        """Remove up to ``limit`` events of deleted sessions.
+
+        Returns how many it removed; fewer than ``limit`` means none are left.
+        Raises ``ValueError`` for a limit below 1.
+        """
+
+    @abstractmethod
+    def set_pinned(self, session_id: str, pinned: bool) -> SessionRecord:
+        """Set ``metadata.pinned``; nothing else changes. Raises ``SessionNotFound``."""
+
+
+class Store(ABC):
+    """A session store; see the module docstring for the contract."""
+
+    @abstractmethod
+    def write_batch(self, operations: Sequence[Callable[[StoreWriter], T]]) -> list[T | StoreError]:
+        """Run ``operations`` in one durable transaction.
+
+        Returns, per operation and in order, its return value or the
+        ``StoreError`` it raised (an operation that raised wrote nothing).
+        Raises ``StoreFull`` when the transaction cannot be committed for lack
+        of space; then nothing was written.
+
+        A store may call an operation more than once (it re-runs the whole
+        batch after growing its space), so operations must act only through
+        the writer; the results returned are those of the run that committed.
+        """
+
+    @abstractmethod
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session's record, or None."""
+
+    @abstractmethod
+    def read_events(
+        self,
+        session_id: str,
+        *,
+        after: int = 0,
+        before: int | None = None,
+        limit: int,
+        newest_first: bool = False,
+        max_bytes: int | None = None,
+    ) -> list[SessionEvent]:
+        """Persisted events with ``after < sequence < before``, at most ``limit``.
+
+        Oldest first by default: the ``limit`` events just after ``after``.
+        With ``newest_first``: the ``limit`` events just before ``before``
+        (``None``: from the end), newest first. Raises ``SessionNotFound``;
+        ``ValueError`` for a negative bound or limit (a limit of 0 gives []).
+
+        With ``max_bytes``, the read also stops before the event that would
+        bring the summed serialized sizes of the events returned (each one's
+        ``ByteSize()``) past ``max_bytes``; the first event is returned
+        whatever its size, so a read of a non-empty window is never empty.
+        This bounds what an answer carrying the events weighs, and the read
+        costs what it returns: large events beyond the budget are not
+        decoded. The caller cannot tell a page cut by ``max_bytes`` from one
+        that reached the end of the window; the session's ``last_sequence``
+        says whether more follow.
+        """
+
+    @abstractmethod
+    def list_sessions(
+        self, *, limit: int, page_token: str = "", max_bytes: int | None = None
+    ) -> tuple[list[SessionRecord], str]:
+        """Up to ``limit`` sessions, most recently modified first, after ``page_token``.
+
+        Returns the page and the token of the next one ("" when this was the
+        last page). Raises ``ValueError`` for a token this store did not issue
+        and for a ``limit`` below 1. With ``max_bytes``, the page also stops
+        before the session whose metadata would bring the summed sizes of the
+        page's metadata (``ByteSize()``; a system message may weigh as much as
+        a prompt) past ``max_bytes``, as ``read_events`` does; the first is
+        always returned, and the token leads on to the rest.
+        """
+
+    @abstractmethod
+    def sessions_with_open_turns(self) -> list[SessionRecord]:
+        """Sessions with a turn in progress or queued messages (cost: those sessions only).
+
+        These are the sessions the daemon must attend to at start-up: close a
+        turn a crash interrupted, then run the queued messages.
+        """
+
+    @abstractmethod
+    def session_count(self) -> int:
+        """How many sessions there are (cost: constant)."""
+
+    @abstractmethod
+    def size_bytes(self) -> int:
+        """About how many bytes the stored data occupies (for status and metrics)."""
+
+    @abstractmethod
+    def copy_to(self, fd: int) -> None:
+        """Write a consistent copy of the whole store to the open file descriptor ``fd``.
+
+        The copy is the store as it stood at one instant; writes committed
+        while it is made are not in it, and they are not held back by it.
+        ``fd`` may be a pipe: the bytes are written in order, never sought.
+        The LMDB backend writes a compacted LMDB data file (``data.mdb``) that
+        ``LmdbStore.open`` opens as a store. Raises ``BackupUnsupported`` when
+        the backend has no such copy (the memory store).
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the store; no call may follow. Idempotent."""
