@@ -50,7 +50,7 @@ from copilotd.sessions.service import INTERRUPTED_AT_RESTART
 from tests.support.daemon_process import DaemonProcess, short_temp_dir
 from tests.support.store_check import StoreReport, check_store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ACK_TIMEOUT = 60.0
 PROBE_TIMEOUT = 120.0
 HARNESS_SOURCE = "harness"
