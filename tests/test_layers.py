@@ -43,7 +43,9 @@ def test_contracts_are_kept() -> None:
         # The core reaching up into the API, only for a type annotation.
         (
             "copilotd/sessions/scheduler.py",
-            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from copilotd.api.servicer import CopilotServicer\n",
+            "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n"
+            "    from copilotd.api.servicer import CopilotServicer\n",
             "copilotd's layers point one way BROKEN",
         ),
         # The store reaching into the session core.
