@@ -1,4 +1,4 @@
-"""The [providers.*] and [models] tables: the README's configs work, mistakes are named."""
+"""The [providers.*] and [models] tables: docs/configuration.md's configs work, mistakes are named."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from copilotd.redaction import REDACTOR
 from tests.support.daemon_process import DaemonProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-README_BLOCKS = [
+DOC_BLOCKS = [
     block
-    for block in re.findall(r"```toml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    for block in re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / "configuration.md").read_text(), re.DOTALL)
     if "[providers." in block  # the provider examples, not e.g. [retention]
 ]
 ENVIRON = {
@@ -39,15 +39,15 @@ def error_of(text: str, tmp_path: Path) -> str:
     return str(caught.value)
 
 
-def test_readme_has_the_configs_the_issue_asks_for() -> None:
-    kinds = {re.search(r'type = "(\w+)"', block).group(1) for block in README_BLOCKS}  # type: ignore[union-attr]
+def test_configuration_doc_has_the_configs_the_issue_asks_for() -> None:
+    kinds = {re.search(r'type = "(\w+)"', block).group(1) for block in DOC_BLOCKS}  # type: ignore[union-attr]
     assert {"openai", "azure", "anthropic"} <= kinds
-    text = "".join(README_BLOCKS)
+    text = "".join(DOC_BLOCKS)
     assert "localhost:11434" in text and "localhost:8000" in text  # Ollama, vLLM
 
 
-@pytest.mark.parametrize("block", README_BLOCKS, ids=lambda b: b.split("]")[0].strip("["))
-async def test_readme_configs_load_and_list_their_models(
+@pytest.mark.parametrize("block", DOC_BLOCKS, ids=lambda b: b.split("]")[0].strip("["))
+async def test_configuration_doc_configs_load_and_list_their_models(
     block: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "config.toml"
