@@ -16,7 +16,9 @@ from tests.support.daemon_process import DaemonProcess
 ROOT = Path(__file__).resolve().parent.parent
 DOC_BLOCKS = [
     block
-    for block in re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / "configuration.md").read_text(), re.DOTALL)
+    for block in re.findall(
+        r"```toml\n(.*?)```", (ROOT / "docs" / "configuration.md").read_text(), re.DOTALL
+    )
     if "[providers." in block  # the provider examples, not e.g. [retention]
 ]
 ENVIRON = {
