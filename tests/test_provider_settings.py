@@ -1,4 +1,4 @@
-"""The [providers.*] and [models] tables: docs/configuration.md's configs work, mistakes are named."""
+"""The [providers.*] and [models] tables: the documented configs work, mistakes are named."""
 
 from __future__ import annotations
 
