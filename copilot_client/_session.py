@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self, TypeVar
 
 from ._errors import (
     CopilotError,
@@ -21,6 +21,11 @@ from ._errors import (
 from ._transport import Transport
 from ._types import MessageOptions, SessionEvent, SessionEventType, SessionMetadata
 from .proto.v1 import copilot_pb2
+
+# SendMessage and SendMessageAndWait take requests with the same fields.
+_SendRequest = TypeVar(
+    "_SendRequest", copilot_pb2.SendMessageRequest, copilot_pb2.SendMessageAndWaitRequest
+)
 
 __all__ = ["CopilotSession", "EventHandler"]
 
@@ -170,8 +175,10 @@ class CopilotSession:
         self._check_usable()
         return await self._send(MessageOptions.coerce(options), message_id="")
 
-    def _request(self, message: MessageOptions, message_id: str) -> copilot_pb2.SendMessageRequest:
-        request = copilot_pb2.SendMessageRequest(
+    def _request(
+        self, message: MessageOptions, message_id: str, kind: type[_SendRequest]
+    ) -> _SendRequest:
+        request = kind(
             session_id=self.session_id,
             prompt=message.prompt,
             source=message.source or "",
@@ -183,7 +190,7 @@ class CopilotSession:
         return request
 
     async def _send(self, message: MessageOptions, message_id: str) -> str:
-        request = self._request(message, message_id)
+        request = self._request(message, message_id, copilot_pb2.SendMessageRequest)
         response = await self._transport.call(self._transport.stub.SendMessage, request)
         return response.message_id
 
@@ -217,7 +224,7 @@ class CopilotSession:
         end = asyncio.get_running_loop().time() + timeout
         if self._handlers:
             return await self._send_and_wait_streamed(message, message_id, end, resend=False)
-        request = self._request(message, message_id)
+        request = self._request(message, message_id, copilot_pb2.SendMessageAndWaitRequest)
         try:
             async with asyncio.timeout_at(end):
                 response = await self._transport.call(

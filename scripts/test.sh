@@ -14,5 +14,7 @@ if ! command -v systemd-analyze >/dev/null && command -v apt-get >/dev/null && [
 fi
 # The Node.js example's packages (tests/test_node_example.py runs it).
 (cd examples/node && npm ci --no-audit --no-fund --loglevel=error)
+# buf, which lints the protos and checks them for wire breaks (tests/test_protos_buf.py).
+(cd tools/buf && npm ci --no-audit --no-fund --loglevel=error)
 
 python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/python -m pytest -q "$@"

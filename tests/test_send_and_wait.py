@@ -92,7 +92,9 @@ async def test_outcome_is_the_turn_as_logged(
 ) -> None:
     await _create(stub, "one-call")
     outcome = await stub.SendMessageAndWait(
-        pb.SendMessageRequest(session_id="one-call", prompt="What is LMDB?", message_id="m-1")
+        pb.SendMessageAndWaitRequest(
+            session_id="one-call", prompt="What is LMDB?", message_id="m-1"
+        )
     )
     page = await stub.ListEvents(pb.ListEventsRequest(session_id="one-call"))
     user, start, answer, end = page.events[1:]
@@ -121,7 +123,7 @@ async def test_a_message_id_is_recorded_once(
     assert second.sequence == first.sequence == 2
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.SendMessageAndWait(
-            pb.SendMessageRequest(session_id="ids", prompt="hello", message_id="again")
+            pb.SendMessageAndWaitRequest(session_id="ids", prompt="hello", message_id="again")
         )
     # Its turn ran once: the same id waited for again is refused, not re-run.
     assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -134,7 +136,7 @@ async def test_a_message_id_is_recorded_once(
     for bad in ("has space", "x" * 65, "ünï"):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.SendMessageAndWait(
-                pb.SendMessageRequest(session_id="ids", prompt="hi", message_id=bad)
+                pb.SendMessageAndWaitRequest(session_id="ids", prompt="hi", message_id=bad)
             )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "message_id" in (caught.value.details() or "")
@@ -152,7 +154,7 @@ async def test_cancelled_call_leaves_the_turn_running(slow_daemon: DaemonProcess
         session.on(watched)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.SendMessageAndWait(
-                pb.SendMessageRequest(session_id="patient", prompt="take your time"),
+                pb.SendMessageAndWaitRequest(session_id="patient", prompt="take your time"),
                 timeout=0.3,
             )
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -169,7 +171,9 @@ async def test_same_id_twice_while_queued_waits_for_one_turn(slow_daemon: Daemon
         await _create(stub, "queue")
         watch = Watch(slow_daemon, "queue")
         first = asyncio.ensure_future(
-            stub.SendMessageAndWait(pb.SendMessageRequest(session_id="queue", prompt="first"))
+            stub.SendMessageAndWait(
+                pb.SendMessageAndWaitRequest(session_id="queue", prompt="first")
+            )
         )
         await watch.wait_for(T.ASSISTANT_TURN_START)
         second = pb.SendMessageRequest(session_id="queue", prompt="second", message_id="q-2")

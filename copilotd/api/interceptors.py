@@ -24,7 +24,7 @@ class _Undecodable:
     def __init__(self, method: str, error: Exception) -> None:
         self.message = (
             f"the request to {method} is not a valid protobuf message of the type that method "
-            f"takes ({error}); generate your client from protos/copilot_client/proto/v1"
+            f"takes ({error}); generate your client from protos/copilot_client/proto"
         )
 
 

@@ -42,7 +42,9 @@ async def _translate_errors(context: Context, method: str) -> AsyncIterator[None
         await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
-def _send_arguments(request: pb.SendMessageRequest) -> dict[str, Any]:
+def _send_arguments(
+    request: pb.SendMessageRequest | pb.SendMessageAndWaitRequest,
+) -> dict[str, Any]:
     return {
         "session_id": request.session_id,
         "prompt": request.prompt,
@@ -111,7 +113,7 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         return pb.SendMessageResponse(message_id=event.id, sequence=event.sequence, queued=queued)
 
     async def SendMessageAndWait(
-        self, request: pb.SendMessageRequest, context: Context
+        self, request: pb.SendMessageAndWaitRequest, context: Context
     ) -> pb.SendMessageAndWaitResponse:
         async with _translate_errors(context, "SendMessageAndWait"):
             outcome = await self._service.send_message_and_wait(**_send_arguments(request))

@@ -20,12 +20,14 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from copilot_client._paths import MAX_SOCKET_PATH_BYTES, channel_target
+from copilot_client.proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
 from copilotd import __version__
 from copilotd.admin.retention import RetentionPolicy
 from copilotd.admin.service import AdminService, DaemonInfo
 from copilotd.api.access import TcpListener, start_tcp_server
 from copilotd.api.admin_servicer import AdminServicer
+from copilotd.api.deprecated import CopilotServicerWithDeprecatedAdmin
 from copilotd.api.interceptors import RequestDecoding
 from copilotd.config import ConfigError, ConfigFile
 from copilotd.events import now_timestamp
@@ -49,6 +51,7 @@ from copilotd.store.committer import GroupCommitter
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = copilot_pb2.DESCRIPTOR.services_by_name["CopilotService"].full_name
+ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["CopilotAdminService"].full_name
 STORE_SUBDIR = "store"
 DATA_LOCK_NAME = "copilotd.lock"
 
@@ -241,14 +244,17 @@ async def _serve_store(
         log.warning("closed %d turn(s) interrupted by the previous daemon's end", recovered)
     service.purger.kick()  # deletions the previous daemon did not finish purging
 
-    servicer, health = AdminServicer(service, admin), HealthServicer()
+    admin_servicer, health = AdminServicer(admin), HealthServicer()
+    servicer = CopilotServicerWithDeprecatedAdmin(service, admin_servicer)
 
     def register(server: grpc.aio.Server) -> None:
         copilot_pb2_grpc.add_CopilotServiceServicer_to_server(servicer, server)
+        admin_pb2_grpc.add_CopilotAdminServiceServicer_to_server(admin_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -275,7 +281,7 @@ async def _serve_store(
         raise StartupError(str(error)) from None
     await server.start()
     os.chmod(bound_path, 0o600)
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     stop = asyncio.Event()

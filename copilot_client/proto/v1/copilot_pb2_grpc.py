@@ -71,7 +71,7 @@ class CopilotServiceStub:
                 _registered_method=True)
         self.SendMessageAndWait = channel.unary_unary(
                 '/copilot.v1.CopilotService/SendMessageAndWait',
-                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageRequest.SerializeToString,
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageAndWaitRequest.SerializeToString,
                 response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageAndWaitResponse.FromString,
                 _registered_method=True)
         self.AbortTurn = channel.unary_unary(
@@ -244,51 +244,49 @@ class CopilotServiceServicer:
         """== sharing sessions between clients ==
         Lifecycle of all sessions (created, deleted, updated), whichever client
         caused it, until the client cancels.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        (each stream element is one event, named for what it is; only the name
+        would change, and every client's code with it)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDaemonStatus(self, request, context):
-        """== administration ==
-        What the daemon is doing: version, pid, socket, data directory, store
-        size, session count, retention policy.
+        """== administration (deprecated) ==
+        Deprecated: use CopilotAdminService (admin.proto), which serves the same
+        calls with the same bytes on the wire. These copies answer as before for
+        one more release, then go.
+
+        Deprecated: use CopilotAdminService.GetDaemonStatus.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetSessionPinned(self, request, context):
-        """Pins or unpins a session. Retention (and PruneSessions) never deletes a
-        pinned session. NOT_FOUND when missing.
+        """Deprecated: use CopilotAdminService.SetSessionPinned.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PruneSessions(self, request, context):
-        """Deletes the sessions that a retention rule selects (or, with dry_run,
-        only lists them). Pinned sessions and sessions with a running turn are
-        kept. Each deletion goes through DeleteSession's path.
+        """Deprecated: use CopilotAdminService.PruneSessions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ImportSession(self, request_iterator, context):
-        """Creates a session from an exported history (see docs/export-format.md):
-        the first request carries the header, every request may carry events.
-        Event ids, sequence numbers and timestamps are kept. ALREADY_EXISTS when
-        the id is taken and on_conflict is FAIL; INVALID_ARGUMENT (reason
-        INVALID_IMPORT) for a history that is not complete and in order.
+        """Deprecated: use CopilotAdminService.ImportSession.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def BackupStore(self, request, context):
-        """A consistent copy of the whole store, taken while the daemon serves:
-        first an info response, then the bytes in order, then a complete one.
+        """Deprecated: use CopilotAdminService.BackupStore.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -334,7 +332,7 @@ def add_CopilotServiceServicer_to_server(servicer, server):
             ),
             'SendMessageAndWait': grpc.unary_unary_rpc_method_handler(
                     servicer.SendMessageAndWait,
-                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageRequest.FromString,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageAndWaitRequest.FromString,
                     response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageAndWaitResponse.SerializeToString,
             ),
             'AbortTurn': grpc.unary_unary_rpc_method_handler(
@@ -607,7 +605,7 @@ class CopilotService:
             request,
             target,
             '/copilot.v1.CopilotService/SendMessageAndWait',
-            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageAndWaitRequest.SerializeToString,
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SendMessageAndWaitResponse.FromString,
             options,
             channel_credentials,

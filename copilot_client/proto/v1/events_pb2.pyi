@@ -9,6 +9,9 @@ events have a session-local sequence number starting at 1 with no gaps.
 Ephemeral events (assistant.message_delta, session.idle) are streamed live
 only, never stored; they carry the sequence number of the last persisted
 event before them.
+
+Field numbers: as in copilot.proto (a number and its type never change;
+new fields take the next number after the highest in use).
 """
 
 from collections import abc as _abc
@@ -118,17 +121,13 @@ class SessionEvent(_message.Message):
     @_builtins.property
     def abort(self) -> Global___AbortData: ...
     @_builtins.property
-    def assistant_usage(self) -> Global___AssistantUsageData:
-        """models and providers: 20-29"""
-
+    def assistant_usage(self) -> Global___AssistantUsageData: ...
     @_builtins.property
     def session_model_change(self) -> Global___SessionModelChangeData: ...
     @_builtins.property
     def session_truncation(self) -> Global___SessionTruncationData: ...
     @_builtins.property
-    def pending_messages_modified(self) -> Global___PendingMessagesModifiedData:
-        """sharing sessions between clients: 30-39"""
-
+    def pending_messages_modified(self) -> Global___PendingMessagesModifiedData: ...
     @_builtins.property
     def session_deleted(self) -> Global___SessionDeletedData: ...
     def __init__(
@@ -182,9 +181,7 @@ class SessionStartData(_message.Message):
     """Version of copilotd that created the session."""
     @_builtins.property
     def provider(self) -> Global___ProviderConfig:
-        """models and providers: 20-29
-        The session's own provider, secrets left out.
-        """
+        """The session's own provider, secrets left out."""
 
     def __init__(
         self,
@@ -223,9 +220,7 @@ class SessionResumeData(_message.Message):
     """True when a turn was running at the time."""
     @_builtins.property
     def provider(self) -> Global___ProviderConfig:
-        """models and providers: 20-29
-        The provider the resuming client passed, secrets left out.
-        """
+        """The provider the resuming client passed, secrets left out."""
 
     def __init__(
         self,
@@ -438,8 +433,7 @@ class SessionErrorData(_message.Message):
     turn_id: _builtins.str
     user_message_id: _builtins.str
     status_code: _builtins.int
-    """models and providers: 20-29
-    The provider's HTTP status, when it answered with one (e.g. 401, 429);
+    """The provider's HTTP status, when it answered with one (e.g. 401, 429);
     unset for failures without one.
     """
     attempts: _builtins.int

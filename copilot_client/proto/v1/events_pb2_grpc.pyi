@@ -9,6 +9,9 @@ events have a session-local sequence number starting at 1 with no gaps.
 Ephemeral events (assistant.message_delta, session.idle) are streamed live
 only, never stored; they carry the sequence number of the last persisted
 event before them.
+
+Field numbers: as in copilot.proto (a number and its type never change;
+new fields take the next number after the highest in use).
 """
 
 from collections import abc as _abc
