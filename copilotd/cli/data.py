@@ -20,8 +20,8 @@ from typing import IO, BinaryIO, Final
 
 import click
 
-from copilot_client._errors import SessionNotFoundError
-from copilot_client._paths import DATA_DIR_ENV, resolve_data_dir
+from copilot_client import SessionNotFoundError
+from copilot_client.paths import DATA_DIR_ENV, resolve_data_dir
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd import __version__
 from copilotd.admin.export_format import (

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from copilot_client._paths import DATA_DIR_ENV, SOCKET_ENV, resolve_data_dir, resolve_socket_path
+from copilot_client.paths import DATA_DIR_ENV, SOCKET_ENV, resolve_data_dir, resolve_socket_path
+from copilot_client.wire import TOKEN_ENV
 from copilotd import __version__
-from copilotd.api.access import TOKEN_ENV, tcp_listener
+from copilotd.api.access import tcp_listener
 from copilotd.cli.common import OneLineErrors
 from copilotd.cli.data import backup_command, export_command, import_command, restore_command
 from copilotd.cli.service import install_service_command, status_command

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from copilot_client._paths import MAX_SOCKET_PATH_BYTES, channel_target
+from copilot_client.paths import MAX_SOCKET_PATH_BYTES, channel_target
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
 from copilotd import __version__
 from copilotd.admin.retention import RetentionPolicy
