@@ -11,7 +11,9 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd.admin.service import AdminService, rule_from_proto
-from copilotd.api.servicer import Context, CopilotServicer, _translate_errors
+from copilotd.api.errors import Context
+from copilotd.api.errors import translate_errors as _translate_errors
+from copilotd.api.servicer import CopilotServicer
 from copilotd.limits import byte_batches
 from copilotd.sessions.service import SessionService
 
