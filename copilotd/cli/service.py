@@ -26,7 +26,7 @@ from copilotd.cli.common import (
     socket_option,
     to_datetime,
 )
-from copilotd.runtime.server import STORE_SUBDIR
+from copilotd.runtime.datadir import STORE_SUBDIR
 
 # `copilotd status` exits with this when the daemon is not running (as
 # `systemctl status` does for an inactive unit).
