@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from copilotd.runtime.server import STORE_SUBDIR
+from copilotd.runtime.datadir import STORE_SUBDIR
 from tests.support.daemon_process import DaemonProcess
 
 _GROUP_COMMIT = re.compile(

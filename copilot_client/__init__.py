@@ -7,14 +7,25 @@ resumes, lists and deletes them by id and talks to them::
         session = await client.create_session(SessionConfig(session_id="user-123"))
         answer = await session.send_and_wait(MessageOptions(prompt="Hello"))
         print(answer.data.content if answer else None)
+
+Public modules beside this one: :mod:`copilot_client.service` (the low-level
+``ServiceClient``: raw RPCs and the mapping of gRPC errors to these
+exceptions), :mod:`copilot_client.paths` (where the daemon's socket and data
+live) and :mod:`copilot_client.wire` (metadata keys, lifecycle types, page
+limits and environment variables both ends agree on). Modules whose names
+start with an underscore are private.
 """
 
 from ._client import CopilotClient
 from ._errors import (
+    BackupUnsupportedError,
     CopilotError,
     DaemonUnavailableError,
     FailedPreconditionError,
     InvalidArgumentError,
+    InvalidImportError,
+    MessageAlreadyAnsweredError,
+    NoRetentionPolicyError,
     ProviderSecretRequiredError,
     ResourceExhaustedError,
     RPCError,
@@ -22,6 +33,7 @@ from ._errors import (
     SessionExistsError,
     SessionFailedError,
     SessionNotFoundError,
+    SubscriberTooSlowError,
     UnauthenticatedError,
 )
 from ._lifecycle import LifecycleHandler
@@ -42,6 +54,7 @@ from ._types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackupUnsupportedError",
     "CopilotClient",
     "CopilotError",
     "CopilotSession",
@@ -50,10 +63,13 @@ __all__ = [
     "EventHandler",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "InvalidImportError",
     "LifecycleEvent",
     "LifecycleHandler",
+    "MessageAlreadyAnsweredError",
     "MessageOptions",
     "ModelInfo",
+    "NoRetentionPolicyError",
     "ProviderConfig",
     "ProviderSecretRequiredError",
     "RPCError",
@@ -67,6 +83,7 @@ __all__ = [
     "SessionListPage",
     "SessionMetadata",
     "SessionNotFoundError",
+    "SubscriberTooSlowError",
     "SystemMessageConfig",
     "UnauthenticatedError",
     "__version__",

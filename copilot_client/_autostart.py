@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import DaemonUnavailableError
-from ._transport import Transport
 from .proto.v1 import copilot_pb2
+from .service import ServiceClient
 
 __all__ = [
     "LOG_NAME",
@@ -151,7 +151,7 @@ def log_tail(log_path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(tail) if tail else "(the log is empty)"
 
 
-async def ping(transport: Transport) -> str:
+async def ping(transport: ServiceClient) -> str:
     """The daemon's version; raises the mapped error when it does not answer."""
     response = await transport.call(
         transport.stub.Ping, copilot_pb2.PingRequest(), deadline=PING_TIMEOUT
@@ -214,7 +214,7 @@ async def wait_exit(pid: int) -> None:
         os.close(fd)
 
 
-async def _ready_or_exit(transport: Transport, pid: int) -> bool:
+async def _ready_or_exit(transport: ServiceClient, pid: int) -> bool:
     """Waits until the channel is ready (True) or process ``pid`` exits (False)."""
     ready = asyncio.ensure_future(transport.channel.channel_ready())
     exited = asyncio.ensure_future(wait_exit(pid))
@@ -228,7 +228,7 @@ async def _ready_or_exit(transport: Transport, pid: int) -> bool:
 
 
 async def wait_until_serving(
-    transport: Transport, *, start_timeout: float, daemon: LaunchedDaemon
+    transport: ServiceClient, *, start_timeout: float, daemon: LaunchedDaemon
 ) -> str:
     """Waits until the channel is ready and Ping answers.
 

@@ -14,18 +14,16 @@ from . import _autostart
 from ._errors import CopilotError, DaemonUnavailableError, SessionNotFoundError
 from ._lifecycle import LifecycleHandler, LifecycleWatch
 from ._models import ModelInfo, ProviderConfig
-from ._paths import MAX_SOCKET_PATH_BYTES, resolve_data_dir, resolve_socket_path
 from ._session import CopilotSession
-from ._transport import Transport
 from ._types import SessionConfig, SessionListPage, SessionMetadata
+from .paths import MAX_SOCKET_PATH_BYTES, resolve_data_dir, resolve_socket_path
 from .proto.v1 import copilot_pb2, copilot_pb2_grpc
+from .service import ServiceClient
+from .wire import ADDRESS_ENV, MAX_PAGE_SIZE, TOKEN_ENV
 
 __all__ = ["CopilotClient"]
 
-ADDRESS_ENV = "COPILOTD_ADDRESS"
-TOKEN_ENV = "COPILOTD_TOKEN"
 RESUME_TAIL_EVENTS = 50
-MAX_PAGE_SIZE = 1000
 _CONFIG_FIELDS = frozenset(f.name for f in fields(SessionConfig))
 
 
@@ -78,7 +76,7 @@ class CopilotClient:
         self._auto_start = auto_start and self._address is None
         self._daemon_command = list(daemon_command) if daemon_command else None
         self._start_timeout = start_timeout
-        self._transport = Transport(
+        self._transport = ServiceClient(
             self._socket_path,
             address=self._address,
             token=token or os.environ.get(TOKEN_ENV) or None,

@@ -6,23 +6,27 @@ The tree::
     ├── RPCError                          (status, reason)
     │   ├── SessionNotFoundError          NOT_FOUND
     │   ├── SessionExistsError            ALREADY_EXISTS
+    │   │   └── MessageAlreadyAnsweredError  reason MESSAGE_ALREADY_ANSWERED
     │   ├── InvalidArgumentError          INVALID_ARGUMENT
+    │   │   └── InvalidImportError        reason INVALID_IMPORT
     │   ├── FailedPreconditionError       FAILED_PRECONDITION
     │   │   ├── SequenceConflictError     reason SEQUENCE_CONFLICT
-    │   │   └── ProviderSecretRequiredError  reason PROVIDER_SECRET_REQUIRED
+    │   │   ├── ProviderSecretRequiredError  reason PROVIDER_SECRET_REQUIRED
+    │   │   ├── BackupUnsupportedError    reason BACKUP_UNSUPPORTED
+    │   │   └── NoRetentionPolicyError    reason NO_RETENTION_POLICY
     │   ├── ResourceExhaustedError        RESOURCE_EXHAUSTED
+    │   │   └── SubscriberTooSlowError    reason SUBSCRIBER_TOO_SLOW
     │   ├── UnauthenticatedError          UNAUTHENTICATED (TCP without the right token)
     │   └── DaemonUnavailableError        UNAVAILABLE, or the daemon cannot be reached
     └── SessionFailedError                a turn reported ``session.error``
 
-Only :func:`map_rpc_error` looks at status codes; everything else in the
-package catches these classes.
+Only :func:`copilot_client.service.map_rpc_error` looks at status codes and
+reasons; everything else in the package catches these classes.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import TYPE_CHECKING
 
 import grpc
@@ -31,11 +35,14 @@ if TYPE_CHECKING:
     from ._types import SessionEvent
 
 __all__ = [
-    "REASON_METADATA_KEY",
+    "BackupUnsupportedError",
     "CopilotError",
     "DaemonUnavailableError",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "InvalidImportError",
+    "MessageAlreadyAnsweredError",
+    "NoRetentionPolicyError",
     "ProviderSecretRequiredError",
     "RPCError",
     "ResourceExhaustedError",
@@ -43,14 +50,9 @@ __all__ = [
     "SessionExistsError",
     "SessionFailedError",
     "SessionNotFoundError",
+    "SubscriberTooSlowError",
     "UnauthenticatedError",
-    "map_rpc_error",
 ]
-
-REASON_METADATA_KEY = "copilot-error-reason"
-CURRENT_SEQUENCE_METADATA_KEY = "copilot-current-sequence"
-
-START_HINT = "Start it with `copilotd serve` or `systemctl --user start copilotd`."
 
 
 class CopilotError(Exception):
@@ -88,8 +90,18 @@ class SessionExistsError(RPCError):
     """A session with this id already exists."""
 
 
+class MessageAlreadyAnsweredError(SessionExistsError):
+    """A message id was sent again after its turn ended: read its answer from the
+    session's events, or send a new message with a new id. (A subclass of
+    :class:`SessionExistsError` because earlier releases raised that.)"""
+
+
 class InvalidArgumentError(RPCError):
     """The daemon rejected an argument (session id, prompt, page token, ...)."""
+
+
+class InvalidImportError(InvalidArgumentError):
+    """An imported history is not complete and in order; the message says where."""
 
 
 class FailedPreconditionError(RPCError):
@@ -112,10 +124,23 @@ class ProviderSecretRequiredError(FailedPreconditionError):
     ``client.resume_session(id, provider=...)`` and send again."""
 
 
+class BackupUnsupportedError(FailedPreconditionError):
+    """The daemon's store cannot make a consistent backup copy."""
+
+
+class NoRetentionPolicyError(FailedPreconditionError):
+    """A prune gave no rule and the daemon has no ``[retention]`` policy configured."""
+
+
 class ResourceExhaustedError(RPCError):
     """The daemon ran out of room, this client fell behind an event stream, or a
     request (or answer) exceeds the gRPC message size limit (``reason`` is then
     ``""`` and the message gives the sizes)."""
+
+
+class SubscriberTooSlowError(ResourceExhaustedError):
+    """This client fell behind a session's live events and the daemon cut its
+    stream off; re-attaching from the last event read loses nothing."""
 
 
 class UnauthenticatedError(RPCError):
@@ -154,121 +179,3 @@ class SessionFailedError(CopilotError):
         kind = f" ({data.error_type})" if data.error_type else ""
         super().__init__(f"the turn failed{kind}: {data.message or 'no detail given'}")
         self.event = event
-
-
-_BY_REASON: dict[str, type[RPCError]] = {
-    "SESSION_NOT_FOUND": SessionNotFoundError,
-    "SESSION_EXISTS": SessionExistsError,
-    "INVALID_SESSION_ID": InvalidArgumentError,
-    "EMPTY_PROMPT": InvalidArgumentError,
-    "PROMPT_TOO_LARGE": InvalidArgumentError,
-    "INVALID_PAGE_TOKEN": InvalidArgumentError,
-    "INVALID_ARGUMENT": InvalidArgumentError,
-    "SEQUENCE_CONFLICT": SequenceConflictError,
-    "STORE_FULL": ResourceExhaustedError,
-    "SUBSCRIBER_TOO_SLOW": ResourceExhaustedError,
-    "SHUTTING_DOWN": DaemonUnavailableError,
-    "INTERNAL": RPCError,
-    "INVALID_PROVIDER": InvalidArgumentError,
-    "UNKNOWN_MODEL": InvalidArgumentError,
-    "PROVIDER_SECRET_REQUIRED": ProviderSecretRequiredError,
-    "MODEL_UNAVAILABLE": FailedPreconditionError,
-}
-
-_BY_STATUS: dict[grpc.StatusCode, type[RPCError]] = {
-    grpc.StatusCode.NOT_FOUND: SessionNotFoundError,
-    grpc.StatusCode.ALREADY_EXISTS: SessionExistsError,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
-    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
-    grpc.StatusCode.UNAVAILABLE: DaemonUnavailableError,
-}
-
-
-# grpc's own words when a message exceeds a size limit, e.g. "SERVER: Received
-# message larger than max (9437189 vs. 8388608)". Older grpc releases leave
-# out the side.
-_TOO_LARGE = re.compile(
-    r"(?:(?P<side>SERVER|CLIENT): )?(?P<verb>Received|Sent) message larger than max "
-    r"\((?P<size>\d+) vs\. (?P<limit>\d+)\)"
-)
-_SHORTEN = (
-    "copilotd refuses prompts and system messages over its --max-prompt-bytes "
-    "(1 MiB by default) anyway: shorten the prompt, or send a long text in parts"
-)
-
-
-def _message_too_large(details: str) -> str | None:
-    """A message that says which size limit a call hit, or None if it hit none."""
-    found = _TOO_LARGE.search(details)
-    if found is None:
-        return None
-    size, limit = found["size"], found["limit"]
-    # Who hit its limit: the client sending or receiving, or the daemon.
-    by_client = found["side"] == "CLIENT" or (found["side"] is None and found["verb"] == "Sent")
-    request = (found["verb"] == "Sent") == by_client
-    whose = "this client's" if by_client else "the daemon's"
-    if request:
-        return (
-            f"the request is {size} bytes, over {whose} message size limit of {limit} bytes, "
-            f"so it was not processed; {_SHORTEN}"
-        )
-    return (
-        f"the daemon's answer is {size} bytes, over {whose} message size limit of {limit} "
-        "bytes: read the session's events in smaller pages"
-    )
-
-
-def _trailer(error: grpc.aio.AioRpcError, wanted: str) -> str:
-    try:
-        metadata = error.trailing_metadata() or ()
-    except Exception:  # a client-side failure may carry no metadata at all
-        return ""
-    for key, value in metadata:
-        if key == wanted:
-            return value.decode() if isinstance(value, bytes) else str(value)
-    return ""
-
-
-def map_rpc_error(error: grpc.aio.AioRpcError, *, socket_path: str | os.PathLike[str]) -> RPCError:
-    """The most specific :class:`RPCError` for a failed call.
-
-    The daemon's reason (trailing metadata ``copilot-error-reason``) decides
-    first, then the status code. The daemon's message is kept as the text.
-
-    Args:
-        error: The failed call.
-        socket_path: The socket the call went to, named in connection errors.
-
-    Returns:
-        The exception to raise (the caller chains ``error`` to it).
-    """
-    status = error.code()
-    reason = _trailer(error, REASON_METADATA_KEY)
-    details = error.details() or status.name
-    short = reason.removeprefix("ERROR_REASON_")
-    cls = _BY_REASON.get(short) or _BY_STATUS.get(status, RPCError)
-    if cls is DaemonUnavailableError:
-        if short == "SHUTTING_DOWN":
-            message = f"copilotd at {os.fspath(socket_path)} is shutting down: {details}"
-        elif "Permission denied" in details:
-            message = (
-                f"copilotd at {os.fspath(socket_path)} is not open to this user ({details}): "
-                "a daemon's socket is private to the user running it. Run as that user, or "
-                "use your own daemon (the default socket is per user)."
-            )
-        else:
-            message = (
-                f"copilotd is not reachable at {os.fspath(socket_path)} ({details}). {START_HINT}"
-            )
-        return DaemonUnavailableError(
-            message, status=status, reason=reason, socket_path=socket_path
-        )
-    if status == grpc.StatusCode.RESOURCE_EXHAUSTED and not reason:
-        details = _message_too_large(details) or details
-    mapped = cls(details, status=status, reason=reason)
-    if isinstance(mapped, SequenceConflictError):
-        current = _trailer(error, CURRENT_SEQUENCE_METADATA_KEY)
-        mapped.current_sequence = int(current) if current.isdigit() else None
-    return mapped

@@ -9,15 +9,15 @@ from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 
 from ._errors import CopilotError, DaemonUnavailableError
-from ._transport import Transport
 from ._types import LifecycleEvent
+from .service import ServiceClient
+from .wire import LIFECYCLE_TYPES
 
-__all__ = ["LIFECYCLE_TYPES", "LifecycleHandler", "LifecycleWatch"]
+__all__ = ["LifecycleHandler", "LifecycleWatch"]
 
 logger = logging.getLogger("copilot_client")
 
 LifecycleHandler = Callable[[LifecycleEvent], Awaitable[None] | None]
-LIFECYCLE_TYPES = frozenset({"session.created", "session.deleted", "session.updated"})
 RETRIES = 5
 RETRY_DELAY = 0.2
 
@@ -25,7 +25,7 @@ RETRY_DELAY = 0.2
 class LifecycleWatch:
     """One WatchLifecycle stream per client, shared by its handlers; re-attaches on restarts."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: ServiceClient) -> None:
         self._transport = transport
         self._handlers: dict[object, tuple[str | None, LifecycleHandler]] = {}
         self._task: asyncio.Task[None] | None = None

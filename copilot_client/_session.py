@@ -17,10 +17,11 @@ from ._errors import (
     ResourceExhaustedError,
     SessionFailedError,
     SessionNotFoundError,
+    SubscriberTooSlowError,
 )
-from ._transport import Transport
 from ._types import MessageOptions, SessionEvent, SessionEventType, SessionMetadata
 from .proto.v1 import copilot_pb2
+from .service import ServiceClient
 
 # SendMessage and SendMessageAndWait take requests with the same fields.
 _SendRequest = TypeVar(
@@ -88,7 +89,7 @@ class CopilotSession:
 
     def __init__(
         self,
-        transport: Transport,
+        transport: ServiceClient,
         metadata: SessionMetadata,
         *,
         on_destroy: Callable[[CopilotSession], None] | None = None,
@@ -439,9 +440,7 @@ class CopilotSession:
                 self._fail_waiters(exc)
                 return
             except (DaemonUnavailableError, ResourceExhaustedError) as exc:
-                if isinstance(exc, ResourceExhaustedError) and not exc.reason.endswith(
-                    "SUBSCRIBER_TOO_SLOW"
-                ):
+                if not isinstance(exc, DaemonUnavailableError | SubscriberTooSlowError):
                     self._stop_stream_with(exc)
                     return
                 error = exc

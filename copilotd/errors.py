@@ -1,35 +1,46 @@
-"""Domain errors of the daemon and the one place they become gRPC statuses.
+"""The catalog of the daemon's domain errors, free of any transport.
 
-Every error the core raises on purpose is a ``ServiceError`` carrying a status
-code, an ``ErrorReason`` (sent as trailing metadata "copilot-error-reason")
-and a message a person can act on. ``grpc_status_for`` is the translator the
-servicer applies; anything else becomes INTERNAL with details in the log only.
+Every error the core raises on purpose is a ``ServiceError`` carrying a
+status (the name of a standard ``google.rpc.Code``, the same in every gRPC
+language), an ``ErrorReason`` and a message a person can act on, plus
+``metadata`` that helps the caller recover. ``copilotd.api.errors`` is the
+one place these become gRPC statuses; anything else becomes INTERNAL there,
+with details in the log only.
 """
 
 from __future__ import annotations
 
-import grpc
+from typing import Literal
 
 from copilot_client.proto.v1 import copilot_pb2
+from copilot_client.wire import ERROR_INFO_CURRENT_SEQUENCE
 
 Reason = copilot_pb2.ErrorReason
-REASON_METADATA_KEY = "copilot-error-reason"
-CURRENT_SEQUENCE_METADATA_KEY = "copilot-current-sequence"
+# The google.rpc.Code names the catalog uses (a subset of the standard ones).
+StatusName = Literal[
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "INVALID_ARGUMENT",
+    "FAILED_PRECONDITION",
+    "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE",
+    "INTERNAL",
+]
 
 
 class ServiceError(Exception):
-    status: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    status: StatusName = "INTERNAL"
     reason: Reason.ValueType = Reason.ERROR_REASON_INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        # Extra trailing metadata that helps the caller recover.
-        self.trailers: tuple[tuple[str, str], ...] = ()
+        # ErrorInfo metadata (keys in copilot_client.wire) that helps the caller recover.
+        self.metadata: dict[str, str] = {}
 
 
 class SessionNotFoundError(ServiceError):
-    status = grpc.StatusCode.NOT_FOUND
+    status: StatusName = "NOT_FOUND"
     reason = Reason.ERROR_REASON_SESSION_NOT_FOUND
 
     def __init__(self, session_id: str) -> None:
@@ -40,7 +51,7 @@ class SessionNotFoundError(ServiceError):
 
 
 class SessionExistsError(ServiceError):
-    status = grpc.StatusCode.ALREADY_EXISTS
+    status: StatusName = "ALREADY_EXISTS"
     reason = Reason.ERROR_REASON_SESSION_EXISTS
 
     def __init__(self, session_id: str) -> None:
@@ -51,7 +62,7 @@ class SessionExistsError(ServiceError):
 
 
 class InvalidArgumentError(ServiceError):
-    status = grpc.StatusCode.INVALID_ARGUMENT
+    status: StatusName = "INVALID_ARGUMENT"
     reason = Reason.ERROR_REASON_INVALID_ARGUMENT
 
     def __init__(
@@ -64,7 +75,7 @@ class InvalidArgumentError(ServiceError):
 class FailedPreconditionError(ServiceError):
     """The session is not in a state that allows the call; ``reason`` says why."""
 
-    status = grpc.StatusCode.FAILED_PRECONDITION
+    status: StatusName = "FAILED_PRECONDITION"
 
     def __init__(self, message: str, reason: Reason.ValueType) -> None:
         super().__init__(message)
@@ -72,7 +83,7 @@ class FailedPreconditionError(ServiceError):
 
 
 class SequenceConflictError(ServiceError):
-    status = grpc.StatusCode.FAILED_PRECONDITION
+    status: StatusName = "FAILED_PRECONDITION"
     reason = Reason.ERROR_REASON_SEQUENCE_CONFLICT
 
     def __init__(self, session_id: str, expected: int, current: int) -> None:
@@ -80,11 +91,11 @@ class SequenceConflictError(ServiceError):
             f"session {session_id!r} has moved on to sequence {current} (you expected "
             f"{expected}); nothing was written: read the new events and send again"
         )
-        self.trailers = ((CURRENT_SEQUENCE_METADATA_KEY, str(current)),)
+        self.metadata[ERROR_INFO_CURRENT_SEQUENCE] = str(current)
 
 
 class MessageAlreadyAnsweredError(ServiceError):
-    status = grpc.StatusCode.ALREADY_EXISTS
+    status: StatusName = "ALREADY_EXISTS"
     reason = Reason.ERROR_REASON_MESSAGE_ALREADY_ANSWERED
 
     def __init__(self, session_id: str, message_id: str) -> None:
@@ -95,17 +106,17 @@ class MessageAlreadyAnsweredError(ServiceError):
 
 
 class StoreFullError(ServiceError):
-    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status: StatusName = "RESOURCE_EXHAUSTED"
     reason = Reason.ERROR_REASON_STORE_FULL
 
 
 class SubscriberTooSlowError(ServiceError):
-    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status: StatusName = "RESOURCE_EXHAUSTED"
     reason = Reason.ERROR_REASON_SUBSCRIBER_TOO_SLOW
 
 
 class ShuttingDownError(ServiceError):
-    status = grpc.StatusCode.UNAVAILABLE
+    status: StatusName = "UNAVAILABLE"
     reason = Reason.ERROR_REASON_SHUTTING_DOWN
 
     def __init__(self) -> None:
@@ -123,12 +134,12 @@ class InvalidImportError(InvalidArgumentError):
 
 
 class BackupUnsupportedError(ServiceError):
-    status = grpc.StatusCode.FAILED_PRECONDITION
+    status: StatusName = "FAILED_PRECONDITION"
     reason = Reason.ERROR_REASON_BACKUP_UNSUPPORTED
 
 
 class NoRetentionPolicyError(ServiceError):
-    status = grpc.StatusCode.FAILED_PRECONDITION
+    status: StatusName = "FAILED_PRECONDITION"
     reason = Reason.ERROR_REASON_NO_RETENTION_POLICY
 
     def __init__(self) -> None:
@@ -136,11 +147,3 @@ class NoRetentionPolicyError(ServiceError):
             "no retention rule was given and the daemon has no [retention] policy configured; "
             "give older_than and/or keep, or configure [retention] in the config file"
         )
-
-
-def grpc_status_for(
-    error: ServiceError,
-) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
-    """Status code, message and trailing metadata that represent ``error`` on the wire."""
-    reason_name = Reason.Name(error.reason)
-    return error.status, error.message, ((REASON_METADATA_KEY, reason_name), *error.trailers)

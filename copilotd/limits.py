@@ -24,6 +24,23 @@ from typing import Final, TypeVar
 
 from google.protobuf.message import Message
 
+# Page sizes are part of the wire contract, so the client defines them.
+from copilot_client.wire import DEFAULT_EVENT_PAGE_SIZE, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+
+__all__ = [
+    "DEFAULT_EVENT_PAGE_SIZE",
+    "DEFAULT_MAX_PROMPT_BYTES",
+    "DEFAULT_PAGE_SIZE",
+    "MAX_LABEL_BYTES",
+    "MAX_PAGE_SIZE",
+    "MESSAGE_HEADROOM_BYTES",
+    "MIN_MESSAGE_BYTES",
+    "PAGE_BYTES",
+    "SESSION_ID_MAX_LENGTH",
+    "byte_batches",
+    "max_message_bytes",
+]
+
 SESSION_ID_MAX_LENGTH: Final = 128
 DEFAULT_MAX_PROMPT_BYTES: Final = 1024 * 1024
 # gRPC refuses a message above its size limit before any of our code runs,
@@ -34,9 +51,6 @@ DEFAULT_MAX_PROMPT_BYTES: Final = 1024 * 1024
 # to fix it. Only a request beyond this bound is refused by gRPC itself.
 MIN_MESSAGE_BYTES: Final = 8 * 1024 * 1024
 MESSAGE_HEADROOM_BYTES: Final = 1024 * 1024
-DEFAULT_PAGE_SIZE: Final = 50
-DEFAULT_EVENT_PAGE_SIZE: Final = 100
-MAX_PAGE_SIZE: Final = 1000
 
 # Short labels and names that are stored with events or sessions. Generous for
 # their purpose, small enough that no caller can bloat the store through them.

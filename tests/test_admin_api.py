@@ -8,7 +8,13 @@ from typing import Any
 import grpc
 import pytest
 
-from copilot_client import CopilotClient, InvalidArgumentError, SessionNotFoundError
+from copilot_client import (
+    CopilotClient,
+    InvalidArgumentError,
+    InvalidImportError,
+    NoRetentionPolicyError,
+    SessionNotFoundError,
+)
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
 from copilotd.store import SCHEMA_VERSION
@@ -81,6 +87,7 @@ async def test_prune_rule_errors(stub: copilot_pb2_grpc.CopilotServiceStub) -> N
         grpc.StatusCode.FAILED_PRECONDITION,
         "ERROR_REASON_NO_RETENTION_POLICY",
     )
+    assert type(error.mapped) is NoRetentionPolicyError
     error = await wire_error(
         stub.PruneSessions(pb.PruneSessionsRequest(policy=pb.RetentionPolicy(), dry_run=True))
     )
@@ -144,6 +151,7 @@ async def test_import_over_the_wire(stub: copilot_pb2_grpc.CopilotServiceStub) -
             grpc.StatusCode.INVALID_ARGUMENT,
             "ERROR_REASON_INVALID_IMPORT",
         )
+        assert type(error.mapped) is InvalidImportError
         assert message in error.details
 
     live_only = events_pb2.SessionEvent()

@@ -1,18 +1,21 @@
 """The gRPC API against a real daemon: status codes, messages, listing, deletion.
 
 Each error case is checked twice: on the wire (status code, the
-"copilot-error-reason" trailer, a message that says what to do) and through
-the client (the matching exception).
+"copilot-error-reason" trailer, the same reason in the standard
+``google.rpc.Status`` details as generic gRPC tooling reads them, a message
+that says what to do) and through the client (the matching exception).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from copilot_client import (
     CopilotClient,
@@ -24,6 +27,8 @@ from copilot_client import (
 )
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
+from copilot_client.service import map_rpc_error
+from copilot_client.wire import ERROR_DOMAIN
 from tests.support.daemon_process import DaemonProcess
 
 MAX_PROMPT_BYTES = 2000
@@ -56,6 +61,22 @@ class WireError:
     code: grpc.StatusCode
     reason: str
     details: str
+    info: error_details_pb2.ErrorInfo
+    """The google.rpc.ErrorInfo detail, as generic gRPC tooling reads it."""
+    mapped: Exception
+    """What copilot_client raises for this error."""
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    """The one ErrorInfo of a failed call's google.rpc.Status (checked to agree with it)."""
+    # from_call reads only code(), details() and trailing_metadata(), which a
+    # failed aio call has too; it raises if the Status disagrees with them.
+    status = rpc_status.from_call(cast(grpc.Call, error))
+    assert status is not None, "no google.rpc.Status in grpc-status-details-bin"
+    [detail] = status.details
+    info = error_details_pb2.ErrorInfo()
+    assert detail.Unpack(info), detail.type_url
+    return info
 
 
 async def wire_error(call: Awaitable[Any]) -> WireError:
@@ -63,7 +84,16 @@ async def wire_error(call: Awaitable[Any]) -> WireError:
         await call
     error = caught.value
     trailers = dict(error.trailing_metadata() or ())
-    return WireError(error.code(), str(trailers.get("copilot-error-reason")), error.details() or "")
+    reason = str(trailers.get("copilot-error-reason"))
+    info = error_info(error)
+    assert (info.reason, info.domain) == (reason, ERROR_DOMAIN)
+    return WireError(
+        error.code(),
+        reason,
+        error.details() or "",
+        info,
+        map_rpc_error(error, socket_path="daemon.sock"),
+    )
 
 
 BAD_IDS = ["", "has/slash", "../etc", "a" * 129, "ctl\x00char", "new\nline", " space", "-leading"]
@@ -214,6 +244,7 @@ async def test_stale_expected_sequence_writes_nothing(
     assert error.code == grpc.StatusCode.FAILED_PRECONDITION
     assert error.reason == "ERROR_REASON_SEQUENCE_CONFLICT"
     assert "moved on to sequence 1" in error.details and "nothing was written" in error.details
+    assert dict(error.info.metadata) == {"current_sequence": "1"}
     with pytest.raises(SequenceConflictError) as caught:
         await session.send(MessageOptions("late", expected_last_sequence=0))
     assert caught.value.current_sequence == 1

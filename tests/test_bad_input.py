@@ -25,13 +25,13 @@ from hypothesis import strategies as st
 
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
+from copilot_client.wire import LIFECYCLE_TYPES
 from copilotd.limits import MAX_LABEL_BYTES
 from tests.support.daemon_process import DaemonProcess, short_temp_dir
 from tests.support.store_check import check_store
 
 MAX_PROMPT_BYTES = 4096
 EXISTING = ["alpha", "beta-1", "gamma:2@x"]
-LIFECYCLE_TYPES = ["session.created", "session.deleted", "session.updated"]
 # What the daemon may answer to a request it could not or would not serve.
 REFUSALS = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -167,7 +167,7 @@ REQUESTS: dict[str, st.SearchStrategy[Any]] = {
     ),
     "WatchLifecycle": st.builds(
         pb.WatchLifecycleRequest,
-        types=st.lists(st.one_of(nasty_text, st.sampled_from(LIFECYCLE_TYPES)), max_size=3),
+        types=st.lists(st.one_of(nasty_text, st.sampled_from(sorted(LIFECYCLE_TYPES))), max_size=3),
     ),
 }
 

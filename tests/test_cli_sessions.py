@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -299,3 +300,52 @@ async def test_prune_dry_run_deletes_nothing_and_prune_keeps_pinned(
 def test_prune_without_rule_or_policy(daemon: DaemonProcess) -> None:
     line = one_line_error(copilotd(daemon, "sessions", "prune", "--dry-run"))
     assert "no [retention] policy configured" in line
+
+
+# What `copilotd sessions list` must not load: the server, the store's engine,
+# the model providers and their SDKs, metrics. Importing them cost about 0.4 s
+# of every client-side subcommand's start (docs/benchmarks.md has the figures).
+SERVER_SIDE_PACKAGES = ("lmdb", "openai", "anthropic", "pydantic", "prometheus_client", "httpx2")
+SERVER_SIDE_MODULES = (
+    "copilotd.runtime.server",
+    "copilotd.api",
+    "copilotd.store",
+    "copilotd.providers",
+    "copilotd.sessions.service",
+    "copilotd.admin.service",
+)
+LIST_AND_REPORT_MODULES = """
+import json, sys
+from copilotd.cli.main import main
+try:
+    main(["sessions", "list", "--json"])
+finally:
+    with open(sys.argv[1], "w") as report:
+        json.dump(sorted(sys.modules), report)
+"""
+
+
+async def test_sessions_list_loads_nothing_of_the_server(
+    daemon: DaemonProcess, client: CopilotClient, tmp_path: Path
+) -> None:
+    await client.create_session(session_id="light")
+    report = tmp_path / "modules.json"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", LIST_AND_REPORT_MODULES, str(report)],
+        capture_output=True,
+        text=True,
+        env=daemon.env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [s["session_id"] for s in json.loads(result.stdout)] == ["light"]
+    loaded = json.loads(report.read_text())
+    assert "copilot_client.service" in loaded  # it did talk through the client
+    server_side = [
+        name
+        for name in loaded
+        if name.split(".")[0] in SERVER_SIDE_PACKAGES
+        or any(name == m or name.startswith(m + ".") for m in SERVER_SIDE_MODULES)
+    ]
+    assert not server_side

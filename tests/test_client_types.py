@@ -19,12 +19,16 @@ import grpc
 import pytest
 
 from copilot_client import (
+    BackupUnsupportedError,
     CopilotClient,
     DaemonUnavailableError,
     EventData,
     FailedPreconditionError,
     InvalidArgumentError,
+    InvalidImportError,
+    MessageAlreadyAnsweredError,
     MessageOptions,
+    NoRetentionPolicyError,
     ResourceExhaustedError,
     RPCError,
     SequenceConflictError,
@@ -34,10 +38,13 @@ from copilot_client import (
     SessionExistsError,
     SessionMetadata,
     SessionNotFoundError,
+    SubscriberTooSlowError,
     SystemMessageConfig,
 )
-from copilot_client._errors import REASON_METADATA_KEY, map_rpc_error
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
+from copilot_client.proto.v1.copilot_pb2 import ErrorReason
+from copilot_client.service import ERROR_FOR_REASON, map_rpc_error
+from copilot_client.wire import REASON_METADATA_KEY
 
 # -- helpers -----------------------------------------------------------------
 
@@ -245,7 +252,13 @@ def rpc_error(code: str, details: str | None) -> grpc.aio.AioRpcError:
         ("FAILED_PRECONDITION/ERROR_REASON_SEQUENCE_CONFLICT", SequenceConflictError),
         ("FAILED_PRECONDITION", FailedPreconditionError),
         ("RESOURCE_EXHAUSTED/ERROR_REASON_STORE_FULL", ResourceExhaustedError),
-        ("RESOURCE_EXHAUSTED/ERROR_REASON_SUBSCRIBER_TOO_SLOW", ResourceExhaustedError),
+        ("RESOURCE_EXHAUSTED/ERROR_REASON_SUBSCRIBER_TOO_SLOW", SubscriberTooSlowError),
+        ("ALREADY_EXISTS/ERROR_REASON_MESSAGE_ALREADY_ANSWERED", MessageAlreadyAnsweredError),
+        ("INVALID_ARGUMENT/ERROR_REASON_INVALID_IMPORT", InvalidImportError),
+        ("FAILED_PRECONDITION/ERROR_REASON_BACKUP_UNSUPPORTED", BackupUnsupportedError),
+        ("FAILED_PRECONDITION/ERROR_REASON_NO_RETENTION_POLICY", NoRetentionPolicyError),
+        # A reason a newer daemon may send: the status decides.
+        ("FAILED_PRECONDITION/ERROR_REASON_FROM_THE_FUTURE", FailedPreconditionError),
         ("UNAVAILABLE/ERROR_REASON_SHUTTING_DOWN", DaemonUnavailableError),
         ("UNAVAILABLE", DaemonUnavailableError),
         ("INTERNAL/ERROR_REASON_INTERNAL", RPCError),
@@ -262,6 +275,31 @@ def test_status_and_reason_map_to_exceptions(code: str, expected: type[RPCError]
         assert isinstance(error, DaemonUnavailableError)
         assert error.socket_path == "/run/x.sock"
         assert "/run/x.sock" in str(error)
+
+
+def test_every_error_reason_has_its_exception() -> None:
+    # UNSPECIFIED is no reason: the status code decides for it.
+    reasons = set(ErrorReason.values()) - {ErrorReason.ERROR_REASON_UNSPECIFIED}
+    missing = [ErrorReason.Name(value) for value in reasons if value not in ERROR_FOR_REASON]
+    assert not missing, f"map these reasons in copilot_client/service.py: {missing}"
+    assert set(ERROR_FOR_REASON) == reasons
+
+
+@pytest.mark.parametrize(
+    ("specific", "general"),
+    [
+        (MessageAlreadyAnsweredError, SessionExistsError),
+        (InvalidImportError, InvalidArgumentError),
+        (BackupUnsupportedError, FailedPreconditionError),
+        (NoRetentionPolicyError, FailedPreconditionError),
+        (SubscriberTooSlowError, ResourceExhaustedError),
+    ],
+)
+def test_new_classes_are_caught_where_their_reason_was(
+    specific: type[RPCError], general: type[RPCError]
+) -> None:
+    # Earlier releases raised the general class: except clauses written for it keep working.
+    assert issubclass(specific, general)
 
 
 def test_the_reason_decides_before_the_status() -> None:

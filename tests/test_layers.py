@@ -54,6 +54,18 @@ def test_contracts_are_kept() -> None:
             "from copilotd.sessions import fanout\n",
             "copilotd's layers point one way BROKEN",
         ),
+        # The daemon reaching into the client's private modules.
+        (
+            "copilotd/cli/sessions.py",
+            "from copilot_client._errors import CopilotError\n",
+            "copilotd uses only copilot_client's public modules BROKEN",
+        ),
+        # The transport-free core (here the error catalog under it) importing grpc.
+        (
+            "copilotd/errors.py",
+            "import grpc\n",
+            "the session core and everything under it know no gRPC server BROKEN",
+        ),
         # The client importing the daemon.
         (
             "copilot_client/_types.py",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from copilot_client._paths import resolve_data_dir, resolve_socket_path
+from copilot_client.paths import resolve_data_dir, resolve_socket_path
 
 
 @pytest.fixture(autouse=True)

@@ -19,11 +19,14 @@ import pytest
 
 from copilot_client import (
     CopilotClient,
+    MessageAlreadyAnsweredError,
     SessionEventType,
     SessionNotFoundError,
 )
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
+from copilot_client.service import map_rpc_error
+from copilot_client.wire import REASON_METADATA_KEY as REASON
 from tests.support.daemon_process import DaemonProcess
 from tests.test_client_session import (
     EVENT_WAIT,
@@ -34,7 +37,6 @@ from tests.test_client_session import (
 )
 
 T = SessionEventType
-REASON = "copilot-error-reason"
 TurnEndReason = events_pb2.TurnEndReason
 
 
@@ -131,6 +133,7 @@ async def test_a_message_id_is_recorded_once(
         "ERROR_REASON_MESSAGE_ALREADY_ANSWERED"
     )
     assert "'again'" in (caught.value.details() or "")
+    assert type(map_rpc_error(caught.value, socket_path="s")) is MessageAlreadyAnsweredError
     assert (await _log(stub, "ids")).count("user.message") == 1
 
     for bad in ("has space", "x" * 65, "ünï"):

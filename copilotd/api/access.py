@@ -29,12 +29,12 @@ from urllib.parse import urlsplit
 
 import grpc
 
+from copilot_client.wire import TOKEN_ENV
 from copilotd.api.interceptors import RequestDecoding
 from copilotd.config import ConfigError, ConfigFile
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV: Final = "COPILOTD_TOKEN"
 MIN_TOKEN_LENGTH: Final = 16
 AUTHORIZATION_KEY: Final = "authorization"
 BEARER_PREFIX: Final = "Bearer "

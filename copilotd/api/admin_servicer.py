@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from copilot_client.proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from copilot_client.proto.v1 import copilot_pb2
 from copilotd.admin.service import AdminService, rule_from_proto
-from copilotd.api.servicer import Context, _translate_errors
+from copilotd.api.errors import Context, translate_errors
 from copilotd.limits import byte_batches
 
 M = TypeVar("M", bound=Message)
@@ -45,21 +45,21 @@ class AdminServicer(admin_pb2_grpc.CopilotAdminServiceServicer):
     async def GetDaemonStatus(
         self, request: admin_pb2.GetDaemonStatusRequest, context: Context
     ) -> admin_pb2.GetDaemonStatusResponse:
-        async with _translate_errors(context, "GetDaemonStatus"):
+        async with translate_errors(context, "GetDaemonStatus"):
             status = self._admin.status()
         return same_wire(status, admin_pb2.GetDaemonStatusResponse)
 
     async def SetSessionPinned(
         self, request: admin_pb2.SetSessionPinnedRequest, context: Context
     ) -> admin_pb2.SetSessionPinnedResponse:
-        async with _translate_errors(context, "SetSessionPinned"):
+        async with translate_errors(context, "SetSessionPinned"):
             metadata = await self._admin.set_pinned(request.session_id, request.pinned)
         return admin_pb2.SetSessionPinnedResponse(session=metadata)
 
     async def PruneSessions(
         self, request: admin_pb2.PruneSessionsRequest, context: Context
     ) -> admin_pb2.PruneSessionsResponse:
-        async with _translate_errors(context, "PruneSessions"):
+        async with translate_errors(context, "PruneSessions"):
             if request.HasField("policy"):
                 rule = rule_from_proto(same_wire(request.policy, copilot_pb2.RetentionPolicy))
             else:
@@ -78,7 +78,7 @@ class AdminServicer(admin_pb2_grpc.CopilotAdminServiceServicer):
     async def ImportSession(
         self, request_iterator: AsyncIterable[admin_pb2.ImportSessionRequest], context: Context
     ) -> admin_pb2.ImportSessionResponse:
-        async with _translate_errors(context, "ImportSession"):
+        async with translate_errors(context, "ImportSession"):
             result = await self._admin.import_session(
                 all_same_wire(request_iterator, copilot_pb2.ImportSessionRequest)
             )
@@ -92,7 +92,7 @@ class AdminServicer(admin_pb2_grpc.CopilotAdminServiceServicer):
     async def BackupStore(
         self, request: admin_pb2.BackupStoreRequest, context: Context
     ) -> AsyncIterator[admin_pb2.BackupStoreResponse]:
-        async with _translate_errors(context, "BackupStore"):
+        async with translate_errors(context, "BackupStore"):
             info = same_wire(self._admin.backup_info(), admin_pb2.BackupInfo)
             yield admin_pb2.BackupStoreResponse(info=info)
             total = 0

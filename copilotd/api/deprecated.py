@@ -15,7 +15,8 @@ from collections.abc import AsyncIterable, AsyncIterator
 from copilot_client.proto.admin.v1 import admin_pb2
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd.api.admin_servicer import AdminServicer, all_same_wire, same_wire
-from copilotd.api.servicer import Context, CopilotServicer
+from copilotd.api.errors import Context
+from copilotd.api.servicer import CopilotServicer
 from copilotd.sessions.service import SessionService
 
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from copilotd.errors import REASON_METADATA_KEY, Reason
+from copilotd.api.errors import abort_with
+from copilotd.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -29,10 +30,7 @@ class _Undecodable:
 
 
 async def _refuse(request: _Undecodable, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    context.set_trailing_metadata(
-        ((REASON_METADATA_KEY, Reason.Name(Reason.ERROR_REASON_INVALID_ARGUMENT)),)
-    )
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+    await abort_with(context, InvalidArgumentError(request.message))
 
 
 class RequestDecoding(grpc.aio.ServerInterceptor):

@@ -1,8 +1,9 @@
 """The gRPC servicer: unpack the request, call the core, pack the answer.
 
-Errors are translated in one place (``_translate_errors``): a ``ServiceError``
-becomes its status, message and "copilot-error-reason" trailer; anything else
-becomes INTERNAL, with the details only in the daemon's log.
+Errors are translated in one place, ``copilotd.api.errors.translate_errors``: a
+``ServiceError`` becomes its status with ``ErrorInfo`` details and the
+"copilot-error-reason" trailer; anything else becomes INTERNAL, with the
+details only in the daemon's log.
 """
 
 from __future__ import annotations
@@ -12,34 +13,14 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
-
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
-from copilotd.errors import ServiceError, grpc_status_for
+from copilotd.api.errors import Context, translate_errors
 from copilotd.events import now_timestamp
 from copilotd.sessions.service import SessionService
 from copilotd.sessions.validation import check_enum
 
 log = logging.getLogger(__name__)
-Context = grpc.aio.ServicerContext[Any, Any]
-
-INTERNAL_MESSAGE = "internal error in copilotd; the daemon log has the details"
-
-
-@contextlib.asynccontextmanager
-async def _translate_errors(context: Context, method: str) -> AsyncIterator[None]:
-    try:
-        yield
-    except ServiceError as error:
-        code, message, trailers = grpc_status_for(error)
-        context.set_trailing_metadata(trailers)
-        await context.abort(code, message)
-    except grpc.aio.AbortError:
-        raise
-    except Exception:
-        log.exception("%s failed", method)
-        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
 def _send_arguments(
@@ -67,21 +48,21 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
     async def CreateSession(
         self, request: pb.CreateSessionRequest, context: Context
     ) -> pb.CreateSessionResponse:
-        async with _translate_errors(context, "CreateSession"):
+        async with translate_errors(context, "CreateSession"):
             metadata = await self._service.create_session(request.config)
         return pb.CreateSessionResponse(session=metadata)
 
     async def GetSession(
         self, request: pb.GetSessionRequest, context: Context
     ) -> pb.GetSessionResponse:
-        async with _translate_errors(context, "GetSession"):
+        async with translate_errors(context, "GetSession"):
             metadata = self._service.get_session(request.session_id)
         return pb.GetSessionResponse(session=metadata)
 
     async def ResumeSession(
         self, request: pb.ResumeSessionRequest, context: Context
     ) -> pb.ResumeSessionResponse:
-        async with _translate_errors(context, "ResumeSession"):
+        async with translate_errors(context, "ResumeSession"):
             metadata, tail, recorded = await self._service.resume_session(
                 request.session_id,
                 request.tail_events,
@@ -94,28 +75,28 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
     async def ListSessions(
         self, request: pb.ListSessionsRequest, context: Context
     ) -> pb.ListSessionsResponse:
-        async with _translate_errors(context, "ListSessions"):
+        async with translate_errors(context, "ListSessions"):
             sessions, token = self._service.list_sessions(request.page_size, request.page_token)
         return pb.ListSessionsResponse(sessions=sessions, next_page_token=token)
 
     async def DeleteSession(
         self, request: pb.DeleteSessionRequest, context: Context
     ) -> pb.DeleteSessionResponse:
-        async with _translate_errors(context, "DeleteSession"):
+        async with translate_errors(context, "DeleteSession"):
             await self._service.delete_session(request.session_id)
         return pb.DeleteSessionResponse()
 
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Context
     ) -> pb.SendMessageResponse:
-        async with _translate_errors(context, "SendMessage"):
+        async with translate_errors(context, "SendMessage"):
             event, queued = await self._service.send_message(**_send_arguments(request))
         return pb.SendMessageResponse(message_id=event.id, sequence=event.sequence, queued=queued)
 
     async def SendMessageAndWait(
         self, request: pb.SendMessageAndWaitRequest, context: Context
     ) -> pb.SendMessageAndWaitResponse:
-        async with _translate_errors(context, "SendMessageAndWait"):
+        async with translate_errors(context, "SendMessageAndWait"):
             outcome = await self._service.send_message_and_wait(**_send_arguments(request))
         return pb.SendMessageAndWaitResponse(
             message_id=outcome.message_id,
@@ -127,14 +108,14 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
     async def AbortTurn(
         self, request: pb.AbortTurnRequest, context: Context
     ) -> pb.AbortTurnResponse:
-        async with _translate_errors(context, "AbortTurn"):
+        async with translate_errors(context, "AbortTurn"):
             aborted = await self._service.abort_turn(request.session_id, request.reason)
         return pb.AbortTurnResponse(aborted=aborted)
 
     async def ListEvents(
         self, request: pb.ListEventsRequest, context: Context
     ) -> pb.ListEventsResponse:
-        async with _translate_errors(context, "ListEvents"):
+        async with translate_errors(context, "ListEvents"):
             check_enum(request.order, pb.EventOrder, "order")
             events, cursor = self._service.list_events(
                 request.session_id,
@@ -147,7 +128,7 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
     async def StreamEvents(
         self, request: pb.StreamEventsRequest, context: Context
     ) -> AsyncIterator[pb.StreamEventsResponse]:
-        async with _translate_errors(context, "StreamEvents"):
+        async with translate_errors(context, "StreamEvents"):
             stream = self._service.stream_events(request.session_id, request.after_sequence)
             async with contextlib.aclosing(stream):
                 async for events, live in stream:
@@ -156,7 +137,7 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
     async def WatchLifecycle(
         self, request: pb.WatchLifecycleRequest, context: Context
     ) -> AsyncIterator[pb.LifecycleEvent]:
-        async with _translate_errors(context, "WatchLifecycle"):
+        async with translate_errors(context, "WatchLifecycle"):
             stream = self._service.watch_lifecycle(request.types)
             async with contextlib.aclosing(stream):
                 async for batch in stream:
@@ -171,11 +152,11 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context
     ) -> pb.ListModelsResponse:
-        async with _translate_errors(context, "ListModels"):
+        async with translate_errors(context, "ListModels"):
             models, offline_only = self._service.list_models()
         return pb.ListModelsResponse(models=models, offline_only=offline_only)
 
     async def SetModel(self, request: pb.SetModelRequest, context: Context) -> pb.SetModelResponse:
-        async with _translate_errors(context, "SetModel"):
+        async with translate_errors(context, "SetModel"):
             metadata = await self._service.set_model(request.session_id, request.model)
         return pb.SetModelResponse(session=metadata)

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any, Final, NoReturn, ParamSpec, Protocol, TypeVar
 
 import click
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from copilot_client._errors import CopilotError, DaemonUnavailableError, map_rpc_error
-from copilot_client._paths import SOCKET_ENV, resolve_socket_path
-from copilot_client._transport import Transport
+from copilot_client import CopilotError, DaemonUnavailableError
+from copilot_client.paths import SOCKET_ENV, resolve_socket_path
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
+from copilot_client.service import ServiceClient
 from copilotd.admin.retention import DURATION_HELP, parse_duration
 
 P = ParamSpec("P")
@@ -117,7 +116,7 @@ def socket_option(command: Callable[P, T]) -> Callable[P, T]:
 class Daemon:
     """A connection to the running daemon: the stub, and calls whose errors are mapped."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: ServiceClient) -> None:
         self.transport = transport
         self.stub: copilot_pb2_grpc.CopilotServiceAsyncStub = transport.stub
 
@@ -127,10 +126,8 @@ class Daemon:
     @asynccontextmanager
     async def mapped_errors(self) -> AsyncIterator[None]:
         """For streaming calls: the same error mapping ``call`` applies."""
-        try:
+        with self.transport.mapped_errors():
             yield
-        except grpc.aio.AioRpcError as error:
-            raise map_rpc_error(error, socket_path=self.transport.socket_path) from error
 
 
 @asynccontextmanager
@@ -140,7 +137,7 @@ async def connect(socket_path: Path | None) -> AsyncIterator[Daemon]:
     Raises ``CliError`` (naming the socket and how to start the daemon) when
     nothing answers.
     """
-    transport = Transport(resolve_socket_path(socket_path))
+    transport = ServiceClient(resolve_socket_path(socket_path))
     transport.open()
     try:
         try:

@@ -20,8 +20,8 @@ from typing import IO, BinaryIO, Final
 
 import click
 
-from copilot_client._errors import SessionNotFoundError
-from copilot_client._paths import DATA_DIR_ENV, resolve_data_dir
+from copilot_client import SessionNotFoundError
+from copilot_client.paths import DATA_DIR_ENV, resolve_data_dir
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd import __version__
 from copilotd.admin.export_format import (
@@ -30,7 +30,6 @@ from copilotd.admin.export_format import (
     ExportReader,
     ExportWriter,
 )
-from copilotd.admin.service import BACKUP_FORMAT
 from copilotd.cli.common import (
     CliError,
     Daemon,
@@ -42,14 +41,13 @@ from copilotd.cli.common import (
     socket_option,
 )
 from copilotd.cli.sessions import list_all, read_events
-from copilotd.runtime.server import (
+from copilotd.runtime.datadir import (
     DATA_LOCK_NAME,
     STORE_SUBDIR,
     StartupError,
     ensure_private_dir,
     exclusive_lock,
 )
-from copilotd.store import LmdbStore, StoreError
 
 DATA_FILE: Final = "data.mdb"
 IMPORT_BATCH_EVENTS: Final = 500
@@ -259,6 +257,9 @@ def backup_store_dir(backup: Path) -> Path:
 
 def count_sessions(store_dir: Path) -> int:
     """Open the store there (which checks its version and integrity) and count its sessions."""
+    # Here, not at the top: only restore needs LMDB, and every subcommand imports this module.
+    from copilotd.store import LmdbStore, StoreError
+
     try:
         store = LmdbStore.open(store_dir)
     except StoreError as error:
@@ -288,6 +289,8 @@ def backup_command(dest: Path, socket_path: Path | None) -> None:
     store_dir = dest / STORE_SUBDIR
     store_dir.mkdir(mode=0o700, exist_ok=True)
     partial = store_dir / f"{DATA_FILE}.partial"
+    # Here, not at the top: the admin service loads the whole session core.
+    from copilotd.admin.service import BACKUP_FORMAT
 
     async def main() -> int:
         async with connect(socket_path) as daemon, daemon.mapped_errors():

@@ -1,4 +1,9 @@
-"""The ``copilotd`` command."""
+"""The ``copilotd`` command.
+
+Only ``serve`` loads the server (gRPC server, LMDB, provider SDKs, metrics):
+it imports them when it runs, so that the client-side subcommands start fast
+(``tests/test_cli_sessions.py`` checks what they load).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,16 @@ from pathlib import Path
 
 import click
 
-from copilot_client._paths import DATA_DIR_ENV, SOCKET_ENV, resolve_data_dir, resolve_socket_path
+from copilot_client.paths import DATA_DIR_ENV, SOCKET_ENV, resolve_data_dir, resolve_socket_path
+from copilot_client.wire import TOKEN_ENV
 from copilotd import __version__
-from copilotd.api.access import TOKEN_ENV, tcp_listener
 from copilotd.cli.common import OneLineErrors
 from copilotd.cli.data import backup_command, export_command, import_command, restore_command
 from copilotd.cli.service import install_service_command, status_command
 from copilotd.cli.sessions import sessions_group
 from copilotd.config import CONFIG_ENV, ConfigError, load_config
 from copilotd.limits import DEFAULT_MAX_PROMPT_BYTES
-from copilotd.runtime.logs import configure_logging
-from copilotd.runtime.server import ServeConfig, StartupError, serve
 from copilotd.sessions.fanout import DEFAULT_BUFFER_EVENTS
-from copilotd.store.settings import max_store_bytes
 
 
 @click.group(cls=OneLineErrors)
@@ -119,6 +121,12 @@ def serve_command(
     Under systemd (Type=notify) it reports readiness and pings the watchdog,
     and it serves the socket systemd passes (socket activation).
     """
+    from copilotd.api.access import tcp_listener
+    from copilotd.runtime.datadir import StartupError
+    from copilotd.runtime.logs import configure_logging
+    from copilotd.runtime.server import ServeConfig, serve
+    from copilotd.store.settings import max_store_bytes
+
     configure_logging(log_level, json=log_json)
     try:
         config_file = load_config(config_path)

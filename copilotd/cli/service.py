@@ -13,8 +13,8 @@ from typing import Any, Final
 
 import click
 
-from copilot_client._errors import DaemonUnavailableError
-from copilot_client._paths import resolve_data_dir, resolve_socket_path
+from copilot_client import DaemonUnavailableError
+from copilot_client.paths import resolve_data_dir, resolve_socket_path
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd.admin.retention import format_duration
 from copilotd.cli.common import (
@@ -26,7 +26,7 @@ from copilotd.cli.common import (
     socket_option,
     to_datetime,
 )
-from copilotd.runtime.server import STORE_SUBDIR
+from copilotd.runtime.datadir import STORE_SUBDIR
 
 # `copilotd status` exits with this when the daemon is not running (as
 # `systemctl status` does for an inactive unit).

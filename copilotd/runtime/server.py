@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
 import os
 import signal
-import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from copilot_client._paths import MAX_SOCKET_PATH_BYTES, channel_target
+from copilot_client.paths import MAX_SOCKET_PATH_BYTES, channel_target
 from copilot_client.proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
 from copilotd import __version__
@@ -40,6 +36,13 @@ from copilotd.runtime.activation import (
     inherited_socket,
     private_socket_path,
 )
+from copilotd.runtime.datadir import (
+    DATA_LOCK_NAME,
+    STORE_SUBDIR,
+    StartupError,
+    ensure_private_dir,
+    exclusive_lock,
+)
 from copilotd.runtime.metrics import MetricsAddressError
 from copilotd.runtime.sidecars import Operations
 from copilotd.runtime.systemd import listen_sockets
@@ -52,8 +55,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = copilot_pb2.DESCRIPTOR.services_by_name["CopilotService"].full_name
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["CopilotAdminService"].full_name
-STORE_SUBDIR = "store"
-DATA_LOCK_NAME = "copilotd.lock"
 
 
 def grpc_options(max_prompt_bytes: int) -> tuple[tuple[str, int], ...]:
@@ -64,10 +65,6 @@ def grpc_options(max_prompt_bytes: int) -> tuple[tuple[str, int], ...]:
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
     )
-
-
-class StartupError(Exception):
-    """The daemon cannot start; the message says why and what to do."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,48 +97,6 @@ class ServeConfig:
     tcp: TcpListener | None = None
     config_file: ConfigFile = field(default_factory=ConfigFile)
     metrics_address: str | None = None
-
-
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (mode 0700) or check that an existing one is ours and private."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.stat()
-    if info.st_uid != os.getuid():
-        raise StartupError(
-            f"{path} belongs to another user (uid {info.st_uid}); choose another location "
-            "with --socket / --data-dir"
-        )
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(path, 0o700)
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: Path, what: str) -> Iterator[IO[str]]:
-    """Hold an exclusive lock on ``path`` for as long as the daemon runs.
-
-    The kernel releases it when the process dies, however it dies, so a lock
-    file left behind by a killed daemon never blocks the next one.
-    """
-    # Private like everything of the daemon's; held open for its lifetime.
-    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise StartupError(
-                f"another copilotd (pid {holder}) is already using {what}; stop it first "
-                "(systemctl --user stop copilotd, or kill that pid) or choose another "
-                "--socket / --data-dir"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield handle
-    finally:
-        handle.close()
 
 
 def check_socket_path(socket_path: Path) -> None:

@@ -15,6 +15,10 @@ from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
+from copilot_client.wire import LIFECYCLE_CREATED as SESSION_CREATED
+from copilot_client.wire import LIFECYCLE_DELETED as SESSION_DELETED
+from copilot_client.wire import LIFECYCLE_TYPES
+from copilot_client.wire import LIFECYCLE_UPDATED as SESSION_UPDATED
 from copilotd import events as ev
 from copilotd.errors import (
     InvalidArgumentError,
@@ -70,10 +74,6 @@ log = logging.getLogger(__name__)
 
 LifecycleEvent = copilot_pb2.LifecycleEvent
 LIFECYCLE_TOPIC = "lifecycle"
-SESSION_CREATED = "session.created"
-SESSION_DELETED = "session.deleted"
-SESSION_UPDATED = "session.updated"
-LIFECYCLE_TYPES = frozenset({SESSION_CREATED, SESSION_DELETED, SESSION_UPDATED})
 
 STREAM_BATCH_EVENTS = 256
 # Sessions kept in memory without a running turn; older ones are dropped and

@@ -1,0 +1,346 @@
+"""``copilot_client.service``: the low-level client of copilotd's gRPC service.
+
+A public module, for programs (the ``copilotd`` command among them) that want
+the raw RPCs without :class:`copilot_client.CopilotClient`'s sessions:
+:class:`ServiceClient` owns the channel and the generated stub, and every
+call goes through :meth:`ServiceClient.call` (unary) or
+:meth:`ServiceClient.mapped_errors` (streams), where :func:`map_rpc_error`
+turns a failed call into the most specific :class:`copilot_client.RPCError`::
+
+    service = ServiceClient(resolve_socket_path())
+    service.open()
+    try:
+        pong = await service.call(service.stub.Ping, copilot_pb2.PingRequest())
+    finally:
+        await service.close()
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final, TypeVar
+
+import grpc
+
+from ._errors import (
+    BackupUnsupportedError,
+    CopilotError,
+    DaemonUnavailableError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    InvalidImportError,
+    MessageAlreadyAnsweredError,
+    NoRetentionPolicyError,
+    ProviderSecretRequiredError,
+    ResourceExhaustedError,
+    RPCError,
+    SequenceConflictError,
+    SessionExistsError,
+    SessionNotFoundError,
+    SubscriberTooSlowError,
+    UnauthenticatedError,
+)
+from .paths import channel_target
+from .proto.v1 import copilot_pb2, copilot_pb2_grpc
+from .wire import CURRENT_SEQUENCE_METADATA_KEY, REASON_METADATA_KEY
+
+__all__ = ["ERROR_FOR_REASON", "START_HINT", "ServiceClient", "map_rpc_error"]
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+
+# A local socket: reconnect quickly (the daemon may be starting or restarting)
+# and allow large pages of events.
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.enable_http_proxy", 0),
+)
+
+
+class ServiceClient:
+    """Owns the channel and stub; maps every failed call to a ``CopilotError``.
+
+    Args:
+        socket_path: The daemon's Unix socket.
+        address: ``HOST:PORT`` of the daemon's TCP port, used instead of the
+            socket when given.
+        token: The bearer token sent with every call over TCP.
+        tls_root_cert: PEM file of the certificate to trust: TCP then uses TLS.
+            Without it, TCP is plain text, which grpc allows to loopback
+            addresses only, so the token never crosses a network in clear.
+    """
+
+    def __init__(
+        self,
+        socket_path: Path,
+        *,
+        address: str | None = None,
+        token: str | None = None,
+        tls_root_cert: Path | None = None,
+    ) -> None:
+        self.socket_path = socket_path
+        self.address = address
+        self._token = token
+        self._tls_root_cert = tls_root_cert
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: copilot_pb2_grpc.CopilotServiceAsyncStub | None = None
+
+    @property
+    def where(self) -> str:
+        """The address or socket calls go to, for messages."""
+        return self.address or str(self.socket_path)
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the channel exists."""
+        return self._channel is not None
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The open channel."""
+        if self._channel is None:
+            raise CopilotError("the client is not started")
+        return self._channel
+
+    @property
+    def stub(self) -> copilot_pb2_grpc.CopilotServiceAsyncStub:
+        """The service stub on the open channel."""
+        if self._stub is None:
+            raise CopilotError("the client is not started")
+        return self._stub
+
+    def open(self) -> None:
+        """Creates the channel (connecting happens on the first call)."""
+        if self._channel is None:
+            if self.address is None:
+                self._channel = grpc.aio.insecure_channel(
+                    channel_target(self.socket_path), options=CHANNEL_OPTIONS
+                )
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self.address, self._tcp_credentials(), options=CHANNEL_OPTIONS
+                )
+            self._stub = copilot_pb2_grpc.CopilotServiceStub(self._channel)
+
+    def _tcp_credentials(self) -> grpc.ChannelCredentials:
+        if self._tls_root_cert is not None:
+            credentials = grpc.ssl_channel_credentials(self._tls_root_cert.read_bytes())
+        else:
+            credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+        if self._token:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(self._token)
+            )
+        return credentials
+
+    async def close(self) -> None:
+        """Closes the channel, cancelling calls still running on it."""
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close()
+
+    async def call(
+        self,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
+        request: RequestT,
+        *,
+        deadline: float | None = None,
+    ) -> ResponseT:
+        """Runs one unary call; the one place where unary failures are mapped.
+
+        Args:
+            rpc: A method of :attr:`stub`, e.g. ``service.stub.Ping``.
+            request: Its request message.
+            deadline: Seconds the call may take; ``None`` for no limit.
+
+        Raises:
+            RPCError: The most specific subclass for the failure.
+        """
+        with self.mapped_errors():
+            return await rpc(request, timeout=deadline)
+
+    @contextmanager
+    def mapped_errors(self) -> Iterator[None]:
+        """Maps a failed call inside the block, for streaming calls, as :meth:`call` does.
+
+        Raises:
+            RPCError: The most specific subclass for the failure.
+        """
+        try:
+            yield
+        except grpc.aio.AioRpcError as error:
+            raise map_rpc_error(error, socket_path=self.where) from error
+
+    async def stream_events(
+        self, session_id: str, after_sequence: int
+    ) -> AsyncGenerator[copilot_pb2.StreamEventsResponse, None]:
+        """Yields ``StreamEvents`` responses; failures are mapped like :meth:`call`.
+
+        Closing the generator (or cancelling its consumer) cancels the call.
+        """
+        request = copilot_pb2.StreamEventsRequest(
+            session_id=session_id, after_sequence=after_sequence
+        )
+        call = self.stub.StreamEvents(request)
+        try:
+            with self.mapped_errors():
+                async for response in call:
+                    yield response
+        finally:
+            call.cancel()
+
+    async def watch_lifecycle(self) -> AsyncGenerator[copilot_pb2.LifecycleEvent | None, None]:
+        """Yields None once the watch is live, then lifecycle events; failures mapped."""
+        call = self.stub.WatchLifecycle(copilot_pb2.WatchLifecycleRequest())
+        try:
+            with self.mapped_errors():
+                await call.initial_metadata()  # the daemon sends it once the watch is live
+                yield None
+                async for event in call:
+                    yield event
+        finally:
+            call.cancel()
+
+
+START_HINT: Final = "Start it with `copilotd serve` or `systemctl --user start copilotd`."
+
+Reason = copilot_pb2.ErrorReason
+
+# Every ErrorReason the daemon sends, to its class (tests/test_client_types.py
+# fails when the proto gains a reason missing here). UNSPECIFIED is absent: the
+# status code decides then, as it does for errors raised by grpc itself.
+ERROR_FOR_REASON: Final[dict[copilot_pb2.ErrorReason.ValueType, type[RPCError]]] = {
+    Reason.ERROR_REASON_SESSION_NOT_FOUND: SessionNotFoundError,
+    Reason.ERROR_REASON_SESSION_EXISTS: SessionExistsError,
+    Reason.ERROR_REASON_INVALID_SESSION_ID: InvalidArgumentError,
+    Reason.ERROR_REASON_EMPTY_PROMPT: InvalidArgumentError,
+    Reason.ERROR_REASON_PROMPT_TOO_LARGE: InvalidArgumentError,
+    Reason.ERROR_REASON_INVALID_PAGE_TOKEN: InvalidArgumentError,
+    Reason.ERROR_REASON_INVALID_ARGUMENT: InvalidArgumentError,
+    Reason.ERROR_REASON_SEQUENCE_CONFLICT: SequenceConflictError,
+    Reason.ERROR_REASON_STORE_FULL: ResourceExhaustedError,
+    Reason.ERROR_REASON_SUBSCRIBER_TOO_SLOW: SubscriberTooSlowError,
+    Reason.ERROR_REASON_SHUTTING_DOWN: DaemonUnavailableError,
+    Reason.ERROR_REASON_INTERNAL: RPCError,
+    Reason.ERROR_REASON_MESSAGE_ALREADY_ANSWERED: MessageAlreadyAnsweredError,
+    Reason.ERROR_REASON_INVALID_IMPORT: InvalidImportError,
+    Reason.ERROR_REASON_BACKUP_UNSUPPORTED: BackupUnsupportedError,
+    Reason.ERROR_REASON_NO_RETENTION_POLICY: NoRetentionPolicyError,
+    Reason.ERROR_REASON_INVALID_PROVIDER: InvalidArgumentError,
+    Reason.ERROR_REASON_UNKNOWN_MODEL: InvalidArgumentError,
+    Reason.ERROR_REASON_PROVIDER_SECRET_REQUIRED: ProviderSecretRequiredError,
+    Reason.ERROR_REASON_MODEL_UNAVAILABLE: FailedPreconditionError,
+}
+
+_BY_STATUS: Final[dict[grpc.StatusCode, type[RPCError]]] = {
+    grpc.StatusCode.NOT_FOUND: SessionNotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: SessionExistsError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.UNAVAILABLE: DaemonUnavailableError,
+}
+
+
+# grpc's own words when a message exceeds a size limit, e.g. "SERVER: Received
+# message larger than max (9437189 vs. 8388608)". Older grpc releases leave
+# out the side.
+_TOO_LARGE = re.compile(
+    r"(?:(?P<side>SERVER|CLIENT): )?(?P<verb>Received|Sent) message larger than max "
+    r"\((?P<size>\d+) vs\. (?P<limit>\d+)\)"
+)
+_SHORTEN = (
+    "copilotd refuses prompts and system messages over its --max-prompt-bytes "
+    "(1 MiB by default) anyway: shorten the prompt, or send a long text in parts"
+)
+
+
+def _message_too_large(details: str) -> str | None:
+    """A message that says which size limit a call hit, or None if it hit none."""
+    found = _TOO_LARGE.search(details)
+    if found is None:
+        return None
+    size, limit = found["size"], found["limit"]
+    # Who hit its limit: the client sending or receiving, or the daemon.
+    by_client = found["side"] == "CLIENT" or (found["side"] is None and found["verb"] == "Sent")
+    request = (found["verb"] == "Sent") == by_client
+    whose = "this client's" if by_client else "the daemon's"
+    if request:
+        return (
+            f"the request is {size} bytes, over {whose} message size limit of {limit} bytes, "
+            f"so it was not processed; {_SHORTEN}"
+        )
+    return (
+        f"the daemon's answer is {size} bytes, over {whose} message size limit of {limit} "
+        "bytes: read the session's events in smaller pages"
+    )
+
+
+def _trailer(error: grpc.aio.AioRpcError, wanted: str) -> str:
+    try:
+        metadata = error.trailing_metadata() or ()
+    except Exception:  # a client-side failure may carry no metadata at all
+        return ""
+    for key, value in metadata:
+        if key == wanted:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
+def _class_for(reason: str, status: grpc.StatusCode) -> type[RPCError]:
+    try:
+        return ERROR_FOR_REASON[Reason.Value(reason)]
+    except (ValueError, KeyError):  # no reason, or one this client does not know yet
+        return _BY_STATUS.get(status, RPCError)
+
+
+def map_rpc_error(error: grpc.aio.AioRpcError, *, socket_path: str | os.PathLike[str]) -> RPCError:
+    """The most specific :class:`copilot_client.RPCError` for a failed call.
+
+    The daemon's reason (trailing metadata ``copilot-error-reason``, see
+    :mod:`copilot_client.wire`) decides first, then the status code. The
+    daemon's message is kept as the text.
+
+    Args:
+        error: The failed call.
+        socket_path: The socket the call went to, named in connection errors.
+
+    Returns:
+        The exception to raise (the caller chains ``error`` to it).
+    """
+    status = error.code()
+    reason = _trailer(error, REASON_METADATA_KEY)
+    details = error.details() or status.name
+    cls = _class_for(reason, status)
+    if cls is DaemonUnavailableError:
+        if reason == Reason.Name(Reason.ERROR_REASON_SHUTTING_DOWN):
+            message = f"copilotd at {os.fspath(socket_path)} is shutting down: {details}"
+        elif "Permission denied" in details:
+            message = (
+                f"copilotd at {os.fspath(socket_path)} is not open to this user ({details}): "
+                "a daemon's socket is private to the user running it. Run as that user, or "
+                "use your own daemon (the default socket is per user)."
+            )
+        else:
+            message = (
+                f"copilotd is not reachable at {os.fspath(socket_path)} ({details}). {START_HINT}"
+            )
+        return DaemonUnavailableError(
+            message, status=status, reason=reason, socket_path=socket_path
+        )
+    if status == grpc.StatusCode.RESOURCE_EXHAUSTED and not reason:
+        details = _message_too_large(details) or details
+    mapped = cls(details, status=status, reason=reason)
+    if isinstance(mapped, SequenceConflictError):
+        current = _trailer(error, CURRENT_SEQUENCE_METADATA_KEY)
+        mapped.current_sequence = int(current) if current.isdigit() else None
+    return mapped
