@@ -16,7 +16,7 @@ from typing import Final
 
 from copilotd.config import ConfigError, ConfigFile, StoreConfig
 from copilotd.store import SERVED_BACKENDS
-from copilotd.store.lmdb_store import MIN_MAP_SIZE, MIN_RESERVE
+from copilotd.store.lmdb_environment import MIN_MAP_SIZE, MIN_RESERVE
 
 TABLE: Final = "store"
 KEYS: Final = ("backend", "max_size")
