@@ -120,7 +120,7 @@ sweep_interval = "2h"
             session = await client.create_session()  # no model: [models] default
             answer = await session.send_and_wait("Which model are you?")
         # The offline provider names the wire model it was asked for.
-        assert answer is not None and "'house-wire' included" in answer.data.content
+        assert answer is not None and "'house-wire' included" in (answer.data.content or "")
         assert (daemon.data_dir / "store" / "data.mdb").exists()
     finally:
         assert daemon.terminate() == 0
