@@ -97,7 +97,16 @@ def test_model_settings_and_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "complaint"),
     [
-        ('[providers.x]\ntype = "openai"\nmodels = ["m"]\ntimout = 5\n', "[providers.x]: timout"),
+        (
+            '[providers.x]\ntype = "openai"\nmodels = ["m"]\ntimout = 5\n',
+            "[providers.x]: unknown key 'timout' (did you mean 'timeout'?)",
+        ),
+        (
+            '[providers.x]\ntype = "openai"\nmodels = { m = { wire_modle = "w" } }\n',
+            "[providers.x] model 'm': unknown key 'wire_modle' (did you mean 'wire_model'?); "
+            "the known ones: context_window, max_output_tokens, max_prompt_tokens, wire_model",
+        ),
+        ("[models]\ndefualt = 'm'\n", "[models]: unknown key 'defualt' (did you mean 'default'?)"),
         ('[providers.x]\ntype = "bedrock"\nmodels = ["m"]\n', "[providers.x]: type"),
         ('[providers.x]\ntype = "openai"\nmodels = ["m"]\ntimeout = -1\n', "timeout"),
         ('[providers.x]\ntype = "openai"\n', "list no models"),
@@ -142,4 +151,6 @@ def test_daemon_refuses_a_bad_provider_table(short_tmp: Path) -> None:
     command = [*DaemonProcess(short_tmp).command(), "--config", str(config)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert f"cannot start: {config}: [providers.x]: api_kee: Extra inputs" in result.stderr
+    assert f"cannot start: {config}: [providers.x]: unknown key 'api_kee' (did you mean" in (
+        result.stderr
+    )

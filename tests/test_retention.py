@@ -14,6 +14,7 @@ from copilotd.admin.retention import (
     RetentionRule,
     Selection,
     format_duration,
+    load_retention_policy,
     parse_duration,
     select,
 )
@@ -99,13 +100,13 @@ def config(**table: object) -> ConfigFile:
 
 
 def test_policy_from_config() -> None:
-    assert RetentionPolicy.from_config(ConfigFile()).rule is None
-    policy = RetentionPolicy.from_config(config(max_age="30d", max_sessions=100))
+    assert load_retention_policy(ConfigFile()).rule is None
+    policy = load_retention_policy(config(max_age="30d", max_sessions=100))
     assert policy.rule == RetentionRule(max_age=30 * DAY, max_sessions=100)
     assert policy.sweep_interval == timedelta(hours=1)
-    assert RetentionPolicy.from_config(
-        config(max_age="1d", sweep_interval="5m")
-    ).sweep_interval == (timedelta(minutes=5))
+    assert load_retention_policy(config(max_age="1d", sweep_interval="5m")).sweep_interval == (
+        timedelta(minutes=5)
+    )
 
 
 @pytest.mark.parametrize(
@@ -115,14 +116,18 @@ def test_policy_from_config() -> None:
         ({"max_age": 30}, r"max_age must be a string like \"30d\""),
         ({"max_sessions": -1}, "max_sessions must be a whole number 0 or more"),
         ({"max_sessions": True}, "max_sessions must be a whole number"),
-        ({"maxage": "30d"}, r"unknown key\(s\) maxage"),
+        (
+            {"maxage": "30d"},
+            "unknown key 'maxage' \\(did you mean 'max_age'\\?\\); "
+            "the known ones: max_age, max_sessions, sweep_interval",
+        ),
         ({"sweep_interval": "1h"}, "sweep_interval is set but max_age/max_sessions not"),
         ({"max_age": "0s"}, "max_age must be longer than 0s"),
     ],
 )
 def test_config_errors_name_the_file_table_and_key(table: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message) as failure:
-        RetentionPolicy.from_config(config(**table))
+        load_retention_policy(config(**table))
     assert str(failure.value).startswith("/etc/c.toml: [retention]")
 
 

@@ -23,13 +23,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from copilotd.config import ConfigError, ConfigFile
+# The rule and policy are config values, so they live in the leaf; the table's
+# rules (durations, which keys) stay here.
+from copilotd.config import DEFAULT_SWEEP_INTERVAL, ConfigError, ConfigFile
+from copilotd.config import RetentionPolicy as RetentionPolicy
+from copilotd.config import RetentionRule as RetentionRule
+from copilotd.config import format_duration as format_duration
 from copilotd.events import SessionMetadata
 
 log = logging.getLogger(__name__)
 
 TABLE: Final = "retention"
-DEFAULT_SWEEP_INTERVAL: Final = timedelta(hours=1)
+KEYS: Final = ("max_age", "max_sessions", "sweep_interval")
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION: Final = re.compile(r"(?:(\d+)([smhdw]))+")
 _PART: Final = re.compile(r"(\d+)([smhdw])")
@@ -48,79 +53,25 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def format_duration(value: timedelta) -> str:
-    """``value`` as ``parse_duration`` text, in days at most ("30d", not "4w2d")."""
-    seconds = int(value.total_seconds())
-    if seconds == 0:
-        return "0s"
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)
-
-
-@dataclass(frozen=True)
-class RetentionRule:
-    """Selects sessions older than ``max_age`` and beyond the ``max_sessions`` newest.
-
-    A limit that is None selects every session; at least one must be set.
-    """
-
-    max_age: timedelta | None = None
-    max_sessions: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_age is None and self.max_sessions is None:
-            raise ValueError("a retention rule needs max_age and/or max_sessions")
-        if self.max_sessions is not None and self.max_sessions < 0:
-            raise ValueError(f"max_sessions must be 0 or more, not {self.max_sessions}")
-        if self.max_age is not None and self.max_age <= timedelta(0):
-            raise ValueError("max_age must be longer than 0s")
-
-    def describe(self) -> str:
-        parts = []
-        if self.max_age is not None:
-            parts.append(f"inactive for more than {format_duration(self.max_age)}")
-        if self.max_sessions is not None:
-            parts.append(f"beyond the {self.max_sessions} most recently active")
-        return " and ".join(parts)
-
-
-@dataclass(frozen=True)
-class RetentionPolicy:
-    """The configured rule (None: retention is off) and how often to sweep."""
-
-    rule: RetentionRule | None = None
-    sweep_interval: timedelta = DEFAULT_SWEEP_INTERVAL
-
-    @classmethod
-    def from_config(cls, config: ConfigFile) -> RetentionPolicy:
-        """Read ``[retention]``; errors name the file, the table and the key."""
-        table = config.section(TABLE)
-        where = f"{config.where()}: [{TABLE}]"
-        unknown = set(table) - {"max_age", "max_sessions", "sweep_interval"}
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
-                "the keys are max_age, max_sessions and sweep_interval"
-            )
-        max_age = _duration_setting(table, "max_age", where)
-        sweep_interval = _duration_setting(table, "sweep_interval", where)
-        max_sessions = table.get("max_sessions")
-        if max_sessions is not None and (
-            not isinstance(max_sessions, int) or isinstance(max_sessions, bool) or max_sessions < 0
-        ):
-            raise ConfigError(f"{where}: max_sessions must be a whole number 0 or more")
-        if max_age is None and max_sessions is None:
-            if sweep_interval is not None:
-                raise ConfigError(f"{where}: sweep_interval is set but max_age/max_sessions not")
-            return cls()
-        return cls(
-            RetentionRule(max_age=max_age, max_sessions=max_sessions),
-            sweep_interval or DEFAULT_SWEEP_INTERVAL,
-        )
+def load_retention_policy(config: ConfigFile) -> RetentionPolicy:
+    """Read ``[retention]``; errors name the file, the table and the key."""
+    table = config.table(TABLE, KEYS)
+    where = f"{config.where()}: [{TABLE}]"
+    max_age = _duration_setting(table, "max_age", where)
+    sweep_interval = _duration_setting(table, "sweep_interval", where)
+    max_sessions = table.get("max_sessions")
+    if max_sessions is not None and (
+        not isinstance(max_sessions, int) or isinstance(max_sessions, bool) or max_sessions < 0
+    ):
+        raise ConfigError(f"{where}: max_sessions must be a whole number 0 or more")
+    if max_age is None and max_sessions is None:
+        if sweep_interval is not None:
+            raise ConfigError(f"{where}: sweep_interval is set but max_age/max_sessions not")
+        return RetentionPolicy()
+    return RetentionPolicy(
+        RetentionRule(max_age=max_age, max_sessions=max_sessions),
+        sweep_interval or DEFAULT_SWEEP_INTERVAL,
+    )
 
 
 def _duration_setting(table: dict[str, Any], key: str, where: str) -> timedelta | None:

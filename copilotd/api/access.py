@@ -22,7 +22,6 @@ import os
 import ssl
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -32,9 +31,12 @@ import grpc
 from copilot_client.wire import TOKEN_ENV
 from copilotd.api.interceptors import RequestDecoding
 from copilotd.config import ConfigError, ConfigFile
+from copilotd.config import TcpListener as TcpListener
 
 log = logging.getLogger(__name__)
 
+TABLE: Final = "access"
+KEYS: Final = ("listen", "tls_cert", "tls_key", "token_file")
 MIN_TOKEN_LENGTH: Final = 16
 AUTHORIZATION_KEY: Final = "authorization"
 BEARER_PREFIX: Final = "Bearer "
@@ -46,21 +48,6 @@ UNAUTHENTICATED_MESSAGE: Final = (
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
-
-
-@dataclass(frozen=True, kw_only=True)
-class TcpListener:
-    """A configured TCP port: where, the token it requires, and TLS if any."""
-
-    host: str
-    port: int
-    token: str = field(repr=False)
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-
-    @property
-    def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 def tcp_listener(
@@ -77,8 +64,8 @@ def tcp_listener(
     Command-line values win over the file's. Raises ``ConfigError`` with what
     to fix when the settings are incomplete or unsafe.
     """
-    table = config_file.section("access")
-    where = f"{config_file.where()} [access]"
+    table = config_file.table(TABLE, KEYS)
+    where = f"{config_file.where()} [{TABLE}]"
     listen = listen or _optional_str(table, "listen", where)
     if not listen:
         return None

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import click
 
-from copilot_client.paths import DATA_DIR_ENV, SOCKET_ENV, resolve_data_dir, resolve_socket_path
+from copilot_client.paths import DATA_DIR_ENV, SOCKET_ENV
 from copilot_client.wire import TOKEN_ENV
 from copilotd import __version__
 from copilotd.cli.common import OneLineErrors
 from copilotd.cli.data import backup_command, export_command, import_command, restore_command
 from copilotd.cli.service import install_service_command, status_command
 from copilotd.cli.sessions import sessions_group
-from copilotd.config import CONFIG_ENV, ConfigError, load_config
+from copilotd.config import CONFIG_ENV, ConfigError, Limits
 from copilotd.limits import DEFAULT_MAX_PROMPT_BYTES
 from copilotd.sessions.fanout import DEFAULT_BUFFER_EVENTS
 
@@ -121,33 +121,31 @@ def serve_command(
     Under systemd (Type=notify) it reports readiness and pings the watchdog,
     and it serves the socket systemd passes (socket activation).
     """
-    from copilotd.api.access import tcp_listener
+    # Only serve needs the server, the store and the providers' settings; the
+    # other subcommands are clients and start faster without them.
+    from copilotd.cli.daemon_config import build_daemon_config
     from copilotd.runtime.datadir import StartupError
     from copilotd.runtime.logs import configure_logging
-    from copilotd.runtime.server import ServeConfig, serve
-    from copilotd.store.settings import max_store_bytes
+    from copilotd.runtime.server import serve
 
     configure_logging(log_level, json=log_json)
     try:
-        config_file = load_config(config_path)
-        max_map_size = max_store_bytes(config_file, max_store)
-        tcp = tcp_listener(
-            config_file, listen=listen, token_file=token_file, tls_cert=tls_cert, tls_key=tls_key
+        config = build_daemon_config(
+            config_path=config_path,
+            socket_path=socket_path,
+            data_dir=data_dir,
+            limits=Limits(max_prompt_bytes=max_prompt_bytes, subscriber_buffer=subscriber_buffer),
+            max_store=max_store,
+            listen=listen,
+            token_file=token_file,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            metrics_address=metrics_address,
+            offline_delay=offline_delay,
         )
     except ConfigError as error:
         click.echo(f"copilotd: cannot start: {error}", err=True)
         sys.exit(1)
-    config = ServeConfig(
-        socket_path=resolve_socket_path(socket_path),
-        data_dir=resolve_data_dir(data_dir),
-        max_prompt_bytes=max_prompt_bytes,
-        offline_delta_delay=offline_delay,
-        subscriber_buffer=subscriber_buffer,
-        max_map_size=max_map_size,
-        tcp=tcp,
-        config_file=config_file,
-        metrics_address=metrics_address,
-    )
     try:
         asyncio.run(serve(config))
     except StartupError as error:

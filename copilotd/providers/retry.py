@@ -19,51 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
 
+# The policy is a config value (``[providers.NAME]`` retry keys), so it lives in the leaf.
+from copilotd.config import RetryPolicy as RetryPolicy
 from copilotd.providers.base import ChatChunk, ChatRequest, ModelProvider, ProviderError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    """How often and how long to wait before trying a failed request again.
-
-    Attributes:
-        max_retries: retries after the first attempt (0: none).
-        initial_delay: the first backoff, in seconds; doubled on every retry.
-        max_delay: cap on a backoff.
-        max_retry_after: the longest ``Retry-After`` honoured; a provider that
-            asks for a longer wait gets no retry (the error is reported now).
-    """
-
-    max_retries: int = 3
-    initial_delay: float = 0.5
-    max_delay: float = 8.0
-    max_retry_after: float = 60.0
-
-    def backoff(self, retry: int, rng: Callable[[], float] = random.random) -> float:
-        """The wait before retry number ``retry`` (1, 2, …): exponential, with jitter.
-
-        A random point in the upper half of ``min(max_delay, initial_delay *
-        2 ** (retry - 1))``, so that clients failing together spread out.
-        """
-        ceiling = min(self.max_delay, self.initial_delay * 2.0 ** (retry - 1))
-        return ceiling * (0.5 + 0.5 * rng())
-
-    def delay(self, error: ProviderError, retry: int) -> float | None:
-        """Seconds to wait before retry number ``retry``, or None to give up."""
-        if not error.retryable or retry > self.max_retries:
-            return None
-        backoff = self.backoff(retry)
-        if error.retry_after is None:
-            return backoff
-        if error.retry_after > self.max_retry_after:
-            return None
-        return max(error.retry_after, backoff)
 
 
 class RetryingProvider(ModelProvider):

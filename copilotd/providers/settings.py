@@ -21,14 +21,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from copilotd.config import ConfigError, ConfigFile
-from copilotd.providers.retry import RetryPolicy
+# The typed values live in the leaf config (the daemon's config is one tree);
+# the rules of these tables stay here, with the providers that know them.
+from copilotd.config import DEFAULT_CONNECT_TIMEOUT as DEFAULT_CONNECT_TIMEOUT
+from copilotd.config import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
+from copilotd.config import ConfigError, ConfigFile, RetryPolicy, unknown_name_error
+from copilotd.config import Connection as Connection
+from copilotd.config import ModelSettings as ModelSettings
+from copilotd.config import ProviderSettings as ProviderSettings
 from copilotd.redaction import REDACTOR
 
 ProviderType = Literal["openai", "azure", "anthropic", "offline"]
@@ -36,8 +42,6 @@ PROVIDER_TYPES: tuple[str, ...] = ("openai", "azure", "anthropic", "offline")
 PUBLIC_BASE_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 # The Anthropic API requires max_tokens on every request.
 ANTHROPIC_DEFAULT_MAX_OUTPUT_TOKENS = 4096
-DEFAULT_TIMEOUT = 600.0
-DEFAULT_CONNECT_TIMEOUT = 10.0
 # Header names whose values are treated as secrets (redacted from logs).
 _SECRET_HEADER_WORDS = ("auth", "key", "token", "secret", "cookie")
 
@@ -92,66 +96,6 @@ class ModelsTable(_Table):
     # longer holds (after a restart): "fail" says what to pass again;
     # "use_configured" answers with the configured provider of its model.
     session_secret_missing: Literal["fail", "use_configured"] = "fail"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Connection:
-    """How to reach one provider: what its client is built from.
-
-    Attributes:
-        name: the config table's name, or "session <id>" for a session's own.
-        missing_secret: why the configured secret is unavailable (e.g. an
-            unset environment variable); calls then fail with that message.
-        use_environment: whether the SDK may add what copilotd's environment
-            says (``OPENAI_CUSTOM_HEADERS``, ``OPENAI_ORG_ID``, …): yes for the
-            configured providers, no for a session's own (``environment.py``).
-    """
-
-    name: str
-    type: str
-    base_url: str
-    api_key: str | None = field(default=None, repr=False)
-    bearer_token: str | None = field(default=None, repr=False)
-    missing_secret: str = ""
-    api_version: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    timeout: float = DEFAULT_TIMEOUT
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    stream_usage: bool = True
-    max_tokens_param: str = "max_completion_tokens"
-    use_environment: bool = True
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelSettings:
-    """A model a configured provider offers."""
-
-    name: str
-    provider: str
-    wire_model: str
-    context_window: int | None = None
-    max_output_tokens: int | None = None
-    max_prompt_tokens: int | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class ProviderSettings:
-    """Everything the ``[providers.*]`` and ``[models]`` tables say; empty: offline only."""
-
-    connections: dict[str, Connection] = field(default_factory=dict)
-    models: dict[str, ModelSettings] = field(default_factory=dict)
-    default_model: str | None = None
-    # Serves the model names no provider lists, with these settings.
-    fallback: ModelSettings | None = None
-    use_configured_when_secret_missing: bool = False
-
-    def model(self, name: str) -> ModelSettings | None:
-        """The settings of model ``name``, or None when no provider serves it."""
-        listed = self.models.get(name)
-        if listed is not None or self.fallback is None:
-            return listed
-        return replace(self.fallback, name=name, wire_model=name)
 
 
 def check_base_url(url: str) -> str | None:
@@ -225,11 +169,27 @@ def _parse(kind: type[TableT], values: dict[str, Any], label: str) -> TableT:
     try:
         return kind.model_validate(values)
     except ValidationError as error:
+        errors = error.errors(include_url=False, include_input=False)
+        # An unknown key is the likeliest typo; alone, it says the most (the
+        # union of a provider's models otherwise adds a "not a list" error).
+        for item in errors:
+            if item["type"] == "extra_forbidden":
+                raise _unknown_key(kind, item["loc"], label) from None
         problems = "; ".join(
             f"{'.'.join(str(part) for part in item['loc']) or 'table'}: {item['msg']}"
-            for item in error.errors(include_url=False, include_input=False)
+            for item in errors
         )
         raise ConfigError(f"{label}: {problems}") from None
+
+
+def _unknown_key(kind: type[_Table], loc: tuple[int | str, ...], label: str) -> ConfigError:
+    *path, key = (str(part) for part in loc)
+    if not path:
+        return unknown_name_error(label, "key", key, list(kind.model_fields))
+    # The only nested tables are a provider's models: ("models", <union branch>, MODEL, key).
+    return unknown_name_error(
+        f"{label} model {path[-1]!r}", "key", key, list(ModelTable.model_fields)
+    )
 
 
 def _secret(

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -19,16 +19,15 @@ from copilot_client.paths import MAX_SOCKET_PATH_BYTES, channel_target
 from copilot_client.proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
 from copilotd import __version__
-from copilotd.admin.retention import RetentionPolicy
 from copilotd.admin.service import AdminService, DaemonInfo
-from copilotd.api.access import TcpListener, start_tcp_server
+from copilotd.api.access import start_tcp_server
 from copilotd.api.admin_servicer import AdminServicer
 from copilotd.api.deprecated import CopilotServicerWithDeprecatedAdmin
 from copilotd.api.interceptors import RequestDecoding
-from copilotd.config import ConfigError, ConfigFile
+from copilotd.config import ConfigError, DaemonConfig
 from copilotd.events import now_timestamp
-from copilotd.limits import DEFAULT_MAX_PROMPT_BYTES, max_message_bytes
-from copilotd.providers import ProviderRegistry, ProviderSettings, load_provider_settings
+from copilotd.limits import max_message_bytes
+from copilotd.providers import ProviderRegistry
 from copilotd.redaction import install_log_redaction
 from copilotd.runtime.activation import (
     ActivationError,
@@ -46,9 +45,8 @@ from copilotd.runtime.datadir import (
 from copilotd.runtime.metrics import MetricsAddressError
 from copilotd.runtime.sidecars import Operations
 from copilotd.runtime.systemd import listen_sockets
-from copilotd.sessions.fanout import DEFAULT_BUFFER_EVENTS
 from copilotd.sessions.service import SessionService
-from copilotd.store import LmdbStore, StoreError
+from copilotd.store import Store, StoreError, open_store
 from copilotd.store.committer import GroupCommitter
 
 log = logging.getLogger(__name__)
@@ -67,38 +65,6 @@ def grpc_options(max_prompt_bytes: int) -> tuple[tuple[str, int], ...]:
     )
 
 
-@dataclass(frozen=True, kw_only=True)
-class ServeConfig:
-    """How to run the daemon.
-
-    Attributes:
-        socket_path: the Unix socket to serve on.
-        data_dir: where the store lives.
-        max_prompt_bytes: largest accepted prompt, in UTF-8 bytes.
-        offline_delta_delay: seconds the offline model waits before each delta.
-        subscriber_buffer: live events buffered per subscriber before it is cut
-            off (it then re-attaches from its cursor).
-        shutdown_grace: seconds in-flight calls get to finish at shutdown.
-        initial_map_size: starting size of the LMDB map, in bytes.
-        max_map_size: cap on the LMDB map size (None: grow while the disk allows).
-        tcp: the TCP port to serve on as well, with its token and TLS (None: Unix only).
-        config_file: the parsed config file (each concern reads its own table).
-        metrics_address: ``HOST:PORT`` (loopback) of the Prometheus endpoint, or None.
-    """
-
-    socket_path: Path
-    data_dir: Path
-    max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES
-    offline_delta_delay: float = 0.0
-    subscriber_buffer: int = DEFAULT_BUFFER_EVENTS
-    shutdown_grace: float = 5.0
-    initial_map_size: int = 64 * 1024 * 1024
-    max_map_size: int | None = None
-    tcp: TcpListener | None = None
-    config_file: ConfigFile = field(default_factory=ConfigFile)
-    metrics_address: str | None = None
-
-
 def check_socket_path(socket_path: Path) -> None:
     if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH_BYTES:
         raise StartupError(
@@ -107,7 +73,7 @@ def check_socket_path(socket_path: Path) -> None:
         )
 
 
-async def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
+async def serve(config: DaemonConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Run the daemon until SIGTERM or SIGINT; raises ``StartupError`` when it cannot start.
 
     Under systemd socket activation the passed socket is served (and its
@@ -120,10 +86,6 @@ async def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None =
     if inherited is not None:
         config = replace(config, socket_path=inherited.path)
     install_log_redaction()
-    try:
-        provider_settings = load_provider_settings(config.config_file)
-    except ConfigError as error:
-        raise StartupError(str(error)) from None
     check_socket_path(config.socket_path)
     ensure_private_dir(config.socket_path.parent)
     ensure_private_dir(config.data_dir)
@@ -139,43 +101,42 @@ async def serve(config: ServeConfig, *, on_ready: Callable[[str], None] | None =
         if inherited is None:
             config.socket_path.unlink(missing_ok=True)
         try:
-            store = LmdbStore.open(
+            store = open_store(
+                config.store.backend,
                 config.data_dir / STORE_SUBDIR,
-                initial_map_size=config.initial_map_size,
-                max_map_size=config.max_map_size,
+                max_map_size=config.store.max_size,
             )
         except StoreError as error:
             raise StartupError(str(error)) from None
         try:
-            await _serve_store(config, store, provider_settings, on_ready, inherited)
+            await _serve_store(config, store, on_ready, inherited)
         finally:
             store.close()
 
 
 async def _serve_store(
-    config: ServeConfig,
-    store: LmdbStore,
-    provider_settings: ProviderSettings,
+    config: DaemonConfig,
+    store: Store,
     on_ready: Callable[[str], None] | None,
     inherited: InheritedSocket | None,
 ) -> None:
     try:
         operations = Operations(
             metrics_address=config.metrics_address,
-            retention=RetentionPolicy.from_config(config.config_file),
+            retention=config.retention,
         )
-    except (ConfigError, MetricsAddressError) as error:
+    except MetricsAddressError as error:
         raise StartupError(str(error)) from None
     committer = GroupCommitter(store)
     committer.start()
-    providers = ProviderRegistry(provider_settings, offline_delta_delay=config.offline_delta_delay)
+    providers = ProviderRegistry(config.providers, offline_delta_delay=config.offline_delay)
     service = SessionService(
         store,
         committer,
         providers,
         version=__version__,
-        max_prompt_bytes=config.max_prompt_bytes,
-        fanout=operations.fanout(buffer_events=config.subscriber_buffer),
+        max_prompt_bytes=config.limits.max_prompt_bytes,
+        fanout=operations.fanout(buffer_events=config.limits.subscriber_buffer),
     )
     admin = AdminService(
         service,
@@ -216,7 +177,7 @@ async def _serve_store(
             server,
         )
 
-    options = grpc_options(config.max_prompt_bytes)
+    options = grpc_options(config.limits.max_prompt_bytes)
     server = grpc.aio.server(
         interceptors=[RequestDecoding(), *operations.interceptors()], options=options
     )

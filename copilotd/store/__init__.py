@@ -27,6 +27,8 @@ from copilotd.store.memory_store import MemoryStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "SERVED_BACKENDS",
+    "STORE_KINDS",
     "BackupUnsupported",
     "LmdbStore",
     "MemoryStore",
@@ -47,6 +49,9 @@ __all__ = [
 ]
 
 STORE_KINDS = ("lmdb", "memory")
+# The backends ``[store] backend`` may name: the durable ones ("memory" keeps
+# nothing across a restart, so it serves tests and trials, never the daemon).
+SERVED_BACKENDS = ("lmdb",)
 
 
 def open_store(kind: str = "lmdb", path: Path | None = None, **options: Any) -> Store:

@@ -1,0 +1,170 @@
+"""The LMDB backend's writer: a batch's operations, each in its own child transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import lmdb
+
+from copilotd.store import records
+from copilotd.store.base import (
+    PendingMessage,
+    SessionEvent,
+    SessionExists,
+    SessionMetadata,
+    SessionNotFound,
+    SessionRecord,
+    StoreError,
+    StoreFull,
+    StoreWriter,
+)
+from copilotd.store.lmdb_environment import NEXT_LOG_NUMBER_KEY, Tables, load_record
+from copilotd.store.records import U64, event_key, recency_key, session_key
+
+T = TypeVar("T")
+
+
+class LmdbWriter(StoreWriter):
+    """Runs each operation in its own child transaction of the batch's.
+
+    Under a size cap, ``space_check`` runs after each operation that may not
+    use the reserve; when it reports the store full, that operation is undone
+    and gets the ``StoreFull`` error, and the batch goes on.
+    """
+
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        tables: Tables,
+        batch: lmdb.Transaction[bytes],
+        space_check: Callable[[lmdb.Transaction[bytes]], StoreFull | None] | None = None,
+    ) -> None:
+        self._env = env
+        self._tables = tables
+        self._batch = batch
+        self._txn = batch
+        self._space_check = space_check
+        self._may_use_reserve = False
+
+    def run(self, operation: Callable[[StoreWriter], T]) -> T | StoreError:
+        """Run ``operation``; if it raises ``StoreError``, undo it and return the error."""
+        child = self._txn = self._env.begin(write=True, parent=self._batch)
+        self._may_use_reserve = False
+        try:
+            result = operation(self)
+            if self._space_check is not None and not self._may_use_reserve:
+                full = self._space_check(child)
+                if full is not None:
+                    raise full
+        except StoreError as exc:
+            child.abort()
+            return exc
+        except BaseException:
+            child.abort()
+            raise
+        finally:
+            self._txn = self._batch
+        child.commit()
+        return result
+
+    def create_session(
+        self, metadata: SessionMetadata, events: Sequence[SessionEvent]
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        key = session_key(metadata.session_id)
+        if self._txn.get(key, db=self._tables.meta) is not None:
+            raise SessionExists(metadata.session_id)
+        record, stored = records.new_record(metadata, self._take_log_number(), events)
+        self._put_events(record.log_number, stored)
+        self._save(record, old_recency_key=None)
+        return record, stored
+
+    def append_events(
+        self,
+        session_id: str,
+        events: Sequence[SessionEvent],
+        *,
+        expected_last_sequence: int | None = None,
+        open_turn: tuple[str, str] | None = None,
+        close_turn: bool = False,
+        pending: Sequence[PendingMessage] | None = None,
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        # Ending a turn, and starting a queued message (its text is already
+        # stored in the queue), may use the reserve: neither may be refused
+        # for lack of space without leaving a half turn or dropping a message.
+        self._may_use_reserve = close_turn or (open_turn is not None and pending is not None)
+        record = load_record(self._txn, self._tables, session_id)
+        if record is None:
+            raise SessionNotFound(session_id)
+        records.check_expected_sequence(record, expected_last_sequence)
+        old_recency_key = recency_key(record.metadata)
+        stored = records.append_to_record(record, events)
+        records.update_turn(record, open_turn, close_turn)
+        records.update_pending(record, pending)
+        self._put_events(record.log_number, stored)
+        self._save(record, old_recency_key)
+        return record, stored
+
+    def delete_session(self, session_id: str) -> None:
+        self._may_use_reserve = True
+        record = load_record(self._txn, self._tables, session_id)
+        if record is None:
+            raise SessionNotFound(session_id)
+        key = session_key(session_id)
+        self._txn.delete(key, db=self._tables.meta)
+        self._txn.delete(key, db=self._tables.open_turns)
+        self._txn.delete(recency_key(record.metadata), db=self._tables.recency)
+        # Unreachable from now on: log numbers are never reused.
+        self._txn.put(U64.pack(record.log_number), b"", db=self._tables.purge)
+
+    def purge_deleted(self, limit: int) -> int:
+        if limit < 1:
+            raise ValueError(f"limit must be positive, not {limit}")
+        removed = 0
+        with (
+            self._txn.cursor(db=self._tables.purge) as pending,
+            self._txn.cursor(db=self._tables.events) as events,
+        ):
+            while removed < limit and pending.first():
+                prefix = pending.key()
+                events.set_range(prefix)
+                while removed < limit and events.key()[: U64.size] == prefix:
+                    events.delete()
+                    removed += 1
+                if events.key()[: U64.size] != prefix:
+                    pending.delete()
+        return removed
+
+    def set_pinned(self, session_id: str, pinned: bool) -> SessionRecord:
+        record = load_record(self._txn, self._tables, session_id)
+        if record is None:
+            raise SessionNotFound(session_id)
+        record.metadata.pinned = pinned
+        self._save(record, recency_key(record.metadata))
+        return record
+
+    def _take_log_number(self) -> int:
+        raw = self._txn.get(NEXT_LOG_NUMBER_KEY, db=self._tables.sys)
+        if raw is None:
+            raise RuntimeError("the store's sys table has no next_log_number")
+        (number,) = U64.unpack(raw)
+        self._txn.put(NEXT_LOG_NUMBER_KEY, U64.pack(number + 1), db=self._tables.sys)
+        return int(number)
+
+    def _put_events(self, log_number: int, events: list[SessionEvent]) -> None:
+        for event in events:
+            key = event_key(log_number, event.sequence)
+            self._txn.put(key, event.SerializeToString(), db=self._tables.events)
+
+    def _save(self, record: SessionRecord, old_recency_key: bytes | None) -> None:
+        """Write ``record`` and bring the listing and open-turn indexes in line with it."""
+        key = session_key(record.metadata.session_id)
+        self._txn.put(key, record.SerializeToString(), db=self._tables.meta)
+        new_recency_key = recency_key(record.metadata)
+        if old_recency_key is not None and old_recency_key != new_recency_key:
+            self._txn.delete(old_recency_key, db=self._tables.recency)
+        self._txn.put(new_recency_key, b"", db=self._tables.recency)
+        if records.has_open_turn(record):
+            self._txn.put(key, b"", db=self._tables.open_turns)
+        else:
+            self._txn.delete(key, db=self._tables.open_turns)
