@@ -12,7 +12,6 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Iterator, Sequence
-from dataclasses import dataclass, field
 
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
 from copilot_client.wire import LIFECYCLE_CREATED as SESSION_CREATED
@@ -49,7 +48,8 @@ from copilotd.sessions.context_window import ContextWindow, context_messages
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
 from copilotd.sessions.scheduler import TurnScheduler
-from copilotd.sessions.turns import RunningTurn, TurnEngine
+from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
+from copilotd.sessions.turns import TurnEngine
 from copilotd.sessions.validation import (
     check_enum,
     check_label,
@@ -79,10 +79,6 @@ STREAM_BATCH_EVENTS = 256
 # Sessions kept in memory without a running turn; older ones are dropped and
 # reloaded from the store when used again.
 MAX_IDLE_STATES = 1024
-# User messages remembered per session (id -> sequence), so that a client
-# sending a message again with its own id after losing the connection does
-# not record it twice.
-RECENT_MESSAGE_IDS = 256
 INTERRUPTED_AT_RESTART = "interrupted by daemon restart"
 
 
@@ -99,67 +95,6 @@ def store_errors(session_id: str = "") -> Iterator[None]:
         raise SequenceConflictError(error.session_id, error.expected, error.actual) from None
     except StoreFull as error:
         raise StoreFullError(f"the session store is full: {error}") from None
-
-
-@dataclass(frozen=True)
-class TurnOutcome:
-    """How a turn ended: what ``send_message_and_wait`` returns."""
-
-    message_id: str
-    answer: SessionEvent | None
-    error: SessionEvent | None
-    turn_end: SessionEvent
-
-    @classmethod
-    def from_closing_commit(cls, stored: Sequence[SessionEvent]) -> TurnOutcome:
-        """From the events of the commit that closed the turn (turn_end last)."""
-        turn_end = stored[-1]
-        answer = error = None
-        for event in stored:
-            if event.type == ev.ASSISTANT_MESSAGE:
-                answer = event
-            elif event.type == ev.SESSION_ERROR:
-                error = event
-        return cls(turn_end.assistant_turn_end.user_message_id, answer, error, turn_end)
-
-
-@dataclass
-class SessionState:
-    """What the daemon keeps in memory about a session while it is in use."""
-
-    last_sequence: int
-    last_event_id: str
-    # Model context (recent user and assistant messages), loaded on the first
-    # turn and then extended as messages are committed, so a turn never
-    # re-reads the history.
-    context: ContextWindow | None = None
-    turn: RunningTurn | None = None
-    # Mirror of the record's durable queue of messages waiting for a turn.
-    pending: list[PendingMessage] = field(default_factory=list)
-    # Recent user messages' ids and sequence numbers, oldest first.
-    recent_messages: dict[str, int] = field(default_factory=dict)
-    # Callers of send_message_and_wait, by user message id.
-    turn_waiters: dict[str, asyncio.Future[TurnOutcome]] = field(default_factory=dict)
-
-    def remember_messages(self, stored: Sequence[SessionEvent]) -> None:
-        for event in stored:
-            if event.type == ev.USER_MESSAGE:
-                self.recent_messages[event.id] = event.sequence
-                if len(self.recent_messages) > RECENT_MESSAGE_IDS:
-                    del self.recent_messages[next(iter(self.recent_messages))]
-
-    def resolve_waiter(self, message_id: str, outcome: TurnOutcome | BaseException) -> None:
-        waiter = self.turn_waiters.pop(message_id, None)
-        if waiter is None or waiter.done():
-            return
-        if isinstance(outcome, BaseException):
-            waiter.set_exception(outcome)
-        else:
-            waiter.set_result(outcome)
-
-    def fail_waiters(self, error: BaseException) -> None:
-        for message_id in list(self.turn_waiters):
-            self.resolve_waiter(message_id, error)
 
 
 class SessionService:
@@ -331,6 +266,9 @@ class SessionService:
             event.parent_id = state.last_event_id
         self.fanout.publish(session_id, [event])
 
+    def has_audience(self, session_id: str) -> bool:
+        return self.fanout.has_audience(session_id)
+
     def load_context(self, session_id: str) -> ContextWindow:
         """The session's recent user and assistant messages (cached per session)."""
         state = self._states[session_id]
@@ -489,9 +427,9 @@ class SessionService:
         recorded again: the message as it stands is returned.
         """
         state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
-        if (known := self._known_message(state, user.id)) is not None:
+        if (known := state.known_message(user.id)) is not None:
             return known
-        self._check_sequence(session_id, state, expected_last_sequence)
+        state.check_sequence(session_id, expected_last_sequence)
         return await self._scheduler.send(
             session_id,
             state,
@@ -518,7 +456,7 @@ class SessionService:
         turn has ended raises ``MessageAlreadyAnsweredError``.
         """
         state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
-        known = self._known_message(state, user.id)
+        known = state.known_message(user.id)
         if (
             known is not None
             and not known[1]
@@ -526,7 +464,7 @@ class SessionService:
         ):
             raise MessageAlreadyAnsweredError(session_id, user.id)
         if known is None:
-            self._check_sequence(session_id, state, expected_last_sequence)
+            state.check_sequence(session_id, expected_last_sequence)
         # Registered before sending: the turn may end before the send returns.
         waiter = state.turn_waiters.get(user.id)
         if waiter is None:
@@ -568,25 +506,6 @@ class SessionService:
         if message_id:
             user.id = message_id
         return state, user, record
-
-    @staticmethod
-    def _check_sequence(
-        session_id: str, state: SessionState, expected_last_sequence: int | None
-    ) -> None:
-        if expected_last_sequence is not None and expected_last_sequence != state.last_sequence:
-            raise SequenceConflictError(session_id, expected_last_sequence, state.last_sequence)
-
-    @staticmethod
-    def _known_message(state: SessionState, message_id: str) -> tuple[SessionEvent, bool] | None:
-        """The message as this session holds it, if it does, and whether it is queued."""
-        if any(queued.message_id == message_id for queued in state.pending):
-            return SessionEvent(id=message_id, type=ev.USER_MESSAGE), True
-        sequence = state.recent_messages.get(message_id)
-        if sequence is None:
-            if state.turn is None or state.turn.user_message_id != message_id:
-                return None
-            sequence = 0  # taken from the queue, its start not committed yet
-        return SessionEvent(id=message_id, sequence=sequence, type=ev.USER_MESSAGE), False
 
     def list_models(self) -> tuple[list[copilot_pb2.ModelInfo], bool]:
         """The models on offer, default first, and whether only the offline model answers."""
