@@ -8,24 +8,18 @@ events to live subscribers in commit order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
-from copilot_client.wire import LIFECYCLE_CREATED as SESSION_CREATED
-from copilot_client.wire import LIFECYCLE_DELETED as SESSION_DELETED
-from copilot_client.wire import LIFECYCLE_TYPES
-from copilot_client.wire import LIFECYCLE_UPDATED as SESSION_UPDATED
+from copilot_client.wire import LIFECYCLE_CREATED, LIFECYCLE_DELETED, LIFECYCLE_UPDATED
 from copilotd import events as ev
 from copilotd.errors import (
     InvalidArgumentError,
     MessageAlreadyAnsweredError,
     Reason,
-    SequenceConflictError,
     ServiceError,
-    SessionExistsError,
     SessionNotFoundError,
     ShuttingDownError,
     StoreFullError,
@@ -37,7 +31,6 @@ from copilotd.limits import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     PAGE_BYTES,
-    byte_batches,
 )
 from copilotd.providers import (
     ProviderRegistry,
@@ -46,9 +39,12 @@ from copilotd.providers import (
 )
 from copilotd.sessions.context_window import ContextWindow, context_messages
 from copilotd.sessions.fanout import FanOut
+from copilotd.sessions.history import History
 from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
+from copilotd.sessions.lifecycle import LifecycleEvent, LifecycleFeed
 from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
+from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
 from copilotd.sessions.turns import TurnEngine
 from copilotd.sessions.validation import (
     check_enum,
@@ -60,41 +56,18 @@ from copilotd.sessions.validation import (
 )
 from copilotd.store import (
     PendingMessage,
-    SequenceConflict,
-    SessionExists,
-    SessionNotFound,
     SessionRecord,
     Store,
-    StoreFull,
 )
 from copilotd.store.committer import GroupCommitter
 from copilotd.store.purger import Purger
 
 log = logging.getLogger(__name__)
 
-LifecycleEvent = copilot_pb2.LifecycleEvent
-LIFECYCLE_TOPIC = "lifecycle"
-
-STREAM_BATCH_EVENTS = 256
 # Sessions kept in memory without a running turn; older ones are dropped and
 # reloaded from the store when used again.
 MAX_IDLE_STATES = 1024
 INTERRUPTED_AT_RESTART = "interrupted by daemon restart"
-
-
-@contextlib.contextmanager
-def store_errors(session_id: str = "") -> Iterator[None]:
-    """Turn the store's errors into the service's, in one place."""
-    try:
-        yield
-    except SessionNotFound as error:
-        raise SessionNotFoundError(error.session_id) from None
-    except SessionExists as error:
-        raise SessionExistsError(error.session_id) from None
-    except SequenceConflict as error:
-        raise SequenceConflictError(error.session_id, error.expected, error.actual) from None
-    except StoreFull as error:
-        raise StoreFullError(f"the session store is full: {error}") from None
 
 
 class SessionService:
@@ -114,7 +87,8 @@ class SessionService:
         self._store = store
         self._committer = committer
         self.fanout: FanOut[SessionEvent] = fanout or FanOut()
-        self.lifecycle: FanOut[LifecycleEvent] = FanOut()
+        self._history = History(store, self.fanout)
+        self.lifecycle = LifecycleFeed()
         self.providers = providers
         self.version = version
         self.max_prompt_bytes = max_prompt_bytes
@@ -192,7 +166,7 @@ class SessionService:
                 state.context.extend(added)
             state.remember_messages(stored)
         self.fanout.publish(session_id, stored)
-        self._announce_lifecycle(SESSION_UPDATED, session_id, record.metadata)
+        self.lifecycle.announce(LIFECYCLE_UPDATED, session_id, record.metadata)
         if closed_turn:
             if state is not None:
                 if state.turn_waiters and stored:
@@ -222,16 +196,6 @@ class SessionService:
             state.turn = None
         if state.turn is None:
             self.idle_contexts.park(turn.session_id, state)
-
-    def _announce_lifecycle(
-        self, event_type: str, session_id: str, metadata: SessionMetadata | None
-    ) -> None:
-        if not self.lifecycle.subscriber_count(LIFECYCLE_TOPIC):
-            return
-        event = LifecycleEvent(type=event_type, session_id=session_id, timestamp=ev.now_timestamp())
-        if metadata is not None:
-            event.metadata.CopyFrom(metadata)
-        self.lifecycle.publish(LIFECYCLE_TOPIC, [event])
 
     async def append(
         self,
@@ -322,7 +286,7 @@ class SessionService:
             await self.providers.hold_session_provider(session_id, config.provider)
         self._state(record)
         self.fanout.publish(session_id, stored)
-        self._announce_lifecycle(SESSION_CREATED, session_id, record.metadata)
+        self.lifecycle.announce(LIFECYCLE_CREATED, session_id, record.metadata)
         log.info("created session %s (model %s)", session_id, model)
         return record.metadata
 
@@ -362,16 +326,9 @@ class SessionService:
             log.warning("session %s resumed without a session.resume event: %s", session_id, error)
         if provider is not None:
             await self.providers.hold_session_provider(session_id, provider)
-        tail: list[SessionEvent] = []
-        if tail_events:
-            with store_errors(session_id):
-                tail = self._store.read_events(
-                    session_id,
-                    limit=min(tail_events, MAX_PAGE_SIZE),
-                    newest_first=True,
-                    max_bytes=PAGE_BYTES,  # the newest that fit; the rest by ListEvents
-                )
-            tail.reverse()
+        tail = (
+            self._history.tail(session_id, min(tail_events, MAX_PAGE_SIZE)) if tail_events else []
+        )
         return record.metadata, tail, recorded
 
     def list_sessions(
@@ -407,7 +364,7 @@ class SessionService:
         if state is not None and state.turn is not None:
             await self._turns.cancel(state.turn, reason="session deleted", interrupted=False)
         await self.providers.forget_session(session_id)
-        self._announce_lifecycle(SESSION_DELETED, session_id, None)
+        self.lifecycle.announce(LIFECYCLE_DELETED, session_id, None)
         log.info("deleted session %s", session_id)
 
     async def send_message(
@@ -545,77 +502,15 @@ class SessionService:
     ) -> tuple[list[SessionEvent], int]:
         check_session_id(session_id)
         limit = page_size(requested_page_size, DEFAULT_EVENT_PAGE_SIZE)
-        with store_errors(session_id):
-            if newest_first:
-                events = self._store.read_events(
-                    session_id,
-                    before=cursor or None,
-                    limit=limit,
-                    newest_first=True,
-                    max_bytes=PAGE_BYTES,
-                )
-            else:
-                events = self._store.read_events(
-                    session_id, after=cursor, limit=limit, max_bytes=PAGE_BYTES
-                )
-        if not events:
-            return events, 0
-        # A page cut short by its byte budget holds fewer events than asked
-        # for: whether more follow is told by the sequence numbers, not the count.
-        last = events[-1].sequence
-        more = last > 1 if newest_first else not self._read_to_end(session_id, last)
-        return events, last if more else 0
+        return self._history.page(session_id, cursor, limit, newest_first)
 
-    def _read_to_end(self, session_id: str, sequence: int) -> bool:
-        """Whether ``sequence`` is the session's last persisted event (or past it)."""
-        record = self._store.get_session(session_id)
-        if record is None:
-            raise SessionNotFoundError(session_id)
-        return sequence >= record.metadata.last_sequence
-
-    async def stream_events(
+    def stream_events(
         self, session_id: str, after_sequence: int
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
-        """Persisted events after the cursor, then live ones, as ``(batch, live)`` pairs.
-
-        The subscription is registered before the store is read, so nothing
-        committed in between is missed; events already delivered from the
-        store are skipped when they come in live. Every batch is bounded by
-        bytes (``byte_batches``), however far behind the subscriber is.
-        """
+        """Persisted events after the cursor, then live ones (``History.follow``)."""
         self._check_running()
         self._record(session_id)
-        subscription = self.fanout.subscribe(session_id)
-        try:
-            cursor = after_sequence
-            while True:
-                with store_errors(session_id):
-                    page = self._store.read_events(
-                        session_id,
-                        after=cursor,
-                        limit=STREAM_BATCH_EVENTS,
-                        max_bytes=PAGE_BYTES,
-                    )
-                    if page:
-                        cursor = page[-1].sequence
-                    caught_up = not page or self._read_to_end(session_id, cursor)
-                yield page, caught_up
-                if caught_up:
-                    break
-            while True:
-                batch = await subscription.next_batch()
-                fresh = [
-                    e
-                    for e in batch
-                    if (e.sequence >= cursor if e.ephemeral else e.sequence > cursor)
-                ]
-                for event in fresh:
-                    if not event.ephemeral:
-                        cursor = event.sequence
-                for part in byte_batches(fresh):
-                    yield part, True
-        finally:
-            self.fanout.unsubscribe(subscription)
+        return self._history.follow(session_id, after_sequence)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -649,25 +544,10 @@ class SessionService:
                 self._scheduler.start_next(session_id, state)
         return closed
 
-    async def watch_lifecycle(self, types: Sequence[str]) -> AsyncGenerator[list[LifecycleEvent]]:
+    def watch_lifecycle(self, types: Sequence[str]) -> AsyncGenerator[list[LifecycleEvent]]:
         """Lifecycle events of every session (filtered by ``types`` when given), live."""
         self._check_running()
-        wanted = frozenset(types)
-        if unknown := wanted - LIFECYCLE_TYPES:
-            raise InvalidArgumentError(
-                f"types has unknown lifecycle event types {sorted(unknown)}; the known ones "
-                f"are {', '.join(sorted(LIFECYCLE_TYPES))} (leave types empty for all)"
-            )
-        subscription = self.lifecycle.subscribe(LIFECYCLE_TOPIC)
-        try:
-            yield []  # the subscription is live from here on
-            while True:
-                batch = await subscription.next_batch()
-                selected = [e for e in batch if not wanted or e.type in wanted]
-                if selected:
-                    yield selected
-        finally:
-            self.lifecycle.unsubscribe(subscription)
+        return self.lifecycle.watch(types)
 
     async def shutdown(self) -> None:
         """Stop taking work; end running turns with a marker; end live streams."""
