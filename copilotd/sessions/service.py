@@ -2,7 +2,8 @@
 
 The servicer unpacks requests and calls this; tests and other front ends can
 call it directly. All writes go through the group committer and publish their
-events to live subscribers in commit order.
+events to live subscribers in commit order. The turn engine and the scheduler
+it drives see this service only as a ``state.TurnHost``.
 """
 
 from __future__ import annotations

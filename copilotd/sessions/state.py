@@ -140,10 +140,11 @@ class TurnHost(Protocol):
     ``SessionState``; what keeps it consistent is who writes each field and
     that some writes happen with no ``await`` between a check and the change:
 
-    - ``turn``: set only by ``TurnEngine.claim``, called synchronously right
-      after seeing ``turn is None`` (so two sends cannot both start a turn).
-      Cleared only by ``TurnScheduler.after_turn`` (when the queue is empty)
-      or by ``release_turn`` (a turn whose start was never committed). The
+    - ``turn``: set only by ``TurnEngine.claim``, which the scheduler calls
+      with no ``await`` after finding the session free or its turn just ended
+      (so two sends cannot both start a turn). Cleared only by
+      ``TurnScheduler.after_turn`` (nothing queued, or shutting down) or by
+      ``release_turn`` (a turn whose start was never committed). The
       ``RunningTurn`` itself is the turn engine's.
     - ``pending``: the scheduler's. It changes the list before the commit that
       persists it (concurrent senders then queue behind it, and commits run in
