@@ -1,6 +1,6 @@
 """The layer order of copilotd (docs/architecture.md), enforced by import-linter.
 
-The contracts live in ``pyproject.toml``. The second test plants a wrong-way
+The contracts live in ``pyproject.toml``. The last test plants a wrong-way
 import, type-only at that, in a copy of the tree and checks that the
 contracts catch it, so a contract that stopped checking would fail here.
 """
@@ -29,6 +29,21 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def test_the_turn_engines_load_without_the_session_service() -> None:
+    # The contract reads the source; this checks what a fresh interpreter
+    # loads, by whatever path (a package's ``__init__`` included).
+    code = (
+        "import sys\n"
+        "import copilotd.sessions.scheduler, copilotd.sessions.turns\n"
+        "print('copilotd.sessions.service' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
 
 def test_contracts_are_kept() -> None:
@@ -65,6 +80,20 @@ def test_contracts_are_kept() -> None:
             "copilotd/errors.py",
             "import grpc\n",
             "the session core and everything under it know no gRPC server BROKEN",
+        ),
+        # A turn engine reaching back into the session service it serves.
+        (
+            "copilotd/sessions/turns.py",
+            "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n"
+            "    from copilotd.sessions.service import SessionService\n",
+            "which know it only as a TurnHost BROKEN",
+        ),
+        # The shared state depending on an engine it is shared with.
+        (
+            "copilotd/sessions/state.py",
+            "from copilotd.sessions import scheduler\n",
+            "which know it only as a TurnHost BROKEN",
         ),
         # The client importing the daemon.
         (

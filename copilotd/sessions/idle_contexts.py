@@ -1,6 +1,6 @@
 """A memory budget for the model contexts of sessions that are not running a turn.
 
-A session's context window (``_context.ContextWindow``, up to 512 KiB of
+A session's context window (``context_window.ContextWindow``, up to 512 KiB of
 text) stays cached after its turn so that the session's next turn need not
 read its history again. The daemon keeps up to ``MAX_IDLE_STATES`` idle
 sessions in memory, so counting sessions alone would allow half a gigabyte

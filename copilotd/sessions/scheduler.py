@@ -19,11 +19,11 @@ from copilot_client.proto.v1 import copilot_pb2
 from copilotd import events as ev
 from copilotd.errors import SessionNotFoundError
 from copilotd.events import SessionEvent
+from copilotd.sessions.state import RunningTurn, SessionState, TurnHost
 from copilotd.store import PendingMessage, SessionRecord
 
 if TYPE_CHECKING:
-    from copilotd.sessions.service import SessionService, SessionState
-    from copilotd.sessions.turns import RunningTurn, TurnEngine
+    from copilotd.sessions.turns import TurnEngine
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,10 @@ SUPERSEDED = "superseded by a message sent with mode=immediate"
 
 
 class TurnScheduler:
-    def __init__(self, service: SessionService, turns: TurnEngine) -> None:
-        self._service = service
+    """Decides which message's turn runs next; the host calls it (see ``TurnHost``)."""
+
+    def __init__(self, host: TurnHost, turns: TurnEngine) -> None:
+        self._host = host
         self._turns = turns
         self._starting: set[asyncio.Task[None]] = set()
 
@@ -72,7 +74,7 @@ class TurnScheduler:
         else:
             state.pending.append(pending)
         try:
-            await self._service.append(
+            await self._host.append(
                 session_id,
                 [],
                 pending=list(state.pending),
@@ -85,14 +87,14 @@ class TurnScheduler:
         self.announce(session_id, state)
         running = state.turn
         if running is None:
-            if not self._service.shutting_down:
+            if not self._host.shutting_down:
                 self.start_next(session_id, state)  # an earlier start failed: retry now
         elif immediate:
             await self._turns.cancel(running, reason=SUPERSEDED)
         return user, True
 
     def announce(self, session_id: str, state: SessionState) -> None:
-        self._service.publish_ephemeral(
+        self._host.publish_ephemeral(
             session_id,
             ev.make_event(
                 ev.PENDING_MESSAGES_MODIFIED, message_ids=[p.message_id for p in state.pending]
@@ -105,11 +107,11 @@ class TurnScheduler:
         Runs synchronously right after the commit that closed the turn, so no
         new message can slip in ahead of the queue.
         """
-        if state.pending and not self._service.shutting_down:
+        if state.pending and not self._host.shutting_down:
             self.start_next(session_id, state)
             return
         state.turn = None
-        self._service.publish_ephemeral(session_id, ev.make_event(ev.SESSION_IDLE))
+        self._host.publish_ephemeral(session_id, ev.make_event(ev.SESSION_IDLE))
 
     def start_next(self, session_id: str, state: SessionState) -> None:
         queued = state.pending.pop(0)

@@ -2,31 +2,25 @@
 
 The servicer unpacks requests and calls this; tests and other front ends can
 call it directly. All writes go through the group committer and publish their
-events to live subscribers in commit order.
+events to live subscribers in commit order. The turn engine and the scheduler
+it drives see this service only as a ``state.TurnHost``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Sequence
 
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
-from copilot_client.wire import LIFECYCLE_CREATED as SESSION_CREATED
-from copilot_client.wire import LIFECYCLE_DELETED as SESSION_DELETED
-from copilot_client.wire import LIFECYCLE_TYPES
-from copilot_client.wire import LIFECYCLE_UPDATED as SESSION_UPDATED
+from copilot_client.wire import LIFECYCLE_CREATED, LIFECYCLE_DELETED, LIFECYCLE_UPDATED
 from copilotd import events as ev
 from copilotd.errors import (
     InvalidArgumentError,
     MessageAlreadyAnsweredError,
     Reason,
-    SequenceConflictError,
     ServiceError,
-    SessionExistsError,
     SessionNotFoundError,
     ShuttingDownError,
     StoreFullError,
@@ -38,7 +32,6 @@ from copilotd.limits import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     PAGE_BYTES,
-    byte_batches,
 )
 from copilotd.providers import (
     ProviderRegistry,
@@ -47,9 +40,13 @@ from copilotd.providers import (
 )
 from copilotd.sessions.context_window import ContextWindow, context_messages
 from copilotd.sessions.fanout import FanOut
+from copilotd.sessions.history import History
 from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
+from copilotd.sessions.lifecycle import LifecycleEvent, LifecycleFeed
 from copilotd.sessions.scheduler import TurnScheduler
-from copilotd.sessions.turns import RunningTurn, TurnEngine
+from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
+from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
+from copilotd.sessions.turns import TurnEngine
 from copilotd.sessions.validation import (
     check_enum,
     check_label,
@@ -60,106 +57,18 @@ from copilotd.sessions.validation import (
 )
 from copilotd.store import (
     PendingMessage,
-    SequenceConflict,
-    SessionExists,
-    SessionNotFound,
     SessionRecord,
     Store,
-    StoreFull,
 )
 from copilotd.store.committer import GroupCommitter
 from copilotd.store.purger import Purger
 
 log = logging.getLogger(__name__)
 
-LifecycleEvent = copilot_pb2.LifecycleEvent
-LIFECYCLE_TOPIC = "lifecycle"
-
-STREAM_BATCH_EVENTS = 256
 # Sessions kept in memory without a running turn; older ones are dropped and
 # reloaded from the store when used again.
 MAX_IDLE_STATES = 1024
-# User messages remembered per session (id -> sequence), so that a client
-# sending a message again with its own id after losing the connection does
-# not record it twice.
-RECENT_MESSAGE_IDS = 256
 INTERRUPTED_AT_RESTART = "interrupted by daemon restart"
-
-
-@contextlib.contextmanager
-def store_errors(session_id: str = "") -> Iterator[None]:
-    """Turn the store's errors into the service's, in one place."""
-    try:
-        yield
-    except SessionNotFound as error:
-        raise SessionNotFoundError(error.session_id) from None
-    except SessionExists as error:
-        raise SessionExistsError(error.session_id) from None
-    except SequenceConflict as error:
-        raise SequenceConflictError(error.session_id, error.expected, error.actual) from None
-    except StoreFull as error:
-        raise StoreFullError(f"the session store is full: {error}") from None
-
-
-@dataclass(frozen=True)
-class TurnOutcome:
-    """How a turn ended: what ``send_message_and_wait`` returns."""
-
-    message_id: str
-    answer: SessionEvent | None
-    error: SessionEvent | None
-    turn_end: SessionEvent
-
-    @classmethod
-    def from_closing_commit(cls, stored: Sequence[SessionEvent]) -> TurnOutcome:
-        """From the events of the commit that closed the turn (turn_end last)."""
-        turn_end = stored[-1]
-        answer = error = None
-        for event in stored:
-            if event.type == ev.ASSISTANT_MESSAGE:
-                answer = event
-            elif event.type == ev.SESSION_ERROR:
-                error = event
-        return cls(turn_end.assistant_turn_end.user_message_id, answer, error, turn_end)
-
-
-@dataclass
-class SessionState:
-    """What the daemon keeps in memory about a session while it is in use."""
-
-    last_sequence: int
-    last_event_id: str
-    # Model context (recent user and assistant messages), loaded on the first
-    # turn and then extended as messages are committed, so a turn never
-    # re-reads the history.
-    context: ContextWindow | None = None
-    turn: RunningTurn | None = None
-    # Mirror of the record's durable queue of messages waiting for a turn.
-    pending: list[PendingMessage] = field(default_factory=list)
-    # Recent user messages' ids and sequence numbers, oldest first.
-    recent_messages: dict[str, int] = field(default_factory=dict)
-    # Callers of send_message_and_wait, by user message id.
-    turn_waiters: dict[str, asyncio.Future[TurnOutcome]] = field(default_factory=dict)
-
-    def remember_messages(self, stored: Sequence[SessionEvent]) -> None:
-        for event in stored:
-            if event.type == ev.USER_MESSAGE:
-                self.recent_messages[event.id] = event.sequence
-                if len(self.recent_messages) > RECENT_MESSAGE_IDS:
-                    del self.recent_messages[next(iter(self.recent_messages))]
-
-    def resolve_waiter(self, message_id: str, outcome: TurnOutcome | BaseException) -> None:
-        waiter = self.turn_waiters.pop(message_id, None)
-        if waiter is None or waiter.done():
-            return
-        if isinstance(outcome, BaseException):
-            waiter.set_exception(outcome)
-        else:
-            waiter.set_result(outcome)
-
-    def fail_waiters(self, error: BaseException) -> None:
-        for message_id in list(self.turn_waiters):
-            self.resolve_waiter(message_id, error)
 
 
 class SessionService:
@@ -179,7 +88,8 @@ class SessionService:
         self._store = store
         self._committer = committer
         self.fanout: FanOut[SessionEvent] = fanout or FanOut()
-        self.lifecycle: FanOut[LifecycleEvent] = FanOut()
+        self._history = History(store, self.fanout)
+        self.lifecycle = LifecycleFeed()
         self.providers = providers
         self.version = version
         self.max_prompt_bytes = max_prompt_bytes
@@ -257,7 +167,7 @@ class SessionService:
                 state.context.extend(added)
             state.remember_messages(stored)
         self.fanout.publish(session_id, stored)
-        self._announce_lifecycle(SESSION_UPDATED, session_id, record.metadata)
+        self.lifecycle.announce(LIFECYCLE_UPDATED, session_id, record.metadata)
         if closed_turn:
             if state is not None:
                 if state.turn_waiters and stored:
@@ -287,16 +197,6 @@ class SessionService:
             state.turn = None
         if state.turn is None:
             self.idle_contexts.park(turn.session_id, state)
-
-    def _announce_lifecycle(
-        self, event_type: str, session_id: str, metadata: SessionMetadata | None
-    ) -> None:
-        if not self.lifecycle.subscriber_count(LIFECYCLE_TOPIC):
-            return
-        event = LifecycleEvent(type=event_type, session_id=session_id, timestamp=ev.now_timestamp())
-        if metadata is not None:
-            event.metadata.CopyFrom(metadata)
-        self.lifecycle.publish(LIFECYCLE_TOPIC, [event])
 
     async def append(
         self,
@@ -330,6 +230,9 @@ class SessionService:
             event.sequence = state.last_sequence
             event.parent_id = state.last_event_id
         self.fanout.publish(session_id, [event])
+
+    def has_audience(self, session_id: str) -> bool:
+        return self.fanout.has_audience(session_id)
 
     def load_context(self, session_id: str) -> ContextWindow:
         """The session's recent user and assistant messages (cached per session)."""
@@ -384,7 +287,7 @@ class SessionService:
             await self.providers.hold_session_provider(session_id, config.provider)
         self._state(record)
         self.fanout.publish(session_id, stored)
-        self._announce_lifecycle(SESSION_CREATED, session_id, record.metadata)
+        self.lifecycle.announce(LIFECYCLE_CREATED, session_id, record.metadata)
         log.info("created session %s (model %s)", session_id, model)
         return record.metadata
 
@@ -424,16 +327,9 @@ class SessionService:
             log.warning("session %s resumed without a session.resume event: %s", session_id, error)
         if provider is not None:
             await self.providers.hold_session_provider(session_id, provider)
-        tail: list[SessionEvent] = []
-        if tail_events:
-            with store_errors(session_id):
-                tail = self._store.read_events(
-                    session_id,
-                    limit=min(tail_events, MAX_PAGE_SIZE),
-                    newest_first=True,
-                    max_bytes=PAGE_BYTES,  # the newest that fit; the rest by ListEvents
-                )
-            tail.reverse()
+        tail = (
+            self._history.tail(session_id, min(tail_events, MAX_PAGE_SIZE)) if tail_events else []
+        )
         return record.metadata, tail, recorded
 
     def list_sessions(
@@ -469,7 +365,7 @@ class SessionService:
         if state is not None and state.turn is not None:
             await self._turns.cancel(state.turn, reason="session deleted", interrupted=False)
         await self.providers.forget_session(session_id)
-        self._announce_lifecycle(SESSION_DELETED, session_id, None)
+        self.lifecycle.announce(LIFECYCLE_DELETED, session_id, None)
         log.info("deleted session %s", session_id)
 
     async def send_message(
@@ -489,9 +385,9 @@ class SessionService:
         recorded again: the message as it stands is returned.
         """
         state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
-        if (known := self._known_message(state, user.id)) is not None:
+        if (known := state.known_message(user.id)) is not None:
             return known
-        self._check_sequence(session_id, state, expected_last_sequence)
+        state.check_sequence(session_id, expected_last_sequence)
         return await self._scheduler.send(
             session_id,
             state,
@@ -518,7 +414,7 @@ class SessionService:
         turn has ended raises ``MessageAlreadyAnsweredError``.
         """
         state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
-        known = self._known_message(state, user.id)
+        known = state.known_message(user.id)
         if (
             known is not None
             and not known[1]
@@ -526,7 +422,7 @@ class SessionService:
         ):
             raise MessageAlreadyAnsweredError(session_id, user.id)
         if known is None:
-            self._check_sequence(session_id, state, expected_last_sequence)
+            state.check_sequence(session_id, expected_last_sequence)
         # Registered before sending: the turn may end before the send returns.
         waiter = state.turn_waiters.get(user.id)
         if waiter is None:
@@ -569,25 +465,6 @@ class SessionService:
             user.id = message_id
         return state, user, record
 
-    @staticmethod
-    def _check_sequence(
-        session_id: str, state: SessionState, expected_last_sequence: int | None
-    ) -> None:
-        if expected_last_sequence is not None and expected_last_sequence != state.last_sequence:
-            raise SequenceConflictError(session_id, expected_last_sequence, state.last_sequence)
-
-    @staticmethod
-    def _known_message(state: SessionState, message_id: str) -> tuple[SessionEvent, bool] | None:
-        """The message as this session holds it, if it does, and whether it is queued."""
-        if any(queued.message_id == message_id for queued in state.pending):
-            return SessionEvent(id=message_id, type=ev.USER_MESSAGE), True
-        sequence = state.recent_messages.get(message_id)
-        if sequence is None:
-            if state.turn is None or state.turn.user_message_id != message_id:
-                return None
-            sequence = 0  # taken from the queue, its start not committed yet
-        return SessionEvent(id=message_id, sequence=sequence, type=ev.USER_MESSAGE), False
-
     def list_models(self) -> tuple[list[copilot_pb2.ModelInfo], bool]:
         """The models on offer, default first, and whether only the offline model answers."""
         return self.providers.list_models(), self.providers.offline_only
@@ -626,77 +503,15 @@ class SessionService:
     ) -> tuple[list[SessionEvent], int]:
         check_session_id(session_id)
         limit = page_size(requested_page_size, DEFAULT_EVENT_PAGE_SIZE)
-        with store_errors(session_id):
-            if newest_first:
-                events = self._store.read_events(
-                    session_id,
-                    before=cursor or None,
-                    limit=limit,
-                    newest_first=True,
-                    max_bytes=PAGE_BYTES,
-                )
-            else:
-                events = self._store.read_events(
-                    session_id, after=cursor, limit=limit, max_bytes=PAGE_BYTES
-                )
-        if not events:
-            return events, 0
-        # A page cut short by its byte budget holds fewer events than asked
-        # for: whether more follow is told by the sequence numbers, not the count.
-        last = events[-1].sequence
-        more = last > 1 if newest_first else not self._read_to_end(session_id, last)
-        return events, last if more else 0
+        return self._history.page(session_id, cursor, limit, newest_first)
 
-    def _read_to_end(self, session_id: str, sequence: int) -> bool:
-        """Whether ``sequence`` is the session's last persisted event (or past it)."""
-        record = self._store.get_session(session_id)
-        if record is None:
-            raise SessionNotFoundError(session_id)
-        return sequence >= record.metadata.last_sequence
-
-    async def stream_events(
+    def stream_events(
         self, session_id: str, after_sequence: int
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
-        """Persisted events after the cursor, then live ones, as ``(batch, live)`` pairs.
-
-        The subscription is registered before the store is read, so nothing
-        committed in between is missed; events already delivered from the
-        store are skipped when they come in live. Every batch is bounded by
-        bytes (``byte_batches``), however far behind the subscriber is.
-        """
+        """Persisted events after the cursor, then live ones (``History.follow``)."""
         self._check_running()
         self._record(session_id)
-        subscription = self.fanout.subscribe(session_id)
-        try:
-            cursor = after_sequence
-            while True:
-                with store_errors(session_id):
-                    page = self._store.read_events(
-                        session_id,
-                        after=cursor,
-                        limit=STREAM_BATCH_EVENTS,
-                        max_bytes=PAGE_BYTES,
-                    )
-                    if page:
-                        cursor = page[-1].sequence
-                    caught_up = not page or self._read_to_end(session_id, cursor)
-                yield page, caught_up
-                if caught_up:
-                    break
-            while True:
-                batch = await subscription.next_batch()
-                fresh = [
-                    e
-                    for e in batch
-                    if (e.sequence >= cursor if e.ephemeral else e.sequence > cursor)
-                ]
-                for event in fresh:
-                    if not event.ephemeral:
-                        cursor = event.sequence
-                for part in byte_batches(fresh):
-                    yield part, True
-        finally:
-            self.fanout.unsubscribe(subscription)
+        return self._history.follow(session_id, after_sequence)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -730,25 +545,10 @@ class SessionService:
                 self._scheduler.start_next(session_id, state)
         return closed
 
-    async def watch_lifecycle(self, types: Sequence[str]) -> AsyncGenerator[list[LifecycleEvent]]:
+    def watch_lifecycle(self, types: Sequence[str]) -> AsyncGenerator[list[LifecycleEvent]]:
         """Lifecycle events of every session (filtered by ``types`` when given), live."""
         self._check_running()
-        wanted = frozenset(types)
-        if unknown := wanted - LIFECYCLE_TYPES:
-            raise InvalidArgumentError(
-                f"types has unknown lifecycle event types {sorted(unknown)}; the known ones "
-                f"are {', '.join(sorted(LIFECYCLE_TYPES))} (leave types empty for all)"
-            )
-        subscription = self.lifecycle.subscribe(LIFECYCLE_TOPIC)
-        try:
-            yield []  # the subscription is live from here on
-            while True:
-                batch = await subscription.next_batch()
-                selected = [e for e in batch if not wanted or e.type in wanted]
-                if selected:
-                    yield selected
-        finally:
-            self.lifecycle.unsubscribe(subscription)
+        return self.lifecycle.watch(types)
 
     async def shutdown(self) -> None:
         """Stop taking work; end running turns with a marker; end live streams."""

@@ -14,25 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from copilot_client.proto.v1 import copilot_pb2
 from copilotd import events as ev
 from copilotd.errors import ServiceError, SessionNotFoundError
 from copilotd.events import SessionEvent
-from copilotd.providers import (
-    ChatMessage,
-    ChatRequest,
-    ModelRoute,
-    ProviderError,
-    Usage,
-)
+from copilotd.providers import ChatMessage, ChatRequest, ProviderError, Usage
 from copilotd.redaction import REDACTOR
+from copilotd.sessions.state import RunningTurn, SessionState, TurnHost
 from copilotd.sessions.token_budget import FittedRequest, Truncation, estimate_tokens, fit_to_budget
 
 if TYPE_CHECKING:
-    from copilotd.sessions.service import SessionService, SessionState
     from copilotd.store import PendingMessage, SessionRecord
 
 log = logging.getLogger(__name__)
@@ -52,29 +45,6 @@ class AnswerTooLargeError(Exception):
 Mode = copilot_pb2.SystemMessageMode
 
 
-@dataclass
-class RunningTurn:
-    session_id: str
-    turn_id: str
-    user_message_id: str
-    model: str = ""
-    system_message: copilot_pb2.SystemMessage = field(default_factory=copilot_pb2.SystemMessage)
-    route: ModelRoute | None = None
-    text: list[str] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-    # Set once the turn's task exists (or its start failed), so that an abort
-    # arriving while the user message is still being committed can wait.
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-    # Set by the turn's task when it first runs: a task cancelled before that
-    # would never reach the code that records the turn's end.
-    running: asyncio.Event = field(default_factory=asyncio.Event)
-    cancel_reason: str = ""
-    interrupted: bool = False
-    # Characters of ``text`` so far (cheap to keep; bytes are counted only
-    # when the characters alone could be over the limit).
-    chars: int = 0
-
-
 def system_prompt(message: copilot_pb2.SystemMessage) -> str:
     if not message.content:
         return BUILTIN_SYSTEM_MESSAGE
@@ -84,8 +54,10 @@ def system_prompt(message: copilot_pb2.SystemMessage) -> str:
 
 
 class TurnEngine:
-    def __init__(self, service: SessionService) -> None:
-        self._service = service
+    """Starts, runs, cancels and ends turns for its host (see ``TurnHost``)."""
+
+    def __init__(self, host: TurnHost) -> None:
+        self._host = host
 
     def claim(self, state: SessionState, session_id: str, user_message_id: str) -> RunningTurn:
         """Reserve the session for the turn answering ``user_message_id`` (before any await)."""
@@ -109,19 +81,19 @@ class TurnEngine:
         Returns the stored user.message. If the commit fails the session is
         released and the error raised; nothing of the turn was written.
         """
-        service = self._service
+        host = self._host
         try:
             if record is None:  # not read by the caller (no await since, so still current)
-                record = service.store.get_session(turn.session_id)
+                record = host.store.get_session(turn.session_id)
             if record is None:
                 raise SessionNotFoundError(turn.session_id)
             turn.model = record.metadata.model
             turn.system_message.CopyFrom(record.metadata.system_message)
-            turn.route = service.providers.route_for(record.metadata)
+            turn.route = host.providers.route_for(record.metadata)
             turn_start = ev.make_event(
                 ev.ASSISTANT_TURN_START, turn_id=turn.turn_id, user_message_id=user.id
             )
-            _, stored = await service.append(
+            _, stored = await host.append(
                 turn.session_id,
                 [user, turn_start],
                 open_turn=(turn.turn_id, user.id),
@@ -130,7 +102,7 @@ class TurnEngine:
             )
         except BaseException:
             turn.started.set()
-            service.release_turn(turn, turn_started=False)
+            host.release_turn(turn, turn_started=False)
             raise
         turn.task = asyncio.get_running_loop().create_task(
             self._run(turn), name=f"turn {turn.session_id}/{turn.turn_id}"
@@ -151,13 +123,13 @@ class TurnEngine:
 
     async def _run(self, turn: RunningTurn) -> None:
         turn.running.set()
-        service = self._service
+        host = self._host
         message_id = ev.new_id()
         route = turn.route
         assert route is not None, "begin() sets the route before the turn runs"
         started = time.monotonic()
         try:
-            context = service.load_context(turn.session_id)
+            context = host.load_context(turn.session_id)
             fitted = fit_to_budget(
                 ChatMessage("system", system_prompt(turn.system_message)),
                 context.messages,
@@ -165,7 +137,7 @@ class TurnEngine:
                 history_tokens=context.tokens,
             )
             if fitted.truncation is not None:
-                await service.append(turn.session_id, [self._truncation(turn, fitted.truncation)])
+                await host.append(turn.session_id, [self._truncation(turn, fitted.truncation)])
             request = ChatRequest(
                 model=route.wire_model,
                 messages=fitted.messages,
@@ -178,11 +150,11 @@ class TurnEngine:
                 elif chunk.text:
                     turn.text.append(chunk.text)
                     turn.chars += len(chunk.text)
-                    if turn.chars * 4 > service.max_prompt_bytes:
-                        self._check_answer_size(turn, service.max_prompt_bytes)
-                    if not service.fanout.has_audience(turn.session_id):
+                    if turn.chars * 4 > host.max_prompt_bytes:
+                        self._check_answer_size(turn, host.max_prompt_bytes)
+                    if not host.has_audience(turn.session_id):
                         continue  # deltas are live-only: nobody to build them for
-                    service.publish_ephemeral(
+                    host.publish_ephemeral(
                         turn.session_id,
                         ev.make_event(
                             ev.ASSISTANT_MESSAGE_DELTA,
@@ -287,7 +259,7 @@ class TurnEngine:
 
     async def _finish(self, turn: RunningTurn, events: list[SessionEvent]) -> None:
         try:
-            await self._service.append(turn.session_id, events, close_turn=True)
+            await self._host.append(turn.session_id, events, close_turn=True)
         except ServiceError as error:
             # Deleted meanwhile, or no space: nothing else to record it in.
             log.warning(
@@ -296,9 +268,9 @@ class TurnEngine:
                 turn.session_id,
                 error.message,
             )
-            self._service.release_turn(turn, turn_started=True, error=error)
+            self._host.release_turn(turn, turn_started=True, error=error)
         except BaseException as error:
-            self._service.release_turn(turn, turn_started=True, error=error)
+            self._host.release_turn(turn, turn_started=True, error=error)
             raise
 
     def _assistant_message(

@@ -1,0 +1,112 @@
+"""Reading a session's persisted events: pages, the newest few, and a live stream.
+
+Every read is bounded by bytes (``PAGE_BYTES``) as well as by count, so a
+session of large events never produces an oversized response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+
+from copilotd.errors import SessionNotFoundError
+from copilotd.events import SessionEvent
+from copilotd.limits import PAGE_BYTES, byte_batches
+from copilotd.sessions.fanout import FanOut
+from copilotd.sessions.store_errors import store_errors
+from copilotd.store import Store
+
+STREAM_BATCH_EVENTS = 256
+
+
+class History:
+    """The events of sessions as the store holds them, and as they are committed."""
+
+    def __init__(self, store: Store, fanout: FanOut[SessionEvent]) -> None:
+        self._store = store
+        self._fanout = fanout
+
+    def page(
+        self, session_id: str, cursor: int, limit: int, newest_first: bool
+    ) -> tuple[list[SessionEvent], int]:
+        """Up to ``limit`` events from ``cursor`` on, and the cursor of the next page (0: none)."""
+        with store_errors(session_id):
+            if newest_first:
+                events = self._store.read_events(
+                    session_id,
+                    before=cursor or None,
+                    limit=limit,
+                    newest_first=True,
+                    max_bytes=PAGE_BYTES,
+                )
+            else:
+                events = self._store.read_events(
+                    session_id, after=cursor, limit=limit, max_bytes=PAGE_BYTES
+                )
+        if not events:
+            return events, 0
+        # A page cut short by its byte budget holds fewer events than asked
+        # for: whether more follow is told by the sequence numbers, not the count.
+        last = events[-1].sequence
+        more = last > 1 if newest_first else not self._read_to_end(session_id, last)
+        return events, last if more else 0
+
+    def tail(self, session_id: str, count: int) -> list[SessionEvent]:
+        """The newest ``count`` events that fit in a page, oldest first."""
+        with store_errors(session_id):
+            tail = self._store.read_events(
+                session_id,
+                limit=count,
+                newest_first=True,
+                max_bytes=PAGE_BYTES,  # the newest that fit; the rest by ListEvents
+            )
+        tail.reverse()
+        return tail
+
+    def _read_to_end(self, session_id: str, sequence: int) -> bool:
+        """Whether ``sequence`` is the session's last persisted event (or past it)."""
+        record = self._store.get_session(session_id)
+        if record is None:
+            raise SessionNotFoundError(session_id)
+        return sequence >= record.metadata.last_sequence
+
+    async def follow(
+        self, session_id: str, after_sequence: int
+    ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
+        """Persisted events after the cursor, then live ones, as ``(batch, live)`` pairs.
+
+        The subscription is registered before the store is read, so nothing
+        committed in between is missed; events already delivered from the
+        store are skipped when they come in live. Every batch is bounded by
+        bytes (``byte_batches``), however far behind the subscriber is.
+        """
+        subscription = self._fanout.subscribe(session_id)
+        try:
+            cursor = after_sequence
+            while True:
+                with store_errors(session_id):
+                    page = self._store.read_events(
+                        session_id,
+                        after=cursor,
+                        limit=STREAM_BATCH_EVENTS,
+                        max_bytes=PAGE_BYTES,
+                    )
+                    if page:
+                        cursor = page[-1].sequence
+                    caught_up = not page or self._read_to_end(session_id, cursor)
+                yield page, caught_up
+                if caught_up:
+                    break
+            while True:
+                batch = await subscription.next_batch()
+                fresh = [
+                    e
+                    for e in batch
+                    if (e.sequence >= cursor if e.ephemeral else e.sequence > cursor)
+                ]
+                for event in fresh:
+                    if not event.ephemeral:
+                        cursor = event.sequence
+                for part in byte_batches(fresh):
+                    yield part, True
+        finally:
+            self._fanout.unsubscribe(subscription)

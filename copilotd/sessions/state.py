@@ -1,0 +1,219 @@
+"""What the session service and its turn engines share, and the contract between them.
+
+The service (``service.py``) owns the sessions and their writes; the turn
+engine (``turns.py``) runs one turn, and the scheduler (``scheduler.py``)
+decides which message's turn runs next. The engines see the service only
+through ``TurnHost`` below and never import it, so the dependency runs one
+way: service -> scheduler -> turns -> state (an import-linter contract in
+``pyproject.toml`` keeps it so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from copilot_client.proto.v1 import copilot_pb2
+from copilotd import events as ev
+from copilotd.errors import SequenceConflictError
+from copilotd.events import SessionEvent
+from copilotd.providers import ModelRoute, ProviderRegistry
+from copilotd.sessions.context_window import ContextWindow
+from copilotd.store import PendingMessage, SessionRecord, Store
+
+# User messages remembered per session (id -> sequence), so that a client
+# sending a message again with its own id after losing the connection does
+# not record it twice.
+RECENT_MESSAGE_IDS = 256
+
+
+@dataclass(frozen=True)
+class TurnOutcome:
+    """How a turn ended: what ``send_message_and_wait`` returns."""
+
+    message_id: str
+    answer: SessionEvent | None
+    error: SessionEvent | None
+    turn_end: SessionEvent
+
+    @classmethod
+    def from_closing_commit(cls, stored: Sequence[SessionEvent]) -> TurnOutcome:
+        """From the events of the commit that closed the turn (turn_end last)."""
+        turn_end = stored[-1]
+        answer = error = None
+        for event in stored:
+            if event.type == ev.ASSISTANT_MESSAGE:
+                answer = event
+            elif event.type == ev.SESSION_ERROR:
+                error = event
+        return cls(turn_end.assistant_turn_end.user_message_id, answer, error, turn_end)
+
+
+@dataclass
+class RunningTurn:
+    """The turn a session is running (or starting); only the turn engine changes it."""
+
+    session_id: str
+    turn_id: str
+    user_message_id: str
+    model: str = ""
+    system_message: copilot_pb2.SystemMessage = field(default_factory=copilot_pb2.SystemMessage)
+    route: ModelRoute | None = None
+    text: list[str] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    # Set once the turn's task exists (or its start failed), so that an abort
+    # arriving while the user message is still being committed can wait.
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by the turn's task when it first runs: a task cancelled before that
+    # would never reach the code that records the turn's end.
+    running: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_reason: str = ""
+    interrupted: bool = False
+    # Characters of ``text`` so far (cheap to keep; bytes are counted only
+    # when the characters alone could be over the limit).
+    chars: int = 0
+
+
+@dataclass
+class SessionState:
+    """What the daemon keeps in memory about a session while it is in use.
+
+    Who changes which field is written down in ``TurnHost``'s docstring.
+    """
+
+    last_sequence: int
+    last_event_id: str
+    # Model context (recent user and assistant messages), loaded on the first
+    # turn and then extended as messages are committed, so a turn never
+    # re-reads the history.
+    context: ContextWindow | None = None
+    turn: RunningTurn | None = None
+    # Mirror of the record's durable queue of messages waiting for a turn.
+    pending: list[PendingMessage] = field(default_factory=list)
+    # Recent user messages' ids and sequence numbers, oldest first.
+    recent_messages: dict[str, int] = field(default_factory=dict)
+    # Callers of send_message_and_wait, by user message id.
+    turn_waiters: dict[str, asyncio.Future[TurnOutcome]] = field(default_factory=dict)
+
+    def remember_messages(self, stored: Sequence[SessionEvent]) -> None:
+        for event in stored:
+            if event.type == ev.USER_MESSAGE:
+                self.recent_messages[event.id] = event.sequence
+                if len(self.recent_messages) > RECENT_MESSAGE_IDS:
+                    del self.recent_messages[next(iter(self.recent_messages))]
+
+    def resolve_waiter(self, message_id: str, outcome: TurnOutcome | BaseException) -> None:
+        waiter = self.turn_waiters.pop(message_id, None)
+        if waiter is None or waiter.done():
+            return
+        if isinstance(outcome, BaseException):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
+
+    def fail_waiters(self, error: BaseException) -> None:
+        for message_id in list(self.turn_waiters):
+            self.resolve_waiter(message_id, error)
+
+    def check_sequence(self, session_id: str, expected_last_sequence: int | None) -> None:
+        if expected_last_sequence is not None and expected_last_sequence != self.last_sequence:
+            raise SequenceConflictError(session_id, expected_last_sequence, self.last_sequence)
+
+    def known_message(self, message_id: str) -> tuple[SessionEvent, bool] | None:
+        """The message as this session holds it, if it does, and whether it is queued."""
+        if any(queued.message_id == message_id for queued in self.pending):
+            return SessionEvent(id=message_id, type=ev.USER_MESSAGE), True
+        sequence = self.recent_messages.get(message_id)
+        if sequence is None:
+            if self.turn is None or self.turn.user_message_id != message_id:
+                return None
+            sequence = 0  # taken from the queue, its start not committed yet
+        return SessionEvent(id=message_id, sequence=sequence, type=ev.USER_MESSAGE), False
+
+
+class TurnHost(Protocol):
+    """What the turn engine and the scheduler may ask of the session service.
+
+    Everything runs on the daemon's one event loop, so no lock guards a
+    ``SessionState``; what keeps it consistent is who writes each field and
+    that some writes happen with no ``await`` between a check and the change:
+
+    - ``turn``: set only by ``TurnEngine.claim``, which the scheduler calls
+      with no ``await`` after finding the session free or its turn just ended
+      (so two sends cannot both start a turn). Cleared only by
+      ``TurnScheduler.after_turn`` (nothing queued, or shutting down) or by
+      ``release_turn`` (a turn whose start was never committed). The
+      ``RunningTurn`` itself is the turn engine's.
+    - ``pending``: the scheduler's. It changes the list before the commit that
+      persists it (concurrent senders then queue behind it, and commits run in
+      submission order, so the last commit holds the whole queue) and undoes
+      its change when that commit fails.
+    - ``last_sequence``, ``last_event_id``, ``recent_messages`` and the growth
+      of ``context``: the host's, in ``append``'s commit callback, which runs
+      in commit order before any later commit's. A closing commit
+      (``close_turn=True``) resolves the turn's waiter and calls the
+      scheduler's ``after_turn`` in that same callback, so no new message can
+      slip in ahead of the queue.
+    - ``context``: loaded by ``load_context`` when a turn starts; while the
+      session is idle the host's memory budget may drop it (back to None).
+    - ``turn_waiters``: the host's (``send_message_and_wait``, a session's
+      deletion, shutdown); the engines never touch them.
+
+    The engines call the host; the host calls the engines (``TurnScheduler``
+    for sends and turn ends, ``TurnEngine.cancel`` for aborts); neither keeps
+    more of the other than this.
+    """
+
+    @property
+    def store(self) -> Store:
+        """Read-only: the engine reads a session's record when a turn starts."""
+        ...
+
+    @property
+    def providers(self) -> ProviderRegistry:
+        """Where a turn's model route comes from."""
+        ...
+
+    @property
+    def max_prompt_bytes(self) -> int:
+        """The largest answer a turn may record (an answer must fit in one event)."""
+        ...
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once shutdown began: queued messages then wait for the next start."""
+        ...
+
+    async def append(
+        self,
+        session_id: str,
+        events: Sequence[SessionEvent],
+        *,
+        open_turn: tuple[str, str] | None = None,
+        close_turn: bool = False,
+        expected_last_sequence: int | None = None,
+        pending: list[PendingMessage] | None = None,
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        """Durably append ``events`` (and the queue, and the turn's opening or
+        closing), then update the session's state and publish them."""
+        ...
+
+    def publish_ephemeral(self, session_id: str, event: SessionEvent) -> None:
+        """Send a live-only event (a delta, the queue, idle) to the session's subscribers."""
+        ...
+
+    def has_audience(self, session_id: str) -> bool:
+        """Whether anyone would receive a live-only event of the session."""
+        ...
+
+    def load_context(self, session_id: str) -> ContextWindow:
+        """The session's model context, for a turn that is starting."""
+        ...
+
+    def release_turn(
+        self, turn: RunningTurn, *, turn_started: bool, error: BaseException | None = None
+    ) -> None:
+        """Free the session after a turn whose start or end could not be committed."""
+        ...

@@ -1,0 +1,29 @@
+"""The store's errors as the service's: the one place the session core maps them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from copilotd.errors import (
+    SequenceConflictError,
+    SessionExistsError,
+    SessionNotFoundError,
+    StoreFullError,
+)
+from copilotd.store import SequenceConflict, SessionExists, SessionNotFound, StoreFull
+
+
+@contextlib.contextmanager
+def store_errors(session_id: str = "") -> Iterator[None]:
+    """Turn the store's errors into the service's, in one place."""
+    try:
+        yield
+    except SessionNotFound as error:
+        raise SessionNotFoundError(error.session_id) from None
+    except SessionExists as error:
+        raise SessionExistsError(error.session_id) from None
+    except SequenceConflict as error:
+        raise SequenceConflictError(error.session_id, error.expected, error.actual) from None
+    except StoreFull as error:
+        raise StoreFullError(f"the session store is full: {error}") from None
