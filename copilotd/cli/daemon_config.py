@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from copilot_client.paths import resolve_data_dir, resolve_socket_path
-
 from copilotd.admin.retention import load_retention_policy
 from copilotd.api.access import tcp_listener
 from copilotd.config import DaemonConfig, Limits, load_config
