@@ -8,7 +8,6 @@ the client (the matching exception).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -25,6 +24,7 @@ from copilot_client import (
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
 from tests.support.daemon_process import DaemonProcess
+from tests.support.wire import wire_error
 
 MAX_PROMPT_BYTES = 2000
 
@@ -40,7 +40,9 @@ def slow_daemon(short_tmp: Any) -> Any:
 
 
 @pytest.fixture
-async def stub(slow_daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceStub]:
+async def stub(
+    slow_daemon: DaemonProcess,
+) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"unix:{slow_daemon.socket_path}") as channel:
         yield copilot_pb2_grpc.CopilotServiceStub(channel)
 
@@ -51,27 +53,12 @@ async def client(slow_daemon: DaemonProcess) -> AsyncIterator[CopilotClient]:
         yield client
 
 
-@dataclass
-class WireError:
-    code: grpc.StatusCode
-    reason: str
-    details: str
-
-
-async def wire_error(call: Awaitable[Any]) -> WireError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    error = caught.value
-    trailers = dict(error.trailing_metadata() or ())
-    return WireError(error.code(), str(trailers.get("copilot-error-reason")), error.details() or "")
-
-
 BAD_IDS = ["", "has/slash", "../etc", "a" * 129, "ctl\x00char", "new\nline", " space", "-leading"]
 
 
 @pytest.mark.parametrize("bad_id", BAD_IDS)
 async def test_malformed_session_id(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient, bad_id: str
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient, bad_id: str
 ) -> None:
     calls: list[Callable[[], Awaitable[Any]]] = [
         lambda: stub.GetSession(pb.GetSessionRequest(session_id=bad_id)),
@@ -99,16 +86,17 @@ async def test_malformed_session_id(
 
 
 async def test_unknown_session(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient
 ) -> None:
-    for call in [
+    calls: list[Awaitable[object]] = [
         stub.GetSession(pb.GetSessionRequest(session_id="missing")),
         stub.ResumeSession(pb.ResumeSessionRequest(session_id="missing")),
         stub.DeleteSession(pb.DeleteSessionRequest(session_id="missing")),
         stub.SendMessage(pb.SendMessageRequest(session_id="missing", prompt="hi")),
         stub.ListEvents(pb.ListEventsRequest(session_id="missing")),
         stub.AbortTurn(pb.AbortTurnRequest(session_id="missing")),
-    ]:
+    ]
+    for call in calls:
         error = await wire_error(call)
         assert error.code == grpc.StatusCode.NOT_FOUND
         assert error.reason == "ERROR_REASON_SESSION_NOT_FOUND"
@@ -125,7 +113,7 @@ async def test_unknown_session(
 
 
 async def test_session_id_taken(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient
 ) -> None:
     await client.create_session(session_id="taken")
     error = await wire_error(
@@ -147,7 +135,7 @@ async def test_generated_session_id(client: CopilotClient) -> None:
 
 @pytest.mark.parametrize("prompt", ["", "   ", "\n\t"])
 async def test_empty_prompt(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient, prompt: str
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient, prompt: str
 ) -> None:
     session = await client.create_session(session_id="quiet")
     error = await wire_error(
@@ -161,7 +149,7 @@ async def test_empty_prompt(
 
 
 async def test_prompt_too_large(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient
 ) -> None:
     session = await client.create_session(session_id="big")
     prompt = "é" * (MAX_PROMPT_BYTES // 2 + 1)  # two UTF-8 bytes each: just over the cap
@@ -178,7 +166,7 @@ async def test_prompt_too_large(
 
 
 async def test_messages_sent_during_a_turn_queue(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient
 ) -> None:
     session = await client.create_session(session_id="busy")
     first = await stub.SendMessage(pb.SendMessageRequest(session_id="busy", prompt="first"))
@@ -190,7 +178,7 @@ async def test_messages_sent_during_a_turn_queue(
     assert await session.abort()  # ends the first turn; the queued one starts next
 
     answer = await session.send_and_wait("third", timeout=60)
-    assert answer is not None and 'You said: "third"' in answer.data.content
+    assert answer is not None and 'You said: "third"' in (answer.data.content or "")
     history = await session.get_messages()
     users = [e for e in history if e.type == "user.message"]
     assert [(u.id, u.data.content) for u in users] == [
@@ -203,7 +191,7 @@ async def test_messages_sent_during_a_turn_queue(
 
 
 async def test_stale_expected_sequence_writes_nothing(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient
 ) -> None:
     session = await client.create_session(session_id="guarded")
     error = await wire_error(
@@ -226,7 +214,7 @@ async def test_stale_expected_sequence_writes_nothing(
 
 
 async def test_invalid_page_token(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient
 ) -> None:
     error = await wire_error(stub.ListSessions(pb.ListSessionsRequest(page_token="not-a-token!")))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -236,7 +224,7 @@ async def test_invalid_page_token(
         await client.list_sessions_page(page_token="not-a-token!")
 
 
-async def test_page_sizes_are_bounded(stub: copilot_pb2_grpc.CopilotServiceStub) -> None:
+async def test_page_sizes_are_bounded(stub: copilot_pb2_grpc.CopilotServiceAsyncStub) -> None:
     for index in range(3):
         await stub.CreateSession(
             pb.CreateSessionRequest(config=pb.SessionConfig(session_id=f"s{index}"))

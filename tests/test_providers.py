@@ -433,9 +433,9 @@ async def test_429_and_503_with_retry_after_are_retried_then_succeed(
 
     # A provider that asks for a longer wait than max_retry_after gets no retry.
     server.script(error(429, "Quota exhausted", retry_after="120"))
-    with pytest.raises(SessionFailedError) as failed:
+    with pytest.raises(SessionFailedError) as refused:
         await session.send_and_wait("Once more")
-    event = failed.value.event
+    event = refused.value.event
     assert (event.data.error_type, event.data.status_code, event.data.attempts) == (
         "rate_limit",
         429,

@@ -39,18 +39,18 @@ TurnEndReason = events_pb2.TurnEndReason
 
 
 @pytest.fixture
-async def stub(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceStub]:
+async def stub(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
         yield copilot_pb2_grpc.CopilotServiceStub(channel)
 
 
-async def _create(stub: copilot_pb2_grpc.CopilotServiceStub, session_id: str) -> None:
+async def _create(stub: copilot_pb2_grpc.CopilotServiceAsyncStub, session_id: str) -> None:
     await stub.CreateSession(
         pb.CreateSessionRequest(config=pb.SessionConfig(session_id=session_id))
     )
 
 
-async def _log(stub: copilot_pb2_grpc.CopilotServiceStub, session_id: str) -> list[str]:
+async def _log(stub: copilot_pb2_grpc.CopilotServiceAsyncStub, session_id: str) -> list[str]:
     page = await stub.ListEvents(pb.ListEventsRequest(session_id=session_id, page_size=1000))
     return [event.type for event in page.events]
 
@@ -88,7 +88,7 @@ class Watch:
 
 
 async def test_outcome_is_the_turn_as_logged(
-    stub: copilot_pb2_grpc.CopilotServiceStub,
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub,
 ) -> None:
     await _create(stub, "one-call")
     outcome = await stub.SendMessageAndWait(
@@ -108,7 +108,7 @@ async def test_outcome_is_the_turn_as_logged(
 
 
 async def test_a_message_id_is_recorded_once(
-    stub: copilot_pb2_grpc.CopilotServiceStub,
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub,
 ) -> None:
     await _create(stub, "ids")
     first = await stub.SendMessage(

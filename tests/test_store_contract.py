@@ -15,7 +15,7 @@ import random
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 import pytest
@@ -53,6 +53,7 @@ from copilotd.store import (
 )
 
 KiB = 1024
+T = TypeVar("T")
 
 # Every event is stamped later than the one before, so listing order is known.
 _ticks = itertools.count(1_700_000_000 * 10**9, 1_000)
@@ -72,7 +73,7 @@ def reply(content: str) -> SessionEvent:
     return event(ASSISTANT_MESSAGE, content=content)
 
 
-def run(store: Store, operation: Callable[[StoreWriter], Any]) -> Any:
+def run(store: Store, operation: Callable[[StoreWriter], T]) -> T:
     """Run one operation in its own batch, raising the StoreError it returned."""
     (result,) = store.write_batch([operation])
     if isinstance(result, StoreError):
@@ -81,10 +82,12 @@ def run(store: Store, operation: Callable[[StoreWriter], Any]) -> Any:
 
 
 def creation(
-    session_id: str, events: Iterable[SessionEvent] = ()
+    session: str | SessionMetadata, events: Iterable[SessionEvent] = ()
 ) -> Callable[[StoreWriter], tuple[SessionRecord, list[SessionEvent]]]:
+    """Creating ``session`` (an id, or the whole metadata) with ``events``."""
+    metadata = SessionMetadata(session_id=session) if isinstance(session, str) else session
     events = list(events)
-    return lambda writer: writer.create_session(SessionMetadata(session_id=session_id), events)
+    return lambda writer: writer.create_session(metadata, events)
 
 
 def create(
@@ -576,7 +579,7 @@ class StoreContract:
         for session_id in ids:  # one by one: the listing order is the creation order
             metadata = SessionMetadata(session_id=session_id)
             metadata.system_message.content = "y" * rng.randrange(0, 3000)
-            run(store, lambda writer, m=metadata: writer.create_session(m, [user("hi")]))
+            run(store, creation(metadata, [user("hi")]))
         budget = 6 * KiB
         pages: list[list[SessionRecord]] = []
         token = ""
