@@ -33,8 +33,8 @@ from copilotd.events import SessionEvent
 from copilotd.limits import DEFAULT_MAX_PROMPT_BYTES, PAGE_BYTES, byte_batches, max_message_bytes
 from tests.support.cli import copilotd, ok
 from tests.support.daemon_process import DaemonProcess, short_temp_dir
+from tests.support.session_events import check_log_integrity
 from tests.support.wire import read_response
-from tests.test_client_session import check_log_integrity
 
 MiB = 1 << 20
 LIMIT = max_message_bytes(DEFAULT_MAX_PROMPT_BYTES)

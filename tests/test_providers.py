@@ -35,7 +35,7 @@ from copilotd.sessions.token_budget import estimate_tokens, message_tokens
 from copilotd.sessions.turns import BUILTIN_SYSTEM_MESSAGE
 from tests.support.daemon_process import DaemonProcess
 from tests.support.fake_model_server import FakeModelServer, Reply, Request, error, stream
-from tests.test_client_session import Recorder
+from tests.support.session_events import Recorder
 
 T = SessionEventType
 KEY_ENV = "COPILOTD_TEST_OPENAI_KEY"

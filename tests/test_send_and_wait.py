@@ -25,7 +25,7 @@ from copilot_client import (
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
 from tests.support.daemon_process import DaemonProcess
-from tests.test_client_session import (
+from tests.support.session_events import (
     EVENT_WAIT,
     TURN,
     Recorder,
