@@ -8,10 +8,7 @@ processes through /proc.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import select
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +20,13 @@ from copilot_client import (
     CopilotClient,
     DaemonUnavailableError,
 )
-from tests.support.session_events import EVENT_WAIT
+from tests.support.autostart import (
+    daemons_serving,
+    kill_auto_started,
+    lock_pid,
+    parent_pid,
+    wait_gone,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,67 +45,12 @@ asyncio.run(main())
 """
 
 
-def _proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rpartition(")")[2].split()[0]
-
-
-def _ppid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-
-
-def daemons_serving(socket_path: Path) -> list[int]:
-    """Live (not zombie) ``copilotd serve`` processes for ``socket_path``."""
-    wanted = os.fsencode(socket_path)
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        serves = argv[1:4] == [b"-m", b"copilotd", b"serve"] and wanted in argv
-        if serves and _proc_state(int(entry.name)) not in (None, "Z"):
-            pids.append(int(entry.name))
-    return pids
-
-
-def wait_gone(pid: int) -> None:
-    """Waits (event-based, through a pidfd) until ``pid``, not our child, has exited."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        assert poller.poll(int(EVENT_WAIT * 1000)), f"process {pid} did not exit"
-    finally:
-        os.close(fd)
-
-
-def lock_pid(data_dir: Path) -> int:
-    return int((data_dir / "copilotd.lock").read_text().split()[0])
-
-
 @pytest.fixture
 def fresh_paths(short_tmp: Path) -> Iterator[tuple[Path, Path]]:
     """A socket and data dir nobody serves yet; auto-started daemons are killed afterwards."""
     socket_path, data_dir = short_tmp / "run" / "copilotd.sock", short_tmp / "data"
     yield socket_path, data_dir
-    pids = set(daemons_serving(socket_path))
-    with contextlib.suppress(OSError, ValueError):
-        pid = lock_pid(data_dir)
-        if pid in daemons_serving(socket_path):
-            pids.add(pid)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        wait_gone(pid)
+    kill_auto_started(socket_path, data_dir)
 
 
 async def test_racing_clients_auto_start_one_detached_daemon(
@@ -139,7 +87,7 @@ async def test_racing_clients_auto_start_one_detached_daemon(
             if pid != winner:
                 wait_gone(pid)
         assert daemons_serving(socket_path) == [winner]
-        assert _ppid(winner) != os.getpid()  # detached: not our child
+        assert parent_pid(winner) != os.getpid()  # detached: not our child
         assert (data_dir.stat().st_mode & 0o777) == 0o700
         log = (data_dir / "copilotd.log").read_text()
         refusals = [line for line in log.splitlines() if "cannot start" in line]

@@ -32,7 +32,8 @@ from tests.support.daemon_process import DaemonProcess
 from tests.support.wire import health_check
 
 RECEIVE_TIMEOUT = 30.0
-PASSED_ENV = ("HOME", "PATH", "PYTHONDONTWRITEBYTECODE")
+# XDG_CONFIG_HOME: the test session's own, so the daemon never reads the developer's config.
+PASSED_ENV = ("HOME", "PATH", "PYTHONDONTWRITEBYTECODE", "XDG_CONFIG_HOME")
 CALL_TIMEOUT = 60.0
 
 
