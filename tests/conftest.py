@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -7,6 +8,30 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon_process import SLOW_DELAY, DaemonProcess, short_temp_dir
+
+# What would make a test read the developer's own setup: copilotd's variables
+# (config file, socket, data dir, token) and the provider SDKs' keys and URLs.
+DEVELOPER_VARIABLES = ("COPILOTD_", "OPENAI_", "ANTHROPIC_", "AZURE_OPENAI_")
+# The XDG homes copilotd and its client fall back to for config, data and the socket.
+XDG_HOMES = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def away_from_the_developers_setup() -> Iterator[None]:
+    """Every process the tests start (daemons, CLI runs, auto-starting clients)
+    inherits an environment with XDG homes of its own and none of the developer's
+    copilotd or provider variables, so their config, data and daemon stay out."""
+    homes = short_temp_dir("env")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith(DEVELOPER_VARIABLES):
+                patch.delenv(name)
+        for name in XDG_HOMES:
+            home = homes / name.lower()
+            home.mkdir(mode=0o700)
+            patch.setenv(name, str(home))
+        yield
+    shutil.rmtree(homes, ignore_errors=True)
 
 
 @pytest.fixture

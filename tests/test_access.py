@@ -30,7 +30,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from copilot_client import CopilotClient, DaemonUnavailableError, UnauthenticatedError
 from copilot_client.proto.v1 import copilot_pb2 as pb
@@ -39,6 +38,7 @@ from copilotd.api.access import tcp_listener
 from copilotd.config import ConfigError, ConfigFile
 from tests.support.daemon_process import DaemonProcess
 from tests.support.privileged import run_as_root_or_skip
+from tests.support.wire import health_check
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on tcp (\S+)")
@@ -271,7 +271,7 @@ async def expect_unauthenticated(channel: grpc.aio.Channel) -> None:
     for call in (
         stub.Ping(pb.PingRequest()),
         stub.ListSessions(pb.ListSessionsRequest()),
-        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()),
+        health_check(channel),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call

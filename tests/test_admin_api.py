@@ -19,11 +19,11 @@ from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
 from copilotd.store import SCHEMA_VERSION
 from tests.support.daemon_process import DaemonProcess
-from tests.test_api import wire_error
+from tests.support.wire import wire_error
 
 
 @pytest.fixture
-async def stub(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceStub]:
+async def stub(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
         yield copilot_pb2_grpc.CopilotServiceStub(channel)
 
@@ -34,14 +34,16 @@ async def requests(*items: pb.ImportSessionRequest) -> AsyncIterator[pb.ImportSe
 
 
 async def exported(
-    stub: copilot_pb2_grpc.CopilotServiceStub, session_id: str
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, session_id: str
 ) -> tuple[pb.SessionMetadata, list[events_pb2.SessionEvent]]:
     metadata = (await stub.GetSession(pb.GetSessionRequest(session_id=session_id))).session
     events = (await stub.ListEvents(pb.ListEventsRequest(session_id=session_id))).events
     return metadata, list(events)
 
 
-async def test_status(stub: copilot_pb2_grpc.CopilotServiceStub, daemon: DaemonProcess) -> None:
+async def test_status(
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, daemon: DaemonProcess
+) -> None:
     status = await stub.GetDaemonStatus(pb.GetDaemonStatusRequest())
     assert daemon.process is not None and status.pid == daemon.process.pid
     assert status.socket_path == str(daemon.socket_path)
@@ -50,7 +52,9 @@ async def test_status(stub: copilot_pb2_grpc.CopilotServiceStub, daemon: DaemonP
     assert status.retention == pb.RetentionPolicy()  # off
 
 
-async def test_pinning(stub: copilot_pb2_grpc.CopilotServiceStub, daemon: DaemonProcess) -> None:
+async def test_pinning(
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, daemon: DaemonProcess
+) -> None:
     await stub.CreateSession(pb.CreateSessionRequest(config=pb.SessionConfig(session_id="p")))
     before = (await stub.GetSession(pb.GetSessionRequest(session_id="p"))).session
     pinned = (
@@ -81,7 +85,7 @@ async def test_pinning(stub: copilot_pb2_grpc.CopilotServiceStub, daemon: Daemon
             await client.pin_session("")
 
 
-async def test_prune_rule_errors(stub: copilot_pb2_grpc.CopilotServiceStub) -> None:
+async def test_prune_rule_errors(stub: copilot_pb2_grpc.CopilotServiceAsyncStub) -> None:
     error = await wire_error(stub.PruneSessions(pb.PruneSessionsRequest(dry_run=True)))
     assert (error.code, error.reason) == (
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -99,7 +103,7 @@ async def test_prune_rule_errors(stub: copilot_pb2_grpc.CopilotServiceStub) -> N
     assert list(response.sessions) == []
 
 
-async def test_import_over_the_wire(stub: copilot_pb2_grpc.CopilotServiceStub) -> None:
+async def test_import_over_the_wire(stub: copilot_pb2_grpc.CopilotServiceAsyncStub) -> None:
     await stub.CreateSession(pb.CreateSessionRequest(config=pb.SessionConfig(session_id="src")))
     await stub.SetSessionPinned(pb.SetSessionPinnedRequest(session_id="src", pinned=True))
     metadata, events = await exported(stub, "src")
@@ -163,7 +167,7 @@ async def test_import_over_the_wire(stub: copilot_pb2_grpc.CopilotServiceStub) -
     assert "live-only events" in error.details
 
 
-async def test_backup_stream_shape(stub: copilot_pb2_grpc.CopilotServiceStub) -> None:
+async def test_backup_stream_shape(stub: copilot_pb2_grpc.CopilotServiceAsyncStub) -> None:
     await stub.CreateSession(pb.CreateSessionRequest(config=pb.SessionConfig(session_id="b")))
     responses = [r async for r in stub.BackupStore(pb.BackupStoreRequest())]
     info, *pieces, last = responses
@@ -175,7 +179,7 @@ async def test_backup_stream_shape(stub: copilot_pb2_grpc.CopilotServiceStub) ->
 
 
 async def test_prune_of_sessions_too_large_for_one_answer(
-    stub: copilot_pb2_grpc.CopilotServiceStub,
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub,
 ) -> None:
     """Ten sessions' metadata weigh 9 MB here: the answer lists what fits and counts all."""
     system = pb.SystemMessage(content="s" * 900_000)

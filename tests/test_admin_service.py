@@ -13,7 +13,7 @@ from copilot_client.proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
 from tests.support.daemon_process import DaemonProcess
-from tests.test_api import wire_error
+from tests.support.wire import wire_error
 
 
 @pytest.fixture
@@ -23,12 +23,12 @@ async def channel(daemon: DaemonProcess) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-def admin(channel: grpc.aio.Channel) -> admin_pb2_grpc.CopilotAdminServiceStub:
+def admin(channel: grpc.aio.Channel) -> admin_pb2_grpc.CopilotAdminServiceAsyncStub:
     return admin_pb2_grpc.CopilotAdminServiceStub(channel)
 
 
 @pytest.fixture
-def sessions(channel: grpc.aio.Channel) -> copilot_pb2_grpc.CopilotServiceStub:
+def sessions(channel: grpc.aio.Channel) -> copilot_pb2_grpc.CopilotServiceAsyncStub:
     return copilot_pb2_grpc.CopilotServiceStub(channel)
 
 
@@ -40,8 +40,8 @@ async def one(
 
 
 async def test_every_admin_rpc_through_the_admin_service(
-    admin: admin_pb2_grpc.CopilotAdminServiceStub,
-    sessions: copilot_pb2_grpc.CopilotServiceStub,
+    admin: admin_pb2_grpc.CopilotAdminServiceAsyncStub,
+    sessions: copilot_pb2_grpc.CopilotServiceAsyncStub,
     daemon: DaemonProcess,
 ) -> None:
     status = await admin.GetDaemonStatus(admin_pb2.GetDaemonStatusRequest())
@@ -88,7 +88,7 @@ async def test_every_admin_rpc_through_the_admin_service(
 
 
 async def test_admin_errors_carry_their_reason(
-    admin: admin_pb2_grpc.CopilotAdminServiceStub,
+    admin: admin_pb2_grpc.CopilotAdminServiceAsyncStub,
 ) -> None:
     error = await wire_error(
         admin.SetSessionPinned(admin_pb2.SetSessionPinnedRequest(session_id="gone", pinned=True))
@@ -105,8 +105,8 @@ async def test_admin_errors_carry_their_reason(
 
 
 async def test_a_deprecated_method_answers_as_the_admin_service_does(
-    admin: admin_pb2_grpc.CopilotAdminServiceStub,
-    sessions: copilot_pb2_grpc.CopilotServiceStub,
+    admin: admin_pb2_grpc.CopilotAdminServiceAsyncStub,
+    sessions: copilot_pb2_grpc.CopilotServiceAsyncStub,
 ) -> None:
     await sessions.CreateSession(pb.CreateSessionRequest(config=pb.SessionConfig(session_id="d")))
     old = await sessions.SetSessionPinned(pb.SetSessionPinnedRequest(session_id="d", pinned=True))
@@ -121,15 +121,17 @@ async def test_a_deprecated_method_answers_as_the_admin_service_does(
 
 
 async def test_an_old_send_and_wait_request_still_answers(
-    channel: grpc.aio.Channel, sessions: copilot_pb2_grpc.CopilotServiceStub
+    channel: grpc.aio.Channel, sessions: copilot_pb2_grpc.CopilotServiceAsyncStub
 ) -> None:
     await sessions.CreateSession(pb.CreateSessionRequest(config=pb.SessionConfig(session_id="w")))
     # The bytes a client generated before SendMessageAndWait had its own
     # request message sends, sent as they are.
-    send_and_wait = channel.unary_unary(
-        "/copilot.v1.CopilotService/SendMessageAndWait",
-        request_serializer=None,
-        response_deserializer=pb.SendMessageAndWaitResponse.FromString,
+    send_and_wait: grpc.aio.UnaryUnaryMultiCallable[bytes, pb.SendMessageAndWaitResponse] = (
+        channel.unary_unary(
+            "/copilot.v1.CopilotService/SendMessageAndWait",
+            request_serializer=None,
+            response_deserializer=pb.SendMessageAndWaitResponse.FromString,
+        )
     )
     old = pb.SendMessageRequest(session_id="w", prompt="hi", message_id="m", source="old")
     outcome = await send_and_wait(old.SerializeToString())

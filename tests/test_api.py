@@ -9,13 +9,10 @@ that says what to do) and through the client (the matching exception).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from copilot_client import (
     CopilotClient,
@@ -27,9 +24,8 @@ from copilot_client import (
 )
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
-from copilot_client.service import map_rpc_error
-from copilot_client.wire import ERROR_DOMAIN
 from tests.support.daemon_process import DaemonProcess
+from tests.support.wire import wire_error
 
 MAX_PROMPT_BYTES = 2000
 
@@ -45,7 +41,9 @@ def slow_daemon(short_tmp: Any) -> Any:
 
 
 @pytest.fixture
-async def stub(slow_daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceStub]:
+async def stub(
+    slow_daemon: DaemonProcess,
+) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"unix:{slow_daemon.socket_path}") as channel:
         yield copilot_pb2_grpc.CopilotServiceStub(channel)
 
@@ -56,52 +54,12 @@ async def client(slow_daemon: DaemonProcess) -> AsyncIterator[CopilotClient]:
         yield client
 
 
-@dataclass
-class WireError:
-    code: grpc.StatusCode
-    reason: str
-    details: str
-    info: error_details_pb2.ErrorInfo
-    """The google.rpc.ErrorInfo detail, as generic gRPC tooling reads it."""
-    mapped: Exception
-    """What copilot_client raises for this error."""
-
-
-def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
-    """The one ErrorInfo of a failed call's google.rpc.Status (checked to agree with it)."""
-    # from_call reads only code(), details() and trailing_metadata(), which a
-    # failed aio call has too; it raises if the Status disagrees with them.
-    status = rpc_status.from_call(cast(grpc.Call, error))
-    assert status is not None, "no google.rpc.Status in grpc-status-details-bin"
-    [detail] = status.details
-    info = error_details_pb2.ErrorInfo()
-    assert detail.Unpack(info), detail.type_url
-    return info
-
-
-async def wire_error(call: Awaitable[Any]) -> WireError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    error = caught.value
-    trailers = dict(error.trailing_metadata() or ())
-    reason = str(trailers.get("copilot-error-reason"))
-    info = error_info(error)
-    assert (info.reason, info.domain) == (reason, ERROR_DOMAIN)
-    return WireError(
-        error.code(),
-        reason,
-        error.details() or "",
-        info,
-        map_rpc_error(error, socket_path="daemon.sock"),
-    )
-
-
 BAD_IDS = ["", "has/slash", "../etc", "a" * 129, "ctl\x00char", "new\nline", " space", "-leading"]
 
 
 @pytest.mark.parametrize("bad_id", BAD_IDS)
 async def test_malformed_session_id(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient, bad_id: str
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient, bad_id: str
 ) -> None:
     calls: list[Callable[[], Awaitable[Any]]] = [
         lambda: stub.GetSession(pb.GetSessionRequest(session_id=bad_id)),
@@ -129,16 +87,17 @@ async def test_malformed_session_id(
 
 
 async def test_unknown_session(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient
 ) -> None:
-    for call in [
+    calls: list[Awaitable[object]] = [
         stub.GetSession(pb.GetSessionRequest(session_id="missing")),
         stub.ResumeSession(pb.ResumeSessionRequest(session_id="missing")),
         stub.DeleteSession(pb.DeleteSessionRequest(session_id="missing")),
         stub.SendMessage(pb.SendMessageRequest(session_id="missing", prompt="hi")),
         stub.ListEvents(pb.ListEventsRequest(session_id="missing")),
         stub.AbortTurn(pb.AbortTurnRequest(session_id="missing")),
-    ]:
+    ]
+    for call in calls:
         error = await wire_error(call)
         assert error.code == grpc.StatusCode.NOT_FOUND
         assert error.reason == "ERROR_REASON_SESSION_NOT_FOUND"
@@ -155,7 +114,7 @@ async def test_unknown_session(
 
 
 async def test_session_id_taken(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient
 ) -> None:
     await client.create_session(session_id="taken")
     error = await wire_error(
@@ -177,7 +136,7 @@ async def test_generated_session_id(client: CopilotClient) -> None:
 
 @pytest.mark.parametrize("prompt", ["", "   ", "\n\t"])
 async def test_empty_prompt(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient, prompt: str
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient, prompt: str
 ) -> None:
     session = await client.create_session(session_id="quiet")
     error = await wire_error(
@@ -191,7 +150,7 @@ async def test_empty_prompt(
 
 
 async def test_prompt_too_large(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient
 ) -> None:
     session = await client.create_session(session_id="big")
     prompt = "é" * (MAX_PROMPT_BYTES // 2 + 1)  # two UTF-8 bytes each: just over the cap
@@ -208,7 +167,7 @@ async def test_prompt_too_large(
 
 
 async def test_messages_sent_during_a_turn_queue(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient
 ) -> None:
     session = await client.create_session(session_id="busy")
     first = await stub.SendMessage(pb.SendMessageRequest(session_id="busy", prompt="first"))
@@ -220,7 +179,7 @@ async def test_messages_sent_during_a_turn_queue(
     assert await session.abort()  # ends the first turn; the queued one starts next
 
     answer = await session.send_and_wait("third", timeout=60)
-    assert answer is not None and 'You said: "third"' in answer.data.content
+    assert answer is not None and 'You said: "third"' in (answer.data.content or "")
     history = await session.get_messages()
     users = [e for e in history if e.type == "user.message"]
     assert [(u.id, u.data.content) for u in users] == [
@@ -233,7 +192,7 @@ async def test_messages_sent_during_a_turn_queue(
 
 
 async def test_stale_expected_sequence_writes_nothing(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient
 ) -> None:
     session = await client.create_session(session_id="guarded")
     error = await wire_error(
@@ -257,7 +216,7 @@ async def test_stale_expected_sequence_writes_nothing(
 
 
 async def test_invalid_page_token(
-    stub: copilot_pb2_grpc.CopilotServiceStub, client: CopilotClient
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, client: CopilotClient
 ) -> None:
     error = await wire_error(stub.ListSessions(pb.ListSessionsRequest(page_token="not-a-token!")))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -267,7 +226,7 @@ async def test_invalid_page_token(
         await client.list_sessions_page(page_token="not-a-token!")
 
 
-async def test_page_sizes_are_bounded(stub: copilot_pb2_grpc.CopilotServiceStub) -> None:
+async def test_page_sizes_are_bounded(stub: copilot_pb2_grpc.CopilotServiceAsyncStub) -> None:
     for index in range(3):
         await stub.CreateSession(
             pb.CreateSessionRequest(config=pb.SessionConfig(session_id=f"s{index}"))

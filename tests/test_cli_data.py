@@ -29,7 +29,7 @@ async def client(daemon: DaemonProcess) -> AsyncIterator[CopilotClient]:
 
 
 @pytest.fixture
-async def stub(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceStub]:
+async def stub(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
         yield copilot_pb2_grpc.CopilotServiceStub(channel)
 
@@ -42,7 +42,7 @@ async def talk(client: CopilotClient, session_id: str, *prompts: str, **config: 
 
 
 async def history(
-    stub: copilot_pb2_grpc.CopilotServiceStub, session_id: str
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, session_id: str
 ) -> tuple[pb.SessionMetadata, list[events_pb2.SessionEvent]]:
     metadata = (await stub.GetSession(pb.GetSessionRequest(session_id=session_id))).session
     events = (
@@ -51,7 +51,7 @@ async def history(
     return metadata, list(events)
 
 
-async def ids(stub: copilot_pb2_grpc.CopilotServiceStub) -> list[str]:
+async def ids(stub: copilot_pb2_grpc.CopilotServiceAsyncStub) -> list[str]:
     response = await stub.ListSessions(pb.ListSessionsRequest(page_size=1000))
     return sorted(s.session_id for s in response.sessions)
 
@@ -62,7 +62,7 @@ async def ids(stub: copilot_pb2_grpc.CopilotServiceStub) -> list[str]:
 async def test_export_delete_import_gives_identical_histories(
     daemon: DaemonProcess,
     client: CopilotClient,
-    stub: copilot_pb2_grpc.CopilotServiceStub,
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub,
     tmp_path: Path,
 ) -> None:
     await talk(client, "plain", "first", "second")
@@ -100,7 +100,7 @@ async def test_export_delete_import_gives_identical_histories(
 async def test_import_refuses_a_taken_id_unless_told(
     daemon: DaemonProcess,
     client: CopilotClient,
-    stub: copilot_pb2_grpc.CopilotServiceStub,
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub,
     tmp_path: Path,
 ) -> None:
     await talk(client, "a", "one")
@@ -135,7 +135,7 @@ async def test_import_refuses_a_taken_id_unless_told(
 async def test_import_rejects_damaged_files(
     daemon: DaemonProcess,
     client: CopilotClient,
-    stub: copilot_pb2_grpc.CopilotServiceStub,
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub,
     tmp_path: Path,
 ) -> None:
     await talk(client, "a", "one", "two")
@@ -255,7 +255,7 @@ async def test_progress_bar_only_on_a_terminal(
 async def test_backup_under_write_load_holds_every_earlier_session(
     daemon: DaemonProcess,
     client: CopilotClient,
-    stub: copilot_pb2_grpc.CopilotServiceStub,
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub,
     tmp_path: Path,
 ) -> None:
     for number in range(20):

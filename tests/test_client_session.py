@@ -1,4 +1,4 @@
-"""copilot_client against the real daemon: sessions, turns, events, paging, auto-start.
+"""copilot_client against the real daemon: sessions, turns, events, paging.
 
 Every test talks to a real ``copilotd serve`` process (real LMDB, real gRPC on
 a Unix socket). Turns are answered by the daemon's offline model, which
@@ -9,15 +9,8 @@ turn slow enough to watch, time out on or abort.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
-import os
-import select
-import signal
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -26,7 +19,6 @@ import copilotd
 from copilot_client import (
     CopilotClient,
     CopilotError,
-    DaemonUnavailableError,
     InvalidArgumentError,
     MessageOptions,
     SessionConfig,
@@ -36,60 +28,9 @@ from copilot_client import (
     SessionNotFoundError,
 )
 from tests.support.daemon_process import DaemonProcess
+from tests.support.session_events import EVENT_WAIT, TURN, Recorder, check_log_integrity, types
 
-ROOT = Path(__file__).resolve().parent.parent
 T = SessionEventType
-# Upper bound on waiting for an event; reaching it fails the test instead of hanging.
-EVENT_WAIT = 30.0
-TURN = [T.USER_MESSAGE, T.ASSISTANT_TURN_START, T.ASSISTANT_MESSAGE, T.ASSISTANT_TURN_END]
-
-
-# -- helpers -----------------------------------------------------------------
-
-
-class Recorder:
-    """An ``on()`` handler that keeps what it receives and lets a test await an event."""
-
-    def __init__(self) -> None:
-        self.events: list[SessionEvent] = []
-        self._changed = asyncio.Event()
-
-    def __call__(self, event: SessionEvent) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    @property
-    def persisted(self) -> list[SessionEvent]:
-        return [e for e in self.events if not e.ephemeral]
-
-    async def wait_until(self, condition: Callable[[], bool]) -> None:
-        """Returns once ``condition()`` holds, re-checking after each received event."""
-        async with asyncio.timeout(EVENT_WAIT):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def wait_type(self, event_type: SessionEventType, count: int = 1) -> SessionEvent:
-        """The ``count``-th received event of ``event_type``, once it has arrived."""
-
-        def matching() -> list[SessionEvent]:
-            return [e for e in self.events if e.type is event_type]
-
-        await self.wait_until(lambda: len(matching()) >= count)
-        return matching()[count - 1]
-
-
-def types(events: list[SessionEvent]) -> list[SessionEventType]:
-    return [e.type for e in events]
-
-
-def check_log_integrity(history: list[SessionEvent]) -> None:
-    """Sequences 1..n without gaps; each event's parent is the previous event."""
-    assert [e.sequence for e in history] == list(range(1, len(history) + 1))
-    assert history[0].parent_id is None
-    for previous, event in itertools.pairwise(history):
-        assert event.parent_id == previous.id
-    assert not any(e.ephemeral for e in history)
 
 
 @pytest.fixture
@@ -459,172 +400,3 @@ async def test_listing_metadata_and_ping(client: CopilotClient) -> None:
     assert metadata.turn_running is False
     assert metadata.start_time.tzinfo is not None
     assert metadata.modified_time >= metadata.start_time
-
-
-# -- auto-start with the real daemon -----------------------------------------
-
-CLIENT_SCRIPT = """
-import asyncio, sys
-from copilot_client import CopilotClient
-
-async def main():
-    async with CopilotClient(socket_path=sys.argv[1], data_dir=sys.argv[2]) as client:
-        print(await client.ping())
-
-asyncio.run(main())
-"""
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rpartition(")")[2].split()[0]
-
-
-def _ppid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-
-
-def daemons_serving(socket_path: Path) -> list[int]:
-    """Live (not zombie) ``copilotd serve`` processes for ``socket_path``."""
-    wanted = os.fsencode(socket_path)
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        serves = argv[1:4] == [b"-m", b"copilotd", b"serve"] and wanted in argv
-        if serves and _proc_state(int(entry.name)) not in (None, "Z"):
-            pids.append(int(entry.name))
-    return pids
-
-
-def wait_gone(pid: int) -> None:
-    """Waits (event-based, through a pidfd) until ``pid``, not our child, has exited."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        assert poller.poll(int(EVENT_WAIT * 1000)), f"process {pid} did not exit"
-    finally:
-        os.close(fd)
-
-
-def lock_pid(data_dir: Path) -> int:
-    return int((data_dir / "copilotd.lock").read_text().split()[0])
-
-
-@pytest.fixture
-def fresh_paths(short_tmp: Path) -> Iterator[tuple[Path, Path]]:
-    """A socket and data dir nobody serves yet; auto-started daemons are killed afterwards."""
-    socket_path, data_dir = short_tmp / "run" / "copilotd.sock", short_tmp / "data"
-    yield socket_path, data_dir
-    pids = set(daemons_serving(socket_path))
-    with contextlib.suppress(OSError, ValueError):
-        pid = lock_pid(data_dir)
-        if pid in daemons_serving(socket_path):
-            pids.add(pid)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        wait_gone(pid)
-
-
-async def test_racing_clients_auto_start_one_detached_daemon(
-    fresh_paths: tuple[Path, Path],
-) -> None:
-    socket_path, data_dir = fresh_paths
-    assert daemons_serving(socket_path) == []
-    others = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            CLIENT_SCRIPT,
-            str(socket_path),
-            str(data_dir),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=ROOT,
-        )
-        for _ in range(2)
-    ]
-    clients = [CopilotClient(socket_path=socket_path, data_dir=data_dir) for _ in range(3)]
-    try:
-        versions = await asyncio.gather(*(c.ping() for c in clients))
-        outputs = await asyncio.gather(*(p.communicate() for p in others))
-        for process, (stdout, stderr) in zip(others, outputs, strict=True):
-            assert process.returncode == 0, stderr.decode()
-            versions.append(stdout.decode().strip())
-        assert versions == [copilotd.__version__] * 5
-
-        # Every client has returned, so every daemon any of them launched
-        # exists by now; the ones that lost the race are exiting.
-        winner = lock_pid(data_dir)
-        for pid in daemons_serving(socket_path):
-            if pid != winner:
-                wait_gone(pid)
-        assert daemons_serving(socket_path) == [winner]
-        assert _ppid(winner) != os.getpid()  # detached: not our child
-        assert (data_dir.stat().st_mode & 0o777) == 0o700
-        log = (data_dir / "copilotd.log").read_text()
-        refusals = [line for line in log.splitlines() if "cannot start" in line]
-        # The three in-process clients all launched a daemon: at least two
-        # lost, exited, and their clients waited for the winner instead of failing.
-        assert len(refusals) >= 2
-        assert all("is already using" in line for line in refusals)
-
-        for client in clients:
-            await client.stop()  # never stops the daemon
-        async with CopilotClient(socket_path=socket_path, auto_start=False) as client:
-            assert await client.ping() == copilotd.__version__
-        assert daemons_serving(socket_path) == [winner]
-    finally:
-        for client in clients:
-            await client.stop()
-        for process in others:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-
-
-async def test_auto_start_failure_reports_the_daemons_error(
-    fresh_paths: tuple[Path, Path],
-) -> None:
-    socket_path, data_dir = fresh_paths
-    store = data_dir / "store"
-    store.mkdir(parents=True)
-    garbage = bytes(range(256)) * 64
-    (store / "data.mdb").write_bytes(garbage)
-    client = CopilotClient(socket_path=socket_path, data_dir=data_dir, start_timeout=10)
-    with pytest.raises(DaemonUnavailableError) as caught:
-        await client.start()
-    message = str(caught.value)
-    assert caught.value.socket_path == str(socket_path)
-    assert str(socket_path) in message
-    assert str(data_dir / "copilotd.log") in message
-    assert "copilotd: cannot start:" in message
-    assert "is not an LMDB environment" in message
-    # Noticed because the daemon exited, not because the start timeout ran out.
-    assert "exited without serving" in message
-    assert daemons_serving(socket_path) == []
-    assert (store / "data.mdb").read_bytes() == garbage  # left untouched
-    await client.stop()
-
-
-async def test_auto_start_with_a_missing_command(fresh_paths: tuple[Path, Path]) -> None:
-    socket_path, data_dir = fresh_paths
-    missing = str(data_dir.parent / "no-such-copilotd")
-    client = CopilotClient(socket_path=socket_path, data_dir=data_dir, daemon_command=[missing])
-    with pytest.raises(DaemonUnavailableError, match="auto-start failed") as caught:
-        await client.ping()
-    assert missing in str(caught.value)
-    assert "No such file or directory" in str(caught.value)
-    await client.stop()

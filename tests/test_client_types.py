@@ -158,7 +158,8 @@ def test_unknown_event_type_and_payload_become_unknown() -> None:
 
 
 def test_event_type_is_a_str_enum() -> None:
-    assert SessionEventType.ASSISTANT_MESSAGE == "assistant.message"
+    text: str = SessionEventType.ASSISTANT_MESSAGE
+    assert text == "assistant.message"
     assert f"{SessionEventType.USER_MESSAGE}" == "user.message"
 
 
@@ -208,14 +209,14 @@ def test_session_config_defaults_and_keywords() -> None:
     assert proto.session_id == "" and proto.model == "" and not proto.HasField("system_message")
     assert SessionConfig().streaming is True
     with pytest.raises(TypeError):
-        SessionConfig("positional")  # type: ignore[misc]
+        SessionConfig("positional")  # type: ignore[call-arg]
 
 
 def test_message_options() -> None:
     assert MessageOptions("hi") == MessageOptions(prompt="hi")
     assert MessageOptions("hi", source="cli").source == "cli"
     with pytest.raises(TypeError):
-        MessageOptions("hi", "cli")  # type: ignore[misc]
+        MessageOptions("hi", "cli")  # type: ignore[call-arg]
 
 
 def test_metadata_from_proto() -> None:

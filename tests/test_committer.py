@@ -185,11 +185,12 @@ async def test_background_work_is_not_starved_by_constant_writes(
 
 async def test_on_commit_runs_in_commit_order(committer: GroupCommitter) -> None:
     seen: list[str] = []
+
+    def recording(name: str) -> Callable[[object], None]:
+        return lambda _: seen.append(name)
+
     await asyncio.gather(
-        *(
-            committer.submit(creation(f"s{n}"), on_commit=lambda _, n=n: seen.append(f"s{n}"))
-            for n in range(10)
-        )
+        *(committer.submit(creation(f"s{n}"), on_commit=recording(f"s{n}")) for n in range(10))
     )
     assert seen == [f"s{n}" for n in range(10)]
 

@@ -6,20 +6,21 @@ import asyncio
 import os
 import stat
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import lmdb
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from copilot_client import CopilotClient, SessionEvent, SessionEventType
 from tests.support.daemon_process import DaemonProcess
+from tests.support.wire import health_check
 
 
 @pytest.fixture
-def slow_daemon(short_tmp: Path) -> AsyncIterator[DaemonProcess]:
+def slow_daemon(short_tmp: Path) -> Iterator[DaemonProcess]:
     process = DaemonProcess(short_tmp, ["--offline-delay", "0.3"]).start()
     yield process
     process.kill()
@@ -95,8 +96,9 @@ async def test_sigkill_mid_turn_is_closed_at_next_start(slow_daemon: DaemonProce
     async with CopilotClient(socket_path=slow_daemon.socket_path, auto_start=False) as client:
         session = await client.resume_session("crashy")
         answer = await session.send_and_wait("are you back?", timeout=30)
-        assert answer is not None and "are you back?" in answer.data.content
-        assert not (await client.get_session_metadata("crashy")).turn_running
+        assert answer is not None and "are you back?" in (answer.data.content or "")
+        metadata = await client.get_session_metadata("crashy")
+        assert metadata is not None and not metadata.turn_running
 
 
 async def test_acknowledged_writes_survive_sigkill(daemon: DaemonProcess) -> None:
@@ -119,9 +121,8 @@ async def test_acknowledged_writes_survive_sigkill(daemon: DaemonProcess) -> Non
 
 async def test_health_service(daemon: DaemonProcess) -> None:
     async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "copilot.v1.CopilotService"):
-            reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            reply = await health_check(channel, service)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 

@@ -33,7 +33,8 @@ from copilotd.events import SessionEvent
 from copilotd.limits import DEFAULT_MAX_PROMPT_BYTES, PAGE_BYTES, byte_batches, max_message_bytes
 from tests.support.cli import copilotd, ok
 from tests.support.daemon_process import DaemonProcess, short_temp_dir
-from tests.test_client_session import check_log_integrity
+from tests.support.session_events import check_log_integrity
+from tests.support.wire import read_response
 
 MiB = 1 << 20
 LIMIT = max_message_bytes(DEFAULT_MAX_PROMPT_BYTES)
@@ -80,13 +81,13 @@ async def client(daemon: DaemonProcess) -> AsyncIterator[CopilotClient]:
 
 
 @pytest.fixture(scope="module")
-async def stub(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceStub]:
+async def stub(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}", options=RAW_OPTIONS) as ch:
         yield copilot_pb2_grpc.CopilotServiceStub(ch)
 
 
 @pytest.fixture(scope="module")
-async def big(client: CopilotClient, stub: copilot_pb2_grpc.CopilotServiceStub) -> int:
+async def big(client: CopilotClient, stub: copilot_pb2_grpc.CopilotServiceAsyncStub) -> int:
     """The session of the reproduction; returns its event count when built."""
     session = await client.create_session(session_id=BIG)
     for index in range(TURNS):
@@ -99,7 +100,7 @@ async def big(client: CopilotClient, stub: copilot_pb2_grpc.CopilotServiceStub) 
 
 
 async def read_all(
-    stub: copilot_pb2_grpc.CopilotServiceStub,
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub,
     session_id: str,
     *,
     page_size: int,
@@ -163,7 +164,7 @@ async def test_get_messages_returns_every_event_of_a_history_over_the_limit(
 
 
 async def test_a_list_events_walk_gets_everything_in_pages_under_the_limit(
-    stub: copilot_pb2_grpc.CopilotServiceStub, big: int
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, big: int
 ) -> None:
     figures: list[str] = []
     for page_size, newest_first in ((500, False), (1000, False), (1000, True)):
@@ -192,14 +193,13 @@ async def test_a_list_events_walk_gets_everything_in_pages_under_the_limit(
 
 
 async def test_stream_events_replays_the_whole_history_then_goes_live(
-    client: CopilotClient, stub: copilot_pb2_grpc.CopilotServiceStub, big: int
+    client: CopilotClient, stub: copilot_pb2_grpc.CopilotServiceAsyncStub, big: int
 ) -> None:
     call = stub.StreamEvents(pb.StreamEventsRequest(session_id=BIG, after_sequence=0))
     replayed: list[SessionEvent] = []
     responses = 0
     while True:
-        response = await call.read()
-        assert response is not grpc.aio.EOF
+        response = await read_response(call)
         responses += 1
         check_bounded(response.events, response.ByteSize())
         replayed.extend(response.events)
@@ -212,8 +212,8 @@ async def test_stream_events_replays_the_whole_history_then_goes_live(
     session = await client.resume_session(BIG)
     await session.send("after the replay")
     while True:
-        response = await call.read()
-        assert response is not grpc.aio.EOF and response.live
+        response = await read_response(call)
+        assert response.live
         stored = [e for e in response.events if not e.ephemeral]
         check_chain(stored, first=replayed[-1].sequence + 1)
         replayed.extend(stored)
@@ -223,14 +223,14 @@ async def test_stream_events_replays_the_whole_history_then_goes_live(
 
 
 async def test_a_subscriber_that_fell_far_behind_gets_the_burst_in_bounded_batches(
-    client: CopilotClient, stub: copilot_pb2_grpc.CopilotServiceStub
+    client: CopilotClient, stub: copilot_pb2_grpc.CopilotServiceAsyncStub
 ) -> None:
     # The subscriber stops reading while ~30 MB is written: the transport
     # holds a few MB, the rest piles up in its live buffer as one batch.
     session = await client.create_session(session_id="burst")
     call = stub.StreamEvents(pb.StreamEventsRequest(session_id="burst", after_sequence=1))
-    first = await call.read()
-    assert first is not grpc.aio.EOF and first.live and not first.events
+    first = await read_response(call)
+    assert first.live and not first.events
     turns, size = 48, 640_000
     for index in range(turns):
         await session.send_and_wait(prompt(index, size), timeout=60)
@@ -238,8 +238,7 @@ async def test_a_subscriber_that_fell_far_behind_gets_the_burst_in_bounded_batch
     stored: list[SessionEvent] = []
     largest = 0
     while not stored or stored[-1].sequence < last:
-        response = await call.read()
-        assert response is not grpc.aio.EOF, "the stream ended before the burst arrived"
+        response = await read_response(call)
         check_bounded(response.events, response.ByteSize())
         largest = max(largest, response.ByteSize())
         stored.extend(e for e in response.events if not e.ephemeral)
@@ -255,7 +254,7 @@ async def test_a_subscriber_that_fell_far_behind_gets_the_burst_in_bounded_batch
 
 
 async def test_resume_returns_the_newest_events_that_fit(
-    client: CopilotClient, stub: copilot_pb2_grpc.CopilotServiceStub, big: int
+    client: CopilotClient, stub: copilot_pb2_grpc.CopilotServiceAsyncStub, big: int
 ) -> None:
     resumed = await stub.ResumeSession(pb.ResumeSessionRequest(session_id=BIG, tail_events=1000))
     tail = list(resumed.tail)
@@ -299,7 +298,7 @@ def test_export_and_sessions_show_carry_every_event(
 
 
 async def test_sessions_with_long_system_messages_are_listed_in_pages_under_the_limit(
-    daemon: DaemonProcess, client: CopilotClient, stub: copilot_pb2_grpc.CopilotServiceStub
+    daemon: DaemonProcess, client: CopilotClient, stub: copilot_pb2_grpc.CopilotServiceAsyncStub
 ) -> None:
     # Ten system messages of 900 KB: one page of them would be over the limit.
     ids = [f"system-{index}" for index in range(10)]

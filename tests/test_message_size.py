@@ -22,6 +22,7 @@ from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
 from copilotd.limits import max_message_bytes
 from tests.support.daemon_process import DaemonProcess, short_temp_dir
+from tests.support.wire import reason_of
 
 MiB = 1 << 20
 MAX_PROMPT = 4 * MiB
@@ -42,17 +43,13 @@ def daemon() -> Iterator[DaemonProcess]:
 
 
 @pytest.fixture
-async def stub(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceStub]:
+async def stub(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}", options=RAW_OPTIONS) as ch:
         yield copilot_pb2_grpc.CopilotServiceStub(ch)
 
 
-def reason_of(error: grpc.aio.AioRpcError) -> str | None:
-    return dict(error.trailing_metadata() or ()).get("copilot-error-reason")  # type: ignore[return-value]
-
-
 async def test_a_valid_prompt_above_8_mib_of_answer_works(
-    daemon: DaemonProcess, stub: copilot_pb2_grpc.CopilotServiceStub
+    daemon: DaemonProcess, stub: copilot_pb2_grpc.CopilotServiceAsyncStub
 ) -> None:
     await stub.CreateSession(pb.CreateSessionRequest(config=pb.SessionConfig(session_id="big")))
     prompt = "p" * MAX_PROMPT
@@ -88,7 +85,7 @@ async def test_a_valid_prompt_above_8_mib_of_answer_works(
 
 
 async def test_a_prompt_over_its_limit_gets_our_error(
-    daemon: DaemonProcess, stub: copilot_pb2_grpc.CopilotServiceStub
+    daemon: DaemonProcess, stub: copilot_pb2_grpc.CopilotServiceAsyncStub
 ) -> None:
     await stub.CreateSession(pb.CreateSessionRequest(config=pb.SessionConfig(session_id="over")))
     prompt = "p" * OVER_THE_LIMIT
@@ -122,7 +119,7 @@ async def test_a_prompt_over_its_limit_gets_our_error(
 
 
 async def test_a_request_beyond_the_bound_gets_grpcs_refusal_and_a_clear_client_error(
-    daemon: DaemonProcess, stub: copilot_pb2_grpc.CopilotServiceStub
+    daemon: DaemonProcess, stub: copilot_pb2_grpc.CopilotServiceAsyncStub
 ) -> None:
     await stub.CreateSession(pb.CreateSessionRequest(config=pb.SessionConfig(session_id="huge")))
     prompt = "p" * (BOUND + 1)

@@ -7,6 +7,7 @@ import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -47,7 +48,8 @@ def test_reflection_lists_the_services_and_is_enough_to_call_them(daemon: Daemon
         ping = service.FindMethodByName("Ping")
         request_class = message_factory.GetMessageClass(ping.input_type)
         response_class = message_factory.GetMessageClass(ping.output_type)
-        call = channel.unary_unary(
+        # Both message classes exist only at run time, built from the schema.
+        call: grpc.UnaryUnaryMultiCallable[Any, Any] = channel.unary_unary(
             "/copilot.v1.CopilotService/Ping",
             request_serializer=lambda message: message.SerializeToString(),
             response_deserializer=response_class.FromString,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_generator():  # type: ignore[no-untyped-def]
+def load_generator() -> ModuleType:
     spec = importlib.util.spec_from_file_location("gen_protos", ROOT / "scripts" / "gen_protos.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -11,9 +11,11 @@ import subprocess
 import tarfile
 from io import BytesIO
 from pathlib import Path
+from typing import cast
 
 import pytest
 from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 
 from copilot_client.proto.admin.v1 import admin_pb2
 from copilot_client.proto.v1 import copilot_pb2
@@ -115,8 +117,12 @@ SAME_WIRE = [
 @pytest.mark.parametrize(
     ("old", "new"), SAME_WIRE, ids=[new.DESCRIPTOR.name for _, new in SAME_WIRE]
 )
-def test_renamed_and_deprecated_messages_keep_the_same_wire(old: type, new: type) -> None:
-    assert wire_shape(old.DESCRIPTOR) == wire_shape(new.DESCRIPTOR)
+def test_renamed_and_deprecated_messages_keep_the_same_wire(
+    old: type[Message], new: type[Message]
+) -> None:
+    assert wire_shape(cast(Descriptor, old.DESCRIPTOR)) == wire_shape(
+        cast(Descriptor, new.DESCRIPTOR)
+    )
 
 
 def test_deprecated_admin_methods_take_the_admin_services_shapes() -> None:

@@ -1,6 +1,6 @@
 """What the SDKs would take from copilotd's environment, and the headers that undo it.
 
-The end-to-end proof is in tests/test_providers.py
+The end-to-end proof is in tests/providers/test_own_providers.py
 (``test_the_daemons_environment_headers_never_reach_an_own_provider``): a real
 daemon, a real HTTP server. These pin down the parts.
 """

@@ -34,6 +34,7 @@ class FillingStore(LmdbStore):
 
 async def test_failed_start_of_a_queued_message_keeps_it_queued(tmp_path: Path) -> None:
     store = FillingStore.open(tmp_path / "store")
+    assert isinstance(store, FillingStore)
     committer = GroupCommitter(store)
     committer.start()
     service = SessionService(

@@ -28,7 +28,7 @@ from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
 from copilot_client.service import map_rpc_error
 from copilot_client.wire import REASON_METADATA_KEY as REASON
 from tests.support.daemon_process import DaemonProcess
-from tests.test_client_session import (
+from tests.support.session_events import (
     EVENT_WAIT,
     TURN,
     Recorder,
@@ -41,18 +41,18 @@ TurnEndReason = events_pb2.TurnEndReason
 
 
 @pytest.fixture
-async def stub(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceStub]:
+async def stub(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
         yield copilot_pb2_grpc.CopilotServiceStub(channel)
 
 
-async def _create(stub: copilot_pb2_grpc.CopilotServiceStub, session_id: str) -> None:
+async def _create(stub: copilot_pb2_grpc.CopilotServiceAsyncStub, session_id: str) -> None:
     await stub.CreateSession(
         pb.CreateSessionRequest(config=pb.SessionConfig(session_id=session_id))
     )
 
 
-async def _log(stub: copilot_pb2_grpc.CopilotServiceStub, session_id: str) -> list[str]:
+async def _log(stub: copilot_pb2_grpc.CopilotServiceAsyncStub, session_id: str) -> list[str]:
     page = await stub.ListEvents(pb.ListEventsRequest(session_id=session_id, page_size=1000))
     return [event.type for event in page.events]
 
@@ -90,7 +90,7 @@ class Watch:
 
 
 async def test_outcome_is_the_turn_as_logged(
-    stub: copilot_pb2_grpc.CopilotServiceStub,
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub,
 ) -> None:
     await _create(stub, "one-call")
     outcome = await stub.SendMessageAndWait(
@@ -112,7 +112,7 @@ async def test_outcome_is_the_turn_as_logged(
 
 
 async def test_a_message_id_is_recorded_once(
-    stub: copilot_pb2_grpc.CopilotServiceStub,
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub,
 ) -> None:
     await _create(stub, "ids")
     first = await stub.SendMessage(
@@ -182,8 +182,11 @@ async def test_same_id_twice_while_queued_waits_for_one_turn(slow_daemon: Daemon
         second = pb.SendMessageRequest(session_id="queue", prompt="second", message_id="q-2")
         queued = await stub.SendMessage(second)
         assert queued.queued
+        second_again = pb.SendMessageAndWaitRequest(
+            session_id="queue", prompt="second", message_id="q-2"
+        )
         outcomes = await asyncio.gather(
-            stub.SendMessageAndWait(second), stub.SendMessageAndWait(second), first
+            stub.SendMessageAndWait(second_again), stub.SendMessageAndWait(second_again), first
         )
         assert outcomes[0] == outcomes[1]
         assert outcomes[0].message_id == "q-2"

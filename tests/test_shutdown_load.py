@@ -29,7 +29,7 @@ WRITERS = 4
 SHUTDOWN_BOUND = 20.0
 
 
-async def first_delta(stub: copilot_pb2_grpc.CopilotServiceStub, session_id: str) -> None:
+async def first_delta(stub: copilot_pb2_grpc.CopilotServiceAsyncStub, session_id: str) -> None:
     """Returns once the session's turn has streamed a delta (the turn is in flight)."""
     call = stub.StreamEvents(pb.StreamEventsRequest(session_id=session_id))
     async for response in call:
@@ -39,7 +39,7 @@ async def first_delta(stub: copilot_pb2_grpc.CopilotServiceStub, session_id: str
 
 
 async def keep_writing(
-    stub: copilot_pb2_grpc.CopilotServiceStub,
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub,
     acknowledged: dict[str, list[str]],
     writer: int,
     flowing: asyncio.Event,

@@ -31,6 +31,7 @@ from copilotd.store.settings import max_store_bytes, parse_size
 from tests.support.daemon_process import DaemonProcess
 from tests.support.privileged import run_as_root_or_skip
 from tests.support.store_check import check_store
+from tests.support.wire import read_response
 
 PROMPT = "x" * (48 * 1024)
 
@@ -44,13 +45,13 @@ class Written:
 
 
 @contextlib.asynccontextmanager
-async def connect(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceStub]:
+async def connect(daemon: DaemonProcess) -> AsyncIterator[copilot_pb2_grpc.CopilotServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
         yield copilot_pb2_grpc.CopilotServiceStub(channel)
 
 
 async def write_until_refused(
-    stub: copilot_pb2_grpc.CopilotServiceStub,
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub,
     prefix: str,
     written: Written,
     limit: int = 500,
@@ -88,7 +89,9 @@ def assert_store_full(error: grpc.aio.AioRpcError | None, cause: str) -> None:
     assert "nothing was written" in (error.details() or "")
 
 
-async def assert_reads_work(stub: copilot_pb2_grpc.CopilotServiceStub, written: Written) -> None:
+async def assert_reads_work(
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, written: Written
+) -> None:
     listed = await stub.ListSessions(pb.ListSessionsRequest(page_size=1000))
     assert set(written.messages) <= {s.session_id for s in listed.sessions}
     for session_id, message_ids in written.messages.items():
@@ -96,8 +99,8 @@ async def assert_reads_work(stub: copilot_pb2_grpc.CopilotServiceStub, written: 
         assert [e.id for e in page.events if e.type == "user.message"] == message_ids
     some = next(iter(written.messages))
     stream = stub.StreamEvents(pb.StreamEventsRequest(session_id=some))
-    first = await stream.read()
-    assert first.events[0].type == "session.start"  # type: ignore[union-attr]
+    first = await read_response(stream)
+    assert first.events[0].type == "session.start"
     stream.cancel()
 
 
@@ -154,7 +157,7 @@ async def test_size_cap_refuses_writes_keeps_reads_and_recovers(short_tmp: Path)
 
 
 async def resume_until_not_recorded(
-    stub: copilot_pb2_grpc.CopilotServiceStub, session_id: str, limit: int = 2000
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, session_id: str, limit: int = 2000
 ) -> tuple[pb.ResumeSessionResponse, int]:
     """Resume until the store has no room left for the session.resume event.
 

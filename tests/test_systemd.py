@@ -22,16 +22,18 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from copilot_client import CopilotClient
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
 from tests.support.cli import copilotd, ok, one_line_error
 from tests.support.daemon_process import DaemonProcess
+from tests.support.wire import health_check
 
 RECEIVE_TIMEOUT = 30.0
-PASSED_ENV = ("HOME", "PATH", "PYTHONDONTWRITEBYTECODE")
+# XDG_CONFIG_HOME: the test session's own, so the daemon never reads the developer's config.
+PASSED_ENV = ("HOME", "PATH", "PYTHONDONTWRITEBYTECODE", "XDG_CONFIG_HOME")
 CALL_TIMEOUT = 60.0
 
 
@@ -115,9 +117,7 @@ async def test_ready_only_once_serving_then_watchdog_then_stopping(
         assert ready["STATUS"] == f"serving on unix:{daemon.socket_path}"
         assert await ping(daemon.socket_path)
         async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
-            health = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="copilot.v1.CopilotService")
-            )
+            health = await health_check(channel, "copilot.v1.CopilotService")
             assert health.status == health_pb2.HealthCheckResponse.SERVING
 
         notify_socket.receive_until("WATCHDOG=1")  # WATCHDOG_USEC set: pings come

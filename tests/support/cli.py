@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,7 +13,7 @@ from pathlib import Path
 from copilotd import events as ev
 from copilotd.admin.export_format import ExportWriter
 from copilotd.events import SessionEvent, SessionMetadata
-from tests.support.daemon_process import DaemonProcess
+from tests.support.daemon_process import DaemonProcess, own_config_env
 
 CLI_TIMEOUT = 60.0
 
@@ -24,16 +24,20 @@ def copilotd(
     stdin: str | None = None,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``copilotd ARGS`` in a child process, finding ``daemon`` through the environment."""
-    base = daemon.env if daemon is not None else dict(os.environ)
-    return subprocess.run(
-        [sys.executable, "-m", "copilotd", *args],
-        input=stdin if stdin is not None else "",
-        capture_output=True,
-        text=True,
-        env={**base, **(env or {})},
-        timeout=CLI_TIMEOUT,
-    )
+    """``copilotd ARGS`` in a child process, finding ``daemon`` through the environment.
+
+    Its config home is the daemon's, else an empty one of its own: never the developer's.
+    """
+    with tempfile.TemporaryDirectory(prefix="cpd-config") as config_home:
+        base = daemon.env if daemon is not None else own_config_env(Path(config_home))
+        return subprocess.run(
+            [sys.executable, "-m", "copilotd", *args],
+            input=stdin if stdin is not None else "",
+            capture_output=True,
+            text=True,
+            env={**base, **(env or {})},
+            timeout=CLI_TIMEOUT,
+        )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

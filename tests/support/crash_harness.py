@@ -208,6 +208,7 @@ async def check_restart(
             answer = await session.send_and_wait(prompt, timeout=PROBE_TIMEOUT)
             if answer is None or prompt not in (answer.data.content or ""):
                 raise HarnessFailure(f"{session_id}: no answer to a new turn after the restart")
+            assert answer.data.user_message_id is not None, "an answer names its message"
             acks.record(HARNESS_SOURCE, {"send": session_id, "id": answer.data.user_message_id})
             await session.destroy()
     return len(report.open_turns)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from copilotd.config import CONFIG_ENV
+
 READY_MARKER = "serving on"
 START_TIMEOUT = 30.0
 # Seconds before each of the offline model's ~6 deltas: a turn lasts over a
@@ -22,6 +24,18 @@ SLOW_DELAY = "0.2"
 def short_temp_dir(prefix: str = "cpd") -> Path:
     """A fresh private folder with a short path (Unix socket paths are limited to 107 bytes)."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def own_config_env(config_home: Path) -> dict[str, str]:
+    """``os.environ`` for a copilotd process that reads config only under ``config_home``.
+
+    Without it a test daemon would read the developer's own
+    ``~/.config/copilotd/config.toml`` (or ``$COPILOTD_CONFIG``) and serve
+    their providers and limits instead of the test's.
+    """
+    env = {name: value for name, value in os.environ.items() if name != CONFIG_ENV}
+    env["XDG_CONFIG_HOME"] = str(config_home)
+    return env
 
 
 class DaemonProcess:
@@ -38,6 +52,7 @@ class DaemonProcess:
         self.root = root
         self.socket_path = root / "run" / "copilotd.sock"
         self.data_dir = data_dir or root / "data"
+        self.config_home = root / "config"
         self.extra_args = list(extra_args)
         self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen[str] | None = None
@@ -49,7 +64,7 @@ class DaemonProcess:
     def env(self) -> dict[str, str]:
         """Environment in which clients find this daemon by default."""
         return {
-            **os.environ,
+            **own_config_env(self.config_home),
             "COPILOTD_SOCKET": str(self.socket_path),
             "COPILOTD_DATA_DIR": str(self.data_dir),
         }
@@ -76,7 +91,7 @@ class DaemonProcess:
         first_line = len(self.output)
         self.process = subprocess.Popen(
             self.command(),
-            env={**os.environ, **self.extra_env},
+            env={**own_config_env(self.config_home), **self.extra_env},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

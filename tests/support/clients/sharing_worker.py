@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from copilot_client import (
@@ -28,7 +29,7 @@ def say(**fields: Any) -> None:
 
 
 async def command() -> str:
-    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    line: str = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     return line.strip()
 
 
@@ -113,6 +114,7 @@ async def raw_sleeper(session_id: str, socket_path: str) -> None:
 
     from copilot_client.proto.v1 import copilot_pb2 as pb
     from copilot_client.proto.v1 import copilot_pb2_grpc
+    from tests.support.wire import read_response
 
     options = [("grpc.http2.bdp_probe", 0)]
     async with grpc.aio.insecure_channel(f"unix:{socket_path}", options=options) as channel:
@@ -121,7 +123,7 @@ async def raw_sleeper(session_id: str, socket_path: str) -> None:
         cursor = 0
         told = ""
         call = stub.StreamEvents(pb.StreamEventsRequest(session_id=session_id))
-        first = await call.read()
+        first = await read_response(call)
         for event in first.events:
             seen.append([event.sequence, event.id, event.type])
             cursor = event.sequence
@@ -132,8 +134,8 @@ async def raw_sleeper(session_id: str, socket_path: str) -> None:
             try:
                 while cursor < target:
                     response = await call.read()
-                    if response is grpc.aio.EOF:
-                        break
+                    if not isinstance(response, pb.StreamEventsResponse):
+                        break  # grpc.aio.EOF
                     for event in response.events:
                         if not event.ephemeral:
                             seen.append([event.sequence, event.id, event.type])
@@ -179,7 +181,12 @@ async def watcher(session_id: str) -> None:
         say(types=observer.types, lifecycle=lifecycle, created=created, send=outcome)
 
 
-ROLES = {"chatter": chatter, "sleeper": sleeper, "raw_sleeper": raw_sleeper, "watcher": watcher}
+ROLES: dict[str, Callable[..., Coroutine[Any, Any, None]]] = {
+    "chatter": chatter,
+    "sleeper": sleeper,
+    "raw_sleeper": raw_sleeper,
+    "watcher": watcher,
+}
 
 if __name__ == "__main__":
     asyncio.run(ROLES[sys.argv[1]](*sys.argv[2:]))
