@@ -112,7 +112,7 @@ async def test_outcome_is_the_turn_as_logged(
 
 
 async def test_a_message_id_is_recorded_once(
-    stub: copilot_pb2_grpc.CopilotServiceAsyncStub,
+    daemon: DaemonProcess, stub: copilot_pb2_grpc.CopilotServiceAsyncStub
 ) -> None:
     await _create(stub, "ids")
     first = await stub.SendMessage(
@@ -123,6 +123,13 @@ async def test_a_message_id_is_recorded_once(
     )
     assert first.message_id == second.message_id == "again"
     assert second.sequence == first.sequence == 2
+    # Once its turn has ended (waiting for it while it runs is another case,
+    # tested above), the same id is refused rather than run again.
+    watch = Watch(daemon, "ids")
+    try:
+        await watch.wait_for(T.ASSISTANT_TURN_END)
+    finally:
+        watch.close()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.SendMessageAndWait(
             pb.SendMessageAndWaitRequest(session_id="ids", prompt="hello", message_id="again")
