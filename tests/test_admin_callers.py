@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from copilot_client import CopilotClient
+from copilot_client import CopilotClient, CopilotError, SessionNotFoundError
 from copilot_client.proto.admin.v1 import admin_pb2
+from copilot_client.service import ServiceClient
 from tests.support.cli import copilotd, ok
 from tests.support.daemon_process import DaemonProcess
 from tests.support.metrics import calls_by_method, scrape, start_metered
@@ -53,3 +54,20 @@ async def test_every_admin_command_goes_to_the_admin_service(
     }
     deprecated = {name for name in ADMIN_METHODS if calls.get(f"/copilot.v1.CopilotService/{name}")}
     assert (used, deprecated) == (set(ADMIN_METHODS), set())
+
+
+async def test_the_admin_stub_lives_with_the_channel_and_its_errors_are_mapped(
+    daemon: DaemonProcess,
+) -> None:
+    service = ServiceClient(daemon.socket_path)
+    with pytest.raises(CopilotError, match="not started"):
+        _ = service.admin_stub
+    service.open()
+    try:
+        request = admin_pb2.SetSessionPinnedRequest(session_id="gone", pinned=True)
+        with pytest.raises(SessionNotFoundError, match="gone"):
+            await service.call(service.admin_stub.SetSessionPinned, request)
+    finally:
+        await service.close()
+    with pytest.raises(CopilotError, match="not started"):
+        _ = service.admin_stub
