@@ -17,6 +17,7 @@ from ._models import ModelInfo, ProviderConfig
 from ._session import CopilotSession
 from ._types import SessionConfig, SessionListPage, SessionMetadata
 from .paths import MAX_SOCKET_PATH_BYTES, resolve_data_dir, resolve_socket_path
+from .proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from .proto.v1 import copilot_pb2, copilot_pb2_grpc
 from .service import ServiceClient
 from .wire import ADDRESS_ENV, MAX_PAGE_SIZE, TOKEN_ENV
@@ -174,6 +175,11 @@ class CopilotClient:
         if not self._started:
             await self.start()
         return self._transport.stub
+
+    async def _admin_stub(self) -> admin_pb2_grpc.CopilotAdminServiceAsyncStub:
+        if not self._started:
+            await self.start()
+        return self._transport.admin_stub
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -355,9 +361,9 @@ class CopilotClient:
         Raises:
             SessionNotFoundError: No session has this id.
         """
-        request = copilot_pb2.SetSessionPinnedRequest(session_id=session_id, pinned=pinned)
-        stub = await self._stub()
-        response = await self._transport.call(stub.SetSessionPinned, request)
+        request = admin_pb2.SetSessionPinnedRequest(session_id=session_id, pinned=pinned)
+        admin = await self._admin_stub()
+        response = await self._transport.call(admin.SetSessionPinned, request)
         return SessionMetadata.from_proto(response.session)
 
     async def unpin_session(self, session_id: str) -> SessionMetadata:

@@ -2,7 +2,8 @@
 
 A public module, for programs (the ``copilotd`` command among them) that want
 the raw RPCs without :class:`copilot_client.CopilotClient`'s sessions:
-:class:`ServiceClient` owns the channel and the generated stub, and every
+:class:`ServiceClient` owns the channel and the generated stubs (``stub`` for
+``CopilotService``, ``admin_stub`` for ``CopilotAdminService``), and every
 call goes through :meth:`ServiceClient.call` (unary) or
 :meth:`ServiceClient.mapped_errors` (streams), where :func:`map_rpc_error`
 turns a failed call into the most specific :class:`copilot_client.RPCError`::
@@ -45,6 +46,7 @@ from ._errors import (
     UnauthenticatedError,
 )
 from .paths import channel_target
+from .proto.admin.v1 import admin_pb2_grpc
 from .proto.v1 import copilot_pb2, copilot_pb2_grpc
 from .wire import CURRENT_SEQUENCE_METADATA_KEY, REASON_METADATA_KEY
 
@@ -66,7 +68,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 
 
 class ServiceClient:
-    """Owns the channel and stub; maps every failed call to a ``CopilotError``.
+    """Owns the channel and stubs; maps every failed call to a ``CopilotError``.
 
     Args:
         socket_path: The daemon's Unix socket.
@@ -92,6 +94,7 @@ class ServiceClient:
         self._tls_root_cert = tls_root_cert
         self._channel: grpc.aio.Channel | None = None
         self._stub: copilot_pb2_grpc.CopilotServiceAsyncStub | None = None
+        self._admin_stub: admin_pb2_grpc.CopilotAdminServiceAsyncStub | None = None
 
     @property
     def where(self) -> str:
@@ -112,10 +115,17 @@ class ServiceClient:
 
     @property
     def stub(self) -> copilot_pb2_grpc.CopilotServiceAsyncStub:
-        """The service stub on the open channel."""
+        """The session service's stub (``CopilotService``) on the open channel."""
         if self._stub is None:
             raise CopilotError("the client is not started")
         return self._stub
+
+    @property
+    def admin_stub(self) -> admin_pb2_grpc.CopilotAdminServiceAsyncStub:
+        """The administration service's stub (``CopilotAdminService``) on the open channel."""
+        if self._admin_stub is None:
+            raise CopilotError("the client is not started")
+        return self._admin_stub
 
     def open(self) -> None:
         """Creates the channel (connecting happens on the first call)."""
@@ -129,6 +139,7 @@ class ServiceClient:
                     self.address, self._tcp_credentials(), options=CHANNEL_OPTIONS
                 )
             self._stub = copilot_pb2_grpc.CopilotServiceStub(self._channel)
+            self._admin_stub = admin_pb2_grpc.CopilotAdminServiceStub(self._channel)
 
     def _tcp_credentials(self) -> grpc.ChannelCredentials:
         if self._tls_root_cert is not None:
@@ -143,7 +154,8 @@ class ServiceClient:
 
     async def close(self) -> None:
         """Closes the channel, cancelling calls still running on it."""
-        channel, self._channel, self._stub = self._channel, None, None
+        channel, self._channel = self._channel, None
+        self._stub = self._admin_stub = None
         if channel is not None:
             await channel.close()
 
@@ -157,7 +169,8 @@ class ServiceClient:
         """Runs one unary call; the one place where unary failures are mapped.
 
         Args:
-            rpc: A method of :attr:`stub`, e.g. ``service.stub.Ping``.
+            rpc: A method of :attr:`stub` or :attr:`admin_stub`, e.g.
+                ``service.stub.Ping``.
             request: Its request message.
             deadline: Seconds the call may take; ``None`` for no limit.
 

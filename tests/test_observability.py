@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,16 +13,13 @@ from google.protobuf import descriptor_pool, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from copilot_client import CopilotClient, SessionNotFoundError
 from copilotd import events as ev
 from copilotd.runtime.metrics import Metrics, MetricsAddress, MetricsAddressError
 from tests.support.cli import copilotd, ok
 from tests.support.daemon_process import DaemonProcess
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
+from tests.support.metrics import scrape, start_metered, value
 
 # -- reflection ----------------------------------------------------------------------------
 
@@ -81,26 +76,9 @@ def test_json_logs(short_tmp: Path) -> None:
 
 @pytest.fixture
 def metered(short_tmp: Path) -> Iterator[tuple[DaemonProcess, str]]:
-    daemon = DaemonProcess(short_tmp, ["--metrics", "127.0.0.1:0"]).start()
-    line = daemon.wait_for_output("metrics on http://")
-    match = re.search(r"http://(\S+)/metrics", line)
-    assert match is not None
-    yield daemon, f"http://{match.group(1)}/metrics"
+    daemon, url = start_metered(short_tmp)
+    yield daemon, url
     daemon.kill()
-
-
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def test_metrics_move_when_turns_run(metered: tuple[DaemonProcess, str]) -> None:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 
-from copilot_client.proto.v1 import copilot_pb2
+from copilot_client.proto.admin.v1 import admin_pb2
 from copilotd import events as ev
 from copilotd.errors import InvalidImportError, ServiceError, SessionExistsError
 from copilotd.events import SessionEvent, SessionMetadata
@@ -25,7 +25,7 @@ from copilotd.store.committer import GroupCommitter
 
 log = logging.getLogger(__name__)
 
-Conflict = copilot_pb2.ImportConflict
+Conflict = admin_pb2.ImportConflict
 INTERRUPTED_BY_EXPORT = "interrupted: the session was exported while this turn ran"
 RENAME_SUFFIX = "-imported"
 MAX_RENAME_ATTEMPTS = 1000
@@ -50,10 +50,10 @@ class ImportResult:
 
 
 async def collect_import(
-    requests: AsyncIterable[copilot_pb2.ImportSessionRequest],
-) -> tuple[copilot_pb2.ImportHeader, list[SessionEvent]]:
+    requests: AsyncIterable[admin_pb2.ImportSessionRequest],
+) -> tuple[admin_pb2.ImportHeader, list[SessionEvent]]:
     """The header (first request only) and every event of an ImportSession stream."""
-    header: copilot_pb2.ImportHeader | None = None
+    header: admin_pb2.ImportHeader | None = None
     events: list[SessionEvent] = []
     async for request in requests:
         if request.HasField("header"):
@@ -68,7 +68,7 @@ async def collect_import(
     return header, events
 
 
-def check_history(header: copilot_pb2.ImportHeader, events: Sequence[SessionEvent]) -> None:
+def check_history(header: admin_pb2.ImportHeader, events: Sequence[SessionEvent]) -> None:
     """Raise ``InvalidImportError`` unless ``events`` is a whole log, numbered 1..N and chained."""
     session_id = header.metadata.session_id
     check_session_id(session_id)
@@ -144,7 +144,7 @@ class Importer:
         self._committer = committer
 
     async def import_session(
-        self, header: copilot_pb2.ImportHeader, events: Sequence[SessionEvent]
+        self, header: admin_pb2.ImportHeader, events: Sequence[SessionEvent]
     ) -> ImportResult:
         check_history(header, events)
         original_id = header.metadata.session_id

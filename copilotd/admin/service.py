@@ -2,6 +2,9 @@
 
 The servicer's administration RPCs and the retention sweep call this. Every
 deletion goes through ``SessionService.delete_session``, the one delete path.
+Answers are plain values (:class:`DaemonStatus`, :class:`BackupInfo`,
+:class:`~copilotd.admin.retention.Selection`); the servicer
+(``copilotd/api/admin_servicer.py``) builds the wire responses from them.
 """
 
 from __future__ import annotations
@@ -13,21 +16,16 @@ import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from copilot_client.proto.v1 import copilot_pb2
+from copilot_client.proto.admin.v1 import admin_pb2
 from copilotd.admin.importer import Importer, ImportResult, collect_import
 from copilotd.admin.retention import RetentionPolicy, RetentionRule, Selection, select
-from copilotd.errors import (
-    BackupUnsupportedError,
-    InvalidArgumentError,
-    NoRetentionPolicyError,
-    SessionNotFoundError,
-)
+from copilotd.errors import BackupUnsupportedError, NoRetentionPolicyError, SessionNotFoundError
 from copilotd.events import SessionMetadata
 from copilotd.limits import MAX_PAGE_SIZE
 from copilotd.sessions.service import SessionService, store_errors
@@ -54,6 +52,27 @@ class DaemonInfo:
     start_time: Timestamp
 
 
+@dataclass(frozen=True, kw_only=True)
+class DaemonStatus:
+    """What the daemon is doing now: how it runs, and its store and turns."""
+
+    info: DaemonInfo
+    pid: int
+    store_bytes: int
+    session_count: int
+    running_turns: int
+    retention: RetentionPolicy
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupInfo:
+    """What a backup copy is, told before its bytes."""
+
+    format: str
+    schema_version: int
+    estimated_bytes: int
+
+
 class AdminService:
     def __init__(
         self,
@@ -76,20 +95,14 @@ class AdminService:
 
     # -- status ------------------------------------------------------------------
 
-    def status(self) -> copilot_pb2.GetDaemonStatusResponse:
-        info = self.info
-        return copilot_pb2.GetDaemonStatusResponse(
-            version=info.version,
+    def status(self) -> DaemonStatus:
+        return DaemonStatus(
+            info=self.info,
             pid=os.getpid(),
-            socket_path=str(info.socket_path),
-            data_dir=str(info.data_dir),
-            start_time=info.start_time,
             store_bytes=self._store.size_bytes(),
             session_count=self._store.session_count(),
             running_turns=self._service.running_turns,
-            socket_activated=info.socket_activated,
-            retention=policy_to_proto(self.retention),
-            metrics_address=info.metrics_address,
+            retention=self.retention,
         )
 
     # -- pinning -----------------------------------------------------------------
@@ -154,15 +167,15 @@ class AdminService:
     # -- import ------------------------------------------------------------------
 
     async def import_session(
-        self, requests: AsyncIterable[copilot_pb2.ImportSessionRequest]
+        self, requests: AsyncIterable[admin_pb2.ImportSessionRequest]
     ) -> ImportResult:
         header, events = await collect_import(requests)
         return await self._importer.import_session(header, events)
 
     # -- backup ------------------------------------------------------------------
 
-    def backup_info(self) -> copilot_pb2.BackupInfo:
-        return copilot_pb2.BackupInfo(
+    def backup_info(self) -> BackupInfo:
+        return BackupInfo(
             format=BACKUP_FORMAT,
             schema_version=SCHEMA_VERSION,
             estimated_bytes=self._store.size_bytes(),
@@ -205,29 +218,3 @@ def _ignore_result(future: asyncio.Future[None]) -> None:
     """Retrieve a copy's failure nobody awaits (its reader left), so it is not logged as lost."""
     if not future.cancelled():
         future.exception()
-
-
-def policy_to_proto(policy: RetentionPolicy) -> copilot_pb2.RetentionPolicy:
-    proto = copilot_pb2.RetentionPolicy()
-    if policy.rule is not None:
-        rule_to_proto(policy.rule, proto)
-        proto.sweep_interval_seconds = int(policy.sweep_interval.total_seconds())
-    return proto
-
-
-def rule_to_proto(rule: RetentionRule, proto: copilot_pb2.RetentionPolicy) -> None:
-    if rule.max_age is not None:
-        proto.max_age_seconds = int(rule.max_age.total_seconds())
-    if rule.max_sessions is not None:
-        proto.max_sessions = rule.max_sessions
-
-
-def rule_from_proto(proto: copilot_pb2.RetentionPolicy) -> RetentionRule:
-    max_age = timedelta(seconds=proto.max_age_seconds) if proto.max_age_seconds else None
-    max_sessions = proto.max_sessions if proto.HasField("max_sessions") else None
-    if max_age is None and max_sessions is None:
-        raise InvalidArgumentError(
-            "the retention rule sets no limit; set max_age_seconds (CLI --older-than) and/or "
-            "max_sessions (CLI --keep)"
-        )
-    return RetentionRule(max_age=max_age, max_sessions=max_sessions)

@@ -1,41 +1,24 @@
 """``CopilotAdminService``: the administration RPCs, thin like the session ones.
 
-Its own servicer, composed into ``CopilotServicer`` (which still answers the
-deprecated copies of these methods) rather than inherited by it, so the two
-services stay separate on the wire and in the code.
-
-The admin layer speaks ``copilot.v1``'s administration messages, which have
-the very fields of ``copilot.admin.v1``'s (tests/test_protos_buf.py keeps
-them identical), so crossing between the two is a re-parse of the same bytes
-(:func:`same_wire`).
+Its own servicer, composed into the session service's servicer (which still
+answers the deprecated copies of these methods, see ``deprecated.py``) rather
+than inherited by it, so the two services stay separate on the wire and in
+the code. The admin layer answers with plain values; the wire messages are
+built here, and only here.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import TypeVar
-
-from google.protobuf.message import Message
+from datetime import timedelta
 
 from copilot_client.proto.admin.v1 import admin_pb2, admin_pb2_grpc
-from copilot_client.proto.v1 import copilot_pb2
-from copilotd.admin.service import AdminService, rule_from_proto
+from copilotd.admin.retention import RetentionPolicy, RetentionRule
+from copilotd.admin.service import AdminService, DaemonStatus
 from copilotd.api.errors import Context, translate_errors
+from copilotd.errors import InvalidArgumentError
 from copilotd.limits import byte_batches
-
-M = TypeVar("M", bound=Message)
-
-
-def same_wire(message: Message, kind: type[M]) -> M:
-    """``message`` as ``kind``, a message with the same fields and numbers."""
-    return kind.FromString(message.SerializeToString())
-
-
-async def all_same_wire(messages: AsyncIterable[Message], kind: type[M]) -> AsyncIterator[M]:
-    """Each of a stream's ``messages`` as ``kind`` (see :func:`same_wire`)."""
-    async for message in messages:
-        yield same_wire(message, kind)
 
 
 class AdminServicer(admin_pb2_grpc.CopilotAdminServiceServicer):
@@ -47,7 +30,7 @@ class AdminServicer(admin_pb2_grpc.CopilotAdminServiceServicer):
     ) -> admin_pb2.GetDaemonStatusResponse:
         async with translate_errors(context, "GetDaemonStatus"):
             status = self._admin.status()
-        return same_wire(status, admin_pb2.GetDaemonStatusResponse)
+        return status_to_proto(status)
 
     async def SetSessionPinned(
         self, request: admin_pb2.SetSessionPinnedRequest, context: Context
@@ -61,7 +44,7 @@ class AdminServicer(admin_pb2_grpc.CopilotAdminServiceServicer):
     ) -> admin_pb2.PruneSessionsResponse:
         async with translate_errors(context, "PruneSessions"):
             if request.HasField("policy"):
-                rule = rule_from_proto(same_wire(request.policy, copilot_pb2.RetentionPolicy))
+                rule = rule_from_proto(request.policy)
             else:
                 rule = self._admin.configured_rule()
             if request.dry_run:
@@ -79,9 +62,7 @@ class AdminServicer(admin_pb2_grpc.CopilotAdminServiceServicer):
         self, request_iterator: AsyncIterable[admin_pb2.ImportSessionRequest], context: Context
     ) -> admin_pb2.ImportSessionResponse:
         async with translate_errors(context, "ImportSession"):
-            result = await self._admin.import_session(
-                all_same_wire(request_iterator, copilot_pb2.ImportSessionRequest)
-            )
+            result = await self._admin.import_session(request_iterator)
         return admin_pb2.ImportSessionResponse(
             session=result.metadata,
             original_session_id=result.original_session_id,
@@ -93,11 +74,57 @@ class AdminServicer(admin_pb2_grpc.CopilotAdminServiceServicer):
         self, request: admin_pb2.BackupStoreRequest, context: Context
     ) -> AsyncIterator[admin_pb2.BackupStoreResponse]:
         async with translate_errors(context, "BackupStore"):
-            info = same_wire(self._admin.backup_info(), admin_pb2.BackupInfo)
-            yield admin_pb2.BackupStoreResponse(info=info)
+            info = self._admin.backup_info()
+            yield admin_pb2.BackupStoreResponse(
+                info=admin_pb2.BackupInfo(
+                    format=info.format,
+                    schema_version=info.schema_version,
+                    estimated_bytes=info.estimated_bytes,
+                )
+            )
             total = 0
             async with contextlib.aclosing(self._admin.backup()) as pieces:
                 async for piece in pieces:
                     total += len(piece)
                     yield admin_pb2.BackupStoreResponse(data=piece)
             yield admin_pb2.BackupStoreResponse(complete=True, total_bytes=total)
+
+
+def status_to_proto(status: DaemonStatus) -> admin_pb2.GetDaemonStatusResponse:
+    info = status.info
+    return admin_pb2.GetDaemonStatusResponse(
+        version=info.version,
+        pid=status.pid,
+        socket_path=str(info.socket_path),
+        data_dir=str(info.data_dir),
+        start_time=info.start_time,
+        store_bytes=status.store_bytes,
+        session_count=status.session_count,
+        running_turns=status.running_turns,
+        socket_activated=info.socket_activated,
+        retention=policy_to_proto(status.retention),
+        metrics_address=info.metrics_address,
+    )
+
+
+def policy_to_proto(policy: RetentionPolicy) -> admin_pb2.RetentionPolicy:
+    proto = admin_pb2.RetentionPolicy()
+    rule = policy.rule
+    if rule is not None:  # no rule: all zero, as the proto documents "off"
+        if rule.max_age is not None:
+            proto.max_age_seconds = int(rule.max_age.total_seconds())
+        if rule.max_sessions is not None:
+            proto.max_sessions = rule.max_sessions
+        proto.sweep_interval_seconds = int(policy.sweep_interval.total_seconds())
+    return proto
+
+
+def rule_from_proto(proto: admin_pb2.RetentionPolicy) -> RetentionRule:
+    max_age = timedelta(seconds=proto.max_age_seconds) if proto.max_age_seconds else None
+    max_sessions = proto.max_sessions if proto.HasField("max_sessions") else None
+    if max_age is None and max_sessions is None:
+        raise InvalidArgumentError(
+            "the retention rule sets no limit; set max_age_seconds (CLI --older-than) and/or "
+            "max_sessions (CLI --keep)"
+        )
+    return RetentionRule(max_age=max_age, max_sessions=max_sessions)

@@ -2,22 +2,39 @@
 the deprecated copies of the administration RPCs.
 
 The copies are answered by the one ``AdminServicer`` that serves
-``CopilotAdminService``, composed here; their messages carry the same fields
-as the admin service's, so each request and answer is re-parsed from the
-same bytes. When the copies go, this module goes and the server registers
-``CopilotServicer`` itself.
+``CopilotAdminService``, composed here. Their messages carry the very fields
+and numbers of ``copilot.admin.v1``'s (tests/test_protos_buf.py keeps them
+identical), so crossing between the two is a re-parse of the same bytes
+(:func:`same_wire`), done here and nowhere else. When the copies go, this
+module goes and the server registers ``CopilotServicer`` itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from typing import TypeVar
+
+from google.protobuf.message import Message
 
 from copilot_client.proto.admin.v1 import admin_pb2
 from copilot_client.proto.v1 import copilot_pb2 as pb
-from copilotd.api.admin_servicer import AdminServicer, all_same_wire, same_wire
+from copilotd.api.admin_servicer import AdminServicer
 from copilotd.api.errors import Context
 from copilotd.api.servicer import CopilotServicer
 from copilotd.sessions.service import SessionService
+
+M = TypeVar("M", bound=Message)
+
+
+def same_wire(message: Message, kind: type[M]) -> M:
+    """``message`` as ``kind``, a message with the same fields and numbers."""
+    return kind.FromString(message.SerializeToString())
+
+
+async def all_same_wire(messages: AsyncIterable[Message], kind: type[M]) -> AsyncIterator[M]:
+    """Each of a stream's ``messages`` as ``kind`` (see :func:`same_wire`)."""
+    async for message in messages:
+        yield same_wire(message, kind)
 
 
 class CopilotServicerWithDeprecatedAdmin(CopilotServicer):

@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from copilot_client import CopilotError, DaemonUnavailableError
 from copilot_client.paths import SOCKET_ENV, resolve_socket_path
+from copilot_client.proto.admin.v1 import admin_pb2_grpc
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
 from copilot_client.service import ServiceClient
 from copilotd.admin.retention import DURATION_HELP, parse_duration
@@ -114,11 +115,17 @@ def socket_option(command: Callable[P, T]) -> Callable[P, T]:
 
 
 class Daemon:
-    """A connection to the running daemon: the stub, and calls whose errors are mapped."""
+    """A connection to the running daemon: the stubs, and calls whose errors are mapped.
+
+    ``stub`` is the session service; ``admin`` the administration service
+    (status, pin, prune, import, backup), never the session service's
+    deprecated copies of those methods.
+    """
 
     def __init__(self, transport: ServiceClient) -> None:
         self.transport = transport
         self.stub: copilot_pb2_grpc.CopilotServiceAsyncStub = transport.stub
+        self.admin: admin_pb2_grpc.CopilotAdminServiceAsyncStub = transport.admin_stub
 
     async def call(self, rpc: Any, request: Any) -> Any:
         return await self.transport.call(rpc, request)

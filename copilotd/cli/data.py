@@ -22,6 +22,7 @@ import click
 
 from copilot_client import SessionNotFoundError
 from copilot_client.paths import DATA_DIR_ENV, resolve_data_dir
+from copilot_client.proto.admin.v1 import admin_pb2
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd import __version__
 from copilotd.admin.export_format import (
@@ -145,20 +146,20 @@ def read_export(path: Path) -> Iterator[ExportedSession]:
 
 
 async def import_requests(
-    session: ExportedSession, conflict: pb.ImportConflict.ValueType
-) -> AsyncIterator[pb.ImportSessionRequest]:
+    session: ExportedSession, conflict: admin_pb2.ImportConflict.ValueType
+) -> AsyncIterator[admin_pb2.ImportSessionRequest]:
     """The header, then the events in batches of bounded size."""
-    header = pb.ImportHeader(
+    header = admin_pb2.ImportHeader(
         metadata=session.metadata, event_count=session.event_count, on_conflict=conflict
     )
-    request = pb.ImportSessionRequest(header=header)
+    request = admin_pb2.ImportSessionRequest(header=header)
     size = 0
     for event in session.events:
         request.events.append(event)
         size += event.ByteSize()
         if len(request.events) >= IMPORT_BATCH_EVENTS or size >= IMPORT_BATCH_BYTES:
             yield request
-            request, size = pb.ImportSessionRequest(), 0
+            request, size = admin_pb2.ImportSessionRequest(), 0
     if request.events or request.HasField("header"):
         yield request
 
@@ -178,11 +179,11 @@ def import_command(file: Path, rename: bool, overwrite: bool, socket_path: Path 
     if rename and overwrite:
         raise CliError("--rename and --overwrite exclude each other; choose one")
     conflict = (
-        pb.IMPORT_CONFLICT_RENAME
+        admin_pb2.IMPORT_CONFLICT_RENAME
         if rename
-        else pb.IMPORT_CONFLICT_OVERWRITE
+        else admin_pb2.IMPORT_CONFLICT_OVERWRITE
         if overwrite
-        else pb.IMPORT_CONFLICT_FAIL
+        else admin_pb2.IMPORT_CONFLICT_FAIL
     )
     # A first pass checks the whole file, so a defect is found before anything is imported.
     ids, total = [], 0
@@ -192,13 +193,13 @@ def import_command(file: Path, rename: bool, overwrite: bool, socket_path: Path 
 
     async def main() -> list[str]:
         async with connect(socket_path) as daemon:
-            if conflict == pb.IMPORT_CONFLICT_FAIL:
+            if conflict == admin_pb2.IMPORT_CONFLICT_FAIL:
                 await refuse_taken_ids(daemon, ids)
             reports = []
             with progress(total, "importing") as bar:
                 for session in read_export(file):
                     async with daemon.mapped_errors():
-                        response = await daemon.stub.ImportSession(
+                        response = await daemon.admin.ImportSession(
                             import_requests(session, conflict)
                         )
                     bar.update(session.event_count)
@@ -222,7 +223,7 @@ async def refuse_taken_ids(daemon: Daemon, ids: list[str]) -> None:
         )
 
 
-def import_report(response: pb.ImportSessionResponse) -> str:
+def import_report(response: admin_pb2.ImportSessionResponse) -> str:
     session = response.session
     line = f"imported {session.session_id} ({session.last_sequence} events)"
     if response.original_session_id:
@@ -294,7 +295,7 @@ def backup_command(dest: Path, socket_path: Path | None) -> None:
 
     async def main() -> int:
         async with connect(socket_path) as daemon, daemon.mapped_errors():
-            responses = aiter(daemon.stub.BackupStore(pb.BackupStoreRequest()))
+            responses = aiter(daemon.admin.BackupStore(admin_pb2.BackupStoreRequest()))
             info = (await anext(responses)).info
             if info.format != BACKUP_FORMAT:
                 raise CliError(

@@ -15,7 +15,7 @@ import click
 
 from copilot_client import DaemonUnavailableError
 from copilot_client.paths import resolve_data_dir, resolve_socket_path
-from copilot_client.proto.v1 import copilot_pb2 as pb
+from copilot_client.proto.admin.v1 import admin_pb2
 from copilotd.admin.retention import format_duration
 from copilotd.cli.common import (
     CliError,
@@ -36,7 +36,7 @@ TEMPLATE_EXEC_START: Final = "ExecStart=%h/.local/bin/copilotd serve"
 TEMPLATE_DATA_DIR: Final = "%h/.local/share/copilotd"
 
 
-def retention_text(policy: pb.RetentionPolicy) -> str:
+def retention_text(policy: admin_pb2.RetentionPolicy) -> str:
     parts = []
     if policy.max_age_seconds:
         parts.append(
@@ -67,10 +67,10 @@ def status_command(as_json: bool, socket_path: Path | None) -> None:
     Exits 0 when it runs and 3 when it does not.
     """
 
-    async def main() -> pb.GetDaemonStatusResponse:
+    async def main() -> admin_pb2.GetDaemonStatusResponse:
         async with connect(socket_path) as daemon:
-            response: pb.GetDaemonStatusResponse = await daemon.call(
-                daemon.stub.GetDaemonStatus, pb.GetDaemonStatusRequest()
+            response: admin_pb2.GetDaemonStatusResponse = await daemon.call(
+                daemon.admin.GetDaemonStatus, admin_pb2.GetDaemonStatusRequest()
             )
             return response
 

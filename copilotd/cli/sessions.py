@@ -12,6 +12,7 @@ from typing import Any
 import click
 from google.protobuf import json_format
 
+from copilot_client.proto.admin.v1 import admin_pb2
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd import events as ev
 from copilotd.admin.retention import format_duration
@@ -287,16 +288,16 @@ def prune_command(
     the N most recent. With neither, the daemon's [retention] policy is used,
     so `copilotd sessions prune --dry-run` shows what the next sweep deletes.
     """
-    request = pb.PruneSessionsRequest(dry_run=dry_run)
+    request = admin_pb2.PruneSessionsRequest(dry_run=dry_run)
     if older_than is not None or keep is not None:
         request.policy.max_age_seconds = int(older_than.total_seconds()) if older_than else 0
         if keep is not None:
             request.policy.max_sessions = keep
 
-    async def main() -> pb.PruneSessionsResponse:
+    async def main() -> admin_pb2.PruneSessionsResponse:
         async with connect(socket_path) as daemon:
-            response: pb.PruneSessionsResponse = await daemon.call(
-                daemon.stub.PruneSessions, request
+            response: admin_pb2.PruneSessionsResponse = await daemon.call(
+                daemon.admin.PruneSessions, request
             )
             return response
 
@@ -318,8 +319,8 @@ def _pin(session_id: str, pinned: bool, socket_path: Path | None) -> None:
     async def main() -> None:
         async with connect(socket_path) as daemon:
             await daemon.call(
-                daemon.stub.SetSessionPinned,
-                pb.SetSessionPinnedRequest(session_id=session_id, pinned=pinned),
+                daemon.admin.SetSessionPinned,
+                admin_pb2.SetSessionPinnedRequest(session_id=session_id, pinned=pinned),
             )
 
     run(main())
