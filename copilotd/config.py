@@ -205,7 +205,8 @@ class Connection:
     api_version: str = ""
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     timeout: float = DEFAULT_TIMEOUT
-    """Seconds a request may take in all."""
+    """Seconds to wait for the next bytes of an answer (and to send, or for a
+    pooled connection): the SDKs' read timeout, not a cap on the whole answer."""
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     stream_usage: bool = True

@@ -1,6 +1,6 @@
 """The ``[providers.NAME]`` and ``[models]`` tables of the config file.
 
-Example (README, "Configuration", has one per kind of server)::
+Example (``docs/configuration.md`` has one per kind of server, and every key)::
 
     [models]
     default = "gpt-4o-mini"        # model of sessions created without one

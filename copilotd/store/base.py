@@ -2,8 +2,11 @@
 
 A store holds, per session, one ``SessionRecord`` (metadata, kept current on
 every write) and an append-only log of persisted ``SessionEvent`` values.
-``tests/test_store_contract.py`` is the contract test suite; every backend
-subclasses it and must pass it unchanged.
+The contract test suite is in two halves, ``StoreContract`` in
+``tests/test_store_contract.py`` (sessions, events, reads, batches) and
+``LifecycleContract`` in ``tests/test_store_lifecycle.py`` (deletion, purging,
+listing, turns, pins, backups); every backend subclasses both (its fixture
+class is in ``tests/support/store_ops.py``) and must pass them unchanged.
 
 The contract:
 

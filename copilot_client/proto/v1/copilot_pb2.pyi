@@ -15,9 +15,11 @@ way the daemon does, taking the first that applies:
      (else $TEMP, else $TMP, else /tmp) and <uid> the user's numeric id.
 The daemon may also listen on TCP when configured to (token and TLS).
 
-Errors use standard gRPC status codes; the trailing metadata key
-"copilot-error-reason" names the precise cause (an ErrorReason value's
-name, e.g. ERROR_REASON_SESSION_NOT_FOUND).
+Errors use standard gRPC status codes. The precise cause, an ErrorReason
+value's name (e.g. ERROR_REASON_SESSION_NOT_FOUND), is sent as the reason
+of a google.rpc.ErrorInfo (domain "copilotd") in the standard
+google.rpc.Status details, and as the trailing metadata key
+"copilot-error-reason" for earlier clients. docs/protocol.md lists them.
 
 Session ids: 1 to 128 characters from [A-Za-z0-9._:@-], starting with a
 letter or a digit.
@@ -95,8 +97,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION, on PruneSessions"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
-    """Why a call failed, beyond its status code. Sent as the value of the
-    trailing metadata key "copilot-error-reason" (the enum value's name).
+    """Why a call failed, beyond its status code. The enum value's name is sent
+    as google.rpc.ErrorInfo.reason and as the trailing metadata key
+    "copilot-error-reason" (see the header).
     """
 
 ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0

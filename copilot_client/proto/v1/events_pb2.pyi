@@ -701,7 +701,7 @@ Global___SessionModelChangeData: _TypeAlias = SessionModelChangeData  # noqa: Y0
 class SessionTruncationData(_message.Message):
     """"session.truncation": the history did not fit the model's context budget,
     so the oldest messages were left out of this turn's request. Token counts
-    are estimates (see README, "Context budget").
+    are estimates (see docs/configuration.md#context-budget).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
