@@ -34,6 +34,7 @@ from copilotd.events import (
 from copilotd.store import (
     SCHEMA_VERSION,
     BackupUnsupported,
+    EventIdTaken,
     LmdbStore,
     MemoryStore,
     PendingMessage,
@@ -49,6 +50,7 @@ from copilotd.store import (
     StoreFull,
     StoreVersionError,
     StoreWriter,
+    lmdb_environment,
     open_store,
 )
 
@@ -711,6 +713,144 @@ class StoreContract:
 
     # Backup
 
+    # Event ids
+
+    def test_an_event_id_the_log_holds_is_refused(self, store: Store) -> None:
+        _, (first,) = create(store, "s", [user("one")])
+        other = user("other")
+        other.id = first.id
+        with pytest.raises(EventIdTaken) as taken:
+            append(store, "s", [user("written?"), other])
+        assert (taken.value.event_id, taken.value.sequence) == (first.id, 1)
+        twice = user("twice")
+        with pytest.raises(EventIdTaken):
+            append(store, "s", [twice, twice])
+        assert contents(all_events(store, "s")) == ["one"]
+        assert record_of(store, "s").metadata.last_sequence == 1
+        create(store, "elsewhere", [other])  # unique per session, not across sessions
+
+    def test_a_taken_id_is_reported_before_a_stale_sequence(self, store: Store) -> None:
+        _, (first,) = create(store, "s", [user("one")])
+        append(store, "s", [reply("two")])
+        again = user("one")
+        again.id = first.id
+        with pytest.raises(EventIdTaken):
+            append(store, "s", [again], expected_last_sequence=1)
+
+    def test_a_queued_message_may_not_take_a_logged_events_id(self, store: Store) -> None:
+        _, (first,) = create(store, "s", [user("one")])
+        queued = PendingMessage(message_id=first.id, content="again")
+        with pytest.raises(EventIdTaken):
+            append(store, "s", [], pending=[queued])
+        assert list(record_of(store, "s").pending) == []
+        append(store, "s", [], pending=[PendingMessage(message_id="fresh", content="x")])
+        assert [p.message_id for p in record_of(store, "s").pending] == ["fresh"]
+
+    def test_find_event_by_id(self, store: Store) -> None:
+        _, stored = create(store, "s", [user("one"), reply("two")])
+        _, (third,) = append(store, "s", [user("three")])
+        assert store.find_event("s", stored[1].id) == stored[1]
+        assert store.find_event("s", third.id) == third
+        assert store.find_event("s", "no-such-id") is None
+        assert store.find_event("s", "") is None
+        with pytest.raises(SessionNotFound):
+            store.find_event("gone", third.id)
+
+    def test_a_failed_operation_leaves_no_id_behind(self, store: Store) -> None:
+        create(store, "s")
+        kept = user("kept")
+
+        def append_then_fail(writer: StoreWriter) -> None:
+            writer.append_events("s", [kept])
+            raise SessionNotFound("s")
+
+        (failed,) = store.write_batch([append_then_fail])
+        assert isinstance(failed, SessionNotFound)
+        assert store.find_event("s", kept.id) is None
+        append(store, "s", [kept])
+        assert store.find_event("s", kept.id) == all_events(store, "s")[0]
+
+    def test_a_deleted_sessions_ids_are_free_again(self, store: Store) -> None:
+        _, (first,) = create(store, "s", [user("one")])
+        delete(store, "s")
+        purge(store, 1)
+        _, (again,) = create(store, "s", [first])
+        assert again.id == first.id and store.find_event("s", first.id) == again
+
+    # Staged imports
+
+    def test_a_staged_import_is_invisible_until_committed(self, store: Store) -> None:
+        staging = run(store, lambda w: w.begin_import(SessionMetadata(session_id="s")))
+        first, second = user("one"), reply("two")
+        run(store, lambda w: w.stage_events(staging, [first]))
+        staged = run(store, lambda w: w.stage_events(staging, [second]))
+        assert staged.metadata.last_sequence == 2
+        assert store.get_session("s") is None and store.session_count() == 0
+        assert store.list_sessions(limit=10) == ([], "")
+
+        record, replaced = run(store, lambda w: w.commit_import(staging, "s", replace=False))
+        assert not replaced
+        assert record == record_of(store, "s")
+        assert record.metadata.start_time == first.timestamp
+        assert record.metadata.modified_time == second.timestamp
+        assert contents(all_events(store, "s")) == ["one", "two"]
+        assert [e.sequence for e in all_events(store, "s")] == [1, 2]
+        assert all_events(store, "s")[1].parent_id == first.id
+        assert store.find_event("s", second.id) is not None
+        with pytest.raises(ValueError):
+            run(store, lambda w: w.stage_events(staging, [user("late")]))
+
+    def test_a_staged_log_refuses_a_repeated_id(self, store: Store) -> None:
+        staging = run(store, lambda w: w.begin_import(SessionMetadata(session_id="s")))
+        first = user("one")
+        run(store, lambda w: w.stage_events(staging, [first]))
+        with pytest.raises(EventIdTaken):
+            run(store, lambda w: w.stage_events(staging, [reply("two"), first]))
+        record, _ = run(store, lambda w: w.commit_import(staging, "s", replace=False))
+        assert record.metadata.last_sequence == 1
+
+    def test_commit_import_replaces_only_when_asked(self, store: Store) -> None:
+        create(store, "s", [user("old")])
+        append(store, "s", [], open_turn=("t", "m"))
+        staging = run(store, lambda w: w.begin_import(SessionMetadata(session_id="s")))
+        run(store, lambda w: w.stage_events(staging, [user("new")]))
+
+        with pytest.raises(SessionExists):
+            run(store, lambda w: w.commit_import(staging, "s", replace=False))
+        assert contents(all_events(store, "s")) == ["old"]
+        _, replaced = run(store, lambda w: w.commit_import(staging, "s", replace=True))
+        assert replaced
+        assert contents(all_events(store, "s")) == ["new"]
+        assert listed_ids(store.list_sessions(limit=10)[0]) == ["s"]
+        assert store.sessions_with_open_turns() == [] and store.session_count() == 1
+        assert purge(store, 10) == 1  # the old log's one event
+
+    def test_a_replace_that_fails_leaves_the_old_session_whole(self, store: Store) -> None:
+        _, old = create(store, "s", [user("old"), reply("answer")])
+        staging = run(store, lambda w: w.begin_import(SessionMetadata(session_id="s")))
+        run(store, lambda w: w.stage_events(staging, [user("new")]))
+
+        def replace_then_fail(writer: StoreWriter) -> None:
+            writer.commit_import(staging, "s", replace=True)
+            raise RuntimeError("the disk went away")
+
+        with pytest.raises(RuntimeError):
+            store.write_batch([replace_then_fail])
+        assert all_events(store, "s") == old
+        assert store.find_event("s", old[1].id) == old[1]
+        run(store, lambda w: w.commit_import(staging, "renamed", replace=False))
+        assert contents(all_events(store, "renamed")) == ["new"]
+
+    def test_a_discarded_import_is_purged(self, store: Store) -> None:
+        staging = run(store, lambda w: w.begin_import(SessionMetadata(session_id="s")))
+        run(store, lambda w: w.stage_events(staging, [user(str(n)) for n in range(5)]))
+        run(store, lambda w: w.discard_import(staging))
+        run(store, lambda w: w.discard_import(staging))  # twice: nothing more to do
+        assert purge(store, 10) == 5
+        with pytest.raises(ValueError):
+            run(store, lambda w: w.commit_import(staging, "s", replace=False))
+        assert store.get_session("s") is None
+
     def test_a_copy_holds_what_was_committed_before_it(self, store: Store, tmp_path: Path) -> None:
         create(store, "kept", [user("a"), reply("b")])
         append(store, "kept", [user("q")], open_turn=("t1", "m1"))
@@ -816,12 +956,12 @@ def set_schema_version(path: Path, version: bytes) -> None:
         env.close()
 
 
-def event_entries(path: Path) -> int:
-    """Entries in the store's events table, read from the files directly."""
+def event_entries(path: Path, table: bytes = b"events") -> int:
+    """Entries in one of the store's tables (events by default), read from the files directly."""
     env = lmdb.open(str(path), max_dbs=8, readonly=True, lock=False)
     try:
         with env.begin() as txn:
-            return int(txn.stat(env.open_db(b"events", txn=txn, create=False))["entries"])
+            return int(txn.stat(env.open_db(table, txn=txn, create=False))["entries"])
     finally:
         env.close()
 
@@ -890,6 +1030,67 @@ class TestLmdbFiles:
         path = tmp_path / "deep" / "store"
         LmdbStore.open(path).close()
         assert path.stat().st_mode & 0o777 == 0o700
+
+    def test_an_import_cut_short_is_discarded_at_the_next_open(self, tmp_path: Path) -> None:
+        path = tmp_path / "store"
+        store = LmdbStore.open(path)
+        staging = run(store, lambda w: w.begin_import(SessionMetadata(session_id="s")))
+        run(store, lambda w: w.stage_events(staging, [user(str(n)) for n in range(30)]))
+        store.close()  # as if the daemon died mid-import
+        assert event_entries(path) == 30
+
+        store = LmdbStore.open(path)
+        try:
+            with pytest.raises(ValueError):
+                run(store, lambda w: w.commit_import(staging, "s", replace=False))
+            assert purge(store, 100) == 30
+            assert store.get_session("s") is None
+        finally:
+            store.close()
+        assert event_entries(path) == 0
+        assert event_entries(path, b"event_ids") == 0
+
+    def test_purging_removes_the_id_index_too(self, tmp_path: Path) -> None:
+        path = tmp_path / "store"
+        store = LmdbStore.open(path)
+        create(store, "gone", [user(str(n)) for n in range(7)])
+        create(store, "kept", [user("k")])
+        delete(store, "gone")
+        assert [purge(store, 4), purge(store, 4)] == [4, 3]
+        store.close()
+        assert event_entries(path, b"event_ids") == 1
+
+    def test_a_version_1_store_gets_its_id_index_at_open(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = tmp_path / "store"
+        store = LmdbStore.open(path)
+        _, big = create(store, "big", [user(str(n)) for n in range(25)])
+        _, small = create(store, "small", [user("one")])
+        create(store, "gone", [user("x")])
+        delete(store, "gone")
+        store.close()
+        env = lmdb.open(str(path), max_dbs=8)
+        with env.begin(write=True) as txn:
+            txn.drop(env.open_db(b"event_ids", txn=txn), delete=True)
+            txn.drop(env.open_db(b"staging", txn=txn), delete=True)
+        env.close()
+        set_schema_version(path, b"1")
+
+        monkeypatch.setattr(lmdb_environment, "MIGRATION_STEP", 4)  # several steps
+        store = LmdbStore.open(path)
+        try:
+            assert all(store.find_event("big", e.id) == e for e in big)
+            assert store.find_event("small", small[0].id) == small[0]
+            with pytest.raises(EventIdTaken):
+                append(store, "big", [big[24]])
+        finally:
+            store.close()
+        assert event_entries(path, b"event_ids") == 26
+        env = lmdb.open(str(path), max_dbs=8, readonly=True, lock=False)
+        with env.begin() as txn:
+            assert txn.get(b"schema_version", db=env.open_db(b"sys", txn=txn)) == b"2"
+        env.close()
 
     def test_a_newer_schema_is_refused_untouched(self, tmp_path: Path) -> None:
         path = tmp_path / "store"
