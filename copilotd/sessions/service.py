@@ -19,6 +19,7 @@ from copilotd import events as ev
 from copilotd.errors import (
     InvalidArgumentError,
     MessageAlreadyAnsweredError,
+    MessageIdTakenError,
     Reason,
     ServiceError,
     SessionNotFoundError,
@@ -385,17 +386,24 @@ class SessionService:
         recorded again: the message as it stands is returned.
         """
         state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
-        if (known := state.known_message(user.id)) is not None:
+        known = state.known_message(user.id) or self._history.logged_message(session_id, message_id)
+        if known is not None:
             return known
         state.check_sequence(session_id, expected_last_sequence)
-        return await self._scheduler.send(
-            session_id,
-            state,
-            user,
-            mode=mode,
-            expected_last_sequence=expected_last_sequence,
-            record=record,
-        )
+        try:
+            return await self._scheduler.send(
+                session_id,
+                state,
+                user,
+                mode=mode,
+                expected_last_sequence=expected_last_sequence,
+                record=record,
+            )
+        except MessageIdTakenError:
+            # The store's check, in the writing transaction: recorded meanwhile.
+            if (known := self._history.logged_message(session_id, message_id)) is not None:
+                return known
+            raise
 
     async def send_message_and_wait(
         self,
@@ -414,7 +422,7 @@ class SessionService:
         turn has ended raises ``MessageAlreadyAnsweredError``.
         """
         state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
-        known = state.known_message(user.id)
+        known = state.known_message(user.id) or self._history.logged_message(session_id, message_id)
         if (
             known is not None
             and not known[1]
@@ -438,9 +446,13 @@ class SessionService:
                     expected_last_sequence=expected_last_sequence,
                     record=record,
                 )
-            except BaseException:
+            except BaseException as error:
                 if state.turn_waiters.get(user.id) is waiter:
                     del state.turn_waiters[user.id]
+                if isinstance(error, MessageIdTakenError) and self._history.logged_message(
+                    session_id, message_id
+                ):
+                    raise MessageAlreadyAnsweredError(session_id, user.id) from None
                 raise
         # Shielded: a caller that gives up leaves the waiter to others sending
         # the same id again; the turn's end resolves and removes it.
