@@ -9,9 +9,10 @@ it drives see this service only as a ``state.TurnHost``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
 from copilot_client.wire import LIFECYCLE_CREATED, LIFECYCLE_DELETED, LIFECYCLE_UPDATED
@@ -354,6 +355,38 @@ class SessionService:
         check_session_id(session_id)
         with store_errors(session_id):
             await self._committer.submit(lambda writer: writer.delete_session(session_id))
+        await self._forget(session_id)
+        log.info("deleted session %s", session_id)
+
+    @contextlib.asynccontextmanager
+    async def held_for_replace(self, session_id: str) -> AsyncIterator[int | None]:
+        """Hold a session still while an import replaces it in one commit.
+
+        Yields its last sequence (None: there is no such session) once its
+        running turn has ended, its queue held back; the replacing commit
+        should expect that sequence, so a message sent meanwhile makes it
+        fail rather than land in the new history. If the body raises, the
+        queue goes on; otherwise the old session is forgotten as if deleted.
+        """
+        state = self._states.get(session_id)
+        held: list[PendingMessage] = []
+        if state is not None:
+            held, state.pending[:] = list(state.pending), []
+            if state.turn is not None:
+                await self._turns.cancel(state.turn, reason="replaced by an imported session")
+        record = self._store.get_session(session_id)
+        try:
+            yield None if record is None else record.metadata.last_sequence
+        except BaseException:
+            if state is not None and held:
+                state.pending[:0] = held
+                if state.turn is None and not self._shutting_down:
+                    self._scheduler.start_next(session_id, state)
+            raise
+        await self._forget(session_id)
+
+    async def _forget(self, session_id: str) -> None:
+        """What follows a session's removal from the store: its state, streams, turn, secrets."""
         self.purger.kick()
         state = self._states.pop(session_id, None)
         self.idle_contexts.take(session_id)
@@ -367,7 +400,6 @@ class SessionService:
             await self._turns.cancel(state.turn, reason="session deleted", interrupted=False)
         await self.providers.forget_session(session_id)
         self.lifecycle.announce(LIFECYCLE_DELETED, session_id, None)
-        log.info("deleted session %s", session_id)
 
     async def send_message(
         self,
