@@ -6,7 +6,7 @@ Issue 12 items 2 and 10, and item 20's import and delete-race cases.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from pathlib import Path
 
 import grpc
@@ -164,23 +164,37 @@ async def test_send_racing_delete_is_not_found_never_internal(daemon: DaemonProc
     async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
         stub = Stub(channel)
         codes: set[grpc.StatusCode] = set()
-        for round_number in range(20):
+        for round_number in range(60):
             session_id = f"race-{round_number}"
             await stub.CreateSession(
                 pb.CreateSessionRequest(config=pb.SessionConfig(session_id=session_id))
             )
-            sends = [
+            calls: list[Awaitable[object]] = [
                 stub.SendMessage(pb.SendMessageRequest(session_id=session_id, prompt="hi"))
-                for _ in range(5)
+                for _ in range(round_number % 6)
             ]
-            delete = stub.DeleteSession(pb.DeleteSessionRequest(session_id=session_id))
-            results = await asyncio.gather(*sends, delete, return_exceptions=True)
+            calls.insert(
+                round_number % 4,
+                stub.DeleteSession(pb.DeleteSessionRequest(session_id=session_id)),
+            )
+            calls += [
+                stub.SendMessageAndWait(
+                    pb.SendMessageAndWaitRequest(session_id=session_id, prompt="hi")
+                )
+                for _ in range(2)
+            ]
+            results = await asyncio.gather(*calls, return_exceptions=True)
             for result in results:
                 if isinstance(result, grpc.aio.AioRpcError):
                     codes.add(result.code())
                 else:
                     assert not isinstance(result, BaseException), result
         assert codes <= {grpc.StatusCode.NOT_FOUND}, codes
+    log = "".join(daemon.output)
+    # A waiter failed by the delete, while its send failed on its own, was
+    # left with an exception nobody retrieved; a turn whose session went
+    # away met a KeyError.
+    assert "never retrieved" not in log and "KeyError" not in log, log
 
 
 def anonymous_memory_mib(pid: int) -> int:

@@ -238,7 +238,9 @@ class SessionService:
 
     def load_context(self, session_id: str) -> ContextWindow:
         """The session's recent user and assistant messages (cached per session)."""
-        state = self._states[session_id]
+        state = self._states.get(session_id)
+        if state is None:  # deleted since its turn began
+            raise SessionNotFoundError(session_id)
         self.idle_contexts.take(session_id)
         if state.context is None:
             state.context = ContextWindow.load(self._store, session_id)
@@ -481,6 +483,8 @@ class SessionService:
             except BaseException as error:
                 if state.turn_waiters.get(user.id) is waiter:
                     del state.turn_waiters[user.id]
+                if waiter.done() and not waiter.cancelled():
+                    waiter.exception()  # failed by a racing delete; this error says it
                 if isinstance(error, MessageIdTakenError) and self._history.logged_message(
                     session_id, message_id
                 ):
