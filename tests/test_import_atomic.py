@@ -246,3 +246,30 @@ async def test_a_million_event_import_is_staged_with_bounded_memory(
     daemon: DaemonProcess,
 ) -> None:
     assert await import_and_watch_memory(daemon, 1_000_000) < 80
+
+
+async def test_an_overwrite_stops_the_old_sessions_turn_and_queue(
+    slow_daemon: DaemonProcess,
+) -> None:
+    async with grpc.aio.insecure_channel(f"unix:{slow_daemon.socket_path}") as channel:
+        stub = Stub(channel)
+        await stub.CreateSession(pb.CreateSessionRequest(config=pb.SessionConfig(session_id="s")))
+        running = await stub.SendMessage(pb.SendMessageRequest(session_id="s", prompt="long"))
+        queued = await stub.SendMessage(pb.SendMessageRequest(session_id="s", prompt="next"))
+        assert running.sequence and queued.queued
+        new = history(5)
+        response = await stub.ImportSession(requests(header_for("s", 5), new))
+        assert response.replaced
+        # Nothing of the old session's turn or queue reaches the new history,
+        # not even once the old turn would have ended.
+        await stub.SendMessageAndWait(pb.SendMessageAndWaitRequest(session_id="s", prompt="after"))
+        events = await all_events(stub, "s")
+        assert [e.id for e in events[:5]] == [e.id for e in new]
+        assert [e.type for e in events[5:]] == [
+            ev.USER_MESSAGE,
+            ev.ASSISTANT_TURN_START,
+            ev.ASSISTANT_MESSAGE,
+            ev.ASSISTANT_TURN_END,
+        ]
+        session = (await stub.GetSession(pb.GetSessionRequest(session_id="s"))).session
+        assert not session.turn_running and session.pending_messages == 0
