@@ -201,7 +201,7 @@ class LmdbStore(Store):
         if cap is not None and current >= cap:
             raise StoreFull(
                 f"the copilotd store at {self._path} reached its size cap of {cap} bytes; "
-                "nothing was written. Raise the cap (max_map_size) or delete old sessions."
+                "nothing was written. Delete old sessions or raise the cap (max_map_size)."
             )
         new_size = current * 2 if cap is None else min(current * 2, cap)
         with self._gate.exclusive():
