@@ -18,6 +18,7 @@ from copilotd import events as ev
 from copilotd.admin.importer import STAGE_EVENTS
 from tests.support.daemon_process import DaemonProcess
 from tests.test_api import wire_error
+from tests.test_store_contract import event_entries
 
 Stub = copilot_pb2_grpc.CopilotServiceStub
 
@@ -273,3 +274,19 @@ async def test_an_overwrite_stops_the_old_sessions_turn_and_queue(
         ]
         session = (await stub.GetSession(pb.GetSessionRequest(session_id="s"))).session
         assert not session.turn_running and session.pending_messages == 0
+
+
+async def test_a_failed_import_leaves_nothing_behind(daemon: DaemonProcess) -> None:
+    async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
+        stub = Stub(channel)
+        count = STAGE_EVENTS * 2 + 500
+        events = history(count)
+        events[-1].sequence = 1  # found only after two batches were staged
+        error = await wire_error(stub.ImportSession(requests(header_for("s", count), events)))
+        assert f"event {count}: sequence 1 where {count} was expected" in error.details
+        assert list((await stub.ListSessions(pb.ListSessionsRequest())).sessions) == []
+        # The staged events are reclaimed, without waiting for a deletion or a restart.
+        daemon.wait_for_output(f"purged {STAGE_EVENTS * 2} events")
+    assert daemon.terminate() == 0
+    assert event_entries(daemon.data_dir / "store") == 0
+    assert event_entries(daemon.data_dir / "store", b"event_ids") == 0

@@ -199,6 +199,7 @@ class Importer:
             await asyncio.shield(
                 self._committer.submit(lambda writer: writer.discard_import(staging))
             )
+            self._service.purger.kick()
             raise
         log.info(
             "imported session %s%s (%d events)",
