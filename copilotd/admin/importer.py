@@ -24,6 +24,7 @@ from copilotd import events as ev
 from copilotd.errors import (
     InvalidImportError,
     MessageIdTakenError,
+    SequenceConflictError,
     ServiceError,
     SessionExistsError,
 )
@@ -263,8 +264,16 @@ class Importer:
                         writer.append_events(original_id, [], expected_last_sequence=last_sequence)
                     return writer.commit_import(staging, original_id, replace=True)
 
-                with store_errors(original_id):
-                    record, replaced = await self._committer.submit(replace)
+                try:
+                    with store_errors(original_id):
+                        record, replaced = await self._committer.submit(replace)
+                except SequenceConflictError as error:
+                    error.message = (
+                        f"session {original_id!r} changed while the import was replacing it "
+                        "(a message was sent to it); nothing was imported and the session was "
+                        "left as it is: import again"
+                    )
+                    raise
             return _result(record, original_id, replaced, closed_open_turn)
         candidates = [original_id]
         if mode == Conflict.IMPORT_CONFLICT_RENAME:
