@@ -98,6 +98,10 @@ class ModelProvider(ABC):
     """Something that answers chat requests, streaming."""
 
     name: str
+    # What metrics label its figures with. A session's own provider is named
+    # after the session, and session ids in labels would make a series set
+    # per session, so it is labelled by its type instead.
+    metrics_label: str = ""
     # False for a provider whose answers cost no tokens (the offline model):
     # its turns record no assistant.usage.
     counts_tokens: bool = True
