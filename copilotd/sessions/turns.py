@@ -235,19 +235,21 @@ class TurnEngine:
     def _usage(
         turn: RunningTurn, usage: Usage | None, fitted: FittedRequest, seconds: float
     ) -> SessionEvent:
-        """The turn's assistant.usage: as reported, else estimated like the context budget."""
+        """The turn's assistant.usage: as reported; a count the provider did not send is
+        estimated like the context budget, and the usage then says it is estimated."""
         if usage is None:
-            usage = Usage(
-                input_tokens=fitted.tokens, output_tokens=estimate_tokens("".join(turn.text))
-            )
-            estimated = True
-        else:
-            estimated = False
+            usage = Usage(input_tokens=None, output_tokens=None)
+        input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+        estimated = input_tokens is None or output_tokens is None
+        if input_tokens is None:
+            input_tokens = fitted.tokens
+        if output_tokens is None:
+            output_tokens = estimate_tokens("".join(turn.text))
         return ev.make_event(
             ev.ASSISTANT_USAGE,
             model=turn.model,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             cache_read_tokens=usage.cache_read_tokens,
             cache_write_tokens=usage.cache_write_tokens,
             duration_ms=round(seconds * 1000),
