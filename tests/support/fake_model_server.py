@@ -57,6 +57,8 @@ class Reply:
             the API's own shape (e.g. FastAPI's ``{"detail": ...}``).
         empty: answer ``200 OK`` with an event stream that has no event at
             all, as llama.cpp's server does for a prompt over its context.
+        gate: hold the stream after its first chunk until this is set (the
+            test does something while the turn is under way).
     """
 
     chunks: tuple[str, ...] = ()
@@ -70,6 +72,7 @@ class Reply:
     usage: tuple[int | None, int | None] | None = None
     body: dict[str, Any] | None = None
     empty: bool = False
+    gate: threading.Event | None = None
 
 
 def stream(
@@ -263,6 +266,8 @@ class FakeModelServer:
                 await response.write(payload)
                 if kind == "chunk":
                     self._update(lambda: setattr(request, "chunks_sent", request.chunks_sent + 1))
+                    if reply.gate is not None and request.chunks_sent == 1:
+                        await asyncio.to_thread(reply.gate.wait, WAIT_TIMEOUT)
             await response.write_eof()
             return response
 
