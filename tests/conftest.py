@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon_process import SLOW_DELAY, DaemonProcess, short_temp_dir
+from tests.support.full_store import mounted_small_disk
 
 # What would make a test read the developer's own setup: copilotd's variables
 # (config file, socket, data dir, token) and the provider SDKs' keys and URLs.
@@ -54,3 +55,10 @@ def slow_daemon(short_tmp: Path) -> Iterator[DaemonProcess]:
     process = DaemonProcess(short_tmp, extra_args=["--offline-delay", SLOW_DELAY]).start()
     yield process
     process.kill()
+
+
+@pytest.fixture
+def small_disk(short_tmp: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs for the test's data (root only; skips otherwise)."""
+    with mounted_small_disk(short_tmp) as mount_point:
+        yield mount_point

@@ -17,6 +17,10 @@ from copilotd.sessions.store_errors import store_errors
 from copilotd.store import Store
 
 STREAM_BATCH_EVENTS = 256
+# A stream's batches are smaller than a page: a client that stops reading
+# leaves its last batch pinned in the daemon (queued for the connection) for
+# as long as the stream lasts, so this bounds what each such stream costs.
+STREAM_BATCH_BYTES = 256 * 1024
 
 
 class History:
@@ -107,11 +111,12 @@ class History:
                         session_id,
                         after=cursor,
                         limit=STREAM_BATCH_EVENTS,
-                        max_bytes=PAGE_BYTES,
+                        max_bytes=STREAM_BATCH_BYTES,
                     )
                     if page:
                         cursor = page[-1].sequence
                     caught_up = not page or self._read_to_end(session_id, cursor)
+                subscription.hold(sum(event.ByteSize() for event in page))
                 yield page, caught_up
                 if caught_up:
                     break
@@ -125,7 +130,7 @@ class History:
                 for event in fresh:
                     if not event.ephemeral:
                         cursor = event.sequence
-                for part in byte_batches(fresh):
+                for part in byte_batches(fresh, STREAM_BATCH_BYTES):
                     yield part, True
         finally:
             self._fanout.unsubscribe(subscription)
