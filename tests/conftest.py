@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon_process import SLOW_DELAY, DaemonProcess, short_temp_dir
+from tests.support.privileged import stranger as stranger  # a fixture for every test
 
 # What would make a test read the developer's own setup: copilotd's variables
 # (config file, socket, data dir, token) and the provider SDKs' keys and URLs.

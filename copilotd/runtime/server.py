@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import stat
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -87,7 +88,7 @@ async def serve(config: DaemonConfig, *, on_ready: Callable[[str], None] | None 
         config = replace(config, socket_path=inherited.path)
     install_log_redaction()
     check_socket_path(config.socket_path)
-    ensure_private_dir(config.socket_path.parent)
+    ensure_private_dir(config.socket_path.parent, follow_symlinks=False)
     ensure_private_dir(config.data_dir)
     with (
         exclusive_lock(config.data_dir / DATA_LOCK_NAME, f"the data directory {config.data_dir}"),
@@ -196,7 +197,10 @@ async def _serve_store(
         await committer.close()
         raise StartupError(str(error)) from None
     await server.start()
-    os.chmod(bound_path, 0o600)
+    # grpc binds with the umask's mode; tighten the socket it made (lstat: only
+    # a socket, never what a link would point to).
+    if stat.S_ISSOCK(os.lstat(bound_path).st_mode):
+        os.chmod(bound_path, 0o600)
     for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
