@@ -1,10 +1,12 @@
-"""``copilotd status`` and ``copilotd install-service``."""
+"""``copilotd status``, ``copilotd stop`` and ``copilotd install-service``."""
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import shlex
+import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -135,6 +137,81 @@ def _print_not_running(socket_path: Path, as_json: bool) -> None:
         f"store:      {human_bytes(on_disk) + ' file' if on_disk is not None else 'none yet'}"
     )
     click.echo("start it:   copilotd serve, or systemctl --user start copilotd")
+
+
+# -- stop -------------------------------------------------------------------------------
+
+DEFAULT_STOP_TIMEOUT: Final = 30.0  # as the unit's TimeoutStopSec
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (not our child) exits within ``timeout`` seconds."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)  # readable once the process has exited
+        return bool(poller.poll(timeout * 1000))
+    finally:
+        os.close(fd)
+
+
+@click.command("stop")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_STOP_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the daemon to finish running turns and exit.",
+)
+@socket_option
+@reports_errors
+def stop_command(timeout: float, socket_path: Path | None) -> None:
+    """Stop the daemon that serves the socket, and wait until it has exited cleanly.
+
+    Only that daemon: the pid comes from the daemon itself, never from a name
+    match. Running turns end with an "interrupted" marker. Exits 0 when it
+    stopped or was not running.
+    """
+
+    async def main() -> pb.GetDaemonStatusResponse:
+        async with connect(socket_path) as daemon:
+            response: pb.GetDaemonStatusResponse = await daemon.call(
+                daemon.stub.GetDaemonStatus, pb.GetDaemonStatusRequest()
+            )
+            return response
+
+    try:
+        status = run(main())
+    except CliError as error:
+        if not isinstance(error.__cause__, DaemonUnavailableError):
+            raise
+        click.echo(
+            f"copilotd is not running (nothing answers at {resolve_socket_path(socket_path)})"
+        )
+        return
+    try:
+        os.kill(status.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass  # it exited between answering and the signal
+    except PermissionError as error:
+        raise CliError(
+            f"cannot stop copilotd (pid {status.pid}): {error.strerror}; it runs as another user"
+        ) from None
+    if not wait_for_exit(status.pid, timeout):
+        raise CliError(
+            f"copilotd (pid {status.pid}) did not exit within {timeout:g} s; it may still be "
+            f"closing its store. Wait, or force it with `kill -KILL {status.pid}` (turns "
+            "still running are then closed at the next start)"
+        )
+    click.echo(f"stopped copilotd (pid {status.pid})")
+    if status.socket_activated:
+        click.echo(
+            "its socket is systemd's: the next client starts it again; to keep it stopped run\n"
+            "  systemctl --user stop copilotd.socket copilotd.service"
+        )
 
 
 # -- install-service --------------------------------------------------------------------

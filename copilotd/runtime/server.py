@@ -45,6 +45,7 @@ from copilotd.runtime.datadir import (
 )
 from copilotd.runtime.metrics import MetricsAddressError
 from copilotd.runtime.sidecars import Operations
+from copilotd.runtime.socket_watch import SocketWatch
 from copilotd.runtime.systemd import listen_sockets
 from copilotd.sessions.service import SessionService
 from copilotd.store import Store, StoreError, open_store
@@ -209,6 +210,8 @@ async def _serve_store(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     operations.start(inherited, bound_path)
+    socket_watch = SocketWatch({config.socket_path, bound_path}, stop.set)
+    socket_watch.start()
     log.info(
         "copilotd %s serving on %s (data in %s%s)",
         __version__,
@@ -224,6 +227,7 @@ async def _serve_store(
         await stop.wait()
     finally:
         log.info("shutting down")
+        await socket_watch.stop()
         await operations.stopping()
         await health.enter_graceful_shutdown()
         warm_up.cancel()
@@ -234,5 +238,7 @@ async def _serve_store(
         await operations.close()
         await committer.close()
         await providers.aclose()
-        bound_path.unlink(missing_ok=True)
+        # Not if it was replaced: the new file may be another daemon's socket.
+        if socket_watch.still_ours(bound_path):
+            bound_path.unlink()
         log.info("stopped; store closed cleanly")
