@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -138,3 +139,65 @@ def test_a_replaced_socket_is_not_unlinked_by_the_daemon_that_lost_it(short_tmp:
         assert daemon.socket_path.read_text() == "someone else's"
     finally:
         daemon.kill()
+
+
+# -- what the daemon loaded -----------------------------------------------------------------
+
+SECRET = "sk-inline-" + "7" * 24
+CONFIG = f"""
+[models]
+default = "small"
+
+[providers.local]
+type = "openai"
+base_url = "http://user:pw@127.0.0.1:9/v1?key=hidden"
+api_key = "{SECRET}"
+models = ["small", "large"]
+"""
+
+
+def write_config(directory: Path, mode: int) -> Path:
+    path = directory / "config.toml"
+    path.write_text(CONFIG)
+    os.chmod(path, mode)
+    return path
+
+
+def test_status_and_the_log_show_what_was_loaded_without_secrets(short_tmp: Path) -> None:
+    config = write_config(short_tmp, 0o600)
+    daemon = DaemonProcess(short_tmp, ["--config", str(config)]).start()
+    try:
+        status = ok(copilotd(daemon, "status"))
+        assert f"config:     {config}\n" in status
+        assert "store:      lmdb, " in status
+        assert "provider:   local (openai): small (default), large\n" in status
+        as_json = json.loads(ok(copilotd(daemon, "status", "--json")))
+        assert as_json["config_file"] == str(config)
+        assert as_json["store_backend"] == "lmdb"
+        assert [model["id"] for model in as_json["models"]] == ["small", "large"]
+        log = "".join(daemon.output)
+        assert f"config: {config}\n" in log
+        assert f"store: lmdb in {daemon.data_dir / 'store'}\n" in log
+        assert (
+            "provider local: openai at http://127.0.0.1:9/v1, secret set, models: small, large\n"
+        ) in log
+        for text in (status, json.dumps(as_json), log):
+            assert SECRET not in text and "pw@" not in text and "hidden" not in text
+    finally:
+        daemon.kill()
+
+
+def test_status_says_when_no_config_file_was_read(daemon: DaemonProcess) -> None:
+    status = ok(copilotd(daemon, "status"))
+    assert "config:     none (built-in defaults)\n" in status
+    assert "providers:  none configured" in status
+
+
+def test_a_config_file_others_can_read_with_an_inline_key_is_refused(short_tmp: Path) -> None:
+    config = write_config(short_tmp, 0o644)
+    line = start_failure(DaemonProcess(short_tmp, ["--config", str(config)]))
+    assert line == (
+        f"copilotd: cannot start: {config} holds an inline api_key ([providers.local]) and can "
+        f"be read by other users (mode 644); run chmod 600 {config}, or name an environment "
+        "variable with api_key_env instead"
+    )

@@ -64,20 +64,24 @@ def file_size(path: Path) -> int | None:
 @socket_option
 @reports_errors
 def status_command(as_json: bool, socket_path: Path | None) -> None:
-    """Whether the daemon runs, and its version, socket, data, store size and sessions.
+    """Whether the daemon runs, and its version, socket, data, store, sessions, the
+    config file it read and the providers and models it serves (never secrets).
 
     Exits 0 when it runs and 3 when it does not.
     """
 
-    async def main() -> admin_pb2.GetDaemonStatusResponse:
+    async def main() -> tuple[admin_pb2.GetDaemonStatusResponse, pb.ListModelsResponse]:
         async with connect(socket_path) as daemon:
-            response: admin_pb2.GetDaemonStatusResponse = await daemon.call(
+            status: admin_pb2.GetDaemonStatusResponse = await daemon.call(
                 daemon.admin.GetDaemonStatus, admin_pb2.GetDaemonStatusRequest()
             )
-            return response
+            models: pb.ListModelsResponse = await daemon.call(
+                daemon.stub.ListModels, pb.ListModelsRequest()
+            )
+            return status, models
 
     try:
-        status = run(main())
+        status, models = run(main())
     except CliError as error:
         if not isinstance(error.__cause__, DaemonUnavailableError):
             raise
@@ -99,6 +103,18 @@ def status_command(as_json: bool, socket_path: Path | None) -> None:
             "running_turns": status.running_turns,
             "retention": retention_text(status.retention),
             "metrics": status.metrics_address or None,
+            "config_file": status.config_file or None,
+            "store_backend": status.store_backend,
+            "offline_only": models.offline_only,
+            "models": [
+                {
+                    "id": model.id,
+                    "provider": model.provider,
+                    "provider_type": model.provider_type,
+                    "default": model.is_default,
+                }
+                for model in models.models
+            ],
         }
         click.echo(json.dumps(report, indent=2))
         return
@@ -110,13 +126,29 @@ def status_command(as_json: bool, socket_path: Path | None) -> None:
         f"copilotd {status.version} is running (pid {status.pid}, up {uptime})",
         f"socket:     {status.socket_path}{' (from systemd)' if status.socket_activated else ''}",
         f"data dir:   {status.data_dir}",
-        f"store:      {human_bytes(status.store_bytes)} in use{disk}",
+        f"config:     {status.config_file or 'none (built-in defaults)'}",
+        f"store:      {status.store_backend}, {human_bytes(status.store_bytes)} in use{disk}",
+        *providers_lines(models),
         f"sessions:   {status.session_count} ({status.running_turns} turn(s) running)",
         f"retention:  {retention_text(status.retention)}",
         "metrics:    "
         + (f"http://{status.metrics_address}/metrics" if status.metrics_address else "off"),
     ]
     click.echo("\n".join(lines))
+
+
+def providers_lines(models: pb.ListModelsResponse) -> list[str]:
+    """One ``provider:`` line per provider: its type and models, the default marked."""
+    if models.offline_only:
+        return ["providers:  none configured (the offline model answers every model name)"]
+    by_provider: dict[tuple[str, str], list[str]] = {}
+    for model in models.models:
+        name = model.id + (" (default)" if model.is_default else "")
+        by_provider.setdefault((model.provider, model.provider_type), []).append(name)
+    return [
+        f"provider:   {provider} ({kind}): {', '.join(names)}"
+        for (provider, kind), names in by_provider.items()
+    ]
 
 
 def _print_not_running(socket_path: Path, as_json: bool) -> None:

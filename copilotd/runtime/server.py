@@ -10,6 +10,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -73,6 +74,41 @@ def check_socket_path(socket_path: Path) -> None:
             f"socket path {socket_path} is longer than {MAX_SOCKET_PATH_BYTES} bytes, the limit "
             "of Unix sockets; choose a shorter --socket"
         )
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without user info, query or fragment, where credentials may hide."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def loaded_summary(config: DaemonConfig) -> list[str]:
+    """What the daemon loaded, for its start-up log; never a secret."""
+    store = f"store: {config.store.backend} in {config.data_dir / STORE_SUBDIR}"
+    if config.store.max_size is not None:
+        store += f", capped at {config.store.max_size} bytes"
+    lines = [f"config: {config.source or 'none (built-in defaults)'}", store]
+    providers = config.providers
+    for name, connection in providers.connections.items():
+        models = [model.name for model in providers.models.values() if model.provider == name]
+        if connection.missing_secret:
+            secret = f"missing ({connection.missing_secret})"
+        else:
+            secret = "set" if connection.api_key or connection.bearer_token else "none"
+        where = f" at {_without_credentials(connection.base_url)}" if connection.base_url else ""
+        lines.append(
+            f"provider {name}: {connection.type}{where}, secret {secret}, models: "
+            f"{', '.join(models) or 'none listed'}"
+        )
+    if not providers.connections:
+        lines.append("providers: none configured (the offline model answers every model name)")
+    elif providers.default_model:
+        lines.append(f"default model: {providers.default_model}")
+    return lines
 
 
 async def serve(config: DaemonConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
@@ -149,6 +185,8 @@ async def _serve_store(
             socket_path=config.socket_path,
             data_dir=config.data_dir,
             socket_activated=inherited is not None,
+            config_file=config.source,
+            store_backend=config.store.backend,
             start_time=now_timestamp(),
         ),
         retention=operations.retention,
@@ -219,6 +257,8 @@ async def _serve_store(
         config.data_dir,
         ", socket from systemd" if inherited is not None else "",
     )
+    for line in loaded_summary(config):
+        log.info("%s", line)
     operations.ready(f"serving on {target}")
     if on_ready is not None:
         on_ready(target)
