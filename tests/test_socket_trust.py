@@ -94,8 +94,12 @@ def shared_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture
-def default_socket_in(shared_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def default_socket_in(
+    shared_tmp: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Make the client's default socket the temp-dir fallback, under ``shared_tmp``."""
+    # pytest finds its own temp root through tempfile too: fix it before the patch.
+    tmp_path_factory.getbasetemp()
     for name in ("XDG_RUNTIME_DIR", "COPILOTD_SOCKET"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TMPDIR", str(shared_tmp))
@@ -108,11 +112,11 @@ def default_socket_in(shared_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path
 async def test_a_folder_another_user_created_first_is_refused(
     default_socket_in: Path,
     stranger: str,
-    tmp_path: Path,
+    short_tmp: Path,
 ) -> None:
     fake = FakeDaemon(stranger, default_socket_in)
     try:
-        data_dir = tmp_path / "data"
+        data_dir = short_tmp / "data"
         client = CopilotClient(data_dir=data_dir)  # auto_start on
         with pytest.raises(UntrustedSocketError) as refused:
             await client.start()

@@ -18,6 +18,7 @@ import click
 from copilot_client import DaemonUnavailableError
 from copilot_client.paths import resolve_data_dir, resolve_socket_path
 from copilot_client.proto.admin.v1 import admin_pb2
+from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd.admin.retention import format_duration
 from copilotd.cli.common import (
     CliError,
@@ -208,10 +209,10 @@ def stop_command(timeout: float, socket_path: Path | None) -> None:
     stopped or was not running.
     """
 
-    async def main() -> pb.GetDaemonStatusResponse:
+    async def main() -> admin_pb2.GetDaemonStatusResponse:
         async with connect(socket_path) as daemon:
-            response: pb.GetDaemonStatusResponse = await daemon.call(
-                daemon.stub.GetDaemonStatus, pb.GetDaemonStatusRequest()
+            response: admin_pb2.GetDaemonStatusResponse = await daemon.call(
+                daemon.admin.GetDaemonStatus, admin_pb2.GetDaemonStatusRequest()
             )
             return response
 
