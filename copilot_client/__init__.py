@@ -35,6 +35,7 @@ from ._errors import (
     SessionNotFoundError,
     SubscriberTooSlowError,
     UnauthenticatedError,
+    UntrustedSocketError,
 )
 from ._lifecycle import LifecycleHandler
 from ._models import ModelInfo, ProviderConfig
@@ -86,6 +87,7 @@ __all__ = [
     "SubscriberTooSlowError",
     "SystemMessageConfig",
     "UnauthenticatedError",
+    "UntrustedSocketError",
     "__version__",
 ]
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._errors import DaemonUnavailableError
+from .paths import verify_private_socket
 from .proto.v1 import copilot_pb2
 from .service import ServiceClient
 
@@ -236,6 +237,7 @@ async def wait_until_serving(
         The daemon's version.
 
     Raises:
+        UntrustedSocketError: The socket that appeared is not this user's alone.
         DaemonUnavailableError: As soon as the launched daemon exited and no
             other daemon holds its locks, or after ``start_timeout`` seconds;
             naming the socket, the log and its last lines.
@@ -256,6 +258,8 @@ async def wait_until_serving(
                         )
                     watched = holder
                     continue
+                # The socket appeared since open() checked: check who serves it.
+                verify_private_socket(transport.socket_path)
                 try:
                     return await ping(transport)
                 except DaemonUnavailableError:

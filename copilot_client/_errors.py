@@ -18,6 +18,7 @@ The tree::
     │   │   └── SubscriberTooSlowError    reason SUBSCRIBER_TOO_SLOW
     │   ├── UnauthenticatedError          UNAUTHENTICATED (TCP without the right token)
     │   └── DaemonUnavailableError        UNAVAILABLE, or the daemon cannot be reached
+    ├── UntrustedSocketError              the socket or its folder is not this user's alone
     └── SessionFailedError                a turn reported ``session.error``
 
 Only :func:`copilot_client.service.map_rpc_error` looks at status codes and
@@ -52,6 +53,7 @@ __all__ = [
     "SessionNotFoundError",
     "SubscriberTooSlowError",
     "UnauthenticatedError",
+    "UntrustedSocketError",
 ]
 
 
@@ -164,6 +166,21 @@ class DaemonUnavailableError(RPCError):
     ) -> None:
         super().__init__(message, status=status, reason=reason)
         self.socket_path = os.fspath(socket_path) if socket_path is not None else None
+
+
+class UntrustedSocketError(CopilotError):
+    """The client refused to connect: the socket, or the folder it is in, belongs
+    to another user or is open to others, or the process serving it runs as
+    another user. Whoever serves it would receive this user's prompts and
+    keys, so the client neither connects nor starts a daemon there.
+
+    Attributes:
+        socket_path: The socket the client refused.
+    """
+
+    def __init__(self, message: str, *, socket_path: str | os.PathLike[str]) -> None:
+        super().__init__(message)
+        self.socket_path = os.fspath(socket_path)
 
 
 class SessionFailedError(CopilotError):

@@ -45,7 +45,7 @@ from ._errors import (
     SubscriberTooSlowError,
     UnauthenticatedError,
 )
-from .paths import channel_target
+from .paths import channel_target, verify_private_socket
 from .proto.admin.v1 import admin_pb2_grpc
 from .proto.v1 import copilot_pb2, copilot_pb2_grpc
 from .wire import CURRENT_SEQUENCE_METADATA_KEY, REASON_METADATA_KEY
@@ -128,9 +128,15 @@ class ServiceClient:
         return self._admin_stub
 
     def open(self) -> None:
-        """Creates the channel (connecting happens on the first call)."""
+        """Creates the channel (connecting happens on the first call).
+
+        Raises:
+            UntrustedSocketError: The socket or its folder is not this user's
+                alone, or another user's process serves it (nothing is sent).
+        """
         if self._channel is None:
             if self.address is None:
+                verify_private_socket(self.socket_path)
                 self._channel = grpc.aio.insecure_channel(
                     channel_target(self.socket_path), options=CHANNEL_OPTIONS
                 )

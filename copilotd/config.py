@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import os
 import random
+import stat
 import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -93,6 +94,7 @@ def load_config(explicit: Path | None = None) -> ConfigFile:
         return ConfigFile()
     try:
         with path.open("rb") as handle:
+            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
             tables = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
@@ -101,7 +103,26 @@ def load_config(explicit: Path | None = None) -> ConfigFile:
     for name in tables:
         if name not in TABLES:
             raise unknown_name_error(str(path), "table", name, TABLES)
+    _refuse_readable_secrets(path, mode, tables)
     return ConfigFile(path, tables)
+
+
+INLINE_SECRET_KEYS: Final = ("api_key", "bearer_token")
+
+
+def _refuse_readable_secrets(path: Path, mode: int, tables: dict[str, Any]) -> None:
+    """Refuse a file others may read that holds a secret, as the token file is refused."""
+    if not mode & 0o077:
+        return
+    providers = tables.get("providers")
+    for name, table in providers.items() if isinstance(providers, dict) else ():
+        for key in INLINE_SECRET_KEYS:
+            if isinstance(table, dict) and key in table:
+                raise ConfigError(
+                    f"{path} holds an inline {key} ([providers.{name}]) and can be read by "
+                    f"other users (mode {mode:o}); run chmod 600 {path}, or name an "
+                    f"environment variable with {key}_env instead"
+                )
 
 
 # -- [store] ------------------------------------------------------------------------------

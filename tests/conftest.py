@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.daemon_process import SLOW_DELAY, DaemonProcess, short_temp_dir
 from tests.support.full_store import mounted_small_disk
+from tests.support.privileged import stranger as stranger  # a fixture for every test
 
 # What would make a test read the developer's own setup: copilotd's variables
 # (config file, socket, data dir, token) and the provider SDKs' keys and URLs.

@@ -180,6 +180,7 @@ def listening_socket(path: Path) -> socket.socket:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
+    os.chmod(path, 0o600)  # SocketMode=0600, as in copilotd.socket: clients refuse looser
     listener.listen(16)
     return listener
 
@@ -269,6 +270,7 @@ async def test_systemd_socket_activate_starts_the_daemon_on_the_first_client(
         str(short_tmp / "data"),
     ]
     activator = start_activator(command)
+    os.chmod(socket_path, 0o600)  # SocketMode=0600, as copilotd.socket: clients refuse looser
     try:
         assert not (short_tmp / "data").exists()  # nothing started yet
         assert await ping(socket_path)  # the first client starts it

@@ -49,6 +49,8 @@ class DaemonInfo:
     data_dir: Path
     socket_activated: bool = False
     metrics_address: str = ""
+    config_file: Path | None = None
+    store_backend: str = ""
     start_time: Timestamp
 
 

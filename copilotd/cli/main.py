@@ -18,10 +18,11 @@ from copilot_client.wire import TOKEN_ENV
 from copilotd import __version__
 from copilotd.cli.common import OneLineErrors
 from copilotd.cli.data import backup_command, export_command, import_command, restore_command
-from copilotd.cli.service import install_service_command, status_command
+from copilotd.cli.service import install_service_command, status_command, stop_command
 from copilotd.cli.sessions import sessions_group
 from copilotd.config import CONFIG_ENV, ConfigError, Limits
 from copilotd.limits import DEFAULT_MAX_PROMPT_BYTES
+from copilotd.runtime.logs import LEVELS
 from copilotd.sessions.fanout import DEFAULT_BUFFER_EVENTS
 
 
@@ -92,7 +93,13 @@ def main() -> None:
 )
 @click.option("--tls-cert", type=click.Path(path_type=Path), help="TLS certificate (PEM) for TCP.")
 @click.option("--tls-key", type=click.Path(path_type=Path), help="TLS private key (PEM) for TCP.")
-@click.option("--log-level", default="INFO", show_default=True, help="Python logging level.")
+@click.option(
+    "--log-level",
+    type=click.Choice(LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Least severe level logged.",
+)
 @click.option("--log-json", is_flag=True, help="Log one JSON object per line (to stderr).")
 @click.option(
     "--metrics",
@@ -155,6 +162,7 @@ def serve_command(
 
 for _command in (
     status_command,
+    stop_command,
     sessions_group,
     export_command,
     import_command,

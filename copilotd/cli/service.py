@@ -1,10 +1,12 @@
-"""``copilotd status`` and ``copilotd install-service``."""
+"""``copilotd status``, ``copilotd stop`` and ``copilotd install-service``."""
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import shlex
+import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -16,6 +18,7 @@ import click
 from copilot_client import DaemonUnavailableError
 from copilot_client.paths import resolve_data_dir, resolve_socket_path
 from copilot_client.proto.admin.v1 import admin_pb2
+from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd.admin.retention import format_duration
 from copilotd.cli.common import (
     CliError,
@@ -62,20 +65,24 @@ def file_size(path: Path) -> int | None:
 @socket_option
 @reports_errors
 def status_command(as_json: bool, socket_path: Path | None) -> None:
-    """Whether the daemon runs, and its version, socket, data, store size and sessions.
+    """Whether the daemon runs, and its version, socket, data, store, sessions, the
+    config file it read and the providers and models it serves (never secrets).
 
     Exits 0 when it runs and 3 when it does not.
     """
 
-    async def main() -> admin_pb2.GetDaemonStatusResponse:
+    async def main() -> tuple[admin_pb2.GetDaemonStatusResponse, pb.ListModelsResponse]:
         async with connect(socket_path) as daemon:
-            response: admin_pb2.GetDaemonStatusResponse = await daemon.call(
+            status: admin_pb2.GetDaemonStatusResponse = await daemon.call(
                 daemon.admin.GetDaemonStatus, admin_pb2.GetDaemonStatusRequest()
             )
-            return response
+            models: pb.ListModelsResponse = await daemon.call(
+                daemon.stub.ListModels, pb.ListModelsRequest()
+            )
+            return status, models
 
     try:
-        status = run(main())
+        status, models = run(main())
     except CliError as error:
         if not isinstance(error.__cause__, DaemonUnavailableError):
             raise
@@ -97,6 +104,18 @@ def status_command(as_json: bool, socket_path: Path | None) -> None:
             "running_turns": status.running_turns,
             "retention": retention_text(status.retention),
             "metrics": status.metrics_address or None,
+            "config_file": status.config_file or None,
+            "store_backend": status.store_backend,
+            "offline_only": models.offline_only,
+            "models": [
+                {
+                    "id": model.id,
+                    "provider": model.provider,
+                    "provider_type": model.provider_type,
+                    "default": model.is_default,
+                }
+                for model in models.models
+            ],
         }
         click.echo(json.dumps(report, indent=2))
         return
@@ -108,13 +127,29 @@ def status_command(as_json: bool, socket_path: Path | None) -> None:
         f"copilotd {status.version} is running (pid {status.pid}, up {uptime})",
         f"socket:     {status.socket_path}{' (from systemd)' if status.socket_activated else ''}",
         f"data dir:   {status.data_dir}",
-        f"store:      {human_bytes(status.store_bytes)} in use{disk}",
+        f"config:     {status.config_file or 'none (built-in defaults)'}",
+        f"store:      {status.store_backend}, {human_bytes(status.store_bytes)} in use{disk}",
+        *providers_lines(models),
         f"sessions:   {status.session_count} ({status.running_turns} turn(s) running)",
         f"retention:  {retention_text(status.retention)}",
         "metrics:    "
         + (f"http://{status.metrics_address}/metrics" if status.metrics_address else "off"),
     ]
     click.echo("\n".join(lines))
+
+
+def providers_lines(models: pb.ListModelsResponse) -> list[str]:
+    """One ``provider:`` line per provider: its type and models, the default marked."""
+    if models.offline_only:
+        return ["providers:  none configured (the offline model answers every model name)"]
+    by_provider: dict[tuple[str, str], list[str]] = {}
+    for model in models.models:
+        name = model.id + (" (default)" if model.is_default else "")
+        by_provider.setdefault((model.provider, model.provider_type), []).append(name)
+    return [
+        f"provider:   {provider} ({kind}): {', '.join(names)}"
+        for (provider, kind), names in by_provider.items()
+    ]
 
 
 def _print_not_running(socket_path: Path, as_json: bool) -> None:
@@ -135,6 +170,81 @@ def _print_not_running(socket_path: Path, as_json: bool) -> None:
         f"store:      {human_bytes(on_disk) + ' file' if on_disk is not None else 'none yet'}"
     )
     click.echo("start it:   copilotd serve, or systemctl --user start copilotd")
+
+
+# -- stop -------------------------------------------------------------------------------
+
+DEFAULT_STOP_TIMEOUT: Final = 30.0  # as the unit's TimeoutStopSec
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (not our child) exits within ``timeout`` seconds."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)  # readable once the process has exited
+        return bool(poller.poll(timeout * 1000))
+    finally:
+        os.close(fd)
+
+
+@click.command("stop")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_STOP_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the daemon to finish running turns and exit.",
+)
+@socket_option
+@reports_errors
+def stop_command(timeout: float, socket_path: Path | None) -> None:
+    """Stop the daemon that serves the socket, and wait until it has exited cleanly.
+
+    Only that daemon: the pid comes from the daemon itself, never from a name
+    match. Running turns end with an "interrupted" marker. Exits 0 when it
+    stopped or was not running.
+    """
+
+    async def main() -> admin_pb2.GetDaemonStatusResponse:
+        async with connect(socket_path) as daemon:
+            response: admin_pb2.GetDaemonStatusResponse = await daemon.call(
+                daemon.admin.GetDaemonStatus, admin_pb2.GetDaemonStatusRequest()
+            )
+            return response
+
+    try:
+        status = run(main())
+    except CliError as error:
+        if not isinstance(error.__cause__, DaemonUnavailableError):
+            raise
+        click.echo(
+            f"copilotd is not running (nothing answers at {resolve_socket_path(socket_path)})"
+        )
+        return
+    try:
+        os.kill(status.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass  # it exited between answering and the signal
+    except PermissionError as error:
+        raise CliError(
+            f"cannot stop copilotd (pid {status.pid}): {error.strerror}; it runs as another user"
+        ) from None
+    if not wait_for_exit(status.pid, timeout):
+        raise CliError(
+            f"copilotd (pid {status.pid}) did not exit within {timeout:g} s; it may still be "
+            f"closing its store. Wait, or force it with `kill -KILL {status.pid}` (turns "
+            "still running are then closed at the next start)"
+        )
+    click.echo(f"stopped copilotd (pid {status.pid})")
+    if status.socket_activated:
+        click.echo(
+            "its socket is systemd's: the next client starts it again; to keep it stopped run\n"
+            "  systemctl --user stop copilotd.socket copilotd.service"
+        )
 
 
 # -- install-service --------------------------------------------------------------------

@@ -6,9 +6,11 @@ import asyncio
 import logging
 import os
 import signal
+import stat
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -44,6 +46,7 @@ from copilotd.runtime.datadir import (
 )
 from copilotd.runtime.metrics import MetricsAddressError
 from copilotd.runtime.sidecars import Operations
+from copilotd.runtime.socket_watch import SocketWatch
 from copilotd.runtime.systemd import listen_sockets
 from copilotd.sessions.service import SessionService
 from copilotd.store import Store, StoreError, open_store
@@ -73,6 +76,41 @@ def check_socket_path(socket_path: Path) -> None:
         )
 
 
+def _without_credentials(url: str) -> str:
+    """``url`` without user info, query or fragment, where credentials may hide."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def loaded_summary(config: DaemonConfig) -> list[str]:
+    """What the daemon loaded, for its start-up log; never a secret."""
+    store = f"store: {config.store.backend} in {config.data_dir / STORE_SUBDIR}"
+    if config.store.max_size is not None:
+        store += f", capped at {config.store.max_size} bytes"
+    lines = [f"config: {config.source or 'none (built-in defaults)'}", store]
+    providers = config.providers
+    for name, connection in providers.connections.items():
+        models = [model.name for model in providers.models.values() if model.provider == name]
+        if connection.missing_secret:
+            secret = f"missing ({connection.missing_secret})"
+        else:
+            secret = "set" if connection.api_key or connection.bearer_token else "none"
+        where = f" at {_without_credentials(connection.base_url)}" if connection.base_url else ""
+        lines.append(
+            f"provider {name}: {connection.type}{where}, secret {secret}, models: "
+            f"{', '.join(models) or 'none listed'}"
+        )
+    if not providers.connections:
+        lines.append("providers: none configured (the offline model answers every model name)")
+    elif providers.default_model:
+        lines.append(f"default model: {providers.default_model}")
+    return lines
+
+
 async def serve(config: DaemonConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Run the daemon until SIGTERM or SIGINT; raises ``StartupError`` when it cannot start.
 
@@ -87,7 +125,7 @@ async def serve(config: DaemonConfig, *, on_ready: Callable[[str], None] | None 
         config = replace(config, socket_path=inherited.path)
     install_log_redaction()
     check_socket_path(config.socket_path)
-    ensure_private_dir(config.socket_path.parent)
+    ensure_private_dir(config.socket_path.parent, follow_symlinks=False)
     ensure_private_dir(config.data_dir)
     with (
         exclusive_lock(config.data_dir / DATA_LOCK_NAME, f"the data directory {config.data_dir}"),
@@ -147,6 +185,8 @@ async def _serve_store(
             socket_path=config.socket_path,
             data_dir=config.data_dir,
             socket_activated=inherited is not None,
+            config_file=config.source,
+            store_backend=config.store.backend,
             start_time=now_timestamp(),
         ),
         retention=operations.retention,
@@ -196,7 +236,10 @@ async def _serve_store(
         await committer.close()
         raise StartupError(str(error)) from None
     await server.start()
-    os.chmod(bound_path, 0o600)
+    # grpc binds with the umask's mode; tighten the socket it made (lstat: only
+    # a socket, never what a link would point to).
+    if stat.S_ISSOCK(os.lstat(bound_path).st_mode):
+        os.chmod(bound_path, 0o600)
     for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -205,6 +248,8 @@ async def _serve_store(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     operations.start(inherited, bound_path)
+    socket_watch = SocketWatch({config.socket_path, bound_path}, stop.set)
+    socket_watch.start()
     log.info(
         "copilotd %s serving on %s (data in %s%s)",
         __version__,
@@ -212,6 +257,8 @@ async def _serve_store(
         config.data_dir,
         ", socket from systemd" if inherited is not None else "",
     )
+    for line in loaded_summary(config):
+        log.info("%s", line)
     operations.ready(f"serving on {target}")
     if on_ready is not None:
         on_ready(target)
@@ -220,6 +267,7 @@ async def _serve_store(
         await stop.wait()
     finally:
         log.info("shutting down")
+        await socket_watch.stop()
         await operations.stopping()
         await health.enter_graceful_shutdown()
         warm_up.cancel()
@@ -230,5 +278,7 @@ async def _serve_store(
         await operations.close()
         await committer.close()
         await providers.aclose()
-        bound_path.unlink(missing_ok=True)
+        # Not if it was replaced: the new file may be another daemon's socket.
+        if socket_watch.still_ours(bound_path):
+            bound_path.unlink()
         log.info("stopped; store closed cleanly")

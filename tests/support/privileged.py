@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,3 +20,33 @@ def run_as_root_or_skip(command: list[str], what: str) -> None:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         pytest.skip(f"cannot {what} here: {result.stderr.strip()}")
+
+
+@pytest.fixture
+def stranger() -> Iterator[str]:
+    """A local user created for this test (root only), removed afterwards."""
+    name = f"cpd-stranger-{os.getpid()}"
+    run_as_root_or_skip(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        "creating another local user",
+    )
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)
+
+
+def python_for(user: str) -> str:
+    """A Python interpreter that ``user`` may run (this venv's may sit in root's home)."""
+    for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+        if not os.path.exists(candidate):
+            continue
+        try:
+            probe = subprocess.run(
+                [candidate, "-c", "pass"], user=user, capture_output=True, cwd="/"
+            )
+        except PermissionError:
+            continue
+        if probe.returncode == 0:
+            return candidate
+    pytest.skip(f"no Python interpreter that {user} may run")
