@@ -21,7 +21,7 @@ from ._errors import (
 )
 from ._types import MessageOptions, SessionEvent, SessionEventType, SessionMetadata
 from .proto.v1 import copilot_pb2
-from .service import ServiceClient
+from .service import CALL_TIMEOUT, ServiceClient, UseCallTimeout, per_call
 
 # SendMessage and SendMessageAndWait take requests with the same fields.
 _SendRequest = TypeVar(
@@ -46,6 +46,37 @@ STREAM_RETRY_DELAY = 0.2
 IDLE_GRACE = 2.0
 # ListEvents page size for get_messages().
 EVENTS_PAGE_SIZE = 500
+
+
+async def read_events(
+    transport: ServiceClient,
+    session_id: str,
+    *,
+    after_sequence: int,
+    limit: int | None,
+    deadline: float | UseCallTimeout | None,
+) -> list[SessionEvent]:
+    """A session's persisted events after ``after_sequence``, oldest first, page by page.
+
+    ``ListEvents`` only reads: nothing is recorded and the session's last
+    activity stays as it was.
+    """
+    events: list[SessionEvent] = []
+    cursor = after_sequence
+    while limit is None or len(events) < limit:
+        wanted = EVENTS_PAGE_SIZE if limit is None else limit - len(events)
+        request = copilot_pb2.ListEventsRequest(
+            session_id=session_id,
+            cursor=cursor,
+            page_size=min(EVENTS_PAGE_SIZE, wanted),
+            order=copilot_pb2.EVENT_ORDER_OLDEST_FIRST,
+        )
+        response = await transport.call(transport.stub.ListEvents, request, deadline=deadline)
+        events.extend(SessionEvent.from_proto(event) for event in response.events)
+        if not response.next_cursor or not response.events:
+            break
+        cursor = response.next_cursor
+    return events if limit is None else events[:limit]
 
 
 class _Reattached:
@@ -156,11 +187,17 @@ class CopilotSession:
         if self._deleted is not None:
             raise self._deleted
 
-    async def send(self, options: MessageOptions | str | Mapping[str, Any]) -> str:
+    async def send(
+        self,
+        options: MessageOptions | str | Mapping[str, Any],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> str:
         """Sends a message; the turn then runs in the daemon.
 
         Args:
             options: The message, or just its prompt.
+            timeout: Seconds the call may take; default the client's ``timeout``.
 
         Returns:
             The message id (the id of the persisted ``user.message`` event).
@@ -174,7 +211,9 @@ class CopilotSession:
                 session has moved on; nothing was written.
         """
         self._check_usable()
-        return await self._send(MessageOptions.coerce(options), message_id="")
+        return await self._send(
+            MessageOptions.coerce(options), message_id="", deadline=per_call(timeout)
+        )
 
     def _request(
         self, message: MessageOptions, message_id: str, kind: type[_SendRequest]
@@ -190,9 +229,13 @@ class CopilotSession:
             request.expected_last_sequence = message.expected_last_sequence
         return request
 
-    async def _send(self, message: MessageOptions, message_id: str) -> str:
+    async def _send(
+        self, message: MessageOptions, message_id: str, deadline: float | UseCallTimeout | None
+    ) -> str:
         request = self._request(message, message_id, copilot_pb2.SendMessageRequest)
-        response = await self._transport.call(self._transport.stub.SendMessage, request)
+        response = await self._transport.call(
+            self._transport.stub.SendMessage, request, deadline=deadline
+        )
         return response.message_id
 
     async def send_and_wait(
@@ -228,8 +271,9 @@ class CopilotSession:
         request = self._request(message, message_id, copilot_pb2.SendMessageAndWaitRequest)
         try:
             async with asyncio.timeout_at(end):
+                # No gRPC deadline: the turn may run long; `timeout` bounds the wait.
                 response = await self._transport.call(
-                    self._transport.stub.SendMessageAndWait, request
+                    self._transport.stub.SendMessageAndWait, request, deadline=None
                 )
         except DaemonUnavailableError:
             logger.debug("daemon unavailable during message %s: looking it up", message_id)
@@ -255,7 +299,7 @@ class CopilotSession:
             async with asyncio.timeout_at(end):
                 await self._ensure_live()
                 if not (resend and _seen(queue, message_id)):
-                    await self._send(message, message_id)
+                    await self._send(message, message_id, CALL_TIMEOUT)
                 answer, failure, replayed = await self._wait_turn_end(queue, message_id)
             if not replayed:  # after a catch-up, the ephemeral session.idle is lost
                 await self._wait_idle(queue, max(0.0, min(IDLE_GRACE, end - loop.time())))
@@ -303,7 +347,12 @@ class CopilotSession:
         except TimeoutError:
             return
 
-    async def set_model(self, model: str) -> None:
+    async def set_model(
+        self,
+        model: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> None:
         """Switches the session to ``model`` for its next turns.
 
         Recorded as a ``session.model_change`` event; a running turn keeps
@@ -315,10 +364,17 @@ class CopilotSession:
         """
         self._check_usable()
         request = copilot_pb2.SetModelRequest(session_id=self.session_id, model=model)
-        response = await self._transport.call(self._transport.stub.SetModel, request)
+        response = await self._transport.call(
+            self._transport.stub.SetModel, request, deadline=per_call(timeout)
+        )
         self._metadata = SessionMetadata.from_proto(response.session)
 
-    async def abort(self, reason: str = "") -> bool:
+    async def abort(
+        self,
+        reason: str = "",
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> bool:
         """Aborts the running turn, whoever started it.
 
         Returns:
@@ -326,36 +382,33 @@ class CopilotSession:
         """
         self._check_usable()
         request = copilot_pb2.AbortTurnRequest(session_id=self.session_id, reason=reason)
-        response = await self._transport.call(self._transport.stub.AbortTurn, request)
+        response = await self._transport.call(
+            self._transport.stub.AbortTurn, request, deadline=per_call(timeout)
+        )
         return response.aborted
 
     async def get_messages(
-        self, *, after_sequence: int = 0, limit: int | None = None
+        self,
+        *,
+        after_sequence: int = 0,
+        limit: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> list[SessionEvent]:
         """The persisted events, oldest first, read page by page.
 
         Args:
             after_sequence: Only events with a greater sequence number.
             limit: At most this many events; ``None`` for all.
+            timeout: Seconds each page's call may take; default the client's ``timeout``.
         """
         self._check_usable()
-        events: list[SessionEvent] = []
-        cursor = after_sequence
-        while limit is None or len(events) < limit:
-            wanted = EVENTS_PAGE_SIZE if limit is None else limit - len(events)
-            page_size = min(EVENTS_PAGE_SIZE, wanted)
-            request = copilot_pb2.ListEventsRequest(
-                session_id=self.session_id,
-                cursor=cursor,
-                page_size=page_size,
-                order=copilot_pb2.EVENT_ORDER_OLDEST_FIRST,
-            )
-            response = await self._transport.call(self._transport.stub.ListEvents, request)
-            events.extend(SessionEvent.from_proto(event) for event in response.events)
-            if not response.next_cursor or not response.events:
-                break
-            cursor = response.next_cursor
-        return events if limit is None else events[:limit]
+        return await read_events(
+            self._transport,
+            self.session_id,
+            after_sequence=after_sequence,
+            limit=limit,
+            deadline=per_call(timeout),
+        )
 
     get_events = get_messages
 

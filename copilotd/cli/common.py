@@ -24,13 +24,18 @@ from copilot_client import CopilotError, DaemonUnavailableError
 from copilot_client.paths import SOCKET_ENV, resolve_socket_path
 from copilot_client.proto.admin.v1 import admin_pb2_grpc
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
-from copilot_client.service import ServiceClient
+from copilot_client.service import (
+    CALL_TIMEOUT,
+    DEFAULT_CALL_TIMEOUT,
+    ServiceClient,
+    UseCallTimeout,
+)
 from copilotd.admin.retention import DURATION_HELP, parse_duration
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-PING_DEADLINE: Final = 5.0
+TIMEOUT_ENV: Final = "COPILOTD_TIMEOUT"
 
 
 class CliError(Exception):
@@ -127,8 +132,10 @@ class Daemon:
         self.stub: copilot_pb2_grpc.CopilotServiceAsyncStub = transport.stub
         self.admin: admin_pb2_grpc.CopilotAdminServiceAsyncStub = transport.admin_stub
 
-    async def call(self, rpc: Any, request: Any) -> Any:
-        return await self.transport.call(rpc, request)
+    async def call(
+        self, rpc: Any, request: Any, *, deadline: float | UseCallTimeout | None = CALL_TIMEOUT
+    ) -> Any:
+        return await self.transport.call(rpc, request, deadline=deadline)
 
     @asynccontextmanager
     async def mapped_errors(self) -> AsyncIterator[None]:
@@ -137,20 +144,46 @@ class Daemon:
             yield
 
 
+def call_timeout(default: float = DEFAULT_CALL_TIMEOUT) -> float:
+    """Seconds each call to the daemon may take: ``copilotd --timeout``, else ``default``."""
+    context = click.get_current_context(silent=True)
+    chosen = context.find_root().params.get("timeout") if context is not None else None
+    return default if chosen is None else float(chosen)
+
+
+def timeout_option(group: Callable[P, T]) -> Callable[P, T]:
+    return click.option(
+        "--timeout",
+        envvar=TIMEOUT_ENV,
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
+        help=f"Seconds each call to the daemon may take before the command gives up "
+        f"[env {TIMEOUT_ENV}; default {DEFAULT_CALL_TIMEOUT:g}, and 5 for `status`].",
+    )(group)
+
+
 @asynccontextmanager
-async def connect(socket_path: Path | None) -> AsyncIterator[Daemon]:
+async def connect(
+    socket_path: Path | None,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 (gRPC deadline)
+) -> AsyncIterator[Daemon]:
     """Connect to the daemon that serves ``socket_path``; never starts one.
 
+    Every call gets a deadline: ``timeout``, else :func:`call_timeout`.
+
     Raises ``CliError`` (naming the socket and how to start the daemon) when
-    nothing answers.
+    nothing answers, with the ``DaemonUnavailableError`` (``DaemonTimeoutError``
+    for a daemon that accepts the connection but does not answer) as its cause.
     """
-    transport = ServiceClient(resolve_socket_path(socket_path))
+    transport = ServiceClient(
+        resolve_socket_path(socket_path),
+        call_timeout=call_timeout() if timeout is None else timeout,
+    )
     transport.open()
     try:
         try:
-            await transport.call(
-                transport.stub.Ping, copilot_pb2.PingRequest(), deadline=PING_DEADLINE
-            )
+            await transport.call(transport.stub.Ping, copilot_pb2.PingRequest())
         except DaemonUnavailableError as error:
             # "copilotd: the daemon is not reachable at …", not "copilotd: copilotd is …"
             raise CliError(str(error).replace("copilotd is", "the daemon is", 1)) from error
