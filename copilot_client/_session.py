@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Self, TypeVar
 
 from ._errors import (
     CopilotError,
+    DaemonTimeoutError,
     DaemonUnavailableError,
     ResourceExhaustedError,
     SessionFailedError,
@@ -20,7 +21,7 @@ from ._errors import (
     SubscriberTooSlowError,
 )
 from ._types import MessageOptions, SessionEvent, SessionEventType, SessionMetadata
-from .proto.v1 import copilot_pb2
+from .proto.v1 import copilot_pb2, events_pb2
 from .service import CALL_TIMEOUT, ServiceClient, UseCallTimeout, per_call
 
 # SendMessage and SendMessageAndWait take requests with the same fields.
@@ -34,13 +35,17 @@ logger = logging.getLogger("copilot_client")
 
 EventHandler = Callable[[SessionEvent], Awaitable[None] | None]
 
-# Re-attaching the event stream after UNAVAILABLE: attempts and first delay.
 _SEND_MODES = {
     "enqueue": copilot_pb2.SEND_MODE_ENQUEUE,
     "immediate": copilot_pb2.SEND_MODE_IMMEDIATE,
 }
-STREAM_RETRIES = 5
+# Re-attaching the event stream after UNAVAILABLE: the first delay, doubled
+# up to the last. There is no last attempt: handlers must not go quiet after
+# an outage, so the stream re-attaches for as long as the session is open.
 STREAM_RETRY_DELAY = 0.2
+STREAM_RETRY_MAX_DELAY = 5.0
+# error_type of the session.error handlers get when their stream ends for good.
+STREAM_STOPPED_ERROR_TYPE = "event_stream"
 # After a turn's end, how long send_and_wait waits for the session.idle that
 # follows it (so that an immediate next send does not race the turn's end).
 IDLE_GRACE = 2.0
@@ -135,6 +140,10 @@ class CopilotSession:
         self._waiters: set[asyncio.Queue[_Item]] = set()
         self._stream_task: asyncio.Task[None] | None = None
         self._live = asyncio.Event()
+        # Counts the times the stream became live; a send cut by an outage
+        # waits for the next one to see what the daemon recorded.
+        self._attachments = 0
+        self._attached_again = asyncio.Condition()
         self._stream_error: CopilotError | None = None
         self._destroyed = False
         self._deleted: SessionNotFoundError | None = None
@@ -297,9 +306,7 @@ class CopilotSession:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(end):
-                await self._ensure_live()
-                if not (resend and _seen(queue, message_id)):
-                    await self._send(message, message_id, CALL_TIMEOUT)
+                await self._send_once(queue, message, message_id, resend=resend)
                 answer, failure, replayed = await self._wait_turn_end(queue, message_id)
             if not replayed:  # after a catch-up, the ephemeral session.idle is lost
                 await self._wait_idle(queue, max(0.0, min(IDLE_GRACE, end - loop.time())))
@@ -310,6 +317,35 @@ class CopilotSession:
         if failure is not None:
             raise SessionFailedError(failure)
         return answer
+
+    async def _send_once(
+        self, queue: asyncio.Queue[_Item], message: MessageOptions, message_id: str, *, resend: bool
+    ) -> None:
+        """Sends the message unless the log shows it, across outages of the daemon.
+
+        A send cut by an outage may or may not have been recorded: wait for
+        the stream to re-attach, whose catch-up then shows the message if it
+        was, and send (with the same id) only if it was not.
+        """
+        while True:
+            await self._ensure_live()
+            if resend and _seen(queue, message_id):
+                return
+            attachments = self._attachments
+            try:
+                await self._send(message, message_id, CALL_TIMEOUT)
+                return
+            except DaemonTimeoutError:
+                raise  # the daemon is there but frozen: waiting for a re-attach may never end
+            except DaemonUnavailableError:
+                logger.debug("daemon unavailable sending %s: looking it up", message_id)
+            resend = True
+            await self._wait_attached_after(attachments)
+
+    async def _wait_attached_after(self, attachments: int) -> None:
+        """Waits until the stream has become live more than ``attachments`` times."""
+        async with self._attached_again:
+            await self._attached_again.wait_for(lambda: self._attachments > attachments)
 
     async def _wait_turn_end(
         self, queue: asyncio.Queue[_Item], message_id: str
@@ -449,10 +485,23 @@ class CopilotSession:
 
         ``on()`` and ``send_and_wait()`` attach by themselves; call this when
         events that other clients cause from now on must not be missed.
+
+        Raises:
+            DaemonTimeoutError: Not live within the client's ``timeout``.
         """
         self._check_usable()
         self._attached = True
-        await self._ensure_live()
+        deadline = self._transport.call_timeout
+        try:
+            async with asyncio.timeout(deadline):
+                await self._ensure_live()
+        except TimeoutError:
+            raise DaemonTimeoutError(
+                f"the events of session {self.session_id!r} did not go live within "
+                f"{deadline:g} s: the daemon at {self._transport.where} is not answering; "
+                "the session keeps trying to attach",
+                socket_path=self._transport.where,
+            ) from None
 
     async def _ensure_live(self) -> None:
         """Starts the event stream if needed and waits until it is live."""
@@ -483,8 +532,11 @@ class CopilotSession:
                             if proto.type == _DELTA and not self._handlers:
                                 continue  # only handlers see deltas; waiters skip them
                             await self._dispatch(SessionEvent.from_proto(proto), replayed)
-                        if response.live:
+                        if response.live and not self._live.is_set():
                             self._live.set()
+                            async with self._attached_again:
+                                self._attachments += 1
+                                self._attached_again.notify_all()
                 error: CopilotError = DaemonUnavailableError(
                     "the event stream ended", socket_path=self._transport.where
                 )
@@ -494,35 +546,50 @@ class CopilotSession:
                 return
             except (DaemonUnavailableError, ResourceExhaustedError) as exc:
                 if not isinstance(exc, DaemonUnavailableError | SubscriberTooSlowError):
-                    self._stop_stream_with(exc)
+                    await self._stop_stream_with(exc)
                     return
                 error = exc
             except CopilotError as exc:
                 if not self._transport.is_open:
                     return  # the client was stopped
-                self._stop_stream_with(exc)
+                await self._stop_stream_with(exc)
                 return
             except Exception as exc:
                 logger.exception("event stream of session %s failed", self.session_id)
-                self._stop_stream_with(CopilotError(f"the event stream failed: {exc!r}"))
+                await self._stop_stream_with(CopilotError(f"the event stream failed: {exc!r}"))
                 return
             if not self._transport.is_open:
                 return  # the client was stopped
             failures += 1
-            if failures > STREAM_RETRIES:
-                self._stop_stream_with(error)
-                return
             logger.debug("re-attaching to %s after %s", self.session_id, error)
             self._live.clear()
             for queue in self._waiters:
                 queue.put_nowait(_REATTACHED)
             if failures > 1 or isinstance(error, DaemonUnavailableError):
-                await asyncio.sleep(STREAM_RETRY_DELAY * 2 ** (failures - 1))
+                delay = STREAM_RETRY_DELAY * 2 ** min(failures - 1, 16)
+                await asyncio.sleep(min(delay, STREAM_RETRY_MAX_DELAY))
 
-    def _stop_stream_with(self, error: CopilotError) -> None:
+    async def _stop_stream_with(self, error: CopilotError) -> None:
+        """Ends the stream for an error re-attaching cannot cure, and says so to
+        everyone: waiters get the error, handlers a last, ephemeral
+        ``session.error`` event (``error_type`` ``"event_stream"``) rather
+        than silence."""
         logger.warning("event stream of session %s stopped: %s", self.session_id, error)
         self._stream_error = error
         self._fail_waiters(error)
+        proto = events_pb2.SessionEvent(
+            id=str(uuid.uuid4()),
+            type=SessionEventType.SESSION_ERROR.value,
+            sequence=self._last_sequence,
+            ephemeral=True,
+            session_error=events_pb2.SessionErrorData(
+                error_type=STREAM_STOPPED_ERROR_TYPE,
+                message=f"the event stream stopped, no more events will arrive: {error}; "
+                "call on() again (or resume the session) to watch it again",
+            ),
+        )
+        proto.timestamp.GetCurrentTime()
+        await self._dispatch(SessionEvent.from_proto(proto), replayed=False)
 
     def _fail_waiters(self, error: BaseException) -> None:
         for queue in self._waiters:

@@ -101,6 +101,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.enable_http_proxy", 0),
+    # Each channel connects on its own: with grpc's process-wide subchannel
+    # pool, a new client inherited another's backoff after an outage and
+    # failed at once although the daemon was serving again.
+    ("grpc.use_local_subchannel_pool", 1),
 )
 
 
