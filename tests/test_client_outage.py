@@ -38,16 +38,21 @@ class ReattachCounter(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.attempts = 0
+        self.gave_up: str | None = None
         self.changed = asyncio.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("re-attaching to "):
+        message = record.getMessage()
+        if message.startswith("re-attaching to "):
             self.attempts += 1
-            self.changed.set()
+        elif message.startswith("event stream of session "):
+            self.gave_up = message
+        self.changed.set()
 
     async def wait_for(self, attempts: int) -> None:
-        async with asyncio.timeout(EVENT_WAIT * 4):
+        async with asyncio.timeout(EVENT_WAIT):
             while self.attempts < attempts:
+                assert self.gave_up is None, f"after {self.attempts} attempts: {self.gave_up}"
                 self.changed.clear()
                 await self.changed.wait()
 
