@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -42,6 +43,26 @@ class CliError(Exception):
     """A failure the command reports in one line (the message) before exiting 1."""
 
 
+# The daemon's messages are written for API callers and name RPCs; on the
+# command line, name the commands that do the same.
+_CLI_WORDS: Final = {
+    "ListSessions": "`copilotd sessions list`",
+    "CreateSession": "a client (create_session) or `copilotd import`",
+    "ListEvents": "`copilotd sessions show`",
+    "DeleteSession": "`copilotd sessions delete`",
+    "PruneSessions": "`copilotd sessions prune`",
+    "ImportSession": "`copilotd import`",
+    "BackupStore": "`copilotd backup`",
+    "GetDaemonStatus": "`copilotd status`",
+}
+_RPC_NAME: Final = re.compile(r"\b(" + "|".join(_CLI_WORDS) + r")\b")
+
+
+def in_cli_words(message: str) -> str:
+    """``message`` with the RPC names it mentions replaced by the matching commands."""
+    return _RPC_NAME.sub(lambda found: _CLI_WORDS[found[1]], message)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"copilotd: {message}", err=True)
     sys.exit(code)
@@ -55,7 +76,7 @@ def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
         try:
             return command(*args, **kwargs)
         except (CliError, CopilotError) as error:
-            fail(str(error))
+            fail(in_cli_words(str(error)))
         except BrokenPipeError:  # the reader went away (`| head`): nothing left to say
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
