@@ -17,9 +17,10 @@ from ._errors import (
     DaemonUnavailableError,
     SessionNotFoundError,
 )
+from ._history import read_events
 from ._lifecycle import LifecycleHandler, LifecycleWatch
 from ._models import ModelInfo, ProviderConfig
-from ._session import CopilotSession, read_events
+from ._session import CopilotSession
 from ._types import SessionConfig, SessionEvent, SessionListPage, SessionMetadata
 from .paths import MAX_SOCKET_PATH_BYTES, resolve_data_dir, resolve_socket_path
 from .proto.admin.v1 import admin_pb2, admin_pb2_grpc

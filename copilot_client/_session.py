@@ -20,8 +20,9 @@ from ._errors import (
     SessionNotFoundError,
     SubscriberTooSlowError,
 )
+from ._history import read_events, stream_stopped_event
 from ._types import MessageOptions, SessionEvent, SessionEventType, SessionMetadata
-from .proto.v1 import copilot_pb2, events_pb2
+from .proto.v1 import copilot_pb2
 from .service import CALL_TIMEOUT, ServiceClient, UseCallTimeout, per_call
 
 # SendMessage and SendMessageAndWait take requests with the same fields.
@@ -44,44 +45,9 @@ _SEND_MODES = {
 # an outage, so the stream re-attaches for as long as the session is open.
 STREAM_RETRY_DELAY = 0.2
 STREAM_RETRY_MAX_DELAY = 5.0
-# error_type of the session.error handlers get when their stream ends for good.
-STREAM_STOPPED_ERROR_TYPE = "event_stream"
 # After a turn's end, how long send_and_wait waits for the session.idle that
 # follows it (so that an immediate next send does not race the turn's end).
 IDLE_GRACE = 2.0
-# ListEvents page size for get_messages().
-EVENTS_PAGE_SIZE = 500
-
-
-async def read_events(
-    transport: ServiceClient,
-    session_id: str,
-    *,
-    after_sequence: int,
-    limit: int | None,
-    deadline: float | UseCallTimeout | None,
-) -> list[SessionEvent]:
-    """A session's persisted events after ``after_sequence``, oldest first, page by page.
-
-    ``ListEvents`` only reads: nothing is recorded and the session's last
-    activity stays as it was.
-    """
-    events: list[SessionEvent] = []
-    cursor = after_sequence
-    while limit is None or len(events) < limit:
-        wanted = EVENTS_PAGE_SIZE if limit is None else limit - len(events)
-        request = copilot_pb2.ListEventsRequest(
-            session_id=session_id,
-            cursor=cursor,
-            page_size=min(EVENTS_PAGE_SIZE, wanted),
-            order=copilot_pb2.EVENT_ORDER_OLDEST_FIRST,
-        )
-        response = await transport.call(transport.stub.ListEvents, request, deadline=deadline)
-        events.extend(SessionEvent.from_proto(event) for event in response.events)
-        if not response.next_cursor or not response.events:
-            break
-        cursor = response.next_cursor
-    return events if limit is None else events[:limit]
 
 
 class _Reattached:
@@ -577,19 +543,7 @@ class CopilotSession:
         logger.warning("event stream of session %s stopped: %s", self.session_id, error)
         self._stream_error = error
         self._fail_waiters(error)
-        proto = events_pb2.SessionEvent(
-            id=str(uuid.uuid4()),
-            type=SessionEventType.SESSION_ERROR.value,
-            sequence=self._last_sequence,
-            ephemeral=True,
-            session_error=events_pb2.SessionErrorData(
-                error_type=STREAM_STOPPED_ERROR_TYPE,
-                message=f"the event stream stopped, no more events will arrive: {error}; "
-                "call on() again (or resume the session) to watch it again",
-            ),
-        )
-        proto.timestamp.GetCurrentTime()
-        await self._dispatch(SessionEvent.from_proto(proto), replayed=False)
+        await self._dispatch(stream_stopped_event(self._last_sequence, error), replayed=False)
 
     def _fail_waiters(self, error: BaseException) -> None:
         for queue in self._waiters:
