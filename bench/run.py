@@ -21,10 +21,12 @@ same run, from the same number of processes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -37,7 +39,8 @@ from bench import _baseline, _ours, _profile, _report, _seed, _slots
 from bench._daemon import PURGED, BenchDaemon
 from bench._procs import CpuSampler, Timed, latency_summary, run_processes, shared_event, split
 from bench._sizes import MODES, Sizes
-from tests.support.daemon_process import short_temp_dir
+from tests.support.autostart import wait_gone
+from tests.support.daemon_process import own_config_env, short_temp_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCHMARKS = ("store", "turns", "durable", "cold")
@@ -279,6 +282,17 @@ async def main():
 asyncio.run(main())
 """
 
+# No daemon runs: the client starts one (auto-start) and waits for its first answer.
+_OURS_AUTOSTART = """\
+import asyncio, sys
+from copilot_client import CopilotClient
+async def main():
+    async with CopilotClient(socket_path=sys.argv[1], data_dir=sys.argv[2]) as client:
+        await client.list_sessions_page(page_size=1)
+        print("answered", flush=True)
+asyncio.run(main())
+"""
+
 _BASELINE_COLD = """\
 import asyncio, sys
 from agents import SQLiteSession
@@ -291,10 +305,10 @@ asyncio.run(main())
 """
 
 
-def _time_to_first_answer(code: str, argument: str) -> float:
+def _time_to_first_answer(code: str, *arguments: str, env: dict[str, str] | None = None) -> float:
     begin = time.monotonic()
     child = subprocess.Popen(
-        [sys.executable, "-c", code, argument], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, *arguments], stdout=subprocess.PIPE, text=True, env=env
     )
     assert child.stdout is not None
     line = child.stdout.readline()
@@ -311,10 +325,30 @@ def bench_cold(root: Path, sizes: Sizes) -> dict[str, Any]:
         ours = [_time_to_first_answer(_OURS_COLD, daemon.socket) for _ in range(sizes.cold_starts)]
     finally:
         daemon.stop()
+    log("cold start: auto-starting client processes")
+    started = [_auto_start_to_first_answer(root / f"auto{n}") for n in range(sizes.cold_starts)]
     path = str(root / "baseline-cold.db")
     _baseline.open_session("cold", path).close()
     base = [_time_to_first_answer(_BASELINE_COLD, path) for _ in range(sizes.cold_starts)]
-    return {"copilotd": latency_summary(ours), "baseline": latency_summary(base)}
+    return {
+        "copilotd": latency_summary(ours),
+        "auto_start": latency_summary(started),
+        "baseline": latency_summary(base),
+    }
+
+
+def _auto_start_to_first_answer(root: Path) -> float:
+    """A client process's start, with no daemon running, to its first answer;
+    the daemon it started is then stopped (its pid is in its data dir's lock)."""
+    socket_path, data_dir = root / "run" / "copilotd.sock", root / "data"
+    elapsed = _time_to_first_answer(
+        _OURS_AUTOSTART, str(socket_path), str(data_dir), env=own_config_env(root / "config")
+    )
+    pid = int((data_dir / "copilotd.lock").read_text().split()[0])
+    os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):
+        wait_gone(pid)
+    return elapsed
 
 
 # The run

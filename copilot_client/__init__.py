@@ -20,6 +20,7 @@ from ._client import CopilotClient
 from ._errors import (
     BackupUnsupportedError,
     CopilotError,
+    DaemonTimeoutError,
     DaemonUnavailableError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -59,6 +60,7 @@ __all__ = [
     "CopilotClient",
     "CopilotError",
     "CopilotSession",
+    "DaemonTimeoutError",
     "DaemonUnavailableError",
     "EventData",
     "EventHandler",

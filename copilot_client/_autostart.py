@@ -26,7 +26,7 @@ from pathlib import Path
 from ._errors import DaemonUnavailableError
 from .paths import verify_private_socket
 from .proto.v1 import copilot_pb2
-from .service import ServiceClient
+from .service import CALL_TIMEOUT, ServiceClient, UseCallTimeout
 
 __all__ = [
     "LOG_NAME",
@@ -41,7 +41,6 @@ LOG_NAME = "copilotd.log"
 # data dir, and "<socket>.lock" next to the socket.
 LOCK_NAME = "copilotd.lock"
 LOG_TAIL_LINES = 20
-PING_TIMEOUT = 5.0
 
 # argv: log path, then the daemon command. Prints the daemon's pid and exits 0
 # once it is spawned, or exits 1 (traceback on stderr) when it cannot be.
@@ -152,10 +151,18 @@ def log_tail(log_path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(tail) if tail else "(the log is empty)"
 
 
-async def ping(transport: ServiceClient) -> str:
+async def ping(
+    transport: ServiceClient,
+    *,
+    deadline: float | UseCallTimeout | None = CALL_TIMEOUT,
+    wait_for_ready: bool = False,
+) -> str:
     """The daemon's version; raises the mapped error when it does not answer."""
     response = await transport.call(
-        transport.stub.Ping, copilot_pb2.PingRequest(), deadline=PING_TIMEOUT
+        transport.stub.Ping,
+        copilot_pb2.PingRequest(),
+        deadline=deadline,
+        wait_for_ready=wait_for_ready,
     )
     return response.version
 
@@ -215,17 +222,24 @@ async def wait_exit(pid: int) -> None:
         os.close(fd)
 
 
-async def _ready_or_exit(transport: ServiceClient, pid: int) -> bool:
-    """Waits until the channel is ready (True) or process ``pid`` exits (False)."""
-    ready = asyncio.ensure_future(transport.channel.channel_ready())
+async def _ping_or_exit(transport: ServiceClient, pid: int) -> str | None:
+    """The version once the daemon answers, or None as soon as process ``pid`` exits.
+
+    The ping waits for the channel (``wait_for_ready``) with no deadline of
+    its own: the caller's start timeout bounds it.
+    """
+    answered = asyncio.ensure_future(ping(transport, deadline=None, wait_for_ready=True))
     exited = asyncio.ensure_future(wait_exit(pid))
     try:
-        done, _ = await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({answered, exited}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        ready.cancel()
         exited.cancel()
-        await asyncio.gather(ready, exited, return_exceptions=True)
-    return ready in done
+        if not answered.done():
+            answered.cancel()
+        await asyncio.gather(answered, exited, return_exceptions=True)
+    if answered.cancelled():
+        return None
+    return answered.result()  # raises the ping's error
 
 
 async def wait_until_serving(
@@ -246,7 +260,14 @@ async def wait_until_serving(
     try:
         async with asyncio.timeout(start_timeout):
             while True:
-                if not await _ready_or_exit(transport, watched):
+                try:
+                    version = await _ping_or_exit(transport, watched)
+                except DaemonUnavailableError:
+                    # A daemon answered "unavailable" (a losing racer shutting
+                    # down): give the channel a moment, then ask again.
+                    await asyncio.sleep(0.05)
+                    continue
+                if version is None:
                     # A daemon that lost the race exits: wait for the winner.
                     holder = live_lock_holder(daemon)
                     if holder is None:
@@ -258,14 +279,10 @@ async def wait_until_serving(
                         )
                     watched = holder
                     continue
-                # The socket appeared since open() checked: check who serves it.
+                # The socket appeared since open() checked: check who serves it
+                # before anything but a ping goes to it.
                 verify_private_socket(transport.socket_path)
-                try:
-                    return await ping(transport)
-                except DaemonUnavailableError:
-                    # Connected while the daemon was still coming up (or a
-                    # losing racer went away): let the channel reconnect.
-                    await asyncio.sleep(0.05)
+                return version
     except TimeoutError:
         raise DaemonUnavailableError(
             f"copilotd was auto-started but did not serve {transport.socket_path} within "

@@ -11,15 +11,21 @@ from types import TracebackType
 from typing import Any, Self, overload
 
 from . import _autostart
-from ._errors import CopilotError, DaemonUnavailableError, SessionNotFoundError
+from ._errors import (
+    CopilotError,
+    DaemonTimeoutError,
+    DaemonUnavailableError,
+    SessionNotFoundError,
+)
+from ._history import read_events
 from ._lifecycle import LifecycleHandler, LifecycleWatch
 from ._models import ModelInfo, ProviderConfig
 from ._session import CopilotSession
-from ._types import SessionConfig, SessionListPage, SessionMetadata
+from ._types import SessionConfig, SessionEvent, SessionListPage, SessionMetadata
 from .paths import MAX_SOCKET_PATH_BYTES, resolve_data_dir, resolve_socket_path
 from .proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from .proto.v1 import copilot_pb2, copilot_pb2_grpc
-from .service import ServiceClient
+from .service import DEFAULT_CALL_TIMEOUT, ServiceClient, per_call
 from .wire import ADDRESS_ENV, MAX_PAGE_SIZE, TOKEN_ENV
 
 __all__ = ["CopilotClient"]
@@ -52,6 +58,10 @@ class CopilotClient:
         tls_root_cert: PEM file of the daemon's certificate (or of its CA): the
             TCP connection then uses TLS. Without it, plain TCP is used, which
             grpc allows to loopback addresses only.
+        timeout: Seconds each call may take before it raises
+            ``DaemonTimeoutError`` (a frozen or stuck daemon); ``None`` for no
+            limit. Calls take their own ``timeout=`` too (``math.inf``: none).
+            Connecting at start is bounded by it as well.
     """
 
     def __init__(
@@ -65,6 +75,7 @@ class CopilotClient:
         address: str | None = None,
         token: str | None = None,
         tls_root_cert: str | os.PathLike[str] | None = None,
+        timeout: float | None = DEFAULT_CALL_TIMEOUT,
     ) -> None:
         self._address = address or os.environ.get(ADDRESS_ENV) or None
         self._socket_path = resolve_socket_path(socket_path)
@@ -82,6 +93,7 @@ class CopilotClient:
             address=self._address,
             token=token or os.environ.get(TOKEN_ENV) or None,
             tls_root_cert=Path(tls_root_cert) if tls_root_cert else None,
+            call_timeout=timeout,
         )
         self._start_lock = asyncio.Lock()
         self._started = False
@@ -127,6 +139,8 @@ class CopilotClient:
     async def _connect(self) -> str:
         try:
             return await _autostart.ping(self._transport)
+        except DaemonTimeoutError:
+            raise  # something serves the socket but does not answer: another daemon cannot
         except DaemonUnavailableError as error:
             if not self._auto_start:
                 raise DaemonUnavailableError(
@@ -220,13 +234,18 @@ class CopilotClient:
 
     # -- calls ---------------------------------------------------------------
 
-    async def ping(self) -> str:
+    async def ping(self, *, timeout: float | None = None) -> str:  # noqa: ASYNC109 (a gRPC deadline)
         """The daemon's version (and proof that it answers)."""
         await self._stub()
-        return await _autostart.ping(self._transport)
+        return await _autostart.ping(self._transport, deadline=per_call(timeout))
 
     async def create_session(
-        self, config: SessionConfig | Mapping[str, Any] | None = None, /, **kwargs: Any
+        self,
+        config: SessionConfig | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+        **kwargs: Any,
     ) -> CopilotSession:
         """Creates a session.
 
@@ -234,6 +253,7 @@ class CopilotClient:
             config: The session's configuration (a dict is accepted too).
             **kwargs: ``SessionConfig`` fields, overriding those of ``config``:
                 ``create_session(session_id="user-123", model="gpt-5")``.
+            timeout: Seconds the call may take; default the client's ``timeout``.
 
         Raises:
             TypeError: For a keyword that is not a ``SessionConfig`` field.
@@ -250,7 +270,9 @@ class CopilotClient:
         config = replace(config, **kwargs)
         request = copilot_pb2.CreateSessionRequest(config=config.to_proto())
         stub = await self._stub()
-        response = await self._transport.call(stub.CreateSession, request)
+        response = await self._transport.call(
+            stub.CreateSession, request, deadline=per_call(timeout)
+        )
         return self._track(SessionMetadata.from_proto(response.session))
 
     async def resume_session(
@@ -259,6 +281,7 @@ class CopilotClient:
         config: SessionConfig | Mapping[str, Any] | None = None,
         *,
         provider: ProviderConfig | Mapping[str, Any] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> CopilotSession:
         """Resumes an existing session (recorded as a ``session.resume`` event).
 
@@ -269,6 +292,7 @@ class CopilotClient:
             provider: The session's own provider, again (its secret is not
                 stored, so a session created with one needs it after every
                 daemon restart). Overrides ``config``'s.
+            timeout: Seconds the call may take; default the client's ``timeout``.
 
         On a full store the session is resumed without its ``session.resume``
         event; the session's ``resume_recorded`` is then False.
@@ -285,7 +309,9 @@ class CopilotClient:
         if provider is not None:
             request.provider.CopyFrom(ProviderConfig.coerce(provider).to_proto())
         stub = await self._stub()
-        response = await self._transport.call(stub.ResumeSession, request)
+        response = await self._transport.call(
+            stub.ResumeSession, request, deadline=per_call(timeout)
+        )
         metadata = SessionMetadata.from_proto(response.session)
         if response.tail and response.tail[-1].sequence > metadata.last_sequence:
             metadata = replace(metadata, last_sequence=response.tail[-1].sequence)
@@ -302,50 +328,75 @@ class CopilotClient:
         return session
 
     async def list_sessions_page(
-        self, *, page_size: int = 50, page_token: str | None = ""
+        self,
+        *,
+        page_size: int = 50,
+        page_token: str | None = "",
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> SessionListPage:
         """One page of sessions, most recently active first.
 
         Args:
             page_size: Sessions per page (at most 1000).
             page_token: ``next_page_token`` of the previous page; empty for the first.
+            timeout: Seconds the call may take; default the client's ``timeout``.
         """
         request = copilot_pb2.ListSessionsRequest(page_size=page_size, page_token=page_token or "")
         stub = await self._stub()
-        response = await self._transport.call(stub.ListSessions, request)
+        response = await self._transport.call(
+            stub.ListSessions, request, deadline=per_call(timeout)
+        )
         return SessionListPage(
             sessions=[SessionMetadata.from_proto(s) for s in response.sessions],
             next_page_token=response.next_page_token or None,
         )
 
-    async def list_sessions(self, *, limit: int | None = None) -> list[SessionMetadata]:
+    async def list_sessions(
+        self,
+        *,
+        limit: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> list[SessionMetadata]:
         """Sessions, most recently active first, read page by page.
 
         Args:
             limit: At most this many; ``None`` for all.
+            timeout: Seconds each page's call may take; default the client's ``timeout``.
         """
         sessions: list[SessionMetadata] = []
         token: str | None = ""
         while limit is None or len(sessions) < limit:
             size = MAX_PAGE_SIZE if limit is None else min(MAX_PAGE_SIZE, limit - len(sessions))
-            page = await self.list_sessions_page(page_size=size, page_token=token)
+            page = await self.list_sessions_page(page_size=size, page_token=token, timeout=timeout)
             sessions.extend(page.sessions)
             token = page.next_page_token
             if not token or not page.sessions:
                 break
         return sessions if limit is None else sessions[:limit]
 
-    async def get_session_metadata(self, session_id: str) -> SessionMetadata | None:
+    async def get_session_metadata(
+        self,
+        session_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> SessionMetadata | None:
         """A session's metadata, or ``None`` when there is no such session."""
         request = copilot_pb2.GetSessionRequest(session_id=session_id)
         stub = await self._stub()
         try:
-            response = await self._transport.call(stub.GetSession, request)
+            response = await self._transport.call(
+                stub.GetSession, request, deadline=per_call(timeout)
+            )
         except SessionNotFoundError:
             return None
         return SessionMetadata.from_proto(response.session)
 
-    async def delete_session(self, session_id: str) -> None:
+    async def delete_session(
+        self,
+        session_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> None:
         """Deletes a session and all its events, for good.
 
         Raises:
@@ -353,7 +404,40 @@ class CopilotClient:
         """
         request = copilot_pb2.DeleteSessionRequest(session_id=session_id)
         stub = await self._stub()
-        await self._transport.call(stub.DeleteSession, request)
+        await self._transport.call(stub.DeleteSession, request, deadline=per_call(timeout))
+
+    async def get_messages(
+        self,
+        session_id: str,
+        *,
+        after_sequence: int = 0,
+        limit: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> list[SessionEvent]:
+        """A session's persisted events, oldest first, without resuming it.
+
+        Reading writes nothing: unlike :meth:`resume_session` (which records a
+        ``session.resume`` event and makes the session recently active), it
+        leaves the session's age, and so its retention, as it was. The same
+        as ``CopilotSession.get_messages`` otherwise.
+
+        Args:
+            session_id: The session's id.
+            after_sequence: Only events with a greater sequence number.
+            limit: At most this many events; ``None`` for all.
+            timeout: Seconds each page's call may take; default the client's ``timeout``.
+
+        Raises:
+            SessionNotFoundError: No session has this id.
+        """
+        await self._stub()
+        return await read_events(
+            self._transport,
+            session_id,
+            after_sequence=after_sequence,
+            limit=limit,
+            deadline=per_call(timeout),
+        )
 
     async def pin_session(self, session_id: str, pinned: bool = True) -> SessionMetadata:
         """Pins a session (``pinned=False``: unpins it); retention never deletes a pinned one.
@@ -375,12 +459,14 @@ class CopilotClient:
         page = await self.list_sessions_page(page_size=1)
         return page.sessions[0].session_id if page.sessions else None
 
-    async def list_models(self) -> list[ModelInfo]:
+    async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:  # noqa: ASYNC109 (a gRPC deadline)
         """The models the daemon's configured providers offer, the default first.
 
         With no provider configured, the one entry is the offline model,
         which then answers every model name.
         """
         stub = await self._stub()
-        response = await self._transport.call(stub.ListModels, copilot_pb2.ListModelsRequest())
+        response = await self._transport.call(
+            stub.ListModels, copilot_pb2.ListModelsRequest(), deadline=per_call(timeout)
+        )
         return [ModelInfo.from_proto(model) for model in response.models]

@@ -18,6 +18,7 @@ The tree::
     │   │   └── SubscriberTooSlowError    reason SUBSCRIBER_TOO_SLOW
     │   ├── UnauthenticatedError          UNAUTHENTICATED (TCP without the right token)
     │   └── DaemonUnavailableError        UNAVAILABLE, or the daemon cannot be reached
+    │       └── DaemonTimeoutError        DEADLINE_EXCEEDED (also a TimeoutError)
     ├── UntrustedSocketError              the socket or its folder is not this user's alone
     └── SessionFailedError                a turn reported ``session.error``
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BackupUnsupportedError",
     "CopilotError",
+    "DaemonTimeoutError",
     "DaemonUnavailableError",
     "FailedPreconditionError",
     "InvalidArgumentError",
@@ -166,6 +168,13 @@ class DaemonUnavailableError(RPCError):
     ) -> None:
         super().__init__(message, status=status, reason=reason)
         self.socket_path = os.fspath(socket_path) if socket_path is not None else None
+
+
+class DaemonTimeoutError(DaemonUnavailableError, TimeoutError):
+    """The daemon did not answer within the call's deadline (the client's
+    ``timeout``, or the call's own): it is frozen (a stopped process), stuck,
+    or overloaded. Also a built-in ``TimeoutError``. Whether a call that
+    timed out took effect is unknown: read before retrying a write."""
 
 
 class UntrustedSocketError(CopilotError):

@@ -13,15 +13,17 @@ from typing import Any, NamedTuple, Self, TypeVar
 
 from ._errors import (
     CopilotError,
+    DaemonTimeoutError,
     DaemonUnavailableError,
     ResourceExhaustedError,
     SessionFailedError,
     SessionNotFoundError,
     SubscriberTooSlowError,
 )
+from ._history import read_events, stream_stopped_event
 from ._types import MessageOptions, SessionEvent, SessionEventType, SessionMetadata
 from .proto.v1 import copilot_pb2
-from .service import ServiceClient
+from .service import CALL_TIMEOUT, ServiceClient, UseCallTimeout, per_call
 
 # SendMessage and SendMessageAndWait take requests with the same fields.
 _SendRequest = TypeVar(
@@ -34,18 +36,18 @@ logger = logging.getLogger("copilot_client")
 
 EventHandler = Callable[[SessionEvent], Awaitable[None] | None]
 
-# Re-attaching the event stream after UNAVAILABLE: attempts and first delay.
 _SEND_MODES = {
     "enqueue": copilot_pb2.SEND_MODE_ENQUEUE,
     "immediate": copilot_pb2.SEND_MODE_IMMEDIATE,
 }
-STREAM_RETRIES = 5
+# Re-attaching the event stream after UNAVAILABLE: the first delay, doubled
+# up to the last. There is no last attempt: handlers must not go quiet after
+# an outage, so the stream re-attaches for as long as the session is open.
 STREAM_RETRY_DELAY = 0.2
+STREAM_RETRY_MAX_DELAY = 5.0
 # After a turn's end, how long send_and_wait waits for the session.idle that
 # follows it (so that an immediate next send does not race the turn's end).
 IDLE_GRACE = 2.0
-# ListEvents page size for get_messages().
-EVENTS_PAGE_SIZE = 500
 
 
 class _Reattached:
@@ -104,6 +106,10 @@ class CopilotSession:
         self._waiters: set[asyncio.Queue[_Item]] = set()
         self._stream_task: asyncio.Task[None] | None = None
         self._live = asyncio.Event()
+        # Counts the times the stream became live; a send cut by an outage
+        # waits for the next one to see what the daemon recorded.
+        self._attachments = 0
+        self._attached_again = asyncio.Condition()
         self._stream_error: CopilotError | None = None
         self._destroyed = False
         self._deleted: SessionNotFoundError | None = None
@@ -156,11 +162,17 @@ class CopilotSession:
         if self._deleted is not None:
             raise self._deleted
 
-    async def send(self, options: MessageOptions | str | Mapping[str, Any]) -> str:
+    async def send(
+        self,
+        options: MessageOptions | str | Mapping[str, Any],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> str:
         """Sends a message; the turn then runs in the daemon.
 
         Args:
             options: The message, or just its prompt.
+            timeout: Seconds the call may take; default the client's ``timeout``.
 
         Returns:
             The message id (the id of the persisted ``user.message`` event).
@@ -174,7 +186,9 @@ class CopilotSession:
                 session has moved on; nothing was written.
         """
         self._check_usable()
-        return await self._send(MessageOptions.coerce(options), message_id="")
+        return await self._send(
+            MessageOptions.coerce(options), message_id="", deadline=per_call(timeout)
+        )
 
     def _request(
         self, message: MessageOptions, message_id: str, kind: type[_SendRequest]
@@ -190,9 +204,13 @@ class CopilotSession:
             request.expected_last_sequence = message.expected_last_sequence
         return request
 
-    async def _send(self, message: MessageOptions, message_id: str) -> str:
+    async def _send(
+        self, message: MessageOptions, message_id: str, deadline: float | UseCallTimeout | None
+    ) -> str:
         request = self._request(message, message_id, copilot_pb2.SendMessageRequest)
-        response = await self._transport.call(self._transport.stub.SendMessage, request)
+        response = await self._transport.call(
+            self._transport.stub.SendMessage, request, deadline=deadline
+        )
         return response.message_id
 
     async def send_and_wait(
@@ -228,8 +246,9 @@ class CopilotSession:
         request = self._request(message, message_id, copilot_pb2.SendMessageAndWaitRequest)
         try:
             async with asyncio.timeout_at(end):
+                # No gRPC deadline: the turn may run long; `timeout` bounds the wait.
                 response = await self._transport.call(
-                    self._transport.stub.SendMessageAndWait, request
+                    self._transport.stub.SendMessageAndWait, request, deadline=None
                 )
         except DaemonUnavailableError:
             logger.debug("daemon unavailable during message %s: looking it up", message_id)
@@ -253,9 +272,7 @@ class CopilotSession:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(end):
-                await self._ensure_live()
-                if not (resend and _seen(queue, message_id)):
-                    await self._send(message, message_id)
+                await self._send_once(queue, message, message_id, resend=resend)
                 answer, failure, replayed = await self._wait_turn_end(queue, message_id)
             if not replayed:  # after a catch-up, the ephemeral session.idle is lost
                 await self._wait_idle(queue, max(0.0, min(IDLE_GRACE, end - loop.time())))
@@ -266,6 +283,35 @@ class CopilotSession:
         if failure is not None:
             raise SessionFailedError(failure)
         return answer
+
+    async def _send_once(
+        self, queue: asyncio.Queue[_Item], message: MessageOptions, message_id: str, *, resend: bool
+    ) -> None:
+        """Sends the message unless the log shows it, across outages of the daemon.
+
+        A send cut by an outage may or may not have been recorded: wait for
+        the stream to re-attach, whose catch-up then shows the message if it
+        was, and send (with the same id) only if it was not.
+        """
+        while True:
+            await self._ensure_live()
+            if resend and _seen(queue, message_id):
+                return
+            attachments = self._attachments
+            try:
+                await self._send(message, message_id, CALL_TIMEOUT)
+                return
+            except DaemonTimeoutError:
+                raise  # the daemon is there but frozen: waiting for a re-attach may never end
+            except DaemonUnavailableError:
+                logger.debug("daemon unavailable sending %s: looking it up", message_id)
+            resend = True
+            await self._wait_attached_after(attachments)
+
+    async def _wait_attached_after(self, attachments: int) -> None:
+        """Waits until the stream has become live more than ``attachments`` times."""
+        async with self._attached_again:
+            await self._attached_again.wait_for(lambda: self._attachments > attachments)
 
     async def _wait_turn_end(
         self, queue: asyncio.Queue[_Item], message_id: str
@@ -303,7 +349,12 @@ class CopilotSession:
         except TimeoutError:
             return
 
-    async def set_model(self, model: str) -> None:
+    async def set_model(
+        self,
+        model: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> None:
         """Switches the session to ``model`` for its next turns.
 
         Recorded as a ``session.model_change`` event; a running turn keeps
@@ -315,10 +366,17 @@ class CopilotSession:
         """
         self._check_usable()
         request = copilot_pb2.SetModelRequest(session_id=self.session_id, model=model)
-        response = await self._transport.call(self._transport.stub.SetModel, request)
+        response = await self._transport.call(
+            self._transport.stub.SetModel, request, deadline=per_call(timeout)
+        )
         self._metadata = SessionMetadata.from_proto(response.session)
 
-    async def abort(self, reason: str = "") -> bool:
+    async def abort(
+        self,
+        reason: str = "",
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> bool:
         """Aborts the running turn, whoever started it.
 
         Returns:
@@ -326,36 +384,33 @@ class CopilotSession:
         """
         self._check_usable()
         request = copilot_pb2.AbortTurnRequest(session_id=self.session_id, reason=reason)
-        response = await self._transport.call(self._transport.stub.AbortTurn, request)
+        response = await self._transport.call(
+            self._transport.stub.AbortTurn, request, deadline=per_call(timeout)
+        )
         return response.aborted
 
     async def get_messages(
-        self, *, after_sequence: int = 0, limit: int | None = None
+        self,
+        *,
+        after_sequence: int = 0,
+        limit: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> list[SessionEvent]:
         """The persisted events, oldest first, read page by page.
 
         Args:
             after_sequence: Only events with a greater sequence number.
             limit: At most this many events; ``None`` for all.
+            timeout: Seconds each page's call may take; default the client's ``timeout``.
         """
         self._check_usable()
-        events: list[SessionEvent] = []
-        cursor = after_sequence
-        while limit is None or len(events) < limit:
-            wanted = EVENTS_PAGE_SIZE if limit is None else limit - len(events)
-            page_size = min(EVENTS_PAGE_SIZE, wanted)
-            request = copilot_pb2.ListEventsRequest(
-                session_id=self.session_id,
-                cursor=cursor,
-                page_size=page_size,
-                order=copilot_pb2.EVENT_ORDER_OLDEST_FIRST,
-            )
-            response = await self._transport.call(self._transport.stub.ListEvents, request)
-            events.extend(SessionEvent.from_proto(event) for event in response.events)
-            if not response.next_cursor or not response.events:
-                break
-            cursor = response.next_cursor
-        return events if limit is None else events[:limit]
+        return await read_events(
+            self._transport,
+            self.session_id,
+            after_sequence=after_sequence,
+            limit=limit,
+            deadline=per_call(timeout),
+        )
 
     get_events = get_messages
 
@@ -396,10 +451,23 @@ class CopilotSession:
 
         ``on()`` and ``send_and_wait()`` attach by themselves; call this when
         events that other clients cause from now on must not be missed.
+
+        Raises:
+            DaemonTimeoutError: Not live within the client's ``timeout``.
         """
         self._check_usable()
         self._attached = True
-        await self._ensure_live()
+        deadline = self._transport.call_timeout
+        try:
+            async with asyncio.timeout(deadline):
+                await self._ensure_live()
+        except TimeoutError:
+            raise DaemonTimeoutError(
+                f"the events of session {self.session_id!r} did not go live within "
+                f"{deadline:g} s: the daemon at {self._transport.where} is not answering; "
+                "the session keeps trying to attach",
+                socket_path=self._transport.where,
+            ) from None
 
     async def _ensure_live(self) -> None:
         """Starts the event stream if needed and waits until it is live."""
@@ -430,8 +498,11 @@ class CopilotSession:
                             if proto.type == _DELTA and not self._handlers:
                                 continue  # only handlers see deltas; waiters skip them
                             await self._dispatch(SessionEvent.from_proto(proto), replayed)
-                        if response.live:
+                        if response.live and not self._live.is_set():
                             self._live.set()
+                            async with self._attached_again:
+                                self._attachments += 1
+                                self._attached_again.notify_all()
                 error: CopilotError = DaemonUnavailableError(
                     "the event stream ended", socket_path=self._transport.where
                 )
@@ -441,35 +512,38 @@ class CopilotSession:
                 return
             except (DaemonUnavailableError, ResourceExhaustedError) as exc:
                 if not isinstance(exc, DaemonUnavailableError | SubscriberTooSlowError):
-                    self._stop_stream_with(exc)
+                    await self._stop_stream_with(exc)
                     return
                 error = exc
             except CopilotError as exc:
                 if not self._transport.is_open:
                     return  # the client was stopped
-                self._stop_stream_with(exc)
+                await self._stop_stream_with(exc)
                 return
             except Exception as exc:
                 logger.exception("event stream of session %s failed", self.session_id)
-                self._stop_stream_with(CopilotError(f"the event stream failed: {exc!r}"))
+                await self._stop_stream_with(CopilotError(f"the event stream failed: {exc!r}"))
                 return
             if not self._transport.is_open:
                 return  # the client was stopped
             failures += 1
-            if failures > STREAM_RETRIES:
-                self._stop_stream_with(error)
-                return
             logger.debug("re-attaching to %s after %s", self.session_id, error)
             self._live.clear()
             for queue in self._waiters:
                 queue.put_nowait(_REATTACHED)
             if failures > 1 or isinstance(error, DaemonUnavailableError):
-                await asyncio.sleep(STREAM_RETRY_DELAY * 2 ** (failures - 1))
+                delay = STREAM_RETRY_DELAY * 2 ** min(failures - 1, 16)
+                await asyncio.sleep(min(delay, STREAM_RETRY_MAX_DELAY))
 
-    def _stop_stream_with(self, error: CopilotError) -> None:
+    async def _stop_stream_with(self, error: CopilotError) -> None:
+        """Ends the stream for an error re-attaching cannot cure, and says so to
+        everyone: waiters get the error, handlers a last, ephemeral
+        ``session.error`` event (``error_type`` ``"event_stream"``) rather
+        than silence."""
         logger.warning("event stream of session %s stopped: %s", self.session_id, error)
         self._stream_error = error
         self._fail_waiters(error)
+        await self._dispatch(stream_stopped_event(self._last_sequence, error), replayed=False)
 
     def _fail_waiters(self, error: BaseException) -> None:
         for queue in self._waiters:

@@ -18,6 +18,8 @@ turns a failed call into the most specific :class:`copilot_client.RPCError`::
 
 from __future__ import annotations
 
+import enum
+import math
 import os
 import re
 from collections.abc import AsyncGenerator, Iterator
@@ -30,6 +32,7 @@ import grpc
 from ._errors import (
     BackupUnsupportedError,
     CopilotError,
+    DaemonTimeoutError,
     DaemonUnavailableError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -50,20 +53,58 @@ from .proto.admin.v1 import admin_pb2_grpc
 from .proto.v1 import copilot_pb2, copilot_pb2_grpc
 from .wire import CURRENT_SEQUENCE_METADATA_KEY, REASON_METADATA_KEY
 
-__all__ = ["ERROR_FOR_REASON", "START_HINT", "ServiceClient", "map_rpc_error"]
+__all__ = [
+    "CALL_TIMEOUT",
+    "DEFAULT_CALL_TIMEOUT",
+    "ERROR_FOR_REASON",
+    "START_HINT",
+    "ServiceClient",
+    "UseCallTimeout",
+    "map_rpc_error",
+    "per_call",
+]
+
+
+class UseCallTimeout(enum.Enum):
+    """The type of :data:`CALL_TIMEOUT`."""
+
+    TOKEN = enum.auto()
+
+
+# ServiceClient.call's default deadline: the client's call_timeout.
+CALL_TIMEOUT: Final = UseCallTimeout.TOKEN
+
+
+def per_call(timeout: float | None) -> float | UseCallTimeout | None:
+    """The deadline for :meth:`ServiceClient.call` from a public method's ``timeout``
+    argument: ``None`` is the client's default, ``math.inf`` no limit."""
+    if timeout is None:
+        return CALL_TIMEOUT
+    return None if math.isinf(timeout) else timeout
+
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 
+# Seconds a unary call may take unless the client or the call says otherwise:
+# long enough for a busy daemon, short enough that a frozen one is noticed.
+DEFAULT_CALL_TIMEOUT: Final = 30.0
+
 # A local socket: reconnect quickly (the daemon may be starting or restarting)
-# and allow large pages of events.
+# and allow large pages of events. grpc.min_reconnect_backoff_ms is left at
+# its default on purpose: grpc also uses it as the connect timeout, and at
+# 100 ms a daemon that systemd is still starting (socket activation) was
+# reported as not running; each call's deadline bounds the wait instead.
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.enable_http_proxy", 0),
+    # Each channel connects on its own: with grpc's process-wide subchannel
+    # pool, a new client inherited another's backoff after an outage and
+    # failed at once although the daemon was serving again.
+    ("grpc.use_local_subchannel_pool", 1),
 )
 
 
@@ -78,6 +119,8 @@ class ServiceClient:
         tls_root_cert: PEM file of the certificate to trust: TCP then uses TLS.
             Without it, TCP is plain text, which grpc allows to loopback
             addresses only, so the token never crosses a network in clear.
+        call_timeout: Seconds a unary call may take when :meth:`call` is not
+            given its own deadline; ``None`` for no limit.
     """
 
     def __init__(
@@ -87,8 +130,10 @@ class ServiceClient:
         address: str | None = None,
         token: str | None = None,
         tls_root_cert: Path | None = None,
+        call_timeout: float | None = DEFAULT_CALL_TIMEOUT,
     ) -> None:
         self.socket_path = socket_path
+        self.call_timeout = call_timeout
         self.address = address
         self._token = token
         self._tls_root_cert = tls_root_cert
@@ -170,25 +215,38 @@ class ServiceClient:
         rpc: grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
         request: RequestT,
         *,
-        deadline: float | None = None,
+        deadline: float | UseCallTimeout | None = CALL_TIMEOUT,
+        wait_for_ready: bool = False,
     ) -> ResponseT:
         """Runs one unary call; the one place where unary failures are mapped.
+
+        A daemon whose connection is being set up (systemd starting it) is
+        waited for within the deadline; a socket nothing serves fails at once
+        unless ``wait_for_ready``.
 
         Args:
             rpc: A method of :attr:`stub` or :attr:`admin_stub`, e.g.
                 ``service.stub.Ping``.
             request: Its request message.
-            deadline: Seconds the call may take; ``None`` for no limit.
+            deadline: Seconds the call may take; ``None`` for no limit;
+                by default :attr:`call_timeout`.
+            wait_for_ready: Wait (within the deadline) for a daemon that is
+                not serving yet instead of failing: for one known to be starting.
 
         Raises:
-            RPCError: The most specific subclass for the failure.
+            DaemonTimeoutError: The deadline passed without an answer.
+            RPCError: The most specific subclass for any other failure.
         """
-        with self.mapped_errors():
-            return await rpc(request, timeout=deadline)
+        seconds = self.call_timeout if isinstance(deadline, UseCallTimeout) else deadline
+        with self.mapped_errors(deadline=seconds):
+            return await rpc(request, timeout=seconds, wait_for_ready=wait_for_ready)
 
     @contextmanager
-    def mapped_errors(self) -> Iterator[None]:
+    def mapped_errors(self, *, deadline: float | None = None) -> Iterator[None]:
         """Maps a failed call inside the block, for streaming calls, as :meth:`call` does.
+
+        Args:
+            deadline: The seconds the call was given, named when it timed out.
 
         Raises:
             RPCError: The most specific subclass for the failure.
@@ -196,7 +254,7 @@ class ServiceClient:
         try:
             yield
         except grpc.aio.AioRpcError as error:
-            raise map_rpc_error(error, socket_path=self.where) from error
+            raise map_rpc_error(error, socket_path=self.where, deadline=deadline) from error
 
     async def stream_events(
         self, session_id: str, after_sequence: int
@@ -322,7 +380,12 @@ def _class_for(reason: str, status: grpc.StatusCode) -> type[RPCError]:
         return _BY_STATUS.get(status, RPCError)
 
 
-def map_rpc_error(error: grpc.aio.AioRpcError, *, socket_path: str | os.PathLike[str]) -> RPCError:
+def map_rpc_error(
+    error: grpc.aio.AioRpcError,
+    *,
+    socket_path: str | os.PathLike[str],
+    deadline: float | None = None,
+) -> RPCError:
     """The most specific :class:`copilot_client.RPCError` for a failed call.
 
     The daemon's reason (trailing metadata ``copilot-error-reason``, see
@@ -332,6 +395,7 @@ def map_rpc_error(error: grpc.aio.AioRpcError, *, socket_path: str | os.PathLike
     Args:
         error: The failed call.
         socket_path: The socket the call went to, named in connection errors.
+        deadline: The seconds the call was given, named when it timed out.
 
     Returns:
         The exception to raise (the caller chains ``error`` to it).
@@ -339,6 +403,15 @@ def map_rpc_error(error: grpc.aio.AioRpcError, *, socket_path: str | os.PathLike
     status = error.code()
     reason = _trailer(error, REASON_METADATA_KEY)
     details = error.details() or status.name
+    if status == grpc.StatusCode.DEADLINE_EXCEEDED:
+        within = f" within {deadline:g} s" if deadline is not None else " in time"
+        return DaemonTimeoutError(
+            f"copilotd at {os.fspath(socket_path)} did not answer{within}: it is frozen "
+            "(a stopped process), stuck or overloaded. Check it with `copilotd status`, "
+            "or allow more time (the client's or the call's timeout)",
+            status=status,
+            socket_path=socket_path,
+        )
     cls = _class_for(reason, status)
     if cls is DaemonUnavailableError:
         if reason == Reason.Name(Reason.ERROR_REASON_SHUTTING_DOWN):

@@ -8,7 +8,8 @@ Run both steps:      python examples/persisting_sessions.py
 Run one step:        python examples/persisting_sessions.py create|resume
 
 The client starts copilotd in the background if it is not running (it keeps
-running afterwards; stop it with ``pkill -f "copilotd serve"`` or systemd).
+running afterwards; ``copilotd status`` shows its pid). Run it again after an
+interruption: a session left by an earlier run is continued, not an error.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import asyncio
 import subprocess
 import sys
 
-from copilot_client import CopilotClient, MessageOptions, SessionConfig
+from copilot_client import (
+    CopilotClient,
+    MessageOptions,
+    SessionConfig,
+    SessionExistsError,
+    SessionNotFoundError,
+)
 
 SESSION_ID = "user-123-conversation"
 
@@ -27,12 +34,17 @@ async def create_and_talk() -> None:
     await client.start()
 
     # Create session with a memorable ID
-    session = await client.create_session(
-        SessionConfig(
-            session_id=SESSION_ID,
-            model="gpt-5",
+    try:
+        session = await client.create_session(
+            SessionConfig(
+                session_id=SESSION_ID,
+                model="gpt-5",
+            )
         )
-    )
+    except SessionExistsError:
+        # An earlier run stopped before its last step deleted the session.
+        print(f"{SESSION_ID} is left from an earlier run: continuing it")
+        session = await client.resume_session(SESSION_ID)
 
     answer = await session.send_and_wait(MessageOptions(prompt="Let's discuss TypeScript generics"))
     print("assistant:", answer.data.content if answer else None)
@@ -50,7 +62,12 @@ async def resume_and_finish() -> None:
     await client.start()
 
     # Resume the previous session
-    session = await client.resume_session(SESSION_ID)
+    try:
+        session = await client.resume_session(SESSION_ID)
+    except SessionNotFoundError:
+        print(f"no session {SESSION_ID} to resume: run the create step first", file=sys.stderr)
+        await client.stop()
+        sys.exit(1)
 
     # Previous context is restored
     answer = await session.send_and_wait(MessageOptions(prompt="What were we discussing?"))

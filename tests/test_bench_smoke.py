@@ -56,4 +56,5 @@ def test_the_suite_runs_and_measures_every_benchmark(tmp_path: Path) -> None:
     assert durable["group_commit"]["exit_code"] == 0
 
     assert results["cold_start"]["copilotd"]["n"] == TINY.cold_starts
-    assert len(results["targets"]) == 10
+    assert results["cold_start"]["auto_start"]["n"] == TINY.cold_starts
+    assert len(results["targets"]) == 11

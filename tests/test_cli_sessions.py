@@ -260,7 +260,8 @@ async def test_prune_dry_run_deletes_nothing_and_prune_keeps_pinned(
     dry = json.loads(
         ok(copilotd(daemon, "sessions", "prune", "--older-than", "30d", "--dry-run", "--json"))
     )
-    assert [s["session_id"] for s in dry] == ["old-1", "old-2"]
+    assert [s["session_id"] for s in dry["sessions"]] == ["old-1", "old-2"]
+    assert dry["session_count"] == 2 and dry["truncated"] is False and dry["pinned_kept"] == 1
     text = ok(copilotd(daemon, "sessions", "prune", "--older-than", "30d", "--dry-run"))
     assert text.startswith("would delete 2 session(s)")
     assert "kept 1 pinned session(s)" in text
@@ -282,11 +283,11 @@ async def test_prune_dry_run_deletes_nothing_and_prune_keeps_pinned(
             )
         )
     )
-    assert [s["session_id"] for s in kept] == ["old-2"]
+    assert [s["session_id"] for s in kept["sessions"]] == ["old-2"]
     only_keep = json.loads(
         ok(copilotd(daemon, "sessions", "prune", "--keep", "1", "--dry-run", "--json"))
     )
-    assert [s["session_id"] for s in only_keep] == ["recent", "old-1", "old-2"]
+    assert [s["session_id"] for s in only_keep["sessions"]] == ["recent", "old-1", "old-2"]
 
     text = ok(copilotd(daemon, "sessions", "prune", "--older-than", "30d"))
     assert text.startswith("deleted 2 session(s)")

@@ -9,22 +9,9 @@ import sys
 from pathlib import Path
 
 from tests.support.daemon_process import DaemonProcess
+from tests.support.example import run_step
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "persisting_sessions.py"
 FIRST_PROMPT = "Let's discuss TypeScript generics"
-
-
-def run_step(step: str, env: dict[str, str]) -> str:
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLE), step],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def auto_started_pid(data_dir: Path) -> int:

@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2
 from copilot_client import CopilotClient
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
+from tests.support.autostart import daemons_serving
 from tests.support.cli import copilotd, ok, one_line_error
 from tests.support.daemon_process import DaemonProcess
 from tests.support.wire import health_check
@@ -278,6 +279,54 @@ async def test_systemd_socket_activate_starts_the_daemon_on_the_first_client(
         assert status["socket_activated"] is True and status["pid"] == activator.pid
         activator.send_signal(signal.SIGTERM)
         assert activator.wait(30) == 0
+    finally:
+        if activator.poll() is None:
+            activator.kill()
+            activator.wait()
+
+
+def activated_command(socket_path: Path, data_dir: Path) -> list[str]:
+    return [
+        "systemd-socket-activate",
+        "--listen",
+        str(socket_path),
+        *(f"--setenv={name}" for name in PASSED_ENV if name in os.environ),
+        sys.executable,
+        "-m",
+        "copilotd",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+    ]
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None,
+    reason="systemd-socket-activate is not installed (Debian package systemd)",
+)
+async def test_the_first_client_and_status_wait_for_the_daemon_their_connection_starts(
+    short_tmp: Path,
+) -> None:
+    """The connection that makes systemd start the daemon is waited on: the first
+    client neither fails nor auto-starts a second daemon, and the first
+    `copilotd status` finds the daemon running (the daemon takes far longer to
+    start than the old 100 ms connect timeout)."""
+    socket_path = short_tmp / "sd" / "copilotd.sock"
+    socket_path.parent.mkdir(mode=0o700)
+    client_data = short_tmp / "client-data"  # where an auto-started daemon would log
+    activator = start_activator(activated_command(socket_path, short_tmp / "data"))
+    os.chmod(socket_path, 0o600)  # SocketMode=0600, as copilotd.socket: clients refuse looser
+    try:
+        async with CopilotClient(socket_path=socket_path, data_dir=client_data) as client:
+            assert await client.list_sessions() == []
+        assert not (client_data / "copilotd.log").exists()  # nothing was auto-started
+        assert daemons_serving(socket_path) == []  # (the activated daemon is not given --socket)
+        activator.send_signal(signal.SIGTERM)
+        assert activator.wait(30) == 0
+        activator = start_activator(activated_command(socket_path, short_tmp / "data"))
+        os.chmod(socket_path, 0o600)
+        status = json.loads(ok(copilotd(None, "status", "--json", "--socket", str(socket_path))))
+        assert status["running"] is True and status["pid"] == activator.pid
     finally:
         if activator.poll() is None:
             activator.kill()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -24,17 +25,42 @@ from copilot_client import CopilotError, DaemonUnavailableError
 from copilot_client.paths import SOCKET_ENV, resolve_socket_path
 from copilot_client.proto.admin.v1 import admin_pb2_grpc
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
-from copilot_client.service import ServiceClient
+from copilot_client.service import (
+    CALL_TIMEOUT,
+    DEFAULT_CALL_TIMEOUT,
+    ServiceClient,
+    UseCallTimeout,
+)
 from copilotd.admin.retention import DURATION_HELP, parse_duration
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-PING_DEADLINE: Final = 5.0
+TIMEOUT_ENV: Final = "COPILOTD_TIMEOUT"
 
 
 class CliError(Exception):
     """A failure the command reports in one line (the message) before exiting 1."""
+
+
+# The daemon's messages are written for API callers and name RPCs; on the
+# command line, name the commands that do the same.
+_CLI_WORDS: Final = {
+    "ListSessions": "`copilotd sessions list`",
+    "CreateSession": "a client (create_session) or `copilotd import`",
+    "ListEvents": "`copilotd sessions show`",
+    "DeleteSession": "`copilotd sessions delete`",
+    "PruneSessions": "`copilotd sessions prune`",
+    "ImportSession": "`copilotd import`",
+    "BackupStore": "`copilotd backup`",
+    "GetDaemonStatus": "`copilotd status`",
+}
+_RPC_NAME: Final = re.compile(r"\b(" + "|".join(_CLI_WORDS) + r")\b")
+
+
+def in_cli_words(message: str) -> str:
+    """``message`` with the RPC names it mentions replaced by the matching commands."""
+    return _RPC_NAME.sub(lambda found: _CLI_WORDS[found[1]], message)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -50,7 +76,7 @@ def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
         try:
             return command(*args, **kwargs)
         except (CliError, CopilotError) as error:
-            fail(str(error))
+            fail(in_cli_words(str(error)))
         except BrokenPipeError:  # the reader went away (`| head`): nothing left to say
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
@@ -127,8 +153,10 @@ class Daemon:
         self.stub: copilot_pb2_grpc.CopilotServiceAsyncStub = transport.stub
         self.admin: admin_pb2_grpc.CopilotAdminServiceAsyncStub = transport.admin_stub
 
-    async def call(self, rpc: Any, request: Any) -> Any:
-        return await self.transport.call(rpc, request)
+    async def call(
+        self, rpc: Any, request: Any, *, deadline: float | UseCallTimeout | None = CALL_TIMEOUT
+    ) -> Any:
+        return await self.transport.call(rpc, request, deadline=deadline)
 
     @asynccontextmanager
     async def mapped_errors(self) -> AsyncIterator[None]:
@@ -137,20 +165,46 @@ class Daemon:
             yield
 
 
+def call_timeout(default: float = DEFAULT_CALL_TIMEOUT) -> float:
+    """Seconds each call to the daemon may take: ``copilotd --timeout``, else ``default``."""
+    context = click.get_current_context(silent=True)
+    chosen = context.find_root().params.get("timeout") if context is not None else None
+    return default if chosen is None else float(chosen)
+
+
+def timeout_option(group: Callable[P, T]) -> Callable[P, T]:
+    return click.option(
+        "--timeout",
+        envvar=TIMEOUT_ENV,
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
+        help=f"Seconds each call to the daemon may take before the command gives up "
+        f"[env {TIMEOUT_ENV}; default {DEFAULT_CALL_TIMEOUT:g}, and 5 for `status`].",
+    )(group)
+
+
 @asynccontextmanager
-async def connect(socket_path: Path | None) -> AsyncIterator[Daemon]:
+async def connect(
+    socket_path: Path | None,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 (gRPC deadline)
+) -> AsyncIterator[Daemon]:
     """Connect to the daemon that serves ``socket_path``; never starts one.
 
+    Every call gets a deadline: ``timeout``, else :func:`call_timeout`.
+
     Raises ``CliError`` (naming the socket and how to start the daemon) when
-    nothing answers.
+    nothing answers, with the ``DaemonUnavailableError`` (``DaemonTimeoutError``
+    for a daemon that accepts the connection but does not answer) as its cause.
     """
-    transport = ServiceClient(resolve_socket_path(socket_path))
+    transport = ServiceClient(
+        resolve_socket_path(socket_path),
+        call_timeout=call_timeout() if timeout is None else timeout,
+    )
     transport.open()
     try:
         try:
-            await transport.call(
-                transport.stub.Ping, copilot_pb2.PingRequest(), deadline=PING_DEADLINE
-            )
+            await transport.call(transport.stub.Ping, copilot_pb2.PingRequest())
         except DaemonUnavailableError as error:
             # "copilotd: the daemon is not reachable at …", not "copilotd: copilotd is …"
             raise CliError(str(error).replace("copilotd is", "the daemon is", 1)) from error

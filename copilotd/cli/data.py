@@ -361,6 +361,16 @@ def restore_command(backup: Path, data_dir: Path | None) -> None:
     click.echo(f"restored {sessions} session(s) from {backup} into {current}{note}")
 
 
+def _unused_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``folder/name-2``, ``-3``… when taken (two restores
+    in one second); the caller holds the data directory's lock."""
+    candidate, number = folder / name, 1
+    while candidate.exists():
+        number += 1
+        candidate = folder / f"{name}-{number}"
+    return candidate
+
+
 def _swap_in(source_dir: Path, target: Path) -> tuple[Path, Path | None, int]:
     current = target / STORE_SUBDIR
     incoming = target / f"{STORE_SUBDIR}.restoring"
@@ -377,8 +387,7 @@ def _swap_in(source_dir: Path, target: Path) -> tuple[Path, Path | None, int]:
         raise
     kept: Path | None = None
     if current.exists():
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        kept = target / f"{STORE_SUBDIR}.replaced-{stamp}"
+        kept = _unused_name(target, f"{STORE_SUBDIR}.replaced-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
         current.rename(kept)
     incoming.rename(current)
     directory = os.open(target, os.O_RDONLY)

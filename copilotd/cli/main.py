@@ -16,7 +16,7 @@ import click
 from copilot_client.paths import DATA_DIR_ENV, SOCKET_ENV
 from copilot_client.wire import TOKEN_ENV
 from copilotd import __version__
-from copilotd.cli.common import OneLineErrors
+from copilotd.cli.common import OneLineErrors, timeout_option
 from copilotd.cli.data import backup_command, export_command, import_command, restore_command
 from copilotd.cli.service import install_service_command, status_command, stop_command
 from copilotd.cli.sessions import sessions_group
@@ -28,7 +28,8 @@ from copilotd.sessions.fanout import DEFAULT_BUFFER_EVENTS
 
 @click.group(cls=OneLineErrors)
 @click.version_option(__version__, prog_name="copilotd")
-def main() -> None:
+@timeout_option
+def main(timeout: float | None) -> None:
     """copilotd keeps chat sessions with language models safe across restarts."""
 
 

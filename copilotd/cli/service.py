@@ -15,13 +15,14 @@ from typing import Any, Final
 
 import click
 
-from copilot_client import DaemonUnavailableError
+from copilot_client import DaemonTimeoutError, DaemonUnavailableError
 from copilot_client.paths import resolve_data_dir, resolve_socket_path
 from copilot_client.proto.admin.v1 import admin_pb2
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd.admin.retention import format_duration
 from copilotd.cli.common import (
     CliError,
+    call_timeout,
     connect,
     human_bytes,
     reports_errors,
@@ -34,6 +35,11 @@ from copilotd.runtime.datadir import STORE_SUBDIR
 # `copilotd status` exits with this when the daemon is not running (as
 # `systemctl status` does for an inactive unit).
 NOT_RUNNING_EXIT: Final = 3
+# ... and with this when something holds the socket but does not answer (LSB's
+# "status unknown"): a stopped (SIGSTOP) or stuck daemon.
+NOT_ANSWERING_EXIT: Final = 4
+# Seconds `status` waits for an answer unless `copilotd --timeout` says otherwise.
+STATUS_TIMEOUT: Final = 5.0
 UNIT_NAMES: Final = ("copilotd.service", "copilotd.socket")
 TEMPLATE_EXEC_START: Final = "ExecStart=%h/.local/bin/copilotd serve"
 TEMPLATE_DATA_DIR: Final = "%h/.local/share/copilotd"
@@ -72,7 +78,7 @@ def status_command(as_json: bool, socket_path: Path | None) -> None:
     """
 
     async def main() -> tuple[admin_pb2.GetDaemonStatusResponse, pb.ListModelsResponse]:
-        async with connect(socket_path) as daemon:
+        async with connect(socket_path, timeout=call_timeout(STATUS_TIMEOUT)) as daemon:
             status: admin_pb2.GetDaemonStatusResponse = await daemon.call(
                 daemon.admin.GetDaemonStatus, admin_pb2.GetDaemonStatusRequest()
             )
@@ -86,6 +92,9 @@ def status_command(as_json: bool, socket_path: Path | None) -> None:
     except CliError as error:
         if not isinstance(error.__cause__, DaemonUnavailableError):
             raise
+        if isinstance(error.__cause__, DaemonTimeoutError):
+            _print_not_answering(resolve_socket_path(socket_path), as_json, error.__cause__)
+            raise click.exceptions.Exit(NOT_ANSWERING_EXIT) from None
         _print_not_running(resolve_socket_path(socket_path), as_json)
         raise click.exceptions.Exit(NOT_RUNNING_EXIT) from None
     on_disk = file_size(Path(status.data_dir) / STORE_SUBDIR / "data.mdb")
@@ -150,6 +159,27 @@ def providers_lines(models: pb.ListModelsResponse) -> list[str]:
         f"provider:   {provider} ({kind}): {', '.join(names)}"
         for (provider, kind), names in by_provider.items()
     ]
+
+
+def _socket_holder(socket_path: Path) -> int | None:
+    """The pid the daemon wrote into the lock beside its socket, if any."""
+    try:
+        text = socket_path.with_name(socket_path.name + ".lock").read_text().split()
+    except OSError:
+        return None
+    return int(text[0]) if text and text[0].isdigit() else None
+
+
+def _print_not_answering(socket_path: Path, as_json: bool, error: DaemonTimeoutError) -> None:
+    pid = _socket_holder(socket_path)
+    if as_json:
+        report = {"running": True, "answering": False, "pid": pid, "socket": str(socket_path)}
+        click.echo(json.dumps(report, indent=2))
+        return
+    who = f" (pid {pid})" if pid is not None else ""
+    click.echo(f"copilotd{who} is not answering at {socket_path}: {error.message}")
+    if pid is not None:
+        click.echo(f"stopped?   `ps -o pid,stat,cmd -p {pid}` (state T); resume: kill -CONT {pid}")
 
 
 def _print_not_running(socket_path: Path, as_json: bool) -> None:

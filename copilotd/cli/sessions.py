@@ -32,6 +32,8 @@ from copilotd.events import SessionEvent, SessionMetadata
 from copilotd.limits import MAX_PAGE_SIZE
 
 SUMMARY_WIDTH = 48
+# Sessions `sessions list` shows on a terminal unless --limit says otherwise.
+TERMINAL_ROWS = 50
 
 
 @click.group("sessions")
@@ -128,13 +130,27 @@ def print_table(sessions: Sequence[SessionMetadata]) -> None:
 def list_command(
     as_json: bool, older_than: timedelta | None, limit: int | None, socket_path: Path | None
 ) -> None:
-    """Sessions, most recently active first."""
+    """Sessions, most recently active first.
+
+    On a terminal, without --limit, the first 50 are shown and the command
+    says how to see more.
+    """
+    # One more than is shown, to know whether there are more.
+    fetch = limit if limit is not None or as_json or not sys.stdout.isatty() else TERMINAL_ROWS + 1
 
     async def main() -> list[SessionMetadata]:
         async with connect(socket_path) as daemon:
-            return await list_all(daemon, older_than=older_than, limit=limit)
+            return await list_all(daemon, older_than=older_than, limit=fetch)
 
     sessions = run(main())
+    if fetch is not None and limit is None and len(sessions) > TERMINAL_ROWS:
+        print_table(sessions[:TERMINAL_ROWS])
+        click.echo(
+            f"(the {TERMINAL_ROWS} most recently active shown; there are more: "
+            "`copilotd sessions list --limit N` shows N, `--json` or a pipe shows all)",
+            err=True,
+        )
+        return
     if as_json:
         click.echo(json.dumps([metadata_dict(m) for m in sessions], indent=2, ensure_ascii=False))
     elif sessions:
@@ -303,7 +319,7 @@ def prune_command(
 
     response = run(main())
     if as_json:
-        click.echo(json.dumps([metadata_dict(m) for m in response.sessions], indent=2))
+        click.echo(json.dumps(prune_report(response, dry_run=dry_run), indent=2))
         return
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {response.session_count} session(s)")
@@ -313,6 +329,18 @@ def prune_command(
         click.echo(f"(the first {len(response.sessions)} shown)")
     if response.pinned_kept:
         click.echo(f"kept {response.pinned_kept} pinned session(s) the rule selects")
+
+
+def prune_report(response: admin_pb2.PruneSessionsResponse, *, dry_run: bool) -> dict[str, Any]:
+    """``prune --json``: the count, the sessions listed, and whether that list is cut
+    short (the daemon lists as many as fit in one answer; the count is all of them)."""
+    return {
+        "dry_run": dry_run,
+        "session_count": response.session_count,
+        "sessions": [metadata_dict(m) for m in response.sessions],
+        "truncated": len(response.sessions) < response.session_count,
+        "pinned_kept": response.pinned_kept,
+    }
 
 
 def _pin(session_id: str, pinned: bool, socket_path: Path | None) -> None:
