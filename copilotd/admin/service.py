@@ -50,6 +50,8 @@ class DaemonInfo:
     socket_activated: bool = False
     metrics_address: str = ""
     start_time: Timestamp
+    store_location: str = ""
+    """The backend and where its data is (``store.settings.describe_store``); no secrets."""
 
 
 @dataclass(frozen=True, kw_only=True)

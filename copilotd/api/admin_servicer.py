@@ -104,6 +104,7 @@ def status_to_proto(status: DaemonStatus) -> admin_pb2.GetDaemonStatusResponse:
         socket_activated=info.socket_activated,
         retention=policy_to_proto(status.retention),
         metrics_address=info.metrics_address,
+        store_location=info.store_location,
     )
 
 

@@ -91,6 +91,7 @@ def status_command(as_json: bool, socket_path: Path | None) -> None:
             "socket_activated": status.socket_activated,
             "data_dir": status.data_dir,
             "started": status.start_time.ToJsonString(),
+            "store": status.store_location or None,
             "store_bytes": status.store_bytes,
             "store_file_bytes": on_disk,
             "sessions": status.session_count,
@@ -108,7 +109,8 @@ def status_command(as_json: bool, socket_path: Path | None) -> None:
         f"copilotd {status.version} is running (pid {status.pid}, up {uptime})",
         f"socket:     {status.socket_path}{' (from systemd)' if status.socket_activated else ''}",
         f"data dir:   {status.data_dir}",
-        f"store:      {human_bytes(status.store_bytes)} in use{disk}",
+        f"store:      {status.store_location or 'lmdb'}",
+        f"            {human_bytes(status.store_bytes)} in use{disk}",
         f"sessions:   {status.session_count} ({status.running_turns} turn(s) running)",
         f"retention:  {retention_text(status.retention)}",
         "metrics:    "

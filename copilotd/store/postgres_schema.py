@@ -88,6 +88,15 @@ def describe_dsn(dsn: str) -> str:
     return f"postgresql {shown}".rstrip()
 
 
+def dsn_password(dsn: str) -> str | None:
+    """The password a DSN carries, to keep it out of the log."""
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        return None
+    return str(password) if password else None
+
+
 def prepare_schema(connection: psycopg.Connection[Any], where: str) -> None:
     """Create the schema in a new database, or check the version of an existing one.
 

@@ -20,6 +20,7 @@ import psycopg
 from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from copilotd.redaction import REDACTOR
 from copilotd.store import records
 from copilotd.store.base import (
     BackupUnsupported,
@@ -35,6 +36,7 @@ from copilotd.store.postgres_schema import (
     SCHEMA,
     StoreUnreachable,
     describe_dsn,
+    dsn_password,
     prepare_schema,
 )
 from copilotd.store.postgres_writer import MAX_BIGINT, PostgresWriter
@@ -51,6 +53,25 @@ RETRIED_ERRORS: Final = (errors.DeadlockDetected, errors.SerializationFailure)
 MAX_ATTEMPTS: Final = 5
 # The server's disk is full (53100).
 FULL_ERRORS: Final = (errors.DiskFull,)
+
+# The reads' queries, each a range scan of one index (tests/test_store_postgres.py
+# EXPLAINs them at 100,000 sessions): listing walks sessions_recency backwards.
+_LIST_KEYS: Final = f"SELECT modified_ns, session_id, metadata_bytes FROM {SCHEMA}.sessions"
+_NEWEST_FIRST: Final = " ORDER BY modified_ns DESC, session_id DESC LIMIT %s"
+LIST_FIRST_PAGE: Final = _LIST_KEYS + _NEWEST_FIRST
+LIST_NEXT_PAGE: Final = _LIST_KEYS + " WHERE (modified_ns, session_id) < (%s, %s)" + _NEWEST_FIRST
+OPEN_TURNS: Final = (
+    f"SELECT record FROM {SCHEMA}.sessions WHERE needs_attention ORDER BY session_id"
+)
+
+
+def events_query(columns: str, newest_first: bool) -> str:
+    """Events of one log in a window (log_number, after, before, limit): a scan of events_pkey."""
+    return (
+        f"SELECT {columns} FROM {SCHEMA}.events"
+        " WHERE log_number = %s AND sequence > %s AND sequence < %s"
+        f" ORDER BY sequence {'DESC' if newest_first else 'ASC'} LIMIT %s"
+    )
 
 
 class PostgresStore(Store):
@@ -73,6 +94,18 @@ class PostgresStore(Store):
         and database, never the password.
         """
         where = describe_dsn(dsn)
+        password = dsn_password(dsn)
+        if password:
+            REDACTOR.add(password)  # whatever quotes the DSN, the log will not show it
+        try:
+            # One connection first: its refusal says why at once (the pool
+            # would retry until its timeout and only report that).
+            with psycopg.connect(
+                dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_SECONDS)
+            ) as connection:
+                prepare_schema(connection, where)
+        except psycopg.OperationalError as error:
+            raise _unreachable(where, error) from None
         pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
             min_size=1,
@@ -85,18 +118,9 @@ class PostgresStore(Store):
         )
         try:
             pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
-            with pool.connection() as connection:
-                prepare_schema(connection, where)
-        except (PoolTimeout, psycopg.OperationalError) as error:
+        except PoolTimeout as error:
             pool.close()
-            raise StoreUnreachable(
-                f"cannot connect to the copilotd store at {where}: {_server_reason(error)}. "
-                "Check that the server runs and that the DSN's host, port, database, user "
-                "and password are right."
-            ) from None
-        except BaseException:
-            pool.close()
-            raise
+            raise _unreachable(where, error) from None
         log.info("store: %s", where)
         return cls(pool, where)
 
@@ -164,14 +188,11 @@ class PostgresStore(Store):
                 return []
             upper = MAX_BIGINT if before is None else min(before, MAX_BIGINT)
             window = (row[0], min(after, MAX_BIGINT), upper)
-            order = "DESC" if newest_first else "ASC"
-            where = f"{SCHEMA}.events WHERE log_number = %s AND sequence > %s AND sequence < %s"
             if max_bytes is not None:
                 # Sizes first, from the narrow columns: events past the budget
                 # are neither sent nor decoded.
                 sizes = connection.execute(
-                    f"SELECT sequence, event_bytes FROM {where} ORDER BY sequence {order} LIMIT %s",
-                    (*window, limit),
+                    events_query("sequence, event_bytes", newest_first), (*window, limit)
                 ).fetchall()
                 taken = list(itertools.takewhile(lambda row: budget.take(row[1]), sizes))
                 if not taken:
@@ -180,7 +201,7 @@ class PostgresStore(Store):
                 window = (window[0], low - 1, high + 1)
                 limit = len(taken)
             rows = connection.execute(
-                f"SELECT event FROM {where} ORDER BY sequence {order} LIMIT %s", (*window, limit)
+                events_query("event", newest_first), (*window, limit)
             ).fetchall()
             return [SessionEvent.FromString(raw) for (raw,) in rows]
 
@@ -192,16 +213,12 @@ class PostgresStore(Store):
         budget = records.ByteBudget(max_bytes)
         with self._reading() as connection:
             # One more than the page: whether it exists says if a token follows.
-            # Both queries are a backward range scan of sessions_recency.
-            keys_of = f"SELECT modified_ns, session_id, metadata_bytes FROM {SCHEMA}.sessions"
-            newest_first = " ORDER BY modified_ns DESC, session_id DESC LIMIT %s"
             if page_token:
                 keys = connection.execute(
-                    keys_of + " WHERE (modified_ns, session_id) < (%s, %s)" + newest_first,
-                    (*_token_position(page_token), limit + 1),
+                    LIST_NEXT_PAGE, (*_token_position(page_token), limit + 1)
                 ).fetchall()
             else:
-                keys = connection.execute(keys_of + newest_first, (limit + 1,)).fetchall()
+                keys = connection.execute(LIST_FIRST_PAGE, (limit + 1,)).fetchall()
             page_keys = []
             for key in keys[:limit]:
                 if not budget.take(key[2]):
@@ -221,9 +238,7 @@ class PostgresStore(Store):
 
     def sessions_with_open_turns(self) -> list[SessionRecord]:
         with self._reading() as connection:
-            rows = connection.execute(
-                f"SELECT record FROM {SCHEMA}.sessions WHERE needs_attention ORDER BY session_id"
-            ).fetchall()
+            rows = connection.execute(OPEN_TURNS).fetchall()
         return [SessionRecord.FromString(raw) for (raw,) in rows]
 
     def session_count(self) -> int:
@@ -280,7 +295,11 @@ def _token_position(page_token: str) -> tuple[int, str]:
     return min(nanos, MAX_BIGINT), key[records.U64.size :].decode("utf-8")
 
 
-def _server_reason(error: BaseException) -> str:
-    """The server's or libpq's own words, which never contain the password."""
-    cause = error.__cause__ or error
-    return str(cause).strip().splitlines()[0] if str(cause).strip() else type(error).__name__
+def _unreachable(where: str, error: Exception) -> StoreUnreachable:
+    # libpq's own words (the first line) name the server and the user, never the password.
+    lines = str(error).strip().splitlines()
+    reason = lines[0] if lines else type(error).__name__
+    return StoreUnreachable(
+        f"cannot connect to the copilotd store at {where}: {reason}. Check that the server "
+        "runs and that the DSN's host, port, database, user and password are right."
+    )

@@ -29,6 +29,11 @@ T = TypeVar("T")
 
 # bigint's range; records.recency_key clamps to u64, the columns are signed.
 MAX_BIGINT: Final = 2**63 - 1
+# One purge step of one deleted log: the first events by events_pkey.
+PURGE_STEP: Final = (
+    f"DELETE FROM {SCHEMA}.events WHERE log_number = %s AND sequence IN"
+    f" (SELECT sequence FROM {SCHEMA}.events WHERE log_number = %s ORDER BY sequence LIMIT %s)"
+)
 
 
 def modified_ns(metadata: SessionMetadata) -> int:
@@ -142,12 +147,7 @@ class PostgresWriter(StoreWriter):
                 break
             log_number = row[0]
             want = limit - removed
-            deleted = self._execute(
-                f"DELETE FROM {SCHEMA}.events WHERE log_number = %s AND sequence IN"
-                f" (SELECT sequence FROM {SCHEMA}.events WHERE log_number = %s"
-                "  ORDER BY sequence LIMIT %s)",
-                (log_number, log_number, want),
-            ).rowcount
+            deleted = self._execute(PURGE_STEP, (log_number, log_number, want)).rowcount
             removed += deleted
             if deleted < want:
                 self._execute(
