@@ -105,6 +105,18 @@ class MessageAlreadyAnsweredError(ServiceError):
         )
 
 
+class MessageIdTakenError(InvalidArgumentError):
+    """A client-chosen message id that names another event of the session."""
+
+    def __init__(self, session_id: str, message_id: str, event_type: str = "") -> None:
+        what = f"a {event_type} event" if event_type else "another event"
+        super().__init__(
+            f"message_id {message_id!r} is already the id of {what} in session "
+            f"{session_id!r}; event ids are unique, so choose another message id (or leave it "
+            "empty to let copilotd choose one)"
+        )
+
+
 class StoreFullError(ServiceError):
     status: StatusName = "RESOURCE_EXHAUSTED"
     reason = Reason.ERROR_REASON_STORE_FULL

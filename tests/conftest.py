@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon_process import SLOW_DELAY, DaemonProcess, short_temp_dir
+from tests.support.full_store import mounted_small_disk
 from tests.support.postgres import (
     PostgresCluster,
     PostgresUnavailable,
@@ -79,3 +80,10 @@ def postgres_database(postgres_cluster: PostgresCluster) -> Iterator[str]:
     name = postgres_cluster.create_database()
     yield name
     postgres_cluster.drop_database(name)
+
+
+@pytest.fixture
+def small_disk(short_tmp: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs for the test's data (root only; skips otherwise)."""
+    with mounted_small_disk(short_tmp) as mount_point:
+        yield mount_point

@@ -19,6 +19,7 @@ from copilotd import events as ev
 from copilotd.runtime.metrics import Metrics, MetricsAddress, MetricsAddressError
 from tests.support.cli import copilotd, ok
 from tests.support.daemon_process import DaemonProcess
+from tests.support.fake_model_server import FakeModelServer
 from tests.support.metrics import scrape, start_metered, value
 
 # -- reflection ----------------------------------------------------------------------------
@@ -113,6 +114,25 @@ async def test_metrics_move_when_turns_run(metered: tuple[DaemonProcess, str]) -
 
     status = json.loads(ok(copilotd(daemon, "status", "--json")))
     assert url == f"http://{status['metrics']}/metrics"
+
+
+async def test_a_sessions_own_provider_is_labelled_by_its_type_only(
+    metered: tuple[DaemonProcess, str],
+) -> None:
+    daemon, url = metered
+    with FakeModelServer() as server:
+        own = {"type": "openai", "base_url": f"{server.url}/v1"}
+        async with CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client:
+            for name in ("own-a", "own-b"):
+                session = await client.create_session(session_id=name, model="m", provider=own)
+                await session.send_and_wait("hi")
+    samples = scrape(url)
+    providers = {value for _, labels in samples for key, value in labels if key == "provider"}
+    assert providers == {"session's own openai"}
+    assert (
+        value(samples, "copilotd_turn_duration_seconds_count", provider="session's own openai") == 2
+    )
+    assert not [labels for _, labels in samples if any("own-" in v for _, v in labels)]
 
 
 @pytest.mark.parametrize(

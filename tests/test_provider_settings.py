@@ -48,6 +48,15 @@ def test_configuration_doc_has_the_configs_the_issue_asks_for() -> None:
     assert "localhost:11434" in text and "localhost:8000" in text  # Ollama, vLLM
 
 
+def test_local_server_examples_send_the_max_tokens_those_servers_read(tmp_path: Path) -> None:
+    """vLLM, llama.cpp and Ollama read max_tokens and ignore max_completion_tokens."""
+    local = [block for block in DOC_BLOCKS if "http://localhost" in block]
+    assert len(local) >= 2
+    for block in local:
+        for connection in settings_of(block, tmp_path).connections.values():
+            assert connection.max_tokens_param == "max_tokens", block
+
+
 @pytest.mark.parametrize("block", DOC_BLOCKS, ids=lambda b: b.split("]")[0].strip("["))
 async def test_configuration_doc_configs_load_and_list_their_models(
     block: str, tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -13,11 +13,14 @@ import pytest
 
 from copilotd.store import (
     SCHEMA_VERSION,
+    EventIdTaken,
     LmdbStore,
     MemoryStore,
+    SessionMetadata,
     StoreCorrupt,
     StoreFull,
     StoreVersionError,
+    lmdb_environment,
     open_store,
 )
 from tests.support.store_ops import (
@@ -29,12 +32,14 @@ from tests.support.store_ops import (
     create,
     creation,
     delete,
+    event_entries,
     listed_ids,
     numbered,
     purge,
     read_while_writing,
     record_of,
     reply,
+    run,
     user,
 )
 
@@ -44,16 +49,6 @@ def set_schema_version(path: Path, version: bytes) -> None:
     try:
         with env.begin(write=True) as txn:
             txn.put(b"schema_version", version, db=env.open_db(b"sys", txn=txn))
-    finally:
-        env.close()
-
-
-def event_entries(path: Path) -> int:
-    """Entries in the store's events table, read from the files directly."""
-    env = lmdb.open(str(path), max_dbs=8, readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            return int(txn.stat(env.open_db(b"events", txn=txn, create=False))["entries"])
     finally:
         env.close()
 
@@ -122,6 +117,67 @@ class TestLmdbFiles:
         path = tmp_path / "deep" / "store"
         LmdbStore.open(path).close()
         assert path.stat().st_mode & 0o777 == 0o700
+
+    def test_an_import_cut_short_is_discarded_at_the_next_open(self, tmp_path: Path) -> None:
+        path = tmp_path / "store"
+        store = LmdbStore.open(path)
+        staging = run(store, lambda w: w.begin_import(SessionMetadata(session_id="s")))
+        run(store, lambda w: w.stage_events(staging, [user(str(n)) for n in range(30)]))
+        store.close()  # as if the daemon died mid-import
+        assert event_entries(path) == 30
+
+        store = LmdbStore.open(path)
+        try:
+            with pytest.raises(ValueError):
+                run(store, lambda w: w.commit_import(staging, "s", replace=False))
+            assert purge(store, 100) == 30
+            assert store.get_session("s") is None
+        finally:
+            store.close()
+        assert event_entries(path) == 0
+        assert event_entries(path, b"event_ids") == 0
+
+    def test_purging_removes_the_id_index_too(self, tmp_path: Path) -> None:
+        path = tmp_path / "store"
+        store = LmdbStore.open(path)
+        create(store, "gone", [user(str(n)) for n in range(7)])
+        create(store, "kept", [user("k")])
+        delete(store, "gone")
+        assert [purge(store, 4), purge(store, 4)] == [4, 3]
+        store.close()
+        assert event_entries(path, b"event_ids") == 1
+
+    def test_a_version_1_store_gets_its_id_index_at_open(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = tmp_path / "store"
+        store = LmdbStore.open(path)
+        _, big = create(store, "big", [user(str(n)) for n in range(25)])
+        _, small = create(store, "small", [user("one")])
+        create(store, "gone", [user("x")])
+        delete(store, "gone")
+        store.close()
+        env = lmdb.open(str(path), max_dbs=8)
+        with env.begin(write=True) as txn:
+            txn.drop(env.open_db(b"event_ids", txn=txn), delete=True)
+            txn.drop(env.open_db(b"staging", txn=txn), delete=True)
+        env.close()
+        set_schema_version(path, b"1")
+
+        monkeypatch.setattr(lmdb_environment, "MIGRATION_STEP", 4)  # several steps
+        store = LmdbStore.open(path)
+        try:
+            assert all(store.find_event("big", e.id) == e for e in big)
+            assert store.find_event("small", small[0].id) == small[0]
+            with pytest.raises(EventIdTaken):
+                append(store, "big", [big[24]])
+        finally:
+            store.close()
+        assert event_entries(path, b"event_ids") == 26
+        env = lmdb.open(str(path), max_dbs=8, readonly=True, lock=False)
+        with env.begin() as txn:
+            assert txn.get(b"schema_version", db=env.open_db(b"sys", txn=txn)) == b"2"
+        env.close()
 
     def test_a_newer_schema_is_refused_untouched(self, tmp_path: Path) -> None:
         path = tmp_path / "store"

@@ -1,4 +1,5 @@
-"""Importing an exported session: check the history, then create it in one commit.
+"""Importing an exported session: check the history as it streams in, stage it,
+then make it a session in one commit.
 
 The events are stored as they were exported: the same ids, timestamps and
 payloads, and (because the history must be complete and in order) the same
@@ -9,18 +10,29 @@ session was exported, so that no imported history ends in a half turn.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from typing import Final
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from copilot_client.proto.admin.v1 import admin_pb2
 from copilotd import events as ev
-from copilotd.errors import InvalidImportError, ServiceError, SessionExistsError
+from copilotd.errors import (
+    InvalidImportError,
+    MessageIdTakenError,
+    SequenceConflictError,
+    ServiceError,
+    SessionExistsError,
+)
 from copilotd.events import SessionEvent, SessionMetadata
 from copilotd.limits import SESSION_ID_MAX_LENGTH
 from copilotd.sessions.service import SessionService, store_errors
-from copilotd.sessions.validation import check_session_id
-from copilotd.store import SessionRecord, Store
+from copilotd.sessions.validation import check_enum, check_session_id
+from copilotd.store import SessionRecord, StoreWriter
 from copilotd.store.committer import GroupCommitter
 
 log = logging.getLogger(__name__)
@@ -29,6 +41,13 @@ Conflict = admin_pb2.ImportConflict
 INTERRUPTED_BY_EXPORT = "interrupted: the session was exported while this turn ran"
 RENAME_SUFFIX = "-imported"
 MAX_RENAME_ATTEMPTS = 1000
+# One staging transaction's share of an import: small enough that other
+# writers never wait long behind it, large enough that the syncs stay few.
+STAGE_EVENTS: Final = 1000
+STAGE_BYTES: Final = 1 << 20
+# The range protobuf's Timestamp (and its JSON form) can represent.
+MIN_SECONDS: Final = -62_135_596_800  # 0001-01-01T00:00:00Z
+MAX_SECONDS: Final = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 
 class ImportTargetExistsError(SessionExistsError):
@@ -49,53 +68,42 @@ class ImportResult:
     closed_open_turn: bool
 
 
-async def collect_import(
-    requests: AsyncIterable[admin_pb2.ImportSessionRequest],
-) -> tuple[admin_pb2.ImportHeader, list[SessionEvent]]:
-    """The header (first request only) and every event of an ImportSession stream."""
-    header: admin_pb2.ImportHeader | None = None
-    events: list[SessionEvent] = []
-    async for request in requests:
-        if request.HasField("header"):
-            if header is not None:
-                raise InvalidImportError("only the first ImportSession request may carry a header")
-            header = request.header
-        elif header is None:
-            raise InvalidImportError("the first ImportSession request must carry the header")
-        events.extend(request.events)
-    if header is None:
-        raise InvalidImportError("the ImportSession stream was empty; send the header first")
-    return header, events
+class HistoryCheck:
+    """Checks an imported history event by event, as it streams in.
 
+    The history must be a whole log: numbered 1..N, each event's parent the
+    one before, ids unique (the store's index checks that, in
+    ``stage_events``), stored types only, valid timestamps; N as the header
+    announced. Only the open turns are remembered, not the events.
+    """
 
-def check_history(header: admin_pb2.ImportHeader, events: Sequence[SessionEvent]) -> None:
-    """Raise ``InvalidImportError`` unless ``events`` is a whole log, numbered 1..N and chained."""
-    session_id = header.metadata.session_id
-    check_session_id(session_id)
-    where = f"imported session {session_id!r}"
-    if len(events) != header.event_count:
-        raise InvalidImportError(
-            f"{where}: {len(events)} events arrived but the header announces "
-            f"{header.event_count}; the export is truncated or was edited"
-        )
-    if not events:
-        raise InvalidImportError(f"{where}: the history has no events; there is nothing to import")
-    seen: set[str] = set()
-    previous_id = ""
-    for position, event in enumerate(events, start=1):
-        at = f"{where}, event {position}"
-        if event.sequence != position:
+    def __init__(self, header: admin_pb2.ImportHeader) -> None:
+        check_session_id(header.metadata.session_id)
+        check_enum(header.on_conflict, Conflict, "header.on_conflict")
+        for field in ("start_time", "modified_time"):
+            if header.metadata.HasField(field):
+                check_timestamp(getattr(header.metadata, field), f"header.metadata.{field}")
+        self._header = header
+        self.where = f"imported session {header.metadata.session_id!r}"
+        self.count = 0
+        self._previous_id = ""
+        self._open_turns: dict[str, str] = {}
+
+    def check(self, event: SessionEvent) -> None:
+        self.count += 1
+        at = f"{self.where}, event {self.count}"
+        if event.sequence != self.count:
             raise InvalidImportError(
-                f"{at}: sequence {event.sequence} where {position} was expected; "
+                f"{at}: sequence {event.sequence} where {self.count} was expected; "
                 "the history must be complete and in order"
             )
-        if event.parent_id != previous_id:
+        if event.parent_id != self._previous_id:
             raise InvalidImportError(
                 f"{at}: parent_id {event.parent_id!r} is not the previous event's id "
-                f"{previous_id!r}; the history must be complete and in order"
+                f"{self._previous_id!r}; the history must be complete and in order"
             )
-        if not event.id or event.id in seen:
-            raise InvalidImportError(f"{at}: the event id {event.id!r} is empty or repeated")
+        if not event.id:
+            raise InvalidImportError(f"{at}: the event id is empty")
         if event.ephemeral or event.type in ev.EPHEMERAL_TYPES or not event.type:
             raise InvalidImportError(
                 f"{at}: type {event.type!r} is not an event that is stored; "
@@ -103,29 +111,44 @@ def check_history(header: admin_pb2.ImportHeader, events: Sequence[SessionEvent]
             )
         if not event.HasField("timestamp"):
             raise InvalidImportError(f"{at}: the event has no timestamp")
-        seen.add(event.id)
-        previous_id = event.id
-
-
-def open_turn_end(events: Sequence[SessionEvent]) -> SessionEvent | None:
-    """The turn_end that closes a turn the history leaves open, or None."""
-    open_turns: dict[str, str] = {}
-    for event in events:
+        check_timestamp(event.timestamp, f"{at}: timestamp")
+        self._previous_id = event.id
         if event.type == ev.ASSISTANT_TURN_START:
             data = event.assistant_turn_start
-            open_turns[data.turn_id] = data.user_message_id
+            self._open_turns[data.turn_id] = data.user_message_id
         elif event.type == ev.ASSISTANT_TURN_END:
-            open_turns.pop(event.assistant_turn_end.turn_id, None)
-    if not open_turns:
-        return None
-    turn_id, user_message_id = next(reversed(open_turns.items()))
-    return ev.make_event(
-        ev.ASSISTANT_TURN_END,
-        turn_id=turn_id,
-        user_message_id=user_message_id,
-        reason=ev.TurnEndReason.TURN_END_REASON_INTERRUPTED,
-        message=INTERRUPTED_BY_EXPORT,
-    )
+            self._open_turns.pop(event.assistant_turn_end.turn_id, None)
+
+    def finish(self) -> SessionEvent | None:
+        """Check the count; the turn_end that closes a turn the history leaves open, or None."""
+        if self.count != self._header.event_count:
+            raise InvalidImportError(
+                f"{self.where}: {self.count} events arrived but the header announces "
+                f"{self._header.event_count}; the export is truncated or was edited"
+            )
+        if not self.count:
+            raise InvalidImportError(
+                f"{self.where}: the history has no events; there is nothing to import"
+            )
+        if not self._open_turns:
+            return None
+        turn_id, user_message_id = next(reversed(self._open_turns.items()))
+        return ev.make_event(
+            ev.ASSISTANT_TURN_END,
+            turn_id=turn_id,
+            user_message_id=user_message_id,
+            reason=ev.TurnEndReason.TURN_END_REASON_INTERRUPTED,
+            message=INTERRUPTED_BY_EXPORT,
+        )
+
+
+def check_timestamp(stamp: Timestamp, where: str) -> None:
+    """Refuse a time protobuf's JSON mapping (and so an export) cannot represent."""
+    if not (MIN_SECONDS <= stamp.seconds <= MAX_SECONDS and 0 <= stamp.nanos < 1_000_000_000):
+        raise InvalidImportError(
+            f"{where} is not a valid time (seconds={stamp.seconds}, nanos={stamp.nanos}): it must "
+            "lie between 0001-01-01 and 9999-12-31 with nanos from 0 to 999999999"
+        )
 
 
 def rename_candidates(session_id: str) -> list[str]:
@@ -138,59 +161,146 @@ def rename_candidates(session_id: str) -> list[str]:
 
 
 class Importer:
-    def __init__(self, service: SessionService, store: Store, committer: GroupCommitter) -> None:
+    """Streams an ImportSession into a staged log, then commits it in one transaction.
+
+    Memory and the time other writers wait stay bounded whatever the size
+    of the history: events are checked as they arrive and staged in
+    transactions of at most ``STAGE_EVENTS`` events or ``STAGE_BYTES`` bytes;
+    only the last transaction makes the session visible (replacing the old
+    one with ``IMPORT_CONFLICT_OVERWRITE``, which stays whole until then).
+    A failed import discards its staged log; one a crash cut short is
+    discarded when the store next opens.
+    """
+
+    def __init__(self, service: SessionService, committer: GroupCommitter) -> None:
         self._service = service
-        self._store = store
         self._committer = committer
 
     async def import_session(
-        self, header: admin_pb2.ImportHeader, events: Sequence[SessionEvent]
+        self, requests: AsyncIterable[admin_pb2.ImportSessionRequest]
     ) -> ImportResult:
-        check_history(header, events)
-        original_id = header.metadata.session_id
-        closing = open_turn_end(events)
-        stored_events = [*events, closing] if closing is not None else list(events)
-        mode = header.on_conflict or Conflict.IMPORT_CONFLICT_FAIL
-
-        replaced = False
-        if mode == Conflict.IMPORT_CONFLICT_OVERWRITE and self._store.get_session(original_id):
-            # The one delete path: subscribers are ended, a running turn stopped.
-            await self._service.delete_session(original_id)
-            replaced = True
-        if mode == Conflict.IMPORT_CONFLICT_RENAME:
-            candidates = [original_id, *rename_candidates(original_id)]
-        else:
-            candidates = [original_id]
-        for session_id in candidates:
-            try:
-                record = await self._create(header.metadata, session_id, stored_events)
-            except SessionExistsError:
-                continue
-            break
-        else:
-            raise ImportTargetExistsError(original_id)
+        stream = aiter(requests)
+        first = await anext(stream, None)
+        if first is None:
+            raise InvalidImportError("the ImportSession stream was empty; send the header first")
+        if not first.HasField("header"):
+            raise InvalidImportError("the first ImportSession request must carry the header")
+        header = first.header
+        check = HistoryCheck(header)
+        metadata = SessionMetadata()
+        metadata.CopyFrom(header.metadata)
+        metadata.ClearField("modified_time")  # the last event's time, once staged
+        with store_errors(metadata.session_id):
+            staging = await self._committer.submit(lambda writer: writer.begin_import(metadata))
+        try:
+            closed_open_turn = await self._stage(staging, check, first, stream)
+            result = await self._commit(staging, header, closed_open_turn)
+        except BaseException:
+            # Shielded: a caller that went away must not leave the staged log.
+            await asyncio.shield(
+                self._committer.submit(lambda writer: writer.discard_import(staging))
+            )
+            self._service.purger.kick()
+            raise
         log.info(
             "imported session %s%s (%d events)",
-            session_id,
-            f" (exported as {original_id})" if session_id != original_id else "",
-            len(events),
+            result.metadata.session_id,
+            f" (exported as {result.original_session_id})" if result.original_session_id else "",
+            check.count,
         )
-        return ImportResult(
-            metadata=record.metadata,
-            original_session_id=original_id if session_id != original_id else "",
-            replaced=replaced,
-            closed_open_turn=closing is not None,
-        )
+        return result
 
-    async def _create(
-        self, exported: SessionMetadata, session_id: str, events: list[SessionEvent]
-    ) -> SessionRecord:
-        metadata = SessionMetadata()
-        metadata.CopyFrom(exported)
-        metadata.session_id = session_id
-        metadata.ClearField("modified_time")  # the last event's time, once appended
-        with store_errors(session_id):
-            record, _ = await self._committer.submit(
-                lambda writer: writer.create_session(metadata, events)
-            )
-        return record
+    async def _stage(
+        self,
+        staging: int,
+        check: HistoryCheck,
+        first: admin_pb2.ImportSessionRequest,
+        rest: AsyncIterator[admin_pb2.ImportSessionRequest],
+    ) -> bool:
+        """Check and stage every event; returns whether an open turn had to be closed."""
+        batch: list[SessionEvent] = []
+        size = 0
+        request: admin_pb2.ImportSessionRequest | None = first
+        while request is not None:
+            for event in request.events:
+                check.check(event)
+                batch.append(event)
+                size += event.ByteSize()
+                if len(batch) >= STAGE_EVENTS or size >= STAGE_BYTES:
+                    await self._stage_batch(staging, check, batch)
+                    batch, size = [], 0
+            request = await anext(rest, None)
+            if request is not None and request.HasField("header"):
+                raise InvalidImportError("only the first ImportSession request may carry a header")
+        closing = check.finish()
+        if closing is not None:
+            batch.append(closing)
+        await self._stage_batch(staging, check, batch)
+        return closing is not None
+
+    async def _stage_batch(
+        self, staging: int, check: HistoryCheck, events: list[SessionEvent]
+    ) -> None:
+        if not events:
+            return
+        try:
+            with store_errors():
+                await self._committer.submit(lambda writer: writer.stage_events(staging, events))
+        except MessageIdTakenError:
+            raise InvalidImportError(
+                f"{check.where}: an event id is repeated in the history; each event needs its own"
+            ) from None
+
+    async def _commit(
+        self, staging: int, header: admin_pb2.ImportHeader, closed_open_turn: bool
+    ) -> ImportResult:
+        original_id = header.metadata.session_id
+        mode = header.on_conflict or Conflict.IMPORT_CONFLICT_FAIL
+        if mode == Conflict.IMPORT_CONFLICT_OVERWRITE:
+            async with self._service.held_for_replace(original_id) as last_sequence:
+
+                def replace(writer: StoreWriter) -> tuple[SessionRecord, bool]:
+                    if last_sequence is not None:  # a message sent meanwhile fails the commit
+                        writer.append_events(original_id, [], expected_last_sequence=last_sequence)
+                    return writer.commit_import(staging, original_id, replace=True)
+
+                try:
+                    with store_errors(original_id):
+                        record, replaced = await self._committer.submit(replace)
+                except SequenceConflictError as error:
+                    error.message = (
+                        f"session {original_id!r} changed while the import was replacing it "
+                        "(a message was sent to it); nothing was imported and the session was "
+                        "left as it is: import again"
+                    )
+                    raise
+            return _result(record, original_id, replaced, closed_open_turn)
+        candidates = [original_id]
+        if mode == Conflict.IMPORT_CONFLICT_RENAME:
+            candidates.extend(rename_candidates(original_id))
+        for session_id in candidates:
+            try:
+                with store_errors(session_id):
+                    record, _ = await self._committer.submit(
+                        functools.partial(_commit_as, staging=staging, session_id=session_id)
+                    )
+            except SessionExistsError:
+                continue
+            return _result(record, original_id, False, closed_open_turn)
+        raise ImportTargetExistsError(original_id)
+
+
+def _commit_as(writer: StoreWriter, *, staging: int, session_id: str) -> tuple[SessionRecord, bool]:
+    return writer.commit_import(staging, session_id, replace=False)
+
+
+def _result(
+    record: SessionRecord, original_id: str, replaced: bool, closed_open_turn: bool
+) -> ImportResult:
+    session_id = record.metadata.session_id
+    return ImportResult(
+        metadata=record.metadata,
+        original_session_id=original_id if session_id != original_id else "",
+        replaced=replaced,
+        closed_open_turn=closed_open_turn,
+    )

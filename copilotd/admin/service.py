@@ -23,7 +23,7 @@ from typing import Final
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from copilot_client.proto.admin.v1 import admin_pb2
-from copilotd.admin.importer import Importer, ImportResult, collect_import
+from copilotd.admin.importer import Importer, ImportResult
 from copilotd.admin.retention import RetentionPolicy, RetentionRule, Selection, select
 from copilotd.errors import BackupUnsupportedError, NoRetentionPolicyError, SessionNotFoundError
 from copilotd.events import SessionMetadata
@@ -90,7 +90,7 @@ class AdminService:
         self._committer = committer
         self.info = info
         self.retention = retention or RetentionPolicy()
-        self._importer = Importer(service, store, committer)
+        self._importer = Importer(service, committer)
         # Pin changes and prune deletions take turns, so a session pinned
         # while a prune runs is never deleted by it.
         self._pin_lock = asyncio.Lock()
@@ -171,8 +171,7 @@ class AdminService:
     async def import_session(
         self, requests: AsyncIterable[admin_pb2.ImportSessionRequest]
     ) -> ImportResult:
-        header, events = await collect_import(requests)
-        return await self._importer.import_session(header, events)
+        return await self._importer.import_session(requests)
 
     # -- backup ------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from copilotd.providers.base import (
     ProviderError,
     TextDelta,
     Usage,
+    empty_answer_error,
 )
 from copilotd.providers.environment import (
     ANTHROPIC_CUSTOM_HEADERS,
@@ -48,8 +49,11 @@ class AnthropicMessagesProvider(ModelProvider):
                 f"{self._label}: {self._connection.missing_secret}", error_type="configuration"
             )
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")
-        input_tokens = output_tokens = cache_read = cache_write = 0
+        input_tokens: int | None = None
+        output_tokens: int | None = None
+        cache_read = cache_write = 0
         call_id = ""
+        answered = False
         with sdk_errors(anthropic, self._label, self._connection.timeout):
             response = await self._client.messages.create(
                 model=request.model,
@@ -60,18 +64,25 @@ class AnthropicMessagesProvider(ModelProvider):
             )
             async with response:
                 async for event in response:
+                    # The SDK does not validate: a count the server left out is absent.
                     if event.type == "message_start":
                         call_id = event.message.id
                         start = event.message.usage
-                        input_tokens = start.input_tokens
-                        output_tokens = start.output_tokens
-                        cache_read = start.cache_read_input_tokens or 0
-                        cache_write = start.cache_creation_input_tokens or 0
+                        input_tokens = getattr(start, "input_tokens", None)
+                        output_tokens = getattr(start, "output_tokens", None)
+                        cache_read = getattr(start, "cache_read_input_tokens", None) or 0
+                        cache_write = getattr(start, "cache_creation_input_tokens", None) or 0
                     elif event.type == "content_block_delta" and event.delta.type == "text_delta":
                         if event.delta.text:
+                            answered = True
                             yield TextDelta(event.delta.text)
+                    elif event.type == "content_block_start":
+                        answered = answered or event.content_block.type == "tool_use"
                     elif event.type == "message_delta":
-                        output_tokens = event.usage.output_tokens
+                        answered = answered or bool(event.delta.stop_reason)
+                        output_tokens = getattr(event.usage, "output_tokens", output_tokens)
+            if not answered:
+                raise empty_answer_error(self._label)
         yield Usage(
             input_tokens=input_tokens,
             output_tokens=output_tokens,

@@ -49,8 +49,14 @@ class TextDelta:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    input_tokens: int
-    output_tokens: int
+    """Tokens a call used, as the provider reported them.
+
+    A count the server did not send is None (not 0): the turn engine then
+    estimates it and marks the recorded usage as estimated.
+    """
+
+    input_tokens: int | None
+    output_tokens: int | None
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     # The provider's id of the response, when it gave one.
@@ -60,6 +66,24 @@ class Usage:
 ChatChunk = TextDelta | Usage
 
 
+def empty_answer_error(label: str) -> ProviderError:
+    """The failure for a stream that ended with no text, no tool call and no finish reason.
+
+    Such a stream is no answer: llama.cpp's server sends one (``200 OK``, an
+    empty body) when the request is longer than its context. Recording it as
+    an empty answer would hide the failure, so it is retried like a dropped
+    connection and, when retries do not help, ends the turn in session.error.
+    """
+    return ProviderError(
+        f"{label} answered with an empty stream (no text, no tool call, no finish reason); "
+        "a local server does this when the conversation is longer than its context: "
+        "give the model a context_window (copilotd then trims the history to fit) or "
+        "start the server with a larger context",
+        error_type="empty_answer",
+        retryable=True,
+    )
+
+
 class ProviderError(Exception):
     """A model call failed.
 
@@ -67,8 +91,8 @@ class ProviderError(Exception):
         message: what went wrong, for the user (the provider's own words
             where there are some).
         error_type: category recorded in session.error: "authentication",
-            "rate_limit", "timeout", "connection", "configuration" or
-            "provider".
+            "rate_limit", "timeout", "connection", "configuration",
+            "empty_answer" or "provider".
         status_code: the provider's HTTP status, when there was one.
         retryable: whether the same request may succeed later (429, 5xx,
             timeouts, dropped connections).
@@ -98,6 +122,10 @@ class ModelProvider(ABC):
     """Something that answers chat requests, streaming."""
 
     name: str
+    # What metrics label its figures with. A session's own provider is named
+    # after the session, and session ids in labels would make a series set
+    # per session, so it is labelled by its type instead.
+    metrics_label: str = ""
     # False for a provider whose answers cost no tokens (the offline model):
     # its turns record no assistant.usage.
     counts_tokens: bool = True

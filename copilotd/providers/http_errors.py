@@ -3,7 +3,8 @@
 401/403 are authentication failures and are never retried; 429, 408, 409
 and 5xx (529 "overloaded" included), timeouts and dropped connections may be
 retried. The message keeps the provider's own words (from its JSON error
-body) and says who answered what. ``sdk_errors`` is the one place the SDKs'
+body, in any of the common shapes ``body_message`` knows) and says who
+answered what. ``sdk_errors`` is the one place the SDKs'
 exceptions are caught.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import http
+import json
 import time
 from collections.abc import Iterator, Mapping
 from types import ModuleType
@@ -50,7 +52,8 @@ def status_error(
     label: str, status: int, body: object, headers: Mapping[str, str], fallback: str
 ) -> ProviderError:
     """The error for an HTTP error answer ``status`` from the provider named ``label``."""
-    detail = body_message(body) or fallback
+    # A body in no shape we know is still better shown than the SDK's bare "Error code: 401".
+    detail = body_message(body) or _compact(body) or fallback
     try:
         phrase = http.HTTPStatus(status).phrase
     except ValueError:
@@ -89,17 +92,43 @@ def timeout_error(label: str, timeout: float) -> ProviderError:
     )
 
 
-def body_message(body: object) -> str:
-    """The message of a JSON error body: ``{"error": {"message": ...}}`` or ``{"message": ...}``."""
-    if isinstance(body, Mapping):
-        inner = body.get("error")
-        if isinstance(inner, Mapping) and isinstance(inner.get("message"), str):
-            return str(inner["message"])
-        if isinstance(body.get("message"), str):
-            return str(body["message"])
+# Where servers put the words of an error, in the order they are looked for:
+# OpenAI and Anthropic nest {"error": {"message"}}; FastAPI-based servers
+# (vLLM, LiteLLM) answer {"detail": "..."} or a list of {"msg"}; Ollama and
+# others {"error": "..."}; OAuth-style {"error_description"}.
+_MESSAGE_KEYS = ("message", "detail", "error_description", "msg", "error", "errors", "title")
+_MAX_DEPTH = 4
+
+
+def body_message(body: object, _depth: int = 0) -> str:
+    """The human words in a provider's error body, whatever common shape it has.
+
+    Strings are taken as they are; mappings are searched by ``_MESSAGE_KEYS``;
+    lists (validation errors) give their items' messages joined.
+    """
     if isinstance(body, str):
-        return body
+        return body.strip()
+    if _depth >= _MAX_DEPTH:
+        return ""
+    if isinstance(body, Mapping):
+        for key in _MESSAGE_KEYS:
+            found = body_message(body.get(key), _depth + 1)
+            if found:
+                return found
+    elif isinstance(body, list):
+        found_all = (body_message(item, _depth + 1) for item in body)
+        return "; ".join(found for found in found_all if found)
     return ""
+
+
+def _compact(body: object, limit: int = 500) -> str:
+    if not body:
+        return ""
+    try:
+        text = json.dumps(body, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = str(body)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:

@@ -26,6 +26,7 @@ from copilotd.providers.base import (
     ProviderError,
     TextDelta,
     Usage,
+    empty_answer_error,
 )
 from copilotd.providers.environment import (
     OPENAI_CUSTOM_HEADERS,
@@ -81,18 +82,27 @@ class OpenAIChatProvider(ModelProvider):
                 max_completion_tokens=limit if modern else openai.omit,
                 max_tokens=openai.omit if modern else limit,
             )
+            answered = False
             async with response:
                 async for chunk in response:
                     if chunk.usage is not None:
                         usage = Usage(
-                            input_tokens=chunk.usage.prompt_tokens,
-                            output_tokens=chunk.usage.completion_tokens,
+                            # The SDK does not validate: a count the server left out is absent.
+                            input_tokens=getattr(chunk.usage, "prompt_tokens", None),
+                            output_tokens=getattr(chunk.usage, "completion_tokens", None),
                             cache_read_tokens=_cached_tokens(chunk.usage),
                             call_id=chunk.id or "",
                         )
                     for choice in chunk.choices:
+                        if choice.finish_reason or (
+                            choice.delta is not None and choice.delta.tool_calls
+                        ):
+                            answered = True
                         if choice.delta is not None and choice.delta.content:
+                            answered = True
                             yield TextDelta(choice.delta.content)
+            if not answered:
+                raise empty_answer_error(self._label)
         if usage is not None:
             yield usage
 

@@ -301,7 +301,9 @@ class ProviderRegistry:
             api_version=config.api_version,
             use_environment=False,  # the daemon's headers are not for the session's server
         )
-        held = _SessionProvider(config=config, provider=build_provider(connection))
+        provider = build_provider(connection)
+        provider.metrics_label = f"session's own {config.type}"
+        held = _SessionProvider(config=config, provider=provider)
         self._sessions[session_id] = held
         return held
 

@@ -22,7 +22,11 @@ from typing import Final
 
 log = logging.getLogger(__name__)
 
-RELAY_BUFFER_BYTES: Final = 256 * 1024
+# The most one read takes from a socket. Reads allocate what arrived and let
+# it go once sent, so an idle connection holds no buffer at all (a buffer
+# kept per direction cost every idle connection 512 KiB), and a busy one at
+# most this much per direction.
+RELAY_CHUNK_BYTES: Final = 64 * 1024
 PRIVATE_SUFFIX: Final = ".grpc"
 
 
@@ -130,11 +134,9 @@ class SocketRelay:
 async def _pump(source: socket.socket, sink: socket.socket) -> None:
     """Copy until ``source`` ends, then pass the end on (a half close)."""
     loop = asyncio.get_running_loop()
-    buffer = bytearray(RELAY_BUFFER_BYTES)
-    view = memoryview(buffer)
     try:
-        while received := await loop.sock_recv_into(source, buffer):
-            await loop.sock_sendall(sink, view[:received])
+        while received := await loop.sock_recv(source, RELAY_CHUNK_BYTES):
+            await loop.sock_sendall(sink, received)
     finally:
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)

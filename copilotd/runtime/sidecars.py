@@ -113,9 +113,10 @@ def _provider_name(store: Store, providers: ProviderRegistry, session_id: str) -
     if record is None:
         return "unknown"
     try:
-        return providers.route_for(record.metadata).provider.name
+        provider = providers.route_for(record.metadata).provider
     except ServiceError:
         return "unavailable"
+    return provider.metrics_label or provider.name
 
 
 class RetentionSweeper(Periodic):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 
-from copilotd.errors import SessionNotFoundError
+from copilotd import events as ev
+from copilotd.errors import MessageIdTakenError, SessionNotFoundError
 from copilotd.events import SessionEvent
 from copilotd.limits import PAGE_BYTES, byte_batches
 from copilotd.sessions.fanout import FanOut
@@ -16,6 +17,10 @@ from copilotd.sessions.store_errors import store_errors
 from copilotd.store import Store
 
 STREAM_BATCH_EVENTS = 256
+# A stream's batches are smaller than a page: a client that stops reading
+# leaves its last batch pinned in the daemon (queued for the connection) for
+# as long as the stream lasts, so this bounds what each such stream costs.
+STREAM_BATCH_BYTES = 256 * 1024
 
 
 class History:
@@ -49,6 +54,24 @@ class History:
         last = events[-1].sequence
         more = last > 1 if newest_first else not self._read_to_end(session_id, last)
         return events, last if more else 0
+
+    def logged_message(self, session_id: str, message_id: str) -> tuple[SessionEvent, bool] | None:
+        """The user message ``message_id`` as the durable log holds it (not queued), or None.
+
+        The in-memory recent ids miss a message sent before a restart, before
+        the session's state was evicted, or more than ``RECENT_MESSAGE_IDS``
+        messages ago; the store's index of event ids does not. An id that
+        names an event of another type is refused: event ids stay unique.
+        """
+        if not message_id:
+            return None
+        with store_errors(session_id):
+            event = self._store.find_event(session_id, message_id)
+        if event is None:
+            return None
+        if event.type != ev.USER_MESSAGE:
+            raise MessageIdTakenError(session_id, message_id, event.type)
+        return event, False
 
     def tail(self, session_id: str, count: int) -> list[SessionEvent]:
         """The newest ``count`` events that fit in a page, oldest first."""
@@ -88,11 +111,12 @@ class History:
                         session_id,
                         after=cursor,
                         limit=STREAM_BATCH_EVENTS,
-                        max_bytes=PAGE_BYTES,
+                        max_bytes=STREAM_BATCH_BYTES,
                     )
                     if page:
                         cursor = page[-1].sequence
                     caught_up = not page or self._read_to_end(session_id, cursor)
+                subscription.hold(sum(event.ByteSize() for event in page))
                 yield page, caught_up
                 if caught_up:
                     break
@@ -106,7 +130,7 @@ class History:
                 for event in fresh:
                     if not event.ephemeral:
                         cursor = event.sequence
-                for part in byte_batches(fresh):
+                for part in byte_batches(fresh, STREAM_BATCH_BYTES):
                     yield part, True
         finally:
             self._fanout.unsubscribe(subscription)

@@ -9,9 +9,10 @@ it drives see this service only as a ``state.TurnHost``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
 from copilot_client.wire import LIFECYCLE_CREATED, LIFECYCLE_DELETED, LIFECYCLE_UPDATED
@@ -19,6 +20,7 @@ from copilotd import events as ev
 from copilotd.errors import (
     InvalidArgumentError,
     MessageAlreadyAnsweredError,
+    MessageIdTakenError,
     Reason,
     ServiceError,
     SessionNotFoundError,
@@ -236,7 +238,9 @@ class SessionService:
 
     def load_context(self, session_id: str) -> ContextWindow:
         """The session's recent user and assistant messages (cached per session)."""
-        state = self._states[session_id]
+        state = self._states.get(session_id)
+        if state is None:  # deleted since its turn began
+            raise SessionNotFoundError(session_id)
         self.idle_contexts.take(session_id)
         if state.context is None:
             state.context = ContextWindow.load(self._store, session_id)
@@ -353,6 +357,38 @@ class SessionService:
         check_session_id(session_id)
         with store_errors(session_id):
             await self._committer.submit(lambda writer: writer.delete_session(session_id))
+        await self._forget(session_id)
+        log.info("deleted session %s", session_id)
+
+    @contextlib.asynccontextmanager
+    async def held_for_replace(self, session_id: str) -> AsyncIterator[int | None]:
+        """Hold a session still while an import replaces it in one commit.
+
+        Yields its last sequence (None: there is no such session) once its
+        running turn has ended, its queue held back; the replacing commit
+        should expect that sequence, so a message sent meanwhile makes it
+        fail rather than land in the new history. If the body raises, the
+        queue goes on; otherwise the old session is forgotten as if deleted.
+        """
+        state = self._states.get(session_id)
+        held: list[PendingMessage] = []
+        if state is not None:
+            held, state.pending[:] = list(state.pending), []
+            if state.turn is not None:
+                await self._turns.cancel(state.turn, reason="replaced by an imported session")
+        record = self._store.get_session(session_id)
+        try:
+            yield None if record is None else record.metadata.last_sequence
+        except BaseException:
+            if state is not None and held:
+                state.pending[:0] = held
+                if state.turn is None and not self._shutting_down:
+                    self._scheduler.start_next(session_id, state)
+            raise
+        await self._forget(session_id)
+
+    async def _forget(self, session_id: str) -> None:
+        """What follows a session's removal from the store: its state, streams, turn, secrets."""
         self.purger.kick()
         state = self._states.pop(session_id, None)
         self.idle_contexts.take(session_id)
@@ -366,7 +402,6 @@ class SessionService:
             await self._turns.cancel(state.turn, reason="session deleted", interrupted=False)
         await self.providers.forget_session(session_id)
         self.lifecycle.announce(LIFECYCLE_DELETED, session_id, None)
-        log.info("deleted session %s", session_id)
 
     async def send_message(
         self,
@@ -385,17 +420,24 @@ class SessionService:
         recorded again: the message as it stands is returned.
         """
         state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
-        if (known := state.known_message(user.id)) is not None:
+        known = state.known_message(user.id) or self._history.logged_message(session_id, message_id)
+        if known is not None:
             return known
         state.check_sequence(session_id, expected_last_sequence)
-        return await self._scheduler.send(
-            session_id,
-            state,
-            user,
-            mode=mode,
-            expected_last_sequence=expected_last_sequence,
-            record=record,
-        )
+        try:
+            return await self._scheduler.send(
+                session_id,
+                state,
+                user,
+                mode=mode,
+                expected_last_sequence=expected_last_sequence,
+                record=record,
+            )
+        except MessageIdTakenError:
+            # The store's check, in the writing transaction: recorded meanwhile.
+            if (known := self._history.logged_message(session_id, message_id)) is not None:
+                return known
+            raise
 
     async def send_message_and_wait(
         self,
@@ -414,7 +456,7 @@ class SessionService:
         turn has ended raises ``MessageAlreadyAnsweredError``.
         """
         state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
-        known = state.known_message(user.id)
+        known = state.known_message(user.id) or self._history.logged_message(session_id, message_id)
         if (
             known is not None
             and not known[1]
@@ -438,9 +480,15 @@ class SessionService:
                     expected_last_sequence=expected_last_sequence,
                     record=record,
                 )
-            except BaseException:
+            except BaseException as error:
                 if state.turn_waiters.get(user.id) is waiter:
                     del state.turn_waiters[user.id]
+                if waiter.done() and not waiter.cancelled():
+                    waiter.exception()  # failed by a racing delete; this error says it
+                if isinstance(error, MessageIdTakenError) and self._history.logged_message(
+                    session_id, message_id
+                ):
+                    raise MessageAlreadyAnsweredError(session_id, user.id) from None
                 raise
         # Shielded: a caller that gives up leaves the waiter to others sending
         # the same id again; the turn's end resolves and removes it.

@@ -71,6 +71,8 @@ class RunningTurn:
     running: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_reason: str = ""
     interrupted: bool = False
+    # Set once the turn's end is being committed (an abort then has nothing to stop).
+    closing: bool = False
     # Characters of ``text`` so far (cheap to keep; bytes are counted only
     # when the characters alone could be over the limit).
     chars: int = 0

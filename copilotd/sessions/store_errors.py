@@ -6,12 +6,19 @@ import contextlib
 from collections.abc import Iterator
 
 from copilotd.errors import (
+    MessageIdTakenError,
     SequenceConflictError,
     SessionExistsError,
     SessionNotFoundError,
     StoreFullError,
 )
-from copilotd.store import SequenceConflict, SessionExists, SessionNotFound, StoreFull
+from copilotd.store import (
+    EventIdTaken,
+    SequenceConflict,
+    SessionExists,
+    SessionNotFound,
+    StoreFull,
+)
 
 
 @contextlib.contextmanager
@@ -25,5 +32,7 @@ def store_errors(session_id: str = "") -> Iterator[None]:
         raise SessionExistsError(error.session_id) from None
     except SequenceConflict as error:
         raise SequenceConflictError(error.session_id, error.expected, error.actual) from None
+    except EventIdTaken as error:
+        raise MessageIdTakenError(error.session_id, error.event_id) from None
     except StoreFull as error:
         raise StoreFullError(f"the session store is full: {error}") from None

@@ -12,13 +12,14 @@ used are recorded as ``assistant.usage``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from copilot_client.proto.v1 import copilot_pb2
 from copilotd import events as ev
-from copilotd.errors import ServiceError, SessionNotFoundError
+from copilotd.errors import ServiceError, SessionNotFoundError, StoreFullError
 from copilotd.events import SessionEvent
 from copilotd.providers import ChatMessage, ChatRequest, ProviderError, Usage
 from copilotd.redaction import REDACTOR
@@ -36,6 +37,9 @@ BUILTIN_SYSTEM_MESSAGE = (
 INTERRUPTED_AT_SHUTDOWN = "interrupted by daemon shutdown"
 # A provider's error text kept in session.error (its body can be a whole page).
 MAX_ERROR_MESSAGE_CHARS = 4096
+# Backoff of a turn's end waiting for room in a full store.
+CLOSE_RETRY_FIRST_DELAY = 0.1
+CLOSE_RETRY_MAX_DELAY = 2.0
 
 
 class AnswerTooLargeError(Exception):
@@ -111,9 +115,15 @@ class TurnEngine:
         return stored[0]
 
     async def cancel(self, turn: RunningTurn, *, reason: str, interrupted: bool = False) -> None:
-        """Stop ``turn`` and wait until its end marker is committed."""
+        """Stop ``turn`` and wait until its end marker is committed.
+
+        A turn already ending is left to end (it may be waiting for room in
+        the store, which an abort cannot make), except at shutdown.
+        """
         await turn.started.wait()
         if turn.task is None or turn.task.done():
+            return
+        if turn.closing and not interrupted:
             return
         await turn.running.wait()
         turn.cancel_reason = reason
@@ -235,19 +245,21 @@ class TurnEngine:
     def _usage(
         turn: RunningTurn, usage: Usage | None, fitted: FittedRequest, seconds: float
     ) -> SessionEvent:
-        """The turn's assistant.usage: as reported, else estimated like the context budget."""
+        """The turn's assistant.usage: as reported; a count the provider did not send is
+        estimated like the context budget, and the usage then says it is estimated."""
         if usage is None:
-            usage = Usage(
-                input_tokens=fitted.tokens, output_tokens=estimate_tokens("".join(turn.text))
-            )
-            estimated = True
-        else:
-            estimated = False
+            usage = Usage(input_tokens=None, output_tokens=None)
+        input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+        estimated = input_tokens is None or output_tokens is None
+        if input_tokens is None:
+            input_tokens = fitted.tokens
+        if output_tokens is None:
+            output_tokens = estimate_tokens("".join(turn.text))
         return ev.make_event(
             ev.ASSISTANT_USAGE,
             model=turn.model,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             cache_read_tokens=usage.cache_read_tokens,
             cache_write_tokens=usage.cache_write_tokens,
             duration_ms=round(seconds * 1000),
@@ -258,8 +270,9 @@ class TurnEngine:
         )
 
     async def _finish(self, turn: RunningTurn, events: list[SessionEvent]) -> None:
+        turn.closing = True
         try:
-            await self._host.append(turn.session_id, events, close_turn=True)
+            await self._close(turn, events)
         except ServiceError as error:
             # Deleted meanwhile, or no space: nothing else to record it in.
             log.warning(
@@ -272,6 +285,61 @@ class TurnEngine:
         except BaseException as error:
             self._host.release_turn(turn, turn_started=True, error=error)
             raise
+
+    async def _close(self, turn: RunningTurn, events: list[SessionEvent]) -> None:
+        """Commit the turn's end, whatever it takes: every turn ends.
+
+        An end that does not fit in a full store (a long answer) is replaced
+        by a short one (a session.error saying so, then the turn_end), which
+        the store's reserve admits under a size cap. On a disk with no room
+        even for that, the session stays busy with this turn and the short
+        end is tried again with backoff until space returns: releasing the
+        session instead would let the next turn start while this one stays
+        open in the log for good.
+        """
+        host = self._host
+        try:
+            await host.append(turn.session_id, events, close_turn=True)
+            return
+        except StoreFullError as error:
+            log.warning(
+                "turn %s of session %s: its answer could not be stored (%s); ending it without",
+                turn.turn_id,
+                turn.session_id,
+                error.message,
+            )
+            short = self._store_full_events(turn, error)
+        delay = CLOSE_RETRY_FIRST_DELAY
+        for attempt in itertools.count(1):
+            try:
+                await host.append(turn.session_id, short, close_turn=True)
+            except StoreFullError as error:
+                if attempt == 1:
+                    log.warning(
+                        "turn %s of session %s cannot end: %s; the session stays busy and "
+                        "its end is retried until there is room",
+                        turn.turn_id,
+                        turn.session_id,
+                        error.message,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CLOSE_RETRY_MAX_DELAY)
+                continue
+            if attempt > 1:
+                log.info(
+                    "turn %s of session %s ended after %d attempts (room again)",
+                    turn.turn_id,
+                    turn.session_id,
+                    attempt,
+                )
+            return
+
+    def _store_full_events(self, turn: RunningTurn, error: StoreFullError) -> list[SessionEvent]:
+        message = (
+            f"the turn's answer ({turn.chars} characters) could not be stored: "
+            f"{error.message}; it is lost, the session goes on"
+        )
+        return self._failed_events(turn, "", "store_full", message, keep_text=False)
 
     def _assistant_message(
         self, turn: RunningTurn, message_id: str, *, partial: bool
@@ -319,9 +387,10 @@ class TurnEngine:
         *,
         status_code: int = 0,
         attempts: int = 0,
+        keep_text: bool = True,
     ) -> list[SessionEvent]:
         events = []
-        if turn.text:
+        if turn.text and keep_text:
             events.append(self._assistant_message(turn, message_id, partial=True))
         error = ev.make_event(
             ev.SESSION_ERROR,

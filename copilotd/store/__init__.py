@@ -8,6 +8,7 @@ from typing import Any
 from copilotd.store.base import (
     SCHEMA_VERSION,
     BackupUnsupported,
+    EventIdTaken,
     PendingMessage,
     SequenceConflict,
     SessionEvent,
@@ -30,6 +31,7 @@ __all__ = [
     "SERVED_BACKENDS",
     "STORE_KINDS",
     "BackupUnsupported",
+    "EventIdTaken",
     "LmdbStore",
     "MemoryStore",
     "PendingMessage",

@@ -45,8 +45,23 @@ The contract:
 * **Capacity.** A store that fills its current space grows by itself; when it
   cannot grow (a configured cap, or a full disk) writes raise ``StoreFull``
   and reads go on working.
+* **Event ids** are unique within a session's log, and a queued message's
+  id names no event of its log: ``create_session``, ``append_events`` and
+  ``stage_events`` refuse an event (or queued message) whose id the log
+  already holds with ``EventIdTaken``, checked in the same transaction that
+  would write it (before ``expected_last_sequence``, so that a message sent
+  again is recognised as such). ``find_event`` looks an id up at the cost of
+  one index lookup: this is how a message id sent again is recorded once.
+* **Imports** are staged: ``begin_import`` opens a log that no read sees,
+  ``stage_events`` fills it in as many transactions as the caller likes (each
+  bounded), and ``commit_import`` makes it a session in one transaction,
+  replacing the session of that id when asked (the old one stays whole until
+  then). A staged log neither committed nor discarded when the store closes
+  (a crash mid-import) is discarded when the store is next opened; its
+  events are reclaimed by ``purge_deleted``.
 * **Versioning.** Opening a store written by a newer schema version raises
-  ``StoreVersionError`` and leaves the files untouched.
+  ``StoreVersionError`` and leaves the files untouched; an older one is
+  migrated in place.
 * **Pinning** (``set_pinned``) changes only ``metadata.pinned``: the listing
   order and every other field stay as they were.
 * **Backup.** ``copy_to`` writes a consistent copy of the whole store, as it
@@ -69,7 +84,8 @@ SessionMetadata = copilot_pb2.SessionMetadata
 SessionRecord = store_pb2.SessionRecord
 PendingMessage = copilot_pb2.PendingMessage
 
-SCHEMA_VERSION = 1
+# 2: the per-session index of event ids (built when a version 1 store opens).
+SCHEMA_VERSION = 2
 
 T = TypeVar("T")
 
@@ -100,6 +116,19 @@ class SequenceConflict(StoreError):
         self.session_id = session_id
         self.expected = expected
         self.actual = actual
+
+
+class EventIdTaken(StoreError):
+    """An event's id (or a queued message's) is already that of an event of the log."""
+
+    def __init__(self, session_id: str, event_id: str, sequence: int) -> None:
+        super().__init__(
+            f"session {session_id!r} already holds an event with id {event_id!r} "
+            f"(sequence {sequence})"
+        )
+        self.session_id = session_id
+        self.event_id = event_id
+        self.sequence = sequence
 
 
 class StoreFull(StoreError):
@@ -183,6 +212,41 @@ class StoreWriter(ABC):
     def set_pinned(self, session_id: str, pinned: bool) -> SessionRecord:
         """Set ``metadata.pinned``; nothing else changes. Raises ``SessionNotFound``."""
 
+    @abstractmethod
+    def begin_import(self, metadata: SessionMetadata) -> int:
+        """Open a staged log for a session to come, from ``metadata``; returns its number.
+
+        Nothing of it is visible to reads until ``commit_import``. The counters
+        the store owns are reset and ``start_time`` is taken from the first
+        staged event, as in ``create_session``.
+        """
+
+    @abstractmethod
+    def stage_events(self, staging: int, events: Sequence[SessionEvent]) -> SessionRecord:
+        """Append ``events`` to the staged log ``staging``, numbered as ``append_events`` does.
+
+        Returns the record as it will be committed. Raises ``EventIdTaken``
+        (nothing written) for an id the staged log already holds, and
+        ``ValueError`` for an unknown staging number or an ephemeral event.
+        """
+
+    @abstractmethod
+    def commit_import(
+        self, staging: int, session_id: str, *, replace: bool
+    ) -> tuple[SessionRecord, bool]:
+        """Make the staged log the session ``session_id``; returns its record and
+        whether a session of that id was replaced.
+
+        With ``replace``, a session of that id is deleted (as by
+        ``delete_session``) in the same transaction; without it, that raises
+        ``SessionExists`` and the staged log stays, to commit under another id.
+        Raises ``ValueError`` for an unknown staging number.
+        """
+
+    @abstractmethod
+    def discard_import(self, staging: int) -> None:
+        """Drop a staged log (its events go the way of a deleted session's); no-op if unknown."""
+
 
 class Store(ABC):
     """A session store; see the module docstring for the contract."""
@@ -233,6 +297,10 @@ class Store(ABC):
         that reached the end of the window; the session's ``last_sequence``
         says whether more follow.
         """
+
+    @abstractmethod
+    def find_event(self, session_id: str, event_id: str) -> SessionEvent | None:
+        """The session's event with id ``event_id``, or None. Raises ``SessionNotFound``."""
 
     @abstractmethod
     def list_sessions(

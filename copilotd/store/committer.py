@@ -78,6 +78,9 @@ class GroupCommitter:
         if self._closing:
             raise RuntimeError("the committer is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        # Shielded below, so a caller cancelled meanwhile (a turn stopped by a
+        # deletion) leaves it behind: its error is then nobody's to report.
+        future.add_done_callback(_retrieve_exception)
         pending = _Pending(operation, on_commit, future, alone=background)
         (self._background if background else self._pending).append(pending)
         self._wakeup.set()
@@ -156,3 +159,8 @@ class GroupCommitter:
                     log.exception("on_commit callback failed")
             if not item.future.done():
                 item.future.set_result(result)
+
+
+def _retrieve_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

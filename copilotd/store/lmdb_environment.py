@@ -1,6 +1,6 @@
 """The LMDB backend's environment: its tables, opening it, its map and its errors.
 
-One environment, six named tables, durable commits.
+One environment, eight named tables, durable commits.
 
 Tables (keys sort as unsigned bytes, so fixed-width big-endian numbers sort
 numerically):
@@ -14,6 +14,12 @@ numerically):
 * ``open_turns``: session id -> b"", the sessions with a turn in progress.
 * ``purge``: log number (8 bytes) -> b"", deleted sessions whose events are
   still to be removed (``purge_deleted``).
+* ``event_ids``: log number (8 bytes) + event id (UTF-8) -> sequence (8
+  bytes): each log's event ids, so a message id sent again is found in one
+  lookup (schema version 2; built when a version 1 store is opened).
+* ``staging``: log number (8 bytes) -> ``SessionRecord``, imports being
+  written (their events are in ``events`` under that log number); left over
+  after a crash, they are moved to ``purge`` when the store opens.
 * ``sys``: ``schema_version`` (ASCII int) and ``next_log_number`` (8 bytes).
 
 LMDB's map is a fixed-size window onto the file; it is grown on demand.
@@ -38,6 +44,7 @@ import lmdb
 
 from copilotd.store.base import (
     SCHEMA_VERSION,
+    SessionEvent,
     SessionRecord,
     StoreCorrupt,
     StoreFull,
@@ -64,8 +71,21 @@ UNCOUNTED_PAGES: Final = 3
 
 SCHEMA_VERSION_KEY: Final = b"schema_version"
 NEXT_LOG_NUMBER_KEY: Final = b"next_log_number"
-# "purge" came after schema version 1's first release; opening creates it.
-TABLE_NAMES: Final = (b"meta", b"events", b"recency", b"open_turns", b"sys", b"purge")
+# "purge" came after schema version 1's first release, "event_ids" and
+# "staging" with version 2; opening creates them.
+TABLE_NAMES: Final = (
+    b"meta",
+    b"events",
+    b"recency",
+    b"open_turns",
+    b"sys",
+    b"purge",
+    b"event_ids",
+    b"staging",
+)
+# Events indexed per transaction while a version 1 store is migrated, so that
+# the migration of a large store never needs one huge transaction.
+MIGRATION_STEP: Final = 10_000
 # LMDB's own ways of saying "this is not (or no longer) a valid environment".
 CORRUPTION_ERRORS: Final = (
     lmdb.InvalidError,
@@ -85,9 +105,19 @@ class Tables:
     open_turns: lmdb._Database
     sys: lmdb._Database
     purge: lmdb._Database
+    event_ids: lmdb._Database
+    staging: lmdb._Database
 
     def all(self) -> tuple[lmdb._Database, ...]:
-        return (self.meta, self.events, self.recency, self.open_turns, self.sys)
+        return (
+            self.meta,
+            self.events,
+            self.recency,
+            self.open_turns,
+            self.sys,
+            self.event_ids,
+            self.staging,
+        )
 
 
 class ResizeGate:
@@ -213,6 +243,77 @@ def open_tables(env: lmdb.Environment, *, initialize: bool) -> Tables:
             txn.put(SCHEMA_VERSION_KEY, str(SCHEMA_VERSION).encode("ascii"), db=tables.sys)
             txn.put(NEXT_LOG_NUMBER_KEY, U64.pack(1), db=tables.sys)
     return tables
+
+
+def migrate(env: lmdb.Environment, tables: Tables, version: int) -> None:
+    """Bring a store of an older schema ``version`` up to ``SCHEMA_VERSION``.
+
+    Version 1 has no ``event_ids``: they are indexed in steps of
+    ``MIGRATION_STEP`` events, and the version is written with the last
+    step, so a migration cut short starts again at the next open (indexing
+    an id twice writes the same entry).
+    """
+    if version >= SCHEMA_VERSION:
+        return
+    session_key_from = b""
+    after = 0
+    while True:
+        try:
+            with env.begin(write=True) as txn:
+                position = _index_event_ids(txn, tables, session_key_from, after)
+                if position is None:
+                    txn.put(SCHEMA_VERSION_KEY, str(SCHEMA_VERSION).encode("ascii"), db=tables.sys)
+        except lmdb.MapFullError:
+            env.set_mapsize(int(env.info()["map_size"]) * 2)
+            continue
+        if position is None:
+            return
+        session_key_from, after = position
+
+
+def _index_event_ids(
+    txn: lmdb.Transaction[bytes], tables: Tables, session_key_from: bytes, after: int
+) -> tuple[bytes, int] | None:
+    """Index up to ``MIGRATION_STEP`` events from that session's event ``after`` on.
+
+    Returns where to go on, or None once every session's events are indexed.
+    """
+    indexed = 0
+    with (
+        txn.cursor(db=tables.meta) as sessions,
+        txn.cursor(db=tables.events) as events,
+    ):
+        positioned = sessions.set_range(session_key_from) if session_key_from else sessions.first()
+        while positioned:
+            key, raw = sessions.item()
+            log_number = SessionRecord.FromString(raw).log_number
+            prefix = U64.pack(log_number)
+            at_event = events.set_range(prefix + U64.pack(after + 1))
+            while at_event and events.key()[: U64.size] == prefix:
+                if indexed == MIGRATION_STEP:
+                    return bytes(key), U64.unpack_from(events.key(), U64.size)[0] - 1
+                event = SessionEvent.FromString(events.value())
+                if event.id:
+                    txn.put(
+                        prefix + event.id.encode("utf-8"),
+                        U64.pack(event.sequence),
+                        db=tables.event_ids,
+                    )
+                indexed += 1
+                at_event = events.next()
+            after = 0
+            positioned = sessions.next()
+    return None
+
+
+def discard_staged(env: lmdb.Environment, tables: Tables) -> int:
+    """Hand imports that a crash left half written to the purge; returns how many."""
+    with env.begin(write=True) as txn, txn.cursor(db=tables.staging) as staged:
+        numbers = list(staged.iternext(values=False))
+        for number in numbers:
+            txn.put(number, b"", db=tables.purge)
+            txn.delete(number, db=tables.staging)
+    return len(numbers)
 
 
 def corrupt_error(path: Path, exc: lmdb.Error) -> StoreCorrupt:

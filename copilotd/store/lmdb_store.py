@@ -17,6 +17,7 @@ import lmdb
 
 from copilotd.store import records
 from copilotd.store.base import (
+    SCHEMA_VERSION,
     SessionEvent,
     SessionNotFound,
     SessionRecord,
@@ -35,10 +36,12 @@ from copilotd.store.lmdb_environment import (
     Tables,
     check_not_truncated,
     corrupt_error,
+    discard_staged,
     disk_full_error,
     is_disk_full,
     load_record,
     map_sizes,
+    migrate,
     open_tables,
     read_schema_version,
     reserve_for,
@@ -116,6 +119,13 @@ class LmdbStore(Store):
             check_not_truncated(env, path)
             version = read_schema_version(env, path)
             tables = open_tables(env, initialize=version is None)
+            migrate(env, tables, version or SCHEMA_VERSION)
+            if discarded := discard_staged(env, tables):
+                log.warning(
+                    "discarded %d import(s) that were cut short at %s; their events are purged",
+                    discarded,
+                    path,
+                )
         except BaseException as exc:
             env.close()
             if isinstance(exc, CORRUPTION_ERRORS):
@@ -191,7 +201,7 @@ class LmdbStore(Store):
         if cap is not None and current >= cap:
             raise StoreFull(
                 f"the copilotd store at {self._path} reached its size cap of {cap} bytes; "
-                "nothing was written. Raise the cap (max_map_size) or delete old sessions."
+                "nothing was written. Delete old sessions or raise the cap (max_map_size)."
             )
         new_size = current * 2 if cap is None else min(current * 2, cap)
         with self._gate.exclusive():
@@ -235,6 +245,22 @@ class LmdbStore(Store):
             with txn.cursor(db=self._tables.events) as cursor:
                 scan = _scan_backward if newest_first else _scan_forward
                 return scan(cursor, record.log_number, after, before, limit, budget)
+
+    def find_event(self, session_id: str, event_id: str) -> SessionEvent | None:
+        with self._reading() as txn:
+            record = load_record(txn, self._tables, session_id)
+            if record is None:
+                raise SessionNotFound(session_id)
+            if not event_id:
+                return None
+            raw = txn.get(
+                records.event_id_key(record.log_number, event_id), db=self._tables.event_ids
+            )
+            if raw is None:
+                return None
+            (sequence,) = U64.unpack(raw)
+            value = txn.get(event_key(record.log_number, sequence), db=self._tables.events)
+            return None if value is None else SessionEvent.FromString(value)
 
     def list_sessions(
         self, *, limit: int, page_token: str = "", max_bytes: int | None = None

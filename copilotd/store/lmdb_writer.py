@@ -9,6 +9,7 @@ import lmdb
 
 from copilotd.store import records
 from copilotd.store.base import (
+    EventIdTaken,
     PendingMessage,
     SessionEvent,
     SessionExists,
@@ -20,7 +21,7 @@ from copilotd.store.base import (
     StoreWriter,
 )
 from copilotd.store.lmdb_environment import NEXT_LOG_NUMBER_KEY, Tables, load_record
-from copilotd.store.records import U64, event_key, recency_key, session_key
+from copilotd.store.records import U64, event_id_key, event_key, recency_key, session_key
 
 T = TypeVar("T")
 
@@ -75,7 +76,7 @@ class LmdbWriter(StoreWriter):
         if self._txn.get(key, db=self._tables.meta) is not None:
             raise SessionExists(metadata.session_id)
         record, stored = records.new_record(metadata, self._take_log_number(), events)
-        self._put_events(record.log_number, stored)
+        self._put_events(record, stored)
         self._save(record, old_recency_key=None)
         return record, stored
 
@@ -96,12 +97,16 @@ class LmdbWriter(StoreWriter):
         record = load_record(self._txn, self._tables, session_id)
         if record is None:
             raise SessionNotFound(session_id)
+        # Ids first: a message sent again is told apart from a stale writer.
+        self._check_ids_free(record, [event.id for event in events])
+        if pending is not None:
+            self._check_ids_free(record, [queued.message_id for queued in pending])
         records.check_expected_sequence(record, expected_last_sequence)
         old_recency_key = recency_key(record.metadata)
         stored = records.append_to_record(record, events)
         records.update_turn(record, open_turn, close_turn)
         records.update_pending(record, pending)
-        self._put_events(record.log_number, stored)
+        self._put_events(record, stored)
         self._save(record, old_recency_key)
         return record, stored
 
@@ -110,7 +115,10 @@ class LmdbWriter(StoreWriter):
         record = load_record(self._txn, self._tables, session_id)
         if record is None:
             raise SessionNotFound(session_id)
-        key = session_key(session_id)
+        self._remove(record)
+
+    def _remove(self, record: SessionRecord) -> None:
+        key = session_key(record.metadata.session_id)
         self._txn.delete(key, db=self._tables.meta)
         self._txn.delete(key, db=self._tables.open_turns)
         self._txn.delete(recency_key(record.metadata), db=self._tables.recency)
@@ -124,14 +132,22 @@ class LmdbWriter(StoreWriter):
         with (
             self._txn.cursor(db=self._tables.purge) as pending,
             self._txn.cursor(db=self._tables.events) as events,
+            self._txn.cursor(db=self._tables.event_ids) as ids,
         ):
             while removed < limit and pending.first():
                 prefix = pending.key()
                 events.set_range(prefix)
+                ids.set_range(prefix)
+                # A log has at most one id per event: removing one of each per
+                # step empties its ids no later than its events.
                 while removed < limit and events.key()[: U64.size] == prefix:
                     events.delete()
+                    if ids.key()[: U64.size] == prefix:
+                        ids.delete()
                     removed += 1
                 if events.key()[: U64.size] != prefix:
+                    while ids.key()[: U64.size] == prefix:  # ids of events never written
+                        ids.delete()
                     pending.delete()
         return removed
 
@@ -143,6 +159,56 @@ class LmdbWriter(StoreWriter):
         self._save(record, recency_key(record.metadata))
         return record
 
+    def begin_import(self, metadata: SessionMetadata) -> int:
+        record, _ = records.new_record(metadata, self._take_log_number(), [])
+        self._txn.put(
+            U64.pack(record.log_number), record.SerializeToString(), db=self._tables.staging
+        )
+        return record.log_number
+
+    def stage_events(self, staging: int, events: Sequence[SessionEvent]) -> SessionRecord:
+        record = self._staged(staging)
+        stored = records.start_staged(record, events)
+        self._put_events(record, stored)
+        self._txn.put(U64.pack(staging), record.SerializeToString(), db=self._tables.staging)
+        return record
+
+    def commit_import(
+        self, staging: int, session_id: str, *, replace: bool
+    ) -> tuple[SessionRecord, bool]:
+        record = self._staged(staging)
+        existing = load_record(self._txn, self._tables, session_id)
+        if existing is not None:
+            if not replace:
+                raise SessionExists(session_id)
+            self._remove(existing)
+        records.finish_staged(record, session_id)
+        self._txn.delete(U64.pack(staging), db=self._tables.staging)
+        self._save(record, old_recency_key=None)
+        return record, existing is not None
+
+    def discard_import(self, staging: int) -> None:
+        self._may_use_reserve = True
+        key = U64.pack(staging)
+        if self._txn.delete(key, db=self._tables.staging):
+            self._txn.put(key, b"", db=self._tables.purge)
+
+    def _staged(self, staging: int) -> SessionRecord:
+        raw = self._txn.get(U64.pack(staging), db=self._tables.staging)
+        if raw is None:
+            raise ValueError(f"no import is being staged under number {staging}")
+        return SessionRecord.FromString(raw)
+
+    def _check_ids_free(self, record: SessionRecord, ids: Sequence[str]) -> None:
+        for event_id in ids:
+            if not event_id:
+                continue
+            raw = self._txn.get(
+                event_id_key(record.log_number, event_id), db=self._tables.event_ids
+            )
+            if raw is not None:
+                raise EventIdTaken(record.metadata.session_id, event_id, U64.unpack(raw)[0])
+
     def _take_log_number(self) -> int:
         raw = self._txn.get(NEXT_LOG_NUMBER_KEY, db=self._tables.sys)
         if raw is None:
@@ -151,8 +217,18 @@ class LmdbWriter(StoreWriter):
         self._txn.put(NEXT_LOG_NUMBER_KEY, U64.pack(number + 1), db=self._tables.sys)
         return int(number)
 
-    def _put_events(self, log_number: int, events: list[SessionEvent]) -> None:
+    def _put_events(self, record: SessionRecord, events: list[SessionEvent]) -> None:
+        """Write ``events`` and index their ids; ``EventIdTaken`` for an id the log holds."""
+        log_number = record.log_number
         for event in events:
+            if event.id:
+                id_key = event_id_key(log_number, event.id)
+                sequence = U64.pack(event.sequence)
+                if not self._txn.put(id_key, sequence, db=self._tables.event_ids, overwrite=False):
+                    (taken,) = U64.unpack(
+                        self._txn.get(id_key, db=self._tables.event_ids) or sequence
+                    )
+                    raise EventIdTaken(record.metadata.session_id, event.id, taken)
             key = event_key(log_number, event.sequence)
             self._txn.put(key, event.SerializeToString(), db=self._tables.events)
 

@@ -18,6 +18,7 @@ from typing import TypeVar
 from copilotd.store import records
 from copilotd.store.base import (
     BackupUnsupported,
+    EventIdTaken,
     PendingMessage,
     SessionEvent,
     SessionExists,
@@ -41,6 +42,8 @@ class _State:
     def __init__(self) -> None:
         self.records: dict[str, bytes] = {}
         self.logs: dict[int, list[bytes]] = {}  # log number -> events by sequence - 1
+        self.ids: dict[int, dict[str, int]] = {}  # log number -> event id -> sequence
+        self.staging: dict[int, bytes] = {}  # log number -> the record of an import
         self.recency: list[bytes] = []  # sorted listing keys
         self.open_turns: set[str] = set()
         self.next_log_number = 1
@@ -103,6 +106,17 @@ class MemoryStore(Store):
                 SessionEvent.FromString(raw)
                 for raw in itertools.takewhile(lambda raw: budget.take(len(raw)), window)
             ]
+
+    def find_event(self, session_id: str, event_id: str) -> SessionEvent | None:
+        with self._lock:
+            self._check_open()
+            record = self._state.record(session_id)
+            if record is None:
+                raise SessionNotFound(session_id)
+            sequence = self._state.ids[record.log_number].get(event_id)
+            if sequence is None:
+                return None
+            return SessionEvent.FromString(self._state.logs[record.log_number][sequence - 1])
 
     def list_sessions(
         self, *, limit: int, page_token: str = "", max_bytes: int | None = None
@@ -194,7 +208,7 @@ class _MemoryWriter(StoreWriter):
             raise SessionExists(session_id)
         record, stored = records.new_record(metadata, self._take_log_number(), events)
         self._new_log(record.log_number)
-        self._extend_log(record.log_number, stored)
+        self._extend_log(record, stored)
         self._save(record, old_recency_key=None)
         return record, stored
 
@@ -211,12 +225,16 @@ class _MemoryWriter(StoreWriter):
         record = self._state.record(session_id)
         if record is None:
             raise SessionNotFound(session_id)
+        # Ids first: a message sent again is told apart from a stale writer.
+        self._check_ids_free(record, [event.id for event in events])
+        if pending is not None:
+            self._check_ids_free(record, [queued.message_id for queued in pending])
         records.check_expected_sequence(record, expected_last_sequence)
         old_recency_key = records.recency_key(record.metadata)
         stored = records.append_to_record(record, events)
         records.update_turn(record, open_turn, close_turn)
         records.update_pending(record, pending)
-        self._extend_log(record.log_number, stored)
+        self._extend_log(record, stored)
         self._save(record, old_recency_key)
         return record, stored
 
@@ -224,14 +242,83 @@ class _MemoryWriter(StoreWriter):
         record = self._state.record(session_id)
         if record is None:
             raise SessionNotFound(session_id)
+        self._remove(record)
+
+    def _remove(self, record: SessionRecord) -> None:
         state = self._state
-        raw, log = state.records.pop(session_id), state.logs.pop(record.log_number)
-        state.purging[record.log_number] = log
+        session_id = record.metadata.session_id
+        raw = state.records.pop(session_id)
         self._undo.append(lambda: state.records.__setitem__(session_id, raw))
-        self._undo.append(lambda: state.logs.__setitem__(record.log_number, log))
-        self._undo.append(lambda: state.purging.pop(record.log_number))
+        self._to_purge(record.log_number)
         self._remove_recency(records.recency_key(record.metadata))
         self._set_open_turn(session_id, False)
+
+    def _to_purge(self, log_number: int) -> None:
+        state = self._state
+        log, ids = state.logs.pop(log_number), state.ids.pop(log_number)
+        state.purging[log_number] = log
+        self._undo.append(lambda: state.logs.__setitem__(log_number, log))
+        self._undo.append(lambda: state.ids.__setitem__(log_number, ids))
+        self._undo.append(lambda: state.purging.pop(log_number))
+
+    def begin_import(self, metadata: SessionMetadata) -> int:
+        record, _ = records.new_record(metadata, self._take_log_number(), [])
+        self._new_log(record.log_number)
+        self._set_staged(record)
+        return record.log_number
+
+    def stage_events(self, staging: int, events: Sequence[SessionEvent]) -> SessionRecord:
+        record = self._staged(staging)
+        stored = records.start_staged(record, events)
+        self._extend_log(record, stored)
+        self._set_staged(record)
+        return record
+
+    def commit_import(
+        self, staging: int, session_id: str, *, replace: bool
+    ) -> tuple[SessionRecord, bool]:
+        record = self._staged(staging)
+        existing = self._state.record(session_id)
+        if existing is not None:
+            if not replace:
+                raise SessionExists(session_id)
+            self._remove(existing)
+        records.finish_staged(record, session_id)
+        self._unset_staged(staging)
+        self._save(record, old_recency_key=None)
+        return record, existing is not None
+
+    def discard_import(self, staging: int) -> None:
+        if staging in self._state.staging:
+            self._unset_staged(staging)
+            self._to_purge(staging)
+
+    def _staged(self, staging: int) -> SessionRecord:
+        raw = self._state.staging.get(staging)
+        if raw is None:
+            raise ValueError(f"no import is being staged under number {staging}")
+        return SessionRecord.FromString(raw)
+
+    def _set_staged(self, record: SessionRecord) -> None:
+        staging = self._state.staging
+        number = record.log_number
+        old = staging.get(number)
+        staging[number] = record.SerializeToString()
+        if old is None:
+            self._undo.append(lambda: staging.pop(number))
+        else:
+            self._undo.append(lambda: staging.__setitem__(number, old))
+
+    def _unset_staged(self, number: int) -> None:
+        staging = self._state.staging
+        raw = staging.pop(number)
+        self._undo.append(lambda: staging.__setitem__(number, raw))
+
+    def _check_ids_free(self, record: SessionRecord, ids: Sequence[str]) -> None:
+        known = self._state.ids[record.log_number]
+        for event_id in ids:
+            if event_id and event_id in known:
+                raise EventIdTaken(record.metadata.session_id, event_id, known[event_id])
 
     def set_pinned(self, session_id: str, pinned: bool) -> SessionRecord:
         record = self._state.record(session_id)
@@ -269,15 +356,26 @@ class _MemoryWriter(StoreWriter):
         return number
 
     def _new_log(self, log_number: int) -> None:
-        logs = self._state.logs
+        logs, ids = self._state.logs, self._state.ids
         logs[log_number] = []
+        ids[log_number] = {}
         self._undo.append(lambda: logs.pop(log_number))
+        self._undo.append(lambda: ids.pop(log_number))
 
-    def _extend_log(self, log_number: int, events: list[SessionEvent]) -> None:
-        log = self._state.logs[log_number]
+    def _extend_log(self, record: SessionRecord, events: list[SessionEvent]) -> None:
+        """Append ``events`` and index their ids; ``EventIdTaken`` for an id the log holds."""
+        log, ids = self._state.logs[record.log_number], self._state.ids[record.log_number]
         length = len(log)
-        log.extend(event.SerializeToString() for event in events)
+        added: list[str] = []
         self._undo.append(lambda: log.__delitem__(slice(length, None)))
+        self._undo.append(lambda: [ids.pop(event_id) for event_id in added])
+        for event in events:
+            if event.id:
+                if event.id in ids:
+                    raise EventIdTaken(record.metadata.session_id, event.id, ids[event.id])
+                ids[event.id] = event.sequence
+                added.append(event.id)
+            log.append(event.SerializeToString())
 
     def _save(self, record: SessionRecord, old_recency_key: bytes | None) -> None:
         state = self._state

@@ -117,6 +117,26 @@ def event_key(log_number: int, sequence: int) -> bytes:
     return U64.pack(log_number) + U64.pack(sequence)
 
 
+def event_id_key(log_number: int, event_id: str) -> bytes:
+    return U64.pack(log_number) + event_id.encode("utf-8")
+
+
+def start_staged(record: SessionRecord, events: Sequence[SessionEvent]) -> list[SessionEvent]:
+    """``append_to_record`` for a staged import: its first events also set ``start_time``."""
+    meta = record.metadata
+    if meta.last_sequence == 0 and events:
+        meta.start_time.CopyFrom(events[0].timestamp)
+    return append_to_record(record, events)
+
+
+def finish_staged(record: SessionRecord, session_id: str) -> None:
+    """The staged record as the session ``session_id``, with ``new_record``'s defaults."""
+    meta = record.metadata
+    meta.session_id = session_id
+    if not meta.HasField("modified_time") and meta.HasField("start_time"):
+        meta.modified_time.CopyFrom(meta.start_time)
+
+
 def encode_page_token(key: bytes) -> str:
     return base64.urlsafe_b64encode(key).decode("ascii")
 

@@ -52,6 +52,13 @@ class Reply:
         drop_after_chunks: see ``drop``.
         hang: send nothing until the client gives up.
         usage: (input_tokens, output_tokens) to report; default: counted words.
+            A None count is left out of the usage the server sends.
+        body: the JSON error body to answer with (with ``status``), instead of
+            the API's own shape (e.g. FastAPI's ``{"detail": ...}``).
+        empty: answer ``200 OK`` with an event stream that has no event at
+            all, as llama.cpp's server does for a prompt over its context.
+        gate: hold the stream after its first chunk until this is set (the
+            test does something while the turn is under way).
     """
 
     chunks: tuple[str, ...] = ()
@@ -62,10 +69,15 @@ class Reply:
     drop: bool = False
     drop_after_chunks: int | None = None
     hang: bool = False
-    usage: tuple[int, int] | None = None
+    usage: tuple[int | None, int | None] | None = None
+    body: dict[str, Any] | None = None
+    empty: bool = False
+    gate: threading.Event | None = None
 
 
-def stream(*chunks: str, delay: float = 0.0, usage: tuple[int, int] | None = None) -> Reply:
+def stream(
+    *chunks: str, delay: float = 0.0, usage: tuple[int | None, int | None] | None = None
+) -> Reply:
     return Reply(chunks=chunks, delay=delay, usage=usage)
 
 
@@ -237,6 +249,9 @@ class FakeModelServer:
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
             )
             await response.prepare(http)
+            if reply.empty:
+                await response.write_eof()
+                return response
             events = _anthropic_events if request.api == "anthropic" else _openai_events
             for kind, payload in events(request, reply):
                 if kind == "chunk":
@@ -251,6 +266,8 @@ class FakeModelServer:
                 await response.write(payload)
                 if kind == "chunk":
                     self._update(lambda: setattr(request, "chunks_sent", request.chunks_sent + 1))
+                    if reply.gate is not None and request.chunks_sent == 1:
+                        await asyncio.to_thread(reply.gate.wait, WAIT_TIMEOUT)
             await response.write_eof()
             return response
 
@@ -272,7 +289,7 @@ def _sse(data: Any, event: str | None = None) -> bytes:
     return f"{head}data: {body}\n\n".encode()
 
 
-def _usage(request: Request, reply: Reply) -> tuple[int, int]:
+def _usage(request: Request, reply: Reply) -> tuple[int | None, int | None]:
     if reply.usage is not None:
         return reply.usage
     prompt_words = sum(len(str(m.get("content", "")).split()) for m in request.messages)
@@ -292,11 +309,10 @@ def _openai_events(request: Request, reply: Reply) -> Iterator[tuple[str, bytes]
     yield "meta", _sse(chunk({}, "stop"))
     if request.body.get("stream_options", {}).get("include_usage"):
         prompt, completion = _usage(request, reply)
-        usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
+        counts = {"prompt_tokens": prompt, "completion_tokens": completion}
+        usage = {key: count for key, count in counts.items() if count is not None}
+        if prompt is not None and completion is not None:
+            usage["total_tokens"] = prompt + completion
         yield "meta", _sse({**base, "choices": [], "usage": usage})
     yield "meta", _sse("[DONE]")
 
@@ -311,7 +327,7 @@ def _anthropic_events(request: Request, reply: Reply) -> Iterator[tuple[str, byt
         "model": request.body.get("model"),
         "stop_reason": None,
         "stop_sequence": None,
-        "usage": {"input_tokens": prompt, "output_tokens": 1},
+        "usage": {} if prompt is None else {"input_tokens": prompt, "output_tokens": 1},
     }
     yield "meta", _sse({"type": "message_start", "message": message}, "message_start")
     block = {
@@ -332,7 +348,7 @@ def _anthropic_events(request: Request, reply: Reply) -> Iterator[tuple[str, byt
     end = {
         "type": "message_delta",
         "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-        "usage": {"output_tokens": completion},
+        "usage": {} if completion is None else {"output_tokens": completion},
     }
     yield "meta", _sse(end, "message_delta")
     yield "meta", _sse({"type": "message_stop"}, "message_stop")
@@ -354,8 +370,10 @@ def _error_response(api: str, reply: Reply) -> web.Response:
     headers = {}
     if reply.retry_after is not None:
         headers["Retry-After"] = reply.retry_after
-    if api == "anthropic":
-        body: dict[str, Any] = {
+    if reply.body is not None:
+        body: dict[str, Any] = reply.body
+    elif api == "anthropic":
+        body = {
             "type": "error",
             "error": {
                 "type": _ANTHROPIC_ERROR_TYPES.get(reply.status, "api_error"),

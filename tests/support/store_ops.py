@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import lmdb
 import pytest
 
 from copilotd.events import (
@@ -220,3 +221,13 @@ class LmdbBackend(Backend):
 
     def open_copy(self, copy: Path) -> Store | None:
         return LmdbStore.open(copy.parent)
+
+
+def event_entries(path: Path, table: bytes = b"events") -> int:
+    """Entries in one of the store's tables (events by default), read from the files directly."""
+    env = lmdb.open(str(path), max_dbs=8, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return int(txn.stat(env.open_db(table, txn=txn, create=False))["entries"])
+    finally:
+        env.close()
