@@ -14,9 +14,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from copilotd.store import SequenceConflict, StoreCorrupt, StoreVersionError
+from copilotd.store import SequenceConflict, SessionMetadata, StoreCorrupt, StoreVersionError
 from copilotd.store.postgres_schema import SCHEMA, StoreUnreachable, describe_dsn
 from copilotd.store.postgres_store import (
+    FIND_EVENT,
     LIST_FIRST_PAGE,
     LIST_NEXT_PAGE,
     OPEN_TURNS,
@@ -35,6 +36,7 @@ from tests.support.store_ops import (
     purge,
     record_of,
     reply,
+    run,
     user,
 )
 
@@ -172,7 +174,7 @@ def test_reads_and_purges_are_index_range_scans_at_100000_sessions(dsn: str) -> 
                 " n % 1000 = 0, 10, ''::bytea FROM generate_series(1, 100000) AS n"
             )
             connection.execute(
-                f"INSERT INTO {SCHEMA}.events SELECT 1000 + n / 10, n % 10, 1, 'x'::bytea"
+                f"INSERT INTO {SCHEMA}.events SELECT 1000 + n / 10, n % 10, 'e' || n, 1, 'x'::bytea"
                 " FROM generate_series(1, 200000) AS n"
             )
             connection.execute(f"INSERT INTO {SCHEMA}.purge_queue VALUES (1005)")
@@ -185,6 +187,7 @@ def test_reads_and_purges_are_index_range_scans_at_100000_sessions(dsn: str) -> 
                 "open turns": plan(connection, OPEN_TURNS, ()),
                 "events": plan(connection, events_query("event", False), (1500, 2, 8, 100)),
                 "newest": plan(connection, events_query("event", True), (1500, 0, 10**9, 5)),
+                "by id": plan(connection, FIND_EVENT, (1500, "e15003")),
                 "purge": plan(connection, PURGE_STEP, (1005, 1005, 200)),
             }
             connection.rollback()  # the purge step's plan ran it
@@ -197,6 +200,7 @@ def test_reads_and_purges_are_index_range_scans_at_100000_sessions(dsn: str) -> 
         assert "sessions_attention" in plans["open turns"]
         for name in ("events", "newest", "purge"):
             assert "events_pkey" in plans[name], name
+        assert "events_ids" in plans["by id"]
         # A first page at 100,000 sessions reads about what it reads at one.
         assert read_buffers(plans["first page"]) <= small_page + 10
         assert listed_ids(store.list_sessions(limit=1)[0]) == ["small"]
@@ -261,3 +265,19 @@ def test_backup_points_to_pg_dump(dsn: str) -> None:
             store.copy_to(1)
     finally:
         store.close()
+
+
+def test_an_import_cut_short_is_discarded_at_the_next_opening(dsn: str) -> None:
+    store = PostgresStore.open(dsn)
+    staging = run(store, lambda w: w.begin_import(SessionMetadata(session_id="s")))
+    run(store, lambda w: w.stage_events(staging, [user(str(n)) for n in range(4)]))
+    store.close()  # as a crash would: neither committed nor discarded
+
+    reopened = PostgresStore.open(dsn)
+    try:
+        assert purge(reopened, 10) == 4
+        with pytest.raises(ValueError):
+            run(reopened, lambda w: w.commit_import(staging, "s", replace=False))
+        assert reopened.get_session("s") is None
+    finally:
+        reopened.close()

@@ -11,10 +11,14 @@ so copilotd can share a database with other programs. Tables:
   ``last_sequence`` and ``metadata_bytes`` (byte-bounded listing without
   decoding records). ``session_id`` sorts by ``COLLATE "C"``, the byte order
   the other backends list ties in.
-* ``events``: ``(log_number, sequence)`` -> the ``SessionEvent`` and its size.
-  The primary key is the index every event read scans. A session's log
-  number comes from the sequence ``log_numbers`` and is never reused, so a
-  re-created session cannot see a deleted one's events.
+* ``events``: ``(log_number, sequence)`` -> the ``SessionEvent``, its id and
+  its size. The primary key is the index every event read scans;
+  ``events_ids`` keeps ids unique per log and finds an event by id. A
+  session's log number comes from the sequence ``log_numbers`` and is never
+  reused, so a re-created session cannot see a deleted one's events.
+* ``staged_imports``: log number -> the record of an import being staged
+  (its events are in ``events`` already, under a log no session names).
+  Opening the store discards what a crash left here.
 * ``purge_queue``: log numbers of deleted sessions whose events are still
   to be removed (``purge_deleted``).
 * ``counters``: ``session_count``, kept by creation and deletion, because
@@ -64,10 +68,13 @@ CREATE SEQUENCE {SCHEMA}.log_numbers;
 CREATE TABLE {SCHEMA}.events (
     log_number bigint NOT NULL,
     sequence bigint NOT NULL,
+    event_id text COLLATE "C" NOT NULL,
     event_bytes integer NOT NULL,
     event bytea NOT NULL,
     PRIMARY KEY (log_number, sequence)
 );
+CREATE UNIQUE INDEX events_ids ON {SCHEMA}.events (log_number, event_id) WHERE event_id <> '';
+CREATE TABLE {SCHEMA}.staged_imports (log_number bigint PRIMARY KEY, record bytea NOT NULL);
 CREATE TABLE {SCHEMA}.purge_queue (log_number bigint PRIMARY KEY);
 CREATE TABLE {SCHEMA}.counters (name text PRIMARY KEY, value bigint NOT NULL);
 INSERT INTO {SCHEMA}.counters VALUES ('session_count', 0);
@@ -138,3 +145,17 @@ def check_version(connection: psycopg.Connection[Any], where: str) -> None:
             f"supports version {SCHEMA_VERSION} at most. Upgrade copilotd to open it; "
             "the store was left untouched."
         )
+
+
+def discard_staged(connection: psycopg.Connection[Any]) -> int:
+    """Hand the imports a crash cut short to the purge; how many there were.
+
+    Only for a store's first opening after a crash: a staged import of a
+    daemon still running on the same database would be lost too (imports
+    across daemons need an owner per staged log; see docs/operations.md).
+    """
+    with connection.transaction():
+        return connection.execute(
+            f"WITH gone AS (DELETE FROM {SCHEMA}.staged_imports RETURNING log_number)"
+            f" INSERT INTO {SCHEMA}.purge_queue SELECT log_number FROM gone"
+        ).rowcount

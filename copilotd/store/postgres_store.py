@@ -36,6 +36,7 @@ from copilotd.store.postgres_schema import (
     SCHEMA,
     StoreUnreachable,
     describe_dsn,
+    discard_staged,
     dsn_password,
     prepare_schema,
 )
@@ -63,6 +64,9 @@ LIST_NEXT_PAGE: Final = _LIST_KEYS + " WHERE (modified_ns, session_id) < (%s, %s
 OPEN_TURNS: Final = (
     f"SELECT record FROM {SCHEMA}.sessions WHERE needs_attention ORDER BY session_id"
 )
+
+# One event by id: a lookup in events_ids.
+FIND_EVENT: Final = f"SELECT event FROM {SCHEMA}.events WHERE log_number = %s AND event_id = %s"
 
 
 def events_query(columns: str, newest_first: bool) -> str:
@@ -104,8 +108,15 @@ class PostgresStore(Store):
                 dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_SECONDS)
             ) as connection:
                 prepare_schema(connection, where)
+                discarded = discard_staged(connection)
         except psycopg.OperationalError as error:
             raise _unreachable(where, error) from None
+        if discarded:
+            log.warning(
+                "discarded %d import(s) that were cut short at %s; their events are purged",
+                discarded,
+                where,
+            )
         pool: ConnectionPool[Any] = ConnectionPool(
             dsn,
             min_size=1,
@@ -179,15 +190,11 @@ class PostgresStore(Store):
             raise ValueError(f"bad event window: after={after}, before={before}, limit={limit}")
         budget = records.ByteBudget(max_bytes)
         with self._reading() as connection:
-            row = connection.execute(
-                f"SELECT log_number FROM {SCHEMA}.sessions WHERE session_id = %s", (session_id,)
-            ).fetchone()
-            if row is None:
-                raise SessionNotFound(session_id)
+            log_number = _log_number(connection, session_id)
             if limit == 0:
                 return []
             upper = MAX_BIGINT if before is None else min(before, MAX_BIGINT)
-            window = (row[0], min(after, MAX_BIGINT), upper)
+            window = (log_number, min(after, MAX_BIGINT), upper)
             if max_bytes is not None:
                 # Sizes first, from the narrow columns: events past the budget
                 # are neither sent nor decoded.
@@ -204,6 +211,14 @@ class PostgresStore(Store):
                 events_query("event", newest_first), (*window, limit)
             ).fetchall()
             return [SessionEvent.FromString(raw) for (raw,) in rows]
+
+    def find_event(self, session_id: str, event_id: str) -> SessionEvent | None:
+        with self._reading() as connection:
+            log_number = _log_number(connection, session_id)
+            if not event_id:
+                return None
+            row = connection.execute(FIND_EVENT, (log_number, event_id)).fetchone()
+        return None if row is None else SessionEvent.FromString(row[0])
 
     def list_sessions(
         self, *, limit: int, page_token: str = "", max_bytes: int | None = None
@@ -286,6 +301,15 @@ def _record(connection: psycopg.Connection[Any], session_id: str) -> SessionReco
         f"SELECT record FROM {SCHEMA}.sessions WHERE session_id = %s", (session_id,)
     ).fetchone()
     return None if row is None else SessionRecord.FromString(row[0])
+
+
+def _log_number(connection: psycopg.Connection[Any], session_id: str) -> int:
+    row = connection.execute(
+        f"SELECT log_number FROM {SCHEMA}.sessions WHERE session_id = %s", (session_id,)
+    ).fetchone()
+    if row is None:
+        raise SessionNotFound(session_id)
+    return int(row[0])
 
 
 def _token_position(page_token: str) -> tuple[int, str]:

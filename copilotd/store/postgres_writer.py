@@ -14,6 +14,7 @@ import psycopg
 
 from copilotd.store import records
 from copilotd.store.base import (
+    EventIdTaken,
     PendingMessage,
     SessionEvent,
     SessionExists,
@@ -84,22 +85,31 @@ class PostgresWriter(StoreWriter):
             raise ValueError("metadata.session_id must be set to create a session")
         # The number is taken before we know the id is free: a sequence is
         # never rolled back, and a skipped log number costs nothing.
+        # A new log holds no ids yet: only repeats among ``events`` are refused.
+        _distinct_ids(metadata.session_id, [event.id for event in events], first=1)
+        record, stored = records.new_record(metadata, self._next_log_number(), events)
+        self._insert_session(record)
+        self._insert_events(record.log_number, stored)
+        return record, stored
+
+    def _next_log_number(self) -> int:
         row = self._execute(f"SELECT nextval('{SCHEMA}.log_numbers')").fetchone()
         assert row is not None
-        record, stored = records.new_record(metadata, int(row[0]), events)
+        return int(row[0])
+
+    def _insert_session(self, record: SessionRecord) -> None:
+        session_id = record.metadata.session_id
         inserted = self._execute(
             f"INSERT INTO {SCHEMA}.sessions (session_id, log_number, modified_ns, last_sequence,"
             " needs_attention, metadata_bytes, record) VALUES (%s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (session_id) DO NOTHING",
-            (metadata.session_id, record.log_number, *index_columns(record)),
+            (session_id, record.log_number, *index_columns(record)),
         )
         if inserted.rowcount == 0:
-            raise SessionExists(metadata.session_id)
+            raise SessionExists(session_id)
         self._execute(
             f"UPDATE {SCHEMA}.counters SET value = value + 1 WHERE name = 'session_count'"
         )
-        self._insert_events(record.log_number, stored)
-        return record, stored
 
     def append_events(
         self,
@@ -112,6 +122,10 @@ class PostgresWriter(StoreWriter):
         pending: Sequence[PendingMessage] | None = None,
     ) -> tuple[SessionRecord, list[SessionEvent]]:
         record = self._locked_record(session_id)
+        # Ids first: a message sent again is told apart from a stale writer.
+        self._check_ids_free(record, [event.id for event in events])
+        if pending is not None:
+            self._check_ids_free(record, [queued.message_id for queued in pending])
         records.check_expected_sequence(record, expected_last_sequence)
         stored = records.append_to_record(record, events)
         records.update_turn(record, open_turn, close_turn)
@@ -155,6 +169,74 @@ class PostgresWriter(StoreWriter):
                 )
         return removed
 
+    def begin_import(self, metadata: SessionMetadata) -> int:
+        record, _ = records.new_record(metadata, self._next_log_number(), [])
+        self._execute(
+            f"INSERT INTO {SCHEMA}.staged_imports VALUES (%s, %s)",
+            (record.log_number, record.SerializeToString()),
+        )
+        return record.log_number
+
+    def stage_events(self, staging: int, events: Sequence[SessionEvent]) -> SessionRecord:
+        record = self._staged(staging)
+        self._check_ids_free(record, [event.id for event in events])
+        stored = records.start_staged(record, events)
+        self._insert_events(record.log_number, stored)
+        self._execute(
+            f"UPDATE {SCHEMA}.staged_imports SET record = %s WHERE log_number = %s",
+            (record.SerializeToString(), staging),
+        )
+        return record
+
+    def commit_import(
+        self, staging: int, session_id: str, *, replace: bool
+    ) -> tuple[SessionRecord, bool]:
+        record = self._staged(staging)
+        exists = (
+            self._execute(
+                f"SELECT 1 FROM {SCHEMA}.sessions WHERE session_id = %s FOR UPDATE", (session_id,)
+            ).fetchone()
+            is not None
+        )
+        if exists:
+            if not replace:
+                raise SessionExists(session_id)
+            self.delete_session(session_id)
+        records.finish_staged(record, session_id)
+        self._execute(f"DELETE FROM {SCHEMA}.staged_imports WHERE log_number = %s", (staging,))
+        self._insert_session(record)
+        return record, exists
+
+    def discard_import(self, staging: int) -> None:
+        self._execute(
+            f"WITH gone AS (DELETE FROM {SCHEMA}.staged_imports WHERE log_number = %s"
+            f" RETURNING log_number) INSERT INTO {SCHEMA}.purge_queue SELECT log_number FROM gone",
+            (staging,),
+        )
+
+    def _staged(self, staging: int) -> SessionRecord:
+        row = self._execute(
+            f"SELECT record FROM {SCHEMA}.staged_imports WHERE log_number = %s FOR UPDATE",
+            (staging,),
+        ).fetchone()
+        if row is None:
+            raise ValueError(f"no import is being staged under number {staging}")
+        return SessionRecord.FromString(row[0])
+
+    def _check_ids_free(self, record: SessionRecord, ids: Sequence[str]) -> None:
+        """``EventIdTaken`` for an id the log holds or that ``ids`` repeats; nothing written."""
+        metadata = record.metadata
+        distinct = _distinct_ids(metadata.session_id, ids, first=metadata.last_sequence + 1)
+        if not distinct:
+            return
+        row = self._execute(
+            f"SELECT event_id, sequence FROM {SCHEMA}.events"
+            " WHERE log_number = %s AND event_id = ANY(%s) ORDER BY sequence LIMIT 1",
+            (record.log_number, distinct),
+        ).fetchone()
+        if row is not None:
+            raise EventIdTaken(metadata.session_id, row[0], row[1])
+
     def set_pinned(self, session_id: str, pinned: bool) -> SessionRecord:
         record = self._locked_record(session_id)
         record.metadata.pinned = pinned
@@ -167,11 +249,11 @@ class PostgresWriter(StoreWriter):
         rows = []
         for event in events:
             raw = event.SerializeToString()
-            rows.append((log_number, event.sequence, len(raw), raw))
+            rows.append((log_number, event.sequence, event.id, len(raw), raw))
         with self._connection.cursor() as cursor:
             cursor.executemany(
-                f"INSERT INTO {SCHEMA}.events (log_number, sequence, event_bytes, event)"
-                " VALUES (%s, %s, %s, %s)",
+                f"INSERT INTO {SCHEMA}.events (log_number, sequence, event_id, event_bytes, event)"
+                " VALUES (%s, %s, %s, %s, %s)",
                 rows,
             )
 
@@ -181,3 +263,14 @@ class PostgresWriter(StoreWriter):
             " needs_attention = %s, metadata_bytes = %s, record = %s WHERE session_id = %s",
             (*index_columns(record), record.metadata.session_id),
         )
+
+
+def _distinct_ids(session_id: str, ids: Sequence[str], *, first: int) -> list[str]:
+    """The non-empty ``ids``; ``EventIdTaken`` if one repeats (``first``: the first's sequence)."""
+    seen: dict[str, int] = {}
+    for position, event_id in enumerate(ids):
+        if event_id in seen:
+            raise EventIdTaken(session_id, event_id, seen[event_id])
+        if event_id:
+            seen[event_id] = first + position
+    return list(seen)
