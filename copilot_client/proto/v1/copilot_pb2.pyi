@@ -1252,6 +1252,7 @@ class GetDaemonStatusResponse(_message.Message):
     SOCKET_ACTIVATED_FIELD_NUMBER: _builtins.int
     RETENTION_FIELD_NUMBER: _builtins.int
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
+    STORE_LOCATION_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     pid: _builtins.int
     socket_path: _builtins.str
@@ -1267,6 +1268,11 @@ class GetDaemonStatusResponse(_message.Message):
     """True when systemd passed the listening socket (socket activation)."""
     metrics_address: _builtins.str
     """"host:port" of the Prometheus endpoint; empty when it is off."""
+    store_location: _builtins.str
+    """Which store backend serves and where: "lmdb" and the store's directory,
+    or "postgresql" and the server, port, database and user (never the
+    password).
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1287,10 +1293,11 @@ class GetDaemonStatusResponse(_message.Message):
         socket_activated: _builtins.bool = ...,
         retention: Global___RetentionPolicy | None = ...,
         metrics_address: _builtins.str = ...,
+        store_location: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retention", b"retention", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_dir", b"data_dir", "metrics_address", b"metrics_address", "pid", b"pid", "retention", b"retention", "running_turns", b"running_turns", "session_count", b"session_count", "socket_activated", b"socket_activated", "socket_path", b"socket_path", "start_time", b"start_time", "store_bytes", b"store_bytes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_dir", b"data_dir", "metrics_address", b"metrics_address", "pid", b"pid", "retention", b"retention", "running_turns", b"running_turns", "session_count", b"session_count", "socket_activated", b"socket_activated", "socket_path", b"socket_path", "start_time", b"start_time", "store_bytes", b"store_bytes", "store_location", b"store_location", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
