@@ -27,6 +27,9 @@ def test_recipe_on_postgresql_survives_sigkill_and_a_new_data_dir(
         created = run_step("create", first.env)
         assert "user-123-conversation" in created
         status = json.loads(ok(copilotd(first, "status", "--json")))
+        backup = copilotd(first, "backup", str(short_tmp / "backup"))
+        assert backup.returncode != 0
+        assert "pg_dump --schema=copilotd" in backup.stderr
     finally:
         first.kill()
 

@@ -14,7 +14,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from copilotd.store import SequenceConflict, SessionMetadata, StoreCorrupt, StoreVersionError
+from copilotd.store import (
+    SequenceConflict,
+    SessionMetadata,
+    StoreCorrupt,
+    StoreVersionError,
+    open_store,
+)
 from copilotd.store.postgres_schema import SCHEMA, StoreUnreachable, describe_dsn
 from copilotd.store.postgres_store import (
     FIND_EVENT,
@@ -281,3 +287,13 @@ def test_an_import_cut_short_is_discarded_at_the_next_opening(dsn: str) -> None:
         assert reopened.get_session("s") is None
     finally:
         reopened.close()
+
+
+def test_the_factory_opens_postgresql_by_dsn(dsn: str) -> None:
+    store = open_store("postgresql", None, dsn=dsn)
+    try:
+        assert isinstance(store, PostgresStore)
+        create(store, "s")
+        assert store.session_count() == 1
+    finally:
+        store.close()
