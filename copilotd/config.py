@@ -136,6 +136,15 @@ class StoreConfig:
     """The storage backend, opened through ``store.open_store``."""
     max_size: int | None = None
     """Cap on the store's size in bytes; writes beyond it are refused (None: no cap)."""
+    dsn: str | None = field(default=None, repr=False)
+    """The PostgreSQL connection string (backend "postgresql"). It may hold a
+    password: left out of ``repr``, and shown only through ``describe_dsn``."""
+
+    def backend_options(self) -> dict[str, Any]:
+        """The keyword arguments ``store.open_store`` passes to this backend."""
+        if self.backend == "postgresql":
+            return {"dsn": self.dsn}
+        return {"max_map_size": self.max_size}
 
 
 # -- [access] -----------------------------------------------------------------------------

@@ -9,6 +9,12 @@ import pytest
 
 from tests.support.daemon_process import SLOW_DELAY, DaemonProcess, short_temp_dir
 from tests.support.full_store import mounted_small_disk
+from tests.support.postgres import (
+    PostgresCluster,
+    PostgresUnavailable,
+    start_cluster,
+    unavailable,
+)
 from tests.support.privileged import stranger as stranger  # a fixture for every test
 
 # What would make a test read the developer's own setup: copilotd's variables
@@ -56,6 +62,25 @@ def slow_daemon(short_tmp: Path) -> Iterator[DaemonProcess]:
     process = DaemonProcess(short_tmp, extra_args=["--offline-delay", SLOW_DELAY]).start()
     yield process
     process.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """The test session's private PostgreSQL server, started on first use."""
+    try:
+        cluster = start_cluster()
+    except PostgresUnavailable as error:
+        unavailable(str(error))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_database(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """A fresh empty database of its own for one test (its name)."""
+    name = postgres_cluster.create_database()
+    yield name
+    postgres_cluster.drop_database(name)
 
 
 @pytest.fixture

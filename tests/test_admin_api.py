@@ -48,6 +48,7 @@ async def test_status(
     assert daemon.process is not None and status.pid == daemon.process.pid
     assert status.socket_path == str(daemon.socket_path)
     assert status.data_dir == str(daemon.data_dir)
+    assert status.store_location == f"lmdb {daemon.data_dir / 'store'}"
     assert not status.socket_activated and not status.metrics_address
     assert status.retention == pb.RetentionPolicy()  # off
 

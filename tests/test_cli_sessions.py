@@ -57,12 +57,14 @@ async def test_status_of_a_running_daemon(daemon: DaemonProcess, client: Copilot
     assert report["socket"] == str(daemon.socket_path)
     assert report["data_dir"] == str(daemon.data_dir)
     assert report["sessions"] == 2
+    assert report["store"] == f"lmdb {daemon.data_dir / 'store'}"
     assert report["store_bytes"] > 0 and report["store_file_bytes"] > 0
     assert report["retention"] == "off" and report["metrics"] is None
 
     text = ok(copilotd(daemon, "status"))
     assert f"is running (pid {report['pid']}" in text
     assert f"socket:     {daemon.socket_path}" in text
+    assert f"store:      lmdb {daemon.data_dir / 'store'}\n" in text
     assert "sessions:   2 (0 turn(s) running)" in text
 
 

@@ -41,7 +41,7 @@ def test_a_misspelt_table_is_refused_with_the_known_ones(short_tmp: Path) -> Non
         (
             '[store]\nmax_sise = "1GiB"\n',
             "[store]: unknown key 'max_sise' (did you mean 'max_size'?); "
-            "the known ones: backend, max_size",
+            "the known ones: backend, dsn, dsn_env, max_size",
         ),
         (
             '[access]\nlisten = "127.0.0.1:0"\ntoken = "secret-secret-secret"\n',
@@ -77,9 +77,9 @@ def test_an_unknown_key_is_refused_in_every_table(
 
 
 def test_an_unknown_store_backend_is_refused_not_served_on_lmdb(short_tmp: Path) -> None:
-    assert refusal(short_tmp, '[store]\nbackend = "postgresql"\n') == (
-        "[store] backend = 'postgresql' is not a backend copilotd can serve from; "
-        "the known ones: lmdb"
+    assert refusal(short_tmp, '[store]\nbackend = "mysql"\n') == (
+        "[store] backend = 'mysql' is not a backend copilotd can serve from; "
+        "the known ones: lmdb, postgresql"
     )
     assert not (short_tmp / "data" / "store").exists()  # refused before anything was opened
 

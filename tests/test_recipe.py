@@ -9,37 +9,11 @@ import sys
 from pathlib import Path
 
 from tests.support.daemon_process import DaemonProcess
-from tests.support.example import run_step
-
-FIRST_PROMPT = "Let's discuss TypeScript generics"
+from tests.support.example import check_resumed_output, run_step
 
 
 def auto_started_pid(data_dir: Path) -> int:
     return int((data_dir / "copilotd.lock").read_text().split()[0])
-
-
-def check_resumed_output(output: str) -> None:
-    answer = next(line for line in output.splitlines() if line.startswith("assistant:"))
-    # The offline model quotes earlier prompts: only the restored history can make it.
-    assert "What were we discussing?" in answer
-    assert f'"{FIRST_PROMPT}"' in answer
-    assert "Session: user-123-conversation" in output
-    history = [line for line in output.splitlines() if line.startswith("[")]
-    types = [line.split("]")[0][1:] for line in history]
-    assert types == [
-        "session.start",
-        "user.message",
-        "assistant.turn_start",
-        "assistant.message",
-        "assistant.turn_end",
-        "session.resume",
-        "user.message",
-        "assistant.turn_start",
-        "assistant.message",
-        "assistant.turn_end",
-    ]
-    assert history[1] == f"[user.message] {FIRST_PROMPT}"
-    assert history[6] == "[user.message] What were we discussing?"
 
 
 def test_recipe_survives_sigkill_and_restart(daemon: DaemonProcess) -> None:

@@ -38,6 +38,7 @@ from tests.support.store_ops import (
     KiB,
     LmdbBackend,
     MemoryBackend,
+    PostgresBackend,
     all_events,
     append,
     contents,
@@ -332,4 +333,8 @@ class TestMemoryStore(MemoryBackend, StoreContract):
 
 
 class TestLmdbStore(LmdbBackend, StoreContract):
+    pass
+
+
+class TestPostgresStore(PostgresBackend, StoreContract):
     pass

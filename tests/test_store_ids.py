@@ -21,6 +21,7 @@ from tests.support.store_ops import (
     Backend,
     LmdbBackend,
     MemoryBackend,
+    PostgresBackend,
     all_events,
     append,
     contents,
@@ -180,4 +181,8 @@ class TestMemoryStore(MemoryBackend, IdsAndImportsContract):
 
 
 class TestLmdbStore(LmdbBackend, IdsAndImportsContract):
+    pass
+
+
+class TestPostgresStore(PostgresBackend, IdsAndImportsContract):
     pass

@@ -27,6 +27,7 @@ from tests.support.store_ops import (
     KiB,
     LmdbBackend,
     MemoryBackend,
+    PostgresBackend,
     all_events,
     append,
     check_prefix,
@@ -367,4 +368,8 @@ class TestMemoryStore(MemoryBackend, LifecycleContract):
 
 
 class TestLmdbStore(LmdbBackend, LifecycleContract):
+    pass
+
+
+class TestPostgresStore(PostgresBackend, LifecycleContract):
     pass

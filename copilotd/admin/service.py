@@ -52,6 +52,8 @@ class DaemonInfo:
     config_file: Path | None = None
     store_backend: str = ""
     start_time: Timestamp
+    store_location: str = ""
+    """The backend and where its data is (``store.settings.describe_store``); no secrets."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -106,6 +106,7 @@ def status_to_proto(status: DaemonStatus) -> admin_pb2.GetDaemonStatusResponse:
         metrics_address=info.metrics_address,
         config_file=str(info.config_file or ""),
         store_backend=info.store_backend,
+        store_location=info.store_location,
     )
 
 

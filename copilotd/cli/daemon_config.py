@@ -24,6 +24,7 @@ def build_daemon_config(
     data_dir: Path | None,
     limits: Limits,
     max_store: str | None,
+    store_dsn: str | None = None,
     listen: str | None,
     token_file: Path | None,
     tls_cert: Path | None,
@@ -39,6 +40,7 @@ def build_daemon_config(
         data_dir: ``--data-dir`` (else the default data directory).
         limits: ``--max-prompt-bytes`` and ``--subscriber-buffer``.
         max_store: ``--max-store-bytes``, over ``[store] max_size``.
+        store_dsn: ``--store-dsn``, over ``[store] dsn`` and ``dsn_env``.
         listen: ``--listen``, over ``[access] listen``.
         token_file: ``--token-file``, over ``[access] token_file``.
         tls_cert: ``--tls-cert``, over ``[access] tls_cert``.
@@ -52,7 +54,7 @@ def build_daemon_config(
         data_dir=resolve_data_dir(data_dir),
         limits=limits,
         source=config_file.path,
-        store=load_store_config(config_file, max_store),
+        store=load_store_config(config_file, max_store, store_dsn),
         tcp=tcp_listener(
             config_file, listen=listen, token_file=token_file, tls_cert=tls_cert, tls_key=tls_key
         ),

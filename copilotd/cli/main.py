@@ -25,6 +25,9 @@ from copilotd.limits import DEFAULT_MAX_PROMPT_BYTES
 from copilotd.runtime.logs import LEVELS
 from copilotd.sessions.fanout import DEFAULT_BUFFER_EVENTS
 
+# A DSN may carry a password: a variable keeps it off the command line (and ps).
+STORE_DSN_ENV = "COPILOTD_STORE_DSN"
+
 
 @click.group(cls=OneLineErrors)
 @click.version_option(__version__, prog_name="copilotd")
@@ -82,6 +85,12 @@ def main(timeout: float | None) -> None:
     "[config [store] max_size; default: no cap].",
 )
 @click.option(
+    "--store-dsn",
+    envvar=STORE_DSN_ENV,
+    help="Store sessions in PostgreSQL at this connection string, e.g. "
+    f"'host=/run/postgresql dbname=copilotd' [env {STORE_DSN_ENV}; config [store] dsn].",
+)
+@click.option(
     "--listen",
     help="Also serve on TCP HOST:PORT, with a bearer token (plain text on loopback only, "
     "else TLS) [config [access] listen; default: Unix socket only].",
@@ -116,6 +125,7 @@ def serve_command(
     subscriber_buffer: int,
     config_path: Path | None,
     max_store: str | None,
+    store_dsn: str | None,
     listen: str | None,
     token_file: Path | None,
     tls_cert: Path | None,
@@ -144,6 +154,7 @@ def serve_command(
             data_dir=data_dir,
             limits=Limits(max_prompt_bytes=max_prompt_bytes, subscriber_buffer=subscriber_buffer),
             max_store=max_store,
+            store_dsn=store_dsn,
             listen=listen,
             token_file=token_file,
             tls_cert=tls_cert,

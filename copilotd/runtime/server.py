@@ -51,6 +51,7 @@ from copilotd.runtime.systemd import listen_sockets
 from copilotd.sessions.service import SessionService
 from copilotd.store import Store, StoreError, open_store
 from copilotd.store.committer import GroupCommitter
+from copilotd.store.settings import describe_store
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ async def serve(config: DaemonConfig, *, on_ready: Callable[[str], None] | None 
             store = open_store(
                 config.store.backend,
                 config.data_dir / STORE_SUBDIR,
-                max_map_size=config.store.max_size,
+                **config.store.backend_options(),
             )
         except StoreError as error:
             raise StartupError(str(error)) from None
@@ -188,6 +189,7 @@ async def _serve_store(
             config_file=config.source,
             store_backend=config.store.backend,
             start_time=now_timestamp(),
+            store_location=describe_store(config.store, config.data_dir / STORE_SUBDIR),
         ),
         retention=operations.retention,
     )

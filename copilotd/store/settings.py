@@ -1,8 +1,14 @@
-"""The ``[store]`` table of the config file and ``--max-store-bytes``::
+"""The ``[store]`` table of the config file, ``--max-store-bytes`` and ``--store-dsn``::
 
     [store]
-    backend = "lmdb"      # the only one today (the default)
-    max_size = "512MiB"   # writes beyond it get RESOURCE_EXHAUSTED (default: no cap)
+    backend = "lmdb"      # the default; or "postgresql"
+    max_size = "512MiB"   # lmdb: writes beyond it get RESOURCE_EXHAUSTED (default: no cap)
+    dsn = "host=db.example dbname=copilotd user=copilotd"   # postgresql: where
+    dsn_env = "COPILOTD_STORE_DSN"  # postgresql: or the variable that holds the DSN
+
+``--store-dsn`` (or its variable ``COPILOTD_STORE_DSN``) selects "postgresql"
+and overrides ``dsn``/``dsn_env``. A DSN with a password belongs in a variable
+or a private file, not in a config file others can read.
 
 A size is a number of bytes or a number with a unit: ``512MiB``, ``2 GiB``,
 ``800k`` (K, M, G, T are powers of 1024 here, as for disks' "GiB"). Parsing
@@ -11,15 +17,19 @@ that takes a few lines, so no library is pulled in for it.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Final
 
 from copilotd.config import ConfigError, ConfigFile, StoreConfig
 from copilotd.store import SERVED_BACKENDS
 from copilotd.store.lmdb_environment import MIN_MAP_SIZE, MIN_RESERVE
+from copilotd.store.postgres_schema import describe_dsn
 
 TABLE: Final = "store"
-KEYS: Final = ("backend", "max_size")
+KEYS: Final = ("backend", "max_size", "dsn", "dsn_env")
+POSTGRESQL: Final = "postgresql"
 
 _UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE: Final = re.compile(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
@@ -40,19 +50,71 @@ def parse_size(text: str | int, what: str) -> int:
     return size
 
 
-def load_store_config(config_file: ConfigFile, max_store_flag: str | None) -> StoreConfig:
-    """``[store]`` with ``--max-store-bytes`` over its ``max_size``; raises ``ConfigError``."""
+def load_store_config(
+    config_file: ConfigFile, max_store_flag: str | None, dsn_flag: str | None = None
+) -> StoreConfig:
+    """``[store]``, ``--max-store-bytes`` and ``--store-dsn`` over it; raises ``ConfigError``."""
     table = config_file.table(TABLE, KEYS)
-    backend = table.get("backend", StoreConfig.backend)
-    where = f"{config_file.where()}: [{TABLE}] backend"
+    where = f"{config_file.where()}: [{TABLE}]"
+    backend = table.get("backend", POSTGRESQL if dsn_flag else StoreConfig.backend)
     if not isinstance(backend, str):
-        raise ConfigError(f'{where} must be a string like "lmdb", not {backend!r}')
+        raise ConfigError(f'{where} backend must be a string like "lmdb", not {backend!r}')
     if backend not in SERVED_BACKENDS:
         raise ConfigError(
-            f"{where} = {backend!r} is not a backend copilotd can serve from; "
+            f"{where} backend = {backend!r} is not a backend copilotd can serve from; "
             f"the known ones: {', '.join(SERVED_BACKENDS)}"
         )
-    return StoreConfig(backend=backend, max_size=max_store_bytes(config_file, max_store_flag))
+    if backend != POSTGRESQL:
+        for key in ("dsn", "dsn_env"):
+            if key in table:
+                raise ConfigError(
+                    f'{where} {key} is for backend = "{POSTGRESQL}", not {backend!r}; '
+                    f'remove it or set backend = "{POSTGRESQL}"'
+                )
+        if dsn_flag:
+            raise ConfigError(
+                f'--store-dsn selects backend "{POSTGRESQL}", but {where} backend = {backend!r}; '
+                "drop one of them"
+            )
+        return StoreConfig(backend=backend, max_size=max_store_bytes(config_file, max_store_flag))
+    if max_store_flag is not None or "max_size" in table:
+        raise ConfigError(
+            f"{where} max_size and --max-store-bytes apply to the lmdb backend only; "
+            "a PostgreSQL store's space is the database server's to manage"
+        )
+    return StoreConfig(backend=backend, dsn=dsn_flag or _configured_dsn(table, where))
+
+
+def _configured_dsn(table: dict[str, object], where: str) -> str:
+    """``dsn``, or the value of the variable ``dsn_env`` names (exactly one of them)."""
+    dsn, variable = table.get("dsn"), table.get("dsn_env")
+    if dsn is not None and variable is not None:
+        raise ConfigError(f"{where} has both dsn and dsn_env; keep one")
+    if dsn is not None:
+        if not isinstance(dsn, str) or not dsn.strip():
+            raise ConfigError(f'{where} dsn must be a connection string like "host=… dbname=…"')
+        return dsn
+    if variable is None:
+        raise ConfigError(
+            f'{where} backend = "{POSTGRESQL}" needs dsn, dsn_env or --store-dsn: where the '
+            'database is, e.g. dsn = "host=/run/postgresql dbname=copilotd"'
+        )
+    if not isinstance(variable, str) or not variable:
+        raise ConfigError(f"{where} dsn_env must name an environment variable, not {variable!r}")
+    value = os.environ.get(variable, "")
+    if not value.strip():
+        raise ConfigError(
+            f"{where} dsn_env = {variable!r}, but that environment variable is "
+            f"{'empty' if variable in os.environ else 'not set'}; set it to the DSN"
+        )
+    return value
+
+
+def describe_store(config: StoreConfig, path: Path) -> str:
+    """Which backend serves and where, for status and logs; never a password."""
+    if config.backend == POSTGRESQL and config.dsn is not None:
+        return describe_dsn(config.dsn)
+    return f"{config.backend} {path}"
 
 
 def max_store_bytes(config_file: ConfigFile, cli_value: str | None) -> int | None:

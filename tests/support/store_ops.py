@@ -1,7 +1,7 @@
 """Operations on a store for the storage tests, and the backends they run against.
 
-``Backend`` gives a test class a fresh ``store`` per test; ``MemoryBackend``
-and ``LmdbBackend`` say how to open each kind. The contract suites
+``Backend`` gives a test class a fresh ``store`` per test; ``MemoryBackend``,
+``LmdbBackend`` and ``PostgresBackend`` say how to open each kind. The contract suites
 (``tests/test_store_contract.py``, ``tests/test_store_lifecycle.py``)
 subclass one of them per backend.
 """
@@ -32,6 +32,8 @@ from copilotd.store import (
     StoreError,
     StoreWriter,
 )
+from copilotd.store.postgres_store import PostgresStore
+from tests.support.postgres import PostgresCluster
 
 KiB = 1024
 T = TypeVar("T")
@@ -198,6 +200,19 @@ class MemoryBackend(Backend):
 
     def open_copy(self, copy: Path) -> Store | None:
         return None
+
+
+class PostgresBackend(Backend):
+    """A store in a database of its own on the test session's private server."""
+
+    @pytest.fixture
+    def store(self, postgres_cluster: PostgresCluster, postgres_database: str) -> Iterator[Store]:
+        store = PostgresStore.open(postgres_cluster.dsn(postgres_database))
+        yield store
+        store.close()
+
+    def open_copy(self, copy: Path) -> Store | None:
+        return None  # its backups are the database's own (pg_dump)
 
 
 class LmdbBackend(Backend):

@@ -27,7 +27,7 @@ from copilot_client.proto.v1 import events_pb2 as copilot__client_dot_proto_dot_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)copilot_client/proto/admin/v1/admin.proto\x12\x10\x63opilot.admin.v1\x1a%copilot_client/proto/v1/copilot.proto\x1a$copilot_client/proto/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x18\n\x16GetDaemonStatusRequest\"\xe6\x02\n\x17GetDaemonStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x13\n\x0bsocket_path\x18\x03 \x01(\t\x12\x10\n\x08\x64\x61ta_dir\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bstore_bytes\x18\x06 \x01(\x04\x12\x15\n\rsession_count\x18\x07 \x01(\x04\x12\x15\n\rrunning_turns\x18\x08 \x01(\r\x12\x18\n\x10socket_activated\x18\t \x01(\x08\x12\x34\n\tretention\x18\n \x01(\x0b\x32!.copilot.admin.v1.RetentionPolicy\x12\x17\n\x0fmetrics_address\x18\x0b \x01(\t\x12\x13\n\x0b\x63onfig_file\x18\x0c \x01(\t\x12\x15\n\rstore_backend\x18\r \x01(\t\"v\n\x0fRetentionPolicy\x12\x17\n\x0fmax_age_seconds\x18\x01 \x01(\x04\x12\x19\n\x0cmax_sessions\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1e\n\x16sweep_interval_seconds\x18\x03 \x01(\x04\x42\x0f\n\r_max_sessions\"=\n\x17SetSessionPinnedRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"H\n\x18SetSessionPinnedResponse\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.copilot.v1.SessionMetadata\"Z\n\x14PruneSessionsRequest\x12\x31\n\x06policy\x18\x01 \x01(\x0b\x32!.copilot.admin.v1.RetentionPolicy\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"r\n\x15PruneSessionsResponse\x12-\n\x08sessions\x18\x01 \x03(\x0b\x32\x1b.copilot.v1.SessionMetadata\x12\x13\n\x0bpinned_kept\x18\x02 \x01(\r\x12\x15\n\rsession_count\x18\x03 \x01(\r\"\x89\x01\n\x0cImportHeader\x12-\n\x08metadata\x18\x01 \x01(\x0b\x32\x1b.copilot.v1.SessionMetadata\x12\x13\n\x0b\x65vent_count\x18\x02 \x01(\x04\x12\x35\n\x0bon_conflict\x18\x03 \x01(\x0e\x32 .copilot.admin.v1.ImportConflict\"p\n\x14ImportSessionRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1e.copilot.admin.v1.ImportHeader\x12(\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x18.copilot.v1.SessionEvent\"\x8e\x01\n\x15ImportSessionResponse\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.copilot.v1.SessionMetadata\x12\x1b\n\x13original_session_id\x18\x02 \x01(\t\x12\x10\n\x08replaced\x18\x03 \x01(\x08\x12\x18\n\x10\x63losed_open_turn\x18\x04 \x01(\x08\"\x14\n\x12\x42\x61\x63kupStoreRequest\"v\n\x13\x42\x61\x63kupStoreResponse\x12*\n\x04info\x18\x01 \x01(\x0b\x32\x1c.copilot.admin.v1.BackupInfo\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\"M\n\nBackupInfo\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x16\n\x0eschema_version\x18\x02 \x01(\r\x12\x17\n\x0f\x65stimated_bytes\x18\x03 \x01(\x04*\x86\x01\n\x0eImportConflict\x12\x1f\n\x1bIMPORT_CONFLICT_UNSPECIFIED\x10\x00\x12\x18\n\x14IMPORT_CONFLICT_FAIL\x10\x01\x12\x1a\n\x16IMPORT_CONFLICT_RENAME\x10\x02\x12\x1d\n\x19IMPORT_CONFLICT_OVERWRITE\x10\x03\x32\x8c\x04\n\x13\x43opilotAdminService\x12\x66\n\x0fGetDaemonStatus\x12(.copilot.admin.v1.GetDaemonStatusRequest\x1a).copilot.admin.v1.GetDaemonStatusResponse\x12i\n\x10SetSessionPinned\x12).copilot.admin.v1.SetSessionPinnedRequest\x1a*.copilot.admin.v1.SetSessionPinnedResponse\x12`\n\rPruneSessions\x12&.copilot.admin.v1.PruneSessionsRequest\x1a\'.copilot.admin.v1.PruneSessionsResponse\x12\x62\n\rImportSession\x12&.copilot.admin.v1.ImportSessionRequest\x1a\'.copilot.admin.v1.ImportSessionResponse(\x01\x12\\\n\x0b\x42\x61\x63kupStore\x12$.copilot.admin.v1.BackupStoreRequest\x1a%.copilot.admin.v1.BackupStoreResponse0\x01\x42z\n\x1cio.copilotd.copilot.admin.v1P\x01Z<github.com/copilotd/copilotd/gen/go/copilot/admin/v1;adminv1\xaa\x02\x19\x43opilotd.Copilot.Admin.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)copilot_client/proto/admin/v1/admin.proto\x12\x10\x63opilot.admin.v1\x1a%copilot_client/proto/v1/copilot.proto\x1a$copilot_client/proto/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x18\n\x16GetDaemonStatusRequest\"\xfe\x02\n\x17GetDaemonStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x13\n\x0bsocket_path\x18\x03 \x01(\t\x12\x10\n\x08\x64\x61ta_dir\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bstore_bytes\x18\x06 \x01(\x04\x12\x15\n\rsession_count\x18\x07 \x01(\x04\x12\x15\n\rrunning_turns\x18\x08 \x01(\r\x12\x18\n\x10socket_activated\x18\t \x01(\x08\x12\x34\n\tretention\x18\n \x01(\x0b\x32!.copilot.admin.v1.RetentionPolicy\x12\x17\n\x0fmetrics_address\x18\x0b \x01(\t\x12\x13\n\x0b\x63onfig_file\x18\x0c \x01(\t\x12\x15\n\rstore_backend\x18\r \x01(\t\x12\x16\n\x0estore_location\x18\x0e \x01(\t\"v\n\x0fRetentionPolicy\x12\x17\n\x0fmax_age_seconds\x18\x01 \x01(\x04\x12\x19\n\x0cmax_sessions\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1e\n\x16sweep_interval_seconds\x18\x03 \x01(\x04\x42\x0f\n\r_max_sessions\"=\n\x17SetSessionPinnedRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"H\n\x18SetSessionPinnedResponse\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.copilot.v1.SessionMetadata\"Z\n\x14PruneSessionsRequest\x12\x31\n\x06policy\x18\x01 \x01(\x0b\x32!.copilot.admin.v1.RetentionPolicy\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"r\n\x15PruneSessionsResponse\x12-\n\x08sessions\x18\x01 \x03(\x0b\x32\x1b.copilot.v1.SessionMetadata\x12\x13\n\x0bpinned_kept\x18\x02 \x01(\r\x12\x15\n\rsession_count\x18\x03 \x01(\r\"\x89\x01\n\x0cImportHeader\x12-\n\x08metadata\x18\x01 \x01(\x0b\x32\x1b.copilot.v1.SessionMetadata\x12\x13\n\x0b\x65vent_count\x18\x02 \x01(\x04\x12\x35\n\x0bon_conflict\x18\x03 \x01(\x0e\x32 .copilot.admin.v1.ImportConflict\"p\n\x14ImportSessionRequest\x12.\n\x06header\x18\x01 \x01(\x0b\x32\x1e.copilot.admin.v1.ImportHeader\x12(\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x18.copilot.v1.SessionEvent\"\x8e\x01\n\x15ImportSessionResponse\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.copilot.v1.SessionMetadata\x12\x1b\n\x13original_session_id\x18\x02 \x01(\t\x12\x10\n\x08replaced\x18\x03 \x01(\x08\x12\x18\n\x10\x63losed_open_turn\x18\x04 \x01(\x08\"\x14\n\x12\x42\x61\x63kupStoreRequest\"v\n\x13\x42\x61\x63kupStoreResponse\x12*\n\x04info\x18\x01 \x01(\x0b\x32\x1c.copilot.admin.v1.BackupInfo\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\"M\n\nBackupInfo\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x16\n\x0eschema_version\x18\x02 \x01(\r\x12\x17\n\x0f\x65stimated_bytes\x18\x03 \x01(\x04*\x86\x01\n\x0eImportConflict\x12\x1f\n\x1bIMPORT_CONFLICT_UNSPECIFIED\x10\x00\x12\x18\n\x14IMPORT_CONFLICT_FAIL\x10\x01\x12\x1a\n\x16IMPORT_CONFLICT_RENAME\x10\x02\x12\x1d\n\x19IMPORT_CONFLICT_OVERWRITE\x10\x03\x32\x8c\x04\n\x13\x43opilotAdminService\x12\x66\n\x0fGetDaemonStatus\x12(.copilot.admin.v1.GetDaemonStatusRequest\x1a).copilot.admin.v1.GetDaemonStatusResponse\x12i\n\x10SetSessionPinned\x12).copilot.admin.v1.SetSessionPinnedRequest\x1a*.copilot.admin.v1.SetSessionPinnedResponse\x12`\n\rPruneSessions\x12&.copilot.admin.v1.PruneSessionsRequest\x1a\'.copilot.admin.v1.PruneSessionsResponse\x12\x62\n\rImportSession\x12&.copilot.admin.v1.ImportSessionRequest\x1a\'.copilot.admin.v1.ImportSessionResponse(\x01\x12\\\n\x0b\x42\x61\x63kupStore\x12$.copilot.admin.v1.BackupStoreRequest\x1a%.copilot.admin.v1.BackupStoreResponse0\x01\x42z\n\x1cio.copilotd.copilot.admin.v1P\x01Z<github.com/copilotd/copilotd/gen/go/copilot/admin/v1;adminv1\xaa\x02\x19\x43opilotd.Copilot.Admin.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +35,34 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'copilot_client.proto.admin.
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\034io.copilotd.copilot.admin.v1P\001Z<github.com/copilotd/copilotd/gen/go/copilot/admin/v1;adminv1\252\002\031Copilotd.Copilot.Admin.V1'
-  _globals['_IMPORTCONFLICT']._serialized_start=1646
-  _globals['_IMPORTCONFLICT']._serialized_end=1780
+  _globals['_IMPORTCONFLICT']._serialized_start=1670
+  _globals['_IMPORTCONFLICT']._serialized_end=1804
   _globals['_GETDAEMONSTATUSREQUEST']._serialized_start=173
   _globals['_GETDAEMONSTATUSREQUEST']._serialized_end=197
   _globals['_GETDAEMONSTATUSRESPONSE']._serialized_start=200
-  _globals['_GETDAEMONSTATUSRESPONSE']._serialized_end=558
-  _globals['_RETENTIONPOLICY']._serialized_start=560
-  _globals['_RETENTIONPOLICY']._serialized_end=678
-  _globals['_SETSESSIONPINNEDREQUEST']._serialized_start=680
-  _globals['_SETSESSIONPINNEDREQUEST']._serialized_end=741
-  _globals['_SETSESSIONPINNEDRESPONSE']._serialized_start=743
-  _globals['_SETSESSIONPINNEDRESPONSE']._serialized_end=815
-  _globals['_PRUNESESSIONSREQUEST']._serialized_start=817
-  _globals['_PRUNESESSIONSREQUEST']._serialized_end=907
-  _globals['_PRUNESESSIONSRESPONSE']._serialized_start=909
-  _globals['_PRUNESESSIONSRESPONSE']._serialized_end=1023
-  _globals['_IMPORTHEADER']._serialized_start=1026
-  _globals['_IMPORTHEADER']._serialized_end=1163
-  _globals['_IMPORTSESSIONREQUEST']._serialized_start=1165
-  _globals['_IMPORTSESSIONREQUEST']._serialized_end=1277
-  _globals['_IMPORTSESSIONRESPONSE']._serialized_start=1280
-  _globals['_IMPORTSESSIONRESPONSE']._serialized_end=1422
-  _globals['_BACKUPSTOREREQUEST']._serialized_start=1424
-  _globals['_BACKUPSTOREREQUEST']._serialized_end=1444
-  _globals['_BACKUPSTORERESPONSE']._serialized_start=1446
-  _globals['_BACKUPSTORERESPONSE']._serialized_end=1564
-  _globals['_BACKUPINFO']._serialized_start=1566
-  _globals['_BACKUPINFO']._serialized_end=1643
-  _globals['_COPILOTADMINSERVICE']._serialized_start=1783
-  _globals['_COPILOTADMINSERVICE']._serialized_end=2307
+  _globals['_GETDAEMONSTATUSRESPONSE']._serialized_end=582
+  _globals['_RETENTIONPOLICY']._serialized_start=584
+  _globals['_RETENTIONPOLICY']._serialized_end=702
+  _globals['_SETSESSIONPINNEDREQUEST']._serialized_start=704
+  _globals['_SETSESSIONPINNEDREQUEST']._serialized_end=765
+  _globals['_SETSESSIONPINNEDRESPONSE']._serialized_start=767
+  _globals['_SETSESSIONPINNEDRESPONSE']._serialized_end=839
+  _globals['_PRUNESESSIONSREQUEST']._serialized_start=841
+  _globals['_PRUNESESSIONSREQUEST']._serialized_end=931
+  _globals['_PRUNESESSIONSRESPONSE']._serialized_start=933
+  _globals['_PRUNESESSIONSRESPONSE']._serialized_end=1047
+  _globals['_IMPORTHEADER']._serialized_start=1050
+  _globals['_IMPORTHEADER']._serialized_end=1187
+  _globals['_IMPORTSESSIONREQUEST']._serialized_start=1189
+  _globals['_IMPORTSESSIONREQUEST']._serialized_end=1301
+  _globals['_IMPORTSESSIONRESPONSE']._serialized_start=1304
+  _globals['_IMPORTSESSIONRESPONSE']._serialized_end=1446
+  _globals['_BACKUPSTOREREQUEST']._serialized_start=1448
+  _globals['_BACKUPSTOREREQUEST']._serialized_end=1468
+  _globals['_BACKUPSTORERESPONSE']._serialized_start=1470
+  _globals['_BACKUPSTORERESPONSE']._serialized_end=1588
+  _globals['_BACKUPINFO']._serialized_start=1590
+  _globals['_BACKUPINFO']._serialized_end=1667
+  _globals['_COPILOTADMINSERVICE']._serialized_start=1807
+  _globals['_COPILOTADMINSERVICE']._serialized_end=2331
 # @@protoc_insertion_point(module_scope)

@@ -90,6 +90,7 @@ class GetDaemonStatusResponse(_message.Message):
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
     CONFIG_FILE_FIELD_NUMBER: _builtins.int
     STORE_BACKEND_FIELD_NUMBER: _builtins.int
+    STORE_LOCATION_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     pid: _builtins.int
     socket_path: _builtins.str
@@ -111,6 +112,10 @@ class GetDaemonStatusResponse(_message.Message):
     """
     store_backend: _builtins.str
     """The store backend ([store] backend), e.g. "lmdb"."""
+    store_location: _builtins.str
+    """Where the store backend serves: for "lmdb" the store's directory, for
+    "postgresql" the server, port, database and user (never the password).
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -133,10 +138,11 @@ class GetDaemonStatusResponse(_message.Message):
         metrics_address: _builtins.str = ...,
         config_file: _builtins.str = ...,
         store_backend: _builtins.str = ...,
+        store_location: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retention", b"retention", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_file", b"config_file", "data_dir", b"data_dir", "metrics_address", b"metrics_address", "pid", b"pid", "retention", b"retention", "running_turns", b"running_turns", "session_count", b"session_count", "socket_activated", b"socket_activated", "socket_path", b"socket_path", "start_time", b"start_time", "store_backend", b"store_backend", "store_bytes", b"store_bytes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_file", b"config_file", "data_dir", b"data_dir", "metrics_address", b"metrics_address", "pid", b"pid", "retention", b"retention", "running_turns", b"running_turns", "session_count", b"session_count", "socket_activated", b"socket_activated", "socket_path", b"socket_path", "start_time", b"start_time", "store_backend", b"store_backend", "store_bytes", b"store_bytes", "store_location", b"store_location", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

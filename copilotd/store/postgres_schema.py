@@ -1,0 +1,161 @@
+"""The PostgreSQL backend's schema: its tables, creating and versioning them, and DSNs.
+
+Everything lives in the schema ``copilotd`` of the database the DSN names,
+so copilotd can share a database with other programs. Tables:
+
+* ``sessions``: one row per live session: the ``SessionRecord`` (``record``)
+  plus the columns the indexes need, copied from it on every write:
+  ``modified_ns`` (listing: index ``sessions_recency`` on
+  ``(modified_ns, session_id)``, read backwards), ``needs_attention`` (a turn
+  open or messages queued: partial index ``sessions_attention``),
+  ``last_sequence`` and ``metadata_bytes`` (byte-bounded listing without
+  decoding records). ``session_id`` sorts by ``COLLATE "C"``, the byte order
+  the other backends list ties in.
+* ``events``: ``(log_number, sequence)`` -> the ``SessionEvent``, its id and
+  its size. The primary key is the index every event read scans;
+  ``events_ids`` keeps ids unique per log and finds an event by id. A
+  session's log number comes from the sequence ``log_numbers`` and is never
+  reused, so a re-created session cannot see a deleted one's events.
+* ``staged_imports``: log number -> the record of an import being staged
+  (its events are in ``events`` already, under a log no session names).
+  Opening the store discards what a crash left here.
+* ``purge_queue``: log numbers of deleted sessions whose events are still
+  to be removed (``purge_deleted``).
+* ``counters``: ``session_count``, kept by creation and deletion, because
+  ``count(*)`` would read every row.
+* ``schema_version``: one row; a newer version than ``SCHEMA_VERSION`` is
+  refused before anything is written.
+
+Sequence numbers stay gap-free because appending locks the session's row
+(``SELECT ... FOR UPDATE``) and checks ``expected_last_sequence`` against
+that row, in the writing transaction: two daemons appending to one session
+queue on the lock, and the second sees the first's commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from copilotd.store.base import StoreCorrupt, StoreError, StoreVersionError
+
+SCHEMA: Final = "copilotd"
+SCHEMA_VERSION: Final = 1
+# Taken while the schema is checked or created, so that daemons starting at
+# once on one database create it once ("copilotd" in ASCII).
+SCHEMA_LOCK_KEY: Final = 0x636F70696C6F7464
+# The parts of a DSN that say where the store is; the rest (the password
+# above all) is never shown.
+SHOWN_DSN_KEYS: Final = ("host", "hostaddr", "port", "dbname", "user")
+
+_CREATE: Final = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE {SCHEMA}.schema_version (version integer NOT NULL);
+CREATE TABLE {SCHEMA}.sessions (
+    session_id text COLLATE "C" PRIMARY KEY,
+    log_number bigint NOT NULL UNIQUE,
+    modified_ns bigint NOT NULL,
+    last_sequence bigint NOT NULL,
+    needs_attention boolean NOT NULL,
+    metadata_bytes integer NOT NULL,
+    record bytea NOT NULL
+);
+CREATE INDEX sessions_recency ON {SCHEMA}.sessions (modified_ns, session_id);
+CREATE INDEX sessions_attention ON {SCHEMA}.sessions (session_id) WHERE needs_attention;
+CREATE SEQUENCE {SCHEMA}.log_numbers;
+CREATE TABLE {SCHEMA}.events (
+    log_number bigint NOT NULL,
+    sequence bigint NOT NULL,
+    event_id text COLLATE "C" NOT NULL,
+    event_bytes integer NOT NULL,
+    event bytea NOT NULL,
+    PRIMARY KEY (log_number, sequence)
+);
+CREATE UNIQUE INDEX events_ids ON {SCHEMA}.events (log_number, event_id) WHERE event_id <> '';
+CREATE TABLE {SCHEMA}.staged_imports (log_number bigint PRIMARY KEY, record bytea NOT NULL);
+CREATE TABLE {SCHEMA}.purge_queue (log_number bigint PRIMARY KEY);
+CREATE TABLE {SCHEMA}.counters (name text PRIMARY KEY, value bigint NOT NULL);
+INSERT INTO {SCHEMA}.counters VALUES ('session_count', 0);
+"""
+
+
+class StoreUnreachable(StoreError):
+    """The database server cannot be reached or refused the connection."""
+
+
+def describe_dsn(dsn: str) -> str:
+    """Where a DSN points, for logs and status: host, port, database, user; never the password."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql (an unreadable DSN)"
+    shown = " ".join(f"{key}={parts[key]}" for key in SHOWN_DSN_KEYS if parts.get(key))
+    return f"postgresql {shown}".rstrip()
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password a DSN carries, to keep it out of the log."""
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        return None
+    return str(password) if password else None
+
+
+def prepare_schema(connection: psycopg.Connection[Any], where: str) -> None:
+    """Create the schema in a new database, or check the version of an existing one.
+
+    Runs in one transaction under an advisory lock. A newer version raises
+    ``StoreVersionError`` and a ``copilotd`` schema without a version raises
+    ``StoreCorrupt``; both before anything is written.
+    """
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        has_schema = connection.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (SCHEMA,)
+        ).fetchone()
+        if has_schema is None:
+            connection.execute(_CREATE.encode())
+            connection.execute(
+                f"INSERT INTO {SCHEMA}.schema_version VALUES (%s)", (SCHEMA_VERSION,)
+            )
+            return
+        check_version(connection, where)
+
+
+def check_version(connection: psycopg.Connection[Any], where: str) -> None:
+    has_table = connection.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_version",)
+    ).fetchone()
+    row = None
+    if has_table is not None and has_table[0]:
+        row = connection.execute(f"SELECT version FROM {SCHEMA}.schema_version").fetchone()
+    if row is None:
+        raise StoreCorrupt(
+            f"the database at {where} has a schema {SCHEMA!r} that is not a copilotd store "
+            "(it has no schema version); refusing to use it. Point copilotd at another "
+            "database, or drop that schema if it is a leftover."
+        )
+    version = int(row[0])
+    if version > SCHEMA_VERSION:
+        raise StoreVersionError(
+            f"the copilotd store at {where} has schema version {version}, but this copilotd "
+            f"supports version {SCHEMA_VERSION} at most. Upgrade copilotd to open it; "
+            "the store was left untouched."
+        )
+
+
+def discard_staged(connection: psycopg.Connection[Any]) -> int:
+    """Hand the imports a crash cut short to the purge; how many there were.
+
+    Only for a store's first opening after a crash: a staged import of a
+    daemon still running on the same database would be lost too (imports
+    across daemons need an owner per staged log; see docs/operations.md).
+    """
+    with connection.transaction():
+        return connection.execute(
+            f"WITH gone AS (DELETE FROM {SCHEMA}.staged_imports RETURNING log_number)"
+            f" INSERT INTO {SCHEMA}.purge_queue SELECT log_number FROM gone"
+        ).rowcount

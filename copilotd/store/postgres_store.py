@@ -1,0 +1,329 @@
+"""The PostgreSQL backend: ``PostgresStore``, its reads, and the batches it hands the writer.
+
+The schema (tables, indexes, versioning, DSNs) is in ``postgres_schema``; the
+operations of a write batch in ``postgres_writer``. Connections come from a
+``psycopg_pool`` pool: reads take any; ``write_batch`` calls of this process
+are serialised on a lock (as the LMDB backend's are), while the database's
+row locks order them against other daemons on the same database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Final, TypeVar
+
+import psycopg
+from psycopg import errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from copilotd.redaction import REDACTOR
+from copilotd.store import records
+from copilotd.store.base import (
+    BackupUnsupported,
+    SessionEvent,
+    SessionNotFound,
+    SessionRecord,
+    Store,
+    StoreError,
+    StoreFull,
+    StoreWriter,
+)
+from copilotd.store.postgres_schema import (
+    SCHEMA,
+    StoreUnreachable,
+    describe_dsn,
+    discard_staged,
+    dsn_password,
+    prepare_schema,
+)
+from copilotd.store.postgres_writer import MAX_BIGINT, PostgresWriter
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_CONNECTIONS: Final = 8
+CONNECT_TIMEOUT_SECONDS: Final = 10.0
+# A batch that lost a deadlock or a serialization race to another daemon
+# wrote nothing and is run again (the contract allows re-running a batch).
+RETRIED_ERRORS: Final = (errors.DeadlockDetected, errors.SerializationFailure)
+MAX_ATTEMPTS: Final = 5
+# The server's disk is full (53100).
+FULL_ERRORS: Final = (errors.DiskFull,)
+
+# The reads' queries, each a range scan of one index (tests/test_store_postgres.py
+# EXPLAINs them at 100,000 sessions): listing walks sessions_recency backwards.
+_LIST_KEYS: Final = f"SELECT modified_ns, session_id, metadata_bytes FROM {SCHEMA}.sessions"
+_NEWEST_FIRST: Final = " ORDER BY modified_ns DESC, session_id DESC LIMIT %s"
+LIST_FIRST_PAGE: Final = _LIST_KEYS + _NEWEST_FIRST
+LIST_NEXT_PAGE: Final = _LIST_KEYS + " WHERE (modified_ns, session_id) < (%s, %s)" + _NEWEST_FIRST
+OPEN_TURNS: Final = (
+    f"SELECT record FROM {SCHEMA}.sessions WHERE needs_attention ORDER BY session_id"
+)
+
+# One event by id: a lookup in events_ids.
+FIND_EVENT: Final = f"SELECT event FROM {SCHEMA}.events WHERE log_number = %s AND event_id = %s"
+
+
+def events_query(columns: str, newest_first: bool) -> str:
+    """Events of one log in a window (log_number, after, before, limit): a scan of events_pkey."""
+    return (
+        f"SELECT {columns} FROM {SCHEMA}.events"
+        " WHERE log_number = %s AND sequence > %s AND sequence < %s"
+        f" ORDER BY sequence {'DESC' if newest_first else 'ASC'} LIMIT %s"
+    )
+
+
+class PostgresStore(Store):
+    """A store in a PostgreSQL database; create it with ``PostgresStore.open``."""
+
+    def __init__(self, pool: ConnectionPool[Any], where: str) -> None:
+        self._pool = pool
+        self.where = where
+        self._write_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(cls, dsn: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> PostgresStore:
+        """Connect to the database ``dsn`` names, creating the schema if it has none.
+
+        Raises ``StoreUnreachable`` when the server cannot be reached or
+        refuses the login, ``StoreVersionError`` for a schema of a newer
+        version and ``StoreCorrupt`` for a ``copilotd`` schema that is not a
+        store; in those cases nothing was written. Messages name the server
+        and database, never the password.
+        """
+        where = describe_dsn(dsn)
+        password = dsn_password(dsn)
+        if password:
+            REDACTOR.add(password)  # whatever quotes the DSN, the log will not show it
+        try:
+            # One connection first: its refusal says why at once (the pool
+            # would retry until its timeout and only report that).
+            with psycopg.connect(
+                dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_SECONDS)
+            ) as connection:
+                prepare_schema(connection, where)
+                discarded = discard_staged(connection)
+        except psycopg.OperationalError as error:
+            raise _unreachable(where, error) from None
+        if discarded:
+            log.warning(
+                "discarded %d import(s) that were cut short at %s; their events are purged",
+                discarded,
+                where,
+            )
+        pool: ConnectionPool[Any] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=max_connections,
+            open=False,
+            timeout=CONNECT_TIMEOUT_SECONDS,
+            name="copilotd-store",
+            # Transactions are opened explicitly (``connection.transaction()``).
+            kwargs={"autocommit": True},
+        )
+        try:
+            pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
+        except PoolTimeout as error:
+            pool.close()
+            raise _unreachable(where, error) from None
+        log.info("store: %s", where)
+        return cls(pool, where)
+
+    # Writes
+
+    def write_batch(self, operations: Sequence[Callable[[StoreWriter], T]]) -> list[T | StoreError]:
+        operations = list(operations)
+        with self._write_lock:
+            self._check_open()
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                try:
+                    return self._run_batch(operations)
+                except RETRIED_ERRORS:
+                    if attempt == MAX_ATTEMPTS:
+                        raise
+                    log.info("a write batch lost a race with another writer; running it again")
+                except FULL_ERRORS as error:
+                    raise StoreFull(
+                        f"the database of the copilotd store at {self.where} has no space "
+                        f"left ({error.diag.message_primary}); nothing was written. Free space "
+                        "on the database server, or delete old sessions."
+                    ) from error
+            raise AssertionError("unreachable")
+
+    def _run_batch(self, operations: list[Callable[[StoreWriter], T]]) -> list[T | StoreError]:
+        with self._pool.connection() as connection, connection.transaction():
+            writer = PostgresWriter(connection)
+            return [writer.run(operation) for operation in operations]
+
+    # Reads
+
+    @contextmanager
+    def _reading(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection in a read-only snapshot: the reads in it agree with each other."""
+        self._check_open()
+        with self._pool.connection() as connection, connection.transaction():
+            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield connection
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        self._check_open()
+        with self._pool.connection() as connection:
+            return _record(connection, session_id)
+
+    def read_events(
+        self,
+        session_id: str,
+        *,
+        after: int = 0,
+        before: int | None = None,
+        limit: int,
+        newest_first: bool = False,
+        max_bytes: int | None = None,
+    ) -> list[SessionEvent]:
+        if after < 0 or (before is not None and before < 0) or limit < 0:
+            raise ValueError(f"bad event window: after={after}, before={before}, limit={limit}")
+        budget = records.ByteBudget(max_bytes)
+        with self._reading() as connection:
+            log_number = _log_number(connection, session_id)
+            if limit == 0:
+                return []
+            upper = MAX_BIGINT if before is None else min(before, MAX_BIGINT)
+            window = (log_number, min(after, MAX_BIGINT), upper)
+            if max_bytes is not None:
+                # Sizes first, from the narrow columns: events past the budget
+                # are neither sent nor decoded.
+                sizes = connection.execute(
+                    events_query("sequence, event_bytes", newest_first), (*window, limit)
+                ).fetchall()
+                taken = list(itertools.takewhile(lambda row: budget.take(row[1]), sizes))
+                if not taken:
+                    return []
+                low, high = sorted((taken[0][0], taken[-1][0]))
+                window = (window[0], low - 1, high + 1)
+                limit = len(taken)
+            rows = connection.execute(
+                events_query("event", newest_first), (*window, limit)
+            ).fetchall()
+            return [SessionEvent.FromString(raw) for (raw,) in rows]
+
+    def find_event(self, session_id: str, event_id: str) -> SessionEvent | None:
+        with self._reading() as connection:
+            log_number = _log_number(connection, session_id)
+            if not event_id:
+                return None
+            row = connection.execute(FIND_EVENT, (log_number, event_id)).fetchone()
+        return None if row is None else SessionEvent.FromString(row[0])
+
+    def list_sessions(
+        self, *, limit: int, page_token: str = "", max_bytes: int | None = None
+    ) -> tuple[list[SessionRecord], str]:
+        if limit < 1:
+            raise ValueError(f"limit must be positive, not {limit}")
+        budget = records.ByteBudget(max_bytes)
+        with self._reading() as connection:
+            # One more than the page: whether it exists says if a token follows.
+            if page_token:
+                keys = connection.execute(
+                    LIST_NEXT_PAGE, (*_token_position(page_token), limit + 1)
+                ).fetchall()
+            else:
+                keys = connection.execute(LIST_FIRST_PAGE, (limit + 1,)).fetchall()
+            page_keys = []
+            for key in keys[:limit]:
+                if not budget.take(key[2]):
+                    break
+                page_keys.append(key)
+            more = len(page_keys) < len(keys)
+            rows = connection.execute(
+                f"SELECT session_id, record FROM {SCHEMA}.sessions WHERE session_id = ANY(%s)",
+                ([key[1] for key in page_keys],),
+            ).fetchall()
+        by_id = {session_id: SessionRecord.FromString(raw) for session_id, raw in rows}
+        page = [by_id[key[1]] for key in page_keys]
+        if not more or not page:
+            return page, ""
+        last = page[-1].metadata
+        return page, records.encode_page_token(records.recency_key(last))
+
+    def sessions_with_open_turns(self) -> list[SessionRecord]:
+        with self._reading() as connection:
+            rows = connection.execute(OPEN_TURNS).fetchall()
+        return [SessionRecord.FromString(raw) for (raw,) in rows]
+
+    def session_count(self) -> int:
+        self._check_open()
+        with self._pool.connection() as connection:
+            row = connection.execute(
+                f"SELECT value FROM {SCHEMA}.counters WHERE name = 'session_count'"
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def size_bytes(self) -> int:
+        """The tables' and indexes' size on the server, TOAST included."""
+        self._check_open()
+        with self._pool.connection() as connection:
+            row = connection.execute(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relkind = 'r'",
+                (SCHEMA,),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def copy_to(self, fd: int) -> None:
+        raise BackupUnsupported(
+            f"the copilotd store at {self.where} lives in PostgreSQL, whose own tools make "
+            f"consistent backups: run pg_dump --schema={SCHEMA} on that database (or back up "
+            "the whole server with pg_basebackup)"
+        )
+
+    def close(self) -> None:
+        with self._write_lock:
+            if not self._closed:
+                self._closed = True
+                self._pool.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"the store at {self.where} is closed")
+
+
+def _record(connection: psycopg.Connection[Any], session_id: str) -> SessionRecord | None:
+    row = connection.execute(
+        f"SELECT record FROM {SCHEMA}.sessions WHERE session_id = %s", (session_id,)
+    ).fetchone()
+    return None if row is None else SessionRecord.FromString(row[0])
+
+
+def _log_number(connection: psycopg.Connection[Any], session_id: str) -> int:
+    row = connection.execute(
+        f"SELECT log_number FROM {SCHEMA}.sessions WHERE session_id = %s", (session_id,)
+    ).fetchone()
+    if row is None:
+        raise SessionNotFound(session_id)
+    return int(row[0])
+
+
+def _token_position(page_token: str) -> tuple[int, str]:
+    """The (modified_ns, session_id) a page token stands for; ``ValueError`` if malformed."""
+    key = records.decode_page_token(page_token)
+    nanos = records.U64.unpack_from(key)[0]
+    return min(nanos, MAX_BIGINT), key[records.U64.size :].decode("utf-8")
+
+
+def _unreachable(where: str, error: Exception) -> StoreUnreachable:
+    # libpq's own words (the first line) name the server and the user, never the password.
+    lines = str(error).strip().splitlines()
+    reason = lines[0] if lines else type(error).__name__
+    return StoreUnreachable(
+        f"cannot connect to the copilotd store at {where}: {reason}. Check that the server "
+        "runs and that the DSN's host, port, database, user and password are right."
+    )
