@@ -21,6 +21,11 @@ so copilotd can share a database with other programs. Tables:
   Opening the store discards what a crash left here.
 * ``purge_queue``: log numbers of deleted sessions whose events are still
   to be removed (``purge_deleted``).
+* ``turn_leases``: session id -> the daemon (``owner``) that runs its
+  turn, or works through its queue, the turn's id (the fencing token a
+  turn's writes carry) and when the lease expires unless renewed
+  (``expires_at``, the server's clock). Appending with a fence checks it in
+  the same transaction; see ``base`` for the rules.
 * ``counters``: ``session_count``, kept by creation and deletion, because
   ``count(*)`` would read every row.
 * ``schema_version``: one row; a newer version than ``SCHEMA_VERSION`` is
@@ -30,6 +35,10 @@ Sequence numbers stay gap-free because appending locks the session's row
 (``SELECT ... FOR UPDATE``) and checks ``expected_last_sequence`` against
 that row, in the writing transaction: two daemons appending to one session
 queue on the lock, and the second sees the first's commit.
+
+Every write that another daemon's readers should hear of sends
+``pg_notify(CHANNEL, ...)`` with a JSON payload (kind, session, last
+sequence, owner); PostgreSQL delivers it at commit, in commit order.
 """
 
 from __future__ import annotations
@@ -42,7 +51,9 @@ from psycopg.conninfo import conninfo_to_dict
 from copilotd.store.base import StoreCorrupt, StoreError, StoreVersionError
 
 SCHEMA: Final = "copilotd"
-SCHEMA_VERSION: Final = 1
+# 2: turn_leases.
+SCHEMA_VERSION: Final = 2
+CHANNEL: Final = "copilotd_changes"
 # Taken while the schema is checked or created, so that daemons starting at
 # once on one database create it once ("copilotd" in ASCII).
 SCHEMA_LOCK_KEY: Final = 0x636F70696C6F7464
@@ -78,6 +89,16 @@ CREATE TABLE {SCHEMA}.staged_imports (log_number bigint PRIMARY KEY, record byte
 CREATE TABLE {SCHEMA}.purge_queue (log_number bigint PRIMARY KEY);
 CREATE TABLE {SCHEMA}.counters (name text PRIMARY KEY, value bigint NOT NULL);
 INSERT INTO {SCHEMA}.counters VALUES ('session_count', 0);
+"""
+# What version 2 added; also run on a version 1 store when it opens.
+_CREATE_LEASES: Final = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.turn_leases (
+    session_id text COLLATE "C" PRIMARY KEY,
+    owner text NOT NULL,
+    turn_id text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS turn_leases_owner ON {SCHEMA}.turn_leases (owner);
 """
 
 
@@ -118,14 +139,20 @@ def prepare_schema(connection: psycopg.Connection[Any], where: str) -> None:
         ).fetchone()
         if has_schema is None:
             connection.execute(_CREATE.encode())
+            connection.execute(_CREATE_LEASES.encode())
             connection.execute(
                 f"INSERT INTO {SCHEMA}.schema_version VALUES (%s)", (SCHEMA_VERSION,)
             )
             return
-        check_version(connection, where)
+        if check_version(connection, where) < SCHEMA_VERSION:
+            connection.execute(_CREATE_LEASES.encode())
+            connection.execute(
+                f"UPDATE {SCHEMA}.schema_version SET version = %s", (SCHEMA_VERSION,)
+            )
 
 
-def check_version(connection: psycopg.Connection[Any], where: str) -> None:
+def check_version(connection: psycopg.Connection[Any], where: str) -> int:
+    """The store's schema version; raises for a newer one or a schema without a version."""
     has_table = connection.execute(
         "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_version",)
     ).fetchone()
@@ -145,6 +172,7 @@ def check_version(connection: psycopg.Connection[Any], where: str) -> None:
             f"supports version {SCHEMA_VERSION} at most. Upgrade copilotd to open it; "
             "the store was left untouched."
         )
+    return version
 
 
 def discard_staged(connection: psycopg.Connection[Any]) -> int:
