@@ -27,7 +27,7 @@ from copilotd.sessions.state import RunningTurn, SessionState, TurnHost
 from copilotd.sessions.token_budget import FittedRequest, Truncation, estimate_tokens, fit_to_budget
 
 if TYPE_CHECKING:
-    from copilotd.store import PendingMessage, SessionRecord
+    from copilotd.store import QueueEdit, SessionRecord
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class TurnEngine:
         user: SessionEvent,
         *,
         expected_last_sequence: int | None = None,
-        pending: list[PendingMessage] | None = None,
+        queue: QueueEdit | None = None,
         record: SessionRecord | None = None,
     ) -> SessionEvent:
         """Commit the user message with its turn_start, then run the turn in a task.
@@ -102,7 +102,7 @@ class TurnEngine:
                 [user, turn_start],
                 open_turn=(turn.turn_id, user.id),
                 expected_last_sequence=expected_last_sequence,
-                pending=pending,
+                queue=queue,
             )
         except BaseException:
             turn.started.set()
@@ -147,7 +147,11 @@ class TurnEngine:
                 history_tokens=context.tokens,
             )
             if fitted.truncation is not None:
-                await host.append(turn.session_id, [self._truncation(turn, fitted.truncation)])
+                await host.append(
+                    turn.session_id,
+                    [self._truncation(turn, fitted.truncation)],
+                    fence=turn.turn_id,
+                )
             request = ChatRequest(
                 model=route.wire_model,
                 messages=fitted.messages,
@@ -299,7 +303,7 @@ class TurnEngine:
         """
         host = self._host
         try:
-            await host.append(turn.session_id, events, close_turn=True)
+            await host.append(turn.session_id, events, close_turn=True, fence=turn.turn_id)
             return
         except StoreFullError as error:
             log.warning(
@@ -312,7 +316,7 @@ class TurnEngine:
         delay = CLOSE_RETRY_FIRST_DELAY
         for attempt in itertools.count(1):
             try:
-                await host.append(turn.session_id, short, close_turn=True)
+                await host.append(turn.session_id, short, close_turn=True, fence=turn.turn_id)
             except StoreFullError as error:
                 if attempt == 1:
                     log.warning(
