@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import stat
 from collections.abc import Callable
 from dataclasses import replace
@@ -49,7 +50,7 @@ from copilotd.runtime.sidecars import Operations
 from copilotd.runtime.socket_watch import SocketWatch
 from copilotd.runtime.systemd import listen_sockets
 from copilotd.sessions.service import SessionService
-from copilotd.store import Store, StoreError, open_store
+from copilotd.store import Store, StoreChange, StoreError, open_store
 from copilotd.store.committer import GroupCommitter
 from copilotd.store.settings import describe_store
 
@@ -143,7 +144,8 @@ async def serve(config: DaemonConfig, *, on_ready: Callable[[str], None] | None 
             store = open_store(
                 config.store.backend,
                 config.data_dir / STORE_SUBDIR,
-                **config.store.backend_options(),
+                # Stable across restarts: a restarted daemon takes its own leases back at once.
+                **config.store.backend_options(f"{socket.gethostname()}:{config.data_dir}"),
             )
         except StoreError as error:
             raise StartupError(str(error)) from None
@@ -197,6 +199,13 @@ async def _serve_store(
         operations.attach(admin, service, store, providers)
     except OSError as error:
         raise StartupError(f"cannot serve metrics on {config.metrics_address}: {error}") from None
+    loop = asyncio.get_running_loop()
+
+    # Before recovery, so that nothing committed by other daemons after it is missed.
+    def on_change(change: StoreChange | None) -> None:  # in the store's thread
+        loop.call_soon_threadsafe(service.on_store_change, change)
+
+    store.watch(on_change)
     recovered = await service.recover_interrupted_turns()
     if recovered:
         log.warning("closed %d turn(s) interrupted by the previous daemon's end", recovered)
@@ -249,7 +258,7 @@ async def _serve_store(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    operations.start(inherited, bound_path)
+    operations.start(inherited, bound_path, service)
     socket_watch = SocketWatch({config.socket_path, bound_path}, stop.set)
     socket_watch.start()
     log.info(

@@ -3,6 +3,7 @@ relay, retention sweeps and the metrics endpoint, started and stopped in order."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -38,6 +39,7 @@ class Operations:
         self._sweeper: RetentionSweeper | None = None
         self._watchdog: Watchdog | None = None
         self._admin: AdminService | None = None
+        self._leases: LeaseKeeper | None = None
 
     def fanout(self, **options: Any) -> FanOut[SessionEvent]:
         if self.metrics:
@@ -68,8 +70,14 @@ class Operations:
         address = self.metrics.serve(self._metrics_address)
         admin.info = replace(admin.info, metrics_address=address)
 
-    def start(self, inherited: InheritedSocket | None, bound_path: Path) -> None:
-        """Start relaying, sweeping and pinging the watchdog (the API already serves)."""
+    def start(
+        self, inherited: InheritedSocket | None, bound_path: Path, service: SessionService
+    ) -> None:
+        """Start relaying, sweeping, keeping leases and pinging the watchdog (the API
+        already serves)."""
+        if service.store.shared:
+            self._leases = LeaseKeeper(service)
+            self._leases.start()
         if inherited is not None:
             self._relay = SocketRelay(inherited.sock, bound_path)
             self._relay.start()
@@ -97,6 +105,8 @@ class Operations:
             await self._relay.stop_accepting()
         if self._sweeper is not None:
             await self._sweeper.stop()
+        if self._leases is not None:
+            await self._leases.stop()
 
     async def close(self) -> None:
         """Last step, once the server has stopped."""
@@ -117,6 +127,22 @@ def _provider_name(store: Store, providers: ProviderRegistry, session_id: str) -
     except ServiceError:
         return "unavailable"
     return provider.metrics_label or provider.name
+
+
+class LeaseKeeper(Periodic):
+    """On a store shared by several daemons, every third of a lease: renew this
+    daemon's leases, take over the turns of daemons whose leases expired, and
+    deliver what other daemons committed should a notification have been missed."""
+
+    def __init__(self, service: SessionService) -> None:
+        self._service = service
+        super().__init__("lease keeper", service.store.lease_seconds / 3, self._tick)
+
+    async def _tick(self) -> None:
+        await asyncio.to_thread(self._service.store.renew_leases)
+        self._service.catch_up_all()
+        if not self._service.shutting_down:
+            await self._service.recover_interrupted_turns()
 
 
 class RetentionSweeper(Periodic):
