@@ -63,7 +63,7 @@ def two_slow(short_tmp: Path, dsn: str) -> Iterator[list[DaemonProcess]]:
         daemon.kill()
 
 
-def stub(channel: grpc.aio.Channel) -> copilot_pb2_grpc.CopilotServiceStub:
+def stub(channel: grpc.aio.Channel) -> copilot_pb2_grpc.CopilotServiceAsyncStub:
     return copilot_pb2_grpc.CopilotServiceStub(channel)
 
 
