@@ -156,6 +156,7 @@ async def test_events_and_lifecycle_written_through_one_daemon_reach_the_others(
     a, b = channel_to(three[0]), channel_to(three[1])
     try:
         lifecycle = stub(b).WatchLifecycle(pb.WatchLifecycleRequest())
+        await asyncio.wait_for(lifecycle.initial_metadata(), WAIT)  # the watch is live
         announced = lifecycle.__aiter__()
         session = await stub(a).CreateSession(pb.CreateSessionRequest())
         session_id = session.session.session_id
