@@ -11,17 +11,21 @@ notifications be missed, the periodic tick) makes it do the same.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
+from copilot_client.wire import LIFECYCLE_CREATED, LIFECYCLE_DELETED, LIFECYCLE_UPDATED
 from copilotd import events as ev
 from copilotd.events import SessionEvent
 from copilotd.sessions.context_window import context_messages
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.history import STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS
 from copilotd.sessions.idle_contexts import IdleContexts
+from copilotd.sessions.lifecycle import LifecycleFeed
 from copilotd.sessions.state import SessionState, TurnOutcome
-from copilotd.store import SessionNotFound, Store
+from copilotd.store import SessionNotFound, Store, StoreChange
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,10 @@ class Delivery:
         self._store = store
         self._fanout = fanout
         self._idle_contexts = idle_contexts
+
+    def followed(self, session_id: str) -> bool:
+        """Whether a subscriber here follows the session's events."""
+        return self._fanout.has_audience(session_id)
 
     def deliver(self, session_id: str, state: SessionState, events: Sequence[SessionEvent]) -> None:
         """Events that follow ``state.last_sequence`` directly: remember and publish them."""
@@ -93,3 +101,55 @@ def _resolve_ended_turns(state: SessionState, page: Sequence[SessionEvent]) -> N
                 message_id, TurnOutcome.from_closing_commit(page[start : position + 1])
             )
         start = position + 1
+
+
+class PeerChanges:
+    """Acts on what other daemons committed, as the store reports it."""
+
+    def __init__(
+        self,
+        store: Store,
+        states: dict[str, SessionState],
+        delivery: Delivery,
+        lifecycle: LifecycleFeed,
+        forget: Callable[[str], Coroutine[Any, Any, None]],
+    ) -> None:
+        self._store = store
+        self._states = states
+        self._delivery = delivery
+        self._lifecycle = lifecycle
+        self._forget = forget
+        self._forgetting: set[asyncio.Task[None]] = set()
+
+    def changed(self, change: StoreChange | None) -> None:
+        if change is None:
+            self.catch_up_all()
+            return
+        session_id = change.session_id
+        if change.kind == "deleted":
+            if session_id in self._states or self._delivery.followed(session_id):
+                # As after a deletion here: end its streams, waiters and turn.
+                task = asyncio.get_running_loop().create_task(self._forget(session_id))
+                self._forgetting.add(task)
+                task.add_done_callback(self._forgetting.discard)
+            else:
+                self._lifecycle.announce(LIFECYCLE_DELETED, session_id, None)
+            return
+        state = self._states.get(session_id)
+        if state is not None and change.kind == "events":
+            self._delivery.catch_up(session_id, state, change.last_sequence)
+        if self._lifecycle.watched and (record := self._store.get_session(session_id)):
+            kind = LIFECYCLE_CREATED if change.kind == "created" else LIFECYCLE_UPDATED
+            self._lifecycle.announce(kind, session_id, record.metadata)
+
+    def catch_up_all(self) -> None:
+        """Deliver what other daemons committed to the sessions followed here (the
+        periodic remedy for notifications lost with a dropped connection)."""
+        for session_id, state in list(self._states.items()):
+            if not (self._delivery.followed(session_id) or state.turn_waiters):
+                continue
+            record = self._store.get_session(session_id)
+            if record is None:
+                self.changed(StoreChange("deleted", session_id, 0))
+            else:
+                self._delivery.catch_up(session_id, state, record.metadata.last_sequence)

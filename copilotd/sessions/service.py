@@ -47,7 +47,7 @@ from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.history import History
 from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
 from copilotd.sessions.lifecycle import LifecycleEvent, LifecycleFeed
-from copilotd.sessions.peers import Delivery
+from copilotd.sessions.peers import Delivery, PeerChanges
 from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
 from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
@@ -111,7 +111,7 @@ class SessionService:
         # Deleted sessions' events are removed after the deletion, in steps.
         self.purger = Purger(committer)
         self._shutting_down = False
-        self._background: set[asyncio.Task[None]] = set()
+        self._peers = PeerChanges(store, self._states, self._delivery, self.lifecycle, self._forget)
 
     @property
     def store(self) -> Store:
@@ -643,35 +643,11 @@ class SessionService:
 
     def on_store_change(self, change: StoreChange | None) -> None:
         """Another daemon committed ``change`` (None: changes may have been missed)."""
-        if change is None:
-            self.catch_up_all()
-            return
-        session_id = change.session_id
-        if change.kind == "deleted":
-            if session_id in self._states or self.fanout.has_audience(session_id):
-                task = asyncio.get_running_loop().create_task(self._forget(session_id))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-            else:
-                self.lifecycle.announce(LIFECYCLE_DELETED, session_id, None)
-            return
-        state = self._states.get(session_id)
-        if state is not None and change.kind == "events":
-            self._delivery.catch_up(session_id, state, change.last_sequence)
-        if self.lifecycle.watched and (record := self._store.get_session(session_id)):
-            kind = LIFECYCLE_CREATED if change.kind == "created" else LIFECYCLE_UPDATED
-            self.lifecycle.announce(kind, session_id, record.metadata)
+        self._peers.changed(change)
 
     def catch_up_all(self) -> None:
         """Deliver whatever other daemons committed to the sessions followed here."""
-        for session_id, state in list(self._states.items()):
-            if not (self.fanout.has_audience(session_id) or state.turn_waiters):
-                continue
-            record = self._store.get_session(session_id)
-            if record is None:
-                self.on_store_change(StoreChange("deleted", session_id, 0))
-            else:
-                self._delivery.catch_up(session_id, state, record.metadata.last_sequence)
+        self._peers.catch_up_all()
 
     def watch_lifecycle(self, types: Sequence[str]) -> AsyncGenerator[list[LifecycleEvent]]:
         """Lifecycle events of every session (filtered by ``types`` when given), live."""
