@@ -143,6 +143,23 @@ async def test_clients_on_three_daemons_send_to_one_session_at_once(
         )
         events = list(listed.events)
         check_log(events)
+        # A message sent again through another daemon (a lost connection) is recognised.
+        again = await stub(channels[2]).SendMessage(
+            pb.SendMessageRequest(session_id=session_id, prompt="ignored", message_id="c0-m0")
+        )
+        original = next(e for e in events if e.id == "c0-m0")
+        assert (again.message_id, again.sequence, again.queued) == (
+            "c0-m0",
+            original.sequence,
+            False,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as answered:
+            await stub(channels[1]).SendMessageAndWait(
+                pb.SendMessageAndWaitRequest(session_id=session_id, prompt="x", message_id="c1-m1")
+            )
+        assert answered.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        after = await stub(channels[0]).GetSession(pb.GetSessionRequest(session_id=session_id))
+        assert after.session.last_sequence == len(events)
         sent = [e.id for e in events if e.type == "user.message"]
         assert sorted(sent) == sorted(f"c{n}-m{k}" for n in range(3) for k in range(4))
     finally:

@@ -4,6 +4,7 @@ daemons on PostgreSQL (two stores on one database stand for two daemons)."""
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -191,3 +192,36 @@ def test_a_watcher_hears_other_daemons_changes_in_commit_order(
         StoreChange("deleted", "s", 0),
     ]
     assert heard.empty()
+
+
+def test_daemons_deleting_and_purging_at_once_never_double_delete(
+    daemons: tuple[PostgresStore, PostgresStore],
+) -> None:
+    a, b = daemons
+    for n in range(6):
+        create(a, f"s{n}", [user(str(k)) for k in range(50)])
+    outcomes: queue.Queue[str] = queue.Queue()
+
+    def sweep(store: PostgresStore) -> None:
+        # The same sessions, as two daemons' retention sweeps would select them.
+        for n in range(6):
+            try:
+                delete(store, f"s{n}")
+                outcomes.put("deleted")
+            except SessionNotFound:
+                outcomes.put("gone")
+        removed = 0
+        while (step := run(store, lambda writer: writer.purge_deleted(7))) > 0:
+            removed += step
+        outcomes.put(f"purged {removed}")
+
+    threads = [threading.Thread(target=sweep, args=(store,)) for store in daemons]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    results = [outcomes.get_nowait() for _ in range(14)]
+    assert results.count("deleted") == 6 and results.count("gone") == 6
+    purged = sum(int(r.split()[1]) for r in results if r.startswith("purged"))
+    assert purged == 6 * 50  # every event removed once, by one daemon or the other
+    assert a.session_count() == 0 and b.session_count() == 0
