@@ -532,6 +532,8 @@ class SessionService:
         check_message_id(message_id)
         record = self._record(session_id)
         state = self._state(record)
+        if self._store.shared:  # other daemons' commits first: checks see the session as it is
+            self._delivery.catch_up(session_id, state, record.metadata.last_sequence)
         # Refuse a message no provider could answer before anything is written;
         # the route is taken again from the record when the turn begins.
         self.providers.route_for(record.metadata)
