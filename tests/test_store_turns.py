@@ -13,6 +13,7 @@ from copilotd.store import (
     EventIdTaken,
     PendingMessage,
     QueueEdit,
+    SessionMetadata,
     SessionNotFound,
     Store,
     StoreChange,
@@ -225,3 +226,26 @@ def test_daemons_deleting_and_purging_at_once_never_double_delete(
     purged = sum(int(r.split()[1]) for r in results if r.startswith("purged"))
     assert purged == 6 * 50  # every event removed once, by one daemon or the other
     assert a.session_count() == 0 and b.session_count() == 0
+
+
+def test_a_daemon_starting_keeps_another_daemons_staged_import(dsn: str) -> None:
+    importer = PostgresStore.open(dsn, lease_owner="importer")
+    try:
+        staging = run(importer, lambda writer: writer.begin_import(SessionMetadata(session_id="s")))
+        run(importer, lambda writer: writer.stage_events(staging, [user("old")]))
+        PostgresStore.open(dsn, lease_owner="newcomer").close()  # another daemon starts
+        run(importer, lambda writer: writer.stage_events(staging, [user("older")]))
+        record, _ = run(importer, lambda writer: writer.commit_import(staging, "s", replace=False))
+        assert record.metadata.last_sequence == 2
+    finally:
+        importer.close()
+    # The importer's own crash: its next start discards what it left staged.
+    crashed = PostgresStore.open(dsn, lease_owner="importer")
+    staging = run(crashed, lambda writer: writer.begin_import(SessionMetadata(session_id="s")))
+    crashed.close()
+    restarted = PostgresStore.open(dsn, lease_owner="importer")
+    try:
+        with pytest.raises(ValueError, match="no import is being staged"):
+            run(restarted, lambda writer: writer.stage_events(staging, [user("x")]))
+    finally:
+        restarted.close()

@@ -17,8 +17,9 @@ so copilotd can share a database with other programs. Tables:
   session's log number comes from the sequence ``log_numbers`` and is never
   reused, so a re-created session cannot see a deleted one's events.
 * ``staged_imports``: log number -> the record of an import being staged
-  (its events are in ``events`` already, under a log no session names).
-  Opening the store discards what a crash left here.
+  (its events are in ``events`` already, under a log no session names) and
+  the daemon staging it (``owner``). Opening the store discards what a crash
+  of this daemon (the same owner) left here, never another daemon's.
 * ``purge_queue``: log numbers of deleted sessions whose events are still
   to be removed (``purge_deleted``).
 * ``turn_leases``: session id -> the daemon (``owner``) that runs its
@@ -51,7 +52,7 @@ from psycopg.conninfo import conninfo_to_dict
 from copilotd.store.base import StoreCorrupt, StoreError, StoreVersionError
 
 SCHEMA: Final = "copilotd"
-# 2: turn_leases.
+# 2: turn_leases, and the owner of a staged import.
 SCHEMA_VERSION: Final = 2
 CHANNEL: Final = "copilotd_changes"
 # Taken while the schema is checked or created, so that daemons starting at
@@ -99,6 +100,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.turn_leases (
     expires_at timestamptz NOT NULL
 );
 CREATE INDEX IF NOT EXISTS turn_leases_owner ON {SCHEMA}.turn_leases (owner);
+ALTER TABLE {SCHEMA}.staged_imports ADD COLUMN IF NOT EXISTS owner text NOT NULL DEFAULT '';
 """
 
 
@@ -175,15 +177,17 @@ def check_version(connection: psycopg.Connection[Any], where: str) -> int:
     return version
 
 
-def discard_staged(connection: psycopg.Connection[Any]) -> int:
-    """Hand the imports a crash cut short to the purge; how many there were.
+def discard_staged(connection: psycopg.Connection[Any], owner: str) -> int:
+    """Hand the imports a crash of ``owner`` cut short to the purge; how many there were.
 
-    Only for a store's first opening after a crash: a staged import of a
-    daemon still running on the same database would be lost too (imports
-    across daemons need an owner per staged log; see docs/operations.md).
+    Other daemons' staged imports stay (they may be under way); so do those
+    of a daemon that died and never came back (an owner is a host and a data
+    directory), until an operator drops them.
     """
     with connection.transaction():
         return connection.execute(
-            f"WITH gone AS (DELETE FROM {SCHEMA}.staged_imports RETURNING log_number)"
-            f" INSERT INTO {SCHEMA}.purge_queue SELECT log_number FROM gone"
+            f"WITH gone AS (DELETE FROM {SCHEMA}.staged_imports"
+            " WHERE owner = %s OR owner = '' RETURNING log_number)"
+            f" INSERT INTO {SCHEMA}.purge_queue SELECT log_number FROM gone",
+            (owner,),
         ).rowcount

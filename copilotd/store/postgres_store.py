@@ -138,6 +138,7 @@ class PostgresStore(Store):
         and database, never the password.
         """
         where = describe_dsn(dsn)
+        lease_owner = lease_owner or default_owner()
         password = dsn_password(dsn)
         if password:
             REDACTOR.add(password)  # whatever quotes the DSN, the log will not show it
@@ -148,7 +149,7 @@ class PostgresStore(Store):
                 dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_SECONDS)
             ) as connection:
                 prepare_schema(connection, where)
-                discarded = discard_staged(connection)
+                discarded = discard_staged(connection, lease_owner)
         except psycopg.OperationalError as error:
             raise _unreachable(where, error) from None
         if discarded:

@@ -253,8 +253,8 @@ class PostgresWriter(StoreWriter):
     def begin_import(self, metadata: SessionMetadata) -> int:
         record, _ = records.new_record(metadata, self._next_log_number(), [])
         self._execute(
-            f"INSERT INTO {SCHEMA}.staged_imports VALUES (%s, %s)",
-            (record.log_number, record.SerializeToString()),
+            f"INSERT INTO {SCHEMA}.staged_imports (log_number, record, owner) VALUES (%s, %s, %s)",
+            (record.log_number, record.SerializeToString(), self._owner),
         )
         return record.log_number
 
