@@ -120,8 +120,12 @@ class SessionState:
             del self.tool_results[next(iter(self.tool_results))]
 
     def remember_messages(self, stored: Sequence[SessionEvent]) -> None:
+        """Note the user messages' ids and the tool results among committed events."""
         for event in stored:
-            if event.type == ev.USER_MESSAGE:
+            if event.type == ev.TOOL_EXECUTION_COMPLETE:
+                complete = event.tool_execution_complete
+                self.remember_tool_result(complete.tool_call_id, complete.result)
+            elif event.type == ev.USER_MESSAGE:
                 self.recent_messages[event.id] = event.sequence
                 if len(self.recent_messages) > RECENT_MESSAGE_IDS:
                     del self.recent_messages[next(iter(self.recent_messages))]

@@ -183,7 +183,6 @@ class TurnEngine:
         call = turn.open_calls.pop(call_id, None) if turn is not None else None
         if turn is not None and call is not None and not turn.closing:
             await self._commit_results(turn, [call], result)
-            state.remember_tool_result(call_id, result)
             return True
         if turn is not None and call is not None:  # ending: its end closes the call
             turn.open_calls[call_id] = call
