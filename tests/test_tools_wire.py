@@ -7,7 +7,7 @@ The offline model calls a declared tool for each prompt line ``call NAME {json}`
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -61,7 +61,9 @@ async def events_until(
         call.cancel()
 
 
-def answer(stub: Stub, session_id: str, call_id: str, text: str) -> object:
+def answer(
+    stub: Stub, session_id: str, call_id: str, text: str
+) -> Awaitable[pb.HandlePendingToolCallResponse]:
     return stub.HandlePendingToolCall(
         pb.HandlePendingToolCallRequest(
             session_id=session_id,
@@ -92,7 +94,7 @@ async def test_a_call_waits_for_its_result_then_the_model_answers_with_it(stub: 
     assert [c.tool_call_id for c in metadata.pending_tool_calls] == [request.tool_call_id]
 
     response = await answer(stub, session_id, request.tool_call_id, "sunny, 21 C")
-    assert response.recorded  # type: ignore[attr-defined]
+    assert response.recorded
     rest = await events_until(stub, session_id, "assistant.turn_end", after=requested.sequence)
     assert [e.type for e in rest] == [
         "tool.execution_complete",
@@ -108,7 +110,7 @@ async def test_a_call_waits_for_its_result_then_the_model_answers_with_it(stub: 
 
     # The same result again (a retry after a lost connection) is recognised...
     again = await answer(stub, session_id, request.tool_call_id, "sunny, 21 C")
-    assert not again.recorded  # type: ignore[attr-defined]
+    assert not again.recorded
     # ... a different one is refused, and so is a call nobody made.
     other = await wire_error(answer(stub, session_id, request.tool_call_id, "rain"))
     assert (other.code, other.reason) == (
@@ -203,7 +205,7 @@ async def test_resuming_with_pending_work_leaves_the_call_open(stub: Stub) -> No
         pb.ResumeSessionRequest(session_id=session_id, continue_pending_work=True)
     )
     assert [c.tool_call_id for c in resumed.session.pending_tool_calls] == [call_id]
-    assert (await answer(stub, session_id, call_id, "mild")).recorded  # type: ignore[attr-defined]
+    assert (await answer(stub, session_id, call_id, "mild")).recorded
 
 
 async def test_an_abort_closes_open_calls_with_a_result(stub: Stub) -> None:
