@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -249,3 +250,49 @@ async def test_bad_tool_declarations_are_refused_with_the_reason(
         stub.ResumeSession(pb.ResumeSessionRequest(session_id=session_id, tools=tools))
     )
     assert on_resume.reason == "ERROR_REASON_INVALID_TOOL"
+
+
+def daemon_with_config(root: Path, text: str) -> DaemonProcess:
+    config = root / "config" / "copilotd" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(text)
+    return DaemonProcess(root).start()
+
+
+async def test_an_unanswered_call_times_out_with_a_synthetic_result(short_tmp: Path) -> None:
+    daemon = daemon_with_config(short_tmp, '[tools]\npending_timeout = "1s"\n')
+    try:
+        async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
+            stub = copilot_pb2_grpc.CopilotServiceStub(channel)
+            session_id = await new_session(stub)
+            await ask(stub, session_id, 'call get_weather {"city": "Nuuk"}')
+            events = await events_until(stub, session_id, "assistant.turn_end")
+    finally:
+        daemon.kill()
+    complete = next(e for e in events if e.type == "tool.execution_complete")
+    result = complete.tool_execution_complete.result
+    assert result.result_type == "timeout"
+    assert result.text_result_for_llm.startswith(INTERRUPTED)
+    assert "1 s" in result.text_result_for_llm
+    assert events[-1].assistant_turn_end.reason == events_pb2.TURN_END_REASON_COMPLETED
+
+
+async def test_a_turn_past_its_rounds_fails_clearly_without_recording_the_calls(
+    short_tmp: Path,
+) -> None:
+    daemon = daemon_with_config(short_tmp, "[tools]\nmax_rounds = 1\n")
+    try:
+        async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
+            stub = copilot_pb2_grpc.CopilotServiceStub(channel)
+            session_id = await new_session(stub)
+            reply = await stub.SendMessageAndWait(
+                pb.SendMessageAndWaitRequest(
+                    session_id=session_id, prompt='call get_weather {"city": "Lagos"}'
+                )
+            )
+            history = (await stub.ListEvents(pb.ListEventsRequest(session_id=session_id))).events
+    finally:
+        daemon.kill()
+    assert reply.error.session_error.error_type == "tool_rounds_exceeded"
+    assert "max_rounds" in reply.error.session_error.message
+    assert not any(e.type.startswith("tool.") for e in history)

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
 from copilot_client.wire import LIFECYCLE_CREATED, LIFECYCLE_DELETED, LIFECYCLE_UPDATED
 from copilotd import events as ev
+from copilotd.config import DEFAULT_MAX_TOOL_ROUNDS
 from copilotd.errors import (
     InvalidArgumentError,
     MessageAlreadyAnsweredError,
@@ -49,7 +50,6 @@ from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
 from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
 from copilotd.sessions.tools import (
-    DEFAULT_MAX_TOOL_ROUNDS,
     check_result,
     check_tools,
     interrupted_completes,

@@ -28,8 +28,6 @@ TOOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RESULT_TYPES: Final = frozenset({"", "success", "failure", "rejected", "denied", "timeout"})
 INTERRUPTED_RESULT: Final = "interrupted: no client answered"
 MAX_TOOLS: Final = 128
-# Model calls a turn may make (one per round of tool calls, plus the answer).
-DEFAULT_MAX_TOOL_ROUNDS: Final = 16
 
 
 def _invalid(message: str) -> InvalidArgumentError:
