@@ -176,6 +176,10 @@ async def _serve_store(
         version=__version__,
         max_prompt_bytes=config.limits.max_prompt_bytes,
         fanout=operations.fanout(buffer_events=config.limits.subscriber_buffer),
+        max_tool_rounds=config.tools.max_rounds,
+        tool_call_timeout=(
+            config.tools.pending_timeout.total_seconds() if config.tools.pending_timeout else None
+        ),
     )
     admin = AdminService(
         service,
