@@ -44,7 +44,7 @@ from copilotd.runtime.datadir import (
     ensure_private_dir,
     exclusive_lock,
 )
-from copilotd.runtime.metrics import MetricsAddressError
+from copilotd.runtime.metrics_address import MetricsAddressError
 from copilotd.runtime.sidecars import Operations
 from copilotd.runtime.socket_watch import SocketWatch
 from copilotd.runtime.systemd import listen_sockets
