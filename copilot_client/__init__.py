@@ -35,12 +35,15 @@ from ._errors import (
     SessionFailedError,
     SessionNotFoundError,
     SubscriberTooSlowError,
+    ToolCallAnsweredError,
     UnauthenticatedError,
+    UnknownToolCallError,
     UntrustedSocketError,
 )
 from ._lifecycle import LifecycleHandler
 from ._models import ModelInfo, ProviderConfig
 from ._session import CopilotSession, EventHandler
+from ._tools import Tool, ToolInvocation, ToolResult, define_tool
 from ._types import (
     EventData,
     LifecycleEvent,
@@ -88,9 +91,15 @@ __all__ = [
     "SessionNotFoundError",
     "SubscriberTooSlowError",
     "SystemMessageConfig",
+    "Tool",
+    "ToolCallAnsweredError",
+    "ToolInvocation",
+    "ToolResult",
     "UnauthenticatedError",
+    "UnknownToolCallError",
     "UntrustedSocketError",
     "__version__",
+    "define_tool",
 ]
 
 # Show the public names as living here (like httpx), not in private modules.

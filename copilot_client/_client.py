@@ -21,6 +21,7 @@ from ._history import read_events
 from ._lifecycle import LifecycleHandler, LifecycleWatch
 from ._models import ModelInfo, ProviderConfig
 from ._session import CopilotSession
+from ._tools import Tool
 from ._types import SessionConfig, SessionEvent, SessionListPage, SessionMetadata
 from .paths import MAX_SOCKET_PATH_BYTES, resolve_data_dir, resolve_socket_path
 from .proto.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -273,7 +274,7 @@ class CopilotClient:
         response = await self._transport.call(
             stub.CreateSession, request, deadline=per_call(timeout)
         )
-        return self._track(SessionMetadata.from_proto(response.session))
+        return self._track(SessionMetadata.from_proto(response.session), tools=config.tools)
 
     async def resume_session(
         self,
@@ -281,6 +282,8 @@ class CopilotClient:
         config: SessionConfig | Mapping[str, Any] | None = None,
         *,
         provider: ProviderConfig | Mapping[str, Any] | None = None,
+        tools: Sequence[Tool] | None = None,
+        continue_pending_work: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> CopilotSession:
         """Resumes an existing session (recorded as a ``session.resume`` event).
@@ -292,6 +295,12 @@ class CopilotClient:
             provider: The session's own provider, again (its secret is not
                 stored, so a session created with one needs it after every
                 daemon restart). Overrides ``config``'s.
+            tools: The session's tools from now on (``None``: ``config``'s,
+                else those it has); this handle runs those with a handler.
+            continue_pending_work: True hands the tool calls waiting for a
+                result to this handle's handlers; False (the default, as in
+                the Copilot SDK) closes them with the result "interrupted: no
+                client answered", so the turn goes on.
             timeout: Seconds the call may take; default the client's ``timeout``.
 
         On a full store the session is resumed without its ``session.resume``
@@ -308,6 +317,12 @@ class CopilotClient:
         )
         if provider is not None:
             request.provider.CopyFrom(ProviderConfig.coerce(provider).to_proto())
+        if tools is None and isinstance(config, SessionConfig) and config.tools:
+            tools = config.tools
+        if tools is not None:
+            request.tools.extend(tool.to_proto() for tool in tools)
+            request.replace_tools = True
+        request.continue_pending_work = continue_pending_work
         stub = await self._stub()
         response = await self._transport.call(
             stub.ResumeSession, request, deadline=per_call(timeout)
@@ -315,14 +330,26 @@ class CopilotClient:
         metadata = SessionMetadata.from_proto(response.session)
         if response.tail and response.tail[-1].sequence > metadata.last_sequence:
             metadata = replace(metadata, last_sequence=response.tail[-1].sequence)
-        return self._track(metadata, resume_recorded=not response.resume_not_recorded)
+        session = self._track(
+            metadata, resume_recorded=not response.resume_not_recorded, tools=tools or ()
+        )
+        if continue_pending_work and tools:
+            await session._take_pending_work()
+        return session
 
-    def _track(self, metadata: SessionMetadata, *, resume_recorded: bool = True) -> CopilotSession:
+    def _track(
+        self,
+        metadata: SessionMetadata,
+        *,
+        resume_recorded: bool = True,
+        tools: Sequence[Tool] = (),
+    ) -> CopilotSession:
         session = CopilotSession(
             self._transport,
             metadata,
             on_destroy=self._sessions.discard,
             resume_recorded=resume_recorded,
+            tools=tools,
         )
         self._sessions.add(session)
         return session

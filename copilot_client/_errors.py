@@ -7,6 +7,8 @@ The tree::
     │   ├── SessionNotFoundError          NOT_FOUND
     │   ├── SessionExistsError            ALREADY_EXISTS
     │   │   └── MessageAlreadyAnsweredError  reason MESSAGE_ALREADY_ANSWERED
+    │   ├── UnknownToolCallError          reason UNKNOWN_TOOL_CALL (NOT_FOUND)
+    │   ├── ToolCallAnsweredError         reason TOOL_CALL_ANSWERED (ALREADY_EXISTS)
     │   ├── InvalidArgumentError          INVALID_ARGUMENT
     │   │   └── InvalidImportError        reason INVALID_IMPORT
     │   ├── FailedPreconditionError       FAILED_PRECONDITION
@@ -54,7 +56,9 @@ __all__ = [
     "SessionFailedError",
     "SessionNotFoundError",
     "SubscriberTooSlowError",
+    "ToolCallAnsweredError",
     "UnauthenticatedError",
+    "UnknownToolCallError",
     "UntrustedSocketError",
 ]
 
@@ -98,6 +102,15 @@ class MessageAlreadyAnsweredError(SessionExistsError):
     """A message id was sent again after its turn ended: read its answer from the
     session's events, or send a new message with a new id. (A subclass of
     :class:`SessionExistsError` because earlier releases raised that.)"""
+
+
+class UnknownToolCallError(RPCError):
+    """No call with this id waits for a result in the session (never made, or
+    closed by an abort, a timeout or a resume without pending work)."""
+
+
+class ToolCallAnsweredError(RPCError):
+    """The call already has a different result: the first one recorded wins."""
 
 
 class InvalidArgumentError(RPCError):

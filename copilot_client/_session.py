@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
@@ -21,6 +21,7 @@ from ._errors import (
     SubscriberTooSlowError,
 )
 from ._history import read_events, stream_stopped_event
+from ._tools import Tool, ToolInvocation, ToolResult, ToolRunner, invocation_of
 from ._types import MessageOptions, SessionEvent, SessionEventType, SessionMetadata
 from .proto.v1 import copilot_pb2
 from .service import CALL_TIMEOUT, ServiceClient, UseCallTimeout, per_call
@@ -96,6 +97,7 @@ class CopilotSession:
         *,
         on_destroy: Callable[[CopilotSession], None] | None = None,
         resume_recorded: bool = True,
+        tools: Sequence[Tool] = (),
     ) -> None:
         self._transport = transport
         self._metadata = metadata
@@ -115,6 +117,9 @@ class CopilotSession:
         self._deleted: SessionNotFoundError | None = None
         # attach() was called: keep the stream even without handlers.
         self._attached = False
+        self._tool_runner = ToolRunner(metadata.session_id, tools, self._answer_tool_call)
+        if self._tool_runner:
+            self.on(self._tool_runner.on_event)
 
     def __repr__(self) -> str:
         return f"CopilotSession(session_id={self.session_id!r})"
@@ -414,6 +419,60 @@ class CopilotSession:
 
     get_events = get_messages
 
+    # -- tools ---------------------------------------------------------------
+
+    async def pending_tool_calls(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> list[ToolInvocation]:
+        """The tool calls of this session waiting for a client's result."""
+        self._check_usable()
+        request = copilot_pb2.ListPendingToolCallsRequest(session_id=self.session_id)
+        response = await self._transport.call(
+            self._transport.stub.ListPendingToolCalls, request, deadline=per_call(timeout)
+        )
+        return [invocation_of(self.session_id, call) for call in response.calls]
+
+    async def handle_pending_tool_call(
+        self,
+        tool_call_id: str,
+        result: ToolResult | str | Any,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> bool:
+        """Records the result of a waiting call (text, a JSON-serialisable value or a
+        ``ToolResult``); False when this same result was already recorded (a retry).
+
+        Raises:
+            UnknownToolCallError: No such call waits in the session.
+            ToolCallAnsweredError: The call already has a different result.
+        """
+        self._check_usable()
+        return await self._answer_tool_call(
+            tool_call_id, ToolResult.coerce(result), deadline=per_call(timeout)
+        )
+
+    async def _answer_tool_call(
+        self,
+        tool_call_id: str,
+        result: ToolResult,
+        *,
+        deadline: float | UseCallTimeout | None = CALL_TIMEOUT,
+    ) -> bool:
+        request = copilot_pb2.HandlePendingToolCallRequest(
+            session_id=self.session_id, tool_call_id=tool_call_id, result=result.to_proto()
+        )
+        response = await self._transport.call(
+            self._transport.stub.HandlePendingToolCall, request, deadline=deadline
+        )
+        return bool(response.recorded)
+
+    async def _take_pending_work(self) -> None:
+        """Run the calls left waiting by an earlier client (``continue_pending_work``)."""
+        for invocation in await self.pending_tool_calls():
+            self._tool_runner.start(invocation)
+
     # -- events --------------------------------------------------------------
 
     def on(self, handler: EventHandler) -> Callable[[], None]:
@@ -592,6 +651,7 @@ class CopilotSession:
             return
         self._destroyed = True
         self._handlers.clear()
+        await self._tool_runner.aclose()
         self._fail_waiters(CopilotError(f"session {self.session_id!r} was destroyed"))
         await self._stop_stream()
         if self._on_destroy is not None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ._models import ProviderConfig
 from .proto.v1 import copilot_pb2, events_pb2
+
+if TYPE_CHECKING:  # _tools reads events of this module
+    from ._tools import Tool
 
 __all__ = [
     "EventData",
@@ -103,6 +106,10 @@ class SessionConfig:
     :class:`ProviderConfig` or a dict like the Copilot SDK's. ``None``: the
     daemon's configured providers."""
 
+    tools: Sequence[Tool] = ()
+    """Tools the model may call; this session runs the calls of those with a
+    handler (see :class:`Tool`)."""
+
     def to_proto(self) -> copilot_pb2.SessionConfig:
         """The wire form.
 
@@ -116,6 +123,7 @@ class SessionConfig:
             )
         if self.provider is not None:
             proto.provider.CopyFrom(ProviderConfig.coerce(self.provider).to_proto())
+        proto.tools.extend(tool.to_proto() for tool in self.tools)
         return proto
 
 
@@ -256,6 +264,9 @@ class SessionEventType(enum.StrEnum):
     ASSISTANT_USAGE = "assistant.usage"
     SESSION_MODEL_CHANGE = "session.model_change"
     SESSION_TRUNCATION = "session.truncation"
+    TOOL_EXECUTION_START = "tool.execution_start"
+    TOOL_EXECUTION_COMPLETE = "tool.execution_complete"
+    EXTERNAL_TOOL_REQUESTED = "external_tool.requested"
     UNKNOWN = "unknown"
 
     @classmethod

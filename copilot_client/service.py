@@ -46,7 +46,9 @@ from ._errors import (
     SessionExistsError,
     SessionNotFoundError,
     SubscriberTooSlowError,
+    ToolCallAnsweredError,
     UnauthenticatedError,
+    UnknownToolCallError,
 )
 from .paths import channel_target, verify_private_socket
 from .proto.admin.v1 import admin_pb2_grpc
@@ -315,6 +317,9 @@ ERROR_FOR_REASON: Final[dict[copilot_pb2.ErrorReason.ValueType, type[RPCError]]]
     Reason.ERROR_REASON_UNKNOWN_MODEL: InvalidArgumentError,
     Reason.ERROR_REASON_PROVIDER_SECRET_REQUIRED: ProviderSecretRequiredError,
     Reason.ERROR_REASON_MODEL_UNAVAILABLE: FailedPreconditionError,
+    Reason.ERROR_REASON_UNKNOWN_TOOL_CALL: UnknownToolCallError,
+    Reason.ERROR_REASON_TOOL_CALL_ANSWERED: ToolCallAnsweredError,
+    Reason.ERROR_REASON_INVALID_TOOL: InvalidArgumentError,
 }
 
 _BY_STATUS: Final[dict[grpc.StatusCode, type[RPCError]]] = {

@@ -32,7 +32,7 @@ from typing import Any, Final, Protocol
 
 CONFIG_ENV: Final = "COPILOTD_CONFIG"
 # Every top-level table the daemon reads; anything else is refused.
-TABLES: Final = ("access", "models", "providers", "retention", "store")
+TABLES: Final = ("access", "models", "providers", "retention", "store", "tools")
 DEFAULT_TIMEOUT: Final = 600.0
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 DEFAULT_SWEEP_INTERVAL: Final = timedelta(hours=1)
@@ -354,6 +354,22 @@ class RetentionPolicy:
     """How often the daemon sweeps."""
 
 
+# -- [tools] ----------------------------------------------------------------------------------
+
+DEFAULT_MAX_TOOL_ROUNDS: Final = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolSettings:
+    """``[tools]``: how long a turn may go on calling clients' tools."""
+
+    max_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
+    """Model calls per turn (each round of tool calls is one); past it the turn fails."""
+    pending_timeout: timedelta | None = None
+    """How long a tool call waits for a client's result before it is closed
+    with a synthetic one (None: it waits until answered, across restarts)."""
+
+
 # -- the whole --------------------------------------------------------------------------------
 
 
@@ -388,6 +404,8 @@ class DaemonConfig:
     """``[providers.*]`` and ``[models]``: who answers which model."""
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     """``[retention]``: which sessions the daemon deletes, and how often it looks."""
+    tools: ToolSettings = field(default_factory=ToolSettings)
+    """``[tools]``: rounds per turn and the pending tool call timeout."""
     metrics_address: str | None = None
     """``HOST:PORT`` (loopback) of the Prometheus endpoint (None: no metrics)."""
     offline_delay: float = 0.0

@@ -178,3 +178,27 @@ class NoRetentionPolicyError(ServiceError):
             "no retention rule was given and the daemon has no [retention] policy configured; "
             "give older_than and/or keep, or configure [retention] in the config file"
         )
+
+
+class UnknownToolCallError(ServiceError):
+    status: StatusName = "NOT_FOUND"
+    reason = Reason.ERROR_REASON_UNKNOWN_TOOL_CALL
+
+    def __init__(self, session_id: str, tool_call_id: str) -> None:
+        super().__init__(
+            f"session {session_id!r} has no tool call {tool_call_id!r} waiting for a result; "
+            "ListPendingToolCalls lists the open ones (a call closed by an abort or a timeout "
+            "takes no result)"
+        )
+
+
+class ToolCallAnsweredError(ServiceError):
+    status: StatusName = "ALREADY_EXISTS"
+    reason = Reason.ERROR_REASON_TOOL_CALL_ANSWERED
+
+    def __init__(self, session_id: str, tool_call_id: str) -> None:
+        super().__init__(
+            f"tool call {tool_call_id!r} of session {session_id!r} already has a different "
+            "result (the first result recorded wins); read it in its tool.execution_complete "
+            "event"
+        )

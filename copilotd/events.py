@@ -32,6 +32,9 @@ SESSION_DELETED: Final = "session.deleted"
 ASSISTANT_USAGE: Final = "assistant.usage"
 SESSION_MODEL_CHANGE: Final = "session.model_change"
 SESSION_TRUNCATION: Final = "session.truncation"
+TOOL_EXECUTION_START: Final = "tool.execution_start"
+TOOL_EXECUTION_COMPLETE: Final = "tool.execution_complete"
+EXTERNAL_TOOL_REQUESTED: Final = "external_tool.requested"
 
 # Event type -> name of the payload field in the SessionEvent.data oneof.
 PAYLOAD_FIELD: Final[dict[str, str]] = {
@@ -50,6 +53,9 @@ PAYLOAD_FIELD: Final[dict[str, str]] = {
     ASSISTANT_USAGE: "assistant_usage",
     SESSION_MODEL_CHANGE: "session_model_change",
     SESSION_TRUNCATION: "session_truncation",
+    TOOL_EXECUTION_START: "tool_execution_start",
+    TOOL_EXECUTION_COMPLETE: "tool_execution_complete",
+    EXTERNAL_TOOL_REQUESTED: "external_tool_requested",
 }
 
 EPHEMERAL_TYPES: Final = frozenset(
@@ -122,3 +128,24 @@ def apply_to_metadata(metadata: SessionMetadata, event: SessionEvent) -> None:
         metadata.model = event.session_model_change.new_model
     elif event.type == SESSION_RESUME and event.session_resume.HasField("provider"):
         metadata.provider.CopyFrom(event.session_resume.provider)
+    if event.type == SESSION_RESUME and event.session_resume.tools_replaced:
+        del metadata.tools[:]
+        metadata.tools.extend(event.session_resume.tools)
+    elif event.type == TOOL_EXECUTION_START:
+        # Open until its result is recorded: the durable list of calls a
+        # restarted daemon keeps waiting for.
+        start = event.tool_execution_start
+        metadata.pending_tool_calls.add(
+            tool_call_id=start.tool_call_id,
+            tool_name=start.tool_name,
+            arguments_json=start.arguments_json,
+            turn_id=start.turn_id,
+            requested_time=event.timestamp,
+        )
+    elif event.type == TOOL_EXECUTION_COMPLETE:
+        call_id = event.tool_execution_complete.tool_call_id
+        calls = metadata.pending_tool_calls
+        for index, call in enumerate(calls):
+            if call.tool_call_id == call_id:
+                del calls[index]
+                break

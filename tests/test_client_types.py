@@ -142,15 +142,13 @@ def test_event_fields_without_payload_are_none() -> None:
 def test_unknown_event_type_and_payload_become_unknown() -> None:
     # A newer daemon: a new type name and a payload in a oneof member (field
     # 99, length-delimited) that this client's protos do not know.
-    known = events_pb2.SessionEvent(
-        id="e1", sequence=5, type="tool.execution_start", parent_id="e0"
-    )
+    known = events_pb2.SessionEvent(id="e1", sequence=5, type="hooks.future_kind", parent_id="e0")
     tag = bytes([0x9A, 0x06])  # varint of (99 << 3) | 2: field 99, length-delimited
     wire = known.SerializeToString() + tag + bytes([3]) + b"abc"
     proto = events_pb2.SessionEvent.FromString(wire)
     event = SessionEvent.from_proto(proto)
     assert event.type is SessionEventType.UNKNOWN
-    assert event.type_name == "tool.execution_start"
+    assert event.type_name == "hooks.future_kind"
     assert event.data == EventData()
     assert event.data.content is None
     assert event.parent_id == "e0"

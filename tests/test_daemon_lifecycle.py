@@ -169,7 +169,7 @@ def test_status_and_the_log_show_what_was_loaded_without_secrets(short_tmp: Path
     try:
         status = ok(copilotd(daemon, "status"))
         assert f"config:     {config}\n" in status
-        assert "store:      lmdb, " in status
+        assert f"store:      lmdb {daemon.data_dir / 'store'}\n" in status
         assert "provider:   local (openai): small (default), large\n" in status
         as_json = json.loads(ok(copilotd(daemon, "status", "--json")))
         assert as_json["config_file"] == str(config)

@@ -32,6 +32,7 @@ def settings_of(
 ) -> ProviderSettings:
     path = tmp_path / "config.toml"
     path.write_text(text)
+    path.chmod(0o600)  # as a config holding a key must be
     return load_provider_settings(load_config(path), environ or ENVIRON)
 
 
@@ -63,6 +64,7 @@ async def test_configuration_doc_configs_load_and_list_their_models(
 ) -> None:
     path = tmp_path / "config.toml"
     path.write_text(block)
+    path.chmod(0o600)
     settings = load_provider_settings(load_config(path), ENVIRON)
     registry = ProviderRegistry(settings)
     try:

@@ -67,6 +67,8 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
                 request.session_id,
                 request.tail_events,
                 request.provider if request.HasField("provider") else None,
+                tools=request.tools if request.tools or request.replace_tools else None,
+                continue_pending_work=request.continue_pending_work,
             )
         return pb.ResumeSessionResponse(
             session=metadata, tail=tail, resume_not_recorded=not recorded
@@ -160,3 +162,19 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         async with translate_errors(context, "SetModel"):
             metadata = await self._service.set_model(request.session_id, request.model)
         return pb.SetModelResponse(session=metadata)
+
+    async def HandlePendingToolCall(
+        self, request: pb.HandlePendingToolCallRequest, context: Context
+    ) -> pb.HandlePendingToolCallResponse:
+        async with translate_errors(context, "HandlePendingToolCall"):
+            recorded = await self._service.handle_pending_tool_call(
+                request.session_id, request.tool_call_id, request.result
+            )
+        return pb.HandlePendingToolCallResponse(recorded=recorded)
+
+    async def ListPendingToolCalls(
+        self, request: pb.ListPendingToolCallsRequest, context: Context
+    ) -> pb.ListPendingToolCallsResponse:
+        async with translate_errors(context, "ListPendingToolCalls"):
+            calls = self._service.list_pending_tool_calls(request.session_id)
+        return pb.ListPendingToolCallsResponse(calls=calls)

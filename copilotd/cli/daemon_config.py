@@ -7,12 +7,21 @@ config error is found before the daemon starts, as one ``ConfigError``.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from copilot_client.paths import resolve_data_dir, resolve_socket_path
-from copilotd.admin.retention import load_retention_policy
+from copilotd.admin.retention import load_retention_policy, parse_duration
 from copilotd.api.access import tcp_listener
-from copilotd.config import DaemonConfig, Limits, load_config
+from copilotd.config import (
+    DEFAULT_MAX_TOOL_ROUNDS,
+    ConfigError,
+    ConfigFile,
+    DaemonConfig,
+    Limits,
+    ToolSettings,
+    load_config,
+)
 from copilotd.providers import load_provider_settings
 from copilotd.store.settings import load_store_config
 
@@ -60,6 +69,28 @@ def build_daemon_config(
         ),
         providers=load_provider_settings(config_file),
         retention=load_retention_policy(config_file),
+        tools=load_tool_settings(config_file),
         metrics_address=metrics_address,
         offline_delay=offline_delay,
     )
+
+
+def load_tool_settings(config: ConfigFile) -> ToolSettings:
+    """Read ``[tools]``; errors name the file, the table and the key."""
+    table = config.table("tools", ("max_rounds", "pending_timeout"))
+    where = f"{config.where()}: [tools]"
+    max_rounds = table.get("max_rounds", DEFAULT_MAX_TOOL_ROUNDS)
+    if not isinstance(max_rounds, int) or isinstance(max_rounds, bool) or max_rounds < 1:
+        raise ConfigError(f"{where}: max_rounds must be a whole number 1 or more")
+    timeout = table.get("pending_timeout")
+    if timeout is None:
+        return ToolSettings(max_rounds=max_rounds)
+    if not isinstance(timeout, str):
+        raise ConfigError(f'{where}: pending_timeout must be a string like "10m", not {timeout!r}')
+    try:
+        duration = parse_duration(timeout)
+    except ValueError as error:
+        raise ConfigError(f"{where}: pending_timeout: {error}") from None
+    if duration <= timedelta(0):
+        raise ConfigError(f"{where}: pending_timeout must be longer than 0s")
+    return ToolSettings(max_rounds=max_rounds, pending_timeout=duration)

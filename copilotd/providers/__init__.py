@@ -7,6 +7,8 @@ from copilotd.providers.base import (
     ModelProvider,
     ProviderError,
     TextDelta,
+    ToolCall,
+    ToolSpec,
     Usage,
 )
 from copilotd.providers.offline import OfflineProvider
@@ -32,6 +34,8 @@ __all__ = [
     "RetryPolicy",
     "RetryingProvider",
     "TextDelta",
+    "ToolCall",
+    "ToolSpec",
     "Usage",
     "check_provider_config",
     "load_provider_settings",

@@ -16,15 +16,43 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A model's call of a client's tool (also a chunk of a stream)."""
+
+    call_id: str
+    name: str
+    # The arguments as JSON text, as the model wrote them.
+    arguments_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool the model may call: its name, what it does and its JSON schema (text)."""
+
+    name: str
+    description: str
+    parameters_json_schema: str
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
+    """One message of the history.
+
+    An assistant message may carry ``tool_calls`` (its content then may be
+    empty); each is answered by a ``tool`` message naming the call in
+    ``tool_call_id``, before the next user or assistant message.
+    """
+
     role: Role
     content: str
     # Sequence number of the stored event it comes from (0: not stored).
     sequence: int = 0
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +63,13 @@ class ChatRequest:
         model: the model name the provider knows (the wire model).
         messages: system message first, then the history, oldest first.
         max_output_tokens: largest answer to ask for (None: the provider's default).
+        tools: the tools the model may call (the stream then may yield ``ToolCall``s).
     """
 
     model: str
     messages: Sequence[ChatMessage]
     max_output_tokens: int | None = None
+    tools: Sequence[ToolSpec] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +93,7 @@ class Usage:
     call_id: str = ""
 
 
-ChatChunk = TextDelta | Usage
+ChatChunk = TextDelta | ToolCall | Usage
 
 
 def empty_answer_error(label: str) -> ProviderError:
@@ -132,7 +162,7 @@ class ModelProvider(ABC):
 
     @abstractmethod
     def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk]:
-        """Stream the answer to ``request``: text deltas, then at most one ``Usage``."""
+        """Stream the answer to ``request``: text deltas, tool calls, then at most one ``Usage``."""
 
     async def warm_up(self) -> None:  # noqa: B027 - most providers have nothing to prepare
         """Prepare for the first request (e.g. load an SDK); errors are left to ``stream``."""

@@ -3,21 +3,79 @@
 It exists so that copilotd works out of the box and so tests can check that
 a resumed session really carries its history: asked anything, it repeats the
 prompt and recalls the earlier user messages it was given as context.
+
+It calls tools by a fixed rule, so that tools work with no network: every
+line of the prompt of the form ``call NAME {JSON object}``, where NAME is a
+tool the request declares, becomes one call of NAME with those arguments (in
+the order of the lines; no text then). Given the tools' results, it answers
+with them: ``NAME returned: "result"``, one per call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import AsyncGenerator
 from operator import attrgetter
+from random import getrandbits
 
-from copilotd.providers.base import ChatChunk, ChatRequest, ModelProvider, TextDelta
+from copilotd.providers.base import (
+    ChatChunk,
+    ChatMessage,
+    ChatRequest,
+    ModelProvider,
+    TextDelta,
+    ToolCall,
+)
 
 RECALL_LIMIT = 5
 QUOTE_LIMIT = 120
 DELTA_COUNT = 6
 _QUOTE_SCAN = 4 * QUOTE_LIMIT
 _role = attrgetter("role")
+_CALL_LINE = re.compile(r"^\s*call\s+([A-Za-z0-9_-]{1,64})\s+(\{.*\})\s*$")
+
+
+def tool_calls_asked(request: ChatRequest) -> list[ToolCall]:
+    """The calls the prompt asks for (see the module's rule); none once answered."""
+    if not request.tools or not request.messages or request.messages[-1].role != "user":
+        return []
+    declared = {tool.name for tool in request.tools}
+    calls = []
+    for line in request.messages[-1].content.splitlines():
+        match = _CALL_LINE.match(line)
+        if match is None or match[1] not in declared:
+            continue
+        try:
+            arguments = json.loads(match[2])
+        except ValueError:
+            continue
+        if isinstance(arguments, dict):
+            call_id = f"call_{getrandbits(64):016x}"
+            calls.append(ToolCall(call_id, match[1], json.dumps(arguments)))
+    return calls
+
+
+def _results_reply(request: ChatRequest) -> str | None:
+    """The answer after the latest round's tool results, if the history ends with them."""
+    results: list[ChatMessage] = []
+    for message in reversed(request.messages):
+        if message.role != "tool":
+            break
+        results.append(message)
+    if not results:
+        return None
+    names = {
+        call.call_id: call.name
+        for message in request.messages
+        if message.role == "assistant"
+        for call in message.tool_calls
+    }
+    return " ".join(
+        f"{names.get(result.tool_call_id, 'the tool')} returned: {_quote(result.content)}."
+        for result in reversed(results)
+    )
 
 
 def _quote(text: str) -> str:
@@ -82,7 +140,12 @@ class OfflineProvider(ModelProvider):
         self._delta_delay = delta_delay
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk]:
-        reply = compose_reply(request)
+        calls = tool_calls_asked(request)
+        if calls:
+            for call in calls:
+                yield call
+            return
+        reply = _results_reply(request) or compose_reply(request)
         for piece in split_into_deltas(reply):
             # Without a delay the model is instantaneous: its deltas are ready
             # at once (as a fast provider's buffered chunks are), so they reach

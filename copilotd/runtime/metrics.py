@@ -17,7 +17,6 @@ loopback address: the endpoint has no authentication.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -39,6 +38,8 @@ from prometheus_client.registry import Collector
 
 from copilotd import events as ev
 from copilotd.events import SessionEvent
+from copilotd.runtime.metrics_address import MetricsAddress as MetricsAddress
+from copilotd.runtime.metrics_address import MetricsAddressError as MetricsAddressError
 from copilotd.sessions.fanout import FanOut
 
 log = logging.getLogger(__name__)
@@ -47,37 +48,6 @@ NAMESPACE: Final = "copilotd"
 # Turns wait on models: seconds to minutes.
 TURN_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 RPC_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30)
-
-
-class MetricsAddressError(ValueError):
-    """``--metrics`` names something other than a loopback host and a port."""
-
-
-@dataclass(frozen=True)
-class MetricsAddress:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> MetricsAddress:
-        """``HOST:PORT`` (``[::1]:PORT`` for IPv6); the host must be a loopback address."""
-        host, sep, port_text = text.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-            raise MetricsAddressError(
-                f"--metrics {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464 (port 0: any free)"
-            )
-        if host != "localhost":
-            try:
-                loopback = ipaddress.ip_address(host).is_loopback
-            except ValueError:
-                loopback = False
-            if not loopback:
-                raise MetricsAddressError(
-                    f"--metrics {text!r}: the metrics endpoint has no authentication, so it "
-                    "binds only to a loopback address (127.0.0.1, ::1 or localhost)"
-                )
-        return cls(host, int(port_text))
 
 
 @dataclass

@@ -7,8 +7,8 @@ import logging
 import os
 import signal
 import socket
-import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -45,7 +45,7 @@ from copilotd.runtime.datadir import (
     ensure_private_dir,
     exclusive_lock,
 )
-from copilotd.runtime.metrics import MetricsAddressError
+from copilotd.runtime.metrics_address import MetricsAddressError
 from copilotd.runtime.sidecars import Operations
 from copilotd.runtime.socket_watch import SocketWatch
 from copilotd.runtime.systemd import listen_sockets
@@ -68,6 +68,19 @@ def grpc_options(max_prompt_bytes: int) -> tuple[tuple[str, int], ...]:
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
     )
+
+
+@contextmanager
+def private_umask() -> Iterator[None]:
+    """Files created inside are private (0600 at most); the process's umask is restored after.
+
+    The umask is the process's: keep the block to one synchronous call.
+    """
+    previous = os.umask(0o177)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 def check_socket_path(socket_path: Path) -> None:
@@ -178,6 +191,10 @@ async def _serve_store(
         version=__version__,
         max_prompt_bytes=config.limits.max_prompt_bytes,
         fanout=operations.fanout(buffer_events=config.limits.subscriber_buffer),
+        max_tool_rounds=config.tools.max_rounds,
+        tool_call_timeout=(
+            config.tools.pending_timeout.total_seconds() if config.tools.pending_timeout else None
+        ),
     )
     admin = AdminService(
         service,
@@ -240,17 +257,17 @@ async def _serve_store(
     check_socket_path(bound_path)
     bound_path.unlink(missing_ok=True)
     target = channel_target(config.socket_path)
-    server.add_insecure_port(channel_target(bound_path))
+    # grpc binds (and listens) here, with the umask's mode: a private umask
+    # makes the socket 0600 from its first moment, so a client that connects
+    # as soon as it appears (an auto-starting one) finds it private.
+    with private_umask():
+        server.add_insecure_port(channel_target(bound_path))
     try:
         tcp_server = await start_tcp_server(config.tcp, register, options) if config.tcp else None
     except ConfigError as error:
         await committer.close()
         raise StartupError(str(error)) from None
     await server.start()
-    # grpc binds with the umask's mode; tighten the socket it made (lstat: only
-    # a socket, never what a link would point to).
-    if stat.S_ISSOCK(os.lstat(bound_path).st_mode):
-        os.chmod(bound_path, 0o600)
     for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
 

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -18,12 +18,15 @@ from copilotd.errors import ServiceError
 from copilotd.events import SessionEvent
 from copilotd.providers import ProviderRegistry
 from copilotd.runtime.activation import InheritedSocket, SocketRelay
-from copilotd.runtime.metrics import MeteredFanOut, Metrics, MetricsAddress
+from copilotd.runtime.metrics_address import MetricsAddress
 from copilotd.runtime.periodic import Periodic
 from copilotd.runtime.systemd import Watchdog, notify, watchdog_interval
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.service import SessionService
 from copilotd.store import Store
+
+if TYPE_CHECKING:
+    from copilotd.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,11 @@ class Operations:
     def __init__(self, *, metrics_address: str | None, retention: RetentionPolicy) -> None:
         self.retention = retention
         self._metrics_address = MetricsAddress.parse(metrics_address) if metrics_address else None
-        self.metrics = Metrics() if self._metrics_address else None
+        self.metrics: Metrics | None = None
+        if self._metrics_address is not None:
+            from copilotd.runtime.metrics import Metrics  # prometheus_client: only with --metrics
+
+            self.metrics = Metrics()
         self._relay: SocketRelay | None = None
         self._sweeper: RetentionSweeper | None = None
         self._watchdog: Watchdog | None = None
@@ -43,6 +50,8 @@ class Operations:
 
     def fanout(self, **options: Any) -> FanOut[SessionEvent]:
         if self.metrics:
+            from copilotd.runtime.metrics import MeteredFanOut
+
             return MeteredFanOut(self.metrics, **options)
         return FanOut(**options)
 

@@ -16,7 +16,7 @@ from typing import Final
 
 from copilotd import events as ev
 from copilotd.events import SessionEvent
-from copilotd.providers import ChatMessage
+from copilotd.providers import ChatMessage, ToolCall
 from copilotd.sessions.token_budget import message_tokens
 from copilotd.store import Store
 
@@ -36,14 +36,32 @@ def message_bytes(message: ChatMessage) -> int:
 
 
 def context_messages(events: Iterable[SessionEvent]) -> list[ChatMessage]:
-    """The user and assistant messages among ``events``, in their order."""
+    """The user and assistant messages and tool results among ``events``, in their order."""
     messages = []
     for event in events:
         if event.type == ev.USER_MESSAGE:
             messages.append(ChatMessage("user", event.user_message.content, event.sequence))
-        elif event.type == ev.ASSISTANT_MESSAGE and event.assistant_message.content:
+        elif event.type == ev.ASSISTANT_MESSAGE and (
+            event.assistant_message.content or event.assistant_message.tool_requests
+        ):
+            calls = tuple(
+                ToolCall(request.tool_call_id, request.name, request.arguments_json)
+                for request in event.assistant_message.tool_requests
+            )
             messages.append(
-                ChatMessage("assistant", event.assistant_message.content, event.sequence)
+                ChatMessage(
+                    "assistant", event.assistant_message.content, event.sequence, tool_calls=calls
+                )
+            )
+        elif event.type == ev.TOOL_EXECUTION_COMPLETE:
+            complete = event.tool_execution_complete
+            messages.append(
+                ChatMessage(
+                    "tool",
+                    complete.result.text_result_for_llm,
+                    event.sequence,
+                    tool_call_id=complete.tool_call_id,
+                )
             )
     return messages
 
@@ -103,7 +121,11 @@ class ContextWindow:
             self._tokens += message_tokens(message)
             self._bytes += message_bytes(message)
         drop = 0
-        while self._chars > self._max_chars and drop < len(self._messages) - 1:
+        while drop < len(self._messages) - 1 and (
+            self._chars > self._max_chars
+            # A tool result whose call was dropped would make the history invalid.
+            or (drop and self._messages[drop].role == "tool")
+        ):
             self._chars -= len(self._messages[drop].content)
             self._tokens -= message_tokens(self._messages[drop])
             self._bytes -= message_bytes(self._messages[drop])

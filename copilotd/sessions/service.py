@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
 from copilot_client.wire import LIFECYCLE_CREATED, LIFECYCLE_DELETED, LIFECYCLE_UPDATED
 from copilotd import events as ev
+from copilotd.config import DEFAULT_MAX_TOOL_ROUNDS
 from copilotd.errors import (
     InvalidArgumentError,
     MessageAlreadyAnsweredError,
@@ -51,6 +52,12 @@ from copilotd.sessions.peers import Delivery, PeerChanges
 from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
 from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
+from copilotd.sessions.tools import (
+    check_result,
+    check_tools,
+    interrupted_completes,
+    interrupted_result,
+)
 from copilotd.sessions.turns import TurnEngine
 from copilotd.sessions.validation import (
     check_enum,
@@ -66,7 +73,6 @@ from copilotd.store import (
     SessionRecord,
     Store,
     StoreChange,
-    StoreWriter,
 )
 from copilotd.store.committer import GroupCommitter
 from copilotd.store.purger import Purger
@@ -93,6 +99,8 @@ class SessionService:
         fanout: FanOut[SessionEvent] | None = None,
         max_prompt_bytes: int = DEFAULT_MAX_PROMPT_BYTES,
         idle_context_budget: int = DEFAULT_BUDGET_BYTES,
+        max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+        tool_call_timeout: float | None = None,
     ) -> None:
         self._store = store
         self._committer = committer
@@ -102,6 +110,8 @@ class SessionService:
         self.providers = providers
         self.version = version
         self.max_prompt_bytes = max_prompt_bytes
+        self.max_tool_rounds = max_tool_rounds
+        self.tool_call_timeout = tool_call_timeout
         self._states: dict[str, SessionState] = {}
         # Bounds the memory of the cached contexts of idle sessions.
         self.idle_contexts = IdleContexts(idle_context_budget)
@@ -278,6 +288,8 @@ class SessionService:
         check_session_id(session_id)
         model = check_label(config.model, "config.model") or self.providers.default_model
         metadata = SessionMetadata(session_id=session_id, model=model)
+        check_tools(config.tools, "config.tools")
+        metadata.tools.extend(config.tools)
         if config.HasField("system_message"):
             check_enum(
                 config.system_message.mode,
@@ -327,6 +339,8 @@ class SessionService:
         session_id: str,
         tail_events: int,
         provider: events_pb2.ProviderConfig | None = None,
+        tools: Sequence[events_pb2.ToolDefinition] | None = None,
+        continue_pending_work: bool = False,
     ) -> tuple[SessionMetadata, list[SessionEvent], bool]:
         """Record a session.resume; ``provider`` (the session's own, again) is held in memory.
 
@@ -347,6 +361,10 @@ class SessionService:
         if provider is not None:
             check_provider_config(provider)
             resume.session_resume.provider.CopyFrom(public_provider_config(provider))
+        if tools is not None:
+            check_tools(tools, "tools")
+            resume.session_resume.tools.extend(tools)
+            resume.session_resume.tools_replaced = True
         recorded = True
         try:
             record, _ = await self.append(session_id, [resume])
@@ -355,6 +373,12 @@ class SessionService:
             log.warning("session %s resumed without a session.resume event: %s", session_id, error)
         if provider is not None:
             await self.providers.hold_session_provider(session_id, provider)
+        if not continue_pending_work and state.turn is not None and not state.turn.closing:
+            closed = await self._turns.close_calls(
+                state.turn, interrupted_result("the session was resumed without its pending work")
+            )
+            if closed:
+                record = self._record(session_id)
         tail = (
             self._history.tail(session_id, min(tail_events, MAX_PAGE_SIZE)) if tail_events else []
         )
@@ -575,6 +599,18 @@ class SessionService:
         await self._turns.cancel(state.turn, reason=reason or "aborted by a client")
         return True
 
+    async def handle_pending_tool_call(
+        self, session_id: str, tool_call_id: str, result: events_pb2.ToolResult
+    ) -> bool:
+        """Record a client's result for a waiting call; False when it was already (a retry)."""
+        check_label(tool_call_id, "tool_call_id")
+        check_result(result)
+        state = self._state(self._record(session_id))
+        return await self._turns.answer(state, session_id, tool_call_id, result)
+
+    def list_pending_tool_calls(self, session_id: str) -> list[copilot_pb2.PendingToolCall]:
+        return list(self._record(session_id).metadata.pending_tool_calls)
+
     def list_events(
         self, session_id: str, cursor: int, requested_page_size: int, newest_first: bool
     ) -> tuple[list[SessionEvent], int]:
@@ -610,38 +646,43 @@ class SessionService:
                 state.pending[:] = record.pending
             if record.open_turn_id:
                 try:
-                    await self._take_over_and_close(record)
+                    # The lease first: whatever follows is this daemon's turn now.
+                    previous = await self._take_over(session_id)
+                except (TurnBusyError, SessionNotFoundError):
+                    continue  # another daemon renewed or deleted it meanwhile
+                pending_calls = record.metadata.pending_tool_calls
+                if pending_calls and await self._wait_again(record, state):
+                    continue
+                try:
+                    await self._close_interrupted(
+                        record, TAKEN_OVER if previous else INTERRUPTED_AT_RESTART
+                    )
                 except (TurnBusyError, TurnTakenOverError, SessionNotFoundError):
-                    continue  # another daemon renewed, closed or deleted it meanwhile
+                    continue  # another daemon closed or deleted it meanwhile
                 closed += 1
             elif state.pending:
                 self._scheduler.start_next(session_id, state)
         return closed
 
-    async def _take_over_and_close(self, record: SessionRecord) -> None:
+    async def _take_over(self, session_id: str) -> str:
+        """Take the session's lease; the previous owner if it was another daemon's."""
+        with store_errors(session_id):
+            return await self._committer.submit(lambda writer: writer.take_over(session_id))
+
+    async def _close_interrupted(self, record: SessionRecord, why: str) -> None:
         """Close a turn left open (this daemon's before a restart, or a dead daemon's)."""
         session_id, turn_id = record.metadata.session_id, record.open_turn_id
+        completes = interrupted_completes(record.metadata.pending_tool_calls, turn_id, why)
         end = ev.make_event(
             ev.ASSISTANT_TURN_END,
             turn_id=turn_id,
             user_message_id=record.open_turn_user_message_id,
             reason=ev.TurnEndReason.TURN_END_REASON_INTERRUPTED,
-            message=INTERRUPTED_AT_RESTART,
+            message=why,
         )
-
-        def close(writer: StoreWriter) -> tuple[SessionRecord, list[SessionEvent]]:
-            if writer.take_over(session_id):
-                end.assistant_turn_end.message = TAKEN_OVER
-            return writer.append_events(session_id, [end], close_turn=True, fence=turn_id)
-
-        with store_errors(session_id):
-            # Its commit hands the session to the first queued message, if any.
-            await self._committer.submit(
-                close, on_commit=lambda result: self._published(*result, closed_turn=True)
-            )
-        log.warning(
-            "session %s: closed turn %s: %s", session_id, turn_id, end.assistant_turn_end.message
-        )
+        # Its commit hands the session to the first queued message, if any.
+        await self.append(session_id, [*completes, end], close_turn=True, fence=turn_id)
+        log.warning("session %s: closed turn %s: %s", session_id, turn_id, why)
 
     def on_store_change(self, change: StoreChange | None) -> None:
         """Another daemon committed ``change`` (None: changes may have been missed)."""
@@ -650,6 +691,29 @@ class SessionService:
     def catch_up_all(self) -> None:
         """Deliver whatever other daemons committed to the sessions followed here."""
         self._peers.catch_up_all()
+
+    async def _wait_again(self, record: SessionRecord, state: SessionState) -> bool:
+        """Run again a turn the last daemon left waiting for tool results.
+
+        False when it cannot run (its own provider's secret is gone): the
+        caller then closes it as interrupted.
+        """
+        session_id = record.metadata.session_id
+        turn = self._turns.claim(state, session_id, record.open_turn_user_message_id)
+        turn.turn_id = record.open_turn_id
+        try:
+            await self._turns.resume_waiting(turn, record)
+        except ServiceError as error:
+            state.turn = None
+            log.warning("session %s: its waiting turn cannot go on: %s", session_id, error)
+            return False
+        log.info(
+            "session %s: turn %s waits again for %d tool call(s)",
+            session_id,
+            turn.turn_id,
+            len(record.metadata.pending_tool_calls),
+        )
+        return True
 
     def watch_lifecycle(self, types: Sequence[str]) -> AsyncGenerator[list[LifecycleEvent]]:
         """Lifecycle events of every session (filtered by ``types`` when given), live."""

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from copilot_client.proto.v1 import copilot_pb2
+from copilot_client.proto.v1 import copilot_pb2, events_pb2
 from copilotd import events as ev
 from copilotd.errors import SequenceConflictError
 from copilotd.events import SessionEvent
-from copilotd.providers import ModelRoute, ProviderRegistry
+from copilotd.providers import ModelRoute, ProviderRegistry, ToolCall, ToolSpec
 from copilotd.sessions.context_window import ContextWindow
 from copilotd.store import PendingMessage, QueueEdit, SessionRecord, Store
 
@@ -27,6 +27,9 @@ from copilotd.store import PendingMessage, QueueEdit, SessionRecord, Store
 # sending a message again with its own id after losing the connection does
 # not record it twice.
 RECENT_MESSAGE_IDS = 256
+# Tool results remembered per session (call id -> result), so that a client
+# sending a result again after losing the connection is told it was recorded.
+RECENT_TOOL_RESULTS = 256
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,16 @@ class RunningTurn:
     # Characters of ``text`` so far (cheap to keep; bytes are counted only
     # when the characters alone could be over the limit).
     chars: int = 0
+    # The tools the model may call in this turn.
+    tools: list[ToolSpec] = field(default_factory=list)
+    # Recorded tool calls waiting for a result, by call id.
+    open_calls: dict[str, ToolCall] = field(default_factory=dict)
+    # Results being committed, by call id: taken from ``open_calls`` with no
+    # await in between, so that of two clients answering one call only the
+    # first commits.
+    answering: dict[str, events_pb2.ToolResult] = field(default_factory=dict)
+    # Set whenever a call is answered or closed, for the engine waiting on them.
+    calls_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -100,10 +113,21 @@ class SessionState:
     queue_held: bool = False
     # Callers of send_message_and_wait, by user message id.
     turn_waiters: dict[str, asyncio.Future[TurnOutcome]] = field(default_factory=dict)
+    # Recently recorded tool results, oldest first (retries are recognised).
+    tool_results: dict[str, events_pb2.ToolResult] = field(default_factory=dict)
+
+    def remember_tool_result(self, call_id: str, result: events_pb2.ToolResult) -> None:
+        self.tool_results[call_id] = result
+        if len(self.tool_results) > RECENT_TOOL_RESULTS:
+            del self.tool_results[next(iter(self.tool_results))]
 
     def remember_messages(self, stored: Sequence[SessionEvent]) -> None:
+        """Note the user messages' ids and the tool results among committed events."""
         for event in stored:
-            if event.type == ev.USER_MESSAGE:
+            if event.type == ev.TOOL_EXECUTION_COMPLETE:
+                complete = event.tool_execution_complete
+                self.remember_tool_result(complete.tool_call_id, complete.result)
+            elif event.type == ev.USER_MESSAGE:
                 self.recent_messages[event.id] = event.sequence
                 if len(self.recent_messages) > RECENT_MESSAGE_IDS:
                     del self.recent_messages[next(iter(self.recent_messages))]
@@ -185,6 +209,16 @@ class TurnHost(Protocol):
     @property
     def max_prompt_bytes(self) -> int:
         """The largest answer a turn may record (an answer must fit in one event)."""
+        ...
+
+    @property
+    def max_tool_rounds(self) -> int:
+        """Model calls a turn may make before it fails (each tool round is one)."""
+        ...
+
+    @property
+    def tool_call_timeout(self) -> float | None:
+        """Seconds a tool call waits for a result before it is closed (None: no limit)."""
         ...
 
     @property

@@ -30,7 +30,10 @@ def estimate_tokens(text: str) -> int:
 
 
 def message_tokens(message: ChatMessage) -> int:
-    return estimate_tokens(message.content) + MESSAGE_OVERHEAD_TOKENS
+    tokens = estimate_tokens(message.content) + MESSAGE_OVERHEAD_TOKENS
+    for call in message.tool_calls:
+        tokens += estimate_tokens(call.name) + estimate_tokens(call.arguments_json)
+    return tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,16 +87,22 @@ def fit_to_budget(
     total = system_cost + history_tokens
     if budget is None or total <= budget or len(history) <= 1:
         return FittedRequest([system, *history], total)
+    # Kept whatever the budget: the newest user message and the tool rounds
+    # answering it so far (a call without its result is refused).
     first_kept = len(history) - 1
-    used = system_cost + message_tokens(history[-1])
+    while first_kept > 0 and history[first_kept].role != "user":
+        first_kept -= 1
+    newest_user = first_kept
+    used = system_cost + sum(map(message_tokens, history[first_kept:]))
     while first_kept > 0:
         cost = message_tokens(history[first_kept - 1])
         if used + cost > budget:
             break
         first_kept -= 1
         used += cost
-    # A history must begin with the user: drop an answer whose question is gone.
-    while first_kept < len(history) - 1 and history[first_kept].role == "assistant":
+    # A history must begin with the user: drop an answer whose question is
+    # gone, and tool results whose call is.
+    while first_kept < newest_user and history[first_kept].role != "user":
         used -= message_tokens(history[first_kept])
         first_kept += 1
     kept = list(history[first_kept:])

@@ -12,6 +12,7 @@ used are recorded as ``assistant.usage``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -19,12 +20,26 @@ from typing import TYPE_CHECKING
 
 from copilot_client.proto.v1 import copilot_pb2
 from copilotd import events as ev
-from copilotd.errors import ServiceError, SessionNotFoundError, StoreFullError
+from copilotd.errors import (
+    ServiceError,
+    SessionNotFoundError,
+    ShuttingDownError,
+    StoreFullError,
+    ToolCallAnsweredError,
+    UnknownToolCallError,
+)
 from copilotd.events import SessionEvent
-from copilotd.providers import ChatMessage, ChatRequest, ProviderError, Usage
+from copilotd.providers import ChatMessage, ChatRequest, ProviderError, ToolCall, Usage
 from copilotd.redaction import REDACTOR
 from copilotd.sessions.state import RunningTurn, SessionState, TurnHost
 from copilotd.sessions.token_budget import FittedRequest, Truncation, estimate_tokens, fit_to_budget
+from copilotd.sessions.tools import (
+    ToolResult,
+    complete_event,
+    interrupted_result,
+    requested_events,
+    tool_specs,
+)
 
 if TYPE_CHECKING:
     from copilotd.store import QueueEdit, SessionRecord
@@ -44,6 +59,10 @@ CLOSE_RETRY_MAX_DELAY = 2.0
 
 class AnswerTooLargeError(Exception):
     """The model's answer outgrew what the daemon can store and send back."""
+
+
+class ToolRoundsExceededError(Exception):
+    """The model kept calling tools past the daemon's limit of rounds per turn."""
 
 
 Mode = copilot_pb2.SystemMessageMode
@@ -91,9 +110,7 @@ class TurnEngine:
                 record = host.store.get_session(turn.session_id)
             if record is None:
                 raise SessionNotFoundError(turn.session_id)
-            turn.model = record.metadata.model
-            turn.system_message.CopyFrom(record.metadata.system_message)
-            turn.route = host.providers.route_for(record.metadata)
+            self._prepare(turn, record)
             turn_start = ev.make_event(
                 ev.ASSISTANT_TURN_START, turn_id=turn.turn_id, user_message_id=user.id
             )
@@ -131,6 +148,180 @@ class TurnEngine:
         turn.task.cancel()
         await asyncio.wait({turn.task})
 
+    async def resume_waiting(self, turn: RunningTurn, record: SessionRecord) -> None:
+        """Run again a turn a restart found waiting for tool results (already claimed).
+
+        Its calls stay answerable; once they are, the turn goes on as if the
+        daemon had never stopped. Raises (before anything runs) when the
+        session's model route cannot be made again.
+        """
+        self._prepare(turn, record)
+        for pending in record.metadata.pending_tool_calls:
+            call = ToolCall(pending.tool_call_id, pending.tool_name, pending.arguments_json)
+            turn.open_calls[call.call_id] = call
+        turn.task = asyncio.get_running_loop().create_task(
+            self._run(turn), name=f"turn {turn.session_id}/{turn.turn_id}"
+        )
+        turn.started.set()
+
+    def _prepare(self, turn: RunningTurn, record: SessionRecord) -> None:
+        turn.model = record.metadata.model
+        turn.system_message.CopyFrom(record.metadata.system_message)
+        turn.route = self._host.providers.route_for(record.metadata)
+        turn.tools = tool_specs(record.metadata.tools)
+
+    async def answer(
+        self, state: SessionState, session_id: str, call_id: str, result: ToolResult
+    ) -> bool:
+        """Record the first result for an open call; False for the same one sent again.
+
+        The call leaves ``open_calls`` before any await, so of two clients
+        answering at once only the first commits; the other is told whether
+        its result is the one recorded (a retry) or a different one.
+        """
+        turn = state.turn
+        call = turn.open_calls.pop(call_id, None) if turn is not None else None
+        if turn is not None and call is not None and not turn.closing:
+            await self._commit_results(turn, [call], result)
+            return True
+        if turn is not None and call is not None:  # ending: its end closes the call
+            turn.open_calls[call_id] = call
+        recorded = state.tool_results.get(call_id)
+        if recorded is None and turn is not None:
+            recorded = turn.answering.get(call_id)
+        if recorded is None:
+            raise UnknownToolCallError(session_id, call_id)
+        if recorded != result:
+            raise ToolCallAnsweredError(session_id, call_id)
+        return False
+
+    async def close_calls(self, turn: RunningTurn, result: ToolResult) -> int:
+        """Give every open call of ``turn`` ``result`` (a synthetic one); returns how many."""
+        calls = list(turn.open_calls.values())
+        turn.open_calls.clear()
+        if calls:
+            await self._commit_results(turn, calls, result)
+        return len(calls)
+
+    async def _commit_results(
+        self, turn: RunningTurn, calls: list[ToolCall], result: ToolResult
+    ) -> None:
+        for call in calls:
+            turn.answering[call.call_id] = result
+        completes = [complete_event(call, turn.turn_id, result) for call in calls]
+        try:
+            await self._host.append(turn.session_id, completes, fence=turn.turn_id)
+        except BaseException:
+            # Not recorded: the calls are open again for another answer.
+            turn.open_calls.update((call.call_id, call) for call in calls)
+            raise
+        finally:
+            for call in calls:
+                turn.answering.pop(call.call_id, None)
+            turn.calls_changed.set()
+
+    async def _settle_calls(self, turn: RunningTurn) -> None:
+        """Wait until every call of the last round has its result (or timed out)."""
+        timeout = self._host.tool_call_timeout
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while turn.open_calls or turn.answering:
+            turn.calls_changed.clear()
+            if deadline is None:
+                await turn.calls_changed.wait()
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0 and turn.open_calls:
+                why = f"no result within the daemon's tool call timeout of {timeout:g} s"
+                await self.close_calls(turn, interrupted_result(why, "timeout"))
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(turn.calls_changed.wait(), max(remaining, 0.01))
+
+    async def _record_calls(
+        self,
+        turn: RunningTurn,
+        message_id: str,
+        calls: list[ToolCall],
+        usage: SessionEvent | None,
+    ) -> None:
+        """Commit the assistant message asking for ``calls`` with their starts."""
+        message = self._assistant_message(turn, message_id, partial=False)
+        for call in calls:
+            message.assistant_message.tool_requests.add(
+                tool_call_id=call.call_id, name=call.name, arguments_json=call.arguments_json
+            )
+        events = [message, *requested_events(calls, turn.turn_id)]
+        if usage is not None:
+            events.append(usage)
+        turn.open_calls.update((call.call_id, call) for call in calls)
+        commit = asyncio.ensure_future(
+            self._host.append(turn.session_id, events, fence=turn.turn_id)
+        )
+        try:
+            # Shielded: an abort arriving mid-commit must know whether the
+            # starts were stored, to close exactly the calls that were.
+            await asyncio.shield(commit)
+        except BaseException:
+            await asyncio.wait({commit})
+            if commit.cancelled() or commit.exception() is not None:
+                for call in calls:
+                    turn.open_calls.pop(call.call_id, None)
+            raise
+        finally:
+            turn.text.clear()
+            turn.chars = 0
+
+    async def _model_round(
+        self, turn: RunningTurn, message_id: str
+    ) -> tuple[Usage | None, FittedRequest, list[ToolCall]]:
+        """One model call: its text streamed into ``turn.text``, its tool calls returned."""
+        host = self._host
+        route = turn.route
+        assert route is not None, "begin() sets the route before the turn runs"
+        context = host.load_context(turn.session_id)
+        fitted = fit_to_budget(
+            ChatMessage("system", system_prompt(turn.system_message)),
+            context.messages,
+            route.prompt_budget,
+            history_tokens=context.tokens,
+        )
+        if fitted.truncation is not None:
+            await host.append(
+                turn.session_id, [self._truncation(turn, fitted.truncation)], fence=turn.turn_id
+            )
+        request = ChatRequest(
+            model=route.wire_model,
+            messages=fitted.messages,
+            max_output_tokens=route.max_output_tokens,
+            tools=turn.tools,
+        )
+        usage: Usage | None = None
+        calls: list[ToolCall] = []
+        async for chunk in route.provider.stream(request):
+            if isinstance(chunk, Usage):
+                usage = chunk
+            elif isinstance(chunk, ToolCall):
+                calls.append(chunk)
+            elif chunk.text:
+                turn.text.append(chunk.text)
+                turn.chars += len(chunk.text)
+                if turn.chars * 4 > host.max_prompt_bytes:
+                    self._check_answer_size(turn, host.max_prompt_bytes)
+                if not host.has_audience(turn.session_id):
+                    continue  # deltas are live-only: nobody to build them for
+                host.publish_ephemeral(
+                    turn.session_id,
+                    ev.make_event(
+                        ev.ASSISTANT_MESSAGE_DELTA,
+                        message_id=message_id,
+                        delta_content=chunk.text,
+                        turn_id=turn.turn_id,
+                        user_message_id=turn.user_message_id,
+                    ),
+                )
+        return usage, fitted, calls
+
     async def _run(self, turn: RunningTurn) -> None:
         turn.running.set()
         host = self._host
@@ -139,51 +330,40 @@ class TurnEngine:
         assert route is not None, "begin() sets the route before the turn runs"
         started = time.monotonic()
         try:
-            context = host.load_context(turn.session_id)
-            fitted = fit_to_budget(
-                ChatMessage("system", system_prompt(turn.system_message)),
-                context.messages,
-                route.prompt_budget,
-                history_tokens=context.tokens,
-            )
-            if fitted.truncation is not None:
-                await host.append(
-                    turn.session_id,
-                    [self._truncation(turn, fitted.truncation)],
-                    fence=turn.turn_id,
-                )
-            request = ChatRequest(
-                model=route.wire_model,
-                messages=fitted.messages,
-                max_output_tokens=route.max_output_tokens,
-            )
-            usage: Usage | None = None
-            async for chunk in route.provider.stream(request):
-                if isinstance(chunk, Usage):
-                    usage = chunk
-                elif chunk.text:
-                    turn.text.append(chunk.text)
-                    turn.chars += len(chunk.text)
-                    if turn.chars * 4 > host.max_prompt_bytes:
-                        self._check_answer_size(turn, host.max_prompt_bytes)
-                    if not host.has_audience(turn.session_id):
-                        continue  # deltas are live-only: nobody to build them for
-                    host.publish_ephemeral(
-                        turn.session_id,
-                        ev.make_event(
-                            ev.ASSISTANT_MESSAGE_DELTA,
-                            message_id=message_id,
-                            delta_content=chunk.text,
-                            turn_id=turn.turn_id,
-                            user_message_id=turn.user_message_id,
-                        ),
+            rounds = 0
+            while True:
+                # A turn resumed after a restart starts here, waiting for its calls.
+                await self._settle_calls(turn)
+                rounds += 1
+                usage, fitted, calls = await self._model_round(turn, message_id)
+                usage_event = None
+                if usage is not None or route.provider.counts_tokens:
+                    usage_event = self._usage(turn, usage, fitted, time.monotonic() - started)
+                if not calls:
+                    break
+                if rounds >= host.max_tool_rounds:
+                    raise ToolRoundsExceededError(
+                        f"the model asked for tools again after {rounds} rounds, the daemon's "
+                        "limit of model calls per turn; these calls were not made. Send "
+                        "another message to go on, or raise [tools] max_rounds"
                     )
+                await self._record_calls(turn, message_id, calls, usage_event)
+                message_id = ev.new_id()
+                started = time.monotonic()
             events = [self._assistant_message(turn, message_id, partial=False)]
-            if usage is not None or route.provider.counts_tokens:
-                events.append(self._usage(turn, usage, fitted, time.monotonic() - started))
+            if usage_event is not None:
+                events.append(usage_event)
             events.append(self._turn_end(turn, ev.TurnEndReason.TURN_END_REASON_COMPLETED, ""))
         except asyncio.CancelledError:
+            if turn.interrupted and turn.open_calls and not turn.answering:
+                # Shutdown while waiting for clients: the turn stays open in the
+                # store with its calls, and the next daemon waits for them again.
+                turn.closing = True
+                self._host.release_turn(turn, turn_started=True, error=ShuttingDownError())
+                return
             events = self._cancelled_events(turn, message_id)
+        except ToolRoundsExceededError as error:
+            events = self._failed_events(turn, message_id, "tool_rounds_exceeded", str(error))
         except AnswerTooLargeError as error:
             log.warning("turn %s of session %s: %s", turn.turn_id, turn.session_id, error)
             events = self._failed_events(turn, message_id, "answer_too_large", str(error))
@@ -367,10 +547,20 @@ class TurnEngine:
             message=message,
         )
 
+    @staticmethod
+    def _close_open_calls(turn: RunningTurn, why: str) -> list[SessionEvent]:
+        """Synthetic results for the calls still open: a history is never left dangling."""
+        result = interrupted_result(why)
+        calls = list(turn.open_calls.values())
+        turn.open_calls.clear()
+        return [complete_event(call, turn.turn_id, result) for call in calls]
+
     def _cancelled_events(self, turn: RunningTurn, message_id: str) -> list[SessionEvent]:
         events = []
         if not turn.interrupted:
             events.append(ev.make_event(ev.ABORT, reason=turn.cancel_reason, turn_id=turn.turn_id))
+        why = INTERRUPTED_AT_SHUTDOWN if turn.interrupted else f"turn aborted: {turn.cancel_reason}"
+        events.extend(self._close_open_calls(turn, why))
         if turn.text:
             events.append(self._assistant_message(turn, message_id, partial=True))
         if turn.interrupted:
@@ -393,7 +583,7 @@ class TurnEngine:
         attempts: int = 0,
         keep_text: bool = True,
     ) -> list[SessionEvent]:
-        events = []
+        events = self._close_open_calls(turn, f"the turn failed: {error_type}")
         if turn.text and keep_text:
             events.append(self._assistant_message(turn, message_id, partial=True))
         error = ev.make_event(

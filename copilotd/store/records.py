@@ -46,6 +46,7 @@ def new_record(
     meta.last_event_id = ""
     meta.message_count = 0
     meta.turn_running = False
+    del meta.pending_tool_calls[:]
     if events:
         meta.start_time.CopyFrom(events[0].timestamp)
     if not meta.HasField("modified_time") and meta.HasField("start_time"):

@@ -26,7 +26,6 @@ from typing import Final
 from copilotd.config import ConfigError, ConfigFile, StoreConfig
 from copilotd.store import SERVED_BACKENDS
 from copilotd.store.lmdb_environment import MIN_MAP_SIZE, MIN_RESERVE
-from copilotd.store.postgres_schema import describe_dsn
 
 TABLE: Final = "store"
 KEYS: Final = ("backend", "max_size", "dsn", "dsn_env", "lease_seconds")
@@ -136,6 +135,10 @@ def _configured_dsn(table: dict[str, object], where: str) -> str:
 def describe_store(config: StoreConfig, path: Path) -> str:
     """Which backend serves and where, for status and logs; never a password."""
     if config.backend == POSTGRESQL and config.dsn is not None:
+        # psycopg takes longer to import than the rest of the store: only a
+        # PostgreSQL daemon loads it.
+        from copilotd.store.postgres_schema import describe_dsn
+
         return describe_dsn(config.dsn)
     return f"{config.backend} {path}"
 

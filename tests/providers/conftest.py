@@ -39,6 +39,7 @@ def start_daemon(
     def start(models_extra: str = "", args: tuple[str, ...] = ()) -> DaemonProcess:
         path = short_tmp / "config.toml"
         path.write_text(config_text(server, models_extra))
+        path.chmod(0o600)  # it holds an inline key: copilotd refuses it readable by others
         daemon = DaemonProcess(short_tmp, ["--config", str(path), *args]).start()
         started.append(daemon)
         return daemon

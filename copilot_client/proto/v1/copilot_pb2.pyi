@@ -95,6 +95,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION, on BackupStore"""
     ERROR_REASON_NO_RETENTION_POLICY: _ErrorReason.ValueType  # 42
     """FAILED_PRECONDITION, on PruneSessions"""
+    ERROR_REASON_UNKNOWN_TOOL_CALL: _ErrorReason.ValueType  # 43
+    """NOT_FOUND, on HandlePendingToolCall"""
+    ERROR_REASON_TOOL_CALL_ANSWERED: _ErrorReason.ValueType  # 44
+    """ALREADY_EXISTS, on HandlePendingToolCall"""
+    ERROR_REASON_INVALID_TOOL: _ErrorReason.ValueType  # 45
+    """INVALID_ARGUMENT, a ToolDefinition"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed, beyond its status code. The enum value's name is sent
@@ -143,6 +149,12 @@ ERROR_REASON_BACKUP_UNSUPPORTED: ErrorReason.ValueType  # 41
 """FAILED_PRECONDITION, on BackupStore"""
 ERROR_REASON_NO_RETENTION_POLICY: ErrorReason.ValueType  # 42
 """FAILED_PRECONDITION, on PruneSessions"""
+ERROR_REASON_UNKNOWN_TOOL_CALL: ErrorReason.ValueType  # 43
+"""NOT_FOUND, on HandlePendingToolCall"""
+ERROR_REASON_TOOL_CALL_ANSWERED: ErrorReason.ValueType  # 44
+"""ALREADY_EXISTS, on HandlePendingToolCall"""
+ERROR_REASON_INVALID_TOOL: ErrorReason.ValueType  # 45
+"""INVALID_ARGUMENT, a ToolDefinition"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _SystemMessageMode:
@@ -317,7 +329,9 @@ class SessionConfig(_message.Message):
     def system_message(self) -> Global___SystemMessage: ...
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToolDefinition]:
-        """Client-side tools (reserved; see ToolDefinition)."""
+        """Client-side tools the model may call (see ToolDefinition); names are
+        unique, ^[A-Za-z0-9_-]{1,64}$ (what every provider accepts).
+        """
 
     @_builtins.property
     def provider(self) -> _events_pb2.ProviderConfig:
@@ -361,6 +375,8 @@ class SessionMetadata(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     PENDING_MESSAGES_FIELD_NUMBER: _builtins.int
     PINNED_FIELD_NUMBER: _builtins.int
+    PENDING_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     summary: _builtins.str
     """The first prompt, shortened."""
@@ -390,6 +406,16 @@ class SessionMetadata(_message.Message):
     def provider(self) -> _events_pb2.ProviderConfig:
         """The session's own provider, secrets left out (unset: the configured ones)."""
 
+    @_builtins.property
+    def pending_tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingToolCall]:
+        """Tool calls of the open turn waiting for a client's result (durable: they
+        survive a daemon restart and stay answerable).
+        """
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToolDefinition]:
+        """The tools the session offers the model (declared on create or resume)."""
+
     def __init__(
         self,
         *,
@@ -408,10 +434,12 @@ class SessionMetadata(_message.Message):
         provider: _events_pb2.ProviderConfig | None = ...,
         pending_messages: _builtins.int = ...,
         pinned: _builtins.bool = ...,
+        pending_tool_calls: _abc.Iterable[Global___PendingToolCall] | None = ...,
+        tools: _abc.Iterable[_events_pb2.ToolDefinition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["modified_time", b"modified_time", "provider", b"provider", "start_time", b"start_time", "system_message", b"system_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_tokens", b"input_tokens", "last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "output_tokens", b"output_tokens", "pending_messages", b"pending_messages", "pinned", b"pinned", "provider", b"provider", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "turn_running", b"turn_running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_tokens", b"input_tokens", "last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "output_tokens", b"output_tokens", "pending_messages", b"pending_messages", "pending_tool_calls", b"pending_tool_calls", "pinned", b"pinned", "provider", b"provider", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "tools", b"tools", "turn_running", b"turn_running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -504,12 +532,23 @@ class ResumeSessionRequest(_message.Message):
     TAIL_EVENTS_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    CONTINUE_PENDING_WORK_FIELD_NUMBER: _builtins.int
+    REPLACE_TOOLS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     tail_events: _builtins.int
     """How many of the latest persisted events to return (0: none; at most
     1000). Fewer when they are large: the tail holds the newest events whose
     serialized sizes sum to at most 2 MiB (and always the newest event);
     read older ones with ListEvents.
+    """
+    continue_pending_work: _builtins.bool
+    """False (the default, as in the Copilot SDK): tool calls left waiting by an
+    earlier client are closed with the result "interrupted: no client
+    answered", so the turn goes on. True: they stay open for this client.
+    """
+    replace_tools: _builtins.bool
+    """True replaces the session's tools by `tools` even when it is empty (an
+    empty `tools` alone leaves the declared tools as they are).
     """
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToolDefinition]:
@@ -528,10 +567,12 @@ class ResumeSessionRequest(_message.Message):
         tail_events: _builtins.int = ...,
         tools: _abc.Iterable[_events_pb2.ToolDefinition] | None = ...,
         provider: _events_pb2.ProviderConfig | None = ...,
+        continue_pending_work: _builtins.bool = ...,
+        replace_tools: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "session_id", b"session_id", "tail_events", b"tail_events", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continue_pending_work", b"continue_pending_work", "provider", b"provider", "replace_tools", b"replace_tools", "session_id", b"session_id", "tail_events", b"tail_events", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1622,3 +1663,126 @@ class BackupInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BackupInfo: _TypeAlias = BackupInfo  # noqa: Y015
+
+@_typing.final
+class PendingToolCall(_message.Message):
+    """== tools ==
+
+    A tool call waiting for a client's result.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    REQUESTED_TIME_FIELD_NUMBER: _builtins.int
+    tool_call_id: _builtins.str
+    tool_name: _builtins.str
+    arguments_json: _builtins.str
+    """Arguments as JSON text."""
+    turn_id: _builtins.str
+    @_builtins.property
+    def requested_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        tool_call_id: _builtins.str = ...,
+        tool_name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+        requested_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requested_time", b"requested_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "requested_time", b"requested_time", "tool_call_id", b"tool_call_id", "tool_name", b"tool_name", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingToolCall: _TypeAlias = PendingToolCall  # noqa: Y015
+
+@_typing.final
+class HandlePendingToolCallRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    tool_call_id: _builtins.str
+    @_builtins.property
+    def result(self) -> _events_pb2.ToolResult: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        tool_call_id: _builtins.str = ...,
+        result: _events_pb2.ToolResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "session_id", b"session_id", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandlePendingToolCallRequest: _TypeAlias = HandlePendingToolCallRequest  # noqa: Y015
+
+@_typing.final
+class HandlePendingToolCallResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.bool
+    """False when this very result had already been recorded (a retry)."""
+    def __init__(
+        self,
+        *,
+        recorded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandlePendingToolCallResponse: _TypeAlias = HandlePendingToolCallResponse  # noqa: Y015
+
+@_typing.final
+class ListPendingToolCallsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPendingToolCallsRequest: _TypeAlias = ListPendingToolCallsRequest  # noqa: Y015
+
+@_typing.final
+class ListPendingToolCallsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingToolCall]: ...
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___PendingToolCall] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPendingToolCallsResponse: _TypeAlias = ListPendingToolCallsResponse  # noqa: Y015

@@ -99,6 +99,16 @@ class CopilotServiceStub:
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetModelRequest.SerializeToString,
                 response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetModelResponse.FromString,
                 _registered_method=True)
+        self.HandlePendingToolCall = channel.unary_unary(
+                '/copilot.v1.CopilotService/HandlePendingToolCall',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingToolCallRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingToolCallResponse.FromString,
+                _registered_method=True)
+        self.ListPendingToolCalls = channel.unary_unary(
+                '/copilot.v1.CopilotService/ListPendingToolCalls',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsResponse.FromString,
+                _registered_method=True)
         self.WatchLifecycle = channel.unary_stream(
                 '/copilot.v1.CopilotService/WatchLifecycle',
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.WatchLifecycleRequest.SerializeToString,
@@ -240,6 +250,23 @@ class CopilotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandlePendingToolCall(self, request, context):
+        """Records a client's result for a tool call the model made (a call waiting
+        as external_tool.requested). At most one result is recorded per call:
+        the same result sent again (a retry after a lost connection) is
+        recognised, a different one is refused (ERROR_REASON_TOOL_CALL_ANSWERED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPendingToolCalls(self, request, context):
+        """The tool calls of a session waiting for a client's result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchLifecycle(self, request, context):
         """== sharing sessions between clients ==
         Lifecycle of all sessions (created, deleted, updated), whichever client
@@ -359,6 +386,16 @@ def add_CopilotServiceServicer_to_server(servicer, server):
                     servicer.SetModel,
                     request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetModelRequest.FromString,
                     response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetModelResponse.SerializeToString,
+            ),
+            'HandlePendingToolCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.HandlePendingToolCall,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingToolCallRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingToolCallResponse.SerializeToString,
+            ),
+            'ListPendingToolCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPendingToolCalls,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsResponse.SerializeToString,
             ),
             'WatchLifecycle': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchLifecycle,
@@ -742,6 +779,60 @@ class CopilotService:
             '/copilot.v1.CopilotService/SetModel',
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetModelRequest.SerializeToString,
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SetModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandlePendingToolCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/HandlePendingToolCall',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingToolCallRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingToolCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPendingToolCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/ListPendingToolCalls',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsResponse.FromString,
             options,
             channel_credentials,
             insecure,

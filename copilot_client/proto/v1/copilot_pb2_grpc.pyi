@@ -113,6 +113,14 @@ class CopilotServiceStub:
     session.model_change event. INVALID_ARGUMENT (UNKNOWN_MODEL) when no
     configured provider offers the model.
     """
+    HandlePendingToolCall: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.HandlePendingToolCallRequest, _copilot_pb2.HandlePendingToolCallResponse]
+    """Records a client's result for a tool call the model made (a call waiting
+    as external_tool.requested). At most one result is recorded per call:
+    the same result sent again (a retry after a lost connection) is
+    recognised, a different one is refused (ERROR_REASON_TOOL_CALL_ANSWERED).
+    """
+    ListPendingToolCalls: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ListPendingToolCallsRequest, _copilot_pb2.ListPendingToolCallsResponse]
+    """The tool calls of a session waiting for a client's result."""
     WatchLifecycle: _grpc.UnaryStreamMultiCallable[_copilot_pb2.WatchLifecycleRequest, _copilot_pb2.LifecycleEvent]
     """== sharing sessions between clients ==
     Lifecycle of all sessions (created, deleted, updated), whichever client
@@ -200,6 +208,14 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     session.model_change event. INVALID_ARGUMENT (UNKNOWN_MODEL) when no
     configured provider offers the model.
     """
+    HandlePendingToolCall: _aio.UnaryUnaryMultiCallable[_copilot_pb2.HandlePendingToolCallRequest, _copilot_pb2.HandlePendingToolCallResponse]  # type: ignore[assignment]
+    """Records a client's result for a tool call the model made (a call waiting
+    as external_tool.requested). At most one result is recorded per call:
+    the same result sent again (a retry after a lost connection) is
+    recognised, a different one is refused (ERROR_REASON_TOOL_CALL_ANSWERED).
+    """
+    ListPendingToolCalls: _aio.UnaryUnaryMultiCallable[_copilot_pb2.ListPendingToolCallsRequest, _copilot_pb2.ListPendingToolCallsResponse]  # type: ignore[assignment]
+    """The tool calls of a session waiting for a client's result."""
     WatchLifecycle: _aio.UnaryStreamMultiCallable[_copilot_pb2.WatchLifecycleRequest, _copilot_pb2.LifecycleEvent]  # type: ignore[assignment]
     """== sharing sessions between clients ==
     Lifecycle of all sessions (created, deleted, updated), whichever client
@@ -362,6 +378,26 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
         session.model_change event. INVALID_ARGUMENT (UNKNOWN_MODEL) when no
         configured provider offers the model.
         """
+
+    @_abc_1.abstractmethod
+    def HandlePendingToolCall(
+        self,
+        request: _copilot_pb2.HandlePendingToolCallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.HandlePendingToolCallResponse, _abc.Awaitable[_copilot_pb2.HandlePendingToolCallResponse]]:
+        """Records a client's result for a tool call the model made (a call waiting
+        as external_tool.requested). At most one result is recorded per call:
+        the same result sent again (a retry after a lost connection) is
+        recognised, a different one is refused (ERROR_REASON_TOOL_CALL_ANSWERED).
+        """
+
+    @_abc_1.abstractmethod
+    def ListPendingToolCalls(
+        self,
+        request: _copilot_pb2.ListPendingToolCallsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.ListPendingToolCallsResponse, _abc.Awaitable[_copilot_pb2.ListPendingToolCallsResponse]]:
+        """The tool calls of a session waiting for a client's result."""
 
     @_abc_1.abstractmethod
     def WatchLifecycle(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$copilot_client/proto/v1/events.proto\x12\ncopilot.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa6\x08\n\x0cSessionEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tparent_id\x18\x04 \x01(\t\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x11\n\tephemeral\x18\x06 \x01(\x08\x12\x35\n\rsession_start\x18\n \x01(\x0b\x32\x1c.copilot.v1.SessionStartDataH\x00\x12\x37\n\x0esession_resume\x18\x0b \x01(\x0b\x32\x1d.copilot.v1.SessionResumeDataH\x00\x12\x33\n\x0cuser_message\x18\x0c \x01(\x0b\x32\x1b.copilot.v1.UserMessageDataH\x00\x12\x42\n\x14\x61ssistant_turn_start\x18\r \x01(\x0b\x32\".copilot.v1.AssistantTurnStartDataH\x00\x12=\n\x11\x61ssistant_message\x18\x0e \x01(\x0b\x32 .copilot.v1.AssistantMessageDataH\x00\x12H\n\x17\x61ssistant_message_delta\x18\x0f \x01(\x0b\x32%.copilot.v1.AssistantMessageDeltaDataH\x00\x12>\n\x12\x61ssistant_turn_end\x18\x10 \x01(\x0b\x32 .copilot.v1.AssistantTurnEndDataH\x00\x12\x33\n\x0csession_idle\x18\x11 \x01(\x0b\x32\x1b.copilot.v1.SessionIdleDataH\x00\x12\x35\n\rsession_error\x18\x12 \x01(\x0b\x32\x1c.copilot.v1.SessionErrorDataH\x00\x12&\n\x05\x61\x62ort\x18\x13 \x01(\x0b\x32\x15.copilot.v1.AbortDataH\x00\x12\x39\n\x0f\x61ssistant_usage\x18\x14 \x01(\x0b\x32\x1e.copilot.v1.AssistantUsageDataH\x00\x12\x42\n\x14session_model_change\x18\x15 \x01(\x0b\x32\".copilot.v1.SessionModelChangeDataH\x00\x12?\n\x12session_truncation\x18\x16 \x01(\x0b\x32!.copilot.v1.SessionTruncationDataH\x00\x12L\n\x19pending_messages_modified\x18\x1e \x01(\x0b\x32\'.copilot.v1.PendingMessagesModifiedDataH\x00\x12\x39\n\x0fsession_deleted\x18\x1f \x01(\x0b\x32\x1e.copilot.v1.SessionDeletedDataH\x00\x42\x06\n\x04\x64\x61ta\"}\n\x10SessionStartData\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10producer_version\x18\x03 \x01(\t\x12,\n\x08provider\x18\x14 \x01(\x0b\x32\x1a.copilot.v1.ProviderConfig\"\x84\x01\n\x11SessionResumeData\x12\x13\n\x0b\x65vent_count\x18\x01 \x01(\x04\x12\x16\n\x0e\x61lready_in_use\x18\x02 \x01(\x08\x12\x14\n\x0cturn_running\x18\x03 \x01(\x08\x12,\n\x08provider\x18\x14 \x01(\x0b\x32\x1a.copilot.v1.ProviderConfig\"2\n\x0fUserMessageData\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\"B\n\x16\x41ssistantTurnStartData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\"\xb5\x01\n\x14\x41ssistantMessageData\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x0f\n\x07partial\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12.\n\rtool_requests\x18\x07 \x03(\x0b\x32\x17.copilot.v1.ToolRequest\"p\n\x19\x41ssistantMessageDeltaData\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x15\n\rdelta_content\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\"|\n\x14\x41ssistantTurnEndData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.copilot.v1.TurnEndReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x11\n\x0fSessionIdleData\"\xaf\x01\n\x10SessionErrorData\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x18\n\x0bstatus_code\x18\x14 \x01(\rH\x00\x88\x01\x01\x12\x15\n\x08\x61ttempts\x18\x15 \x01(\rH\x01\x88\x01\x01\x42\x0e\n\x0c_status_codeB\x0b\n\t_attempts\",\n\tAbortData\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\"S\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\"I\n\x0bToolRequest\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\xca\x01\n\x0eProviderConfig\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\x14\n\x0c\x62\x65\x61rer_token\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x05 \x01(\t\x12\x12\n\nwire_model\x18\x06 \x01(\t\x12\x19\n\x11max_prompt_tokens\x18\x07 \x01(\r\x12\x19\n\x11max_output_tokens\x18\x08 \x01(\r\x12\x12\n\ncredential\x18\t \x01(\t\"\xf3\x01\n\x12\x41ssistantUsageData\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x04\x12\x15\n\routput_tokens\x18\x03 \x01(\x04\x12\x19\n\x11\x63\x61\x63he_read_tokens\x18\x04 \x01(\x04\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x05 \x01(\x04\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x04\x12\x0f\n\x07turn_id\x18\x07 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x08 \x01(\t\x12\x18\n\x10provider_call_id\x18\t \x01(\t\x12\x11\n\testimated\x18\n \x01(\x08\"C\n\x16SessionModelChangeData\x12\x16\n\x0eprevious_model\x18\x01 \x01(\t\x12\x11\n\tnew_model\x18\x02 \x01(\t\"\x9d\x02\n\x15SessionTruncationData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x13\n\x0btoken_limit\x18\x02 \x01(\x04\x12\x1d\n\x15pre_truncation_tokens\x18\x03 \x01(\x04\x12\x1f\n\x17pre_truncation_messages\x18\x04 \x01(\r\x12\x1e\n\x16post_truncation_tokens\x18\x05 \x01(\x04\x12 \n\x18post_truncation_messages\x18\x06 \x01(\r\x12\x16\n\x0etokens_removed\x18\x07 \x01(\x04\x12\x18\n\x10messages_removed\x18\x08 \x01(\r\x12\x1b\n\x13\x66irst_kept_sequence\x18\t \x01(\x04\x12\r\n\x05model\x18\n \x01(\t\"2\n\x1bPendingMessagesModifiedData\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"(\n\x12SessionDeletedData\x12\x12\n\nsession_id\x18\x01 \x01(\t*\xa8\x01\n\rTurnEndReason\x12\x1f\n\x1bTURN_END_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19TURN_END_REASON_COMPLETED\x10\x01\x12\x1b\n\x17TURN_END_REASON_ABORTED\x10\x02\x12\x19\n\x15TURN_END_REASON_ERROR\x10\x03\x12\x1f\n\x1bTURN_END_REASON_INTERRUPTED\x10\x04\x42j\n\x16io.copilotd.copilot.v1P\x01Z8github.com/copilotd/copilotd/gen/go/copilot/v1;copilotv1\xaa\x02\x13\x43opilotd.Copilot.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$copilot_client/proto/v1/events.proto\x12\ncopilot.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\t\n\x0cSessionEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tparent_id\x18\x04 \x01(\t\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x11\n\tephemeral\x18\x06 \x01(\x08\x12\x35\n\rsession_start\x18\n \x01(\x0b\x32\x1c.copilot.v1.SessionStartDataH\x00\x12\x37\n\x0esession_resume\x18\x0b \x01(\x0b\x32\x1d.copilot.v1.SessionResumeDataH\x00\x12\x33\n\x0cuser_message\x18\x0c \x01(\x0b\x32\x1b.copilot.v1.UserMessageDataH\x00\x12\x42\n\x14\x61ssistant_turn_start\x18\r \x01(\x0b\x32\".copilot.v1.AssistantTurnStartDataH\x00\x12=\n\x11\x61ssistant_message\x18\x0e \x01(\x0b\x32 .copilot.v1.AssistantMessageDataH\x00\x12H\n\x17\x61ssistant_message_delta\x18\x0f \x01(\x0b\x32%.copilot.v1.AssistantMessageDeltaDataH\x00\x12>\n\x12\x61ssistant_turn_end\x18\x10 \x01(\x0b\x32 .copilot.v1.AssistantTurnEndDataH\x00\x12\x33\n\x0csession_idle\x18\x11 \x01(\x0b\x32\x1b.copilot.v1.SessionIdleDataH\x00\x12\x35\n\rsession_error\x18\x12 \x01(\x0b\x32\x1c.copilot.v1.SessionErrorDataH\x00\x12&\n\x05\x61\x62ort\x18\x13 \x01(\x0b\x32\x15.copilot.v1.AbortDataH\x00\x12\x39\n\x0f\x61ssistant_usage\x18\x14 \x01(\x0b\x32\x1e.copilot.v1.AssistantUsageDataH\x00\x12\x42\n\x14session_model_change\x18\x15 \x01(\x0b\x32\".copilot.v1.SessionModelChangeDataH\x00\x12?\n\x12session_truncation\x18\x16 \x01(\x0b\x32!.copilot.v1.SessionTruncationDataH\x00\x12L\n\x19pending_messages_modified\x18\x1e \x01(\x0b\x32\'.copilot.v1.PendingMessagesModifiedDataH\x00\x12\x39\n\x0fsession_deleted\x18\x1f \x01(\x0b\x32\x1e.copilot.v1.SessionDeletedDataH\x00\x12\x42\n\x14tool_execution_start\x18  \x01(\x0b\x32\".copilot.v1.ToolExecutionStartDataH\x00\x12H\n\x17tool_execution_complete\x18! \x01(\x0b\x32%.copilot.v1.ToolExecutionCompleteDataH\x00\x12H\n\x17\x65xternal_tool_requested\x18\" \x01(\x0b\x32%.copilot.v1.ExternalToolRequestedDataH\x00\x42\x06\n\x04\x64\x61ta\"}\n\x10SessionStartData\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x18\n\x10producer_version\x18\x03 \x01(\t\x12,\n\x08provider\x18\x14 \x01(\x0b\x32\x1a.copilot.v1.ProviderConfig\"\xc7\x01\n\x11SessionResumeData\x12\x13\n\x0b\x65vent_count\x18\x01 \x01(\x04\x12\x16\n\x0e\x61lready_in_use\x18\x02 \x01(\x08\x12\x14\n\x0cturn_running\x18\x03 \x01(\x08\x12,\n\x08provider\x18\x14 \x01(\x0b\x32\x1a.copilot.v1.ProviderConfig\x12)\n\x05tools\x18\x15 \x03(\x0b\x32\x1a.copilot.v1.ToolDefinition\x12\x16\n\x0etools_replaced\x18\x16 \x01(\x08\"2\n\x0fUserMessageData\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\"B\n\x16\x41ssistantTurnStartData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\"\xb5\x01\n\x14\x41ssistantMessageData\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x0f\n\x07partial\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12.\n\rtool_requests\x18\x07 \x03(\x0b\x32\x17.copilot.v1.ToolRequest\"p\n\x19\x41ssistantMessageDeltaData\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x15\n\rdelta_content\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\"|\n\x14\x41ssistantTurnEndData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x02 \x01(\t\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.copilot.v1.TurnEndReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"\x11\n\x0fSessionIdleData\"\xaf\x01\n\x10SessionErrorData\x12\x12\n\nerror_type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x18\n\x0bstatus_code\x18\x14 \x01(\rH\x00\x88\x01\x01\x12\x15\n\x08\x61ttempts\x18\x15 \x01(\rH\x01\x88\x01\x01\x42\x0e\n\x0c_status_codeB\x0b\n\t_attempts\",\n\tAbortData\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\"\x81\x01\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x1e\n\x16parameters_json_schema\x18\x03 \x01(\t\x12\x17\n\x0fskip_permission\x18\x04 \x01(\x08\x12\x13\n\x0bis_terminal\x18\x05 \x01(\x08\"M\n\nToolResult\x12\x1b\n\x13text_result_for_llm\x18\x01 \x01(\t\x12\x13\n\x0bresult_type\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"j\n\x16ToolExecutionStartData\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\x12\x0f\n\x07turn_id\x18\x04 \x01(\t\"\x8e\x01\n\x19ToolExecutionCompleteData\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12&\n\x06result\x18\x03 \x01(\x0b\x32\x16.copilot.v1.ToolResult\x12\x0f\n\x07turn_id\x18\x04 \x01(\t\x12\x11\n\ttool_name\x18\x05 \x01(\t\"m\n\x19\x45xternalToolRequestedData\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\x12\x0f\n\x07turn_id\x18\x04 \x01(\t\"I\n\x0bToolRequest\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\xca\x01\n\x0eProviderConfig\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\x14\n\x0c\x62\x65\x61rer_token\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x05 \x01(\t\x12\x12\n\nwire_model\x18\x06 \x01(\t\x12\x19\n\x11max_prompt_tokens\x18\x07 \x01(\r\x12\x19\n\x11max_output_tokens\x18\x08 \x01(\r\x12\x12\n\ncredential\x18\t \x01(\t\"\xf3\x01\n\x12\x41ssistantUsageData\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x04\x12\x15\n\routput_tokens\x18\x03 \x01(\x04\x12\x19\n\x11\x63\x61\x63he_read_tokens\x18\x04 \x01(\x04\x12\x1a\n\x12\x63\x61\x63he_write_tokens\x18\x05 \x01(\x04\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x04\x12\x0f\n\x07turn_id\x18\x07 \x01(\t\x12\x17\n\x0fuser_message_id\x18\x08 \x01(\t\x12\x18\n\x10provider_call_id\x18\t \x01(\t\x12\x11\n\testimated\x18\n \x01(\x08\"C\n\x16SessionModelChangeData\x12\x16\n\x0eprevious_model\x18\x01 \x01(\t\x12\x11\n\tnew_model\x18\x02 \x01(\t\"\x9d\x02\n\x15SessionTruncationData\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x13\n\x0btoken_limit\x18\x02 \x01(\x04\x12\x1d\n\x15pre_truncation_tokens\x18\x03 \x01(\x04\x12\x1f\n\x17pre_truncation_messages\x18\x04 \x01(\r\x12\x1e\n\x16post_truncation_tokens\x18\x05 \x01(\x04\x12 \n\x18post_truncation_messages\x18\x06 \x01(\r\x12\x16\n\x0etokens_removed\x18\x07 \x01(\x04\x12\x18\n\x10messages_removed\x18\x08 \x01(\r\x12\x1b\n\x13\x66irst_kept_sequence\x18\t \x01(\x04\x12\r\n\x05model\x18\n \x01(\t\"2\n\x1bPendingMessagesModifiedData\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"(\n\x12SessionDeletedData\x12\x12\n\nsession_id\x18\x01 \x01(\t*\xa8\x01\n\rTurnEndReason\x12\x1f\n\x1bTURN_END_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19TURN_END_REASON_COMPLETED\x10\x01\x12\x1b\n\x17TURN_END_REASON_ABORTED\x10\x02\x12\x19\n\x15TURN_END_REASON_ERROR\x10\x03\x12\x1f\n\x1bTURN_END_REASON_INTERRUPTED\x10\x04\x42j\n\x16io.copilotd.copilot.v1P\x01Z8github.com/copilotd/copilotd/gen/go/copilot/v1;copilotv1\xaa\x02\x13\x43opilotd.Copilot.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,44 +33,52 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'copilot_client.proto.v1.eve
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\026io.copilotd.copilot.v1P\001Z8github.com/copilotd/copilotd/gen/go/copilot/v1;copilotv1\252\002\023Copilotd.Copilot.V1'
-  _globals['_TURNENDREASON']._serialized_start=3262
-  _globals['_TURNENDREASON']._serialized_end=3430
+  _globals['_TURNENDREASON']._serialized_start=4035
+  _globals['_TURNENDREASON']._serialized_end=4203
   _globals['_SESSIONEVENT']._serialized_start=86
-  _globals['_SESSIONEVENT']._serialized_end=1148
-  _globals['_SESSIONSTARTDATA']._serialized_start=1150
-  _globals['_SESSIONSTARTDATA']._serialized_end=1275
-  _globals['_SESSIONRESUMEDATA']._serialized_start=1278
-  _globals['_SESSIONRESUMEDATA']._serialized_end=1410
-  _globals['_USERMESSAGEDATA']._serialized_start=1412
-  _globals['_USERMESSAGEDATA']._serialized_end=1462
-  _globals['_ASSISTANTTURNSTARTDATA']._serialized_start=1464
-  _globals['_ASSISTANTTURNSTARTDATA']._serialized_end=1530
-  _globals['_ASSISTANTMESSAGEDATA']._serialized_start=1533
-  _globals['_ASSISTANTMESSAGEDATA']._serialized_end=1714
-  _globals['_ASSISTANTMESSAGEDELTADATA']._serialized_start=1716
-  _globals['_ASSISTANTMESSAGEDELTADATA']._serialized_end=1828
-  _globals['_ASSISTANTTURNENDDATA']._serialized_start=1830
-  _globals['_ASSISTANTTURNENDDATA']._serialized_end=1954
-  _globals['_SESSIONIDLEDATA']._serialized_start=1956
-  _globals['_SESSIONIDLEDATA']._serialized_end=1973
-  _globals['_SESSIONERRORDATA']._serialized_start=1976
-  _globals['_SESSIONERRORDATA']._serialized_end=2151
-  _globals['_ABORTDATA']._serialized_start=2153
-  _globals['_ABORTDATA']._serialized_end=2197
-  _globals['_TOOLDEFINITION']._serialized_start=2199
-  _globals['_TOOLDEFINITION']._serialized_end=2282
-  _globals['_TOOLREQUEST']._serialized_start=2284
-  _globals['_TOOLREQUEST']._serialized_end=2357
-  _globals['_PROVIDERCONFIG']._serialized_start=2360
-  _globals['_PROVIDERCONFIG']._serialized_end=2562
-  _globals['_ASSISTANTUSAGEDATA']._serialized_start=2565
-  _globals['_ASSISTANTUSAGEDATA']._serialized_end=2808
-  _globals['_SESSIONMODELCHANGEDATA']._serialized_start=2810
-  _globals['_SESSIONMODELCHANGEDATA']._serialized_end=2877
-  _globals['_SESSIONTRUNCATIONDATA']._serialized_start=2880
-  _globals['_SESSIONTRUNCATIONDATA']._serialized_end=3165
-  _globals['_PENDINGMESSAGESMODIFIEDDATA']._serialized_start=3167
-  _globals['_PENDINGMESSAGESMODIFIEDDATA']._serialized_end=3217
-  _globals['_SESSIONDELETEDDATA']._serialized_start=3219
-  _globals['_SESSIONDELETEDDATA']._serialized_end=3259
+  _globals['_SESSIONEVENT']._serialized_end=1364
+  _globals['_SESSIONSTARTDATA']._serialized_start=1366
+  _globals['_SESSIONSTARTDATA']._serialized_end=1491
+  _globals['_SESSIONRESUMEDATA']._serialized_start=1494
+  _globals['_SESSIONRESUMEDATA']._serialized_end=1693
+  _globals['_USERMESSAGEDATA']._serialized_start=1695
+  _globals['_USERMESSAGEDATA']._serialized_end=1745
+  _globals['_ASSISTANTTURNSTARTDATA']._serialized_start=1747
+  _globals['_ASSISTANTTURNSTARTDATA']._serialized_end=1813
+  _globals['_ASSISTANTMESSAGEDATA']._serialized_start=1816
+  _globals['_ASSISTANTMESSAGEDATA']._serialized_end=1997
+  _globals['_ASSISTANTMESSAGEDELTADATA']._serialized_start=1999
+  _globals['_ASSISTANTMESSAGEDELTADATA']._serialized_end=2111
+  _globals['_ASSISTANTTURNENDDATA']._serialized_start=2113
+  _globals['_ASSISTANTTURNENDDATA']._serialized_end=2237
+  _globals['_SESSIONIDLEDATA']._serialized_start=2239
+  _globals['_SESSIONIDLEDATA']._serialized_end=2256
+  _globals['_SESSIONERRORDATA']._serialized_start=2259
+  _globals['_SESSIONERRORDATA']._serialized_end=2434
+  _globals['_ABORTDATA']._serialized_start=2436
+  _globals['_ABORTDATA']._serialized_end=2480
+  _globals['_TOOLDEFINITION']._serialized_start=2483
+  _globals['_TOOLDEFINITION']._serialized_end=2612
+  _globals['_TOOLRESULT']._serialized_start=2614
+  _globals['_TOOLRESULT']._serialized_end=2691
+  _globals['_TOOLEXECUTIONSTARTDATA']._serialized_start=2693
+  _globals['_TOOLEXECUTIONSTARTDATA']._serialized_end=2799
+  _globals['_TOOLEXECUTIONCOMPLETEDATA']._serialized_start=2802
+  _globals['_TOOLEXECUTIONCOMPLETEDATA']._serialized_end=2944
+  _globals['_EXTERNALTOOLREQUESTEDDATA']._serialized_start=2946
+  _globals['_EXTERNALTOOLREQUESTEDDATA']._serialized_end=3055
+  _globals['_TOOLREQUEST']._serialized_start=3057
+  _globals['_TOOLREQUEST']._serialized_end=3130
+  _globals['_PROVIDERCONFIG']._serialized_start=3133
+  _globals['_PROVIDERCONFIG']._serialized_end=3335
+  _globals['_ASSISTANTUSAGEDATA']._serialized_start=3338
+  _globals['_ASSISTANTUSAGEDATA']._serialized_end=3581
+  _globals['_SESSIONMODELCHANGEDATA']._serialized_start=3583
+  _globals['_SESSIONMODELCHANGEDATA']._serialized_end=3650
+  _globals['_SESSIONTRUNCATIONDATA']._serialized_start=3653
+  _globals['_SESSIONTRUNCATIONDATA']._serialized_end=3938
+  _globals['_PENDINGMESSAGESMODIFIEDDATA']._serialized_start=3940
+  _globals['_PENDINGMESSAGESMODIFIEDDATA']._serialized_end=3990
+  _globals['_SESSIONDELETEDDATA']._serialized_start=3992
+  _globals['_SESSIONDELETEDDATA']._serialized_end=4032
 # @@protoc_insertion_point(module_scope)

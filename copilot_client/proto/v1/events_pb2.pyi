@@ -84,6 +84,9 @@ class SessionEvent(_message.Message):
     SESSION_TRUNCATION_FIELD_NUMBER: _builtins.int
     PENDING_MESSAGES_MODIFIED_FIELD_NUMBER: _builtins.int
     SESSION_DELETED_FIELD_NUMBER: _builtins.int
+    TOOL_EXECUTION_START_FIELD_NUMBER: _builtins.int
+    TOOL_EXECUTION_COMPLETE_FIELD_NUMBER: _builtins.int
+    EXTERNAL_TOOL_REQUESTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id of this event (a UUID)."""
     sequence: _builtins.int
@@ -130,6 +133,12 @@ class SessionEvent(_message.Message):
     def pending_messages_modified(self) -> Global___PendingMessagesModifiedData: ...
     @_builtins.property
     def session_deleted(self) -> Global___SessionDeletedData: ...
+    @_builtins.property
+    def tool_execution_start(self) -> Global___ToolExecutionStartData: ...
+    @_builtins.property
+    def tool_execution_complete(self) -> Global___ToolExecutionCompleteData: ...
+    @_builtins.property
+    def external_tool_requested(self) -> Global___ExternalToolRequestedData: ...
     def __init__(
         self,
         *,
@@ -154,12 +163,15 @@ class SessionEvent(_message.Message):
         session_truncation: Global___SessionTruncationData | None = ...,
         pending_messages_modified: Global___PendingMessagesModifiedData | None = ...,
         session_deleted: Global___SessionDeletedData | None = ...,
+        tool_execution_start: Global___ToolExecutionStartData | None = ...,
+        tool_execution_complete: Global___ToolExecutionCompleteData | None = ...,
+        external_tool_requested: Global___ExternalToolRequestedData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "pending_messages_modified", b"pending_messages_modified", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "external_tool_requested", b"external_tool_requested", "pending_messages_modified", b"pending_messages_modified", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "ephemeral", b"ephemeral", "id", b"id", "parent_id", b"parent_id", "pending_messages_modified", b"pending_messages_modified", "sequence", b"sequence", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "ephemeral", b"ephemeral", "external_tool_requested", b"external_tool_requested", "id", b"id", "parent_id", b"parent_id", "pending_messages_modified", b"pending_messages_modified", "sequence", b"sequence", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort", "assistant_usage", "session_model_change", "session_truncation", "pending_messages_modified", "session_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort", "assistant_usage", "session_model_change", "session_truncation", "pending_messages_modified", "session_deleted", "tool_execution_start", "tool_execution_complete", "external_tool_requested"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
 
@@ -209,6 +221,8 @@ class SessionResumeData(_message.Message):
     ALREADY_IN_USE_FIELD_NUMBER: _builtins.int
     TURN_RUNNING_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOLS_REPLACED_FIELD_NUMBER: _builtins.int
     event_count: _builtins.int
     """Number of persisted events before this one."""
     already_in_use: _builtins.bool
@@ -218,9 +232,16 @@ class SessionResumeData(_message.Message):
     """
     turn_running: _builtins.bool
     """True when a turn was running at the time."""
+    tools_replaced: _builtins.bool
     @_builtins.property
     def provider(self) -> Global___ProviderConfig:
         """The provider the resuming client passed, secrets left out."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolDefinition]:
+        """The tools the resuming client declared; they replace the session's
+        tools when tools_replaced is true.
+        """
 
     def __init__(
         self,
@@ -229,10 +250,12 @@ class SessionResumeData(_message.Message):
         already_in_use: _builtins.bool = ...,
         turn_running: _builtins.bool = ...,
         provider: Global___ProviderConfig | None = ...,
+        tools: _abc.Iterable[Global___ToolDefinition] | None = ...,
+        tools_replaced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_in_use", b"already_in_use", "event_count", b"event_count", "provider", b"provider", "turn_running", b"turn_running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_in_use", b"already_in_use", "event_count", b"event_count", "provider", b"provider", "tools", b"tools", "tools_replaced", b"tools_replaced", "turn_running", b"turn_running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -491,8 +514,8 @@ Global___AbortData: _TypeAlias = AbortData  # noqa: Y015
 
 @_typing.final
 class ToolDefinition(_message.Message):
-    """A tool the client offers to the model. Reserved for client-side tools: a
-    later version routes the model's calls to the client that registered it.
+    """A tool a client offers to the model; the client runs it and answers the
+    model's calls with HandlePendingToolCall.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -500,24 +523,162 @@ class ToolDefinition(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PARAMETERS_JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    SKIP_PERMISSION_FIELD_NUMBER: _builtins.int
+    IS_TERMINAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
     parameters_json_schema: _builtins.str
-    """JSON Schema of the arguments, as JSON text."""
+    """JSON Schema of the arguments, as JSON text: an object schema
+    ({"type": "object", ...}); empty means no arguments.
+    """
+    skip_permission: _builtins.bool
+    """The call needs no permission request (see the Copilot SDK's Tool)."""
+    is_terminal: _builtins.bool
+    """The tool's result ends the turn (the model is not called again)."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
         parameters_json_schema: _builtins.str = ...,
+        skip_permission: _builtins.bool = ...,
+        is_terminal: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters_json_schema", b"parameters_json_schema"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "is_terminal", b"is_terminal", "name", b"name", "parameters_json_schema", b"parameters_json_schema", "skip_permission", b"skip_permission"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ToolDefinition: _TypeAlias = ToolDefinition  # noqa: Y015
+
+@_typing.final
+class ToolResult(_message.Message):
+    """A client's result for one tool call (the Copilot SDK's ToolResult)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_RESULT_FOR_LLM_FIELD_NUMBER: _builtins.int
+    RESULT_TYPE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    text_result_for_llm: _builtins.str
+    """What the model is told."""
+    result_type: _builtins.str
+    """"success" (the default when empty), "failure", "rejected", "denied" or "timeout"."""
+    error: _builtins.str
+    """For the client's eyes (never sent to the model)."""
+    def __init__(
+        self,
+        *,
+        text_result_for_llm: _builtins.str = ...,
+        result_type: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result_type", b"result_type", "text_result_for_llm", b"text_result_for_llm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolResult: _TypeAlias = ToolResult  # noqa: Y015
+
+@_typing.final
+class ToolExecutionStartData(_message.Message):
+    """"tool.execution_start": the model called a tool. Every one is followed
+    by exactly one tool.execution_complete with the same tool_call_id.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    tool_call_id: _builtins.str
+    tool_name: _builtins.str
+    arguments_json: _builtins.str
+    turn_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tool_call_id: _builtins.str = ...,
+        tool_name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "tool_call_id", b"tool_call_id", "tool_name", b"tool_name", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolExecutionStartData: _TypeAlias = ToolExecutionStartData  # noqa: Y015
+
+@_typing.final
+class ToolExecutionCompleteData(_message.Message):
+    """"tool.execution_complete": a tool call's result (a client's, or the
+    daemon's synthetic "interrupted: no client answered").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
+    tool_call_id: _builtins.str
+    success: _builtins.bool
+    turn_id: _builtins.str
+    tool_name: _builtins.str
+    @_builtins.property
+    def result(self) -> Global___ToolResult: ...
+    def __init__(
+        self,
+        *,
+        tool_call_id: _builtins.str = ...,
+        success: _builtins.bool = ...,
+        result: Global___ToolResult | None = ...,
+        turn_id: _builtins.str = ...,
+        tool_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result", "success", b"success", "tool_call_id", b"tool_call_id", "tool_name", b"tool_name", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolExecutionCompleteData: _TypeAlias = ToolExecutionCompleteData  # noqa: Y015
+
+@_typing.final
+class ExternalToolRequestedData(_message.Message):
+    """"external_tool.requested": a tool call waits for a client to run it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    tool_call_id: _builtins.str
+    tool_name: _builtins.str
+    arguments_json: _builtins.str
+    turn_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        tool_call_id: _builtins.str = ...,
+        tool_name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "tool_call_id", b"tool_call_id", "tool_name", b"tool_name", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExternalToolRequestedData: _TypeAlias = ExternalToolRequestedData  # noqa: Y015
 
 @_typing.final
 class ToolRequest(_message.Message):

@@ -1,0 +1,248 @@
+"""Client-side tools, in the Copilot SDK's shapes: ``Tool``, ``define_tool``,
+``ToolInvocation`` and ``ToolResult``, and the runner that answers a session's
+calls with the handlers.
+
+The daemon records every call the model makes (``tool.execution_start``,
+``external_tool.requested``) and waits, across restarts, for one result. A
+session holding tools with handlers runs each requested call whose tool it
+holds and sends the result with ``HandlePendingToolCall``; when several
+clients hold the tool, the first result recorded wins and the others are
+told so (and ignore it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from copilot_client._errors import CopilotError, ToolCallAnsweredError, UnknownToolCallError
+from copilot_client._types import SessionEvent
+from copilot_client.proto.v1 import copilot_pb2, events_pb2
+
+log = logging.getLogger("copilot_client.tools")
+
+ResultType = Literal["success", "failure", "rejected", "denied", "timeout"]
+FAILED_FOR_THE_MODEL = "the tool failed; its client logged the details"
+
+
+@dataclass(frozen=True)
+class ToolInvocation:
+    """One call of a tool by the model, as a handler receives it."""
+
+    session_id: str
+    tool_call_id: str
+    tool_name: str
+    arguments: dict[str, Any]
+    """The arguments the model gave, parsed from JSON."""
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a tool answers; ``text_result_for_llm`` is what the model sees."""
+
+    text_result_for_llm: str
+    result_type: ResultType = "success"
+    error: str | None = None
+    """For the client's eyes (never sent to the model)."""
+
+    def to_proto(self) -> events_pb2.ToolResult:
+        return events_pb2.ToolResult(
+            text_result_for_llm=self.text_result_for_llm,
+            result_type=self.result_type,
+            error=self.error or "",
+        )
+
+    @classmethod
+    def coerce(cls, value: object) -> ToolResult:
+        """A handler's return value as a result: text as is, anything else as JSON."""
+        if isinstance(value, ToolResult):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        return cls(json.dumps(value, default=str))
+
+
+ToolHandler = Callable[[ToolInvocation], Any]
+
+
+@dataclass
+class Tool:
+    """A tool the model may call (the Copilot SDK's ``Tool``).
+
+    Args:
+        name: 1 to 64 letters, digits, ``_`` or ``-``; unique in a session.
+        description: What the tool does, for the model.
+        parameters: The JSON schema of its arguments (an object schema).
+        handler: Runs a call and returns a string, a JSON-serialisable value
+            or a ``ToolResult`` (it may be a coroutine function). Without a
+            handler the tool is only declared: answer its calls with
+            ``session.handle_pending_tool_call``.
+        skip_permission: The call needs no permission request.
+        is_terminal: Declared for Copilot SDK compatibility.
+    """
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] | None = None
+    handler: ToolHandler | None = field(default=None, repr=False)
+    skip_permission: bool = False
+    is_terminal: bool = False
+
+    def to_proto(self) -> events_pb2.ToolDefinition:
+        return events_pb2.ToolDefinition(
+            name=self.name,
+            description=self.description,
+            parameters_json_schema=json.dumps(self.parameters) if self.parameters else "",
+            skip_permission=self.skip_permission,
+            is_terminal=self.is_terminal,
+        )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _pydantic_model(function: Callable[..., Any]) -> Any:
+    """The pydantic model the function's first parameter is annotated with, if any."""
+    try:
+        from pydantic import BaseModel
+    except ImportError:  # the client needs only grpcio and protobuf
+        return None
+    parameters = list(inspect.signature(function, eval_str=True).parameters.values())
+    if not parameters:
+        return None
+    annotation = parameters[0].annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def define_tool(
+    name: str | None = None,
+    *,
+    description: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    skip_permission: bool = False,
+) -> Callable[[Callable[..., Any]], Tool]:
+    """Make a ``Tool`` of a function (the Copilot SDK's decorator).
+
+    The parameters come from the function's first parameter when it is
+    annotated with a pydantic model (the handler then receives the validated
+    model), else from ``parameters`` (the handler receives the arguments as a
+    dict). A second parameter, when the function has one, receives the
+    ``ToolInvocation``. The description defaults to the docstring.
+    """
+
+    def decorate(function: Callable[..., Any]) -> Tool:
+        model = _pydantic_model(function)
+        schema = model.model_json_schema() if model is not None else parameters
+        wants_invocation = len(inspect.signature(function).parameters) > 1
+
+        async def handler(invocation: ToolInvocation) -> Any:
+            arguments: Any = invocation.arguments
+            if model is not None:
+                arguments = model.model_validate(arguments)
+            result = function(arguments, invocation) if wants_invocation else function(arguments)
+            return await result if inspect.isawaitable(result) else result
+
+        return Tool(
+            name=name or function.__name__,
+            description=description or inspect.getdoc(function) or "",
+            parameters=schema,
+            handler=handler,
+            skip_permission=skip_permission,
+        )
+
+    return decorate
+
+
+async def run_tool(tool: Tool, invocation: ToolInvocation) -> ToolResult:
+    """The handler's result; an exception becomes a failure without its details."""
+    assert tool.handler is not None
+    try:
+        value = tool.handler(invocation)
+        if inspect.isawaitable(value):
+            value = await value
+        return ToolResult.coerce(value)
+    except Exception:
+        # The model sees that the tool failed, not the exception (it may hold
+        # paths, keys or data the model should not be given).
+        log.exception(
+            "tool %s failed on call %s of session %s",
+            tool.name,
+            invocation.tool_call_id,
+            invocation.session_id,
+        )
+        return ToolResult(FAILED_FOR_THE_MODEL, "failure", FAILED_FOR_THE_MODEL)
+
+
+def invocation_of(
+    session_id: str, call: events_pb2.ExternalToolRequestedData | copilot_pb2.PendingToolCall
+) -> ToolInvocation:
+    try:
+        arguments = json.loads(call.arguments_json) if call.arguments_json else {}
+    except ValueError:
+        arguments = {}
+    return ToolInvocation(
+        session_id,
+        call.tool_call_id,
+        call.tool_name,
+        arguments if isinstance(arguments, dict) else {},
+    )
+
+
+def handled_tools(tools: Iterable[Tool]) -> dict[str, Tool]:
+    return {tool.name: tool for tool in tools if tool.handler is not None}
+
+
+Answer = Callable[[str, ToolResult], Awaitable[object]]
+
+
+class ToolRunner:
+    """Runs a session's requested calls with the handlers it holds, each once."""
+
+    def __init__(self, session_id: str, tools: Iterable[Tool], answer: Answer) -> None:
+        self._session_id = session_id
+        self._tools = handled_tools(tools)
+        self._answer = answer
+        self._started: set[str] = set()
+        # Strong references: the loop keeps only weak ones to tasks.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._tools)
+
+    def on_event(self, event: SessionEvent) -> None:
+        if event.type_name == "external_tool.requested":
+            self.start(invocation_of(self._session_id, event.proto.external_tool_requested))
+
+    def start(self, invocation: ToolInvocation) -> None:
+        tool = self._tools.get(invocation.tool_name)
+        if tool is None or invocation.tool_call_id in self._started:
+            return
+        self._started.add(invocation.tool_call_id)
+        task = asyncio.get_running_loop().create_task(
+            self._run(tool, invocation), name=f"copilot-tool-{invocation.tool_call_id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, tool: Tool, invocation: ToolInvocation) -> None:
+        result = await run_tool(tool, invocation)
+        try:
+            await self._answer(invocation.tool_call_id, result)
+        except (ToolCallAnsweredError, UnknownToolCallError) as error:
+            # Another client answered first, or the call was closed meanwhile.
+            log.info("result of tool call %s not recorded: %s", invocation.tool_call_id, error)
+        except CopilotError:
+            log.exception("result of tool call %s could not be sent", invocation.tool_call_id)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
