@@ -31,7 +31,7 @@ def refusal(root: Path, text: str) -> str:
 def test_a_misspelt_table_is_refused_with_the_known_ones(short_tmp: Path) -> None:
     assert refusal(short_tmp, '[retenton]\nmax_age = "30d"\n') == (
         "unknown table 'retenton' (did you mean 'retention'?); "
-        "the known ones: access, models, providers, retention, store"
+        "the known ones: access, models, providers, retention, store, tools"
     )
 
 

@@ -300,19 +300,45 @@ def _final_code(context: Any, error: BaseException | None) -> str:
     return str(code)
 
 
+class _CountedContext:
+    """The call's context, passed on to the servicer, that counts an abort first.
+
+    ``context.abort`` sends the status to the client at once, before the
+    handler's exception reaches the interceptor: counting only afterwards
+    would let a client that saw the error read metrics that do not count it
+    yet.
+    """
+
+    def __init__(self, context: Any, record: Callable[[str], None]) -> None:
+        self._context = context
+        self._record = record
+        self.counted = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", *args: Any) -> None:
+        if not self.counted:
+            self.counted = True
+            self._record(code.name)
+        await self._context.abort(code, details, *args)
+
+
 def _timed_unary(
     behavior: Callable[[Any, Any], Awaitable[Any]], record: Callable[[str, float], None]
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def timed(request: Any, context: Any) -> Any:
         started = time.perf_counter()
+        counted = _CountedContext(context, lambda code: record(code, time.perf_counter() - started))
         error: BaseException | None = None
         try:
-            return await behavior(request, context)
+            return await behavior(request, counted)
         except BaseException as raised:
             error = raised
             raise
         finally:
-            record(_final_code(context, error), time.perf_counter() - started)
+            if not counted.counted:
+                record(_final_code(context, error), time.perf_counter() - started)
 
     return timed
 
@@ -322,9 +348,10 @@ def _timed_stream(
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def timed(request: Any, context: Any) -> AsyncIterator[Any]:
         started = time.perf_counter()
+        counted = _CountedContext(context, lambda code: record(code, time.perf_counter() - started))
         error: BaseException | None = None
         try:
-            result = behavior(request, context)
+            result = behavior(request, counted)
             if hasattr(result, "__aiter__"):
                 async for response in result:
                     yield response
@@ -334,6 +361,7 @@ def _timed_stream(
             error = raised
             raise
         finally:
-            record(_final_code(context, error), time.perf_counter() - started)
+            if not counted.counted:
+                record(_final_code(context, error), time.perf_counter() - started)
 
     return timed
