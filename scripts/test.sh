@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README "Run the tests"; .ci/run runs exactly this).
 # Installs what the tests need that is not a Python package, then the
-# project, then runs pytest (extra arguments go to pytest).
+# project, then runs pytest (extra arguments go to pytest). -rs lists every
+# skipped test with its reason, so a test that did not run is never mistaken
+# for one that passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,9 +14,16 @@ if ! command -v systemd-analyze >/dev/null && command -v apt-get >/dev/null && [
       apt-get install -y -qq --no-install-recommends systemd >/dev/null; } ||
     echo "scripts/test.sh: could not install systemd; its tool tests will be skipped" >&2
 fi
+# strace: tests/test_store_sync.py watches the daemon's LMDB commits reach the
+# disk (fdatasync, O_DSYNC meta writes). Without it that test is skipped (and says so).
+if ! command -v strace >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends strace >/dev/null; } ||
+    echo "scripts/test.sh: could not install strace; the store sync test will be skipped" >&2
+fi
 # The Node.js example's packages (tests/test_node_example.py runs it).
 (cd examples/node && npm ci --no-audit --no-fund --loglevel=error)
 # buf, which lints the protos and checks them for wire breaks (tests/test_protos_buf.py).
 (cd tools/buf && npm ci --no-audit --no-fund --loglevel=error)
 
-python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/python -m pytest -q "$@"
+python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/python -m pytest -q -rs "$@"
