@@ -19,7 +19,9 @@ then, for every kill:
 3. restarts the daemon and checks that each turn the kill left open now ends
    with a persisted ``assistant.turn_end`` (reason interrupted, "interrupted
    by daemon restart") right after the last event on disk;
-4. sends a new turn to a session that had an interrupted turn (or any
+4. waits for each message the kill left queued to run (or for its client to
+   delete the session): the queue survives the kill and resumes;
+5. sends a new turn to a session that had an interrupted turn (or any
    session) and waits for its answer: the sessions accept new turns.
 
 At the end the workers stop, the daemon is stopped with SIGTERM, the store
@@ -49,7 +51,7 @@ import grpc
 from copilot_client import CopilotClient
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
-from copilotd.events import ASSISTANT_TURN_END, TurnEndReason
+from copilotd.events import ASSISTANT_TURN_END, SESSION_DELETED, USER_MESSAGE, TurnEndReason
 from copilotd.sessions.service import INTERRUPTED_AT_RESTART
 from tests.support.daemon_process import DaemonProcess, short_temp_dir
 from tests.support.store_check import StoreReport, check_store
@@ -224,6 +226,36 @@ def check_queued_kept(report: StoreReport, queued_at_kills: dict[str, set[str]])
         )
 
 
+async def check_queue_resumed(
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, report: StoreReport
+) -> None:
+    """Each message the kill left queued runs after the restart (its user.message is
+    logged), unless its client deleted the session first. Awaits the session's events."""
+    for session_id, waiting in queued_ids(report).items():
+        after = len(report.sessions[session_id].events)
+        call = stub.StreamEvents(
+            pb.StreamEventsRequest(session_id=session_id, after_sequence=after),
+            timeout=PROBE_TIMEOUT,
+        )
+        try:
+            async for response in call:
+                for event in response.events:
+                    if event.type == SESSION_DELETED:
+                        waiting = set()
+                    elif event.type == USER_MESSAGE:
+                        waiting.discard(event.id)
+                if not waiting:
+                    break
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: deleted, fine
+                raise HarnessFailure(
+                    f"{session_id}: queued at the kill, never ran after the restart: "
+                    f"{sorted(waiting)} ({error.code().name})"
+                ) from error
+        finally:
+            call.cancel()
+
+
 async def check_restart(
     daemon: DaemonProcess, report: StoreReport, acks: Acks, rng: random.Random
 ) -> int:
@@ -232,7 +264,10 @@ async def check_restart(
         CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client,
         grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel,
     ):
-        stub = copilot_pb2_grpc.CopilotServiceStub(channel)
+        stub: copilot_pb2_grpc.CopilotServiceAsyncStub = copilot_pb2_grpc.CopilotServiceStub(
+            channel
+        )
+        await check_queue_resumed(stub, report)
         for session_id, turn_id in report.open_turns.items():
             last = len(report.sessions[session_id].events)
             page = await stub.ListEvents(
