@@ -22,7 +22,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from copilot_client.proto.admin.v1 import admin_pb2
 from copilot_client.proto.v1 import copilot_pb2
 from tests.support.daemon_process import DaemonProcess, short_temp_dir
-from tests.test_access import tcp_address, with_token, write_token
+from tests.support.tcp_access import tcp_address, with_token, write_token
 
 SERVICES: list[ServiceDescriptor] = [
     copilot_pb2.DESCRIPTOR.services_by_name["CopilotService"],

@@ -29,8 +29,7 @@ from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import events_pb2
 from copilotd import events as ev
 from tests.support.daemon_process import DaemonProcess, short_temp_dir
-from tests.support.store_check import check_store
-from tests.test_bad_input import (
+from tests.support.fuzzing import (
     CALL_TIMEOUT,
     EXISTING,
     REQUESTS,
@@ -45,6 +44,7 @@ from tests.test_bad_input import (
     uint32,
     uint64,
 )
+from tests.support.store_check import check_store
 
 ADMIN = "/copilot.admin.v1.CopilotAdminService/"
 CASES = 600
