@@ -19,7 +19,7 @@ import re
 import shutil
 import signal
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import grpc
@@ -40,10 +40,12 @@ SESSIONS = 20
 META_PAGE_WRITE = 120
 # "1234 openat(AT_FDCWD, "/x/data.mdb", O_WRONLY|O_DSYNC|O_CLOEXEC) = 5"
 OPEN = re.compile(r'^\d+ +openat\(AT_FDCWD, "(?P<path>[^"]+)", (?P<flags>[A-Z_|]+).*= (?P<fd>\d+)$')
-# "1234 fdatasync(4) = 0", also when strace splits it: "1234 fdatasync(4 <unfinished ...>"
+# "1234 fdatasync(4) = 0"
 SYNC = re.compile(r"^\d+ +(?:fsync|fdatasync)\((?P<fd>\d+)")
 # "1234 pwrite64(5, ""..., 120, 4096) = 120" (strings are not printed: -s 0)
 PWRITE = re.compile(r"^\d+ +pwrite64\((?P<fd>\d+), .*?, (?P<size>\d+), \d+")
+UNFINISHED = "<unfinished ...>"
+RESUMED = " resumed>"
 
 
 class TracedDaemon(DaemonProcess):
@@ -98,12 +100,27 @@ def traced(short_tmp: Path) -> Iterator[TracedDaemon]:
         shutil.rmtree(daemon.trace.parent, ignore_errors=True)
 
 
+def whole_calls(lines: Iterable[str]) -> Iterator[str]:
+    """The trace's calls, each on one line: with -f, strace splits a call that
+    another thread interrupts into "<unfinished ...>" and "<... resumed>" lines."""
+    unfinished: dict[str, str] = {}
+    for line in lines:
+        pid, _, call = line.partition(" ")
+        call = call.lstrip()
+        if call.endswith(UNFINISHED):
+            unfinished[pid] = call.removesuffix(UNFINISHED).rstrip()
+        elif call.startswith("<... ") and RESUMED in call:
+            yield f"{pid} {unfinished.pop(pid, '')}{call.partition(RESUMED)[2]}"
+        else:
+            yield line
+
+
 def store_syncs(trace: Path, data_file: Path) -> Counter[str]:
     """Per kind, the calls that make the store's data file durable."""
     data_fds: set[str] = set()
     dsync_fds: set[str] = set()
     seen: Counter[str] = Counter()
-    for line in trace.read_text().splitlines():
+    for line in whole_calls(trace.read_text().splitlines()):
         if (opened := OPEN.match(line)) is not None:
             if Path(opened["path"]) == data_file:
                 data_fds.add(opened["fd"])
