@@ -119,3 +119,22 @@ async def test_shutdown_interrupts_the_turn_keeps_the_queue_and_refuses_more(
                     await anext(lifecycle)
         with pytest.raises(ShuttingDownError):
             await service.send_message("s", "late", "")
+
+
+async def test_a_new_session_records_how_it_was_created(
+    core: Callable[[float], AbstractAsyncContextManager[Core]],
+) -> None:
+    async with core(QUICK) as (service, store):
+        system = pb.SystemMessage(content="be brief")
+        metadata = await service.create_session(
+            pb.SessionConfig(session_id="made", model="offline", system_message=system)
+        )
+        assert (metadata.session_id, metadata.model) == ("made", "offline")
+        assert metadata.system_message == system
+        [start] = store.read_events("made", limit=10)
+        assert start.type == ev.SESSION_START
+        assert start.session_start.session_id == "made"
+        assert start.session_start.model == "offline"
+        assert start.session_start.producer_version == "test"
+        record = store.get_session("made")
+        assert record is not None and record.metadata.system_message == system
