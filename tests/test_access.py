@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -38,10 +37,10 @@ from copilotd.api.access import tcp_listener
 from copilotd.config import ConfigError, ConfigFile
 from tests.support.daemon_process import DaemonProcess
 from tests.support.privileged import python_for
+from tests.support.tcp_access import tcp_address, with_token, write_token
 from tests.support.wire import health_check
 
 ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"listening on tcp (\S+)")
 
 # -- files and the socket -----------------------------------------------------
 
@@ -172,19 +171,6 @@ def listening_tcp_ports(pid: int) -> list[str]:
     return found
 
 
-def write_token(directory: Path, token: str, mode: int = 0o600) -> Path:
-    path = directory / "token"
-    path.write_text(token + "\n")
-    os.chmod(path, mode)
-    return path
-
-
-def tcp_address(daemon: DaemonProcess) -> str:
-    match = LISTENING.search("".join(daemon.output))
-    assert match, "".join(daemon.output)
-    return match.group(1)
-
-
 def start_failure(short_tmp: Path, *args: str, env: dict[str, str] | None = None) -> str:
     daemon = DaemonProcess(short_tmp, list(args))
     result = subprocess.run(
@@ -251,11 +237,6 @@ async def expect_unauthenticated(channel: grpc.aio.Channel) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stream.read()
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-
-
-def with_token(token: str, base: grpc.ChannelCredentials | None = None) -> grpc.ChannelCredentials:
-    base = base or grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
-    return grpc.composite_channel_credentials(base, grpc.access_token_call_credentials(token))
 
 
 async def test_plain_tcp_on_loopback_requires_the_token(short_tmp: Path) -> None:

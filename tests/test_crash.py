@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from copilotd.events import USER_MESSAGE, make_event
-from tests.support.crash_harness import Acks, Figures, HarnessFailure, check_acknowledged, run
+from tests.support import crash_harness
+from tests.support.crash_harness import (
+    Acks,
+    Figures,
+    HarnessFailure,
+    check_acknowledged,
+    check_queued_kept,
+    run,
+)
 from tests.support.store_check import SessionState, StoreReport
 
 
@@ -24,6 +32,8 @@ def check_figures(figures: Figures, kills: int) -> None:
     assert figures.lost == 0 and figures.misordered == 0
     assert figures.messages_acknowledged > kills and figures.sessions_acknowledged > 0
     assert figures.probes_answered == kills
+    # Answers clients received before a kill were checked on disk after it.
+    assert figures.answers_acknowledged > 0
     # Load was flowing: kills hit running turns, which were closed at restart.
     assert figures.interrupted_turns_closed > 0
 
@@ -84,3 +94,35 @@ def test_the_check_sees_lost_and_misordered_writes() -> None:
         with pytest.raises(HarnessFailure, match=what.replace("[", r"\[").replace("]", r"\]")):
             check_acknowledged(broken, acks, figures)
         assert figures.lost + figures.misordered > 0
+
+
+def test_the_check_sees_a_lost_answer() -> None:
+    acks = acknowledged(("w0", {"create": "s"}), ("w0", {"send": "s", "id": "m1", "answer": "a1"}))
+    answered = stored("m1")
+    answer = make_event(USER_MESSAGE, content="x")  # its type does not matter, its id does
+    answer.id = "a1"
+    answered.events.append(answer)
+    check_acknowledged(StoreReport({"s": answered}), acks, Figures())
+    with pytest.raises(HarnessFailure, match="answer a1"):
+        check_acknowledged(StoreReport({"s": stored("m1")}), acks, Figures())
+
+
+def test_the_check_sees_a_queued_message_dropped_or_doubled() -> None:
+    queued_at_kill = {"s": {"q1"}, "gone": {"q2"}}
+    check_queued_kept(StoreReport({"s": stored("m1", "q1")}), queued_at_kill)
+    check_queued_kept(StoreReport({"s": stored("m1", pending=("q1",))}), queued_at_kill)
+    with pytest.raises(HarnessFailure, match=r"dropped: \['q1'\]"):
+        check_queued_kept(StoreReport({"s": stored("m1")}), queued_at_kill)
+    with pytest.raises(HarnessFailure, match=r"stored twice: \['q1'\]"):
+        check_queued_kept(StoreReport({"s": stored("m1", "q1", pending=("q1",))}), queued_at_kill)
+
+
+def test_a_failure_names_the_seed_that_replays_it(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def lose_everything(report: StoreReport, acks: Acks, figures: Figures) -> None:
+        raise HarnessFailure("lost: ['everything']")
+
+    monkeypatch.setattr(crash_harness, "check_acknowledged", lose_everything)
+    with pytest.raises(HarnessFailure, match=r"seed 1234: replay with --seed 1234"):
+        run(kills=1, workers=1, sessions=1, seed=1234, root=short_tmp, log=False)

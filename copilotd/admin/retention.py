@@ -97,11 +97,20 @@ class Selection:
     pinned_kept: int
 
 
+def _cutoff(now: datetime, max_age: timedelta) -> datetime:
+    """``now - max_age``; an age reaching back before year 1 selects nothing by age
+    (the subtraction would raise OverflowError)."""
+    earliest = datetime.min.replace(tzinfo=now.tzinfo)
+    if max_age >= now - earliest:
+        return earliest
+    return now - max_age
+
+
 def select(
     newest_first: Iterable[SessionMetadata], rule: RetentionRule, now: datetime
 ) -> Selection:
     """The sessions ``rule`` selects, from all sessions given most recently active first."""
-    cutoff = now - rule.max_age if rule.max_age is not None else None
+    cutoff = _cutoff(now, rule.max_age) if rule.max_age is not None else None
     selected: list[SessionMetadata] = []
     pinned_kept = 0
     for rank, metadata in enumerate(newest_first):

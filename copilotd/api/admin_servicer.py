@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import timedelta
+from typing import Final
 
 from copilot_client.proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from copilotd.admin.retention import RetentionPolicy, RetentionRule
@@ -19,6 +20,10 @@ from copilotd.admin.service import AdminService, DaemonStatus
 from copilotd.api.errors import Context, translate_errors
 from copilotd.errors import InvalidArgumentError
 from copilotd.limits import byte_batches
+
+# The largest age a timedelta holds, in whole seconds: a larger max_age_seconds
+# would raise OverflowError (an INTERNAL error) instead of being refused.
+MAX_AGE_SECONDS: Final = int(timedelta.max.total_seconds())
 
 
 class AdminServicer(admin_pb2_grpc.CopilotAdminServiceServicer):
@@ -123,6 +128,11 @@ def policy_to_proto(policy: RetentionPolicy) -> admin_pb2.RetentionPolicy:
 
 
 def rule_from_proto(proto: admin_pb2.RetentionPolicy) -> RetentionRule:
+    if proto.max_age_seconds > MAX_AGE_SECONDS:
+        raise InvalidArgumentError(
+            f"max_age_seconds {proto.max_age_seconds} is over the longest age copilotd can "
+            f"count ({MAX_AGE_SECONDS} s, about 2.7 million years); give a smaller age"
+        )
     max_age = timedelta(seconds=proto.max_age_seconds) if proto.max_age_seconds else None
     max_sessions = proto.max_sessions if proto.HasField("max_sessions") else None
     if max_age is None and max_sessions is None:

@@ -11,18 +11,24 @@ then, for every kill:
    (tests/support/store_check.py): logs numbered 1..n without gaps, each event
    chained to the one before, records agreeing with their logs, every turn
    ended except at most the last, which the record names as open;
-2. checks that every acknowledged session exists and every acknowledged
+2. checks that every acknowledged session exists, every acknowledged
    message is in its session's log or durable queue, in the order each
-   client had it acknowledged (lost and misordered writes are counted);
+   client had it acknowledged, and every answer a client received
+   (``send_and_wait``) is in its session's log (lost and misordered writes
+   are counted); messages the kill left queued are remembered;
 3. restarts the daemon and checks that each turn the kill left open now ends
    with a persisted ``assistant.turn_end`` (reason interrupted, "interrupted
    by daemon restart") right after the last event on disk;
-4. sends a new turn to a session that had an interrupted turn (or any
+4. waits for each message the kill left queued to run (or for its client to
+   delete the session): the queue survives the kill and resumes;
+5. sends a new turn to a session that had an interrupted turn (or any
    session) and waits for its answer: the sessions accept new turns.
 
 At the end the workers stop, the daemon is stopped with SIGTERM, the store
-is checked one last time against every acknowledgement, and the figures are
-printed. Exit status 0 only if nothing was lost, misordered or broken.
+is checked one last time against every acknowledgement, each message a kill
+left queued is found stored once (run after the restart, or still queued),
+and the figures are printed. Exit status 0 only if nothing was lost,
+misordered or broken; a failure names the seed that replays the run.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +51,7 @@ import grpc
 from copilot_client import CopilotClient
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
-from copilotd.events import ASSISTANT_TURN_END, TurnEndReason
+from copilotd.events import ASSISTANT_TURN_END, SESSION_DELETED, USER_MESSAGE, TurnEndReason
 from copilotd.sessions.service import INTERRUPTED_AT_RESTART
 from tests.support.daemon_process import DaemonProcess, short_temp_dir
 from tests.support.store_check import StoreReport, check_store
@@ -67,6 +73,8 @@ class Acks:
     created: set[str] = field(default_factory=set)
     # (source, session id) -> message ids, in the order they were acknowledged
     messages: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
+    # session id -> ids of the answers (assistant.message) clients received
+    answers: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     errors: list[str] = field(default_factory=list)
     count: int = 0
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -77,6 +85,8 @@ class Acks:
                 self.created.add(line["create"])
             elif "send" in line:
                 self.messages[(source, line["send"])].append(line["id"])
+                if "answer" in line:
+                    self.answers[line["send"]].add(line["answer"])
             elif "error" in line:
                 self.errors.append(f"{source}: {line['error']}")
             self.count += 1
@@ -90,6 +100,10 @@ class Acks:
     def snapshot(self) -> tuple[set[str], dict[tuple[str, str], list[str]]]:
         with self.changed:
             return set(self.created), {key: list(ids) for key, ids in self.messages.items()}
+
+    def answers_snapshot(self) -> dict[str, set[str]]:
+        with self.changed:
+            return {session_id: set(ids) for session_id, ids in self.answers.items()}
 
 
 class Worker:
@@ -129,6 +143,7 @@ class Figures:
     events_checked: int = 0
     interrupted_turns_closed: int = 0
     queued_at_kill: int = 0
+    answers_acknowledged: int = 0
     probes_answered: int = 0
     lost: int = 0
     misordered: int = 0
@@ -146,6 +161,7 @@ class Figures:
             "events in the store at the end": self.events_checked,
             "turns interrupted by a kill, closed at restart": self.interrupted_turns_closed,
             "queued messages at a kill, kept": self.queued_at_kill,
+            "answers received (acknowledged)": self.answers_acknowledged,
             "new turns answered after a restart": self.probes_answered,
             "lost acknowledged writes": self.lost,
             "misordered acknowledged writes": self.misordered,
@@ -172,9 +188,72 @@ def check_acknowledged(report: StoreReport, acks: Acks, figures: Figures) -> Non
         lost.extend(mid for mid in ids if mid not in position)
         if found != sorted(found):
             misordered.append(f"{source} in {session_id}")
+    for session_id, answer_ids in acks.answers_snapshot().items():
+        state = report.sessions.get(session_id)
+        stored = {event.id for event in state.events} if state is not None else set()
+        lost.extend(f"answer {answer_id}" for answer_id in sorted(answer_ids - stored))
     figures.lost, figures.misordered = len(lost), len(misordered)
     if lost or misordered:
         raise HarnessFailure(f"lost: {lost[:10]}; misordered: {misordered[:10]}")
+
+
+def queued_ids(report: StoreReport) -> dict[str, set[str]]:
+    """Per session, the messages waiting in its durable queue."""
+    return {
+        sid: set(state.pending_ids) for sid, state in report.sessions.items() if state.pending_ids
+    }
+
+
+def check_queued_kept(report: StoreReport, queued_at_kills: dict[str, set[str]]) -> None:
+    """Each message a kill left queued is stored exactly once: run (in the log) or still queued.
+
+    A restart that dropped the queue, or ran a queued message and left it
+    queued too (so it would be answered twice), fails here; those messages
+    need not have been acknowledged (the kill may have come first).
+    """
+    dropped: list[str] = []
+    doubled: list[str] = []
+    for session_id, ids in queued_at_kills.items():
+        state = report.sessions.get(session_id)
+        if state is None:
+            continue  # deleted by its client since (the workers destroy finished sessions)
+        stored = Counter(state.user_message_ids + state.pending_ids)
+        dropped.extend(mid for mid in sorted(ids) if stored[mid] == 0)
+        doubled.extend(mid for mid in sorted(ids) if stored[mid] > 1)
+    if dropped or doubled:
+        raise HarnessFailure(
+            f"queued at a kill, then dropped: {dropped[:10]}; stored twice: {doubled[:10]}"
+        )
+
+
+async def check_queue_resumed(
+    stub: copilot_pb2_grpc.CopilotServiceAsyncStub, report: StoreReport
+) -> None:
+    """Each message the kill left queued runs after the restart (its user.message is
+    logged), unless its client deleted the session first. Awaits the session's events."""
+    for session_id, waiting in queued_ids(report).items():
+        after = len(report.sessions[session_id].events)
+        call = stub.StreamEvents(
+            pb.StreamEventsRequest(session_id=session_id, after_sequence=after),
+            timeout=PROBE_TIMEOUT,
+        )
+        try:
+            async for response in call:
+                for event in response.events:
+                    if event.type == SESSION_DELETED:
+                        waiting = set()
+                    elif event.type == USER_MESSAGE:
+                        waiting.discard(event.id)
+                if not waiting:
+                    break
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: deleted, fine
+                raise HarnessFailure(
+                    f"{session_id}: queued at the kill, never ran after the restart: "
+                    f"{sorted(waiting)} ({error.code().name})"
+                ) from error
+        finally:
+            call.cancel()
 
 
 async def check_restart(
@@ -185,7 +264,10 @@ async def check_restart(
         CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client,
         grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel,
     ):
-        stub = copilot_pb2_grpc.CopilotServiceStub(channel)
+        stub: copilot_pb2_grpc.CopilotServiceAsyncStub = copilot_pb2_grpc.CopilotServiceStub(
+            channel
+        )
+        await check_queue_resumed(stub, report)
         for session_id, turn_id in report.open_turns.items():
             last = len(report.sessions[session_id].events)
             page = await stub.ListEvents(
@@ -209,7 +291,10 @@ async def check_restart(
             if answer is None or prompt not in (answer.data.content or ""):
                 raise HarnessFailure(f"{session_id}: no answer to a new turn after the restart")
             assert answer.data.user_message_id is not None, "an answer names its message"
-            acks.record(HARNESS_SOURCE, {"send": session_id, "id": answer.data.user_message_id})
+            acks.record(
+                HARNESS_SOURCE,
+                {"send": session_id, "id": answer.data.user_message_id, "answer": answer.id},
+            )
             await session.destroy()
     return len(report.open_turns)
 
@@ -237,50 +322,66 @@ def run(
     pool = [Worker(daemon, f"w{n}", sessions, rng.randrange(1 << 30), pace) for n in range(workers)]
     for worker in pool:
         worker.pump(acks)
+    queued_at_kills: dict[str, set[str]] = defaultdict(set)
     try:
-        for kill in range(1, kills + 1):
-            # Kill at a random moment, once this daemon has acknowledged a write.
-            acks.wait_for_more(acks.count, ACK_TIMEOUT)
-            time.sleep(rng.uniform(0, max_uptime))
-            daemon.kill()
-            figures.kills = kill
-            report = check_store(daemon.data_dir)
-            check_acknowledged(report, acks, figures)
-            figures.queued_at_kill += sum(len(s.pending_ids) for s in report.sessions.values())
-            restart = time.monotonic()
-            daemon.start()
-            figures.restart_seconds.append(time.monotonic() - restart)
-            closed = asyncio.run(check_restart(daemon, report, acks, rng))
-            figures.interrupted_turns_closed += closed
-            figures.probes_answered += 1
-            if acks.errors:
-                raise HarnessFailure(f"a client failed: {acks.errors}")
-            if log:
-                print(
-                    f"kill {kill}/{kills}: {report.event_count} events in "
-                    f"{len(report.sessions)} sessions checked, {closed} interrupted turn(s) "
-                    "closed, nothing lost",
-                    flush=True,
-                )
-    finally:
-        for worker in pool:
-            worker.stop()
-        for worker in pool:
-            try:
-                worker.process.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.process.kill()
-        exit_code = daemon.terminate() if daemon.process and daemon.process.poll() is None else 0
-    if exit_code != 0:
-        raise HarnessFailure(f"the daemon exited with {exit_code} on SIGTERM")
-    report = check_store(daemon.data_dir)
-    check_acknowledged(report, acks, figures)
+        try:
+            for kill in range(1, kills + 1):
+                kill_and_check(daemon, acks, figures, rng, max_uptime, queued_at_kills)
+                figures.kills = kill
+                if log:
+                    print(f"kill {kill}/{kills}: checked, nothing lost", flush=True)
+        finally:
+            for worker in pool:
+                worker.stop()
+            for worker in pool:
+                try:
+                    worker.process.wait(30)
+                except subprocess.TimeoutExpired:
+                    worker.process.kill()
+            exit_code = (
+                daemon.terminate() if daemon.process and daemon.process.poll() is None else 0
+            )
+        if exit_code != 0:
+            raise HarnessFailure(f"the daemon exited with {exit_code} on SIGTERM")
+        report = check_store(daemon.data_dir)
+        check_acknowledged(report, acks, figures)
+        check_queued_kept(report, queued_at_kills)
+    except HarnessFailure as failure:
+        # Enough to replay the run: the seed picks the kill moments and the workers' choices.
+        raise HarnessFailure(f"{failure} (seed {seed}: replay with --seed {seed})") from failure
     created, messages = acks.snapshot()
     figures.sessions_acknowledged = len(created)
     figures.messages_acknowledged = sum(len(ids) for ids in messages.values())
+    figures.answers_acknowledged = sum(len(ids) for ids in acks.answers_snapshot().values())
     figures.events_checked = report.event_count
     figures.seconds = time.monotonic() - started
     return figures
+
+
+def kill_and_check(
+    daemon: DaemonProcess,
+    acks: Acks,
+    figures: Figures,
+    rng: random.Random,
+    max_uptime: float,
+    queued_at_kills: dict[str, set[str]],
+) -> None:
+    """One kill at a random moment once this daemon acknowledged a write; the checks after it."""
+    acks.wait_for_more(acks.count, ACK_TIMEOUT)
+    time.sleep(rng.uniform(0, max_uptime))  # the moment of the kill, not a wait for anything
+    daemon.kill()
+    report = check_store(daemon.data_dir)
+    check_acknowledged(report, acks, figures)
+    for session_id, ids in queued_ids(report).items():
+        queued_at_kills[session_id] |= ids
+        figures.queued_at_kill += len(ids)
+    restart = time.monotonic()
+    daemon.start()
+    figures.restart_seconds.append(time.monotonic() - restart)
+    figures.interrupted_turns_closed += asyncio.run(check_restart(daemon, report, acks, rng))
+    figures.probes_answered += 1
+    if acks.errors:
+        raise HarnessFailure(f"a client failed: {acks.errors}")
 
 
 def main() -> None:

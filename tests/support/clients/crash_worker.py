@@ -8,7 +8,8 @@ one), then moves on to a new session. Every other message goes through
 ``send_and_wait`` with no handler, the one-call path that rides out a crash
 on its own (it is acknowledged when it returns the answer to that message).
 Every write the daemon acknowledged is printed as a JSON line at once
-({"create": id} or {"send": id, "id": message id}); a write that failed (the
+({"create": id} or {"send": id, "id": message id}, with "answer": the answer's
+event id when send_and_wait returned one); a write that failed (the
 daemon was being killed) is retried as a new write, never reported. PACE is
 the longest pause between two writes of a task, in seconds. The process ends
 when its stdin closes.
@@ -77,7 +78,8 @@ async def send_and_wait(session: CopilotSession, prompt: str) -> None:
         if answer is not None and answer.data.user_message_id:
             # Its turn was interrupted when there is no answer: recorded, but
             # its id is not known here, so it is not reported.
-            say(send=session.session_id, id=answer.data.user_message_id)
+            # The answer too: the harness checks it is on disk after the next kill.
+            say(send=session.session_id, id=answer.data.user_message_id, answer=answer.id)
         return
 
 
