@@ -19,7 +19,7 @@ from tests.support.model_providers import MODEL_OF, DaemonFactory, connect
 from tests.support.session_events import Recorder
 
 T = SessionEventType
-APIS = ["openai"]
+APIS = ["openai", "anthropic"]
 WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
 # Long enough to be split in several fragments on the wire (ARGUMENT_PIECE).
 PARIS = {"city": "Paris", "units": "celsius", "detail": "hourly"}
@@ -208,4 +208,39 @@ async def test_a_trimmed_history_never_starts_inside_a_tool_round(
     [truncation] = [e for e in events if e.type is T.SESSION_TRUNCATION]
     assert truncation.proto.session_truncation.messages_removed == 4
     assert history(server.requests[-1]) == [("user", question)]
+    assert refused(server) == []
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_after_an_abort_the_closed_call_and_the_next_message_make_a_valid_history(
+    start_daemon: DaemonFactory, server: FakeModelServer, api: str
+) -> None:
+    """The synthetic result and the next user message follow each other: in Anthropic's
+    format they share one user message, the result first."""
+    daemon = start_daemon()
+    server.script(calls(Call("get_weather", ROME)), stream("Ask me again."))
+    async with connect(daemon) as client:
+        session = await client.create_session(
+            model=MODEL_OF[api], tools=[Tool("get_weather", "The weather", WEATHER_SCHEMA)]
+        )
+        recorder = Recorder()
+        session.on(recorder)
+        await session.send("Weather in Rome?")
+        await recorder.wait_type(T.EXTERNAL_TOOL_REQUESTED)
+        assert await session.abort("changed my mind")
+        answer = await session.send_and_wait("Never mind")
+    assert answer is not None and answer.data.content == "Ask me again."
+    user, asked, (role, call_id, result), last = history(server.requests[-1])
+    assert (user, asked, last) == (
+        ("user", "Weather in Rome?"),
+        ("assistant", "", [("call_get_weather_0", "get_weather", ROME)]),
+        ("user", "Never mind"),
+    )
+    assert (role, call_id) == ("tool", "call_get_weather_0")
+    assert result.startswith("interrupted: no client answered") and "changed my mind" in result
+    if api == "anthropic":
+        assert [b["type"] for b in server.requests[-1].messages[-1]["content"]] == [
+            "tool_result",
+            "text",
+        ]
     assert refused(server) == []
