@@ -162,15 +162,25 @@ class _StreamedCalls:
 
     def add(self, pieces: Sequence[ChoiceDeltaToolCall]) -> None:
         for piece in pieces:
-            call_id, name, arguments = self._calls.setdefault(piece.index, ("", "", []))
+            index = self._index(piece)
+            call_id, name, arguments = self._calls.setdefault(index, ("", "", []))
             function = piece.function
             if function is not None and function.arguments:
                 arguments.append(function.arguments)
-            self._calls[piece.index] = (
+            self._calls[index] = (
                 piece.id or call_id,
                 (function.name if function is not None else None) or name,
                 arguments,
             )
+
+    def _index(self, piece: ChoiceDeltaToolCall) -> int:
+        # The SDK does not validate: some servers (older Ollama) send each call
+        # whole, with its id and no index.
+        if isinstance(piece.index, int):
+            return piece.index
+        if piece.id or not self._calls:
+            return max(self._calls, default=-1) + 1
+        return max(self._calls)
 
     def finished(self) -> list[ToolCall]:
         # A call without arguments has "" on the wire; the model meant no arguments.

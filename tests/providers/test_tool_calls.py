@@ -9,6 +9,7 @@ so every round below being answered also shows the history was valid.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -147,6 +148,30 @@ async def test_several_calls_in_one_message_are_each_answered_in_order(
         ("user", "Thanks"),
     ]
     assert refused(server) == []
+
+
+async def test_calls_sent_whole_without_an_index_are_told_apart(
+    start_daemon: DaemonFactory, server: FakeModelServer
+) -> None:
+    daemon = start_daemon()
+    asked = calls(Call("get_weather", PARIS), Call("get_weather", ROME))
+    server.script(replace(asked, whole_calls=True), stream("Both sunny."))
+    async with connect(daemon) as client:
+        session = await client.create_session(tools=[WEATHER])
+        answer = await session.send_and_wait("Paris and Rome?")
+    assert answer is not None and answer.data.content == "Both sunny."
+    assert history(server.requests[1])[1:] == [
+        (
+            "assistant",
+            "",
+            [
+                ("call_get_weather_0", "get_weather", PARIS),
+                ("call_get_weather_1", "get_weather", ROME),
+            ],
+        ),
+        ("tool", "call_get_weather_0", "sunny in Paris"),
+        ("tool", "call_get_weather_1", "sunny in Rome"),
+    ]
 
 
 @pytest.mark.parametrize("api", APIS)

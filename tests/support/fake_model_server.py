@@ -79,6 +79,8 @@ class Reply:
         gate: hold the stream after its first chunk until this is set (the
             test does something while the turn is under way).
         calls: tool calls to stream after the text, in one assistant message.
+        whole_calls: (OpenAI) send each call in one chunk with no ``index``,
+            as some compatible servers (older Ollama) do.
     """
 
     chunks: tuple[str, ...] = ()
@@ -94,6 +96,7 @@ class Reply:
     empty: bool = False
     gate: threading.Event | None = None
     calls: tuple[Call, ...] = ()
+    whole_calls: bool = False
 
 
 def calls(*asked: Call, text: tuple[str, ...] = ()) -> Reply:
@@ -343,6 +346,11 @@ def _openai_events(request: Request, reply: Reply) -> Iterator[tuple[str, bytes]
     for text in reply.chunks:
         yield "chunk", _sse(chunk({"content": text}))
     for index, call in enumerate(reply.calls):
+        if reply.whole_calls:
+            function = {"name": call.name, "arguments": json.dumps(call.arguments)}
+            whole = {"id": call.call_id, "type": "function", "function": function}
+            yield "chunk", _sse(chunk({"tool_calls": [whole]}))
+            continue
         start = {"index": index, "id": call.call_id, "type": "function"}
         function = {"name": call.name, "arguments": ""}
         yield "chunk", _sse(chunk({"tool_calls": [{**start, "function": function}]}))
