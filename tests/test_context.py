@@ -11,6 +11,7 @@ import pytest
 from copilotd.events import (
     ASSISTANT_MESSAGE,
     ASSISTANT_TURN_START,
+    TOOL_EXECUTION_COMPLETE,
     USER_MESSAGE,
     make_event,
 )
@@ -109,3 +110,28 @@ def test_load_of_a_history_shorter_than_the_budget_reads_it_all(
     window = ContextWindow.load(store, "s", max_chars=10_000)
     assert len(window.messages) == 80
     assert store.events_read == 120
+
+
+def test_a_loaded_window_never_starts_with_a_result_whose_call_was_left_out(
+    store: CountingStore,
+) -> None:
+    """The budget is spent exactly on the newest messages down to a tool result: its
+    call (older) stays out, so the result goes too (a provider refuses it alone)."""
+    call = {"tool_call_id": "c1", "name": "get_weather", "arguments_json": "{}"}
+    result = {"text_result_for_llm": "r" * 40}
+    seed(
+        store,
+        "s",
+        [
+            make_event(USER_MESSAGE, content="q0"),
+            make_event(ASSISTANT_MESSAGE, content="", tool_requests=[call]),
+            make_event(TOOL_EXECUTION_COMPLETE, tool_call_id="c1", result=result),
+            make_event(ASSISTANT_MESSAGE, content="answer"),
+            make_event(USER_MESSAGE, content="next"),
+        ],
+    )
+    window = ContextWindow.load(store, "s", max_chars=4 + 6 + 40)
+    assert [(m.role, m.content) for m in window.messages] == [
+        ("assistant", "answer"),
+        ("user", "next"),
+    ]

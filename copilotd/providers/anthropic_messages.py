@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, cast
 
 import anthropic
+from anthropic.types import ToolParam
 
 from copilotd.providers.base import (
     ChatChunk,
@@ -14,6 +16,8 @@ from copilotd.providers.base import (
     ModelProvider,
     ProviderError,
     TextDelta,
+    ToolCall,
+    ToolSpec,
     Usage,
     empty_answer_error,
 )
@@ -54,6 +58,8 @@ class AnthropicMessagesProvider(ModelProvider):
         cache_read = cache_write = 0
         call_id = ""
         answered = False
+        # Tool calls by content block index: id, name and the input's JSON pieces.
+        calls: dict[int, tuple[str, str, list[str]]] = {}
         with sdk_errors(anthropic, self._label, self._connection.timeout):
             response = await self._client.messages.create(
                 model=request.model,
@@ -61,6 +67,7 @@ class AnthropicMessagesProvider(ModelProvider):
                 messages=_alternating(request.messages),
                 stream=True,
                 system=system or anthropic.omit,
+                tools=[_tool(tool) for tool in request.tools] if request.tools else anthropic.omit,
             )
             async with response:
                 async for event in response:
@@ -76,13 +83,23 @@ class AnthropicMessagesProvider(ModelProvider):
                         if event.delta.text:
                             answered = True
                             yield TextDelta(event.delta.text)
+                    elif event.type == "content_block_delta" and (
+                        event.delta.type == "input_json_delta" and event.index in calls
+                    ):
+                        calls[event.index][2].append(event.delta.partial_json)
                     elif event.type == "content_block_start":
-                        answered = answered or event.content_block.type == "tool_use"
+                        if event.content_block.type == "tool_use":
+                            answered = True
+                            block = event.content_block
+                            calls[event.index] = (block.id, block.name, [])
                     elif event.type == "message_delta":
                         answered = answered or bool(event.delta.stop_reason)
                         output_tokens = getattr(event.usage, "output_tokens", output_tokens)
             if not answered:
                 raise empty_answer_error(self._label)
+        for _, (tool_use_id, name, pieces) in sorted(calls.items()):
+            # A call without input streams no piece; the model meant no arguments.
+            yield ToolCall(tool_use_id, name, "".join(pieces) or "{}")
         yield Usage(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -107,19 +124,62 @@ def _client(connection: Connection, headers: Mapping[str, object]) -> anthropic.
     )
 
 
+def _tool(tool: ToolSpec) -> ToolParam:
+    return {
+        "name": tool.name,
+        "description": tool.description,
+        "input_schema": json.loads(tool.parameters_json_schema),
+    }
+
+
+def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
+    """The message as content blocks: a tool result is a user's ``tool_result``, the
+    calls of an assistant message its ``tool_use`` blocks after its text."""
+    if message.role == "tool":
+        return [
+            {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}
+        ]
+    # The API refuses an empty text block (an assistant message may be calls only).
+    blocks = [{"type": "text", "text": message.content}] if message.content else []
+    blocks.extend(
+        {"type": "tool_use", "id": call.call_id, "name": call.name, "input": _input(call)}
+        for call in message.tool_calls
+    )
+    return blocks
+
+
+def _input(call: ToolCall) -> Any:
+    try:
+        return json.loads(call.arguments_json)
+    except ValueError:  # the API wants an object; the model wrote something else
+        return {}
+
+
 def _alternating(messages: Sequence[ChatMessage]) -> list[Any]:
     """The non-system messages, consecutive ones of the same role joined.
 
     A failed turn leaves a user message without an answer, so the history
     can hold two user messages in a row; the Messages API wants turns to
-    alternate.
+    alternate. Tool results are user messages there, so the results of one
+    round and a user message after them join too (results first, as the API
+    wants).
     """
-    merged: list[dict[str, str]] = []
+    merged: list[dict[str, Any]] = []
     for message in messages:
         if message.role == "system":
             continue
-        if merged and merged[-1]["role"] == message.role:
-            merged[-1]["content"] += "\n\n" + message.content
+        role = "user" if message.role == "tool" else message.role
+        plain = message.role != "tool" and not message.tool_calls
+        if merged and merged[-1]["role"] == role:
+            last = merged[-1]
+            if plain and isinstance(last["content"], str):
+                last["content"] += "\n\n" + message.content
+            else:
+                if isinstance(last["content"], str):
+                    last["content"] = [{"type": "text", "text": last["content"]}]
+                last["content"].extend(_blocks(message))
+        elif plain:
+            merged.append({"role": role, "content": message.content})
         else:
-            merged.append({"role": message.role, "content": message.content})
+            merged.append({"role": role, "content": _blocks(message)})
     return merged

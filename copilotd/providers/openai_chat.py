@@ -7,16 +7,21 @@ Serves OpenAI itself, Azure OpenAI (``type = "azure"``: deployments and
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+import json
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, cast
 
 import openai
 from openai.types.chat import (
     ChatCompletionAssistantMessageParam,
     ChatCompletionMessageParam,
+    ChatCompletionMessageToolCallParam,
     ChatCompletionSystemMessageParam,
+    ChatCompletionToolMessageParam,
+    ChatCompletionToolParam,
     ChatCompletionUserMessageParam,
 )
+from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
 from copilotd.providers.base import (
     ChatChunk,
@@ -25,6 +30,8 @@ from copilotd.providers.base import (
     ModelProvider,
     ProviderError,
     TextDelta,
+    ToolCall,
+    ToolSpec,
     Usage,
     empty_answer_error,
 )
@@ -74,7 +81,7 @@ class OpenAIChatProvider(ModelProvider):
                 # encodings, which plain text never needs) costs about 0.25 ms
                 # of event-loop time per message - 100 ms for 400 messages.
                 messages=[],
-                extra_body={"messages": [_message(m) for m in request.messages]},
+                extra_body=_body(request),
                 stream=True,
                 stream_options=(
                     {"include_usage": True} if self._connection.stream_usage else openai.omit
@@ -83,6 +90,7 @@ class OpenAIChatProvider(ModelProvider):
                 max_tokens=openai.omit if modern else limit,
             )
             answered = False
+            calls = _StreamedCalls()
             async with response:
                 async for chunk in response:
                     if chunk.usage is not None:
@@ -94,15 +102,17 @@ class OpenAIChatProvider(ModelProvider):
                             call_id=chunk.id or "",
                         )
                     for choice in chunk.choices:
-                        if choice.finish_reason or (
-                            choice.delta is not None and choice.delta.tool_calls
-                        ):
+                        if choice.delta is not None and choice.delta.tool_calls:
+                            calls.add(choice.delta.tool_calls)
+                        if choice.finish_reason or calls:
                             answered = True
                         if choice.delta is not None and choice.delta.content:
                             answered = True
                             yield TextDelta(choice.delta.content)
             if not answered:
                 raise empty_answer_error(self._label)
+        for call in calls.finished():
+            yield call
         if usage is not None:
             yield usage
 
@@ -137,9 +147,88 @@ def _cached_tokens(usage: Any) -> int:
     return int(getattr(details, "cached_tokens", 0) or 0)
 
 
+class _StreamedCalls:
+    """The tool calls of a streamed answer, put together from their pieces.
+
+    A call's first piece carries its index, id and name; the arguments come
+    in fragments under the same index, and several calls may interleave.
+    """
+
+    def __init__(self) -> None:
+        self._calls: dict[int, tuple[str, str, list[str]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def add(self, pieces: Sequence[ChoiceDeltaToolCall]) -> None:
+        for piece in pieces:
+            index = self._index(piece)
+            call_id, name, arguments = self._calls.setdefault(index, ("", "", []))
+            function = piece.function
+            if function is not None and function.arguments:
+                arguments.append(function.arguments)
+            self._calls[index] = (
+                piece.id or call_id,
+                (function.name if function is not None else None) or name,
+                arguments,
+            )
+
+    def _index(self, piece: ChoiceDeltaToolCall) -> int:
+        # The SDK does not validate: some servers (older Ollama) send each call
+        # whole, with its id and no index.
+        if isinstance(piece.index, int):
+            return piece.index
+        if piece.id or not self._calls:
+            return max(self._calls, default=-1) + 1
+        return max(self._calls)
+
+    def finished(self) -> list[ToolCall]:
+        # A call without arguments has "" on the wire; the model meant no arguments.
+        return [
+            ToolCall(call_id, name, "".join(arguments) or "{}")
+            for _, (call_id, name, arguments) in sorted(self._calls.items())
+        ]
+
+
+def _body(request: ChatRequest) -> dict[str, Any]:
+    body: dict[str, Any] = {"messages": [_message(m) for m in request.messages]}
+    if request.tools:
+        body["tools"] = [_tool(tool) for tool in request.tools]
+    return body
+
+
+def _tool(tool: ToolSpec) -> ChatCompletionToolParam:
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": json.loads(tool.parameters_json_schema),
+        },
+    }
+
+
+def _call(call: ToolCall) -> ChatCompletionMessageToolCallParam:
+    return {
+        "id": call.call_id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments_json},
+    }
+
+
 def _message(message: ChatMessage) -> ChatCompletionMessageParam:
     if message.role == "system":
         return ChatCompletionSystemMessageParam(role="system", content=message.content)
+    if message.role == "assistant" and message.tool_calls:
+        return ChatCompletionAssistantMessageParam(
+            role="assistant",
+            content=message.content or None,
+            tool_calls=[_call(call) for call in message.tool_calls],
+        )
     if message.role == "assistant":
         return ChatCompletionAssistantMessageParam(role="assistant", content=message.content)
+    if message.role == "tool":
+        return ChatCompletionToolMessageParam(
+            role="tool", tool_call_id=message.tool_call_id, content=message.content
+        )
     return ChatCompletionUserMessageParam(role="user", content=message.content)

@@ -123,8 +123,9 @@ class ContextWindow:
         drop = 0
         while drop < len(self._messages) - 1 and (
             self._chars > self._max_chars
-            # A tool result whose call was dropped would make the history invalid.
-            or (drop and self._messages[drop].role == "tool")
+            # A tool result first has its call left out (dropped here, or not
+            # loaded: the budget ran out on it): a provider refuses it alone.
+            or self._messages[drop].role == "tool"
         ):
             self._chars -= len(self._messages[drop].content)
             self._tokens -= message_tokens(self._messages[drop])

@@ -52,12 +52,7 @@ from copilotd.sessions.peers import Delivery, PeerChanges
 from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
 from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
-from copilotd.sessions.tools import (
-    check_result,
-    check_tools,
-    interrupted_completes,
-    interrupted_result,
-)
+from copilotd.sessions.tools import check_result, check_tools, interrupted_completes
 from copilotd.sessions.turns import TurnEngine
 from copilotd.sessions.validation import (
     check_enum,
@@ -373,12 +368,8 @@ class SessionService:
             log.warning("session %s resumed without a session.resume event: %s", session_id, error)
         if provider is not None:
             await self.providers.hold_session_provider(session_id, provider)
-        if not continue_pending_work and state.turn is not None and not state.turn.closing:
-            closed = await self._turns.close_calls(
-                state.turn, interrupted_result("the session was resumed without its pending work")
-            )
-            if closed:
-                record = self._record(session_id)
+        if not continue_pending_work and await self._turns.calls.close_not_continued(state):
+            record = self._record(session_id)
         tail = (
             self._history.tail(session_id, min(tail_events, MAX_PAGE_SIZE)) if tail_events else []
         )
@@ -606,7 +597,7 @@ class SessionService:
         check_label(tool_call_id, "tool_call_id")
         check_result(result)
         state = self._state(self._record(session_id))
-        return await self._turns.answer(state, session_id, tool_call_id, result)
+        return await self._turns.calls.answer(state, session_id, tool_call_id, result)
 
     def list_pending_tool_calls(self, session_id: str) -> list[copilot_pb2.PendingToolCall]:
         return list(self._record(session_id).metadata.pending_tool_calls)
@@ -651,7 +642,7 @@ class SessionService:
                 except (TurnBusyError, SessionNotFoundError):
                     continue  # another daemon renewed or deleted it meanwhile
                 pending_calls = record.metadata.pending_tool_calls
-                if pending_calls and await self._wait_again(record, state):
+                if pending_calls and self._turns.wait_again(state, record):
                     continue
                 try:
                     await self._close_interrupted(
@@ -691,29 +682,6 @@ class SessionService:
     def catch_up_all(self) -> None:
         """Deliver whatever other daemons committed to the sessions followed here."""
         self._peers.catch_up_all()
-
-    async def _wait_again(self, record: SessionRecord, state: SessionState) -> bool:
-        """Run again a turn the last daemon left waiting for tool results.
-
-        False when it cannot run (its own provider's secret is gone): the
-        caller then closes it as interrupted.
-        """
-        session_id = record.metadata.session_id
-        turn = self._turns.claim(state, session_id, record.open_turn_user_message_id)
-        turn.turn_id = record.open_turn_id
-        try:
-            await self._turns.resume_waiting(turn, record)
-        except ServiceError as error:
-            state.turn = None
-            log.warning("session %s: its waiting turn cannot go on: %s", session_id, error)
-            return False
-        log.info(
-            "session %s: turn %s waits again for %d tool call(s)",
-            session_id,
-            turn.turn_id,
-            len(record.metadata.pending_tool_calls),
-        )
-        return True
 
     def watch_lifecycle(self, types: Sequence[str]) -> AsyncGenerator[list[LifecycleEvent]]:
         """Lifecycle events of every session (filtered by ``types`` when given), live."""

@@ -12,7 +12,6 @@ used are recorded as ``assistant.usage``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -25,21 +24,14 @@ from copilotd.errors import (
     SessionNotFoundError,
     ShuttingDownError,
     StoreFullError,
-    ToolCallAnsweredError,
-    UnknownToolCallError,
 )
 from copilotd.events import SessionEvent
 from copilotd.providers import ChatMessage, ChatRequest, ProviderError, ToolCall, Usage
 from copilotd.redaction import REDACTOR
 from copilotd.sessions.state import RunningTurn, SessionState, TurnHost
 from copilotd.sessions.token_budget import FittedRequest, Truncation, estimate_tokens, fit_to_budget
-from copilotd.sessions.tools import (
-    ToolResult,
-    complete_event,
-    interrupted_result,
-    requested_events,
-    tool_specs,
-)
+from copilotd.sessions.tool_calls import ToolCalls, close_open_calls, reopen_calls
+from copilotd.sessions.tools import requested_events, tool_specs
 
 if TYPE_CHECKING:
     from copilotd.store import QueueEdit, SessionRecord
@@ -81,6 +73,7 @@ class TurnEngine:
 
     def __init__(self, host: TurnHost) -> None:
         self._host = host
+        self.calls = ToolCalls(host)
 
     def claim(self, state: SessionState, session_id: str, user_message_id: str) -> RunningTurn:
         """Reserve the session for the turn answering ``user_message_id`` (before any await)."""
@@ -148,95 +141,40 @@ class TurnEngine:
         turn.task.cancel()
         await asyncio.wait({turn.task})
 
-    async def resume_waiting(self, turn: RunningTurn, record: SessionRecord) -> None:
-        """Run again a turn a restart found waiting for tool results (already claimed).
+    def wait_again(self, state: SessionState, record: SessionRecord) -> bool:
+        """Run again the turn the last daemon left waiting for tool results.
 
         Its calls stay answerable; once they are, the turn goes on as if the
-        daemon had never stopped. Raises (before anything runs) when the
-        session's model route cannot be made again.
+        daemon had never stopped. False when it cannot run (its own
+        provider's secret is gone): the caller then closes it as interrupted.
         """
-        self._prepare(turn, record)
-        for pending in record.metadata.pending_tool_calls:
-            call = ToolCall(pending.tool_call_id, pending.tool_name, pending.arguments_json)
-            turn.open_calls[call.call_id] = call
+        session_id = record.metadata.session_id
+        turn = self.claim(state, session_id, record.open_turn_user_message_id)
+        turn.turn_id = record.open_turn_id
+        try:
+            self._prepare(turn, record)
+        except ServiceError as error:
+            state.turn = None
+            log.warning("session %s: its waiting turn cannot go on: %s", session_id, error)
+            return False
+        reopen_calls(turn, list(record.metadata.pending_tool_calls))
         turn.task = asyncio.get_running_loop().create_task(
             self._run(turn), name=f"turn {turn.session_id}/{turn.turn_id}"
         )
         turn.started.set()
+        log.info(
+            "session %s: turn %s waits again for %d tool call(s)",
+            session_id,
+            turn.turn_id,
+            len(turn.open_calls),
+        )
+        return True
 
     def _prepare(self, turn: RunningTurn, record: SessionRecord) -> None:
         turn.model = record.metadata.model
         turn.system_message.CopyFrom(record.metadata.system_message)
         turn.route = self._host.providers.route_for(record.metadata)
         turn.tools = tool_specs(record.metadata.tools)
-
-    async def answer(
-        self, state: SessionState, session_id: str, call_id: str, result: ToolResult
-    ) -> bool:
-        """Record the first result for an open call; False for the same one sent again.
-
-        The call leaves ``open_calls`` before any await, so of two clients
-        answering at once only the first commits; the other is told whether
-        its result is the one recorded (a retry) or a different one.
-        """
-        turn = state.turn
-        call = turn.open_calls.pop(call_id, None) if turn is not None else None
-        if turn is not None and call is not None and not turn.closing:
-            await self._commit_results(turn, [call], result)
-            return True
-        if turn is not None and call is not None:  # ending: its end closes the call
-            turn.open_calls[call_id] = call
-        recorded = state.tool_results.get(call_id)
-        if recorded is None and turn is not None:
-            recorded = turn.answering.get(call_id)
-        if recorded is None:
-            raise UnknownToolCallError(session_id, call_id)
-        if recorded != result:
-            raise ToolCallAnsweredError(session_id, call_id)
-        return False
-
-    async def close_calls(self, turn: RunningTurn, result: ToolResult) -> int:
-        """Give every open call of ``turn`` ``result`` (a synthetic one); returns how many."""
-        calls = list(turn.open_calls.values())
-        turn.open_calls.clear()
-        if calls:
-            await self._commit_results(turn, calls, result)
-        return len(calls)
-
-    async def _commit_results(
-        self, turn: RunningTurn, calls: list[ToolCall], result: ToolResult
-    ) -> None:
-        for call in calls:
-            turn.answering[call.call_id] = result
-        completes = [complete_event(call, turn.turn_id, result) for call in calls]
-        try:
-            await self._host.append(turn.session_id, completes, fence=turn.turn_id)
-        except BaseException:
-            # Not recorded: the calls are open again for another answer.
-            turn.open_calls.update((call.call_id, call) for call in calls)
-            raise
-        finally:
-            for call in calls:
-                turn.answering.pop(call.call_id, None)
-            turn.calls_changed.set()
-
-    async def _settle_calls(self, turn: RunningTurn) -> None:
-        """Wait until every call of the last round has its result (or timed out)."""
-        timeout = self._host.tool_call_timeout
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while turn.open_calls or turn.answering:
-            turn.calls_changed.clear()
-            if deadline is None:
-                await turn.calls_changed.wait()
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0 and turn.open_calls:
-                why = f"no result within the daemon's tool call timeout of {timeout:g} s"
-                await self.close_calls(turn, interrupted_result(why, "timeout"))
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(turn.calls_changed.wait(), max(remaining, 0.01))
 
     async def _record_calls(
         self,
@@ -333,7 +271,7 @@ class TurnEngine:
             rounds = 0
             while True:
                 # A turn resumed after a restart starts here, waiting for its calls.
-                await self._settle_calls(turn)
+                await self.calls.settle(turn)
                 rounds += 1
                 usage, fitted, calls = await self._model_round(turn, message_id)
                 usage_event = None
@@ -547,20 +485,12 @@ class TurnEngine:
             message=message,
         )
 
-    @staticmethod
-    def _close_open_calls(turn: RunningTurn, why: str) -> list[SessionEvent]:
-        """Synthetic results for the calls still open: a history is never left dangling."""
-        result = interrupted_result(why)
-        calls = list(turn.open_calls.values())
-        turn.open_calls.clear()
-        return [complete_event(call, turn.turn_id, result) for call in calls]
-
     def _cancelled_events(self, turn: RunningTurn, message_id: str) -> list[SessionEvent]:
         events = []
         if not turn.interrupted:
             events.append(ev.make_event(ev.ABORT, reason=turn.cancel_reason, turn_id=turn.turn_id))
         why = INTERRUPTED_AT_SHUTDOWN if turn.interrupted else f"turn aborted: {turn.cancel_reason}"
-        events.extend(self._close_open_calls(turn, why))
+        events.extend(close_open_calls(turn, why))
         if turn.text:
             events.append(self._assistant_message(turn, message_id, partial=True))
         if turn.interrupted:
@@ -583,7 +513,7 @@ class TurnEngine:
         attempts: int = 0,
         keep_text: bool = True,
     ) -> list[SessionEvent]:
-        events = self._close_open_calls(turn, f"the turn failed: {error_type}")
+        events = close_open_calls(turn, f"the turn failed: {error_type}")
         if turn.text and keep_text:
             events.append(self._assistant_message(turn, message_id, partial=True))
         error = ev.make_event(

@@ -13,6 +13,11 @@ in its own thread with its own event loop, as a remote server would be.
   ``content_block_delta``…, ``content_block_stop``, ``message_delta`` with
   the usage, ``message_stop``).
 * Errors use each API's JSON error body, with ``Retry-After`` when asked.
+* Tool calls (``Reply(calls=...)``) stream as OpenAI ``tool_calls`` deltas or
+  Anthropic ``tool_use`` blocks, their arguments split across chunks. Like a
+  real provider, the server is strict about the history: a request with a
+  tool call and no result for it, or a result with no call before it, gets
+  ``400`` with the API's error body (and is recorded, outcome "refused").
 
 Every request is recorded (path, query, headers, JSON body, how it ended).
 Tests script the replies: ``server.script(Reply(...), ...)`` queues replies
@@ -37,6 +42,20 @@ from aiohttp import web
 WAIT_TIMEOUT = 30.0
 
 
+# Characters of a call's JSON arguments per streamed fragment: small, so that
+# every call's arguments arrive in several pieces, as real providers send them.
+ARGUMENT_PIECE = 7
+
+
+@dataclass(frozen=True)
+class Call:
+    """A tool call for the server to stream (its id: ``call_N`` in the reply's order)."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    call_id: str = ""
+
+
 @dataclass(frozen=True)
 class Reply:
     """What the server does with one request.
@@ -59,6 +78,9 @@ class Reply:
             all, as llama.cpp's server does for a prompt over its context.
         gate: hold the stream after its first chunk until this is set (the
             test does something while the turn is under way).
+        calls: tool calls to stream after the text, in one assistant message.
+        whole_calls: (OpenAI) send each call in one chunk with no ``index``,
+            as some compatible servers (older Ollama) do.
     """
 
     chunks: tuple[str, ...] = ()
@@ -73,6 +95,17 @@ class Reply:
     body: dict[str, Any] | None = None
     empty: bool = False
     gate: threading.Event | None = None
+    calls: tuple[Call, ...] = ()
+    whole_calls: bool = False
+
+
+def calls(*asked: Call, text: tuple[str, ...] = ()) -> Reply:
+    """A reply asking for ``asked`` (each gets an id ``call_<name>_<n>`` unless it has one)."""
+    named = tuple(
+        call if call.call_id else Call(call.name, call.arguments, f"call_{call.name}_{n}")
+        for n, call in enumerate(asked)
+    )
+    return Reply(chunks=text, calls=named)
 
 
 def stream(
@@ -96,7 +129,7 @@ class Request:
     body: dict[str, Any]
     received_at: float  # time.monotonic() in the server
     chunks_sent: int = 0
-    outcome: str = "running"  # "completed", "error", "dropped", "disconnected"
+    outcome: str = "running"  # "completed", "error", "refused", "dropped", "disconnected"
     ended_at: float | None = None
 
     @property
@@ -234,6 +267,12 @@ class FakeModelServer:
         return await self._serve(await self._receive(http, "anthropic"), http)
 
     async def _serve(self, request: Request, http: web.Request) -> web.StreamResponse:
+        problem = _tool_history_problem(request)
+        if problem is not None:
+            # Refused before a reply is taken: the scripted one waits for a valid request.
+            with self._recording(request):
+                self._end(request, "refused")
+                return _error_response(request.api, Reply(status=400, message=problem))
         reply = self._next_reply()
         with self._recording(request):
             if reply.hang:
@@ -306,7 +345,19 @@ def _openai_events(request: Request, reply: Reply) -> Iterator[tuple[str, bytes]
     yield "meta", _sse(chunk({"role": "assistant", "content": ""}))
     for text in reply.chunks:
         yield "chunk", _sse(chunk({"content": text}))
-    yield "meta", _sse(chunk({}, "stop"))
+    for index, call in enumerate(reply.calls):
+        if reply.whole_calls:
+            function = {"name": call.name, "arguments": json.dumps(call.arguments)}
+            whole = {"id": call.call_id, "type": "function", "function": function}
+            yield "chunk", _sse(chunk({"tool_calls": [whole]}))
+            continue
+        start = {"index": index, "id": call.call_id, "type": "function"}
+        function = {"name": call.name, "arguments": ""}
+        yield "chunk", _sse(chunk({"tool_calls": [{**start, "function": function}]}))
+        for piece in _pieces(call):
+            fragment = {"index": index, "function": {"arguments": piece}}
+            yield "chunk", _sse(chunk({"tool_calls": [fragment]}))
+    yield "meta", _sse(chunk({}, "tool_calls" if reply.calls else "stop"))
     if request.body.get("stream_options", {}).get("include_usage"):
         prompt, completion = _usage(request, reply)
         counts = {"prompt_tokens": prompt, "completion_tokens": completion}
@@ -345,13 +396,96 @@ def _anthropic_events(request: Request, reply: Reply) -> Iterator[tuple[str, byt
         }
         yield "chunk", _sse(delta, "content_block_delta")
     yield "meta", _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+    for index, call in enumerate(reply.calls, start=1):
+        use = {"type": "tool_use", "id": call.call_id, "name": call.name, "input": {}}
+        start = {"type": "content_block_start", "index": index, "content_block": use}
+        yield "chunk", _sse(start, "content_block_start")
+        for piece in _pieces(call):
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            fragment = {"type": "content_block_delta", "index": index, "delta": delta}
+            yield "chunk", _sse(fragment, "content_block_delta")
+        yield "meta", _sse({"type": "content_block_stop", "index": index}, "content_block_stop")
     end = {
         "type": "message_delta",
-        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "delta": {"stop_reason": "tool_use" if reply.calls else "end_turn", "stop_sequence": None},
         "usage": {} if completion is None else {"output_tokens": completion},
     }
     yield "meta", _sse(end, "message_delta")
     yield "meta", _sse({"type": "message_stop"}, "message_stop")
+
+
+def _pieces(call: Call) -> list[str]:
+    text = json.dumps(call.arguments)
+    return [text[i : i + ARGUMENT_PIECE] for i in range(0, len(text), ARGUMENT_PIECE)]
+
+
+def _tool_history_problem(request: Request) -> str | None:
+    """What a strict provider says of a history whose calls and results do not pair up."""
+    if request.api == "anthropic":
+        return _anthropic_history_problem(request.messages)
+    return _openai_history_problem(request.messages)
+
+
+def _openai_history_problem(messages: list[dict[str, Any]]) -> str | None:
+    """OpenAI's rule: each ``tool_calls`` message is followed by one ``tool`` message per
+    call, and a ``tool`` message answers a call of the assistant message before it."""
+    unanswered: set[str] = set()
+    for index, message in enumerate(messages):
+        if message.get("role") == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in unanswered:
+                return (
+                    f"Invalid parameter: messages[{index}]: messages with role 'tool' must be "
+                    f"a response to a preceding message with 'tool_calls' ({call_id!r})."
+                )
+            unanswered.discard(call_id)
+            continue
+        if unanswered:
+            break
+        if message.get("role") == "assistant":
+            unanswered = {call["id"] for call in message.get("tool_calls") or ()}
+    if unanswered:
+        return (
+            "An assistant message with 'tool_calls' must be followed by tool messages "
+            "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+            f"response messages: {', '.join(sorted(unanswered))}"
+        )
+    return None
+
+
+def _blocks(message: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return []
+    return [block for block in content if block.get("type") == kind]
+
+
+def _anthropic_history_problem(messages: list[dict[str, Any]]) -> str | None:
+    """Anthropic's rule: the ``tool_use`` blocks of an assistant message are answered by
+    ``tool_result`` blocks in the very next (user) message, and only those."""
+    used: set[str] = set()
+    for index, message in enumerate(messages):
+        results = {block["tool_use_id"] for block in _blocks(message, "tool_result")}
+        if results - used:
+            return (
+                f"messages.{index}: unexpected `tool_use_id` found in `tool_result` blocks: "
+                f"{', '.join(sorted(results - used))}. Each `tool_result` block must have a "
+                "corresponding `tool_use` block in the previous message."
+            )
+        if used - results:
+            return (
+                f"messages.{index - 1}: `tool_use` ids were found without `tool_result` blocks "
+                f"immediately after: {', '.join(sorted(used - results))}. Each `tool_use` "
+                "block must have a corresponding `tool_result` block in the next message."
+            )
+        used = {block["id"] for block in _blocks(message, "tool_use")}
+    if used:
+        return (
+            f"messages.{len(messages) - 1}: `tool_use` ids were found without `tool_result` "
+            f"blocks immediately after: {', '.join(sorted(used))}. Each `tool_use` block must "
+            "have a corresponding `tool_result` block in the next message."
+        )
+    return None
 
 
 _OPENAI_ERROR_TYPES = {401: "invalid_request_error", 429: "requests", 403: "permission_error"}
