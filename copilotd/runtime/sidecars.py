@@ -4,7 +4,7 @@ relay, retention sweeps and the metrics endpoint, started and stopped in order."
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,13 +13,14 @@ import grpc
 
 from copilotd.admin.retention import RetentionPolicy, RetentionRule, Selection
 from copilotd.admin.service import AdminService
-from copilotd.errors import ServiceError
+from copilotd.errors import ServiceError, SessionNotFoundError
 from copilotd.events import SessionEvent
 from copilotd.providers import ProviderRegistry
 from copilotd.runtime.activation import InheritedSocket, SocketRelay
 from copilotd.runtime.metrics import MeteredFanOut, Metrics, MetricsAddress
 from copilotd.runtime.periodic import Periodic
 from copilotd.runtime.systemd import Watchdog, notify, watchdog_interval
+from copilotd.search import Indexer
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.service import SessionService
 from copilotd.store import Store
@@ -39,10 +40,15 @@ class Operations:
         self._watchdog: Watchdog | None = None
         self._admin: AdminService | None = None
 
-    def fanout(self, **options: Any) -> FanOut[SessionEvent]:
+    def fanout(self, indexer: Indexer, **options: Any) -> FanOut[SessionEvent]:
+        """The fan-out every commit publishes to, which also feeds the search index."""
+        fanout: _IndexedFanOut
         if self.metrics:
-            return MeteredFanOut(self.metrics, **options)
-        return FanOut(**options)
+            fanout = _IndexedMeteredFanOut(self.metrics, **options)
+        else:
+            fanout = _IndexedFanOut(**options)
+        fanout.indexer = indexer
+        return fanout
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         return [self.metrics.interceptor()] if self.metrics else []
@@ -117,6 +123,27 @@ def _provider_name(store: Store, providers: ProviderRegistry, session_id: str) -
     except ServiceError:
         return "unavailable"
     return provider.metrics_label or provider.name
+
+
+class _IndexedFanOut(FanOut[SessionEvent]):
+    """Shows the indexer every published batch and every session the core forgets (the
+    core publishes each commit here, and ends a session's subscribers with
+    ``SessionNotFoundError`` when it deletes or replaces the session)."""
+
+    indexer: Indexer
+
+    def publish(self, key: str, items: Sequence[SessionEvent]) -> None:
+        self.indexer.observe(key, items)
+        super().publish(key, items)
+
+    def end(self, key: str, error: ServiceError, last: Sequence[SessionEvent] = ()) -> None:
+        if isinstance(error, SessionNotFoundError):
+            self.indexer.forget(key)
+        super().end(key, error, last)
+
+
+class _IndexedMeteredFanOut(_IndexedFanOut, MeteredFanOut):
+    pass
 
 
 class RetentionSweeper(Periodic):
