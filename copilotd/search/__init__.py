@@ -6,7 +6,20 @@ never waits on it nor knows it; the runtime feeds it committed events and the
 API serves its searches.
 """
 
-from copilotd.search.index import INDEX_FILE_NAME, Hit, InvalidSearchQueryError, SearchFilter
+from copilotd.search.index import (
+    INDEX_FILE_NAME,
+    Hit,
+    InvalidSearchQueryError,
+    SearchFilter,
+    drop_index,
+)
 from copilotd.search.indexer import Indexer
 
-__all__ = ["INDEX_FILE_NAME", "Hit", "Indexer", "InvalidSearchQueryError", "SearchFilter"]
+__all__ = [
+    "INDEX_FILE_NAME",
+    "Hit",
+    "Indexer",
+    "InvalidSearchQueryError",
+    "SearchFilter",
+    "drop_index",
+]

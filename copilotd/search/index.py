@@ -56,6 +56,16 @@ CREATE TABLE IF NOT EXISTS cursors (
 """
 
 
+def drop_index(data_dir: Path) -> bool:
+    """Delete the index of a data directory no daemon serves (whose lock the caller
+    holds): the next start re-indexes every session from the log. False: there was none."""
+    path = data_dir / INDEX_FILE_NAME
+    existed = path.exists()
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    return existed
+
+
 def searchable_text(event: SessionEvent) -> str | None:
     """The text of ``event`` that search finds, or None for events it does not index."""
     if event.type == ev.USER_MESSAGE:
