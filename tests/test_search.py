@@ -105,7 +105,9 @@ async def test_filters_by_session_id_prefix_and_time(daemon: DaemonProcess) -> N
         await say(client, "home-1", "the household budget")
 
         by_prefix = await found(client, "budget", session_id_prefix="work-")
-        assert {hit.session_id for hit in by_prefix} == {"work-1"}  # "_" is no wildcard
+        assert {hit.session_id for hit in by_prefix} == {"work-1"}
+        underscore = await found(client, "budget", session_id_prefix="work_")
+        assert {hit.session_id for hit in underscore} == {"work_2"}  # "_" is no wildcard
         assert {h.session_id for h in await found(client, "budget", session_id_prefix="work")} == {
             "work-1",
             "work_2",

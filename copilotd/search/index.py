@@ -223,7 +223,7 @@ class SearchIndex:
         conditions = ["texts MATCH ?"]
         arguments: list[object] = [search.query]
         if search.session_id_prefix:
-            # A range rather than LIKE: LIKE would read _ and % in an id as wildcards.
+            # Not LIKE: it would read the _ an id may hold as a wildcard.
             conditions.append("substr(entries.session_id, 1, ?) = ?")
             arguments += [len(search.session_id_prefix), search.session_id_prefix]
         if search.since_ns is not None:
