@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from copilot_client import CopilotClient, InvalidArgumentError, SearchHit
+from copilot_client import CopilotClient, InvalidArgumentError, SearchHit, Tool, ToolInvocation
 from copilotd.cli.main import STORE_DSN_ENV
 from copilotd.search import INDEX_FILE_NAME
 from tests.support.cli import copilotd, ok
@@ -96,6 +96,22 @@ async def test_hits_are_ranked_with_their_place_time_and_a_snippet(
             "sparse",
         }
         assert {h.session_id for h in await found(client, "anim*")} == {"sparse", "none"}
+
+
+async def test_tool_results_are_found(daemon: DaemonProcess) -> None:
+    def weather(invocation: ToolInvocation) -> str:
+        return "drizzle over the harbour"
+
+    tool = Tool("get_weather", "The weather in a city", {"type": "object"}, handler=weather)
+    async with client_of(daemon) as client:
+        session = await client.create_session(session_id="tools", tools=[tool])
+        await session.send_and_wait('call get_weather {"city": "Lisbon"}')
+        events = await client.get_messages("tools")
+        hits = await found(client, "drizzle")
+    [complete] = [e for e in events if e.type_name == "tool.execution_complete"]
+    assert ("tools", complete.sequence, "tool.execution_complete") in places(hits)
+    [tool_hit] = [hit for hit in hits if hit.event_type == "tool.execution_complete"]
+    assert tool_hit.snippet == "[drizzle] over the harbour"
 
 
 async def test_filters_by_session_id_prefix_and_time(daemon: DaemonProcess) -> None:
