@@ -35,6 +35,10 @@ class BenchDaemon:
         return str(self._process.socket_path)
 
     @property
+    def data_dir(self) -> Path:
+        return self._process.data_dir
+
+    @property
     def pid(self) -> int:
         assert self._process.process is not None
         return self._process.process.pid

@@ -14,6 +14,10 @@ The benchmarks, each on a daemon of its own (temp socket, temp data dir):
   latency and each process's share, copilotd and the baseline alternating.
 * ``cold``: a client process's start to its first answered call.
 
+The ``store`` benchmark also times search across sessions: the index built
+from the seeded log at start, its size, a search for a word in every message
+and for one in none, and the indexing work a turn adds (in-process).
+
 Each is run for copilotd and for the baseline (``bench/_baseline.py``) in the
 same run, from the same number of processes.
 """
@@ -35,7 +39,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import _baseline, _ours, _profile, _report, _seed, _slots
+from bench import _baseline, _ours, _profile, _report, _search, _seed, _slots
 from bench._daemon import PURGED, BenchDaemon
 from bench._procs import CpuSampler, Timed, latency_summary, run_processes, shared_event, split
 from bench._sizes import MODES, Sizes
@@ -61,6 +65,8 @@ def bench_store(root: Path, sizes: Sizes, seed_cache: Path) -> dict[str, Any]:
     daemon = BenchDaemon(root / "store", seeded_store=store_dir).start()
     memory: dict[str, dict[str, float]] = {}
     try:
+        log("store: search (the index built from the log at start, then searches)")
+        search = _search.probe(daemon.socket, daemon.data_dir)
         memory["idle"] = daemon.memory_mb()
         params = {
             "socket": daemon.socket,
@@ -91,6 +97,7 @@ def bench_store(root: Path, sizes: Sizes, seed_cache: Path) -> dict[str, Any]:
         "delete": delete,
         "memory": memory,
         "group_commit": group_commit,
+        "search": {**search, "turn_cost": _search.turn_cost()},
     }
 
 
