@@ -209,6 +209,22 @@ async def test_a_deleted_session_is_no_longer_found(daemon: DaemonProcess) -> No
         assert {hit.session_id for hit in await found(client, "narwhal")} == {"keep"}
 
 
+async def test_imported_sessions_are_found_at_once(daemon: DaemonProcess) -> None:
+    """Imports commit without publishing events: the index reads them from the store."""
+    export = daemon.root / "export.jsonl"
+    async with client_of(daemon) as client:
+        await say(client, "travelling", "the pangolin crossed the border")
+        ok(copilotd(daemon, "export", "travelling", "-o", str(export)))
+        await client.delete_session("travelling")
+        assert await found(client, "pangolin") == []
+        ok(copilotd(daemon, "import", str(export)))
+        assert {hit.session_id for hit in await found(client, "pangolin")} == {"travelling"}
+        ok(copilotd(daemon, "import", "--rename", str(export)))
+        assert len({hit.session_id for hit in await found(client, "pangolin")}) == 2
+        ok(copilotd(daemon, "import", "--overwrite", str(export)))  # replaced: no duplicates
+        assert len(await found(client, "pangolin")) == 4
+
+
 async def test_an_event_committed_just_before_sigkill_is_found_after_restart(
     daemon: DaemonProcess,
 ) -> None:

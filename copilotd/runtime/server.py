@@ -227,7 +227,7 @@ async def _serve_indexed(
         log.warning("closed %d turn(s) interrupted by the previous daemon's end", recovered)
     service.purger.kick()  # deletions the previous daemon did not finish purging
 
-    admin_servicer, health = AdminServicer(admin), HealthServicer()
+    admin_servicer, health = AdminServicer(admin, indexer), HealthServicer()
     servicer = CopilotServicerWithDeprecatedAdmin(service, indexer, admin_servicer)
 
     def register(server: grpc.aio.Server) -> None:

@@ -138,7 +138,7 @@ class _IndexedFanOut(FanOut[SessionEvent]):
 
     def end(self, key: str, error: ServiceError, last: Sequence[SessionEvent] = ()) -> None:
         if isinstance(error, SessionNotFoundError):
-            self.indexer.forget(key)
+            self.indexer.reindex(key)
         super().end(key, error, last)
 
 

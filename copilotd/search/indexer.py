@@ -1,8 +1,8 @@
 """The indexer: keeps the search index following the log, and answers searches.
 
 The daemon shows it every committed batch (``observe``, from the fan-out
-publish that follows each commit) and every session it forgets (``forget``:
-deleted, or replaced by an import). One task does the indexing, off the
+publish that follows each commit) and every session deleted or imported
+(``reindex``). One task does the indexing, off the
 commit's path: a turn pays for remembering the batch, not for SQLite.
 
 At start, and whenever the events it was shown do not follow on from a
@@ -68,8 +68,9 @@ class Indexer:
         self._shown.setdefault(session_id, []).extend(persisted)
         self._queue()
 
-    def forget(self, session_id: str) -> None:
-        """The session left the store (or an import replaced its history)."""
+    def reindex(self, session_id: str) -> None:
+        """Index the session afresh from the store: it was deleted (then it is only
+        removed), imported, or replaced by an import."""
         self._shown.pop(session_id, None)
         self._forgotten.add(session_id)
         self._queue()
@@ -170,7 +171,7 @@ class Indexer:
             self.index.remove(forgotten)
             for session_id in forgotten:
                 record = self._store.get_session(session_id)
-                if record is not None:  # replaced by an import: index its new history
+                if record is not None:  # imported: index its history
                     self._catch_up(session_id, record.metadata.last_sequence)
         shown, self._shown = self._shown, {}
         for session_id, events in shown.items():
