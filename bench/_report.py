@@ -348,7 +348,7 @@ def _search_rows(search: dict[str, Any], sessions: str) -> list[list[str]]:
     cost = search["turn_cost"]
     return [
         [
-            f"search index built from the log at start ({sessions}); its size",
+            f"search index built from the log ({sessions}); its size",
             f"{search['build_seconds']:.1f} s; {size_mb:,.0f} MB",
             "—",
         ],

@@ -15,8 +15,9 @@ The benchmarks, each on a daemon of its own (temp socket, temp data dir):
 * ``cold``: a client process's start to its first answered call.
 
 The ``store`` benchmark also times search across sessions: the index built
-from the seeded log at start, its size, a search for a word in every message
-and for one in none, and the indexing work a turn adds (in-process).
+from the seeded log (by the daemon's catch-up, before it starts), its size,
+a search for a word in every message and for one in none, and the indexing
+work a turn adds (in-process).
 
 Each is run for copilotd and for the baseline (``bench/_baseline.py``) in the
 same run, from the same number of processes.
@@ -65,9 +66,10 @@ def bench_store(root: Path, sizes: Sizes, seed_cache: Path) -> dict[str, Any]:
     daemon = BenchDaemon(root / "store", seeded_store=store_dir).start()
     memory: dict[str, dict[str, float]] = {}
     try:
-        log("store: search (the index built from the log at start, then searches)")
-        search = _search.probe(daemon.socket, daemon.data_dir)
         memory["idle"] = daemon.memory_mb()
+        log("store: search")
+        search = _search.probe(daemon.socket, daemon.data_dir)
+        search["build_seconds"] = daemon.index_build_seconds
         params = {
             "socket": daemon.socket,
             "resume_ids": layout.resume_ids,

@@ -93,7 +93,7 @@ class Indexer:
 
     async def _run(self) -> None:
         try:
-            await self._catch_up_all()
+            await self.catch_up()
         except Exception:
             log.exception("search index: catching up with the log failed; searches may miss")
         self._catching_up = False
@@ -121,7 +121,7 @@ class Indexer:
         async with self._changed:
             await self._changed.wait_for(lambda: not self._catching_up and self._done >= target)
 
-    async def _catch_up_all(self) -> None:
+    async def catch_up(self) -> None:
         """Index what the log holds beyond each session's cursor; drop sessions gone."""
         cursors = self.index.cursors()
         token = ""
