@@ -137,8 +137,7 @@ class Indexer:
                     cursor = 0
                 if cursor < last:
                     caught_up += 1
-                    self._catch_up(session_id, last)
-                await asyncio.sleep(0)  # a large store must not hold up the API
+                    await self._catch_up(session_id, last)
             if not token:
                 break
         if cursors:
@@ -150,7 +149,7 @@ class Indexer:
                 len(cursors),
             )
 
-    def _catch_up(self, session_id: str, last_sequence: int) -> None:
+    async def _catch_up(self, session_id: str, last_sequence: int) -> None:
         cursor = self.index.cursor(session_id)
         while cursor < last_sequence:
             try:
@@ -164,6 +163,7 @@ class Indexer:
                 break
             cursor = events[-1].sequence
             self.index.add(session_id, events, cursor)
+            await asyncio.sleep(0)  # a long history must not hold up the API
 
     async def _index_pending(self) -> None:
         forgotten, self._forgotten = self._forgotten, set()
@@ -172,7 +172,7 @@ class Indexer:
             for session_id in forgotten:
                 record = self._store.get_session(session_id)
                 if record is not None:  # imported: index its history
-                    self._catch_up(session_id, record.metadata.last_sequence)
+                    await self._catch_up(session_id, record.metadata.last_sequence)
         shown, self._shown = self._shown, {}
         for session_id, events in shown.items():
             cursor = self.index.cursor(session_id)
@@ -181,7 +181,7 @@ class Indexer:
             if events[0].sequence == cursor + 1:
                 self.index.add(session_id, events, events[-1].sequence)
             else:
-                self._catch_up(session_id, events[-1].sequence)
+                await self._catch_up(session_id, events[-1].sequence)
             await asyncio.sleep(0)
 
     # -- searching --------------------------------------------------------------------
