@@ -132,7 +132,7 @@ def token_offset(search: SearchFilter, token: str) -> int:
     return offset
 
 
-def _check_query(query: str) -> None:
+def check_query(query: str) -> None:
     if not query.strip():
         raise InvalidSearchQueryError(
             "query is empty; give one or more words to look for (FTS5 syntax: words, "
@@ -214,53 +214,6 @@ class SearchIndex:
             self._db.execute("DELETE FROM entries")
             self._db.execute("DELETE FROM cursors")
 
-    def search(self, search: SearchFilter, *, limit: int, offset: int) -> list[Hit]:
-        """Up to ``limit`` hits after the first ``offset``, best (lowest bm25) first.
-
-        Raises ``InvalidSearchQueryError`` for an empty query or one FTS5 cannot parse.
-        """
-        _check_query(search.query)
-        conditions = ["texts MATCH ?"]
-        arguments: list[object] = [search.query]
-        if search.session_id_prefix:
-            # Not LIKE: it would read the _ an id may hold as a wildcard.
-            conditions.append("substr(entries.session_id, 1, ?) = ?")
-            arguments += [len(search.session_id_prefix), search.session_id_prefix]
-        if search.since_ns is not None:
-            conditions.append("entries.event_time_ns >= ?")
-            arguments.append(search.since_ns)
-        if search.until_ns is not None:
-            conditions.append("entries.event_time_ns < ?")
-            arguments.append(search.until_ns)
-        sql = (
-            "SELECT entries.session_id, entries.sequence, entries.event_type, "
-            f"entries.event_time_ns, snippet(texts, 0, '[', ']', '…', {SNIPPET_TOKENS}), "
-            "bm25(texts) AS score FROM texts JOIN entries ON entries.id = texts.rowid "
-            f"WHERE {' AND '.join(conditions)} "
-            "ORDER BY score, entries.session_id, entries.sequence LIMIT ? OFFSET ?"
-        )
-        try:
-            rows = self._db.execute(sql, [*arguments, limit, offset]).fetchall()
-        except sqlite3.OperationalError as error:
-            if not str(error).startswith(_QUERY_ERRORS):
-                raise
-            raise InvalidSearchQueryError(
-                f"query {search.query!r} is not valid FTS5 syntax ({error}); put words with "
-                'punctuation in double quotes ("config.toml"), and use OR, NOT, "a phrase" '
-                "and prefix* as operators"
-            ) from None
-        return [
-            Hit(
-                session_id=row[0],
-                sequence=row[1],
-                event_type=row[2],
-                event_time_ns=row[3],
-                snippet=row[4],
-                rank=row[5],
-            )
-            for row in rows
-        ]
-
     def size_bytes(self) -> int:
         page_count = self._db.execute("PRAGMA page_count").fetchone()[0]
         page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
@@ -268,6 +221,61 @@ class SearchIndex:
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
+
+
+def search_index(path: Path, search: SearchFilter, *, limit: int, offset: int) -> list[Hit]:
+    """Up to ``limit`` hits after the first ``offset``, best (lowest bm25) first.
+
+    Runs on a connection of its own, read-only, so that it can run in a thread
+    while the indexer writes (WAL lets a reader see the last commit): a common
+    word ranks every message that holds it, which takes seconds in a large
+    store, and must not hold up the daemon's event loop meanwhile. Raises
+    ``InvalidSearchQueryError`` for an empty query or one FTS5 cannot parse.
+    """
+    check_query(search.query)
+    conditions = ["texts MATCH ?"]
+    arguments: list[object] = [search.query]
+    if search.session_id_prefix:
+        # Not LIKE: it would read the _ an id may hold as a wildcard.
+        conditions.append("substr(entries.session_id, 1, ?) = ?")
+        arguments += [len(search.session_id_prefix), search.session_id_prefix]
+    if search.since_ns is not None:
+        conditions.append("entries.event_time_ns >= ?")
+        arguments.append(search.since_ns)
+    if search.until_ns is not None:
+        conditions.append("entries.event_time_ns < ?")
+        arguments.append(search.until_ns)
+    sql = (
+        "SELECT entries.session_id, entries.sequence, entries.event_type, "
+        f"entries.event_time_ns, snippet(texts, 0, '[', ']', '…', {SNIPPET_TOKENS}), "
+        "bm25(texts) AS score FROM texts JOIN entries ON entries.id = texts.rowid "
+        f"WHERE {' AND '.join(conditions)} "
+        "ORDER BY score, entries.session_id, entries.sequence LIMIT ? OFFSET ?"
+    )
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = db.execute(sql, [*arguments, limit, offset]).fetchall()
+    except sqlite3.OperationalError as error:
+        if not str(error).startswith(_QUERY_ERRORS):
+            raise
+        raise InvalidSearchQueryError(
+            f"query {search.query!r} is not valid FTS5 syntax ({error}); put words with "
+            'punctuation in double quotes ("config.toml"), and use OR, NOT, "a phrase" '
+            "and prefix* as operators"
+        ) from None
+    finally:
+        db.close()
+    return [
+        Hit(
+            session_id=row[0],
+            sequence=row[1],
+            event_type=row[2],
+            event_time_ns=row[3],
+            snippet=row[4],
+            rank=row[5],
+        )
+        for row in rows
+    ]
 
 
 class _Transaction:

@@ -29,7 +29,9 @@ from copilotd.search.index import (
     Hit,
     SearchFilter,
     SearchIndex,
+    check_query,
     page_token,
+    search_index,
     token_offset,
 )
 from copilotd.sessions.validation import page_size
@@ -190,10 +192,13 @@ class Indexer:
         self, search: SearchFilter, requested_page_size: int, token: str
     ) -> tuple[list[Hit], str]:
         """A page of hits and the next page's token ("" after the last page)."""
+        check_query(search.query)
         offset = token_offset(search, token)
         limit = page_size(requested_page_size, DEFAULT_SEARCH_PAGE_SIZE)
         await self.settled()
         # One more than asked for tells whether another page follows.
-        hits = self.index.search(search, limit=limit + 1, offset=offset)
+        hits = await asyncio.to_thread(
+            search_index, self.index.path, search, limit=limit + 1, offset=offset
+        )
         more = len(hits) > limit
         return hits[:limit], page_token(search, offset + limit) if more else ""
