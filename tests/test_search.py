@@ -9,9 +9,13 @@ import stat
 from datetime import datetime
 from pathlib import Path
 
+import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from copilot_client import CopilotClient, InvalidArgumentError, SearchHit, Tool, ToolInvocation
+from copilot_client.proto.v1 import copilot_pb2 as pb
+from copilot_client.proto.v1 import copilot_pb2_grpc
 from copilotd.cli.main import STORE_DSN_ENV
 from copilotd.search import INDEX_FILE_NAME
 from tests.support.cli import copilotd, ok
@@ -139,6 +143,32 @@ async def test_filters_by_session_id_prefix_and_time(daemon: DaemonProcess) -> N
         assert {hit.session_id for hit in until} == {"work-1"}
         window = await found(client, "budget", since=asked_at["work_2"], until=asked_at["home-1"])
         assert {hit.session_id for hit in window} == {"work_2"}
+
+
+async def test_the_time_range_holds_since_and_excludes_until_to_the_nanosecond(
+    daemon: DaemonProcess,
+) -> None:
+    """On the wire, where times keep their nanoseconds (a client's datetimes do not)."""
+    async with client_of(daemon) as client:
+        await say(client, "timed", "the ibis at dawn")
+    async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
+        stub = copilot_pb2_grpc.CopilotServiceStub(channel)
+        [asked] = [
+            hit
+            for hit in (await stub.SearchSessions(pb.SearchSessionsRequest(query="ibis"))).hits
+            if hit.event_type == "user.message"
+        ]
+        at = asked.event_time
+
+        async def sequences(
+            since: Timestamp | None = None, until: Timestamp | None = None
+        ) -> set[int]:
+            request = pb.SearchSessionsRequest(query="ibis", since=since, until=until)
+            return {hit.sequence for hit in (await stub.SearchSessions(request)).hits}
+
+        assert 2 in await sequences(since=at)
+        assert 2 not in await sequences(until=at)
+        assert await sequences(since=at, until=at) == set()
 
 
 async def test_pages_cover_every_hit_once_and_tokens_belong_to_their_search(
