@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SEARCH_PAGE_SIZE: Final = 20
 # Events read from the store per index transaction while catching up.
 _CATCH_UP_BATCH: Final = 500
+# Events of one session held for indexing at most; beyond, they are read back.
+_MAX_SHOWN: Final = 1_000
 
 
 class Indexer:
@@ -67,7 +69,11 @@ class Indexer:
         persisted = [event for event in events if not event.ephemeral]
         if not persisted:
             return
-        self._shown.setdefault(session_id, []).extend(persisted)
+        shown = self._shown.setdefault(session_id, [])
+        shown.extend(persisted)
+        if len(shown) > _MAX_SHOWN:
+            # Behind (a long catch-up): keep the last only, the rest is read from the store.
+            del shown[:-1]
         self._queue()
 
     def reindex(self, session_id: str) -> None:
