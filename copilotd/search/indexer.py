@@ -183,12 +183,9 @@ class Indexer:
                     await self._catch_up(session_id, record.metadata.last_sequence)
         shown, self._shown = self._shown, {}
         for session_id, events in shown.items():
-            cursor = self.index.cursor(session_id)
-            if events[-1].sequence <= cursor:
-                continue  # the start-up catch-up read them from the store already
-            if events[0].sequence == cursor + 1:
+            if events[0].sequence == self.index.cursor(session_id) + 1:
                 self.index.add(session_id, events, events[-1].sequence)
-            else:
+            else:  # a gap, or some already indexed (by the start-up catch-up)
                 await self._catch_up(session_id, events[-1].sequence)
             await asyncio.sleep(0)
 
