@@ -410,3 +410,12 @@ def reference_table(results: dict[str, Any]) -> str:
     for name, ours_ms, reference in pairs:
         rows.append([name, _ms(ours_ms), _ms(reference), f"{ours_ms / reference:.3f}x"])
     return table(["what", "copilotd", "Copilot SDK runtime", "ratio"], rows)
+
+
+def cold_parts_table(results: dict[str, Any]) -> str:
+    """The parts an auto-start waits for, timed alone in the same run (empty before they were)."""
+    parts = results.get("cold_start", {}).get("auto_start_parts")
+    if not parts:
+        return ""
+    rows = [[label, _lat(figures)] for label, figures in parts.items()]
+    return table(["what bounds an auto-start (each part alone)", "p50 (p99)"], rows)

@@ -40,7 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import _baseline, _ours, _profile, _report, _search, _seed, _slots
+from bench import _baseline, _coldfloor, _ours, _profile, _report, _search, _seed, _slots
 from bench._daemon import PURGED, BenchDaemon
 from bench._procs import CpuSampler, Timed, latency_summary, run_processes, shared_event, split
 from bench._sizes import MODES, Sizes
@@ -339,10 +339,13 @@ def bench_cold(root: Path, sizes: Sizes) -> dict[str, Any]:
     path = str(root / "baseline-cold.db")
     _baseline.open_session("cold", path).close()
     base = [_time_to_first_answer(_BASELINE_COLD, path) for _ in range(sizes.cold_starts)]
+    log("cold start: what bounds an auto-start, part by part")
+    parts = _coldfloor.measure(root / "parts", sizes.cold_starts)
     return {
         "copilotd": latency_summary(ours),
         "auto_start": latency_summary(started),
         "baseline": latency_summary(base),
+        "auto_start_parts": parts,
     }
 
 
@@ -431,14 +434,14 @@ def run(
 
 def render(results: dict[str, Any]) -> str:
     """The tables of a run, from its results (as written to the JSON file)."""
-    return "\n\n".join(
-        [
-            _report.side_by_side(results),
-            _report.target_table(_report.targets(results)),
-            _report.reference_table(results),
-            _report.profile_table(results),
-        ]
-    ).strip()
+    tables = [
+        _report.side_by_side(results),
+        _report.target_table(_report.targets(results)),
+        _report.reference_table(results),
+        _report.profile_table(results),
+        _report.cold_parts_table(results),
+    ]
+    return "\n\n".join(text for text in tables if text).strip()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,10 +18,12 @@ import asyncio
 import importlib.util
 import os
 import shutil
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ._errors import DaemonUnavailableError
 from .paths import verify_private_socket
@@ -35,6 +37,8 @@ __all__ = [
     "launch_daemon",
     "wait_until_serving",
 ]
+
+T = TypeVar("T")
 
 LOG_NAME = "copilotd.log"
 # The daemon's single-instance locks hold the holder's pid: this one in the
@@ -117,6 +121,10 @@ async def launch_daemon(
     argv = [*command, "serve", "--socket", str(socket_path), "--data-dir", str(data_dir)]
     launcher = await asyncio.create_subprocess_exec(
         sys.executable,
+        # The launcher needs only the standard library: without site-packages
+        # and the environment's settings (-I -S) it starts sooner.
+        "-I",
+        "-S",
         "-c",
         _LAUNCHER,
         str(log_path),
@@ -222,24 +230,43 @@ async def wait_exit(pid: int) -> None:
         os.close(fd)
 
 
-async def _ping_or_exit(transport: ServiceClient, pid: int) -> str | None:
-    """The version once the daemon answers, or None as soon as process ``pid`` exits.
-
-    The ping waits for the channel (``wait_for_ready``) with no deadline of
-    its own: the caller's start timeout bounds it.
-    """
-    answered = asyncio.ensure_future(ping(transport, deadline=None, wait_for_ready=True))
+async def _unless_exit(work: Awaitable[T], pid: int) -> T | None:
+    """``work``'s result, or None as soon as process ``pid`` exits (``work`` is then cancelled)."""
+    done = asyncio.ensure_future(work)
     exited = asyncio.ensure_future(wait_exit(pid))
     try:
-        await asyncio.wait({answered, exited}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({done, exited}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         exited.cancel()
-        if not answered.done():
-            answered.cancel()
-        await asyncio.gather(answered, exited, return_exceptions=True)
-    if answered.cancelled():
+        if not done.done():
+            done.cancel()
+        await asyncio.gather(done, exited, return_exceptions=True)
+    if done.cancelled():
         return None
-    return answered.result()  # raises the ping's error
+    return done.result()  # raises work's error
+
+
+async def wait_listening(socket_path: Path) -> bool:
+    """True once something listens on ``socket_path`` (a connection is accepted).
+
+    A connection, not just the file: a SIGKILLed daemon leaves its socket
+    file behind until the next one replaces it. Polled, from 1 ms up to
+    20 ms apart: the daemon needs a few hundred milliseconds to start, and
+    the first poll after it listens ends the wait.
+    """
+    loop = asyncio.get_running_loop()
+    delay = 0.001
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.setblocking(False)
+            try:
+                await loop.sock_connect(probe, str(socket_path))
+            except OSError:  # not there yet, or nothing listens on it
+                pass
+            else:
+                return True
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.02)
 
 
 async def wait_until_serving(
@@ -257,16 +284,29 @@ async def wait_until_serving(
             naming the socket, the log and its last lines.
     """
     watched = daemon.pid
+    # The channel's first ping failed, so grpc retries it on a backoff that
+    # grows to a second; a new channel connects as soon as the daemon listens.
+    reconnect = True
     try:
         async with asyncio.timeout(start_timeout):
             while True:
-                try:
-                    version = await _ping_or_exit(transport, watched)
-                except DaemonUnavailableError:
-                    # A daemon answered "unavailable" (a losing racer shutting
-                    # down): give the channel a moment, then ask again.
-                    await asyncio.sleep(0.05)
-                    continue
+                if await _unless_exit(wait_listening(transport.socket_path), watched) is None:
+                    version = None
+                else:
+                    if reconnect:
+                        await transport.close()
+                        transport.open()  # checks who owns the socket before any call
+                        reconnect = False
+                    try:
+                        # wait_for_ready with no deadline of its own: the start timeout bounds it.
+                        version = await _unless_exit(
+                            ping(transport, deadline=None, wait_for_ready=True), watched
+                        )
+                    except DaemonUnavailableError:
+                        # A daemon answered "unavailable" (a losing racer shutting
+                        # down): give the channel a moment, then ask again.
+                        await asyncio.sleep(0.05)
+                        continue
                 if version is None:
                     # A daemon that lost the race exits: wait for the winner.
                     holder = live_lock_holder(daemon)

@@ -140,10 +140,22 @@ class StoreConfig:
     """The PostgreSQL connection string (backend "postgresql"). It may hold a
     password: left out of ``repr``, and shown only through ``describe_dsn``."""
 
-    def backend_options(self) -> dict[str, Any]:
-        """The keyword arguments ``store.open_store`` passes to this backend."""
+    lease_seconds: float = 30.0
+    """PostgreSQL: how long a daemon's lease on a session's turn lasts unless
+    renewed (every third of it): how soon another daemon takes over the turns
+    of a daemon that died."""
+
+    def backend_options(self, lease_owner: str = "") -> dict[str, Any]:
+        """The keyword arguments ``store.open_store`` passes to this backend.
+
+        ``lease_owner``: who this daemon is to the other daemons on a shared store.
+        """
         if self.backend == "postgresql":
-            return {"dsn": self.dsn}
+            return {
+                "dsn": self.dsn,
+                "lease_owner": lease_owner,
+                "lease_seconds": self.lease_seconds,
+            }
         return {"max_map_size": self.max_size}
 
 

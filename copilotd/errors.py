@@ -117,6 +117,25 @@ class MessageIdTakenError(InvalidArgumentError):
         )
 
 
+class TurnBusyError(ServiceError):
+    """Another daemon runs the session's turn (the scheduler queues the message instead)."""
+
+    status: StatusName = "UNAVAILABLE"
+
+
+class TurnTakenOverError(ServiceError):
+    """This daemon's lease on a turn expired and another daemon closed the turn."""
+
+    status: StatusName = "UNAVAILABLE"
+
+    def __init__(self, session_id: str, turn_id: str) -> None:
+        super().__init__(
+            f"turn {turn_id!r} of session {session_id!r} was taken over by another daemon "
+            "(this one stopped renewing its lease in time) and closed as interrupted; "
+            "read the session's events for its end, or send the message again"
+        )
+
+
 class StoreFullError(ServiceError):
     status: StatusName = "RESOURCE_EXHAUSTED"
     reason = Reason.ERROR_REASON_STORE_FULL

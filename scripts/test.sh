@@ -26,4 +26,4 @@ fi
 # buf, which lints the protos and checks them for wire breaks (tests/test_protos_buf.py).
 (cd tools/buf && npm ci --no-audit --no-fund --loglevel=error)
 
-python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/python -m pytest -q "$@"
+python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/python -m pytest -q -n 3 "$@"

@@ -31,7 +31,7 @@ def refusal(root: Path, text: str) -> str:
 def test_a_misspelt_table_is_refused_with_the_known_ones(short_tmp: Path) -> None:
     assert refusal(short_tmp, '[retenton]\nmax_age = "30d"\n') == (
         "unknown table 'retenton' (did you mean 'retention'?); "
-        "the known ones: access, models, providers, retention, store"
+        "the known ones: access, models, providers, retention, store, tools"
     )
 
 
@@ -41,7 +41,7 @@ def test_a_misspelt_table_is_refused_with_the_known_ones(short_tmp: Path) -> Non
         (
             '[store]\nmax_sise = "1GiB"\n',
             "[store]: unknown key 'max_sise' (did you mean 'max_size'?); "
-            "the known ones: backend, dsn, dsn_env, max_size",
+            "the known ones: backend, dsn, dsn_env, lease_seconds, max_size",
         ),
         (
             '[access]\nlisten = "127.0.0.1:0"\ntoken = "secret-secret-secret"\n',

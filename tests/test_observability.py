@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from copilot_client import CopilotClient, SessionNotFoundError
 from copilotd import events as ev
+from copilotd.runtime import metrics as metrics_module
 from copilotd.runtime.metrics import Metrics, MetricsAddress, MetricsAddressError
 from tests.support.cli import copilotd, ok
 from tests.support.daemon_process import DaemonProcess
@@ -192,3 +193,26 @@ def test_provider_errors_and_outcomes_are_counted_from_events() -> None:
         )
         is None
     )  # no text came before the failure
+
+
+async def test_an_aborted_call_is_counted_before_its_status_goes_out() -> None:
+    """``context.abort`` sends the status at once: a client that saw the error
+    must find it counted when it reads the metrics."""
+    counted: list[str] = []
+
+    class Context:
+        def code(self) -> None:
+            return None
+
+        async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+            # What the client would see now, the metric must already hold.
+            assert counted == ["NOT_FOUND"], counted
+            raise grpc.aio.AbortError()
+
+    async def behavior(request: object, context: Any) -> None:
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such session")
+
+    timed = metrics_module._timed_unary(behavior, lambda code, seconds: counted.append(code))
+    with pytest.raises(grpc.aio.AbortError):
+        await timed(object(), Context())
+    assert counted == ["NOT_FOUND"]  # once, not again when the handler ends

@@ -22,7 +22,11 @@ def store_config(
 def test_dsn_selects_the_database() -> None:
     config = store_config({"backend": "postgresql", "dsn": DSN})
     assert (config.backend, config.dsn, config.max_size) == ("postgresql", DSN, None)
-    assert config.backend_options() == {"dsn": DSN}
+    assert config.backend_options("host:/data") == {
+        "dsn": DSN,
+        "lease_owner": "host:/data",
+        "lease_seconds": 30.0,
+    }
     assert "s3cret-pw" not in repr(config)
     assert describe_store(config, Path("/unused")) == (
         "postgresql host=/run/postgresql dbname=copilotd user=app"

@@ -21,7 +21,7 @@ from copilotd.store import (
     StoreVersionError,
     open_store,
 )
-from copilotd.store.postgres_schema import SCHEMA, StoreUnreachable, describe_dsn
+from copilotd.store.postgres_schema import SCHEMA, SCHEMA_VERSION, StoreUnreachable, describe_dsn
 from copilotd.store.postgres_store import (
     FIND_EVENT,
     LIST_FIRST_PAGE,
@@ -136,16 +136,34 @@ def schema_snapshot(dsn: str) -> list[Any]:
 
 
 def test_a_newer_schema_is_refused_untouched(dsn: str) -> None:
+    newer = SCHEMA_VERSION + 1
     PostgresStore.open(dsn).close()
     with psycopg.connect(dsn) as connection:
-        connection.execute(f"UPDATE {SCHEMA}.schema_version SET version = 2")
+        connection.execute(f"UPDATE {SCHEMA}.schema_version SET version = %s", (newer,))
     before = schema_snapshot(dsn)
-    with pytest.raises(StoreVersionError, match=r"schema version 2.*Upgrade copilotd"):
+    with pytest.raises(StoreVersionError, match=rf"schema version {newer}.*Upgrade copilotd"):
         PostgresStore.open(dsn)
     assert schema_snapshot(dsn) == before
     with psycopg.connect(dsn) as connection:
         row = connection.execute(f"SELECT version FROM {SCHEMA}.schema_version").fetchone()
-    assert row == (2,)
+    assert row == (newer,)
+
+
+def test_a_version_1_store_gains_the_lease_table(dsn: str) -> None:
+    PostgresStore.open(dsn).close()
+    with psycopg.connect(dsn) as connection:
+        connection.execute(f"DROP TABLE {SCHEMA}.turn_leases")
+        connection.execute(f"UPDATE {SCHEMA}.schema_version SET version = 1")
+    store = PostgresStore.open(dsn)
+    try:
+        create(store, "s")
+        append(store, "s", [user("q")], open_turn=("t", "m"))
+        assert store.renew_leases() == 1
+    finally:
+        store.close()
+    with psycopg.connect(dsn) as connection:
+        row = connection.execute(f"SELECT version FROM {SCHEMA}.schema_version").fetchone()
+    assert row == (SCHEMA_VERSION,)
 
 
 def test_a_copilotd_schema_that_is_no_store_is_refused_untouched(dsn: str) -> None:
@@ -184,13 +202,19 @@ def test_reads_and_purges_are_index_range_scans_at_100000_sessions(dsn: str) -> 
                 " FROM generate_series(1, 200000) AS n"
             )
             connection.execute(f"INSERT INTO {SCHEMA}.purge_queue VALUES (1005)")
+            # Leases of many turns running on other daemons: recovery must not scan them.
+            connection.execute(
+                f"INSERT INTO {SCHEMA}.turn_leases SELECT 's' || n, 'other', 't', now()"
+                " FROM generate_series(1, 100000, 7) AS n"
+            )
+            connection.execute(f"ANALYZE {SCHEMA}.turn_leases")
             connection.execute(f"ANALYZE {SCHEMA}.sessions")
             connection.execute(f"ANALYZE {SCHEMA}.events")
         with psycopg.connect(dsn) as connection:
             plans = {
                 "first page": plan(connection, LIST_FIRST_PAGE, (51,)),
                 "next page": plan(connection, LIST_NEXT_PAGE, (50_000_000, "s50000", 51)),
-                "open turns": plan(connection, OPEN_TURNS, ()),
+                "open turns": plan(connection, OPEN_TURNS, ("owner",)),
                 "events": plan(connection, events_query("event", False), (1500, 2, 8, 100)),
                 "newest": plan(connection, events_query("event", True), (1500, 0, 10**9, 5)),
                 "by id": plan(connection, FIND_EVENT, (1500, "e15003")),

@@ -11,8 +11,10 @@ Example (``docs/configuration.md`` has one per kind of server, and every key)::
     context_window = 128000        # default for the models below
     models = ["gpt-4o", "gpt-4o-mini"]
 
-Tables are validated with pydantic (unknown keys are refused, so a typo
-never silently does nothing); errors name the file, the table and the key.
+Tables are validated with pydantic (``providers.tables``; unknown keys are
+refused, so a typo never silently does nothing); errors name the file, the
+table and the key. pydantic is imported only when the file has one of these
+tables: a daemon without providers starts without it.
 Secrets read here (``api_key``, ``bearer_token``, header values that look
 like credentials) are handed to the log redactor.
 """
@@ -22,20 +24,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # The typed values live in the leaf config (the daemon's config is one tree);
 # the rules of these tables stay here, with the providers that know them.
 from copilotd.config import DEFAULT_CONNECT_TIMEOUT as DEFAULT_CONNECT_TIMEOUT
 from copilotd.config import DEFAULT_TIMEOUT as DEFAULT_TIMEOUT
-from copilotd.config import ConfigError, ConfigFile, RetryPolicy, unknown_name_error
+from copilotd.config import ConfigError, ConfigFile, RetryPolicy
 from copilotd.config import Connection as Connection
 from copilotd.config import ModelSettings as ModelSettings
 from copilotd.config import ProviderSettings as ProviderSettings
 from copilotd.redaction import REDACTOR
+
+if TYPE_CHECKING:
+    from copilotd.providers.tables import ModelTable, ProviderTable
 
 ProviderType = Literal["openai", "azure", "anthropic", "offline"]
 PROVIDER_TYPES: tuple[str, ...] = ("openai", "azure", "anthropic", "offline")
@@ -44,58 +47,6 @@ PUBLIC_BASE_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https:/
 ANTHROPIC_DEFAULT_MAX_OUTPUT_TOKENS = 4096
 # Header names whose values are treated as secrets (redacted from logs).
 _SECRET_HEADER_WORDS = ("auth", "key", "token", "secret", "cookie")
-
-TableT = TypeVar("TableT", bound="_Table")
-Positive = Annotated[float, Field(gt=0)]
-TokenCount = Annotated[int, Field(ge=1)]
-
-
-class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelTable(_Table):
-    """``[providers.NAME.models.MODEL]``."""
-
-    wire_model: str | None = None
-    context_window: TokenCount | None = None
-    max_output_tokens: TokenCount | None = None
-    max_prompt_tokens: TokenCount | None = None
-
-
-class ProviderTable(_Table):
-    """``[providers.NAME]``."""
-
-    type: ProviderType
-    base_url: str | None = None
-    api_key: str | None = None
-    api_key_env: str | None = None
-    bearer_token: str | None = None
-    bearer_token_env: str | None = None
-    api_version: str | None = None
-    headers: dict[str, str] = {}
-    timeout: Positive = DEFAULT_TIMEOUT
-    connect_timeout: Positive = DEFAULT_CONNECT_TIMEOUT
-    max_retries: Annotated[int, Field(ge=0, le=20)] = RetryPolicy.max_retries
-    retry_initial_delay: Annotated[float, Field(ge=0)] = RetryPolicy.initial_delay
-    retry_max_delay: Annotated[float, Field(ge=0)] = RetryPolicy.max_delay
-    max_retry_after: Annotated[float, Field(ge=0)] = RetryPolicy.max_retry_after
-    stream_usage: bool = True
-    max_tokens_param: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
-    context_window: TokenCount | None = None
-    max_output_tokens: TokenCount | None = None
-    models: list[str] | dict[str, ModelTable] = []
-
-
-class ModelsTable(_Table):
-    """``[models]``."""
-
-    default: str | None = None
-    fallback_provider: str | None = None
-    # What a send does on a session whose own provider's secret the daemon no
-    # longer holds (after a restart): "fail" says what to pass again;
-    # "use_configured" answers with the configured provider of its model.
-    session_secret_missing: Literal["fail", "use_configured"] = "fail"
 
 
 def check_base_url(url: str) -> str | None:
@@ -112,7 +63,12 @@ def load_provider_settings(
     """Read and check ``[providers.*]`` and ``[models]``; raises ``ConfigError``."""
     where = config.where()
     providers = config.section("providers")
-    models_table = _parse(ModelsTable, config.section("models"), f"{where}: [models]")
+    models_section = config.section("models")
+    if not providers and not models_section:
+        return ProviderSettings()  # offline only, and pydantic stays unloaded
+    from copilotd.providers.tables import ModelsTable, ModelTable, ProviderTable, parse_table
+
+    models_table = parse_table(ModelsTable, models_section, f"{where}: [models]")
     connections: dict[str, Connection] = {}
     models: dict[str, ModelSettings] = {}
     fallback_name = models_table.fallback_provider
@@ -121,7 +77,7 @@ def load_provider_settings(
         label = f"{where}: [providers.{name}]"
         if not isinstance(raw, dict):
             raise ConfigError(f"{label} must be a table (type = ..., models = [...])")
-        table = _parse(ProviderTable, raw, label)
+        table = parse_table(ProviderTable, raw, label)
         connections[name] = _connection(name, table, label, environ)
         if name == fallback_name:
             fallback = _model(name, table, "", ModelTable(), label)
@@ -163,33 +119,6 @@ def load_provider_settings(
             f"(offered: {offered})"
         )
     return replace(settings, default_model=default)
-
-
-def _parse(kind: type[TableT], values: dict[str, Any], label: str) -> TableT:
-    try:
-        return kind.model_validate(values)
-    except ValidationError as error:
-        errors = error.errors(include_url=False, include_input=False)
-        # An unknown key is the likeliest typo; alone, it says the most (the
-        # union of a provider's models otherwise adds a "not a list" error).
-        for item in errors:
-            if item["type"] == "extra_forbidden":
-                raise _unknown_key(kind, item["loc"], label) from None
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or 'table'}: {item['msg']}"
-            for item in errors
-        )
-        raise ConfigError(f"{label}: {problems}") from None
-
-
-def _unknown_key(kind: type[_Table], loc: tuple[int | str, ...], label: str) -> ConfigError:
-    *path, key = (str(part) for part in loc)
-    if not path:
-        return unknown_name_error(label, "key", key, list(kind.model_fields))
-    # The only nested tables are a provider's models: ("models", <union branch>, MODEL, key).
-    return unknown_name_error(
-        f"{label} model {path[-1]!r}", "key", key, list(ModelTable.model_fields)
-    )
 
 
 def _secret(
@@ -257,6 +186,8 @@ def _connection(
 
 
 def _models(name: str, table: ProviderTable, label: str) -> list[ModelSettings]:
+    from copilotd.providers.tables import ModelTable  # loaded already: table is one of its
+
     entries = (
         dict.fromkeys(table.models, ModelTable())
         if isinstance(table.models, list)

@@ -17,7 +17,6 @@ loopback address: the endpoint has no authentication.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -39,6 +38,8 @@ from prometheus_client.registry import Collector
 
 from copilotd import events as ev
 from copilotd.events import SessionEvent
+from copilotd.runtime.metrics_address import MetricsAddress as MetricsAddress
+from copilotd.runtime.metrics_address import MetricsAddressError as MetricsAddressError
 from copilotd.sessions.fanout import FanOut
 
 log = logging.getLogger(__name__)
@@ -47,37 +48,6 @@ NAMESPACE: Final = "copilotd"
 # Turns wait on models: seconds to minutes.
 TURN_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 RPC_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30)
-
-
-class MetricsAddressError(ValueError):
-    """``--metrics`` names something other than a loopback host and a port."""
-
-
-@dataclass(frozen=True)
-class MetricsAddress:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> MetricsAddress:
-        """``HOST:PORT`` (``[::1]:PORT`` for IPv6); the host must be a loopback address."""
-        host, sep, port_text = text.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-            raise MetricsAddressError(
-                f"--metrics {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464 (port 0: any free)"
-            )
-        if host != "localhost":
-            try:
-                loopback = ipaddress.ip_address(host).is_loopback
-            except ValueError:
-                loopback = False
-            if not loopback:
-                raise MetricsAddressError(
-                    f"--metrics {text!r}: the metrics endpoint has no authentication, so it "
-                    "binds only to a loopback address (127.0.0.1, ::1 or localhost)"
-                )
-        return cls(host, int(port_text))
 
 
 @dataclass
@@ -330,19 +300,45 @@ def _final_code(context: Any, error: BaseException | None) -> str:
     return str(code)
 
 
+class _CountedContext:
+    """The call's context, passed on to the servicer, that counts an abort first.
+
+    ``context.abort`` sends the status to the client at once, before the
+    handler's exception reaches the interceptor: counting only afterwards
+    would let a client that saw the error read metrics that do not count it
+    yet.
+    """
+
+    def __init__(self, context: Any, record: Callable[[str], None]) -> None:
+        self._context = context
+        self._record = record
+        self.counted = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", *args: Any) -> None:
+        if not self.counted:
+            self.counted = True
+            self._record(code.name)
+        await self._context.abort(code, details, *args)
+
+
 def _timed_unary(
     behavior: Callable[[Any, Any], Awaitable[Any]], record: Callable[[str, float], None]
 ) -> Callable[[Any, Any], Awaitable[Any]]:
     async def timed(request: Any, context: Any) -> Any:
         started = time.perf_counter()
+        counted = _CountedContext(context, lambda code: record(code, time.perf_counter() - started))
         error: BaseException | None = None
         try:
-            return await behavior(request, context)
+            return await behavior(request, counted)
         except BaseException as raised:
             error = raised
             raise
         finally:
-            record(_final_code(context, error), time.perf_counter() - started)
+            if not counted.counted:
+                record(_final_code(context, error), time.perf_counter() - started)
 
     return timed
 
@@ -352,9 +348,10 @@ def _timed_stream(
 ) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def timed(request: Any, context: Any) -> AsyncIterator[Any]:
         started = time.perf_counter()
+        counted = _CountedContext(context, lambda code: record(code, time.perf_counter() - started))
         error: BaseException | None = None
         try:
-            result = behavior(request, context)
+            result = behavior(request, counted)
             if hasattr(result, "__aiter__"):
                 async for response in result:
                     yield response
@@ -364,6 +361,7 @@ def _timed_stream(
             error = raised
             raise
         finally:
-            record(_final_code(context, error), time.perf_counter() - started)
+            if not counted.counted:
+                record(_final_code(context, error), time.perf_counter() - started)
 
     return timed

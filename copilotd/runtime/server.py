@@ -6,9 +6,10 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sqlite3
-import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -45,13 +46,13 @@ from copilotd.runtime.datadir import (
     ensure_private_dir,
     exclusive_lock,
 )
-from copilotd.runtime.metrics import MetricsAddressError
+from copilotd.runtime.metrics_address import MetricsAddressError
 from copilotd.runtime.sidecars import Operations
 from copilotd.runtime.socket_watch import SocketWatch
 from copilotd.runtime.systemd import listen_sockets
 from copilotd.search import Indexer
 from copilotd.sessions.service import SessionService
-from copilotd.store import Store, StoreError, open_store
+from copilotd.store import Store, StoreChange, StoreError, open_store
 from copilotd.store.committer import GroupCommitter
 from copilotd.store.settings import describe_store
 
@@ -69,6 +70,19 @@ def grpc_options(max_prompt_bytes: int) -> tuple[tuple[str, int], ...]:
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
     )
+
+
+@contextmanager
+def private_umask() -> Iterator[None]:
+    """Files created inside are private (0600 at most); the process's umask is restored after.
+
+    The umask is the process's: keep the block to one synchronous call.
+    """
+    previous = os.umask(0o177)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 def check_socket_path(socket_path: Path) -> None:
@@ -145,7 +159,8 @@ async def serve(config: DaemonConfig, *, on_ready: Callable[[str], None] | None 
             store = open_store(
                 config.store.backend,
                 config.data_dir / STORE_SUBDIR,
-                **config.store.backend_options(),
+                # Stable across restarts: a restarted daemon takes its own leases back at once.
+                **config.store.backend_options(f"{socket.gethostname()}:{config.data_dir}"),
             )
         except StoreError as error:
             raise StartupError(str(error)) from None
@@ -221,6 +236,14 @@ async def _serve_indexed(
         operations.attach(admin, service, store, providers)
     except OSError as error:
         raise StartupError(f"cannot serve metrics on {config.metrics_address}: {error}") from None
+    loop = asyncio.get_running_loop()
+
+    # Before recovery, so that nothing committed by other daemons after it is missed.
+    def on_change(change: StoreChange | None) -> None:  # in the store's thread
+        loop.call_soon_threadsafe(service.on_store_change, change)
+        loop.call_soon_threadsafe(indexer.changed, change)
+
+    store.watch(on_change)
     indexer.start()  # catches up with the log; searches wait for it
     recovered = await service.recover_interrupted_turns()
     if recovered:
@@ -256,17 +279,17 @@ async def _serve_indexed(
     check_socket_path(bound_path)
     bound_path.unlink(missing_ok=True)
     target = channel_target(config.socket_path)
-    server.add_insecure_port(channel_target(bound_path))
+    # grpc binds (and listens) here, with the umask's mode: a private umask
+    # makes the socket 0600 from its first moment, so a client that connects
+    # as soon as it appears (an auto-starting one) finds it private.
+    with private_umask():
+        server.add_insecure_port(channel_target(bound_path))
     try:
         tcp_server = await start_tcp_server(config.tcp, register, options) if config.tcp else None
     except ConfigError as error:
         await committer.close()
         raise StartupError(str(error)) from None
     await server.start()
-    # grpc binds with the umask's mode; tighten the socket it made (lstat: only
-    # a socket, never what a link would point to).
-    if stat.S_ISSOCK(os.lstat(bound_path).st_mode):
-        os.chmod(bound_path, 0o600)
     for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -274,7 +297,7 @@ async def _serve_indexed(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    operations.start(inherited, bound_path)
+    operations.start(inherited, bound_path, service)
     socket_watch = SocketWatch({config.socket_path, bound_path}, stop.set)
     socket_watch.start()
     log.info(

@@ -3,11 +3,12 @@ relay, retention sweeps and the metrics endpoint, started and stopped in order."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -17,13 +18,16 @@ from copilotd.errors import ServiceError, SessionNotFoundError
 from copilotd.events import SessionEvent
 from copilotd.providers import ProviderRegistry
 from copilotd.runtime.activation import InheritedSocket, SocketRelay
-from copilotd.runtime.metrics import MeteredFanOut, Metrics, MetricsAddress
+from copilotd.runtime.metrics_address import MetricsAddress
 from copilotd.runtime.periodic import Periodic
 from copilotd.runtime.systemd import Watchdog, notify, watchdog_interval
 from copilotd.search import Indexer
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.service import SessionService
 from copilotd.store import Store
+
+if TYPE_CHECKING:
+    from copilotd.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +38,26 @@ class Operations:
     def __init__(self, *, metrics_address: str | None, retention: RetentionPolicy) -> None:
         self.retention = retention
         self._metrics_address = MetricsAddress.parse(metrics_address) if metrics_address else None
-        self.metrics = Metrics() if self._metrics_address else None
+        self.metrics: Metrics | None = None
+        if self._metrics_address is not None:
+            from copilotd.runtime.metrics import Metrics  # prometheus_client: only with --metrics
+
+            self.metrics = Metrics()
         self._relay: SocketRelay | None = None
         self._sweeper: RetentionSweeper | None = None
         self._watchdog: Watchdog | None = None
         self._admin: AdminService | None = None
+        self._leases: LeaseKeeper | None = None
 
     def fanout(self, indexer: Indexer, **options: Any) -> FanOut[SessionEvent]:
         """The fan-out every commit publishes to, which also feeds the search index."""
         fanout: _IndexedFanOut
         if self.metrics:
+            from copilotd.runtime.metrics import MeteredFanOut
+
+            class _IndexedMeteredFanOut(_IndexedFanOut, MeteredFanOut):
+                pass
+
             fanout = _IndexedMeteredFanOut(self.metrics, **options)
         else:
             fanout = _IndexedFanOut(**options)
@@ -74,8 +88,14 @@ class Operations:
         address = self.metrics.serve(self._metrics_address)
         admin.info = replace(admin.info, metrics_address=address)
 
-    def start(self, inherited: InheritedSocket | None, bound_path: Path) -> None:
-        """Start relaying, sweeping and pinging the watchdog (the API already serves)."""
+    def start(
+        self, inherited: InheritedSocket | None, bound_path: Path, service: SessionService
+    ) -> None:
+        """Start relaying, sweeping, keeping leases and pinging the watchdog (the API
+        already serves)."""
+        if service.store.shared:
+            self._leases = LeaseKeeper(service)
+            self._leases.start()
         if inherited is not None:
             self._relay = SocketRelay(inherited.sock, bound_path)
             self._relay.start()
@@ -103,6 +123,8 @@ class Operations:
             await self._relay.stop_accepting()
         if self._sweeper is not None:
             await self._sweeper.stop()
+        if self._leases is not None:
+            await self._leases.stop()
 
     async def close(self) -> None:
         """Last step, once the server has stopped."""
@@ -142,8 +164,20 @@ class _IndexedFanOut(FanOut[SessionEvent]):
         super().end(key, error, last)
 
 
-class _IndexedMeteredFanOut(_IndexedFanOut, MeteredFanOut):
-    pass
+class LeaseKeeper(Periodic):
+    """On a store shared by several daemons, every third of a lease: renew this
+    daemon's leases, take over the turns of daemons whose leases expired, and
+    deliver what other daemons committed should a notification have been missed."""
+
+    def __init__(self, service: SessionService) -> None:
+        self._service = service
+        super().__init__("lease keeper", service.store.lease_seconds / 3, self._tick)
+
+    async def _tick(self) -> None:
+        await asyncio.to_thread(self._service.store.renew_leases)
+        self._service.catch_up_all()
+        if not self._service.shutting_down:
+            await self._service.recover_interrupted_turns()
 
 
 class RetentionSweeper(Periodic):

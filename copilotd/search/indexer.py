@@ -1,8 +1,9 @@
 """The indexer: keeps the search index following the log, and answers searches.
 
 The daemon shows it every committed batch (``observe``, from the fan-out
-publish that follows each commit) and every session deleted or imported
-(``reindex``). One task does the indexing, off the
+publish that follows each commit), every session deleted or imported
+(``reindex``), and what other daemons sharing the store committed
+(``changed``, from the store's notifications). One task does the indexing, off the
 commit's path: a turn pays for remembering the batch, not for SQLite.
 
 At start, and whenever the events it was shown do not follow on from a
@@ -35,7 +36,7 @@ from copilotd.search.index import (
     token_offset,
 )
 from copilotd.sessions.validation import page_size
-from copilotd.store import SessionNotFound, Store
+from copilotd.store import SessionNotFound, Store, StoreChange
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class Indexer:
         # list: read from the store instead).
         self._shown: dict[str, list[SessionEvent]] = {}
         self._forgotten: set[str] = set()
+        # Sessions other daemons wrote to, and whether to walk every session.
+        self._behind: set[str] = set()
+        self._walk_all = False
         self._catching_up = True
         self._queued = self._done = 0
         self._changed = asyncio.Condition()
@@ -81,6 +85,20 @@ class Indexer:
         removed), imported, or replaced by an import."""
         self._shown.pop(session_id, None)
         self._forgotten.add(session_id)
+        self._queue()
+
+    def changed(self, change: StoreChange | None) -> None:
+        """What another daemon sharing the store committed (``None``: some changes may
+        have been missed): the events are read from the store."""
+        if change is None:
+            self._walk_all = True
+        elif change.kind == "deleted":
+            self.reindex(change.session_id)
+            return
+        elif change.kind in ("events", "created"):
+            self._behind.add(change.session_id)
+        else:
+            return
         self._queue()
 
     def _queue(self) -> None:
@@ -174,6 +192,14 @@ class Indexer:
             await asyncio.sleep(0)  # a long history must not hold up the API
 
     async def _index_pending(self) -> None:
+        if self._walk_all:
+            self._walk_all = False
+            await self.catch_up()
+        behind, self._behind = self._behind, set()
+        for session_id in behind:
+            record = self._store.get_session(session_id)
+            if record is not None:
+                await self._catch_up(session_id, record.metadata.last_sequence)
         forgotten, self._forgotten = self._forgotten, set()
         if forgotten:
             self.index.remove(forgotten)

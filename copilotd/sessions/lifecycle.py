@@ -34,6 +34,11 @@ class LifecycleFeed:
             event.metadata.CopyFrom(metadata)
         self._fanout.publish(LIFECYCLE_TOPIC, [event])
 
+    @property
+    def watched(self) -> bool:
+        """Whether anyone watches (so a change need not be read to be announced)."""
+        return bool(self._fanout.subscriber_count(LIFECYCLE_TOPIC))
+
     async def watch(self, types: Sequence[str]) -> AsyncGenerator[list[LifecycleEvent]]:
         """Lifecycle events (filtered by ``types`` when given); an empty batch first, once live."""
         wanted = frozenset(types)

@@ -2,7 +2,10 @@
 
 A message sent while a session is busy is added to the session's pending
 queue (persisted in its record, so an acknowledged message survives a crash)
-and announced with a ``pending_messages.modified`` event. When a turn's end
+and announced with a ``pending_messages.modified`` event. The session may be
+busy on another daemon sharing the store: the store refuses to open a second
+turn (``TurnBusyError``), and the message is queued there too, for whichever
+daemon ends the running turn to start. When a turn's end
 is committed, the first queued message starts at once, so every turn's events
 stay contiguous in the log. ``mode=immediate`` puts the message first and
 aborts the running turn.
@@ -17,10 +20,10 @@ from typing import TYPE_CHECKING
 
 from copilot_client.proto.v1 import copilot_pb2
 from copilotd import events as ev
-from copilotd.errors import SessionNotFoundError
+from copilotd.errors import SessionNotFoundError, TurnBusyError
 from copilotd.events import SessionEvent
 from copilotd.sessions.state import RunningTurn, SessionState, TurnHost
-from copilotd.store import PendingMessage, SessionRecord
+from copilotd.store import PendingMessage, QueueEdit, SessionRecord
 
 if TYPE_CHECKING:
     from copilotd.sessions.turns import TurnEngine
@@ -56,10 +59,14 @@ class TurnScheduler:
         """
         if state.turn is None and not state.pending:
             turn = self._turns.claim(state, session_id, user.id)
-            stored = await self._turns.begin(
-                turn, user, expected_last_sequence=expected_last_sequence, record=record
-            )
-            return stored, False
+            try:
+                stored = await self._turns.begin(
+                    turn, user, expected_last_sequence=expected_last_sequence, record=record
+                )
+            except TurnBusyError:
+                pass  # another daemon's turn is running: queue behind it
+            else:
+                return stored, False
         pending = PendingMessage(
             message_id=user.id,
             content=user.user_message.content,
@@ -77,7 +84,7 @@ class TurnScheduler:
             await self._host.append(
                 session_id,
                 [],
-                pending=list(state.pending),
+                queue=QueueEdit(add=pending, first=immediate),
                 expected_last_sequence=expected_last_sequence,
             )
         except BaseException:
@@ -87,8 +94,10 @@ class TurnScheduler:
         self.announce(session_id, state)
         running = state.turn
         if running is None:
-            if not self._host.shutting_down:
-                self.start_next(session_id, state)  # an earlier start failed: retry now
+            # An earlier start failed, or another daemon's turn runs (its
+            # lease then refuses ours, and it starts the queue itself).
+            if state.pending and not self._host.shutting_down:
+                self.start_next(session_id, state)
         elif immediate:
             await self._turns.cancel(running, reason=SUPERSEDED)
         return user, True
@@ -107,7 +116,7 @@ class TurnScheduler:
         Runs synchronously right after the commit that closed the turn, so no
         new message can slip in ahead of the queue.
         """
-        if state.pending and not self._host.shutting_down:
+        if state.pending and not state.queue_held and not self._host.shutting_down:
             self.start_next(session_id, state)
             return
         state.turn = None
@@ -133,9 +142,14 @@ class TurnScheduler:
         queued: PendingMessage,
     ) -> None:
         try:
-            await self._turns.begin(turn, user, pending=list(state.pending))
+            await self._turns.begin(turn, user, queue=QueueEdit(remove=queued.message_id))
         except SessionNotFoundError:
             return  # deleted meanwhile, queue and all
+        except TurnBusyError:
+            # Another daemon runs a turn (or holds the queue): it starts the
+            # message when its turn ends; ours is the durable queue's copy.
+            log.info("session %s: queued message %s left to another daemon", session_id, user.id)
+            return
         except Exception as error:
             # It is still first in the durable queue: keep it first here too, so
             # that no later rewrite of the queue drops it. The next message sent

@@ -27,6 +27,8 @@ from copilotd.errors import (
     SessionNotFoundError,
     ShuttingDownError,
     StoreFullError,
+    TurnBusyError,
+    TurnTakenOverError,
 )
 from copilotd.events import SessionEvent, SessionMetadata
 from copilotd.limits import (
@@ -41,11 +43,12 @@ from copilotd.providers import (
     check_provider_config,
     public_provider_config,
 )
-from copilotd.sessions.context_window import ContextWindow, context_messages
+from copilotd.sessions.context_window import ContextWindow
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.history import History
 from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
 from copilotd.sessions.lifecycle import LifecycleEvent, LifecycleFeed
+from copilotd.sessions.peers import Delivery, PeerChanges
 from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
 from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
@@ -66,8 +69,10 @@ from copilotd.sessions.validation import (
 )
 from copilotd.store import (
     PendingMessage,
+    QueueEdit,
     SessionRecord,
     Store,
+    StoreChange,
 )
 from copilotd.store.committer import GroupCommitter
 from copilotd.store.purger import Purger
@@ -78,6 +83,7 @@ log = logging.getLogger(__name__)
 # reloaded from the store when used again.
 MAX_IDLE_STATES = 1024
 INTERRUPTED_AT_RESTART = "interrupted by daemon restart"
+TAKEN_OVER = "interrupted: the daemon running it stopped (its lease expired)"
 
 
 class SessionService:
@@ -109,11 +115,13 @@ class SessionService:
         self._states: dict[str, SessionState] = {}
         # Bounds the memory of the cached contexts of idle sessions.
         self.idle_contexts = IdleContexts(idle_context_budget)
+        self._delivery = Delivery(store, self.fanout, self.idle_contexts)
         self._turns = TurnEngine(self)
         self._scheduler = TurnScheduler(self, self._turns)
         # Deleted sessions' events are removed after the deletion, in steps.
         self.purger = Purger(committer)
         self._shutting_down = False
+        self._peers = PeerChanges(store, self._states, self._delivery, self.lifecycle, self._forget)
 
     @property
     def store(self) -> Store:
@@ -144,7 +152,12 @@ class SessionService:
         idle = [
             sid
             for sid, s in self._states.items()
-            if s.turn is None and not s.pending and not s.turn_waiters
+            # A session with subscribers keeps its state: it is what their
+            # events are delivered from (``peers``).
+            if s.turn is None
+            and not s.pending
+            and not s.turn_waiters
+            and not self.fanout.has_audience(sid)
         ]
         for session_id in idle[:excess]:
             self.idle_contexts.take(session_id)
@@ -172,14 +185,16 @@ class SessionService:
         """
         session_id = record.metadata.session_id
         state = self._states.get(session_id)
-        if state is not None and stored:
-            state.last_sequence = stored[-1].sequence
-            state.last_event_id = stored[-1].id
-            if state.context is not None and (added := context_messages(stored)):
-                self.idle_contexts.take(session_id)  # in use; counted again once idle
-                state.context.extend(added)
-            state.remember_messages(stored)
-        self.fanout.publish(session_id, stored)
+        if state is None:
+            self.fanout.publish(session_id, stored)
+        else:
+            if stored:
+                # Other daemons' events before ours first; none twice.
+                self._delivery.catch_up(session_id, state, stored[0].sequence - 1)
+                stored = [event for event in stored if event.sequence > state.last_sequence]
+            if not state.queue_held:
+                state.pending[:] = record.pending  # the queue as committed, others' too
+            self._delivery.deliver(session_id, state, stored)
         self.lifecycle.announce(LIFECYCLE_UPDATED, session_id, record.metadata)
         if closed_turn:
             if state is not None:
@@ -199,7 +214,11 @@ class SessionService:
         state = self._states.get(turn.session_id)
         if state is None or state.turn is not turn:
             return
-        if turn_started:
+        if isinstance(error, TurnTakenOverError):
+            # The daemon that took over closed the turn and runs the queue.
+            state.resolve_waiter(turn.user_message_id, error)
+            state.turn = None
+        elif turn_started:
             if not isinstance(error, ServiceError):
                 error = ServiceError("the turn's end could not be recorded; see the daemon log")
             state.resolve_waiter(turn.user_message_id, error)
@@ -220,6 +239,8 @@ class SessionService:
         close_turn: bool = False,
         expected_last_sequence: int | None = None,
         pending: list[PendingMessage] | None = None,
+        queue: QueueEdit | None = None,
+        fence: str | None = None,
     ) -> tuple[SessionRecord, list[SessionEvent]]:
         """Durably append ``events``, then publish them; returns the record and stored events."""
         with store_errors(session_id):
@@ -231,6 +252,8 @@ class SessionService:
                     open_turn=open_turn,
                     close_turn=close_turn,
                     pending=pending,
+                    queue=queue,
+                    fence=fence,
                 ),
                 on_commit=lambda result: self._published(
                     result[0], result[1], closed_turn=close_turn
@@ -399,12 +422,15 @@ class SessionService:
         held: list[PendingMessage] = []
         if state is not None:
             held, state.pending[:] = list(state.pending), []
+            state.queue_held = True
             if state.turn is not None:
                 await self._turns.cancel(state.turn, reason="replaced by an imported session")
         record = self._store.get_session(session_id)
         try:
             yield None if record is None else record.metadata.last_sequence
         except BaseException:
+            if state is not None:
+                state.queue_held = False
             if state is not None and held:
                 state.pending[:0] = held
                 if state.turn is None and not self._shutting_down:
@@ -530,6 +556,8 @@ class SessionService:
         check_message_id(message_id)
         record = self._record(session_id)
         state = self._state(record)
+        if self._store.shared:  # other daemons' commits first: checks see the session as it is
+            self._delivery.catch_up(session_id, state, record.metadata.last_sequence)
         # Refuse a message no provider could answer before anything is written;
         # the route is taken again from the record when the turn begins.
         self.providers.route_for(record.metadata)
@@ -595,7 +623,7 @@ class SessionService:
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
         """Persisted events after the cursor, then live ones (``History.follow``)."""
         self._check_running()
-        self._record(session_id)
+        self._state(self._record(session_id))  # what live events are delivered from
         return self._history.follow(session_id, after_sequence)
 
     # -- lifecycle ----------------------------------------------------------------
@@ -603,38 +631,66 @@ class SessionService:
     async def recover_interrupted_turns(self) -> int:
         """Close the turns a crash left open, then run the messages still queued.
 
+        At start-up, and then periodically on a store shared by several
+        daemons: there it takes over the sessions whose daemon's lease
+        expired (``Store.sessions_with_open_turns`` leaves out live ones).
         Returns how many turns were closed as interrupted.
         """
         closed = 0
         for record in self._store.sessions_with_open_turns():
             session_id = record.metadata.session_id
             state = self._state(record)
-            pending_calls = record.metadata.pending_tool_calls
-            if record.open_turn_id and pending_calls and await self._wait_again(record, state):
-                continue
+            if state.turn is not None:
+                continue  # running here: not interrupted
+            if not state.queue_held:
+                state.pending[:] = record.pending
             if record.open_turn_id:
-                completes = interrupted_completes(
-                    record.metadata.pending_tool_calls, record.open_turn_id, INTERRUPTED_AT_RESTART
-                )
-                end = ev.make_event(
-                    ev.ASSISTANT_TURN_END,
-                    turn_id=record.open_turn_id,
-                    user_message_id=record.open_turn_user_message_id,
-                    reason=ev.TurnEndReason.TURN_END_REASON_INTERRUPTED,
-                    message=INTERRUPTED_AT_RESTART,
-                )
-                # Its commit hands the session to the first queued message, if any.
-                await self.append(session_id, [*completes, end], close_turn=True)
+                try:
+                    # The lease first: whatever follows is this daemon's turn now.
+                    previous = await self._take_over(session_id)
+                except (TurnBusyError, SessionNotFoundError):
+                    continue  # another daemon renewed or deleted it meanwhile
+                pending_calls = record.metadata.pending_tool_calls
+                if pending_calls and await self._wait_again(record, state):
+                    continue
+                try:
+                    await self._close_interrupted(
+                        record, TAKEN_OVER if previous else INTERRUPTED_AT_RESTART
+                    )
+                except (TurnBusyError, TurnTakenOverError, SessionNotFoundError):
+                    continue  # another daemon closed or deleted it meanwhile
                 closed += 1
-                log.warning(
-                    "session %s: closed turn %s %s",
-                    session_id,
-                    record.open_turn_id,
-                    INTERRUPTED_AT_RESTART,
-                )
-            elif state.pending and state.turn is None:
+            elif state.pending:
                 self._scheduler.start_next(session_id, state)
         return closed
+
+    async def _take_over(self, session_id: str) -> str:
+        """Take the session's lease; the previous owner if it was another daemon's."""
+        with store_errors(session_id):
+            return await self._committer.submit(lambda writer: writer.take_over(session_id))
+
+    async def _close_interrupted(self, record: SessionRecord, why: str) -> None:
+        """Close a turn left open (this daemon's before a restart, or a dead daemon's)."""
+        session_id, turn_id = record.metadata.session_id, record.open_turn_id
+        completes = interrupted_completes(record.metadata.pending_tool_calls, turn_id, why)
+        end = ev.make_event(
+            ev.ASSISTANT_TURN_END,
+            turn_id=turn_id,
+            user_message_id=record.open_turn_user_message_id,
+            reason=ev.TurnEndReason.TURN_END_REASON_INTERRUPTED,
+            message=why,
+        )
+        # Its commit hands the session to the first queued message, if any.
+        await self.append(session_id, [*completes, end], close_turn=True, fence=turn_id)
+        log.warning("session %s: closed turn %s: %s", session_id, turn_id, why)
+
+    def on_store_change(self, change: StoreChange | None) -> None:
+        """Another daemon committed ``change`` (None: changes may have been missed)."""
+        self._peers.changed(change)
+
+    def catch_up_all(self) -> None:
+        """Deliver whatever other daemons committed to the sessions followed here."""
+        self._peers.catch_up_all()
 
     async def _wait_again(self, record: SessionRecord, state: SessionState) -> bool:
         """Run again a turn the last daemon left waiting for tool results.

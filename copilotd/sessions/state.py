@@ -21,7 +21,7 @@ from copilotd.errors import SequenceConflictError
 from copilotd.events import SessionEvent
 from copilotd.providers import ModelRoute, ProviderRegistry, ToolCall, ToolSpec
 from copilotd.sessions.context_window import ContextWindow
-from copilotd.store import PendingMessage, SessionRecord, Store
+from copilotd.store import PendingMessage, QueueEdit, SessionRecord, Store
 
 # User messages remembered per session (id -> sequence), so that a client
 # sending a message again with its own id after losing the connection does
@@ -109,6 +109,8 @@ class SessionState:
     pending: list[PendingMessage] = field(default_factory=list)
     # Recent user messages' ids and sequence numbers, oldest first.
     recent_messages: dict[str, int] = field(default_factory=dict)
+    # An import replacing the session holds its queue: a turn's end starts nothing.
+    queue_held: bool = False
     # Callers of send_message_and_wait, by user message id.
     turn_waiters: dict[str, asyncio.Future[TurnOutcome]] = field(default_factory=dict)
     # Recently recorded tool results, oldest first (retries are recognised).
@@ -173,9 +175,11 @@ class TurnHost(Protocol):
       ``release_turn`` (a turn whose start was never committed). The
       ``RunningTurn`` itself is the turn engine's.
     - ``pending``: the scheduler's. It changes the list before the commit that
-      persists it (concurrent senders then queue behind it, and commits run in
-      submission order, so the last commit holds the whole queue) and undoes
-      its change when that commit fails.
+      persists it (concurrent senders then queue behind it) and undoes its
+      change when that commit fails; the store changes the durable queue one
+      message at a time (``QueueEdit``), and every commit's callback copies
+      the queue as committed back into ``pending`` (other daemons may queue
+      messages too).
     - ``last_sequence``, ``last_event_id``, ``recent_messages`` and the growth
       of ``context``: the host's, in ``append``'s commit callback, which runs
       in commit order before any later commit's. A closing commit
@@ -231,9 +235,13 @@ class TurnHost(Protocol):
         close_turn: bool = False,
         expected_last_sequence: int | None = None,
         pending: list[PendingMessage] | None = None,
+        queue: QueueEdit | None = None,
+        fence: str | None = None,
     ) -> tuple[SessionRecord, list[SessionEvent]]:
         """Durably append ``events`` (and the queue, and the turn's opening or
-        closing), then update the session's state and publish them."""
+        closing), then update the session's state and publish them. ``fence``:
+        the turn these events belong to (the store refuses them once another
+        daemon has taken the turn over)."""
         ...
 
     def publish_ephemeral(self, session_id: str, event: SessionEvent) -> None:

@@ -11,6 +11,8 @@ from copilotd.errors import (
     SessionExistsError,
     SessionNotFoundError,
     StoreFullError,
+    TurnBusyError,
+    TurnTakenOverError,
 )
 from copilotd.store import (
     EventIdTaken,
@@ -18,6 +20,8 @@ from copilotd.store import (
     SessionExists,
     SessionNotFound,
     StoreFull,
+    TurnBusy,
+    TurnLost,
 )
 
 
@@ -34,5 +38,9 @@ def store_errors(session_id: str = "") -> Iterator[None]:
         raise SequenceConflictError(error.session_id, error.expected, error.actual) from None
     except EventIdTaken as error:
         raise MessageIdTakenError(error.session_id, error.event_id) from None
+    except TurnBusy as error:
+        raise TurnBusyError(str(error)) from None
+    except TurnLost as error:
+        raise TurnTakenOverError(error.session_id, error.turn_id) from None
     except StoreFull as error:
         raise StoreFullError(f"the session store is full: {error}") from None

@@ -42,7 +42,7 @@ from copilotd.sessions.tools import (
 )
 
 if TYPE_CHECKING:
-    from copilotd.store import PendingMessage, SessionRecord
+    from copilotd.store import QueueEdit, SessionRecord
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class TurnEngine:
         user: SessionEvent,
         *,
         expected_last_sequence: int | None = None,
-        pending: list[PendingMessage] | None = None,
+        queue: QueueEdit | None = None,
         record: SessionRecord | None = None,
     ) -> SessionEvent:
         """Commit the user message with its turn_start, then run the turn in a task.
@@ -119,7 +119,7 @@ class TurnEngine:
                 [user, turn_start],
                 open_turn=(turn.turn_id, user.id),
                 expected_last_sequence=expected_last_sequence,
-                pending=pending,
+                queue=queue,
             )
         except BaseException:
             turn.started.set()
@@ -210,7 +210,7 @@ class TurnEngine:
             turn.answering[call.call_id] = result
         completes = [complete_event(call, turn.turn_id, result) for call in calls]
         try:
-            await self._host.append(turn.session_id, completes)
+            await self._host.append(turn.session_id, completes, fence=turn.turn_id)
         except BaseException:
             # Not recorded: the calls are open again for another answer.
             turn.open_calls.update((call.call_id, call) for call in calls)
@@ -255,7 +255,9 @@ class TurnEngine:
         if usage is not None:
             events.append(usage)
         turn.open_calls.update((call.call_id, call) for call in calls)
-        commit = asyncio.ensure_future(self._host.append(turn.session_id, events))
+        commit = asyncio.ensure_future(
+            self._host.append(turn.session_id, events, fence=turn.turn_id)
+        )
         try:
             # Shielded: an abort arriving mid-commit must know whether the
             # starts were stored, to close exactly the calls that were.
@@ -285,7 +287,9 @@ class TurnEngine:
             history_tokens=context.tokens,
         )
         if fitted.truncation is not None:
-            await host.append(turn.session_id, [self._truncation(turn, fitted.truncation)])
+            await host.append(
+                turn.session_id, [self._truncation(turn, fitted.truncation)], fence=turn.turn_id
+            )
         request = ChatRequest(
             model=route.wire_model,
             messages=fitted.messages,
@@ -479,7 +483,7 @@ class TurnEngine:
         """
         host = self._host
         try:
-            await host.append(turn.session_id, events, close_turn=True)
+            await host.append(turn.session_id, events, close_turn=True, fence=turn.turn_id)
             return
         except StoreFullError as error:
             log.warning(
@@ -492,7 +496,7 @@ class TurnEngine:
         delay = CLOSE_RETRY_FIRST_DELAY
         for attempt in itertools.count(1):
             try:
-                await host.append(turn.session_id, short, close_turn=True)
+                await host.append(turn.session_id, short, close_turn=True, fence=turn.turn_id)
             except StoreFullError as error:
                 if attempt == 1:
                     log.warning(

@@ -10,6 +10,7 @@ from copilotd.store.base import (
     BackupUnsupported,
     EventIdTaken,
     PendingMessage,
+    QueueEdit,
     SequenceConflict,
     SessionEvent,
     SessionExists,
@@ -17,11 +18,14 @@ from copilotd.store.base import (
     SessionNotFound,
     SessionRecord,
     Store,
+    StoreChange,
     StoreCorrupt,
     StoreError,
     StoreFull,
     StoreVersionError,
     StoreWriter,
+    TurnBusy,
+    TurnLost,
 )
 from copilotd.store.lmdb_store import LmdbStore
 from copilotd.store.memory_store import MemoryStore
@@ -35,6 +39,7 @@ __all__ = [
     "LmdbStore",
     "MemoryStore",
     "PendingMessage",
+    "QueueEdit",
     "SequenceConflict",
     "SessionEvent",
     "SessionExists",
@@ -42,11 +47,14 @@ __all__ = [
     "SessionNotFound",
     "SessionRecord",
     "Store",
+    "StoreChange",
     "StoreCorrupt",
     "StoreError",
     "StoreFull",
     "StoreVersionError",
     "StoreWriter",
+    "TurnBusy",
+    "TurnLost",
     "open_store",
 ]
 

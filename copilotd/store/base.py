@@ -62,6 +62,30 @@ The contract:
 * **Versioning.** Opening a store written by a newer schema version raises
   ``StoreVersionError`` and leaves the files untouched; an older one is
   migrated in place.
+* **Turns across daemons.** A session runs one turn at a time. Opening a
+  turn (``open_turn``) while another is open (and not closed by the same
+  call) raises ``TurnBusy``. A turn's own writes carry its id as a fencing
+  token (``fence``): the append raises ``TurnLost`` (nothing written) unless
+  that turn is still the session's open turn and its lease is this store's.
+  A store shared by several daemons (``shared``: PostgreSQL) keeps a lease per
+  session whose turn is open (or whose queue a daemon is working through):
+  an owner (``lease_owner``), a fencing token (the turn's id) and an expiry
+  ``lease_seconds`` ahead, renewed by ``renew_leases``. ``open_turn`` and
+  ``take_over`` raise ``TurnBusy`` while another owner's lease is live;
+  once it has expired, ``take_over`` moves it to this store so the turn can
+  be closed as interrupted, and the old owner's fenced writes fail from
+  then on. A store used by one daemon (LMDB, memory) holds every lease
+  trivially: ``take_over`` never refuses and ``renew_leases`` does nothing.
+* **Queued messages** live in the session's record (``pending``), changed
+  in the writing transaction either whole (``pending``) or one message at a
+  time (``queue``: add one, at the end or first, and remove one by id), so
+  that daemons queueing and dequeuing at once on one session lose nothing.
+  Adding a message already queued changes nothing (a message sent again
+  through another daemon is queued once).
+* **Changes from other daemons.** ``watch`` reports, from a thread of the
+  store's, what other daemons committed (``StoreChange``); ``None`` means
+  reports may have been missed and the watcher should re-read what it
+  follows. A store used by one daemon reports nothing.
 * **Pinning** (``set_pinned``) changes only ``metadata.pinned``: the listing
   order and every other field stay as they were.
 * **Backup.** ``copy_to`` writes a consistent copy of the whole store, as it
@@ -74,7 +98,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Final, Literal, TypeVar
 
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
 from copilotd.proto.v1 import store_pb2
@@ -88,6 +113,33 @@ PendingMessage = copilot_pb2.PendingMessage
 SCHEMA_VERSION = 2
 
 T = TypeVar("T")
+
+# How long a lease lasts unless renewed, by default (``[store] lease_seconds``).
+DEFAULT_LEASE_SECONDS: Final = 30.0
+
+
+@dataclass(frozen=True)
+class QueueEdit:
+    """One change to a session's queue of pending messages, made in the writing transaction."""
+
+    add: PendingMessage | None = None
+    # Put ``add`` first (a message sent with mode=immediate) rather than last.
+    first: bool = False
+    # The id of a queued message to remove (its turn is starting).
+    remove: str = ""
+
+
+ChangeKind = Literal["events", "created", "deleted", "updated"]
+
+
+@dataclass(frozen=True)
+class StoreChange:
+    """What another daemon committed: a session's new events, creation, deletion or pin."""
+
+    kind: ChangeKind
+    session_id: str
+    # The session's last sequence after the change (0 for a deletion).
+    last_sequence: int
 
 
 class StoreError(Exception):
@@ -129,6 +181,23 @@ class EventIdTaken(StoreError):
         self.session_id = session_id
         self.event_id = event_id
         self.sequence = sequence
+
+
+class TurnBusy(StoreError):
+    """The session has a turn open, or another daemon's live lease on it."""
+
+    def __init__(self, session_id: str, holder: str) -> None:
+        super().__init__(f"session {session_id!r} is busy: {holder}")
+        self.session_id = session_id
+
+
+class TurnLost(StoreError):
+    """A fenced write of a turn that is no longer the session's open turn under this lease."""
+
+    def __init__(self, session_id: str, turn_id: str, why: str) -> None:
+        super().__init__(f"turn {turn_id!r} of session {session_id!r} can no longer write: {why}")
+        self.session_id = session_id
+        self.turn_id = turn_id
 
 
 class StoreFull(StoreError):
@@ -175,6 +244,8 @@ class StoreWriter(ABC):
         open_turn: tuple[str, str] | None = None,
         close_turn: bool = False,
         pending: Sequence[PendingMessage] | None = None,
+        queue: QueueEdit | None = None,
+        fence: str | None = None,
     ) -> tuple[SessionRecord, list[SessionEvent]]:
         """Append persisted ``events`` to a session's log, in order.
 
@@ -187,10 +258,26 @@ class StoreWriter(ABC):
                 progress (``metadata.turn_running`` becomes true).
             close_turn: clear the turn in progress. Applied before
                 ``open_turn``, so one call can end a turn and start the next.
+            pending: the whole queue of pending messages, replacing it.
+            queue: one change to the queue (after ``pending``); the id of a
+                message added is checked against the log like an event's.
+            fence: the id of the turn these events belong to: ``TurnLost``
+                unless it is the open turn and its lease is this store's.
 
+        Opening a turn while another stays open raises ``TurnBusy``, as does
+        another daemon's live lease on the session (module docstring).
         Raises ``SessionNotFound``. Returns the updated record and the stored
         events (copies: the caller's events are left as they were). An
         ephemeral event raises ``ValueError``, which aborts the batch.
+        """
+
+    @abstractmethod
+    def take_over(self, session_id: str) -> str:
+        """Take the session's lease for this store, to close a turn its owner left open.
+
+        Returns the previous owner when it was another daemon whose lease had
+        expired ("" when the lease was free or this store's already). Raises
+        ``TurnBusy`` while another owner's lease is live, ``SessionNotFound``.
         """
 
     @abstractmethod
@@ -322,8 +409,24 @@ class Store(ABC):
         """Sessions with a turn in progress or queued messages (cost: those sessions only).
 
         These are the sessions the daemon must attend to at start-up: close a
-        turn a crash interrupted, then run the queued messages.
+        turn a crash interrupted, then run the queued messages. A shared store
+        leaves out the sessions under another owner's live lease.
         """
+
+    # Several daemons on one store (module docstring); a store that only one
+    # daemon uses keeps these defaults.
+    shared: bool = False
+    lease_owner: str = ""
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+
+    def renew_leases(self) -> int:
+        """Push back the expiry of every lease this store holds; returns how many."""
+        return 0
+
+    def watch(self, on_change: Callable[[StoreChange | None], None]) -> None:
+        """Call ``on_change`` (from a thread of the store's) for each change another
+        daemon commits, and with ``None`` when some may have been missed."""
+        return  # nothing to report: no other daemon writes to this store
 
     @abstractmethod
     def session_count(self) -> int:

@@ -11,6 +11,7 @@ from copilotd.store import records
 from copilotd.store.base import (
     EventIdTaken,
     PendingMessage,
+    QueueEdit,
     SessionEvent,
     SessionExists,
     SessionMetadata,
@@ -89,26 +90,35 @@ class LmdbWriter(StoreWriter):
         open_turn: tuple[str, str] | None = None,
         close_turn: bool = False,
         pending: Sequence[PendingMessage] | None = None,
+        queue: QueueEdit | None = None,
+        fence: str | None = None,
     ) -> tuple[SessionRecord, list[SessionEvent]]:
         # Ending a turn, and starting a queued message (its text is already
         # stored in the queue), may use the reserve: neither may be refused
         # for lack of space without leaving a half turn or dropping a message.
-        self._may_use_reserve = close_turn or (open_turn is not None and pending is not None)
+        starts_queued = pending is not None or (queue is not None and bool(queue.remove))
+        self._may_use_reserve = close_turn or (open_turn is not None and starts_queued)
         record = load_record(self._txn, self._tables, session_id)
         if record is None:
             raise SessionNotFound(session_id)
         # Ids first: a message sent again is told apart from a stale writer.
         self._check_ids_free(record, [event.id for event in events])
-        if pending is not None:
-            self._check_ids_free(record, [queued.message_id for queued in pending])
+        self._check_ids_free(record, records.queued_ids(pending, queue))
         records.check_expected_sequence(record, expected_last_sequence)
+        records.check_turn(record, fence, open_turn, close_turn)
         old_recency_key = recency_key(record.metadata)
         stored = records.append_to_record(record, events)
         records.update_turn(record, open_turn, close_turn)
-        records.update_pending(record, pending)
+        records.update_queue(record, pending, queue)
         self._put_events(record, stored)
         self._save(record, old_recency_key)
         return record, stored
+
+    def take_over(self, session_id: str) -> str:
+        # One daemon uses this store: every lease is its own already.
+        if load_record(self._txn, self._tables, session_id) is None:
+            raise SessionNotFound(session_id)
+        return ""
 
     def delete_session(self, session_id: str) -> None:
         self._may_use_reserve = True

@@ -20,6 +20,7 @@ from copilotd.store.base import (
     BackupUnsupported,
     EventIdTaken,
     PendingMessage,
+    QueueEdit,
     SessionEvent,
     SessionExists,
     SessionMetadata,
@@ -221,22 +222,30 @@ class _MemoryWriter(StoreWriter):
         open_turn: tuple[str, str] | None = None,
         close_turn: bool = False,
         pending: Sequence[PendingMessage] | None = None,
+        queue: QueueEdit | None = None,
+        fence: str | None = None,
     ) -> tuple[SessionRecord, list[SessionEvent]]:
         record = self._state.record(session_id)
         if record is None:
             raise SessionNotFound(session_id)
         # Ids first: a message sent again is told apart from a stale writer.
         self._check_ids_free(record, [event.id for event in events])
-        if pending is not None:
-            self._check_ids_free(record, [queued.message_id for queued in pending])
+        self._check_ids_free(record, records.queued_ids(pending, queue))
         records.check_expected_sequence(record, expected_last_sequence)
+        records.check_turn(record, fence, open_turn, close_turn)
         old_recency_key = records.recency_key(record.metadata)
         stored = records.append_to_record(record, events)
         records.update_turn(record, open_turn, close_turn)
-        records.update_pending(record, pending)
+        records.update_queue(record, pending, queue)
         self._extend_log(record, stored)
         self._save(record, old_recency_key)
         return record, stored
+
+    def take_over(self, session_id: str) -> str:
+        # One daemon uses this store: every lease is its own already.
+        if self._state.record(session_id) is None:
+            raise SessionNotFound(session_id)
+        return ""
 
     def delete_session(self, session_id: str) -> None:
         record = self._state.record(session_id)

@@ -17,10 +17,16 @@ so copilotd can share a database with other programs. Tables:
   session's log number comes from the sequence ``log_numbers`` and is never
   reused, so a re-created session cannot see a deleted one's events.
 * ``staged_imports``: log number -> the record of an import being staged
-  (its events are in ``events`` already, under a log no session names).
-  Opening the store discards what a crash left here.
+  (its events are in ``events`` already, under a log no session names) and
+  the daemon staging it (``owner``). Opening the store discards what a crash
+  of this daemon (the same owner) left here, never another daemon's.
 * ``purge_queue``: log numbers of deleted sessions whose events are still
   to be removed (``purge_deleted``).
+* ``turn_leases``: session id -> the daemon (``owner``) that runs its
+  turn, or works through its queue, the turn's id (the fencing token a
+  turn's writes carry) and when the lease expires unless renewed
+  (``expires_at``, the server's clock). Appending with a fence checks it in
+  the same transaction; see ``base`` for the rules.
 * ``counters``: ``session_count``, kept by creation and deletion, because
   ``count(*)`` would read every row.
 * ``schema_version``: one row; a newer version than ``SCHEMA_VERSION`` is
@@ -30,6 +36,10 @@ Sequence numbers stay gap-free because appending locks the session's row
 (``SELECT ... FOR UPDATE``) and checks ``expected_last_sequence`` against
 that row, in the writing transaction: two daemons appending to one session
 queue on the lock, and the second sees the first's commit.
+
+Every write that another daemon's readers should hear of sends
+``pg_notify(CHANNEL, ...)`` with a JSON payload (kind, session, last
+sequence, owner); PostgreSQL delivers it at commit, in commit order.
 """
 
 from __future__ import annotations
@@ -42,7 +52,9 @@ from psycopg.conninfo import conninfo_to_dict
 from copilotd.store.base import StoreCorrupt, StoreError, StoreVersionError
 
 SCHEMA: Final = "copilotd"
-SCHEMA_VERSION: Final = 1
+# 2: turn_leases, and the owner of a staged import.
+SCHEMA_VERSION: Final = 2
+CHANNEL: Final = "copilotd_changes"
 # Taken while the schema is checked or created, so that daemons starting at
 # once on one database create it once ("copilotd" in ASCII).
 SCHEMA_LOCK_KEY: Final = 0x636F70696C6F7464
@@ -78,6 +90,17 @@ CREATE TABLE {SCHEMA}.staged_imports (log_number bigint PRIMARY KEY, record byte
 CREATE TABLE {SCHEMA}.purge_queue (log_number bigint PRIMARY KEY);
 CREATE TABLE {SCHEMA}.counters (name text PRIMARY KEY, value bigint NOT NULL);
 INSERT INTO {SCHEMA}.counters VALUES ('session_count', 0);
+"""
+# What version 2 added; also run on a version 1 store when it opens.
+_CREATE_LEASES: Final = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.turn_leases (
+    session_id text COLLATE "C" PRIMARY KEY,
+    owner text NOT NULL,
+    turn_id text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS turn_leases_owner ON {SCHEMA}.turn_leases (owner);
+ALTER TABLE {SCHEMA}.staged_imports ADD COLUMN IF NOT EXISTS owner text NOT NULL DEFAULT '';
 """
 
 
@@ -118,14 +141,20 @@ def prepare_schema(connection: psycopg.Connection[Any], where: str) -> None:
         ).fetchone()
         if has_schema is None:
             connection.execute(_CREATE.encode())
+            connection.execute(_CREATE_LEASES.encode())
             connection.execute(
                 f"INSERT INTO {SCHEMA}.schema_version VALUES (%s)", (SCHEMA_VERSION,)
             )
             return
-        check_version(connection, where)
+        if check_version(connection, where) < SCHEMA_VERSION:
+            connection.execute(_CREATE_LEASES.encode())
+            connection.execute(
+                f"UPDATE {SCHEMA}.schema_version SET version = %s", (SCHEMA_VERSION,)
+            )
 
 
-def check_version(connection: psycopg.Connection[Any], where: str) -> None:
+def check_version(connection: psycopg.Connection[Any], where: str) -> int:
+    """The store's schema version; raises for a newer one or a schema without a version."""
     has_table = connection.execute(
         "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_version",)
     ).fetchone()
@@ -145,17 +174,20 @@ def check_version(connection: psycopg.Connection[Any], where: str) -> None:
             f"supports version {SCHEMA_VERSION} at most. Upgrade copilotd to open it; "
             "the store was left untouched."
         )
+    return version
 
 
-def discard_staged(connection: psycopg.Connection[Any]) -> int:
-    """Hand the imports a crash cut short to the purge; how many there were.
+def discard_staged(connection: psycopg.Connection[Any], owner: str) -> int:
+    """Hand the imports a crash of ``owner`` cut short to the purge; how many there were.
 
-    Only for a store's first opening after a crash: a staged import of a
-    daemon still running on the same database would be lost too (imports
-    across daemons need an owner per staged log; see docs/operations.md).
+    Other daemons' staged imports stay (they may be under way); so do those
+    of a daemon that died and never came back (an owner is a host and a data
+    directory), until an operator drops them.
     """
     with connection.transaction():
         return connection.execute(
-            f"WITH gone AS (DELETE FROM {SCHEMA}.staged_imports RETURNING log_number)"
-            f" INSERT INTO {SCHEMA}.purge_queue SELECT log_number FROM gone"
+            f"WITH gone AS (DELETE FROM {SCHEMA}.staged_imports"
+            " WHERE owner = %s OR owner = '' RETURNING log_number)"
+            f" INSERT INTO {SCHEMA}.purge_queue SELECT log_number FROM gone",
+            (owner,),
         ).rowcount

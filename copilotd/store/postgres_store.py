@@ -10,7 +10,10 @@ row locks order them against other daemons on the same database.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,16 +26,19 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from copilotd.redaction import REDACTOR
 from copilotd.store import records
 from copilotd.store.base import (
+    DEFAULT_LEASE_SECONDS,
     BackupUnsupported,
     SessionEvent,
     SessionNotFound,
     SessionRecord,
     Store,
+    StoreChange,
     StoreError,
     StoreFull,
     StoreWriter,
 )
 from copilotd.store.postgres_schema import (
+    CHANNEL,
     SCHEMA,
     StoreUnreachable,
     describe_dsn,
@@ -61,9 +67,16 @@ _LIST_KEYS: Final = f"SELECT modified_ns, session_id, metadata_bytes FROM {SCHEM
 _NEWEST_FIRST: Final = " ORDER BY modified_ns DESC, session_id DESC LIMIT %s"
 LIST_FIRST_PAGE: Final = _LIST_KEYS + _NEWEST_FIRST
 LIST_NEXT_PAGE: Final = _LIST_KEYS + " WHERE (modified_ns, session_id) < (%s, %s)" + _NEWEST_FIRST
+# Sessions needing attention, less those under another daemon's live lease.
+# (A subquery per session, by turn_leases' key: leases are never scanned.)
 OPEN_TURNS: Final = (
-    f"SELECT record FROM {SCHEMA}.sessions WHERE needs_attention ORDER BY session_id"
+    f"SELECT s.record FROM {SCHEMA}.sessions s WHERE s.needs_attention AND coalesce("
+    f"(SELECT l.owner = %s OR l.expires_at <= now() FROM {SCHEMA}.turn_leases l"
+    " WHERE l.session_id = s.session_id), true) ORDER BY s.session_id"
 )
+# How long the listener waits for a notification before checking it should stop.
+LISTEN_POLL_SECONDS: Final = 0.5
+RECONNECT_DELAY_SECONDS: Final = 1.0
 
 # One event by id: a lookup in events_ids.
 FIND_EVENT: Final = f"SELECT event FROM {SCHEMA}.events WHERE log_number = %s AND event_id = %s"
@@ -78,17 +91,44 @@ def events_query(columns: str, newest_first: bool) -> str:
     )
 
 
+def default_owner() -> str:
+    """A lease owner unique to this process (a daemon passes a stable one: its host and
+    data directory, so that after a restart it takes its own leases back at once)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 class PostgresStore(Store):
     """A store in a PostgreSQL database; create it with ``PostgresStore.open``."""
 
-    def __init__(self, pool: ConnectionPool[Any], where: str) -> None:
+    shared = True
+
+    def __init__(
+        self,
+        pool: ConnectionPool[Any],
+        where: str,
+        *,
+        dsn: str = "",
+        lease_owner: str = "",
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> None:
         self._pool = pool
         self.where = where
+        self._dsn = dsn
+        self.lease_owner = lease_owner or default_owner()
+        self.lease_seconds = lease_seconds
         self._write_lock = threading.Lock()
         self._closed = False
+        self._listener: _Listener | None = None
 
     @classmethod
-    def open(cls, dsn: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> PostgresStore:
+    def open(
+        cls,
+        dsn: str,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        lease_owner: str = "",
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> PostgresStore:
         """Connect to the database ``dsn`` names, creating the schema if it has none.
 
         Raises ``StoreUnreachable`` when the server cannot be reached or
@@ -98,6 +138,7 @@ class PostgresStore(Store):
         and database, never the password.
         """
         where = describe_dsn(dsn)
+        lease_owner = lease_owner or default_owner()
         password = dsn_password(dsn)
         if password:
             REDACTOR.add(password)  # whatever quotes the DSN, the log will not show it
@@ -108,7 +149,7 @@ class PostgresStore(Store):
                 dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_SECONDS)
             ) as connection:
                 prepare_schema(connection, where)
-                discarded = discard_staged(connection)
+                discarded = discard_staged(connection, lease_owner)
         except psycopg.OperationalError as error:
             raise _unreachable(where, error) from None
         if discarded:
@@ -133,7 +174,7 @@ class PostgresStore(Store):
             pool.close()
             raise _unreachable(where, error) from None
         log.info("store: %s", where)
-        return cls(pool, where)
+        return cls(pool, where, dsn=dsn, lease_owner=lease_owner, lease_seconds=lease_seconds)
 
     # Writes
 
@@ -158,7 +199,7 @@ class PostgresStore(Store):
 
     def _run_batch(self, operations: list[Callable[[StoreWriter], T]]) -> list[T | StoreError]:
         with self._pool.connection() as connection, connection.transaction():
-            writer = PostgresWriter(connection)
+            writer = PostgresWriter(connection, self.lease_owner, self.lease_seconds)
             return [writer.run(operation) for operation in operations]
 
     # Reads
@@ -253,7 +294,7 @@ class PostgresStore(Store):
 
     def sessions_with_open_turns(self) -> list[SessionRecord]:
         with self._reading() as connection:
-            rows = connection.execute(OPEN_TURNS).fetchall()
+            rows = connection.execute(OPEN_TURNS, (self.lease_owner,)).fetchall()
         return [SessionRecord.FromString(raw) for (raw,) in rows]
 
     def session_count(self) -> int:
@@ -285,15 +326,84 @@ class PostgresStore(Store):
             "the whole server with pg_basebackup)"
         )
 
+    def renew_leases(self) -> int:
+        self._check_open()
+        with self._pool.connection() as connection:
+            return int(
+                connection.execute(
+                    f"UPDATE {SCHEMA}.turn_leases"
+                    " SET expires_at = now() + make_interval(secs => %s) WHERE owner = %s",
+                    (self.lease_seconds, self.lease_owner),
+                ).rowcount
+            )
+
+    def watch(self, on_change: Callable[[StoreChange | None], None]) -> None:
+        self._check_open()
+        if self._listener is not None:
+            raise RuntimeError("the store is watched already")
+        self._listener = _Listener(self._dsn, self.lease_owner, on_change)
+        self._listener.start()
+        # Changes committed after ``watch`` returns are heard: it returns once LISTENing.
+        if not self._listener.listening.wait(CONNECT_TIMEOUT_SECONDS):
+            log.warning("store listener: not listening yet; changes are caught up later")
+
     def close(self) -> None:
         with self._write_lock:
             if not self._closed:
                 self._closed = True
+                if self._listener is not None:
+                    self._listener.stop()
                 self._pool.close()
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"the store at {self.where} is closed")
+
+
+class _Listener(threading.Thread):
+    """LISTENs on a connection of its own and reports other daemons' changes.
+
+    A notification lost while the connection was down is made up for by
+    reporting ``None`` on reconnecting: the watcher re-reads what it follows.
+    """
+
+    def __init__(
+        self, dsn: str, owner: str, on_change: Callable[[StoreChange | None], None]
+    ) -> None:
+        super().__init__(name="copilotd-store-listener", daemon=True)
+        self._dsn = dsn
+        self._owner = owner
+        self._on_change = on_change
+        self._stopping = threading.Event()
+        self.listening = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
+
+    def run(self) -> None:
+        connected_before = False
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(
+                    self._dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_SECONDS)
+                ) as connection:
+                    connection.execute(f"LISTEN {CHANNEL}")
+                    self.listening.set()
+                    if connected_before:
+                        self._on_change(None)
+                    connected_before = True
+                    while not self._stopping.is_set():
+                        for notification in connection.notifies(timeout=LISTEN_POLL_SECONDS):
+                            self._report(notification.payload)
+            except psycopg.Error as error:
+                log.warning("store listener: %s; reconnecting", str(error).strip())
+                self._stopping.wait(RECONNECT_DELAY_SECONDS)
+
+    def _report(self, payload: str) -> None:
+        change = json.loads(payload)
+        if change["o"] != self._owner:
+            self._on_change(StoreChange(change["k"], change["s"], int(change["q"])))
 
 
 def _record(connection: psycopg.Connection[Any], session_id: str) -> SessionRecord | None:

@@ -7,15 +7,18 @@ are the shared ones in ``records``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import psycopg
 
 from copilotd.store import records
 from copilotd.store.base import (
+    ChangeKind,
     EventIdTaken,
     PendingMessage,
+    QueueEdit,
     SessionEvent,
     SessionExists,
     SessionMetadata,
@@ -23,8 +26,10 @@ from copilotd.store.base import (
     SessionRecord,
     StoreError,
     StoreWriter,
+    TurnBusy,
+    TurnLost,
 )
-from copilotd.store.postgres_schema import SCHEMA
+from copilotd.store.postgres_schema import CHANNEL, SCHEMA
 
 T = TypeVar("T")
 
@@ -35,6 +40,17 @@ PURGE_STEP: Final = (
     f"DELETE FROM {SCHEMA}.events WHERE log_number = %s AND sequence IN"
     f" (SELECT sequence FROM {SCHEMA}.events WHERE log_number = %s ORDER BY sequence LIMIT %s)"
 )
+
+
+class Lease(NamedTuple):
+    owner: str
+    turn_id: str
+    live: bool
+
+
+def change_payload(kind: ChangeKind, session_id: str, last_sequence: int, owner: str) -> str:
+    """A notification's text (PostgreSQL caps it at 8000 bytes; session ids are far shorter)."""
+    return json.dumps({"k": kind, "s": session_id, "q": last_sequence, "o": owner})
 
 
 def modified_ns(metadata: SessionMetadata) -> int:
@@ -55,8 +71,12 @@ def index_columns(record: SessionRecord) -> tuple[int, int, bool, int, bytes]:
 
 
 class PostgresWriter(StoreWriter):
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self, connection: psycopg.Connection[Any], owner: str, lease_seconds: float
+    ) -> None:
         self._connection = connection
+        self._owner = owner
+        self._lease_seconds = lease_seconds
 
     def run(self, operation: Callable[[StoreWriter], T]) -> T | StoreError:
         try:
@@ -90,6 +110,7 @@ class PostgresWriter(StoreWriter):
         record, stored = records.new_record(metadata, self._next_log_number(), events)
         self._insert_session(record)
         self._insert_events(record.log_number, stored)
+        self._notify("created", record)
         return record, stored
 
     def _next_log_number(self) -> int:
@@ -120,19 +141,74 @@ class PostgresWriter(StoreWriter):
         open_turn: tuple[str, str] | None = None,
         close_turn: bool = False,
         pending: Sequence[PendingMessage] | None = None,
+        queue: QueueEdit | None = None,
+        fence: str | None = None,
     ) -> tuple[SessionRecord, list[SessionEvent]]:
         record = self._locked_record(session_id)
         # Ids first: a message sent again is told apart from a stale writer.
         self._check_ids_free(record, [event.id for event in events])
-        if pending is not None:
-            self._check_ids_free(record, [queued.message_id for queued in pending])
+        self._check_ids_free(record, records.queued_ids(pending, queue))
         records.check_expected_sequence(record, expected_last_sequence)
+        records.check_turn(record, fence, open_turn, close_turn)
+        lease = self._lease(session_id)
+        others = lease is not None and lease.owner != self._owner
+        if fence is not None and (lease is None or others):
+            holder = "nobody" if lease is None else f"daemon {lease.owner!r}"
+            raise TurnLost(session_id, fence, f"its lease expired and {holder} holds it now")
+        if open_turn is not None and lease is not None and others and lease.live:
+            raise TurnBusy(session_id, f"daemon {lease.owner!r} holds its lease")
         stored = records.append_to_record(record, events)
         records.update_turn(record, open_turn, close_turn)
-        records.update_pending(record, pending)
+        records.update_queue(record, pending, queue)
         self._insert_events(record.log_number, stored)
         self._save(record)
+        if open_turn is not None or fence is not None or close_turn:
+            self._settle_lease(record)
+        self._notify("events", record)
         return record, stored
+
+    def _lease(self, session_id: str) -> Lease | None:
+        row = self._execute(
+            f"SELECT owner, turn_id, expires_at > now() FROM {SCHEMA}.turn_leases"
+            " WHERE session_id = %s",
+            (session_id,),
+        ).fetchone()
+        return None if row is None else Lease(*row)
+
+    def _settle_lease(self, record: SessionRecord) -> None:
+        """After a turn's write: hold the lease while a turn is open or messages wait
+        (this daemon starts the next one), free it once the session is idle."""
+        session_id = record.metadata.session_id
+        if record.open_turn_id or record.pending:
+            self._hold_lease(session_id, record.open_turn_id)
+        else:
+            self._execute(f"DELETE FROM {SCHEMA}.turn_leases WHERE session_id = %s", (session_id,))
+
+    def _hold_lease(self, session_id: str, turn_id: str) -> None:
+        self._execute(
+            f"INSERT INTO {SCHEMA}.turn_leases VALUES"
+            " (%s, %s, %s, now() + make_interval(secs => %s))"
+            " ON CONFLICT (session_id) DO UPDATE SET owner = excluded.owner,"
+            " turn_id = excluded.turn_id, expires_at = excluded.expires_at",
+            (session_id, self._owner, turn_id, self._lease_seconds),
+        )
+
+    def take_over(self, session_id: str) -> str:
+        record = self._locked_record(session_id)
+        lease = self._lease(session_id)
+        previous = ""
+        if lease is not None and lease.owner != self._owner:
+            if lease.live:
+                raise TurnBusy(session_id, f"daemon {lease.owner!r} holds its lease")
+            previous = lease.owner
+        self._hold_lease(session_id, record.open_turn_id)
+        return previous
+
+    def _notify(self, kind: ChangeKind, record: SessionRecord) -> None:
+        """Tell the other daemons at commit (a rolled-back savepoint takes it back)."""
+        metadata = record.metadata
+        payload = change_payload(kind, metadata.session_id, metadata.last_sequence, self._owner)
+        self._execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
     def delete_session(self, session_id: str) -> None:
         row = self._execute(
@@ -141,6 +217,11 @@ class PostgresWriter(StoreWriter):
         ).fetchone()
         if row is None:
             raise SessionNotFound(session_id)
+        self._execute(f"DELETE FROM {SCHEMA}.turn_leases WHERE session_id = %s", (session_id,))
+        self._execute(
+            "SELECT pg_notify(%s, %s)",
+            (CHANNEL, change_payload("deleted", session_id, 0, self._owner)),
+        )
         self._execute(f"INSERT INTO {SCHEMA}.purge_queue VALUES (%s)", (row[0],))
         self._execute(
             f"UPDATE {SCHEMA}.counters SET value = value - 1 WHERE name = 'session_count'"
@@ -172,8 +253,8 @@ class PostgresWriter(StoreWriter):
     def begin_import(self, metadata: SessionMetadata) -> int:
         record, _ = records.new_record(metadata, self._next_log_number(), [])
         self._execute(
-            f"INSERT INTO {SCHEMA}.staged_imports VALUES (%s, %s)",
-            (record.log_number, record.SerializeToString()),
+            f"INSERT INTO {SCHEMA}.staged_imports (log_number, record, owner) VALUES (%s, %s, %s)",
+            (record.log_number, record.SerializeToString(), self._owner),
         )
         return record.log_number
 
@@ -205,6 +286,7 @@ class PostgresWriter(StoreWriter):
         records.finish_staged(record, session_id)
         self._execute(f"DELETE FROM {SCHEMA}.staged_imports WHERE log_number = %s", (staging,))
         self._insert_session(record)
+        self._notify("created", record)
         return record, exists
 
     def discard_import(self, staging: int) -> None:
@@ -241,6 +323,7 @@ class PostgresWriter(StoreWriter):
         record = self._locked_record(session_id)
         record.metadata.pinned = pinned
         self._save(record)
+        self._notify("updated", record)
         return record
 
     def _insert_events(self, log_number: int, events: list[SessionEvent]) -> None:

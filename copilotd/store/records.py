@@ -16,10 +16,13 @@ from typing import Final
 from copilotd.events import apply_to_metadata
 from copilotd.store.base import (
     PendingMessage,
+    QueueEdit,
     SequenceConflict,
     SessionEvent,
     SessionMetadata,
     SessionRecord,
+    TurnBusy,
+    TurnLost,
 )
 
 U64: Final = struct.Struct(">Q")
@@ -76,6 +79,42 @@ def check_expected_sequence(record: SessionRecord, expected: int | None) -> None
     actual = record.metadata.last_sequence
     if expected is not None and expected != actual:
         raise SequenceConflict(record.metadata.session_id, expected, actual)
+
+
+def check_turn(
+    record: SessionRecord, fence: str | None, open_turn: tuple[str, str] | None, close_turn: bool
+) -> None:
+    """Refuse a fenced write of a turn that is not the open one, and a second open turn."""
+    session_id = record.metadata.session_id
+    if fence is not None and record.open_turn_id != fence:
+        now = f"turn {record.open_turn_id!r} is open" if record.open_turn_id else "no turn is open"
+        raise TurnLost(session_id, fence, f"it was closed by another writer ({now})")
+    if open_turn is not None and not close_turn and record.open_turn_id:
+        raise TurnBusy(session_id, f"turn {record.open_turn_id!r} is running")
+
+
+def queued_ids(pending: Sequence[PendingMessage] | None, queue: QueueEdit | None) -> list[str]:
+    """The ids of messages a write adds to the queue (to check against the log)."""
+    ids = [queued.message_id for queued in pending or ()]
+    if queue is not None and queue.add is not None:
+        ids.append(queue.add.message_id)
+    return ids
+
+
+def update_queue(
+    record: SessionRecord, pending: Sequence[PendingMessage] | None, queue: QueueEdit | None
+) -> None:
+    """Replace the queue (``pending``), then apply one edit; a message queued already stays once."""
+    update_pending(record, pending)
+    if queue is None:
+        return
+    kept = [queued for queued in record.pending if queued.message_id != queue.remove]
+    add = queue.add
+    if add is not None and all(queued.message_id != add.message_id for queued in kept):
+        kept.insert(0 if queue.first else len(kept), add)
+    del record.pending[:]
+    record.pending.extend(kept)
+    record.metadata.pending_messages = len(record.pending)
 
 
 def update_turn(record: SessionRecord, open_turn: tuple[str, str] | None, close_turn: bool) -> None:

@@ -5,6 +5,7 @@
     max_size = "512MiB"   # lmdb: writes beyond it get RESOURCE_EXHAUSTED (default: no cap)
     dsn = "host=db.example dbname=copilotd user=copilotd"   # postgresql: where
     dsn_env = "COPILOTD_STORE_DSN"  # postgresql: or the variable that holds the DSN
+    lease_seconds = 30    # postgresql: how soon another daemon takes over a dead one's turns
 
 ``--store-dsn`` (or its variable ``COPILOTD_STORE_DSN``) selects "postgresql"
 and overrides ``dsn``/``dsn_env``. A DSN with a password belongs in a variable
@@ -25,10 +26,13 @@ from typing import Final
 from copilotd.config import ConfigError, ConfigFile, StoreConfig
 from copilotd.store import SERVED_BACKENDS
 from copilotd.store.lmdb_environment import MIN_MAP_SIZE, MIN_RESERVE
-from copilotd.store.postgres_schema import describe_dsn
 
 TABLE: Final = "store"
-KEYS: Final = ("backend", "max_size", "dsn", "dsn_env")
+KEYS: Final = ("backend", "max_size", "dsn", "dsn_env", "lease_seconds")
+# Renewal runs every third of a lease: a lease shorter than this would need
+# renewals faster than a busy database reliably answers.
+MIN_LEASE_SECONDS: Final = 0.5
+MAX_LEASE_SECONDS: Final = 3600.0
 POSTGRESQL: Final = "postgresql"
 
 _UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -65,7 +69,7 @@ def load_store_config(
             f"the known ones: {', '.join(SERVED_BACKENDS)}"
         )
     if backend != POSTGRESQL:
-        for key in ("dsn", "dsn_env"):
+        for key in ("dsn", "dsn_env", "lease_seconds"):
             if key in table:
                 raise ConfigError(
                     f'{where} {key} is for backend = "{POSTGRESQL}", not {backend!r}; '
@@ -82,7 +86,25 @@ def load_store_config(
             f"{where} max_size and --max-store-bytes apply to the lmdb backend only; "
             "a PostgreSQL store's space is the database server's to manage"
         )
-    return StoreConfig(backend=backend, dsn=dsn_flag or _configured_dsn(table, where))
+    return StoreConfig(
+        backend=backend,
+        dsn=dsn_flag or _configured_dsn(table, where),
+        lease_seconds=_lease_seconds(table.get("lease_seconds", StoreConfig.lease_seconds), where),
+    )
+
+
+def _lease_seconds(value: object, where: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not MIN_LEASE_SECONDS <= value <= MAX_LEASE_SECONDS
+    ):
+        raise ConfigError(
+            f"{where} lease_seconds must be a number of seconds from {MIN_LEASE_SECONDS} to "
+            f"{MAX_LEASE_SECONDS:.0f}, not {value!r}: how long a daemon's turns stay its own "
+            "without renewal before another daemon takes them over"
+        )
+    return float(value)
 
 
 def _configured_dsn(table: dict[str, object], where: str) -> str:
@@ -113,6 +135,10 @@ def _configured_dsn(table: dict[str, object], where: str) -> str:
 def describe_store(config: StoreConfig, path: Path) -> str:
     """Which backend serves and where, for status and logs; never a password."""
     if config.backend == POSTGRESQL and config.dsn is not None:
+        # psycopg takes longer to import than the rest of the store: only a
+        # PostgreSQL daemon loads it.
+        from copilotd.store.postgres_schema import describe_dsn
+
         return describe_dsn(config.dsn)
     return f"{config.backend} {path}"
 

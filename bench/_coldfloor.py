@@ -1,0 +1,86 @@
+"""What bounds an auto-start: the parts an auto-starting client waits for, each timed alone.
+
+An auto-start is, in order: the client's interpreter and imports, the
+launcher (``python -I -S``), the daemon's interpreter and imports, its start
+until the socket listens, then the first call. Timing each part in the same
+run shows which of them the 0.25 s target is spent on, and which are
+Python's and grpc's own (an interpreter with nothing imported, ``grpc.aio``
+alone) rather than copilotd's.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._procs import latency_summary
+from tests.support.daemon_process import own_config_env
+
+# Label -> the interpreter's arguments; each runs to its end.
+PROCESSES: dict[str, list[str]] = {
+    "python -c pass": ["-c", "pass"],
+    "python -I -S -c pass (the launcher's interpreter)": ["-I", "-S", "-c", "pass"],
+    "import asyncio and grpc.aio": ["-c", "import asyncio, grpc.aio"],
+    "import copilot_client": ["-c", "import copilot_client"],
+    "import what copilotd serve imports (no config)": [
+        "-c",
+        "import copilotd.cli.main, copilotd.cli.daemon_config, copilotd.runtime.server",
+    ],
+}
+# Seconds between probes of the daemon's socket: well under the figures measured.
+PROBE_INTERVAL = 0.0005
+
+
+def _run_to_end(arguments: list[str], env: dict[str, str]) -> float:
+    begin = time.monotonic()
+    subprocess.run([sys.executable, *arguments], check=True, env=env)
+    return time.monotonic() - begin
+
+
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _serve_until_listening(root: Path) -> float:
+    """``copilotd serve``'s start to its socket accepting connections; then it is stopped."""
+    socket_path = root / "run" / "copilotd.sock"
+    command = [sys.executable, "-m", "copilotd", "serve", "--socket", str(socket_path)]
+    begin = time.monotonic()
+    daemon = subprocess.Popen(
+        [*command, "--data-dir", str(root / "data")],
+        env=own_config_env(root / "config"),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not _listening(socket_path):
+            if daemon.poll() is not None:
+                raise RuntimeError(f"copilotd serve exited with {daemon.returncode}")
+            time.sleep(PROBE_INTERVAL)  # a busy loop would take the CPU the daemon needs
+        return time.monotonic() - begin
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(60)
+
+
+def measure(root: Path, count: int) -> dict[str, Any]:
+    """Each part's latency summary (p50 and p99 ms), by label."""
+    env = own_config_env(root / "config")
+    figures = {
+        label: latency_summary([_run_to_end(arguments, env) for _ in range(count)])
+        for label, arguments in PROCESSES.items()
+    }
+    figures["copilotd serve until its socket listens (no config)"] = latency_summary(
+        [_serve_until_listening(root / f"serve{n}") for n in range(count)]
+    )
+    return figures
