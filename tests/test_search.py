@@ -3,6 +3,7 @@ bad queries, deletion, and an index that catches up with the log after a crash."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import stat
@@ -364,3 +365,44 @@ async def test_search_on_postgresql_follows_the_database_into_a_new_data_dir(
             assert await found(client, "capybara") == []
     finally:
         second.terminate()
+
+
+async def test_each_daemon_on_a_shared_database_finds_what_the_others_commit(
+    short_tmp: Path, postgres_cluster: PostgresCluster, postgres_database: str
+) -> None:
+    dsn = postgres_cluster.dsn(postgres_database, user=APP_ROLE, password=APP_PASSWORD)
+    writer = DaemonProcess(short_tmp / "a", extra_env={STORE_DSN_ENV: dsn}).start()
+    reader = DaemonProcess(short_tmp / "b", extra_env={STORE_DSN_ENV: dsn}).start()
+    try:
+        async with grpc.aio.insecure_channel(f"unix:{reader.socket_path}") as channel:
+            lifecycle = copilot_pb2_grpc.CopilotServiceStub(channel).WatchLifecycle(
+                pb.WatchLifecycleRequest()
+            )
+            await asyncio.wait_for(lifecycle.initial_metadata(), 60)  # the watch is live
+            announced = lifecycle.__aiter__()
+
+            async def seen_by_reader(kind: str, session_id: str, last_sequence: int) -> None:
+                """The reader was told (its indexer is told in the same notification)."""
+                while True:
+                    event = await asyncio.wait_for(anext(announced), 60)
+                    if (
+                        event.type == kind
+                        and event.session_id == session_id
+                        and event.metadata.last_sequence >= last_sequence
+                    ):
+                        return
+
+            async with client_of(writer) as client:
+                session = await client.create_session(session_id="shared")
+                await session.send("the tapir walks through another daemon")
+                await seen_by_reader("session.updated", "shared", 2)
+                async with client_of(reader) as other:
+                    hits = await found(other, "tapir")
+                    assert ("shared", 2, "user.message") in places(hits)
+                    await client.delete_session("shared")
+                    await seen_by_reader("session.deleted", "shared", 0)
+                    assert await found(other, "tapir") == []
+            lifecycle.cancel()
+    finally:
+        writer.kill()
+        reader.kill()
