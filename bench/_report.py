@@ -108,6 +108,9 @@ def side_by_side(results: dict[str, Any]) -> str:
                 "—",
             ]
         )
+        search = store.get("search")
+        if search:
+            rows.extend(_search_rows(search, sessions))
         memory = store["memory"]
         rows.append(
             [
@@ -338,6 +341,29 @@ def targets(results: dict[str, Any]) -> list[Target]:
 def target_table(found: list[Target]) -> str:
     rows = [[t.name, f"{t.ratio:.2f}x", t.bound, "met" if t.met else "**missed**"] for t in found]
     return table(["target", "measured", "bound", ""], rows)
+
+
+def _search_rows(search: dict[str, Any], sessions: str) -> list[list[str]]:
+    size_mb = search["index_bytes"] / 1e6
+    cost = search["turn_cost"]
+    return [
+        [
+            f"search index built from the log ({sessions}); its size",
+            f"{search['build_seconds']:.1f} s; {size_mb:,.0f} MB",
+            "—",
+        ],
+        ["search, a word in no message, first page of 20", _lat(search["rare"]), "—"],
+        [
+            "search, a word in every message (ranks them all), first page",
+            _lat(search["common"]),
+            "—",
+        ],
+        [
+            "indexing work a turn adds to the daemon (in-process, one SQLite transaction)",
+            f"p50 {cost['p50_ms'] * 1000:.0f} µs, p99 {cost['p99_ms'] * 1000:.0f} µs",
+            "—",
+        ],
+    ]
 
 
 def reference_table(results: dict[str, Any]) -> str:

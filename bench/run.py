@@ -14,6 +14,11 @@ The benchmarks, each on a daemon of its own (temp socket, temp data dir):
   latency and each process's share, copilotd and the baseline alternating.
 * ``cold``: a client process's start to its first answered call.
 
+The ``store`` benchmark also times search across sessions: the index built
+from the seeded log (by the daemon's catch-up, before it starts), its size,
+a search for a word in every message and for one in none, and the indexing
+work a turn adds (in-process).
+
 Each is run for copilotd and for the baseline (``bench/_baseline.py``) in the
 same run, from the same number of processes.
 """
@@ -35,7 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import _baseline, _coldfloor, _ours, _profile, _report, _seed, _slots
+from bench import _baseline, _coldfloor, _ours, _profile, _report, _search, _seed, _slots
 from bench._daemon import PURGED, BenchDaemon
 from bench._procs import CpuSampler, Timed, latency_summary, run_processes, shared_event, split
 from bench._sizes import MODES, Sizes
@@ -62,6 +67,9 @@ def bench_store(root: Path, sizes: Sizes, seed_cache: Path) -> dict[str, Any]:
     memory: dict[str, dict[str, float]] = {}
     try:
         memory["idle"] = daemon.memory_mb()
+        log("store: search")
+        search = _search.probe(daemon.socket, daemon.data_dir)
+        search["build_seconds"] = daemon.index_build_seconds
         params = {
             "socket": daemon.socket,
             "resume_ids": layout.resume_ids,
@@ -91,6 +99,7 @@ def bench_store(root: Path, sizes: Sizes, seed_cache: Path) -> dict[str, Any]:
         "delete": delete,
         "memory": memory,
         "group_commit": group_commit,
+        "search": {**search, "turn_cost": _search.turn_cost()},
     }
 
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, overload
@@ -22,7 +23,14 @@ from ._lifecycle import LifecycleHandler, LifecycleWatch
 from ._models import ModelInfo, ProviderConfig
 from ._session import CopilotSession
 from ._tools import Tool
-from ._types import SessionConfig, SessionEvent, SessionListPage, SessionMetadata
+from ._types import (
+    SearchHit,
+    SearchPage,
+    SessionConfig,
+    SessionEvent,
+    SessionListPage,
+    SessionMetadata,
+)
 from .paths import MAX_SOCKET_PATH_BYTES, resolve_data_dir, resolve_socket_path
 from .proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from .proto.v1 import copilot_pb2, copilot_pb2_grpc
@@ -400,6 +408,55 @@ class CopilotClient:
             if not token or not page.sessions:
                 break
         return sessions if limit is None else sessions[:limit]
+
+    async def search_sessions(
+        self,
+        query: str,
+        page_size: int = 20,
+        page_token: str | None = None,
+        *,
+        session_id_prefix: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> SearchPage:
+        """One page of the events, across all sessions, whose text matches ``query``.
+
+        User messages, assistant answers and tool results are searched; the
+        best match (bm25) comes first. The daemon indexes every committed
+        event, and a search sees everything committed before it was made.
+
+        Args:
+            query: SQLite FTS5 syntax: words (all must match), ``"a phrase"``,
+                ``OR``, ``NOT``, ``prefix*``. Put words with punctuation in
+                double quotes. An empty or malformed query raises
+                :class:`InvalidArgumentError`.
+            page_size: Hits per page (at most 1000).
+            page_token: ``next_page_token`` of the previous page, with the
+                same query and filters; ``None`` for the first.
+            session_id_prefix: Only sessions whose id starts with this.
+            since: Only events at or after this time (an aware datetime).
+            until: Only events before this time.
+            timeout: Seconds the call may take; default the client's ``timeout``.
+        """
+        request = copilot_pb2.SearchSessionsRequest(
+            query=query,
+            page_size=page_size,
+            page_token=page_token or "",
+            session_id_prefix=session_id_prefix or "",
+        )
+        if since is not None:
+            request.since.FromDatetime(since)
+        if until is not None:
+            request.until.FromDatetime(until)
+        stub = await self._stub()
+        response = await self._transport.call(
+            stub.SearchSessions, request, deadline=per_call(timeout)
+        )
+        return SearchPage(
+            hits=[SearchHit.from_proto(hit) for hit in response.hits],
+            next_page_token=response.next_page_token or None,
+        )
 
     async def get_session_metadata(
         self,

@@ -245,6 +245,47 @@ class SessionListPage:
     """Token for the next page; ``None`` on the last page."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class SearchHit:
+    """One event that matched :meth:`CopilotClient.search_sessions`."""
+
+    session_id: str
+    sequence: int
+    """The event's sequence in its session (read it with ``get_messages`` or ``ListEvents``)."""
+
+    event_type: str
+    """``"user.message"``, ``"assistant.message"`` or ``"tool.execution_complete"``."""
+
+    event_time: datetime
+    snippet: str
+    """An excerpt of the text, the matched words between ``[`` and ``]``."""
+
+    rank: float
+    """bm25: lower is a better match; comparable within one search only."""
+
+    @classmethod
+    def from_proto(cls, proto: copilot_pb2.SearchHit) -> SearchHit:
+        return cls(
+            session_id=proto.session_id,
+            sequence=proto.sequence,
+            event_type=proto.event_type,
+            event_time=_datetime(proto.event_time),
+            snippet=proto.snippet,
+            rank=proto.rank,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchPage:
+    """One page of :meth:`CopilotClient.search_sessions`."""
+
+    hits: list[SearchHit]
+    """Best match first."""
+
+    next_page_token: str | None
+    """Token for the next page (same query and filters); ``None`` on the last page."""
+
+
 class SessionEventType(enum.StrEnum):
     """Event type names, as in the Copilot SDK. Names this client does not
     know become :attr:`UNKNOWN` (the raw name stays in ``SessionEvent.type_name``)."""

@@ -304,6 +304,7 @@ ERROR_FOR_REASON: Final[dict[copilot_pb2.ErrorReason.ValueType, type[RPCError]]]
     Reason.ERROR_REASON_PROMPT_TOO_LARGE: InvalidArgumentError,
     Reason.ERROR_REASON_INVALID_PAGE_TOKEN: InvalidArgumentError,
     Reason.ERROR_REASON_INVALID_ARGUMENT: InvalidArgumentError,
+    Reason.ERROR_REASON_INVALID_SEARCH_QUERY: InvalidArgumentError,
     Reason.ERROR_REASON_SEQUENCE_CONFLICT: SequenceConflictError,
     Reason.ERROR_REASON_STORE_FULL: ResourceExhaustedError,
     Reason.ERROR_REASON_SUBSCRIBER_TOO_SLOW: SubscriberTooSlowError,

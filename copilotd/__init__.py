@@ -19,6 +19,8 @@ import-linter contracts in ``pyproject.toml`` enforce the order, and
   activation, metrics, logging, periodic sidecars.
 - ``api``: gRPC servicers, the one error translator, interceptors, TCP access.
 - ``admin``: status, pin, prune, import, the export format, retention rules.
+- ``search``: the full-text index of every session (SQLite FTS5) and the
+  indexer that keeps it following the log.
 - ``sessions``: the transport-free core: service, turns, scheduler, fan-out,
   the model's context window, token budgets, input validation.
 - ``providers`` and ``store``: model providers; storage contract, backends,

@@ -20,6 +20,7 @@ from copilotd.admin.service import AdminService, DaemonStatus
 from copilotd.api.errors import Context, translate_errors
 from copilotd.errors import InvalidArgumentError
 from copilotd.limits import byte_batches
+from copilotd.search import Indexer
 
 # The largest age a timedelta holds, in whole seconds: a larger max_age_seconds
 # would raise OverflowError (an INTERNAL error) instead of being refused.
@@ -27,8 +28,9 @@ MAX_AGE_SECONDS: Final = int(timedelta.max.total_seconds())
 
 
 class AdminServicer(admin_pb2_grpc.CopilotAdminServiceServicer):
-    def __init__(self, admin: AdminService) -> None:
+    def __init__(self, admin: AdminService, search: Indexer) -> None:
         self._admin = admin
+        self._search = search
 
     async def GetDaemonStatus(
         self, request: admin_pb2.GetDaemonStatusRequest, context: Context
@@ -68,6 +70,8 @@ class AdminServicer(admin_pb2_grpc.CopilotAdminServiceServicer):
     ) -> admin_pb2.ImportSessionResponse:
         async with translate_errors(context, "ImportSession"):
             result = await self._admin.import_session(request_iterator)
+        # Imports commit without publishing events: the index reads them from the store.
+        self._search.reindex(result.metadata.session_id)
         return admin_pb2.ImportSessionResponse(
             session=result.metadata,
             original_session_id=result.original_session_id,

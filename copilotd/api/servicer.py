@@ -17,6 +17,7 @@ from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
 from copilotd.api.errors import Context, translate_errors
 from copilotd.events import now_timestamp
+from copilotd.search import Indexer, SearchFilter
 from copilotd.sessions.service import SessionService
 from copilotd.sessions.validation import check_enum
 
@@ -39,8 +40,9 @@ def _send_arguments(
 
 
 class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
-    def __init__(self, service: SessionService) -> None:
+    def __init__(self, service: SessionService, search: Indexer) -> None:
         self._service = service
+        self._search = search
 
     async def Ping(self, request: pb.PingRequest, context: Context) -> pb.PingResponse:
         return pb.PingResponse(version=self._service.version, server_time=now_timestamp())
@@ -178,3 +180,28 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         async with translate_errors(context, "ListPendingToolCalls"):
             calls = self._service.list_pending_tool_calls(request.session_id)
         return pb.ListPendingToolCallsResponse(calls=calls)
+
+    # == search ==
+
+    async def SearchSessions(
+        self, request: pb.SearchSessionsRequest, context: Context
+    ) -> pb.SearchSessionsResponse:
+        async with translate_errors(context, "SearchSessions"):
+            search = SearchFilter(
+                query=request.query,
+                session_id_prefix=request.session_id_prefix,
+                since_ns=request.since.ToNanoseconds() if request.HasField("since") else None,
+                until_ns=request.until.ToNanoseconds() if request.HasField("until") else None,
+            )
+            hits, token = await self._search.search(search, request.page_size, request.page_token)
+        response = pb.SearchSessionsResponse(next_page_token=token)
+        for hit in hits:
+            found = response.hits.add(
+                session_id=hit.session_id,
+                sequence=hit.sequence,
+                event_type=hit.event_type,
+                snippet=hit.snippet,
+                rank=hit.rank,
+            )
+            found.event_time.FromNanoseconds(hit.event_time_ns)
+        return response

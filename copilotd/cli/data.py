@@ -349,16 +349,51 @@ def restore_command(backup: Path, data_dir: Path | None) -> None:
     The store it replaces is kept beside it (store.replaced-TIME), so nothing
     is lost. Stop the daemon first: systemctl --user stop copilotd.socket copilotd.
     """
+    from copilotd.search import drop_index  # the store's modules: only when needed
+
     source_dir = backup_store_dir(backup.expanduser())
     target = resolve_data_dir(data_dir)
     try:
         ensure_private_dir(target)
         with exclusive_lock(target / DATA_LOCK_NAME, f"the data directory {target}"):
             current, kept, sessions = _swap_in(source_dir, target)
+            drop_index(target)  # it indexed the store replaced; the next start rebuilds it
     except StartupError as error:
         raise CliError(f"cannot restore: {error}") from None
     note = f"; the previous store is kept in {kept}" if kept else ""
     click.echo(f"restored {sessions} session(s) from {backup} into {current}{note}")
+
+
+@click.group("search-index")
+def search_index_group() -> None:
+    """The full-text index behind `copilotd sessions search`."""
+
+
+@search_index_group.command("rebuild")
+@click.option(
+    "--data-dir",
+    envvar=DATA_DIR_ENV,
+    type=click.Path(path_type=Path, file_okay=False),
+    help=f"The data directory [env {DATA_DIR_ENV}; default $XDG_DATA_HOME/copilotd].",
+)
+@reports_errors
+def rebuild_index_command(data_dir: Path | None) -> None:
+    """Rebuild the search index from the log, for a data directory no daemon is serving.
+
+    The index is dropped here and rebuilt from every session's events when the
+    daemon next starts (searches wait until it is whole). Stop the daemon first:
+    systemctl --user stop copilotd.socket copilotd.
+    """
+    from copilotd.search import drop_index  # the store's modules: only when needed
+
+    target = resolve_data_dir(data_dir)
+    try:
+        with exclusive_lock(target / DATA_LOCK_NAME, f"the data directory {target}"):
+            existed = drop_index(target)
+    except StartupError as error:
+        raise CliError(f"cannot rebuild the search index: {error}") from None
+    done = "dropped" if existed else "there was none"
+    click.echo(f"search index of {target}: {done}; the daemon rebuilds it from the log at start")
 
 
 def _unused_name(folder: Path, name: str) -> Path:

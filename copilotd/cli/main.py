@@ -17,7 +17,13 @@ from copilot_client.paths import DATA_DIR_ENV, SOCKET_ENV
 from copilot_client.wire import TOKEN_ENV
 from copilotd import __version__
 from copilotd.cli.common import OneLineErrors, timeout_option
-from copilotd.cli.data import backup_command, export_command, import_command, restore_command
+from copilotd.cli.data import (
+    backup_command,
+    export_command,
+    import_command,
+    restore_command,
+    search_index_group,
+)
 from copilotd.cli.service import install_service_command, status_command, stop_command
 from copilotd.cli.sessions import sessions_group
 from copilotd.config import CONFIG_ENV, ConfigError, Limits
@@ -180,6 +186,7 @@ for _command in (
     import_command,
     backup_command,
     restore_command,
+    search_index_group,
     install_service_command,
 ):
     main.add_command(_command)

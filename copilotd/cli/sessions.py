@@ -1,4 +1,4 @@
-"""``copilotd sessions …``: list, show, delete, prune, pin and unpin, over the gRPC API."""
+"""``copilotd sessions …``: list, show, search, delete, prune, pin and unpin, over the gRPC API."""
 
 from __future__ import annotations
 
@@ -192,6 +192,58 @@ def transcript_line(event: SessionEvent) -> str | None:
     else:
         text = f"-- {kind}"
     return f"[{stamp}] {text}"
+
+
+@sessions_group.command("search")
+@click.argument("query")
+@click.option("--prefix", default="", help="Only sessions whose id starts with this.")
+@click.option("--since", type=DURATION, help="Only events of the last DURATION (e.g. 7d).")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="At most this many."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of lines.")
+@socket_option
+@reports_errors
+def search_command(
+    query: str,
+    prefix: str,
+    since: timedelta | None,
+    limit: int,
+    as_json: bool,
+    socket_path: Path | None,
+) -> None:
+    """Messages and tool results across all sessions that match QUERY, best first.
+
+    QUERY is SQLite FTS5 syntax: words (all must match), "a phrase", OR, NOT,
+    prefix*; quote words with punctuation. Each hit names the session and the
+    event's sequence (`copilotd sessions show SESSION` shows the conversation).
+    """
+    request = pb.SearchSessionsRequest(query=query, session_id_prefix=prefix)
+    if since is not None:
+        request.since.FromDatetime(datetime.now(UTC) - since)
+
+    async def main() -> list[pb.SearchHit]:
+        hits: list[pb.SearchHit] = []
+        async with connect(socket_path) as daemon:
+            while len(hits) < limit:
+                request.page_size = min(MAX_PAGE_SIZE, limit - len(hits))
+                response = await daemon.call(daemon.stub.SearchSessions, request)
+                hits.extend(response.hits)
+                request.page_token = response.next_page_token
+                if not request.page_token:
+                    break
+        return hits[:limit]
+
+    hits = run(main())
+    if as_json:
+        rows = [json_format.MessageToDict(hit, preserving_proto_field_name=True) for hit in hits]
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    elif hits:
+        for hit in hits:
+            where = f"{hit.session_id}#{hit.sequence}"
+            click.echo(f"{where}  {local_time(hit.event_time)}  {hit.event_type}  {hit.snippet}")
+    else:
+        click.echo(f"nothing matches {query!r}", err=True)
 
 
 @sessions_group.command("show")

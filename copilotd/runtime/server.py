@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -49,6 +50,7 @@ from copilotd.runtime.metrics_address import MetricsAddressError
 from copilotd.runtime.sidecars import Operations
 from copilotd.runtime.socket_watch import SocketWatch
 from copilotd.runtime.systemd import listen_sockets
+from copilotd.search import Indexer
 from copilotd.sessions.service import SessionService
 from copilotd.store import Store, StoreChange, StoreError, open_store
 from copilotd.store.committer import GroupCommitter
@@ -181,6 +183,24 @@ async def _serve_store(
         )
     except MetricsAddressError as error:
         raise StartupError(str(error)) from None
+    try:
+        indexer = Indexer(store, config.data_dir)
+    except (OSError, sqlite3.Error, RuntimeError) as error:
+        raise StartupError(f"cannot open the search index in {config.data_dir}: {error}") from None
+    try:
+        await _serve_indexed(config, store, indexer, operations, on_ready, inherited)
+    finally:
+        await indexer.close()
+
+
+async def _serve_indexed(
+    config: DaemonConfig,
+    store: Store,
+    indexer: Indexer,
+    operations: Operations,
+    on_ready: Callable[[str], None] | None,
+    inherited: InheritedSocket | None,
+) -> None:
     committer = GroupCommitter(store)
     committer.start()
     providers = ProviderRegistry(config.providers, offline_delta_delay=config.offline_delay)
@@ -190,7 +210,7 @@ async def _serve_store(
         providers,
         version=__version__,
         max_prompt_bytes=config.limits.max_prompt_bytes,
-        fanout=operations.fanout(buffer_events=config.limits.subscriber_buffer),
+        fanout=operations.fanout(indexer, buffer_events=config.limits.subscriber_buffer),
         max_tool_rounds=config.tools.max_rounds,
         tool_call_timeout=(
             config.tools.pending_timeout.total_seconds() if config.tools.pending_timeout else None
@@ -221,15 +241,17 @@ async def _serve_store(
     # Before recovery, so that nothing committed by other daemons after it is missed.
     def on_change(change: StoreChange | None) -> None:  # in the store's thread
         loop.call_soon_threadsafe(service.on_store_change, change)
+        loop.call_soon_threadsafe(indexer.changed, change)
 
     store.watch(on_change)
+    indexer.start()  # catches up with the log; searches wait for it
     recovered = await service.recover_interrupted_turns()
     if recovered:
         log.warning("closed %d turn(s) interrupted by the previous daemon's end", recovered)
     service.purger.kick()  # deletions the previous daemon did not finish purging
 
-    admin_servicer, health = AdminServicer(admin), HealthServicer()
-    servicer = CopilotServicerWithDeprecatedAdmin(service, admin_servicer)
+    admin_servicer, health = AdminServicer(admin, indexer), HealthServicer()
+    servicer = CopilotServicerWithDeprecatedAdmin(service, indexer, admin_servicer)
 
     def register(server: grpc.aio.Server) -> None:
         copilot_pb2_grpc.add_CopilotServiceServicer_to_server(servicer, server)

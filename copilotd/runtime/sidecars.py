@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,13 +14,14 @@ import grpc
 
 from copilotd.admin.retention import RetentionPolicy, RetentionRule, Selection
 from copilotd.admin.service import AdminService
-from copilotd.errors import ServiceError
+from copilotd.errors import ServiceError, SessionNotFoundError
 from copilotd.events import SessionEvent
 from copilotd.providers import ProviderRegistry
 from copilotd.runtime.activation import InheritedSocket, SocketRelay
 from copilotd.runtime.metrics_address import MetricsAddress
 from copilotd.runtime.periodic import Periodic
 from copilotd.runtime.systemd import Watchdog, notify, watchdog_interval
+from copilotd.search import Indexer
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.service import SessionService
 from copilotd.store import Store
@@ -48,12 +49,20 @@ class Operations:
         self._admin: AdminService | None = None
         self._leases: LeaseKeeper | None = None
 
-    def fanout(self, **options: Any) -> FanOut[SessionEvent]:
+    def fanout(self, indexer: Indexer, **options: Any) -> FanOut[SessionEvent]:
+        """The fan-out every commit publishes to, which also feeds the search index."""
+        fanout: _IndexedFanOut
         if self.metrics:
             from copilotd.runtime.metrics import MeteredFanOut
 
-            return MeteredFanOut(self.metrics, **options)
-        return FanOut(**options)
+            class _IndexedMeteredFanOut(_IndexedFanOut, MeteredFanOut):
+                pass
+
+            fanout = _IndexedMeteredFanOut(self.metrics, **options)
+        else:
+            fanout = _IndexedFanOut(**options)
+        fanout.indexer = indexer
+        return fanout
 
     def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         return [self.metrics.interceptor()] if self.metrics else []
@@ -136,6 +145,23 @@ def _provider_name(store: Store, providers: ProviderRegistry, session_id: str) -
     except ServiceError:
         return "unavailable"
     return provider.metrics_label or provider.name
+
+
+class _IndexedFanOut(FanOut[SessionEvent]):
+    """Shows the indexer every published batch and every session the core forgets (the
+    core publishes each commit here, and ends a session's subscribers with
+    ``SessionNotFoundError`` when it deletes or replaces the session)."""
+
+    indexer: Indexer
+
+    def publish(self, key: str, items: Sequence[SessionEvent]) -> None:
+        self.indexer.observe(key, items)
+        super().publish(key, items)
+
+    def end(self, key: str, error: ServiceError, last: Sequence[SessionEvent] = ()) -> None:
+        if isinstance(error, SessionNotFoundError):
+            self.indexer.reindex(key)
+        super().end(key, error, last)
 
 
 class LeaseKeeper(Periodic):

@@ -101,6 +101,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ALREADY_EXISTS, on HandlePendingToolCall"""
     ERROR_REASON_INVALID_TOOL: _ErrorReason.ValueType  # 45
     """INVALID_ARGUMENT, a ToolDefinition"""
+    ERROR_REASON_INVALID_SEARCH_QUERY: _ErrorReason.ValueType  # 46
+    """INVALID_ARGUMENT, on SearchSessions"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed, beyond its status code. The enum value's name is sent
@@ -155,6 +157,8 @@ ERROR_REASON_TOOL_CALL_ANSWERED: ErrorReason.ValueType  # 44
 """ALREADY_EXISTS, on HandlePendingToolCall"""
 ERROR_REASON_INVALID_TOOL: ErrorReason.ValueType  # 45
 """INVALID_ARGUMENT, a ToolDefinition"""
+ERROR_REASON_INVALID_SEARCH_QUERY: ErrorReason.ValueType  # 46
+"""INVALID_ARGUMENT, on SearchSessions"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _SystemMessageMode:
@@ -1786,3 +1790,120 @@ class ListPendingToolCallsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListPendingToolCallsResponse: _TypeAlias = ListPendingToolCallsResponse  # noqa: Y015
+
+@_typing.final
+class SearchSessionsRequest(_message.Message):
+    """== search =="""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SESSION_ID_PREFIX_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    query: _builtins.str
+    """SQLite FTS5 query syntax: words (all must match), "a phrase", OR, NOT,
+    prefix* and NEAR(a b). Must not be empty.
+    """
+    page_size: _builtins.int
+    """0: the default (20); values above 1000 are treated as 1000."""
+    page_token: _builtins.str
+    """From the previous response, with the same query and filters; empty for
+    the first page.
+    """
+    session_id_prefix: _builtins.str
+    """Only sessions whose id starts with this (empty: all)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only events at or after this time (unset: no lower bound)."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Only events before this time (unset: no upper bound)."""
+
+    def __init__(
+        self,
+        *,
+        query: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        session_id_prefix: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "query", b"query", "session_id_prefix", b"session_id_prefix", "since", b"since", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchSessionsRequest: _TypeAlias = SearchSessionsRequest  # noqa: Y015
+
+@_typing.final
+class SearchHit(_message.Message):
+    """One matching event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    SNIPPET_FIELD_NUMBER: _builtins.int
+    RANK_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    sequence: _builtins.int
+    """The event's sequence in its session (read it with ListEvents)."""
+    event_type: _builtins.str
+    """"user.message", "assistant.message" or "tool.execution_complete"."""
+    snippet: _builtins.str
+    """A short excerpt of the text with the matched words between [ and ]."""
+    rank: _builtins.float
+    """bm25 rank: lower is a better match; comparable within one query only."""
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        event_type: _builtins.str = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+        snippet: _builtins.str = ...,
+        rank: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "event_type", b"event_type", "rank", b"rank", "sequence", b"sequence", "session_id", b"session_id", "snippet", b"snippet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchHit: _TypeAlias = SearchHit  # noqa: Y015
+
+@_typing.final
+class SearchSessionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HITS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when this is the last page."""
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]:
+        """Best match first."""
+
+    def __init__(
+        self,
+        *,
+        hits: _abc.Iterable[Global___SearchHit] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchSessionsResponse: _TypeAlias = SearchSessionsResponse  # noqa: Y015

@@ -109,6 +109,11 @@ class CopilotServiceStub:
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsRequest.SerializeToString,
                 response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsResponse.FromString,
                 _registered_method=True)
+        self.SearchSessions = channel.unary_unary(
+                '/copilot.v1.CopilotService/SearchSessions',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SearchSessionsRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SearchSessionsResponse.FromString,
+                _registered_method=True)
         self.WatchLifecycle = channel.unary_stream(
                 '/copilot.v1.CopilotService/WatchLifecycle',
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.WatchLifecycleRequest.SerializeToString,
@@ -267,6 +272,15 @@ class CopilotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchSessions(self, request, context):
+        """== search ==
+        Full-text search over every session's user messages, assistant answers
+        and tool results, best match first (bm25), a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchLifecycle(self, request, context):
         """== sharing sessions between clients ==
         Lifecycle of all sessions (created, deleted, updated), whichever client
@@ -396,6 +410,11 @@ def add_CopilotServiceServicer_to_server(servicer, server):
                     servicer.ListPendingToolCalls,
                     request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsRequest.FromString,
                     response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsResponse.SerializeToString,
+            ),
+            'SearchSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchSessions,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SearchSessionsRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SearchSessionsResponse.SerializeToString,
             ),
             'WatchLifecycle': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchLifecycle,
@@ -833,6 +852,33 @@ class CopilotService:
             '/copilot.v1.CopilotService/ListPendingToolCalls',
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsRequest.SerializeToString,
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/SearchSessions',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SearchSessionsRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SearchSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -121,6 +121,11 @@ class CopilotServiceStub:
     """
     ListPendingToolCalls: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ListPendingToolCallsRequest, _copilot_pb2.ListPendingToolCallsResponse]
     """The tool calls of a session waiting for a client's result."""
+    SearchSessions: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.SearchSessionsRequest, _copilot_pb2.SearchSessionsResponse]
+    """== search ==
+    Full-text search over every session's user messages, assistant answers
+    and tool results, best match first (bm25), a page at a time.
+    """
     WatchLifecycle: _grpc.UnaryStreamMultiCallable[_copilot_pb2.WatchLifecycleRequest, _copilot_pb2.LifecycleEvent]
     """== sharing sessions between clients ==
     Lifecycle of all sessions (created, deleted, updated), whichever client
@@ -216,6 +221,11 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     """
     ListPendingToolCalls: _aio.UnaryUnaryMultiCallable[_copilot_pb2.ListPendingToolCallsRequest, _copilot_pb2.ListPendingToolCallsResponse]  # type: ignore[assignment]
     """The tool calls of a session waiting for a client's result."""
+    SearchSessions: _aio.UnaryUnaryMultiCallable[_copilot_pb2.SearchSessionsRequest, _copilot_pb2.SearchSessionsResponse]  # type: ignore[assignment]
+    """== search ==
+    Full-text search over every session's user messages, assistant answers
+    and tool results, best match first (bm25), a page at a time.
+    """
     WatchLifecycle: _aio.UnaryStreamMultiCallable[_copilot_pb2.WatchLifecycleRequest, _copilot_pb2.LifecycleEvent]  # type: ignore[assignment]
     """== sharing sessions between clients ==
     Lifecycle of all sessions (created, deleted, updated), whichever client
@@ -398,6 +408,17 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_copilot_pb2.ListPendingToolCallsResponse, _abc.Awaitable[_copilot_pb2.ListPendingToolCallsResponse]]:
         """The tool calls of a session waiting for a client's result."""
+
+    @_abc_1.abstractmethod
+    def SearchSessions(
+        self,
+        request: _copilot_pb2.SearchSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.SearchSessionsResponse, _abc.Awaitable[_copilot_pb2.SearchSessionsResponse]]:
+        """== search ==
+        Full-text search over every session's user messages, assistant answers
+        and tool results, best match first (bm25), a page at a time.
+        """
 
     @_abc_1.abstractmethod
     def WatchLifecycle(
