@@ -227,6 +227,23 @@ CALLS: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
             pb.SetModelRequest, session_id=session_ids, model=st.one_of(labels, st.just("offline"))
         ),
     ),
+    SERVICE + "SearchSessions": (
+        "unary",
+        st.builds(
+            pb.SearchSessionsRequest,
+            # FTS5 syntax errors, operators and stray quotes among them.
+            query=st.one_of(
+                nasty_text,
+                labels,
+                st.sampled_from(['"', "AND", "a OR", "NEAR(", "*", "config.toml", "-x"]),
+            ),
+            page_size=uint32,
+            page_token=st.one_of(st.just(""), nasty_text),
+            session_id_prefix=st.one_of(st.just(""), nasty_text),
+            since=timestamps,
+            until=timestamps,
+        ),
+    ),
     SERVICE + "ListPendingToolCalls": (
         "unary",
         st.builds(pb.ListPendingToolCallsRequest, session_id=session_ids),

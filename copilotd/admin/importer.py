@@ -31,7 +31,7 @@ from copilotd.errors import (
 from copilotd.events import SessionEvent, SessionMetadata
 from copilotd.limits import SESSION_ID_MAX_LENGTH
 from copilotd.sessions.service import SessionService, store_errors
-from copilotd.sessions.validation import check_enum, check_session_id
+from copilotd.sessions.validation import check_enum, check_session_id, is_valid_time
 from copilotd.store import SessionRecord, StoreWriter
 from copilotd.store.committer import GroupCommitter
 
@@ -46,8 +46,6 @@ MAX_RENAME_ATTEMPTS = 1000
 STAGE_EVENTS: Final = 1000
 STAGE_BYTES: Final = 1 << 20
 # The range protobuf's Timestamp (and its JSON form) can represent.
-MIN_SECONDS: Final = -62_135_596_800  # 0001-01-01T00:00:00Z
-MAX_SECONDS: Final = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 
 class ImportTargetExistsError(SessionExistsError):
@@ -144,7 +142,7 @@ class HistoryCheck:
 
 def check_timestamp(stamp: Timestamp, where: str) -> None:
     """Refuse a time protobuf's JSON mapping (and so an export) cannot represent."""
-    if not (MIN_SECONDS <= stamp.seconds <= MAX_SECONDS and 0 <= stamp.nanos < 1_000_000_000):
+    if not is_valid_time(stamp):
         raise InvalidImportError(
             f"{where} is not a valid time (seconds={stamp.seconds}, nanos={stamp.nanos}): it must "
             "lie between 0001-01-01 and 9999-12-31 with nanos from 0 to 999999999"

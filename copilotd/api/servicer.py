@@ -19,7 +19,7 @@ from copilotd.api.errors import Context, translate_errors
 from copilotd.events import now_timestamp
 from copilotd.search import Indexer, SearchFilter
 from copilotd.sessions.service import SessionService
-from copilotd.sessions.validation import check_enum
+from copilotd.sessions.validation import check_enum, check_time
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +190,8 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
             search = SearchFilter(
                 query=request.query,
                 session_id_prefix=request.session_id_prefix,
-                since_ns=request.since.ToNanoseconds() if request.HasField("since") else None,
-                until_ns=request.until.ToNanoseconds() if request.HasField("until") else None,
+                since_ns=check_time(request.since, "since") if request.HasField("since") else None,
+                until_ns=check_time(request.until, "until") if request.HasField("until") else None,
             )
             hits, token = await self._search.search(search, request.page_size, request.page_token)
         response = pb.SearchSessionsResponse(next_page_token=token)

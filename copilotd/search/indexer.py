@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -130,9 +131,19 @@ class Indexer:
             reached = self._queued
             try:
                 await self._index_pending()
+            except (OSError, sqlite3.OperationalError) as error:
+                # A full disk, say. The cursors did not move, so the next round
+                # walks every session from its cursor and reads what was missed
+                # from the store: nothing is lost, only found later.
+                self._walk_all = True
+                log.warning(
+                    "search index: indexing failed (%s); it catches up from the log "
+                    "at the next commit or start",
+                    error,
+                )
             except Exception:
-                # The cursor did not move: the next start reads these events again.
-                log.exception("search index: indexing failed; it catches up at the next start")
+                self._walk_all = True
+                log.exception("search index: indexing failed; it catches up from the log")
             await self._mark_done(reached)
 
     async def _mark_done(self, reached: int) -> None:

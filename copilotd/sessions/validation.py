@@ -6,6 +6,8 @@ import re
 from collections.abc import Sequence
 from typing import Final, Protocol
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from copilotd.errors import InvalidArgumentError, Reason
 from copilotd.limits import MAX_LABEL_BYTES, MAX_PAGE_SIZE, SESSION_ID_MAX_LENGTH
 
@@ -100,3 +102,23 @@ def check_enum(value: int, enum: EnumType, field: str) -> int:
             "Upgrade copilotd or send one of those"
         )
     return value
+
+
+# The range protobuf's JSON mapping (and so an export) can represent.
+MIN_SECONDS: Final = -62_135_596_800  # 0001-01-01T00:00:00Z
+MAX_SECONDS: Final = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
+def is_valid_time(stamp: Timestamp) -> bool:
+    """Whether ``stamp`` is a time a calendar holds (years 1 to 9999, nanos in range)."""
+    return MIN_SECONDS <= stamp.seconds <= MAX_SECONDS and 0 <= stamp.nanos < 1_000_000_000
+
+
+def check_time(stamp: Timestamp, field: str) -> int:
+    """A time a caller sent, in nanoseconds since the epoch."""
+    if not is_valid_time(stamp):
+        raise InvalidArgumentError(
+            f"{field} is not a valid time (seconds={stamp.seconds}, nanos={stamp.nanos}): it "
+            "must lie between 0001-01-01 and 9999-12-31 with nanos from 0 to 999999999"
+        )
+    return stamp.ToNanoseconds()
