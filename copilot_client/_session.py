@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from ._errors import (
     CopilotError,
     DaemonTimeoutError,
     DaemonUnavailableError,
-    ResourceExhaustedError,
     SessionFailedError,
-    SessionNotFoundError,
-    SubscriberTooSlowError,
 )
-from ._history import read_events, stream_stopped_event
+from ._event_stream import EventHandler, EventStream, Reattached, WaiterItem, seen
+from ._history import read_events
 from ._tools import Tool, ToolInvocation, ToolResult, ToolRunner, invocation_of
 from ._types import MessageOptions, SessionEvent, SessionEventType, SessionMetadata
 from .proto.v1 import copilot_pb2
@@ -35,52 +31,13 @@ __all__ = ["CopilotSession", "EventHandler"]
 
 logger = logging.getLogger("copilot_client")
 
-EventHandler = Callable[[SessionEvent], Awaitable[None] | None]
-
 _SEND_MODES = {
     "enqueue": copilot_pb2.SEND_MODE_ENQUEUE,
     "immediate": copilot_pb2.SEND_MODE_IMMEDIATE,
 }
-# Re-attaching the event stream after UNAVAILABLE: the first delay, doubled
-# up to the last. There is no last attempt: handlers must not go quiet after
-# an outage, so the stream re-attaches for as long as the session is open.
-STREAM_RETRY_DELAY = 0.2
-STREAM_RETRY_MAX_DELAY = 5.0
 # After a turn's end, how long send_and_wait waits for the session.idle that
 # follows it (so that an immediate next send does not race the turn's end).
 IDLE_GRACE = 2.0
-
-
-class _Reattached:
-    """Queued to waiters when the stream re-attached (ephemeral events may be lost)."""
-
-
-class _Delivery(NamedTuple):
-    """An event for a waiter; ``replayed`` when it came from a catch-up."""
-
-    event: SessionEvent
-    replayed: bool
-
-
-_REATTACHED = _Reattached()
-
-
-def _seen(queue: asyncio.Queue[_Item], message_id: str) -> bool:
-    """Whether an event of message ``message_id`` is among those queued (left in place)."""
-    items = [queue.get_nowait() for _ in range(queue.qsize())]
-    for item in items:
-        queue.put_nowait(item)
-    return any(
-        isinstance(item, _Delivery)
-        and (item.event.id == message_id or item.event.data.user_message_id == message_id)
-        for item in items
-    )
-
-
-# Most events of a turn are deltas; converting them for no one was a
-# quarter of send_and_wait's own CPU time.
-_DELTA = SessionEventType.ASSISTANT_MESSAGE_DELTA.value
-_Item = _Delivery | BaseException | _Reattached
 
 
 class CopilotSession:
@@ -103,20 +60,10 @@ class CopilotSession:
         self._metadata = metadata
         self._resume_recorded = resume_recorded
         self._on_destroy = on_destroy
-        self._last_sequence = metadata.last_sequence
-        self._handlers: dict[object, EventHandler] = {}
-        self._waiters: set[asyncio.Queue[_Item]] = set()
-        self._stream_task: asyncio.Task[None] | None = None
-        self._live = asyncio.Event()
-        # Counts the times the stream became live; a send cut by an outage
-        # waits for the next one to see what the daemon recorded.
-        self._attachments = 0
-        self._attached_again = asyncio.Condition()
-        self._stream_error: CopilotError | None = None
         self._destroyed = False
-        self._deleted: SessionNotFoundError | None = None
-        # attach() was called: keep the stream even without handlers.
-        self._attached = False
+        self._events = EventStream(
+            transport, metadata.session_id, metadata.last_sequence, self._check_usable
+        )
         self._tool_runner = ToolRunner(metadata.session_id, tools, self._answer_tool_call)
         if self._tool_runner:
             self.on(self._tool_runner.on_event)
@@ -164,8 +111,8 @@ class CopilotSession:
                 f"session {self.session_id!r} was destroyed on this client; its data is "
                 f"kept: call client.resume_session({self.session_id!r}) to use it again"
             )
-        if self._deleted is not None:
-            raise self._deleted
+        if self._events.deleted is not None:
+            raise self._events.deleted
 
     async def send(
         self,
@@ -246,7 +193,7 @@ class CopilotSession:
         message = MessageOptions.coerce(options)
         message_id = str(uuid.uuid4())
         end = asyncio.get_running_loop().time() + timeout
-        if self._handlers:
+        if self._events.handlers:
             return await self._send_and_wait_streamed(message, message_id, end, resend=False)
         request = self._request(message, message_id, copilot_pb2.SendMessageAndWaitRequest)
         try:
@@ -258,8 +205,8 @@ class CopilotSession:
         except DaemonUnavailableError:
             logger.debug("daemon unavailable during message %s: looking it up", message_id)
             return await self._send_and_wait_streamed(message, message_id, end, resend=True)
-        if self._stream_task is None or self._stream_task.done():
-            self._last_sequence = max(self._last_sequence, response.turn_end.sequence)
+        if not self._events.running:
+            self._events.last_sequence = max(self._events.last_sequence, response.turn_end.sequence)
         if response.HasField("error"):
             raise SessionFailedError(SessionEvent.from_proto(response.error))
         return SessionEvent.from_proto(response.answer) if response.HasField("answer") else None
@@ -272,8 +219,8 @@ class CopilotSession:
         ``resend``: the message may already be in the log (a call carrying it
         was cut); it is sent only if the stream's catch-up does not show it.
         """
-        queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._waiters.add(queue)  # before sending: the turn's events may beat the reply
+        queue: asyncio.Queue[WaiterItem] = asyncio.Queue()
+        self._events.waiters.add(queue)  # before sending: the turn's events may beat the reply
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(end):
@@ -282,15 +229,20 @@ class CopilotSession:
             if not replayed:  # after a catch-up, the ephemeral session.idle is lost
                 await self._wait_idle(queue, max(0.0, min(IDLE_GRACE, end - loop.time())))
         finally:
-            self._waiters.discard(queue)
-            if not (self._waiters or self._handlers or self._attached):
-                await self._stop_stream()  # only send_and_wait needed it
+            self._events.waiters.discard(queue)
+            if not (self._events.waiters or self._events.handlers or self._events.attached):
+                await self._events.stop()  # only send_and_wait needed it
         if failure is not None:
             raise SessionFailedError(failure)
         return answer
 
     async def _send_once(
-        self, queue: asyncio.Queue[_Item], message: MessageOptions, message_id: str, *, resend: bool
+        self,
+        queue: asyncio.Queue[WaiterItem],
+        message: MessageOptions,
+        message_id: str,
+        *,
+        resend: bool,
     ) -> None:
         """Sends the message unless the log shows it, across outages of the daemon.
 
@@ -299,10 +251,10 @@ class CopilotSession:
         was, and send (with the same id) only if it was not.
         """
         while True:
-            await self._ensure_live()
-            if resend and _seen(queue, message_id):
+            await self._events.ensure_live()
+            if resend and seen(queue, message_id):
                 return
-            attachments = self._attachments
+            attachments = self._events.attachments
             try:
                 await self._send(message, message_id, CALL_TIMEOUT)
                 return
@@ -311,15 +263,10 @@ class CopilotSession:
             except DaemonUnavailableError:
                 logger.debug("daemon unavailable sending %s: looking it up", message_id)
             resend = True
-            await self._wait_attached_after(attachments)
-
-    async def _wait_attached_after(self, attachments: int) -> None:
-        """Waits until the stream has become live more than ``attachments`` times."""
-        async with self._attached_again:
-            await self._attached_again.wait_for(lambda: self._attachments > attachments)
+            await self._events.wait_attached_after(attachments)
 
     async def _wait_turn_end(
-        self, queue: asyncio.Queue[_Item], message_id: str
+        self, queue: asyncio.Queue[WaiterItem], message_id: str
     ) -> tuple[SessionEvent | None, SessionEvent | None, bool]:
         """The turn's last answer, its ``session.error`` if any, and whether
         its end came from a catch-up."""
@@ -329,7 +276,7 @@ class CopilotSession:
             item = await queue.get()
             if isinstance(item, BaseException):
                 raise item
-            if isinstance(item, _Reattached) or item.event.data.user_message_id != message_id:
+            if isinstance(item, Reattached) or item.event.data.user_message_id != message_id:
                 continue
             event = item.event
             if event.type is SessionEventType.ASSISTANT_MESSAGE:
@@ -340,13 +287,13 @@ class CopilotSession:
                 return answer, failure, item.replayed
 
     @staticmethod
-    async def _wait_idle(queue: asyncio.Queue[_Item], grace: float) -> None:
+    async def _wait_idle(queue: asyncio.Queue[WaiterItem], grace: float) -> None:
         """Waits briefly for the ``session.idle`` that follows a turn's end."""
         try:
             async with asyncio.timeout(grace):
                 while True:
                     item = await queue.get()
-                    if isinstance(item, BaseException | _Reattached):
+                    if isinstance(item, BaseException | Reattached):
                         return
                     event = item.event
                     if event.type is SessionEventType.SESSION_IDLE or not event.ephemeral:
@@ -489,21 +436,13 @@ class CopilotSession:
         """
         self._check_usable()
         token = object()
-        self._handlers[token] = handler
-        self._start_stream()
+        self._events.handlers[token] = handler
+        self._events.start()
 
         def unsubscribe() -> None:
-            self._handlers.pop(token, None)
+            self._events.handlers.pop(token, None)
 
         return unsubscribe
-
-    def _start_stream(self) -> None:
-        if self._stream_task is None or self._stream_task.done():
-            self._stream_error = None
-            self._live.clear()
-            self._stream_task = asyncio.get_running_loop().create_task(
-                self._run_stream(), name=f"copilot-session-{self.session_id}"
-            )
 
     async def attach(self) -> None:
         """Attaches to the session's live events now and returns once the stream is live.
@@ -515,11 +454,11 @@ class CopilotSession:
             DaemonTimeoutError: Not live within the client's ``timeout``.
         """
         self._check_usable()
-        self._attached = True
+        self._events.attached = True
         deadline = self._transport.call_timeout
         try:
             async with asyncio.timeout(deadline):
-                await self._ensure_live()
+                await self._events.ensure_live()
         except TimeoutError:
             raise DaemonTimeoutError(
                 f"the events of session {self.session_id!r} did not go live within "
@@ -527,118 +466,6 @@ class CopilotSession:
                 "the session keeps trying to attach",
                 socket_path=self._transport.where,
             ) from None
-
-    async def _ensure_live(self) -> None:
-        """Starts the event stream if needed and waits until it is live."""
-        if self._live.is_set() and self._stream_task is not None and not self._stream_task.done():
-            return  # the usual case from the second turn on: nothing to wait for
-        self._start_stream()
-        task = self._stream_task
-        assert task is not None
-        live = asyncio.ensure_future(self._live.wait())
-        try:
-            await asyncio.wait({live, task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            live.cancel()
-        if not self._live.is_set():
-            self._check_usable()
-            raise self._stream_error or CopilotError("the event stream ended")
-
-    async def _run_stream(self) -> None:
-        failures = 0
-        while True:
-            try:
-                stream = self._transport.stream_events(self.session_id, self._last_sequence)
-                async with aclosing(stream):
-                    async for response in stream:
-                        failures = 0
-                        replayed = not self._live.is_set()
-                        for proto in response.events:
-                            if proto.type == _DELTA and not self._handlers:
-                                continue  # only handlers see deltas; waiters skip them
-                            await self._dispatch(SessionEvent.from_proto(proto), replayed)
-                        if response.live and not self._live.is_set():
-                            self._live.set()
-                            async with self._attached_again:
-                                self._attachments += 1
-                                self._attached_again.notify_all()
-                error: CopilotError = DaemonUnavailableError(
-                    "the event stream ended", socket_path=self._transport.where
-                )
-            except SessionNotFoundError as exc:
-                self._deleted = exc
-                self._fail_waiters(exc)
-                return
-            except (DaemonUnavailableError, ResourceExhaustedError) as exc:
-                if not isinstance(exc, DaemonUnavailableError | SubscriberTooSlowError):
-                    await self._stop_stream_with(exc)
-                    return
-                error = exc
-            except CopilotError as exc:
-                if not self._transport.is_open:
-                    return  # the client was stopped
-                await self._stop_stream_with(exc)
-                return
-            except Exception as exc:
-                logger.exception("event stream of session %s failed", self.session_id)
-                await self._stop_stream_with(CopilotError(f"the event stream failed: {exc!r}"))
-                return
-            if not self._transport.is_open:
-                return  # the client was stopped
-            failures += 1
-            logger.debug("re-attaching to %s after %s", self.session_id, error)
-            self._live.clear()
-            for queue in self._waiters:
-                queue.put_nowait(_REATTACHED)
-            if failures > 1 or isinstance(error, DaemonUnavailableError):
-                delay = STREAM_RETRY_DELAY * 2 ** min(failures - 1, 16)
-                await asyncio.sleep(min(delay, STREAM_RETRY_MAX_DELAY))
-
-    async def _stop_stream_with(self, error: CopilotError) -> None:
-        """Ends the stream for an error re-attaching cannot cure, and says so to
-        everyone: waiters get the error, handlers a last, ephemeral
-        ``session.error`` event (``error_type`` ``"event_stream"``) rather
-        than silence."""
-        logger.warning("event stream of session %s stopped: %s", self.session_id, error)
-        self._stream_error = error
-        self._fail_waiters(error)
-        await self._dispatch(stream_stopped_event(self._last_sequence, error), replayed=False)
-
-    def _fail_waiters(self, error: BaseException) -> None:
-        for queue in self._waiters:
-            queue.put_nowait(error)
-
-    async def _dispatch(self, event: SessionEvent, replayed: bool) -> None:
-        if not event.ephemeral:
-            if event.sequence <= self._last_sequence:
-                return  # already seen before a re-attach
-            self._last_sequence = event.sequence
-        for queue in self._waiters:
-            queue.put_nowait(_Delivery(event, replayed))
-        for handler in list(self._handlers.values()):
-            try:
-                result = handler(event)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.exception(
-                    "event handler %r failed on %s (session %s)",
-                    handler,
-                    event.type_name,
-                    self.session_id,
-                )
-
-    async def _stop_stream(self) -> None:
-        task, self._stream_task = self._stream_task, None
-        self._live.clear()
-        if task is not None and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
 
     # -- lifetime ------------------------------------------------------------
 
@@ -650,10 +477,10 @@ class CopilotSession:
         if self._destroyed:
             return
         self._destroyed = True
-        self._handlers.clear()
+        self._events.handlers.clear()
         await self._tool_runner.aclose()
-        self._fail_waiters(CopilotError(f"session {self.session_id!r} was destroyed"))
-        await self._stop_stream()
+        self._events.fail_waiters(CopilotError(f"session {self.session_id!r} was destroyed"))
+        await self._events.stop()
         if self._on_destroy is not None:
             self._on_destroy(self)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-import copilot_client._session as session_module
+import copilot_client._event_stream as event_stream_module
 from copilot_client import CopilotClient, SessionEventType
 from tests.support.daemon_process import DaemonProcess
 from tests.support.session_events import (
@@ -61,8 +61,8 @@ class ReattachCounter(logging.Handler):
 def reattaches(monkeypatch: pytest.MonkeyPatch) -> Iterator[ReattachCounter]:
     # Short delays between attempts keep the outage brief; how many attempts
     # there are is what the tests are about.
-    monkeypatch.setattr(session_module, "STREAM_RETRY_DELAY", 0.01)
-    monkeypatch.setattr(session_module, "STREAM_RETRY_MAX_DELAY", 0.05)
+    monkeypatch.setattr(event_stream_module, "STREAM_RETRY_DELAY", 0.01)
+    monkeypatch.setattr(event_stream_module, "STREAM_RETRY_MAX_DELAY", 0.05)
     counter = ReattachCounter()
     logger = logging.getLogger("copilot_client")
     level = logger.level

@@ -15,7 +15,7 @@ import pytest
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
 from copilotd.cli.main import STORE_DSN_ENV
-from copilotd.sessions.service import TAKEN_OVER
+from copilotd.sessions.recovery import TAKEN_OVER
 from tests.support.daemon_process import DaemonProcess
 from tests.support.postgres import PostgresCluster
 

@@ -20,14 +20,11 @@ from copilotd import events as ev
 from copilotd.config import DEFAULT_MAX_TOOL_ROUNDS
 from copilotd.errors import (
     InvalidArgumentError,
-    MessageAlreadyAnsweredError,
-    MessageIdTakenError,
     Reason,
     ServiceError,
     SessionNotFoundError,
     ShuttingDownError,
     StoreFullError,
-    TurnBusyError,
     TurnTakenOverError,
 )
 from copilotd.events import SessionEvent, SessionMetadata
@@ -49,16 +46,16 @@ from copilotd.sessions.history import History
 from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
 from copilotd.sessions.lifecycle import LifecycleEvent, LifecycleFeed
 from copilotd.sessions.peers import Delivery, PeerChanges
+from copilotd.sessions.recovery import TurnRecovery
 from copilotd.sessions.scheduler import TurnScheduler
+from copilotd.sessions.sending import MessageSender
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
 from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
-from copilotd.sessions.tools import check_result, check_tools, interrupted_completes
+from copilotd.sessions.tools import check_result, check_tools
 from copilotd.sessions.turns import TurnEngine
 from copilotd.sessions.validation import (
     check_enum,
     check_label,
-    check_message_id,
-    check_prompt,
     check_session_id,
     page_size,
 )
@@ -77,8 +74,6 @@ log = logging.getLogger(__name__)
 # Sessions kept in memory without a running turn; older ones are dropped and
 # reloaded from the store when used again.
 MAX_IDLE_STATES = 1024
-INTERRUPTED_AT_RESTART = "interrupted by daemon restart"
-TAKEN_OVER = "interrupted: the daemon running it stopped (its lease expired)"
 
 
 class SessionService:
@@ -117,6 +112,13 @@ class SessionService:
         self.purger = Purger(committer)
         self._shutting_down = False
         self._peers = PeerChanges(store, self._states, self._delivery, self.lifecycle, self._forget)
+        self._recovery = TurnRecovery(self, committer, self._state, self._turns, self._scheduler)
+        sender = MessageSender(
+            self, self._history, self._delivery, self._scheduler, self._record, self._state
+        )
+        # The API's send calls, as the sender's own methods (documented there).
+        self.send_message = sender.send_message
+        self.send_message_and_wait = sender.send_message_and_wait
 
     @property
     def store(self) -> Store:
@@ -445,118 +447,6 @@ class SessionService:
         await self.providers.forget_session(session_id)
         self.lifecycle.announce(LIFECYCLE_DELETED, session_id, None)
 
-    async def send_message(
-        self,
-        session_id: str,
-        prompt: str,
-        source: str,
-        *,
-        mode: int = 0,
-        expected_last_sequence: int | None = None,
-        message_id: str = "",
-    ) -> tuple[SessionEvent, bool]:
-        """Persist the user message and start its turn, or queue it behind the running one.
-
-        Returns the user.message (its sequence is 0 while queued) and whether
-        it queued. A ``message_id`` this session already holds is not
-        recorded again: the message as it stands is returned.
-        """
-        state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
-        known = state.known_message(user.id) or self._history.logged_message(session_id, message_id)
-        if known is not None:
-            return known
-        state.check_sequence(session_id, expected_last_sequence)
-        try:
-            return await self._scheduler.send(
-                session_id,
-                state,
-                user,
-                mode=mode,
-                expected_last_sequence=expected_last_sequence,
-                record=record,
-            )
-        except MessageIdTakenError:
-            # The store's check, in the writing transaction: recorded meanwhile.
-            if (known := self._history.logged_message(session_id, message_id)) is not None:
-                return known
-            raise
-
-    async def send_message_and_wait(
-        self,
-        session_id: str,
-        prompt: str,
-        source: str,
-        *,
-        mode: int = 0,
-        expected_last_sequence: int | None = None,
-        message_id: str = "",
-    ) -> TurnOutcome:
-        """``send_message``, then wait for the end of the message's turn.
-
-        Cancelling the wait leaves the turn running. A ``message_id`` that is
-        queued or running is waited for rather than sent again; one whose
-        turn has ended raises ``MessageAlreadyAnsweredError``.
-        """
-        state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
-        known = state.known_message(user.id) or self._history.logged_message(session_id, message_id)
-        if (
-            known is not None
-            and not known[1]
-            and (state.turn is None or state.turn.user_message_id != user.id)
-        ):
-            raise MessageAlreadyAnsweredError(session_id, user.id)
-        if known is None:
-            state.check_sequence(session_id, expected_last_sequence)
-        # Registered before sending: the turn may end before the send returns.
-        waiter = state.turn_waiters.get(user.id)
-        if waiter is None:
-            waiter = asyncio.get_running_loop().create_future()
-            state.turn_waiters[user.id] = waiter
-        if known is None:
-            try:
-                await self._scheduler.send(
-                    session_id,
-                    state,
-                    user,
-                    mode=mode,
-                    expected_last_sequence=expected_last_sequence,
-                    record=record,
-                )
-            except BaseException as error:
-                if state.turn_waiters.get(user.id) is waiter:
-                    del state.turn_waiters[user.id]
-                if waiter.done() and not waiter.cancelled():
-                    waiter.exception()  # failed by a racing delete; this error says it
-                if isinstance(error, MessageIdTakenError) and self._history.logged_message(
-                    session_id, message_id
-                ):
-                    raise MessageAlreadyAnsweredError(session_id, user.id) from None
-                raise
-        # Shielded: a caller that gives up leaves the waiter to others sending
-        # the same id again; the turn's end resolves and removes it.
-        return await asyncio.shield(waiter)
-
-    def _prepare_send(
-        self, session_id: str, prompt: str, source: str, mode: int, message_id: str
-    ) -> tuple[SessionState, SessionEvent, SessionRecord]:
-        """Check a send and build its user.message; nothing is written."""
-        self._check_running()
-        check_prompt(prompt, self.max_prompt_bytes)
-        check_label(source, "source")
-        check_enum(mode, copilot_pb2.SendMode, "mode")
-        check_message_id(message_id)
-        record = self._record(session_id)
-        state = self._state(record)
-        if self._store.shared:  # other daemons' commits first: checks see the session as it is
-            self._delivery.catch_up(session_id, state, record.metadata.last_sequence)
-        # Refuse a message no provider could answer before anything is written;
-        # the route is taken again from the record when the turn begins.
-        self.providers.route_for(record.metadata)
-        user = ev.make_event(ev.USER_MESSAGE, content=prompt, source=source)
-        if message_id:
-            user.id = message_id
-        return state, user, record
-
     def list_models(self) -> tuple[list[copilot_pb2.ModelInfo], bool]:
         """The models on offer, default first, and whether only the offline model answers."""
         return self.providers.list_models(), self.providers.offline_only
@@ -620,60 +510,8 @@ class SessionService:
     # -- lifecycle ----------------------------------------------------------------
 
     async def recover_interrupted_turns(self) -> int:
-        """Close the turns a crash left open, then run the messages still queued.
-
-        At start-up, and then periodically on a store shared by several
-        daemons: there it takes over the sessions whose daemon's lease
-        expired (``Store.sessions_with_open_turns`` leaves out live ones).
-        Returns how many turns were closed as interrupted.
-        """
-        closed = 0
-        for record in self._store.sessions_with_open_turns():
-            session_id = record.metadata.session_id
-            state = self._state(record)
-            if state.turn is not None:
-                continue  # running here: not interrupted
-            if not state.queue_held:
-                state.pending[:] = record.pending
-            if record.open_turn_id:
-                try:
-                    # The lease first: whatever follows is this daemon's turn now.
-                    previous = await self._take_over(session_id)
-                except (TurnBusyError, SessionNotFoundError):
-                    continue  # another daemon renewed or deleted it meanwhile
-                pending_calls = record.metadata.pending_tool_calls
-                if pending_calls and self._turns.wait_again(state, record):
-                    continue
-                try:
-                    await self._close_interrupted(
-                        record, TAKEN_OVER if previous else INTERRUPTED_AT_RESTART
-                    )
-                except (TurnBusyError, TurnTakenOverError, SessionNotFoundError):
-                    continue  # another daemon closed or deleted it meanwhile
-                closed += 1
-            elif state.pending:
-                self._scheduler.start_next(session_id, state)
-        return closed
-
-    async def _take_over(self, session_id: str) -> str:
-        """Take the session's lease; the previous owner if it was another daemon's."""
-        with store_errors(session_id):
-            return await self._committer.submit(lambda writer: writer.take_over(session_id))
-
-    async def _close_interrupted(self, record: SessionRecord, why: str) -> None:
-        """Close a turn left open (this daemon's before a restart, or a dead daemon's)."""
-        session_id, turn_id = record.metadata.session_id, record.open_turn_id
-        completes = interrupted_completes(record.metadata.pending_tool_calls, turn_id, why)
-        end = ev.make_event(
-            ev.ASSISTANT_TURN_END,
-            turn_id=turn_id,
-            user_message_id=record.open_turn_user_message_id,
-            reason=ev.TurnEndReason.TURN_END_REASON_INTERRUPTED,
-            message=why,
-        )
-        # Its commit hands the session to the first queued message, if any.
-        await self.append(session_id, [*completes, end], close_turn=True, fence=turn_id)
-        log.warning("session %s: closed turn %s: %s", session_id, turn_id, why)
+        """Close the turns no daemon runs any more (``TurnRecovery``); how many."""
+        return await self._recovery.recover_interrupted_turns()
 
     def on_store_change(self, change: StoreChange | None) -> None:
         """Another daemon committed ``change`` (None: changes may have been missed)."""

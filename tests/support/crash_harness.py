@@ -52,7 +52,7 @@ from copilot_client import CopilotClient
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
 from copilotd.events import ASSISTANT_TURN_END, SESSION_DELETED, USER_MESSAGE, TurnEndReason
-from copilotd.sessions.service import INTERRUPTED_AT_RESTART
+from copilotd.sessions.recovery import INTERRUPTED_AT_RESTART
 from tests.support.daemon_process import DaemonProcess, short_temp_dir
 from tests.support.store_check import StoreReport, check_store
 
