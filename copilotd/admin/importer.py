@@ -3,9 +3,11 @@ then make it a session in one commit.
 
 The events are stored as they were exported: the same ids, timestamps and
 payloads, and (because the history must be complete and in order) the same
-sequence numbers and parent ids the store assigns on append. The only event
-an import may add is the end of a turn that was still running when the
-session was exported, so that no imported history ends in a half turn.
+sequence numbers and parent ids the store assigns on append. The only events
+an import may add close a turn that was still running when the session was
+exported: a synthetic result for each of its tool calls still waiting, then
+the turn's end, so that no imported history ends in a half turn or holds a
+call without its result (a provider refuses such a history).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from copilotd.errors import (
 )
 from copilotd.events import SessionEvent, SessionMetadata
 from copilotd.limits import SESSION_ID_MAX_LENGTH
+from copilotd.providers import ToolCall
 from copilotd.sessions.service import SessionService, store_errors
+from copilotd.sessions.tools import complete_event, interrupted_result
 from copilotd.sessions.validation import check_enum, check_session_id, is_valid_time
 from copilotd.store import SessionRecord, StoreWriter
 from copilotd.store.committer import GroupCommitter
@@ -39,6 +43,8 @@ log = logging.getLogger(__name__)
 
 Conflict = admin_pb2.ImportConflict
 INTERRUPTED_BY_EXPORT = "interrupted: the session was exported while this turn ran"
+# The synthetic result's "(why)": "interrupted: no client answered (...)".
+INTERRUPTED_CALL = "the session was exported while the call waited"
 RENAME_SUFFIX = "-imported"
 MAX_RENAME_ATTEMPTS = 1000
 # One staging transaction's share of an import: small enough that other
@@ -72,7 +78,10 @@ class HistoryCheck:
     The history must be a whole log: numbered 1..N, each event's parent the
     one before, ids unique (the store's index checks that, in
     ``stage_events``), stored types only, valid timestamps; N as the header
-    announced. Only the open turns are remembered, not the events.
+    announced. Every ``tool.execution_complete`` answers a call started
+    before it and not yet answered, and a turn ends only after its calls'
+    results. Only the open turns and the calls' ids are remembered, not the
+    events.
     """
 
     def __init__(self, header: admin_pb2.ImportHeader) -> None:
@@ -86,6 +95,9 @@ class HistoryCheck:
         self.count = 0
         self._previous_id = ""
         self._open_turns: dict[str, str] = {}
+        # Call id -> the call and its turn, until its result arrives.
+        self._open_calls: dict[str, tuple[ToolCall, str]] = {}
+        self._answered_calls: set[str] = set()
 
     def check(self, event: SessionEvent) -> None:
         self.count += 1
@@ -115,10 +127,56 @@ class HistoryCheck:
             data = event.assistant_turn_start
             self._open_turns[data.turn_id] = data.user_message_id
         elif event.type == ev.ASSISTANT_TURN_END:
-            self._open_turns.pop(event.assistant_turn_end.turn_id, None)
+            turn_id = event.assistant_turn_end.turn_id
+            self._check_calls_answered(turn_id, at)
+            self._open_turns.pop(turn_id, None)
+        elif event.type == ev.TOOL_EXECUTION_START:
+            self._start_call(event, at)
+        elif event.type == ev.TOOL_EXECUTION_COMPLETE:
+            self._complete_call(event, at)
 
-    def finish(self) -> SessionEvent | None:
-        """Check the count; the turn_end that closes a turn the history leaves open, or None."""
+    def _start_call(self, event: SessionEvent, at: str) -> None:
+        start = event.tool_execution_start
+        call_id = start.tool_call_id
+        if not call_id:
+            raise InvalidImportError(f"{at}: tool.execution_start has no tool_call_id")
+        if call_id in self._open_calls or call_id in self._answered_calls:
+            raise InvalidImportError(
+                f"{at}: tool.execution_start for call {call_id!r} a second time; "
+                "each tool call id is used once"
+            )
+        call = ToolCall(call_id, start.tool_name, start.arguments_json)
+        self._open_calls[call_id] = (call, start.turn_id)
+
+    def _complete_call(self, event: SessionEvent, at: str) -> None:
+        call_id = event.tool_execution_complete.tool_call_id
+        if self._open_calls.pop(call_id, None) is not None:
+            self._answered_calls.add(call_id)
+            return
+        if call_id in self._answered_calls:
+            raise InvalidImportError(
+                f"{at}: tool.execution_complete for call {call_id!r} a second time; "
+                "a tool call has exactly one result"
+            )
+        raise InvalidImportError(
+            f"{at}: tool.execution_complete for call {call_id!r}, which has no "
+            "tool.execution_start before it; every result answers a recorded call"
+        )
+
+    def _check_calls_answered(self, turn_id: str, at: str) -> None:
+        for call_id, (_, call_turn) in self._open_calls.items():
+            if call_turn == turn_id:
+                raise InvalidImportError(
+                    f"{at}: turn {turn_id!r} ends while its tool call {call_id!r} has no "
+                    "tool.execution_complete; a turn ends after its calls' results"
+                )
+
+    def finish(self) -> list[SessionEvent]:
+        """Check the count; the events that close a turn the history leaves open.
+
+        Those are a synthetic result for each call still waiting (as an abort
+        gives them), then the turn's end; none when every turn ended.
+        """
         if self.count != self._header.event_count:
             raise InvalidImportError(
                 f"{self.where}: {self.count} events arrived but the header announces "
@@ -129,15 +187,26 @@ class HistoryCheck:
                 f"{self.where}: the history has no events; there is nothing to import"
             )
         if not self._open_turns:
-            return None
+            if self._open_calls:
+                call_id = next(iter(self._open_calls))
+                raise InvalidImportError(
+                    f"{self.where}: tool call {call_id!r} has no tool.execution_complete and "
+                    "no turn of the history is running; every call has a result"
+                )
+            return []
         turn_id, user_message_id = next(reversed(self._open_turns.items()))
-        return ev.make_event(
+        result = interrupted_result(INTERRUPTED_CALL)
+        closing = [
+            complete_event(call, call_turn, result) for call, call_turn in self._open_calls.values()
+        ]
+        end = ev.make_event(
             ev.ASSISTANT_TURN_END,
             turn_id=turn_id,
             user_message_id=user_message_id,
             reason=ev.TurnEndReason.TURN_END_REASON_INTERRUPTED,
             message=INTERRUPTED_BY_EXPORT,
         )
+        return [*closing, end]
 
 
 def check_timestamp(stamp: Timestamp, where: str) -> None:
@@ -231,10 +300,9 @@ class Importer:
             if request is not None and request.HasField("header"):
                 raise InvalidImportError("only the first ImportSession request may carry a header")
         closing = check.finish()
-        if closing is not None:
-            batch.append(closing)
+        batch.extend(closing)
         await self._stage_batch(staging, check, batch)
-        return closing is not None
+        return bool(closing)
 
     async def _stage_batch(
         self, staging: int, check: HistoryCheck, events: list[SessionEvent]

@@ -1,0 +1,170 @@
+"""Sessions with tool calls through export, import, history reads and ``sessions show``.
+
+The daemon is real; its offline model calls the declared tool for the prompt
+line ``call get_weather {...}``, and the tool has no handler, so each call
+waits until the test answers it (or leaves it open on purpose).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from copilot_client import CopilotClient, CopilotSession, SessionEvent, Tool
+from copilot_client.proto.v1 import copilot_pb2 as pb
+from copilot_client.proto.v1 import copilot_pb2_grpc
+from tests.support.cli import copilotd, ok, one_line_error
+from tests.support.daemon_process import DaemonProcess
+
+PROMPT = 'call get_weather {"city": "Paris"}'
+WEATHER = Tool("get_weather", "The weather in a city", {"type": "object"})
+
+
+@pytest.fixture
+async def client(daemon: DaemonProcess) -> AsyncIterator[CopilotClient]:
+    async with CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client:
+        yield client
+
+
+async def ask_tool(session: CopilotSession) -> str:
+    """Send the prompt and return the id of the call that then waits for a result."""
+    requested: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def on_event(event: SessionEvent) -> None:
+        if event.type_name == "external_tool.requested" and not requested.done():
+            requested.set_result(event.proto.external_tool_requested.tool_call_id)
+
+    unsubscribe = session.on(on_event)
+    try:
+        await session.send(PROMPT)
+        return await requested
+    finally:
+        unsubscribe()
+
+
+async def answered_session(client: CopilotClient, session_id: str) -> str:
+    """A session whose one tool call was answered and whose turn ended; the call id."""
+    session = await client.create_session(session_id=session_id, tools=[WEATHER])
+    idle = asyncio.Event()
+    session.on(lambda event: idle.set() if event.type_name == "session.idle" else None)
+    call_id = await ask_tool(session)
+    assert await session.handle_pending_tool_call(call_id, "sunny in Paris")
+    await idle.wait()
+    await session.destroy()
+    return call_id
+
+
+async def stored_metadata(daemon: DaemonProcess, session_id: str) -> pb.SessionMetadata:
+    """The metadata as the daemon sends it (the client's has no pending calls)."""
+    async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
+        stub = copilot_pb2_grpc.CopilotServiceStub(channel)
+        response = await stub.GetSession(pb.GetSessionRequest(session_id=session_id))
+    return response.session
+
+
+def export_lines(daemon: DaemonProcess, path: Path, *session_ids: str) -> list[str]:
+    ok(copilotd(daemon, "export", *session_ids, "-o", str(path)))
+    return path.read_text().splitlines()
+
+
+def calls_and_results(events: list[SessionEvent]) -> tuple[Counter[str], Counter[str]]:
+    starts = Counter(
+        e.proto.tool_execution_start.tool_call_id
+        for e in events
+        if e.type_name == "tool.execution_start"
+    )
+    completes = Counter(
+        e.proto.tool_execution_complete.tool_call_id
+        for e in events
+        if e.type_name == "tool.execution_complete"
+    )
+    return starts, completes
+
+
+async def test_a_session_with_tool_calls_survives_export_and_import_byte_for_byte(
+    daemon: DaemonProcess, client: CopilotClient, tmp_path: Path
+) -> None:
+    call_id = await answered_session(client, "weather")
+    first = export_lines(daemon, tmp_path / "first.jsonl", "weather")
+    session_line = json.loads(first[1])["session"]
+    assert [tool["name"] for tool in session_line["tools"]] == ["get_weather"]
+    assert "pending_tool_calls" not in session_line
+    kinds = [json.loads(line)["event"]["type"] for line in first[2:-1]]
+    assert kinds.count("tool.execution_start") == kinds.count("tool.execution_complete") == 1
+
+    ok(copilotd(daemon, "sessions", "delete", "--yes", "weather"))
+    ok(copilotd(daemon, "import", str(tmp_path / "first.jsonl")))
+    second = export_lines(daemon, tmp_path / "second.jsonl", "weather")
+    assert second[1:] == first[1:]  # all but the header's export time
+
+    # History reads return the tool events with their data.
+    events = await client.get_messages("weather")
+    [start] = [e for e in events if e.type_name == "tool.execution_start"]
+    [complete] = [e for e in events if e.type_name == "tool.execution_complete"]
+    assert start.proto.tool_execution_start.tool_name == "get_weather"
+    assert json.loads(start.proto.tool_execution_start.arguments_json) == {"city": "Paris"}
+    result = complete.proto.tool_execution_complete
+    assert (result.tool_call_id, result.success) == (call_id, True)
+    assert result.result.text_result_for_llm == "sunny in Paris"
+    # The imported session goes on with the tool round in its context.
+    session = await client.resume_session("weather", tools=[WEATHER])
+    answer = await session.send_and_wait("and tomorrow?")
+    assert answer is not None
+
+
+async def test_an_export_taken_while_a_call_waits_imports_with_the_call_closed(
+    daemon: DaemonProcess, client: CopilotClient, tmp_path: Path
+) -> None:
+    session = await client.create_session(session_id="waiting", tools=[WEATHER])
+    call_id = await ask_tool(session)
+    lines = export_lines(daemon, tmp_path / "waiting.jsonl", "waiting")
+    assert json.loads(lines[1])["session"]["pending_tool_calls"][0]["tool_call_id"] == call_id
+
+    report = ok(copilotd(daemon, "import", "--rename", str(tmp_path / "waiting.jsonl")))
+    assert "marked interrupted" in report
+    metadata = await stored_metadata(daemon, "waiting-imported")
+    assert not metadata.turn_running and not metadata.pending_tool_calls
+    events = await client.get_messages("waiting-imported")
+    starts, completes = calls_and_results(events)
+    assert starts == completes == Counter({call_id: 1})  # every call has exactly one result
+    complete, end = events[-2:]
+    data = complete.proto.tool_execution_complete
+    assert (data.tool_name, data.success, data.turn_id) == (
+        "get_weather",
+        False,
+        end.proto.assistant_turn_end.turn_id,
+    )
+    assert data.result.text_result_for_llm.startswith("interrupted: no client answered")
+    assert end.type_name == "assistant.turn_end"
+    # The imported history is one a model accepts: the next turn runs.
+    imported = await client.resume_session("waiting-imported", tools=[WEATHER])
+    answer = await imported.send_and_wait("and now?")
+    assert answer is not None
+    # The original still waits for its call, untouched by the import.
+    assert [call.tool_call_id for call in await session.pending_tool_calls()] == [call_id]
+
+
+async def test_import_refuses_a_result_without_its_call(
+    daemon: DaemonProcess, client: CopilotClient, tmp_path: Path
+) -> None:
+    call_id = await answered_session(client, "weather")
+    lines = export_lines(daemon, tmp_path / "weather.jsonl", "weather")
+    ok(copilotd(daemon, "sessions", "delete", "--yes", "weather"))
+    (number,) = [
+        index
+        for index, line in enumerate(lines)
+        if json.loads(line).get("event", {}).get("type") == "tool.execution_complete"
+    ]
+    lines[number] = lines[number].replace(call_id, "nope")
+    orphan = tmp_path / "orphan.jsonl"
+    orphan.write_text("\n".join(lines) + "\n")
+    line = one_line_error(copilotd(daemon, "import", str(orphan)))
+    assert f"event {number - 1}: tool.execution_complete for call 'nope'" in line
+    assert "no tool.execution_start" in line
+    assert await client.list_sessions() == []
