@@ -168,3 +168,38 @@ async def test_import_refuses_a_result_without_its_call(
     assert f"event {number - 1}: tool.execution_complete for call 'nope'" in line
     assert "no tool.execution_start" in line
     assert await client.list_sessions() == []
+
+
+async def test_show_prints_tool_calls_results_and_waiting_calls(
+    daemon: DaemonProcess, client: CopilotClient
+) -> None:
+    answered = await answered_session(client, "weather")
+    session = await client.resume_session("weather", tools=[WEATHER])
+    waiting = await ask_tool(session)
+
+    head, transcript = ok(copilotd(daemon, "sessions", "show", "weather")).split("\n\n", 1)
+    assert "tools:        get_weather" in head.splitlines()
+    assert f'waiting call: get_weather {{"city": "Paris"}} [{waiting}]' in head.splitlines()
+    lines = [line.split("] ", 1)[1] for line in transcript.splitlines()]
+    assert lines[:6] == [
+        "-- session started (model offline)",
+        f"user: {PROMPT}",
+        f'tool call get_weather {{"city": "Paris"}} [{answered}]',
+        f"tool result get_weather [{answered}]: sunny in Paris",
+        'assistant: get_weather returned: "sunny in Paris".',
+        "-- resumed",
+    ]
+    assert lines[6:] == [
+        f"user: {PROMPT}",
+        f'tool call get_weather {{"city": "Paris"}} [{waiting}]',
+    ]
+
+    shown = json.loads(ok(copilotd(daemon, "sessions", "show", "weather", "--json")))
+    assert shown["session"]["tools"] == ["get_weather"]
+    assert [c["tool_call_id"] for c in shown["session"]["pending_tool_calls"]] == [waiting]
+
+    # A call closed without an answer says how it ended.
+    await session.abort()
+    last = ok(copilotd(daemon, "sessions", "show", "weather")).splitlines()
+    result = next(line for line in last if f"tool result get_weather [{waiting}]" in line)
+    assert f"[{waiting}] failure: interrupted: no client answered (turn aborted" in result

@@ -170,8 +170,23 @@ def transcript_line(event: SessionEvent) -> str | None:
     if kind == ev.USER_MESSAGE:
         text = f"user: {event.user_message.content}"
     elif kind == ev.ASSISTANT_MESSAGE:
-        partial = " [partial]" if event.assistant_message.partial else ""
-        text = f"assistant{partial}: {event.assistant_message.content}"
+        message = event.assistant_message
+        if message.tool_requests and not message.content:
+            return None  # a message that only calls tools: its tool.execution_start lines say it
+        partial = " [partial]" if message.partial else ""
+        text = f"assistant{partial}: {message.content}"
+    elif kind == ev.TOOL_EXECUTION_START:
+        start = event.tool_execution_start
+        text = f"tool call {start.tool_name} {start.arguments_json} [{start.tool_call_id}]"
+    elif kind == ev.TOOL_EXECUTION_COMPLETE:
+        done = event.tool_execution_complete
+        outcome = "" if done.success else f" {done.result.result_type or 'failure'}"
+        text = (
+            f"tool result {done.tool_name} [{done.tool_call_id}]{outcome}: "
+            f"{done.result.text_result_for_llm}"
+        )
+    elif kind == ev.EXTERNAL_TOOL_REQUESTED:
+        return None  # the same call as its tool.execution_start; still waiting ones are listed
     elif kind == ev.SESSION_START:
         text = f"-- session started (model {event.session_start.model})"
     elif kind == ev.SESSION_RESUME:
@@ -265,7 +280,14 @@ def show_command(session_id: str, as_json: bool, socket_path: Path | None) -> No
     metadata, events = run(main())
     if as_json:
         payload = {
-            "session": metadata_dict(metadata),
+            "session": {
+                **metadata_dict(metadata),
+                "tools": [tool.name for tool in metadata.tools],
+                "pending_tool_calls": [
+                    json_format.MessageToDict(call, preserving_proto_field_name=True)
+                    for call in metadata.pending_tool_calls
+                ],
+            },
             "events": [
                 json_format.MessageToDict(e, preserving_proto_field_name=True) for e in events
             ],
@@ -286,6 +308,12 @@ def show_command(session_id: str, as_json: bool, socket_path: Path | None) -> No
         ("turn running", "yes" if metadata.turn_running else "no"),
         ("summary", metadata.summary),
     ]
+    if metadata.tools:
+        fields.append(("tools", ", ".join(tool.name for tool in metadata.tools)))
+    fields.extend(
+        ("waiting call", f"{call.tool_name} {call.arguments_json} [{call.tool_call_id}]")
+        for call in metadata.pending_tool_calls
+    )
     for name, value in fields:
         click.echo(f"{name + ':':<14}{value}")
     click.echo()
