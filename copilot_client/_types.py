@@ -394,6 +394,20 @@ class EventData:
     """``session.truncation``: messages left out (the oldest)."""
     first_kept_sequence: int | None = None
     """``session.truncation``: the messages before this sequence number were left out."""
+    tool_call_id: str | None = None
+    """The tool call (``tool.execution_start``, ``external_tool.requested``,
+    ``tool.execution_complete``)."""
+    tool_name: str | None = None
+    """The tool called (the same events)."""
+    arguments_json: str | None = None
+    """The call's arguments as JSON text (``tool.execution_start``, ``external_tool.requested``)."""
+    success: bool | None = None
+    """``tool.execution_complete``: the result is a success."""
+    result_text: str | None = None
+    """``tool.execution_complete``: the result as the model is told it."""
+    result_type: str | None = None
+    """``tool.execution_complete``: ``"success"``, ``"failure"``, ``"rejected"``,
+    ``"denied"`` or ``"timeout"``."""
 
 
 # Text bodies keep "" (an answer can be empty); other empty strings mean "unset".
@@ -422,6 +436,9 @@ def _event_data(proto: events_pb2.SessionEvent) -> EventData:
             if payload.reason in _TURN_END_REASONS
             else str(payload.reason)
         )
+    if member == "tool_execution_complete":
+        values["result_text"] = payload.result.text_result_for_llm
+        values["result_type"] = payload.result.result_type or "success"
     return EventData(**values)
 
 

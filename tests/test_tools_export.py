@@ -112,6 +112,17 @@ async def test_a_session_with_tool_calls_survives_export_and_import_byte_for_byt
     result = complete.proto.tool_execution_complete
     assert (result.tool_call_id, result.success) == (call_id, True)
     assert result.result.text_result_for_llm == "sunny in Paris"
+    assert (start.data.tool_call_id, start.data.tool_name, start.data.arguments_json) == (
+        call_id,
+        "get_weather",
+        '{"city": "Paris"}',
+    )
+    assert (complete.data.tool_call_id, complete.data.tool_name, complete.data.success) == (
+        call_id,
+        "get_weather",
+        True,
+    )
+    assert (complete.data.result_text, complete.data.result_type) == ("sunny in Paris", "success")
     # The imported session goes on with the tool round in its context.
     session = await client.resume_session("weather", tools=[WEATHER])
     answer = await session.send_and_wait("and tomorrow?")
