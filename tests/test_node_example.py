@@ -67,3 +67,24 @@ def test_the_node_example_reports_a_missing_daemon(short_tmp: Path) -> None:
     result = run_example(DaemonProcess(short_tmp), "x")
     assert result.returncode == 1
     assert result.stderr.startswith("error: UNAVAILABLE")
+
+
+def test_the_node_example_runs_its_tool_when_the_model_calls_it(daemon: DaemonProcess) -> None:
+    result = run_example(daemon, "node-tools", 'call word_count {"text": "one two three"}')
+    assert result.returncode == 0, result.stderr + result.stdout
+    events = [line.split()[2] for line in result.stdout.splitlines() if line.startswith("event ")]
+    assert events == [
+        "user.message",
+        "assistant.turn_start",
+        "assistant.message",
+        "tool.execution_start",
+        "external_tool.requested",
+        "tool.execution_complete",
+        "assistant.message",
+        "assistant.turn_end",
+        "session.idle",
+    ]
+    lines = result.stdout.splitlines()
+    assert 'tool call word_count {"text": "one two three"}' in lines
+    assert "tool result word_count: 3" in lines  # answered by Node, recorded by the daemon
+    assert 'answer: word_count returned: "3".' in lines

@@ -1,7 +1,11 @@
 // A copilotd client in Node.js, from the published protos alone:
-// create a session, send a message, stream its events, list, delete.
+// create a session with one tool, send a message, stream its events (and run
+// the tool when the model calls it), list, delete.
 //
 //   cd examples/node && npm ci && node client.js [SESSION_ID] [PROMPT]
+//
+// The offline model calls the tool for a prompt line such as
+//   call word_count {"text": "one two three"}
 //
 // It connects to $COPILOTD_SOCKET, else $XDG_RUNTIME_DIR/copilotd/copilotd.sock,
 // else /tmp/copilotd-$UID/copilotd.sock -- the daemon's own defaults.
@@ -42,6 +46,21 @@ function call(client, method, request) {
   });
 }
 
+// The one tool this client declares and answers itself.
+const WORD_COUNT = {
+  name: "word_count",
+  description: "Counts the words of a text",
+  parameters_json_schema: JSON.stringify({
+    type: "object",
+    properties: { text: { type: "string" } },
+  }),
+};
+
+function countWords(argumentsJson) {
+  const { text = "" } = JSON.parse(argumentsJson || "{}");
+  return String(text.split(/\s+/).filter(Boolean).length);
+}
+
 function reasonOf(error) {
   const values = error.metadata ? error.metadata.get(REASON_KEY) : [];
   return values.length ? String(values[0]) : "";
@@ -72,6 +91,23 @@ function runTurn(client, session, prompt) {
         seen.types.push(event.type);
         console.log(`event ${event.sequence} ${event.type}`);
         if (event.type === "assistant.message") seen.answer = event.assistant_message.content;
+        if (event.type === "external_tool.requested") {
+          // The call waits (durably) until a client records its result.
+          const request = event.external_tool_requested;
+          console.log(`tool call ${request.tool_name} ${request.arguments_json}`);
+          call(client, "HandlePendingToolCall", {
+            session_id: session.session_id,
+            tool_call_id: request.tool_call_id,
+            result: { text_result_for_llm: countWords(request.arguments_json) },
+          }).catch((error) => {
+            stream.cancel();
+            reject(error);
+          });
+        }
+        if (event.type === "tool.execution_complete") {
+          const done = event.tool_execution_complete;
+          console.log(`tool result ${done.tool_name}: ${done.result.text_result_for_llm}`);
+        }
         if (event.type === "session.idle") {
           stream.cancel();
           resolve(seen);
@@ -106,7 +142,9 @@ async function main() {
     const ping = await call(client, "Ping", {});
     console.log(`connected to copilotd ${ping.version}`);
 
-    const created = await call(client, "CreateSession", { config: { session_id: sessionId } });
+    const created = await call(client, "CreateSession", {
+      config: { session_id: sessionId, tools: [WORD_COUNT] },
+    });
     const session = created.session;
     console.log(`created ${session.session_id} (model ${session.model})`);
 
