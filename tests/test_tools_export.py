@@ -17,10 +17,12 @@ import grpc
 import pytest
 
 from copilot_client import CopilotClient, CopilotSession, SessionEvent, Tool
+from copilot_client.proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from copilot_client.proto.v1 import copilot_pb2 as pb
-from copilot_client.proto.v1 import copilot_pb2_grpc
+from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
 from tests.support.cli import copilotd, ok, one_line_error
 from tests.support.daemon_process import DaemonProcess
+from tests.support.wire import wire_error
 
 PROMPT = 'call get_weather {"city": "Paris"}'
 WEATHER = Tool("get_weather", "The weather in a city", {"type": "object"})
@@ -214,3 +216,69 @@ async def test_show_prints_tool_calls_results_and_waiting_calls(
     last = ok(copilotd(daemon, "sessions", "show", "weather")).splitlines()
     result = next(line for line in last if f"tool result get_weather [{waiting}]" in line)
     assert f"[{waiting}] failure: interrupted: no client answered (turn aborted" in result
+
+
+def chained(events: list[events_pb2.SessionEvent]) -> list[events_pb2.SessionEvent]:
+    """``events`` renumbered and re-linked, so only the tool pairing can be at fault."""
+    previous = ""
+    for sequence, event in enumerate(events, start=1):
+        event.sequence, event.parent_id, previous = sequence, previous, event.id
+    return events
+
+
+def copy_with_new_id(event: events_pb2.SessionEvent) -> events_pb2.SessionEvent:
+    copy = events_pb2.SessionEvent()
+    copy.CopyFrom(event)
+    copy.id = f"{event.id}-again"
+    return copy
+
+
+async def test_import_refuses_histories_whose_calls_do_not_pair_up(
+    daemon: DaemonProcess, client: CopilotClient
+) -> None:
+    call_id = await answered_session(client, "weather")
+    async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
+        sessions = copilot_pb2_grpc.CopilotServiceStub(channel)
+        admin = admin_pb2_grpc.CopilotAdminServiceStub(channel)
+        metadata = (await sessions.GetSession(pb.GetSessionRequest(session_id="weather"))).session
+        events = list(
+            (await sessions.ListEvents(pb.ListEventsRequest(session_id="weather"))).events
+        )
+        start = next(i for i, e in enumerate(events) if e.type == "tool.execution_start")
+        complete = next(i for i, e in enumerate(events) if e.type == "tool.execution_complete")
+        histories = {
+            "a second time; a tool call has exactly one result": [
+                *events[: complete + 1],
+                copy_with_new_id(events[complete]),
+                *events[complete + 1 :],
+            ],
+            "a second time; each tool call id is used once": [
+                *events[: complete + 1],
+                copy_with_new_id(events[start]),
+                *events[complete + 1 :],
+            ],
+            f"while its tool call {call_id!r} has no tool.execution_complete": [
+                *events[:complete],
+                *events[complete + 1 :],
+            ],
+        }
+        for expected, history in histories.items():
+            header = admin_pb2.ImportHeader(
+                metadata=metadata,
+                event_count=len(history),
+                on_conflict=admin_pb2.IMPORT_CONFLICT_RENAME,
+            )
+
+            async def requests(
+                header: admin_pb2.ImportHeader = header,
+                history: list[events_pb2.SessionEvent] = history,
+            ) -> AsyncIterator[admin_pb2.ImportSessionRequest]:
+                yield admin_pb2.ImportSessionRequest(header=header, events=chained(history))
+
+            error = await wire_error(admin.ImportSession(requests()))
+            assert (error.code, error.reason) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "ERROR_REASON_INVALID_IMPORT",
+            )
+            assert expected in error.details
+    assert [m.session_id for m in await client.list_sessions()] == ["weather"]
