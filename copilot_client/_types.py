@@ -308,6 +308,8 @@ class SessionEventType(enum.StrEnum):
     TOOL_EXECUTION_START = "tool.execution_start"
     TOOL_EXECUTION_COMPLETE = "tool.execution_complete"
     EXTERNAL_TOOL_REQUESTED = "external_tool.requested"
+    PERMISSION_REQUESTED = "permission.requested"
+    PERMISSION_COMPLETED = "permission.completed"
     UNKNOWN = "unknown"
 
     @classmethod
