@@ -99,6 +99,11 @@ async def test_a_denied_call_gets_a_denied_result_the_model_sees(stub: Stub) -> 
         grpc.StatusCode.ALREADY_EXISTS,
         "ERROR_REASON_PERMISSION_ANSWERED",
     )
+    long = await wire_error(decide(stub, session_id, request_id, approved=False, reason="x" * 2000))
+    assert (long.code, "reason is 2000 bytes") == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        long.details[: len("reason is 2000 bytes")],
+    )
     unknown = await wire_error(decide(stub, session_id, "no-such-request", approved=True))
     assert (unknown.code, unknown.reason) == (
         grpc.StatusCode.NOT_FOUND,

@@ -493,6 +493,7 @@ class SessionService:
         self, session_id: str, request_id: str, *, approved: bool, reason: str
     ) -> bool:
         check_label(request_id, "request_id")
+        check_label(reason, "reason")  # like an abort's reason
         state = self._state(self._record(session_id))
         return await self._turns.calls.decide(
             state, session_id, request_id, approved=approved, reason=reason
