@@ -27,6 +27,7 @@ from ._errors import (
     InvalidImportError,
     MessageAlreadyAnsweredError,
     NoRetentionPolicyError,
+    PermissionAnsweredError,
     ProviderSecretRequiredError,
     ResourceExhaustedError,
     RPCError,
@@ -37,11 +38,18 @@ from ._errors import (
     SubscriberTooSlowError,
     ToolCallAnsweredError,
     UnauthenticatedError,
+    UnknownPermissionRequestError,
     UnknownToolCallError,
     UntrustedSocketError,
 )
 from ._lifecycle import LifecycleHandler
 from ._models import ModelInfo, ProviderConfig
+from ._permissions import (
+    PermissionHandler,
+    PermissionInvocation,
+    PermissionRequest,
+    PermissionRequestResult,
+)
 from ._session import CopilotSession, EventHandler
 from ._tools import Tool, ToolInvocation, ToolResult, define_tool
 from ._types import (
@@ -78,6 +86,11 @@ __all__ = [
     "MessageOptions",
     "ModelInfo",
     "NoRetentionPolicyError",
+    "PermissionAnsweredError",
+    "PermissionHandler",
+    "PermissionInvocation",
+    "PermissionRequest",
+    "PermissionRequestResult",
     "ProviderConfig",
     "ProviderSecretRequiredError",
     "RPCError",
@@ -100,6 +113,7 @@ __all__ = [
     "ToolInvocation",
     "ToolResult",
     "UnauthenticatedError",
+    "UnknownPermissionRequestError",
     "UnknownToolCallError",
     "UntrustedSocketError",
     "__version__",

@@ -21,6 +21,7 @@ from ._errors import (
 from ._history import read_events
 from ._lifecycle import LifecycleHandler, LifecycleWatch
 from ._models import ModelInfo, ProviderConfig
+from ._permissions import PermissionHandlerFunc
 from ._session import CopilotSession
 from ._tools import Tool
 from ._types import (
@@ -282,7 +283,11 @@ class CopilotClient:
         response = await self._transport.call(
             stub.CreateSession, request, deadline=per_call(timeout)
         )
-        return self._track(SessionMetadata.from_proto(response.session), tools=config.tools)
+        return self._track(
+            SessionMetadata.from_proto(response.session),
+            tools=config.tools,
+            on_permission_request=config.on_permission_request,
+        )
 
     async def resume_session(
         self,
@@ -291,6 +296,7 @@ class CopilotClient:
         *,
         provider: ProviderConfig | Mapping[str, Any] | None = None,
         tools: Sequence[Tool] | None = None,
+        on_permission_request: PermissionHandlerFunc | None = None,
         continue_pending_work: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> CopilotSession:
@@ -305,8 +311,11 @@ class CopilotClient:
                 daemon restart). Overrides ``config``'s.
             tools: The session's tools from now on (``None``: ``config``'s,
                 else those it has); this handle runs those with a handler.
+            on_permission_request: Decides the permission requests of the
+                tools this handle declared without ``skip_permission``
+                (``None``: ``config``'s; none at all denies them).
             continue_pending_work: True hands the tool calls waiting for a
-                result to this handle's handlers; False (the default, as in
+                result or a permission decision to this handle's handlers; False (the default, as in
                 the Copilot SDK) closes them with the result "interrupted: no
                 client answered", so the turn goes on.
             timeout: Seconds the call may take; default the client's ``timeout``.
@@ -327,6 +336,8 @@ class CopilotClient:
             request.provider.CopyFrom(ProviderConfig.coerce(provider).to_proto())
         if tools is None and isinstance(config, SessionConfig) and config.tools:
             tools = config.tools
+        if on_permission_request is None and isinstance(config, SessionConfig):
+            on_permission_request = config.on_permission_request
         if tools is not None:
             request.tools.extend(tool.to_proto() for tool in tools)
             request.replace_tools = True
@@ -339,7 +350,10 @@ class CopilotClient:
         if response.tail and response.tail[-1].sequence > metadata.last_sequence:
             metadata = replace(metadata, last_sequence=response.tail[-1].sequence)
         session = self._track(
-            metadata, resume_recorded=not response.resume_not_recorded, tools=tools or ()
+            metadata,
+            resume_recorded=not response.resume_not_recorded,
+            tools=tools or (),
+            on_permission_request=on_permission_request,
         )
         if continue_pending_work and tools:
             await session._take_pending_work()
@@ -351,6 +365,7 @@ class CopilotClient:
         *,
         resume_recorded: bool = True,
         tools: Sequence[Tool] = (),
+        on_permission_request: PermissionHandlerFunc | None = None,
     ) -> CopilotSession:
         session = CopilotSession(
             self._transport,
@@ -358,6 +373,7 @@ class CopilotClient:
             on_destroy=self._sessions.discard,
             resume_recorded=resume_recorded,
             tools=tools,
+            on_permission_request=on_permission_request,
         )
         self._sessions.add(session)
         return session

@@ -8,7 +8,9 @@ The tree::
     │   ├── SessionExistsError            ALREADY_EXISTS
     │   │   └── MessageAlreadyAnsweredError  reason MESSAGE_ALREADY_ANSWERED
     │   ├── UnknownToolCallError          reason UNKNOWN_TOOL_CALL (NOT_FOUND)
+    │   │   └── UnknownPermissionRequestError  reason UNKNOWN_PERMISSION_REQUEST
     │   ├── ToolCallAnsweredError         reason TOOL_CALL_ANSWERED (ALREADY_EXISTS)
+    │   │   └── PermissionAnsweredError   reason PERMISSION_ANSWERED
     │   ├── InvalidArgumentError          INVALID_ARGUMENT
     │   │   └── InvalidImportError        reason INVALID_IMPORT
     │   ├── FailedPreconditionError       FAILED_PRECONDITION
@@ -48,6 +50,7 @@ __all__ = [
     "InvalidImportError",
     "MessageAlreadyAnsweredError",
     "NoRetentionPolicyError",
+    "PermissionAnsweredError",
     "ProviderSecretRequiredError",
     "RPCError",
     "ResourceExhaustedError",
@@ -58,6 +61,7 @@ __all__ = [
     "SubscriberTooSlowError",
     "ToolCallAnsweredError",
     "UnauthenticatedError",
+    "UnknownPermissionRequestError",
     "UnknownToolCallError",
     "UntrustedSocketError",
 ]
@@ -111,6 +115,14 @@ class UnknownToolCallError(RPCError):
 
 class ToolCallAnsweredError(RPCError):
     """The call already has a different result: the first one recorded wins."""
+
+
+class UnknownPermissionRequestError(UnknownToolCallError):
+    """No permission request with this id waits for a decision in the session."""
+
+
+class PermissionAnsweredError(ToolCallAnsweredError):
+    """The permission request already has a different decision: the first one wins."""
 
 
 class InvalidArgumentError(RPCError):

@@ -17,7 +17,15 @@ from ._errors import (
 )
 from ._event_stream import EventHandler, EventStream, Reattached, WaiterItem, seen
 from ._history import read_events
-from ._tools import Tool, ToolInvocation, ToolResult, ToolRunner, invocation_of
+from ._permissions import PermissionHandlerFunc
+from ._tools import (
+    Tool,
+    ToolInvocation,
+    ToolResult,
+    ToolRunner,
+    invocation_of,
+    permission_request_of,
+)
 from ._types import MessageOptions, SessionEvent, SessionEventType, SessionMetadata
 from .proto.v1 import copilot_pb2
 from .service import CALL_TIMEOUT, ServiceClient, UseCallTimeout, per_call
@@ -55,6 +63,7 @@ class CopilotSession:
         on_destroy: Callable[[CopilotSession], None] | None = None,
         resume_recorded: bool = True,
         tools: Sequence[Tool] = (),
+        on_permission_request: PermissionHandlerFunc | None = None,
     ) -> None:
         self._transport = transport
         self._metadata = metadata
@@ -64,7 +73,13 @@ class CopilotSession:
         self._events = EventStream(
             transport, metadata.session_id, metadata.last_sequence, self._check_usable
         )
-        self._tool_runner = ToolRunner(metadata.session_id, tools, self._answer_tool_call)
+        self._tool_runner = ToolRunner(
+            metadata.session_id,
+            tools,
+            self._answer_tool_call,
+            self._decide_permission,
+            on_permission_request,
+        )
         if self._tool_runner:
             self.on(self._tool_runner.on_event)
 
@@ -375,11 +390,17 @@ class CopilotSession:
     ) -> list[ToolInvocation]:
         """The tool calls of this session waiting for a client's result."""
         self._check_usable()
+        calls = await self._pending_calls(deadline=per_call(timeout))
+        return [invocation_of(self.session_id, call) for call in calls]
+
+    async def _pending_calls(
+        self, *, deadline: float | UseCallTimeout | None = CALL_TIMEOUT
+    ) -> list[copilot_pb2.PendingToolCall]:
         request = copilot_pb2.ListPendingToolCallsRequest(session_id=self.session_id)
         response = await self._transport.call(
-            self._transport.stub.ListPendingToolCalls, request, deadline=per_call(timeout)
+            self._transport.stub.ListPendingToolCalls, request, deadline=deadline
         )
-        return [invocation_of(self.session_id, call) for call in response.calls]
+        return list(response.calls)
 
     async def handle_pending_tool_call(
         self,
@@ -415,10 +436,51 @@ class CopilotSession:
         )
         return bool(response.recorded)
 
+    async def handle_pending_permission(
+        self,
+        request_id: str,
+        approved: bool,
+        reason: str = "",
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> bool:
+        """Records a decision on a waiting permission request (its ``request_id`` is
+        the call's ``tool_call_id``), for an app deciding itself rather than with
+        ``on_permission_request``; False when this same decision was already recorded.
+
+        Raises:
+            UnknownPermissionRequestError: No such request waits in the session.
+            PermissionAnsweredError: The request already has the other decision.
+        """
+        self._check_usable()
+        return await self._decide_permission(
+            request_id, approved, reason, deadline=per_call(timeout)
+        )
+
+    async def _decide_permission(
+        self,
+        request_id: str,
+        approved: bool,
+        reason: str,
+        *,
+        deadline: float | UseCallTimeout | None = CALL_TIMEOUT,
+    ) -> bool:
+        request = copilot_pb2.HandlePendingPermissionRequest(
+            session_id=self.session_id, request_id=request_id, approved=approved, reason=reason
+        )
+        response = await self._transport.call(
+            self._transport.stub.HandlePendingPermission, request, deadline=deadline
+        )
+        return bool(response.recorded)
+
     async def _take_pending_work(self) -> None:
-        """Run the calls left waiting by an earlier client (``continue_pending_work``)."""
-        for invocation in await self.pending_tool_calls():
-            self._tool_runner.start(invocation)
+        """Run the calls (and decide the permission requests) left waiting by an
+        earlier client (``continue_pending_work``)."""
+        for call in await self._pending_calls():
+            if call.awaiting_permission:
+                self._tool_runner.ask(permission_request_of(call))
+            else:
+                self._tool_runner.start(invocation_of(self.session_id, call))
 
     # -- events --------------------------------------------------------------
 

@@ -16,11 +16,13 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from copilot_client._errors import CopilotError, ToolCallAnsweredError, UnknownToolCallError
+from copilot_client._permissions import PermissionHandlerFunc, PermissionRequest
+from copilot_client._permissions import decide as decide_permission
 from copilot_client._types import SessionEvent
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
 
@@ -181,7 +183,10 @@ async def run_tool(tool: Tool, invocation: ToolInvocation) -> ToolResult:
 
 
 def invocation_of(
-    session_id: str, call: events_pb2.ExternalToolRequestedData | copilot_pb2.PendingToolCall
+    session_id: str,
+    call: events_pb2.ExternalToolRequestedData
+    | events_pb2.PermissionRequestedData
+    | copilot_pb2.PendingToolCall,
 ) -> ToolInvocation:
     try:
         arguments = json.loads(call.arguments_json) if call.arguments_json else {}
@@ -200,36 +205,89 @@ def handled_tools(tools: Iterable[Tool]) -> dict[str, Tool]:
 
 
 Answer = Callable[[str, ToolResult], Awaitable[object]]
+# (request id, approved, reason) to the daemon.
+Decide = Callable[[str, bool, str], Awaitable[object]]
+
+
+def permission_request_of(
+    call: events_pb2.PermissionRequestedData | copilot_pb2.PendingToolCall,
+) -> PermissionRequest:
+    invocation = invocation_of("", call)
+    return PermissionRequest(
+        call.tool_call_id, call.tool_call_id, call.tool_name, invocation.arguments
+    )
 
 
 class ToolRunner:
-    """Runs a session's requested calls with the handlers it holds, each once."""
+    """Runs a session's requested calls with the handlers it holds, each once,
+    and decides the permission requests of the tools it declared."""
 
-    def __init__(self, session_id: str, tools: Iterable[Tool], answer: Answer) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        tools: Iterable[Tool],
+        answer: Answer,
+        decide: Decide,
+        on_permission_request: PermissionHandlerFunc | None = None,
+    ) -> None:
         self._session_id = session_id
+        tools = list(tools)
         self._tools = handled_tools(tools)
+        # The requests this client decides: those of the tools it would run
+        # (denied when it has no permission handler), and of every tool it
+        # declared when it has one. A tool only declared, with no permission
+        # handler, is left to another client or to the app.
+        self._guarded = {
+            tool.name
+            for tool in tools
+            if not tool.skip_permission
+            and (tool.handler is not None or on_permission_request is not None)
+        }
         self._answer = answer
+        self._decide = decide
+        self._on_permission_request = on_permission_request
         self._started: set[str] = set()
+        self._asked: set[str] = set()
         # Strong references: the loop keeps only weak ones to tasks.
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __bool__(self) -> bool:
-        return bool(self._tools)
+        return bool(self._tools or self._guarded)
 
     def on_event(self, event: SessionEvent) -> None:
         if event.type_name == "external_tool.requested":
             self.start(invocation_of(self._session_id, event.proto.external_tool_requested))
+        elif event.type_name == "permission.requested":
+            self.ask(permission_request_of(event.proto.permission_requested))
+
+    def ask(self, request: PermissionRequest) -> None:
+        """Decide ``request`` (once) if this session declared its tool."""
+        if request.tool_name not in self._guarded or request.request_id in self._asked:
+            return
+        self._asked.add(request.request_id)
+        self._spawn(self._ask(request), f"copilot-permission-{request.request_id}")
+
+    async def _ask(self, request: PermissionRequest) -> None:
+        result = await decide_permission(self._on_permission_request, request, self._session_id)
+        try:
+            await self._decide(request.request_id, result.approved, result.reason or "")
+        except (ToolCallAnsweredError, UnknownToolCallError) as error:
+            # Another client decided first, or the call was closed meanwhile.
+            log.info("permission decision %s not recorded: %s", request.request_id, error)
+        except CopilotError:
+            log.exception("permission decision %s could not be sent", request.request_id)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def start(self, invocation: ToolInvocation) -> None:
         tool = self._tools.get(invocation.tool_name)
         if tool is None or invocation.tool_call_id in self._started:
             return
         self._started.add(invocation.tool_call_id)
-        task = asyncio.get_running_loop().create_task(
-            self._run(tool, invocation), name=f"copilot-tool-{invocation.tool_call_id}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._run(tool, invocation), f"copilot-tool-{invocation.tool_call_id}")
 
     async def _run(self, tool: Tool, invocation: ToolInvocation) -> None:
         result = await run_tool(tool, invocation)

@@ -15,6 +15,7 @@ from ._models import ProviderConfig
 from .proto.v1 import copilot_pb2, events_pb2
 
 if TYPE_CHECKING:  # _tools reads events of this module
+    from ._permissions import PermissionHandlerFunc
     from ._tools import Tool
 
 __all__ = [
@@ -109,6 +110,10 @@ class SessionConfig:
     tools: Sequence[Tool] = ()
     """Tools the model may call; this session runs the calls of those with a
     handler (see :class:`Tool`)."""
+
+    on_permission_request: PermissionHandlerFunc | None = None
+    """Decides whether a call of a tool declared without ``skip_permission``
+    may run (e.g. ``PermissionHandler.approve_all``); ``None`` denies them."""
 
     def to_proto(self) -> copilot_pb2.SessionConfig:
         """The wire form.
@@ -308,6 +313,8 @@ class SessionEventType(enum.StrEnum):
     TOOL_EXECUTION_START = "tool.execution_start"
     TOOL_EXECUTION_COMPLETE = "tool.execution_complete"
     EXTERNAL_TOOL_REQUESTED = "external_tool.requested"
+    PERMISSION_REQUESTED = "permission.requested"
+    PERMISSION_COMPLETED = "permission.completed"
     UNKNOWN = "unknown"
 
     @classmethod

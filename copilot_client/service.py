@@ -39,6 +39,7 @@ from ._errors import (
     InvalidImportError,
     MessageAlreadyAnsweredError,
     NoRetentionPolicyError,
+    PermissionAnsweredError,
     ProviderSecretRequiredError,
     ResourceExhaustedError,
     RPCError,
@@ -48,6 +49,7 @@ from ._errors import (
     SubscriberTooSlowError,
     ToolCallAnsweredError,
     UnauthenticatedError,
+    UnknownPermissionRequestError,
     UnknownToolCallError,
 )
 from .paths import channel_target, verify_private_socket
@@ -321,6 +323,9 @@ ERROR_FOR_REASON: Final[dict[copilot_pb2.ErrorReason.ValueType, type[RPCError]]]
     Reason.ERROR_REASON_UNKNOWN_TOOL_CALL: UnknownToolCallError,
     Reason.ERROR_REASON_TOOL_CALL_ANSWERED: ToolCallAnsweredError,
     Reason.ERROR_REASON_INVALID_TOOL: InvalidArgumentError,
+    Reason.ERROR_REASON_UNKNOWN_PERMISSION_REQUEST: UnknownPermissionRequestError,
+    Reason.ERROR_REASON_PERMISSION_ANSWERED: PermissionAnsweredError,
+    Reason.ERROR_REASON_AWAITING_PERMISSION: FailedPreconditionError,
 }
 
 _BY_STATUS: Final[dict[grpc.StatusCode, type[RPCError]]] = {

@@ -202,3 +202,39 @@ class ToolCallAnsweredError(ServiceError):
             "result (the first result recorded wins); read it in its tool.execution_complete "
             "event"
         )
+
+
+class UnknownPermissionRequestError(ServiceError):
+    status: StatusName = "NOT_FOUND"
+    reason = Reason.ERROR_REASON_UNKNOWN_PERMISSION_REQUEST
+
+    def __init__(self, session_id: str, request_id: str) -> None:
+        super().__init__(
+            f"session {session_id!r} has no permission request {request_id!r} waiting for a "
+            "decision; ListPendingToolCalls lists the open calls (awaiting_permission marks "
+            "those whose request is open; the request_id is the tool_call_id)"
+        )
+
+
+class PermissionAnsweredError(ServiceError):
+    status: StatusName = "ALREADY_EXISTS"
+    reason = Reason.ERROR_REASON_PERMISSION_ANSWERED
+
+    def __init__(self, session_id: str, request_id: str) -> None:
+        super().__init__(
+            f"permission request {request_id!r} of session {session_id!r} already has a "
+            "different decision (the first decision recorded wins); read it in its "
+            "permission.completed event"
+        )
+
+
+class AwaitingPermissionError(ServiceError):
+    status: StatusName = "FAILED_PRECONDITION"
+    reason = Reason.ERROR_REASON_AWAITING_PERMISSION
+
+    def __init__(self, session_id: str, tool_call_id: str) -> None:
+        super().__init__(
+            f"tool call {tool_call_id!r} of session {session_id!r} waits for a permission "
+            "decision, so it takes no result yet; approve it with HandlePendingPermission "
+            "first (a denied call gets its result from the daemon)"
+        )

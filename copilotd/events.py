@@ -35,6 +35,8 @@ SESSION_TRUNCATION: Final = "session.truncation"
 TOOL_EXECUTION_START: Final = "tool.execution_start"
 TOOL_EXECUTION_COMPLETE: Final = "tool.execution_complete"
 EXTERNAL_TOOL_REQUESTED: Final = "external_tool.requested"
+PERMISSION_REQUESTED: Final = "permission.requested"
+PERMISSION_COMPLETED: Final = "permission.completed"
 
 # Event type -> name of the payload field in the SessionEvent.data oneof.
 PAYLOAD_FIELD: Final[dict[str, str]] = {
@@ -56,6 +58,8 @@ PAYLOAD_FIELD: Final[dict[str, str]] = {
     TOOL_EXECUTION_START: "tool_execution_start",
     TOOL_EXECUTION_COMPLETE: "tool_execution_complete",
     EXTERNAL_TOOL_REQUESTED: "external_tool_requested",
+    PERMISSION_REQUESTED: "permission_requested",
+    PERMISSION_COMPLETED: "permission_completed",
 }
 
 EPHEMERAL_TYPES: Final = frozenset(
@@ -142,6 +146,17 @@ def apply_to_metadata(metadata: SessionMetadata, event: SessionEvent) -> None:
             turn_id=start.turn_id,
             requested_time=event.timestamp,
         )
+    elif event.type in (PERMISSION_REQUESTED, PERMISSION_COMPLETED):
+        # Durable like the call itself: a restarted daemon waits for the decision.
+        call_id = (
+            event.permission_requested.tool_call_id
+            if event.type == PERMISSION_REQUESTED
+            else event.permission_completed.tool_call_id
+        )
+        for call in metadata.pending_tool_calls:
+            if call.tool_call_id == call_id:
+                call.awaiting_permission = event.type == PERMISSION_REQUESTED
+                break
     elif event.type == TOOL_EXECUTION_COMPLETE:
         call_id = event.tool_execution_complete.tool_call_id
         calls = metadata.pending_tool_calls

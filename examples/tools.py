@@ -27,6 +27,7 @@ import sys
 
 from copilot_client import (
     CopilotClient,
+    PermissionHandler,
     SessionEvent,
     SessionEventType,
     SessionExistsError,
@@ -39,6 +40,9 @@ SESSION_ID = "weather-demo"
 PROMPT = 'What is the weather in Paris?\ncall get_weather {"city": "Paris"}'
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 RUNNING = "tool running:"
+# The tool only reads the weather: every call may run. Without a permission
+# handler the client would deny its calls (deny by default).
+APPROVE = PermissionHandler.approve_all
 
 
 def weather_tool(*, service_down: bool) -> Tool:
@@ -55,10 +59,14 @@ async def ask() -> None:
     async with CopilotClient() as client:
         tools = [weather_tool(service_down=True)]
         try:
-            session = await client.create_session(session_id=SESSION_ID, tools=tools)
+            session = await client.create_session(
+                session_id=SESSION_ID, tools=tools, on_permission_request=APPROVE
+            )
         except SessionExistsError:  # left by an earlier, interrupted run
             await client.delete_session(SESSION_ID)
-            session = await client.create_session(session_id=SESSION_ID, tools=tools)
+            session = await client.create_session(
+                session_id=SESSION_ID, tools=tools, on_permission_request=APPROVE
+            )
         # Waits for the answer, which this process will not live to see.
         await session.send_and_wait(PROMPT, timeout=3600)
 
@@ -74,7 +82,10 @@ async def resume() -> None:
         # The waiting call goes to this process's handler as the session resumes.
         try:
             session = await client.resume_session(
-                SESSION_ID, tools=[weather_tool(service_down=False)], continue_pending_work=True
+                SESSION_ID,
+                tools=[weather_tool(service_down=False)],
+                on_permission_request=APPROVE,
+                continue_pending_work=True,
             )
         except SessionNotFoundError:
             session = None

@@ -265,6 +265,16 @@ CALLS: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
             ),
         ),
     ),
+    SERVICE + "HandlePendingPermission": (
+        "unary",
+        st.builds(
+            pb.HandlePendingPermissionRequest,
+            session_id=session_ids,
+            request_id=st.one_of(labels, nasty_text),
+            approved=st.booleans(),
+            reason=st.one_of(labels, nasty_text),
+        ),
+    ),
     **admin_requests(pb, SERVICE),
     **admin_requests(admin_pb2, ADMIN),
 }

@@ -107,7 +107,13 @@ async def test_tool_results_are_found(daemon: DaemonProcess) -> None:
     def weather(invocation: ToolInvocation) -> str:
         return "drizzle over the harbour"
 
-    tool = Tool("get_weather", "The weather in a city", {"type": "object"}, handler=weather)
+    tool = Tool(
+        "get_weather",
+        "The weather in a city",
+        {"type": "object"},
+        handler=weather,
+        skip_permission=True,  # runs without a permission request
+    )
     async with client_of(daemon) as client:
         session = await client.create_session(session_id="tools", tools=[tool])
         await session.send_and_wait('call get_weather {"city": "Lisbon"}')

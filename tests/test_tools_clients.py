@@ -23,11 +23,20 @@ from tests.support.daemon_process import DaemonProcess
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = "tests.support.clients.tool_worker"
 PROMPT = 'call get_weather {"city": "Paris"}'
-WEATHER = Tool("get_weather", "The weather in a city", {"type": "object"})
+# skip_permission here and in the worker's tool (its default): these tests are
+# about calls; tests/test_tool_permissions_clients.py covers permissions.
+WEATHER = Tool("get_weather", "The weather in a city", {"type": "object"}, skip_permission=True)
 
 
 class ToolWorker:
-    def __init__(self, daemon: DaemonProcess, session_id: str, answer: str, pending: str):
+    def __init__(
+        self,
+        daemon: DaemonProcess,
+        session_id: str,
+        answer: str,
+        pending: str,
+        permission: str = "skip",
+    ):
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -36,6 +45,7 @@ class ToolWorker:
                 session_id,
                 answer,
                 pending,
+                permission,
             ],
             cwd=ROOT,
             env=daemon.env,
@@ -73,9 +83,14 @@ def workers() -> Iterator[list[ToolWorker]]:
 
 
 async def start(
-    workers: list[ToolWorker], daemon: DaemonProcess, session_id: str, answer: str, pending: str
+    workers: list[ToolWorker],
+    daemon: DaemonProcess,
+    session_id: str,
+    answer: str,
+    pending: str,
+    permission: str = "skip",
 ) -> ToolWorker:
-    worker = ToolWorker(daemon, session_id, answer, pending)
+    worker = ToolWorker(daemon, session_id, answer, pending, permission)
     workers.append(worker)
     # Lines before "ready" are new ones: re-reading the put-aside ones would
     # loop forever on the first of them.

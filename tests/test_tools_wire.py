@@ -22,14 +22,17 @@ from tests.support.wire import read_response, wire_error
 if TYPE_CHECKING:
     from copilot_client.proto.v1.copilot_pb2_grpc import CopilotServiceAsyncStub as Stub
 
+# skip_permission: these tests are about calls; tests/test_tool_permissions.py
+# covers the permission request a tool without it gets first.
 WEATHER = events_pb2.ToolDefinition(
     name="get_weather",
     description="The weather in a city",
     parameters_json_schema=json.dumps(
         {"type": "object", "properties": {"city": {"type": "string"}}}
     ),
+    skip_permission=True,
 )
-CLOCK = events_pb2.ToolDefinition(name="get_time", description="The time")
+CLOCK = events_pb2.ToolDefinition(name="get_time", description="The time", skip_permission=True)
 INTERRUPTED = "interrupted: no client answered"
 
 

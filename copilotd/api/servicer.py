@@ -174,6 +174,18 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
             )
         return pb.HandlePendingToolCallResponse(recorded=recorded)
 
+    async def HandlePendingPermission(
+        self, request: pb.HandlePendingPermissionRequest, context: Context
+    ) -> pb.HandlePendingPermissionResponse:
+        async with translate_errors(context, "HandlePendingPermission"):
+            recorded = await self._service.handle_pending_permission(
+                request.session_id,
+                request.request_id,
+                approved=request.approved,
+                reason=request.reason,
+            )
+        return pb.HandlePendingPermissionResponse(recorded=recorded)
+
     async def ListPendingToolCalls(
         self, request: pb.ListPendingToolCallsRequest, context: Context
     ) -> pb.ListPendingToolCallsResponse:

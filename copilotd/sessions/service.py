@@ -489,6 +489,16 @@ class SessionService:
         state = self._state(self._record(session_id))
         return await self._turns.calls.answer(state, session_id, tool_call_id, result)
 
+    async def handle_pending_permission(
+        self, session_id: str, request_id: str, *, approved: bool, reason: str
+    ) -> bool:
+        check_label(request_id, "request_id")
+        check_label(reason, "reason")  # like an abort's reason
+        state = self._state(self._record(session_id))
+        return await self._turns.calls.decide(
+            state, session_id, request_id, approved=approved, reason=reason
+        )
+
     def list_pending_tool_calls(self, session_id: str) -> list[copilot_pb2.PendingToolCall]:
         return list(self._record(session_id).metadata.pending_tool_calls)
 

@@ -87,6 +87,11 @@ class RunningTurn:
     # await in between, so that of two clients answering one call only the
     # first commits.
     answering: dict[str, events_pb2.ToolResult] = field(default_factory=dict)
+    # Open calls (ids) waiting for a permission decision: answerable only
+    # with HandlePendingPermission until approved.
+    awaiting_permission: set[str] = field(default_factory=set)
+    # Tools whose calls need no permission request (declared skip_permission).
+    skip_permission: frozenset[str] = frozenset()
     # Set whenever a call is answered or closed, for the engine waiting on them.
     calls_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -115,6 +120,8 @@ class SessionState:
     turn_waiters: dict[str, asyncio.Future[TurnOutcome]] = field(default_factory=dict)
     # Recently recorded tool results, oldest first (retries are recognised).
     tool_results: dict[str, events_pb2.ToolResult] = field(default_factory=dict)
+    # Recently recorded permission decisions (request id -> approved), likewise.
+    permission_decisions: dict[str, bool] = field(default_factory=dict)
 
     def remember_tool_result(self, call_id: str, result: events_pb2.ToolResult) -> None:
         self.tool_results[call_id] = result
@@ -122,11 +129,17 @@ class SessionState:
             del self.tool_results[next(iter(self.tool_results))]
 
     def remember_messages(self, stored: Sequence[SessionEvent]) -> None:
-        """Note the user messages' ids and the tool results among committed events."""
+        """Note the user messages' ids, tool results and permission decisions among
+        committed events."""
         for event in stored:
             if event.type == ev.TOOL_EXECUTION_COMPLETE:
                 complete = event.tool_execution_complete
                 self.remember_tool_result(complete.tool_call_id, complete.result)
+            elif event.type == ev.PERMISSION_COMPLETED:
+                decision = event.permission_completed
+                self.permission_decisions[decision.request_id] = decision.approved
+                if len(self.permission_decisions) > RECENT_TOOL_RESULTS:
+                    del self.permission_decisions[next(iter(self.permission_decisions))]
             elif event.type == ev.USER_MESSAGE:
                 self.recent_messages[event.id] = event.sequence
                 if len(self.recent_messages) > RECENT_MESSAGE_IDS:

@@ -14,11 +14,24 @@ import asyncio
 import contextlib
 
 from copilot_client.proto.v1 import copilot_pb2
-from copilotd.errors import ToolCallAnsweredError, UnknownToolCallError
+from copilotd.errors import (
+    AwaitingPermissionError,
+    PermissionAnsweredError,
+    ToolCallAnsweredError,
+    UnknownPermissionRequestError,
+    UnknownToolCallError,
+)
 from copilotd.events import SessionEvent
 from copilotd.providers import ToolCall
 from copilotd.sessions.state import RunningTurn, SessionState, TurnHost
-from copilotd.sessions.tools import ToolResult, complete_event, interrupted_result
+from copilotd.sessions.tools import (
+    ToolResult,
+    complete_event,
+    denied_result,
+    external_request_event,
+    interrupted_result,
+    permission_completed_event,
+)
 
 NOT_CONTINUED = "the session was resumed without its pending work"
 
@@ -26,10 +39,30 @@ NOT_CONTINUED = "the session was resumed without its pending work"
 def close_open_calls(turn: RunningTurn, why: str) -> list[SessionEvent]:
     """Synthetic results for the calls still open, to commit with the turn's end:
     a history is never left with a call and no result."""
-    result = interrupted_result(why)
     calls = list(turn.open_calls.values())
     turn.open_calls.clear()
-    return [complete_event(call, turn.turn_id, result) for call in calls]
+    return _closing_events(turn, calls, interrupted_result(why))
+
+
+def _closing_events(
+    turn: RunningTurn, calls: list[ToolCall], result: ToolResult
+) -> list[SessionEvent]:
+    """``result`` for each of ``calls``, an open permission request denied first
+    with the same words (a request never stays open once its call is closed)."""
+    events = []
+    for call in calls:
+        if call.call_id in turn.awaiting_permission:
+            turn.awaiting_permission.discard(call.call_id)
+            events.append(
+                permission_completed_event(
+                    call.call_id,
+                    turn.turn_id,
+                    approved=False,
+                    reason=result.text_result_for_llm,
+                )
+            )
+        events.append(complete_event(call, turn.turn_id, result))
+    return events
 
 
 def reopen_calls(turn: RunningTurn, pending: list[copilot_pb2.PendingToolCall]) -> None:
@@ -38,6 +71,8 @@ def reopen_calls(turn: RunningTurn, pending: list[copilot_pb2.PendingToolCall]) 
         turn.open_calls[call.tool_call_id] = ToolCall(
             call.tool_call_id, call.tool_name, call.arguments_json
         )
+        if call.awaiting_permission:
+            turn.awaiting_permission.add(call.tool_call_id)
 
 
 class ToolCalls:
@@ -56,6 +91,8 @@ class ToolCalls:
         its result is the one recorded (a retry) or a different one.
         """
         turn = state.turn
+        if turn is not None and call_id in turn.awaiting_permission:
+            raise AwaitingPermissionError(session_id, call_id)
         call = turn.open_calls.pop(call_id, None) if turn is not None else None
         if turn is not None and call is not None and not turn.closing:
             await self._commit_results(turn, [call], result)
@@ -69,6 +106,55 @@ class ToolCalls:
             raise UnknownToolCallError(session_id, call_id)
         if recorded != result:
             raise ToolCallAnsweredError(session_id, call_id)
+        return False
+
+    async def decide(
+        self,
+        state: SessionState,
+        session_id: str,
+        request_id: str,
+        *,
+        approved: bool,
+        reason: str,
+    ) -> bool:
+        """Record the first decision on an open permission request; False for the
+        same decision sent again.
+
+        Approved, the call goes on to ``external_tool.requested`` (in the same
+        commit); denied, it gets its ``denied`` result at once. The request
+        leaves ``awaiting_permission`` before any await, so of two clients
+        deciding at once only the first commits.
+        """
+        turn = state.turn
+        if turn is not None and request_id in turn.awaiting_permission and not turn.closing:
+            turn.awaiting_permission.discard(request_id)
+            decision = permission_completed_event(
+                request_id, turn.turn_id, approved=approved, reason=reason
+            )
+            if not approved:
+                call = turn.open_calls.pop(request_id)
+                try:
+                    await self._commit_results(turn, [call], denied_result(reason), [decision])
+                except BaseException:
+                    turn.awaiting_permission.add(request_id)
+                    raise
+                return True
+            call = turn.open_calls[request_id]
+            try:
+                await self._host.append(
+                    turn.session_id,
+                    [decision, external_request_event(call, turn.turn_id)],
+                    fence=turn.turn_id,
+                )
+            except BaseException:
+                turn.awaiting_permission.add(request_id)
+                raise
+            return True
+        recorded = state.permission_decisions.get(request_id)
+        if recorded is None:
+            raise UnknownPermissionRequestError(session_id, request_id)
+        if recorded != approved:
+            raise PermissionAnsweredError(session_id, request_id)
         return False
 
     async def close_not_continued(self, state: SessionState) -> bool:
@@ -88,16 +174,22 @@ class ToolCalls:
         return len(calls)
 
     async def _commit_results(
-        self, turn: RunningTurn, calls: list[ToolCall], result: ToolResult
+        self,
+        turn: RunningTurn,
+        calls: list[ToolCall],
+        result: ToolResult,
+        before: list[SessionEvent] | None = None,
     ) -> None:
         for call in calls:
             turn.answering[call.call_id] = result
-        completes = [complete_event(call, turn.turn_id, result) for call in calls]
+        awaiting = turn.awaiting_permission & {call.call_id for call in calls}
+        closing = [*(before or []), *_closing_events(turn, calls, result)]
         try:
-            await self._host.append(turn.session_id, completes, fence=turn.turn_id)
+            await self._host.append(turn.session_id, closing, fence=turn.turn_id)
         except BaseException:
             # Not recorded: the calls are open again for another answer.
             turn.open_calls.update((call.call_id, call) for call in calls)
+            turn.awaiting_permission |= awaiting
             raise
         finally:
             for call in calls:

@@ -1,17 +1,20 @@
 """Client-side tools: checking declarations, and the events of a call's life.
 
 A call the model makes is recorded as ``tool.execution_start`` and
-``external_tool.requested`` in the same commit as the assistant message
-asking for it, and ends with exactly one ``tool.execution_complete``: the
-first client result, or a synthetic one when the call is closed unanswered
-(abort, resume with ``continue_pending_work=False``, the pending timeout).
+``external_tool.requested`` (or first ``permission.requested``, for a tool
+declared without ``skip_permission``, until a client's ``permission.completed``)
+in the same commit as the assistant message asking for it, and ends with
+exactly one ``tool.execution_complete``: the first client result (or the
+``denied`` one of a denied permission), or a synthetic one when the call is
+closed unanswered (abort, resume with ``continue_pending_work=False``, the
+pending timeout).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Final
 
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
@@ -85,8 +88,12 @@ def tool_specs(tools: Iterable[ToolDefinition]) -> list[ToolSpec]:
     ]
 
 
-def requested_events(calls: Sequence[ToolCall], turn_id: str) -> list[SessionEvent]:
-    """The start and the request of each of ``calls``, in the model's order."""
+def requested_events(
+    calls: Sequence[ToolCall], turn_id: str, skip_permission: Collection[str]
+) -> list[SessionEvent]:
+    """The start of each of ``calls``, in the model's order, and then its
+    permission request (a tool not in ``skip_permission``) or its request
+    to a client."""
     events = []
     for call in calls:
         fields = {
@@ -96,8 +103,39 @@ def requested_events(calls: Sequence[ToolCall], turn_id: str) -> list[SessionEve
             "turn_id": turn_id,
         }
         events.append(ev.make_event(ev.TOOL_EXECUTION_START, **fields))
-        events.append(ev.make_event(ev.EXTERNAL_TOOL_REQUESTED, **fields))
+        if call.name in skip_permission:
+            events.append(ev.make_event(ev.EXTERNAL_TOOL_REQUESTED, **fields))
+        else:
+            events.append(ev.make_event(ev.PERMISSION_REQUESTED, request_id=call.call_id, **fields))
     return events
+
+
+def external_request_event(call: ToolCall, turn_id: str) -> SessionEvent:
+    return ev.make_event(
+        ev.EXTERNAL_TOOL_REQUESTED,
+        tool_call_id=call.call_id,
+        tool_name=call.name,
+        arguments_json=call.arguments_json,
+        turn_id=turn_id,
+    )
+
+
+def permission_completed_event(
+    call_id: str, turn_id: str, *, approved: bool, reason: str
+) -> SessionEvent:
+    return ev.make_event(
+        ev.PERMISSION_COMPLETED,
+        request_id=call_id,
+        tool_call_id=call_id,
+        approved=approved,
+        reason=reason,
+        turn_id=turn_id,
+    )
+
+
+def denied_result(reason: str) -> ToolResult:
+    text = f"permission denied: {reason}" if reason else "permission denied"
+    return ToolResult(text_result_for_llm=text, result_type="denied", error=text)
 
 
 def complete_event(call: ToolCall, turn_id: str, result: ToolResult) -> SessionEvent:
@@ -119,11 +157,17 @@ def interrupted_result(why: str = "", result_type: str = "failure") -> ToolResul
 def interrupted_completes(
     pending: Iterable[copilot_pb2.PendingToolCall], turn_id: str, why: str
 ) -> list[SessionEvent]:
-    """Synthetic results for recorded calls that nobody will answer any more."""
+    """Synthetic results for recorded calls that nobody will answer any more
+    (an open permission request is denied first)."""
     result = interrupted_result(why)
-    return [
-        complete_event(
-            ToolCall(call.tool_call_id, call.tool_name, call.arguments_json), turn_id, result
-        )
-        for call in pending
-    ]
+    events = []
+    for call in pending:
+        if call.awaiting_permission:
+            events.append(
+                permission_completed_event(
+                    call.tool_call_id, turn_id, approved=False, reason=result.text_result_for_llm
+                )
+            )
+        tool_call = ToolCall(call.tool_call_id, call.tool_name, call.arguments_json)
+        events.append(complete_event(tool_call, turn_id, result))
+    return events

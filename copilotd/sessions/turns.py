@@ -175,6 +175,9 @@ class TurnEngine:
         turn.system_message.CopyFrom(record.metadata.system_message)
         turn.route = self._host.providers.route_for(record.metadata)
         turn.tools = tool_specs(record.metadata.tools)
+        turn.skip_permission = frozenset(
+            tool.name for tool in record.metadata.tools if tool.skip_permission
+        )
 
     async def _record_calls(
         self,
@@ -189,10 +192,13 @@ class TurnEngine:
             message.assistant_message.tool_requests.add(
                 tool_call_id=call.call_id, name=call.name, arguments_json=call.arguments_json
             )
-        events = [message, *requested_events(calls, turn.turn_id)]
+        events = [message, *requested_events(calls, turn.turn_id, turn.skip_permission)]
         if usage is not None:
             events.append(usage)
         turn.open_calls.update((call.call_id, call) for call in calls)
+        turn.awaiting_permission.update(
+            call.call_id for call in calls if call.name not in turn.skip_permission
+        )
         commit = asyncio.ensure_future(
             self._host.append(turn.session_id, events, fence=turn.turn_id)
         )
@@ -205,6 +211,7 @@ class TurnEngine:
             if commit.cancelled() or commit.exception() is not None:
                 for call in calls:
                     turn.open_calls.pop(call.call_id, None)
+                    turn.awaiting_permission.discard(call.call_id)
             raise
         finally:
             turn.text.clear()

@@ -35,8 +35,11 @@ def clock(invocation: ToolInvocation) -> str:
     return "noon"
 
 
-WEATHER = Tool("get_weather", "The weather in a city", WEATHER_SCHEMA, weather)
-CLOCK = Tool("get_time", "The time of day", None, clock)
+# skip_permission: the provider wire formats are under test, not permissions.
+WEATHER = Tool(
+    "get_weather", "The weather in a city", WEATHER_SCHEMA, weather, skip_permission=True
+)
+CLOCK = Tool("get_time", "The time of day", None, clock, skip_permission=True)
 
 
 def history(request: Request) -> list[tuple[Any, ...]]:
@@ -179,7 +182,9 @@ async def test_a_call_open_when_the_daemon_is_killed_goes_to_the_model_after_res
     start_daemon: DaemonFactory, server: FakeModelServer, api: str
 ) -> None:
     daemon = start_daemon()
-    pending_only = Tool("get_weather", "The weather in a city", WEATHER_SCHEMA)
+    pending_only = Tool(
+        "get_weather", "The weather in a city", WEATHER_SCHEMA, skip_permission=True
+    )
     server.script(calls(Call("get_weather", ROME)))
     async with connect(daemon) as client:
         session = await client.create_session(
@@ -246,7 +251,8 @@ async def test_after_an_abort_the_closed_call_and_the_next_message_make_a_valid_
     server.script(calls(Call("get_weather", ROME)), stream("Ask me again."))
     async with connect(daemon) as client:
         session = await client.create_session(
-            model=MODEL_OF[api], tools=[Tool("get_weather", "The weather", WEATHER_SCHEMA)]
+            model=MODEL_OF[api],
+            tools=[Tool("get_weather", "The weather", WEATHER_SCHEMA, skip_permission=True)],
         )
         recorder = Recorder()
         session.on(recorder)

@@ -103,6 +103,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT, a ToolDefinition"""
     ERROR_REASON_INVALID_SEARCH_QUERY: _ErrorReason.ValueType  # 46
     """INVALID_ARGUMENT, on SearchSessions"""
+    ERROR_REASON_UNKNOWN_PERMISSION_REQUEST: _ErrorReason.ValueType  # 47
+    """NOT_FOUND, on HandlePendingPermission"""
+    ERROR_REASON_PERMISSION_ANSWERED: _ErrorReason.ValueType  # 48
+    """ALREADY_EXISTS, on HandlePendingPermission"""
+    ERROR_REASON_AWAITING_PERMISSION: _ErrorReason.ValueType  # 49
+    """FAILED_PRECONDITION, on HandlePendingToolCall"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed, beyond its status code. The enum value's name is sent
@@ -159,6 +165,12 @@ ERROR_REASON_INVALID_TOOL: ErrorReason.ValueType  # 45
 """INVALID_ARGUMENT, a ToolDefinition"""
 ERROR_REASON_INVALID_SEARCH_QUERY: ErrorReason.ValueType  # 46
 """INVALID_ARGUMENT, on SearchSessions"""
+ERROR_REASON_UNKNOWN_PERMISSION_REQUEST: ErrorReason.ValueType  # 47
+"""NOT_FOUND, on HandlePendingPermission"""
+ERROR_REASON_PERMISSION_ANSWERED: ErrorReason.ValueType  # 48
+"""ALREADY_EXISTS, on HandlePendingPermission"""
+ERROR_REASON_AWAITING_PERMISSION: ErrorReason.ValueType  # 49
+"""FAILED_PRECONDITION, on HandlePendingToolCall"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _SystemMessageMode:
@@ -1682,11 +1694,16 @@ class PendingToolCall(_message.Message):
     ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
     TURN_ID_FIELD_NUMBER: _builtins.int
     REQUESTED_TIME_FIELD_NUMBER: _builtins.int
+    AWAITING_PERMISSION_FIELD_NUMBER: _builtins.int
     tool_call_id: _builtins.str
     tool_name: _builtins.str
     arguments_json: _builtins.str
     """Arguments as JSON text."""
     turn_id: _builtins.str
+    awaiting_permission: _builtins.bool
+    """True while the call waits for a permission decision (its request_id is
+    its tool_call_id); a result is taken only once it is approved.
+    """
     @_builtins.property
     def requested_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1697,10 +1714,11 @@ class PendingToolCall(_message.Message):
         arguments_json: _builtins.str = ...,
         turn_id: _builtins.str = ...,
         requested_time: _timestamp_pb2.Timestamp | None = ...,
+        awaiting_permission: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["requested_time", b"requested_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "requested_time", b"requested_time", "tool_call_id", b"tool_call_id", "tool_name", b"tool_name", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "awaiting_permission", b"awaiting_permission", "requested_time", b"requested_time", "tool_call_id", b"tool_call_id", "tool_name", b"tool_name", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1751,6 +1769,56 @@ class HandlePendingToolCallResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HandlePendingToolCallResponse: _TypeAlias = HandlePendingToolCallResponse  # noqa: Y015
+
+@_typing.final
+class HandlePendingPermissionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    APPROVED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    request_id: _builtins.str
+    """The permission.requested event's request_id."""
+    approved: _builtins.bool
+    reason: _builtins.str
+    """Why; recorded in permission.completed (and told to the model when denied)."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        approved: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved", b"approved", "reason", b"reason", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandlePendingPermissionRequest: _TypeAlias = HandlePendingPermissionRequest  # noqa: Y015
+
+@_typing.final
+class HandlePendingPermissionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.bool
+    """False when this very decision had already been recorded (a retry)."""
+    def __init__(
+        self,
+        *,
+        recorded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandlePendingPermissionResponse: _TypeAlias = HandlePendingPermissionResponse  # noqa: Y015
 
 @_typing.final
 class ListPendingToolCallsRequest(_message.Message):

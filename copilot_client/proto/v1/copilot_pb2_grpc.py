@@ -104,6 +104,11 @@ class CopilotServiceStub:
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingToolCallRequest.SerializeToString,
                 response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingToolCallResponse.FromString,
                 _registered_method=True)
+        self.HandlePendingPermission = channel.unary_unary(
+                '/copilot.v1.CopilotService/HandlePendingPermission',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingPermissionRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingPermissionResponse.FromString,
+                _registered_method=True)
         self.ListPendingToolCalls = channel.unary_unary(
                 '/copilot.v1.CopilotService/ListPendingToolCalls',
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsRequest.SerializeToString,
@@ -265,6 +270,17 @@ class CopilotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandlePendingPermission(self, request, context):
+        """Records a client's decision on a permission request (a call waiting as
+        permission.requested): approved, the call goes on to
+        external_tool.requested; denied, it gets a "denied" result the model
+        sees. The first decision wins: the same one sent again is recognised, a
+        different one is refused (ERROR_REASON_PERMISSION_ANSWERED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPendingToolCalls(self, request, context):
         """The tool calls of a session waiting for a client's result.
         """
@@ -405,6 +421,11 @@ def add_CopilotServiceServicer_to_server(servicer, server):
                     servicer.HandlePendingToolCall,
                     request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingToolCallRequest.FromString,
                     response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingToolCallResponse.SerializeToString,
+            ),
+            'HandlePendingPermission': grpc.unary_unary_rpc_method_handler(
+                    servicer.HandlePendingPermission,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingPermissionRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingPermissionResponse.SerializeToString,
             ),
             'ListPendingToolCalls': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPendingToolCalls,
@@ -825,6 +846,33 @@ class CopilotService:
             '/copilot.v1.CopilotService/HandlePendingToolCall',
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingToolCallRequest.SerializeToString,
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingToolCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandlePendingPermission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/HandlePendingPermission',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingPermissionRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.HandlePendingPermissionResponse.FromString,
             options,
             channel_credentials,
             insecure,

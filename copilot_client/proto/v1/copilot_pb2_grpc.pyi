@@ -119,6 +119,13 @@ class CopilotServiceStub:
     the same result sent again (a retry after a lost connection) is
     recognised, a different one is refused (ERROR_REASON_TOOL_CALL_ANSWERED).
     """
+    HandlePendingPermission: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.HandlePendingPermissionRequest, _copilot_pb2.HandlePendingPermissionResponse]
+    """Records a client's decision on a permission request (a call waiting as
+    permission.requested): approved, the call goes on to
+    external_tool.requested; denied, it gets a "denied" result the model
+    sees. The first decision wins: the same one sent again is recognised, a
+    different one is refused (ERROR_REASON_PERMISSION_ANSWERED).
+    """
     ListPendingToolCalls: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ListPendingToolCallsRequest, _copilot_pb2.ListPendingToolCallsResponse]
     """The tool calls of a session waiting for a client's result."""
     SearchSessions: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.SearchSessionsRequest, _copilot_pb2.SearchSessionsResponse]
@@ -218,6 +225,13 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     as external_tool.requested). At most one result is recorded per call:
     the same result sent again (a retry after a lost connection) is
     recognised, a different one is refused (ERROR_REASON_TOOL_CALL_ANSWERED).
+    """
+    HandlePendingPermission: _aio.UnaryUnaryMultiCallable[_copilot_pb2.HandlePendingPermissionRequest, _copilot_pb2.HandlePendingPermissionResponse]  # type: ignore[assignment]
+    """Records a client's decision on a permission request (a call waiting as
+    permission.requested): approved, the call goes on to
+    external_tool.requested; denied, it gets a "denied" result the model
+    sees. The first decision wins: the same one sent again is recognised, a
+    different one is refused (ERROR_REASON_PERMISSION_ANSWERED).
     """
     ListPendingToolCalls: _aio.UnaryUnaryMultiCallable[_copilot_pb2.ListPendingToolCallsRequest, _copilot_pb2.ListPendingToolCallsResponse]  # type: ignore[assignment]
     """The tool calls of a session waiting for a client's result."""
@@ -399,6 +413,19 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
         as external_tool.requested). At most one result is recorded per call:
         the same result sent again (a retry after a lost connection) is
         recognised, a different one is refused (ERROR_REASON_TOOL_CALL_ANSWERED).
+        """
+
+    @_abc_1.abstractmethod
+    def HandlePendingPermission(
+        self,
+        request: _copilot_pb2.HandlePendingPermissionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.HandlePendingPermissionResponse, _abc.Awaitable[_copilot_pb2.HandlePendingPermissionResponse]]:
+        """Records a client's decision on a permission request (a call waiting as
+        permission.requested): approved, the call goes on to
+        external_tool.requested; denied, it gets a "denied" result the model
+        sees. The first decision wins: the same one sent again is recognised, a
+        different one is refused (ERROR_REASON_PERMISSION_ANSWERED).
         """
 
     @_abc_1.abstractmethod

@@ -87,6 +87,8 @@ class SessionEvent(_message.Message):
     TOOL_EXECUTION_START_FIELD_NUMBER: _builtins.int
     TOOL_EXECUTION_COMPLETE_FIELD_NUMBER: _builtins.int
     EXTERNAL_TOOL_REQUESTED_FIELD_NUMBER: _builtins.int
+    PERMISSION_REQUESTED_FIELD_NUMBER: _builtins.int
+    PERMISSION_COMPLETED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id of this event (a UUID)."""
     sequence: _builtins.int
@@ -139,6 +141,10 @@ class SessionEvent(_message.Message):
     def tool_execution_complete(self) -> Global___ToolExecutionCompleteData: ...
     @_builtins.property
     def external_tool_requested(self) -> Global___ExternalToolRequestedData: ...
+    @_builtins.property
+    def permission_requested(self) -> Global___PermissionRequestedData: ...
+    @_builtins.property
+    def permission_completed(self) -> Global___PermissionCompletedData: ...
     def __init__(
         self,
         *,
@@ -166,12 +172,14 @@ class SessionEvent(_message.Message):
         tool_execution_start: Global___ToolExecutionStartData | None = ...,
         tool_execution_complete: Global___ToolExecutionCompleteData | None = ...,
         external_tool_requested: Global___ExternalToolRequestedData | None = ...,
+        permission_requested: Global___PermissionRequestedData | None = ...,
+        permission_completed: Global___PermissionCompletedData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "external_tool_requested", b"external_tool_requested", "pending_messages_modified", b"pending_messages_modified", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "external_tool_requested", b"external_tool_requested", "pending_messages_modified", b"pending_messages_modified", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "ephemeral", b"ephemeral", "external_tool_requested", b"external_tool_requested", "id", b"id", "parent_id", b"parent_id", "pending_messages_modified", b"pending_messages_modified", "sequence", b"sequence", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "ephemeral", b"ephemeral", "external_tool_requested", b"external_tool_requested", "id", b"id", "parent_id", b"parent_id", "pending_messages_modified", b"pending_messages_modified", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "sequence", b"sequence", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort", "assistant_usage", "session_model_change", "session_truncation", "pending_messages_modified", "session_deleted", "tool_execution_start", "tool_execution_complete", "external_tool_requested"]  # noqa: Y015
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort", "assistant_usage", "session_model_change", "session_truncation", "pending_messages_modified", "session_deleted", "tool_execution_start", "tool_execution_complete", "external_tool_requested", "permission_requested", "permission_completed"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
 
@@ -679,6 +687,78 @@ class ExternalToolRequestedData(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExternalToolRequestedData: _TypeAlias = ExternalToolRequestedData  # noqa: Y015
+
+@_typing.final
+class PermissionRequestedData(_message.Message):
+    """"permission.requested": a call of a tool declared without skip_permission
+    waits for a client's decision (HandlePendingPermission) before it is run.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The id to answer with; it is the call's tool_call_id (one request per call)."""
+    tool_call_id: _builtins.str
+    tool_name: _builtins.str
+    arguments_json: _builtins.str
+    turn_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        tool_call_id: _builtins.str = ...,
+        tool_name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "request_id", b"request_id", "tool_call_id", b"tool_call_id", "tool_name", b"tool_name", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PermissionRequestedData: _TypeAlias = PermissionRequestedData  # noqa: Y015
+
+@_typing.final
+class PermissionCompletedData(_message.Message):
+    """"permission.completed": the decision on a permission request (a client's,
+    or the daemon's synthetic denial when the call is closed unanswered).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    APPROVED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    tool_call_id: _builtins.str
+    approved: _builtins.bool
+    reason: _builtins.str
+    """Why (the client's words, or the daemon's for a synthetic denial)."""
+    turn_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        tool_call_id: _builtins.str = ...,
+        approved: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved", b"approved", "reason", b"reason", "request_id", b"request_id", "tool_call_id", b"tool_call_id", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PermissionCompletedData: _TypeAlias = PermissionCompletedData  # noqa: Y015
 
 @_typing.final
 class ToolRequest(_message.Message):

@@ -1,12 +1,15 @@
 """A client process holding the tool ``get_weather``, for the tool tests.
 
-Usage: python -m tests.support.clients.tool_worker SESSION_ID ANSWER PENDING
+Usage: python -m tests.support.clients.tool_worker SESSION_ID ANSWER PENDING [PERMISSION]
 
 Resumes the session with a handler for ``get_weather`` that prints
 {"running": CALL_ID} and then answers ANSWER, or never answers when ANSWER is
 "block" (the test then kills the process mid-call). PENDING is "continue" to
 take over the calls left waiting (continue_pending_work=True) or "close" to
-have them closed. Prints {"ready": true} once attached, then waits to be killed.
+have them closed. PERMISSION is "skip" (the default: the tool is declared
+with skip_permission), "approve_all" (PermissionHandler.approve_all) or
+"none" (no permission handler: the client denies by default). Prints
+{"ready": true} once attached, then waits to be killed.
 """
 
 from __future__ import annotations
@@ -15,22 +18,33 @@ import asyncio
 import json
 import sys
 
-from copilot_client import CopilotClient, Tool, ToolInvocation
+from copilot_client import CopilotClient, PermissionHandler, Tool, ToolInvocation
 
 WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
 
 
-async def main(session_id: str, answer: str, pending: str) -> None:
+async def main(session_id: str, answer: str, pending: str, permission: str = "skip") -> None:
     async def get_weather(invocation: ToolInvocation) -> str:
         print(json.dumps({"running": invocation.tool_call_id}), flush=True)
         if answer == "block":
             await asyncio.Event().wait()
         return f"{answer} in {invocation.arguments['city']}"
 
-    tool = Tool("get_weather", "The weather in a city", WEATHER_SCHEMA, get_weather)
+    tool = Tool(
+        "get_weather",
+        "The weather in a city",
+        WEATHER_SCHEMA,
+        get_weather,
+        skip_permission=permission == "skip",
+    )
     async with CopilotClient(auto_start=False) as client:
         session = await client.resume_session(
-            session_id, tools=[tool], continue_pending_work=pending == "continue"
+            session_id,
+            tools=[tool],
+            on_permission_request=(
+                PermissionHandler.approve_all if permission == "approve_all" else None
+            ),
+            continue_pending_work=pending == "continue",
         )
         await session.attach()
         print(json.dumps({"ready": True}), flush=True)
@@ -38,4 +52,4 @@ async def main(session_id: str, answer: str, pending: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:5]))
