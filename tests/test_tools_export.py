@@ -25,7 +25,8 @@ from tests.support.daemon_process import DaemonProcess
 from tests.support.wire import wire_error
 
 PROMPT = 'call get_weather {"city": "Paris"}'
-WEATHER = Tool("get_weather", "The weather in a city", {"type": "object"})
+# Run without asking (permissions are tested in test_tool_permissions*.py).
+WEATHER = Tool("get_weather", "The weather in a city", {"type": "object"}, skip_permission=True)
 
 
 @pytest.fixture

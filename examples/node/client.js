@@ -46,10 +46,12 @@ function call(client, method, request) {
   });
 }
 
-// The one tool this client declares and answers itself.
+// The one tool this client declares and answers itself. skip_permission: it
+// only counts words, so its calls need no permission request first.
 const WORD_COUNT = {
   name: "word_count",
   description: "Counts the words of a text",
+  skip_permission: true,
   parameters_json_schema: JSON.stringify({
     type: "object",
     properties: { text: { type: "string" } },
