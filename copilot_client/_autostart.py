@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ._errors import DaemonUnavailableError
-from .paths import verify_private_socket
+from .paths import socket_lock_path, verify_private_socket
 from .proto.v1 import copilot_pb2
 from .service import CALL_TIMEOUT, ServiceClient, UseCallTimeout
 
@@ -142,7 +142,7 @@ async def launch_daemon(
             f"run {' '.join(argv)!r}: {lines[-1] if lines else 'no detail'}",
             socket_path=socket_path,
         )
-    lock_paths = (data_dir / LOCK_NAME, socket_path.with_name(socket_path.name + ".lock"))
+    lock_paths = (data_dir / LOCK_NAME, socket_lock_path(socket_path))
     return LaunchedDaemon(int(stdout), log_path, lock_paths)
 
 

@@ -65,6 +65,11 @@ def resolve_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(data_home).expanduser().absolute() / "copilotd"
 
 
+def socket_lock_path(socket_path: Path) -> Path:
+    """The lock beside a socket: the daemon serving it holds it and writes its pid there."""
+    return socket_path.with_name(socket_path.name + ".lock")
+
+
 def channel_target(socket_path: Path) -> str:
     """The gRPC target string for a Unix socket path."""
     return f"unix:{socket_path}"

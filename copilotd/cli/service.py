@@ -16,7 +16,7 @@ from typing import Any, Final
 import click
 
 from copilot_client import DaemonTimeoutError, DaemonUnavailableError
-from copilot_client.paths import resolve_data_dir, resolve_socket_path
+from copilot_client.paths import resolve_data_dir, resolve_socket_path, socket_lock_path
 from copilot_client.proto.admin.v1 import admin_pb2
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd.admin.retention import format_duration
@@ -166,7 +166,7 @@ def providers_lines(models: pb.ListModelsResponse) -> list[str]:
 def _socket_holder(socket_path: Path) -> int | None:
     """The pid the daemon wrote into the lock beside its socket, if any."""
     try:
-        text = socket_path.with_name(socket_path.name + ".lock").read_text().split()
+        text = socket_lock_path(socket_path).read_text().split()
     except OSError:
         return None
     return int(text[0]) if text and text[0].isdigit() else None

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from copilot_client.paths import MAX_SOCKET_PATH_BYTES, channel_target
+from copilot_client.paths import MAX_SOCKET_PATH_BYTES, channel_target, socket_lock_path
 from copilot_client.proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from copilot_client.proto.v1 import copilot_pb2, copilot_pb2_grpc
 from copilotd import __version__
@@ -147,7 +147,7 @@ async def serve(config: DaemonConfig, *, on_ready: Callable[[str], None] | None 
     with (
         exclusive_lock(config.data_dir / DATA_LOCK_NAME, f"the data directory {config.data_dir}"),
         exclusive_lock(
-            config.socket_path.with_name(config.socket_path.name + ".lock"),
+            socket_lock_path(config.socket_path),
             f"the socket {config.socket_path}",
         ),
     ):
