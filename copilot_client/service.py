@@ -384,10 +384,20 @@ def _trailer(error: grpc.aio.AioRpcError, wanted: str) -> str:
     return ""
 
 
-def _class_for(reason: str, status: grpc.StatusCode) -> type[RPCError]:
+# grpc's words for a call the other end of the HTTP/2 connection reset, e.g.
+# "Received RST_STREAM with error code 2". copilotd never resets a call (its
+# failures carry a status and a reason); a proxy in between does, nginx when
+# the daemon behind it died mid-call.
+_RESET_BY_PROXY = "RST_STREAM"
+
+
+def _class_for(reason: str, status: grpc.StatusCode, details: str) -> type[RPCError]:
     try:
         return ERROR_FOR_REASON[Reason.Value(reason)]
     except (ValueError, KeyError):  # no reason, or one this client does not know yet
+        if status == grpc.StatusCode.INTERNAL and _RESET_BY_PROXY in details:
+            # The daemon is gone from behind the proxy: retried like any outage.
+            return DaemonUnavailableError
         return _BY_STATUS.get(status, RPCError)
 
 
@@ -423,10 +433,17 @@ def map_rpc_error(
             status=status,
             socket_path=socket_path,
         )
-    cls = _class_for(reason, status)
+    cls = _class_for(reason, status, details)
     if cls is DaemonUnavailableError:
         if reason == Reason.Name(Reason.ERROR_REASON_SHUTTING_DOWN):
             message = f"copilotd at {os.fspath(socket_path)} is shutting down: {details}"
+        elif status != grpc.StatusCode.UNAVAILABLE:
+            message = (
+                f"the call to copilotd through {os.fspath(socket_path)} was cut ({details}): "
+                "the proxy there lost the daemon serving it. Another daemon behind the "
+                "proxy can serve the call again; whether a write took effect is unknown, "
+                "so read before retrying it"
+            )
         elif "Permission denied" in details:
             message = (
                 f"copilotd at {os.fspath(socket_path)} is not open to this user ({details}): "

@@ -320,6 +320,20 @@ def test_unavailable_messages() -> None:
     assert "/run/x.sock is shutting down: bye" in str(leaving)
 
 
+def test_a_call_reset_by_a_proxy_is_an_outage() -> None:
+    # What nginx sends when the daemon behind it dies mid-call: retried like UNAVAILABLE.
+    reset = "Stream removed (RST_STREAM (Received RST_STREAM with error code 2))"
+    cut = map_rpc_error(rpc_error("INTERNAL", reset), socket_path="balancer:443")
+    assert type(cut) is DaemonUnavailableError
+    assert cut.status is grpc.StatusCode.INTERNAL
+    assert "through balancer:443 was cut" in str(cut) and "lost the daemon" in str(cut)
+    assert reset in str(cut)
+    # The daemon's own INTERNAL carries its reason: never taken for an outage.
+    failed = map_rpc_error(rpc_error("INTERNAL/ERROR_REASON_INTERNAL", reset), socket_path="s")
+    assert type(failed) is RPCError
+    assert type(map_rpc_error(rpc_error("INTERNAL", "boom"), socket_path="s")) is RPCError
+
+
 def test_error_without_details_or_metadata() -> None:
     bare = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, None, None, None)
     error = map_rpc_error(bare, socket_path="s")
