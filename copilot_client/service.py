@@ -384,18 +384,20 @@ def _trailer(error: grpc.aio.AioRpcError, wanted: str) -> str:
     return ""
 
 
-# grpc's words for a call the other end of the HTTP/2 connection reset, e.g.
-# "Received RST_STREAM with error code 2". copilotd never resets a call (its
-# failures carry a status and a reason); a proxy in between does, nginx when
-# the daemon behind it died mid-call.
-_RESET_BY_PROXY = "RST_STREAM"
+# grpc's words for a call that ended without a gRPC status: "Stream removed
+# (RST_STREAM (Received RST_STREAM with error code 2))" (INTERNAL) or "Stream
+# removed (Data frame with END_STREAM flag received)" (UNKNOWN). copilotd
+# always ends a call with a status; a proxy in between does this when the
+# daemon behind it died mid-call (nginx does both).
+_CUT_BY_PROXY = "Stream removed"
+_CUT_STATUSES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 
 
 def _class_for(reason: str, status: grpc.StatusCode, details: str) -> type[RPCError]:
     try:
         return ERROR_FOR_REASON[Reason.Value(reason)]
     except (ValueError, KeyError):  # no reason, or one this client does not know yet
-        if status == grpc.StatusCode.INTERNAL and _RESET_BY_PROXY in details:
+        if status in _CUT_STATUSES and details.startswith(_CUT_BY_PROXY):
             # The daemon is gone from behind the proxy: retried like any outage.
             return DaemonUnavailableError
         return _BY_STATUS.get(status, RPCError)

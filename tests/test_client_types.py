@@ -320,18 +320,24 @@ def test_unavailable_messages() -> None:
     assert "/run/x.sock is shutting down: bye" in str(leaving)
 
 
-def test_a_call_reset_by_a_proxy_is_an_outage() -> None:
-    # What nginx sends when the daemon behind it dies mid-call: retried like UNAVAILABLE.
-    reset = "Stream removed (RST_STREAM (Received RST_STREAM with error code 2))"
-    cut = map_rpc_error(rpc_error("INTERNAL", reset), socket_path="balancer:443")
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        ("INTERNAL", "Stream removed (RST_STREAM (Received RST_STREAM with error code 2))"),
+        ("UNKNOWN", "Stream removed (Data frame with END_STREAM flag received)"),
+    ],
+)
+def test_a_call_a_proxy_cut_is_an_outage(code: str, details: str) -> None:
+    # The two ways nginx ends a call when the daemon behind it dies: retried like UNAVAILABLE.
+    cut = map_rpc_error(rpc_error(code, details), socket_path="balancer:443")
     assert type(cut) is DaemonUnavailableError
-    assert cut.status is grpc.StatusCode.INTERNAL
+    assert cut.status is grpc.StatusCode[code]
     assert "through balancer:443 was cut" in str(cut) and "lost the daemon" in str(cut)
-    assert reset in str(cut)
-    # The daemon's own INTERNAL carries its reason: never taken for an outage.
-    failed = map_rpc_error(rpc_error("INTERNAL/ERROR_REASON_INTERNAL", reset), socket_path="s")
+    assert details in str(cut)
+    # The daemon's own failures carry its reason: never taken for an outage.
+    failed = map_rpc_error(rpc_error(f"{code}/ERROR_REASON_INTERNAL", details), socket_path="s")
     assert type(failed) is RPCError
-    assert type(map_rpc_error(rpc_error("INTERNAL", "boom"), socket_path="s")) is RPCError
+    assert type(map_rpc_error(rpc_error(code, "boom"), socket_path="s")) is RPCError
 
 
 def test_error_without_details_or_metadata() -> None:
