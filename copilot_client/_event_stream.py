@@ -38,7 +38,7 @@ STREAM_RETRY_MAX_DELAY = 5.0
 
 def retry_delay(failures: int) -> float:
     """Seconds to wait after ``failures`` failed attempts in a row (at least 1)."""
-    return min(STREAM_RETRY_DELAY * 2 ** min(failures - 1, 16), STREAM_RETRY_MAX_DELAY)
+    return min(STREAM_RETRY_DELAY * 2.0 ** min(failures - 1, 16), STREAM_RETRY_MAX_DELAY)
 
 
 class Reattached:
