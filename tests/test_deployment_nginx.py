@@ -44,7 +44,12 @@ from copilotd.sessions.recovery import TAKEN_OVER
 from copilotd.store.postgres_schema import SCHEMA
 from tests.support.certificates import ThrowawayCA
 from tests.support.daemon_process import DaemonProcess
-from tests.support.nginx import BalancerSettings, NginxBalancer, free_loopback_port
+from tests.support.nginx import (
+    EXAMPLE_CONFIG,
+    BalancerSettings,
+    NginxBalancer,
+    free_loopback_port,
+)
 from tests.support.postgres import PostgresCluster
 from tests.support.tcp_access import write_token
 
@@ -313,3 +318,8 @@ async def test_tls_on_both_hops(deployment: Deployment, short_tmp: Path) -> None
             balancer.remove()
     async with deployment.client() as client:  # the deployment's own nginx trusts them
         assert await client.ping()
+
+
+def test_the_deployment_guide_shows_the_tested_configuration() -> None:
+    guide = (EXAMPLE_CONFIG.parents[1] / "deployment.md").read_text()
+    assert f"```nginx\n{EXAMPLE_CONFIG.read_text()}```" in guide
