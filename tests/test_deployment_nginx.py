@@ -162,29 +162,31 @@ def daemon_address(daemon: DaemonProcess) -> str:
 
 
 class Follower:
-    """A second client's handle on the session: every event it is handed, in order."""
+    """A second client's handle on the session: every persisted event it is handed, in order.
+
+    Persisted events only: they reach subscribers on every daemon, while a
+    turn's deltas reach only those attached to the daemon running it.
+    """
 
     def __init__(self) -> None:
         self.persisted: list[SessionEvent] = []
-        self.deltas: asyncio.Queue[SessionEvent] = asyncio.Queue()
+        self.turn_starts: asyncio.Queue[SessionEvent] = asyncio.Queue()
         self.turn_ends: asyncio.Queue[SessionEvent] = asyncio.Queue()
 
     def __call__(self, event: SessionEvent) -> None:
-        if event.type is SessionEventType.ASSISTANT_MESSAGE_DELTA:
-            self.deltas.put_nowait(event)
-        if not event.ephemeral:
-            self.persisted.append(event)
+        if event.ephemeral:
+            return
+        self.persisted.append(event)
+        if event.type is SessionEventType.ASSISTANT_TURN_START:
+            self.turn_starts.put_nowait(event)
         if event.type is SessionEventType.ASSISTANT_TURN_END:
             self.turn_ends.put_nowait(event)
 
+    async def turns_started(self, count: int) -> list[SessionEvent]:
+        return [await asyncio.wait_for(self.turn_starts.get(), WAIT) for _ in range(count)]
+
     async def turns_ended(self, count: int) -> list[SessionEvent]:
         return [await asyncio.wait_for(self.turn_ends.get(), WAIT) for _ in range(count)]
-
-    async def next_delta(self) -> None:
-        """Waits for a delta of a turn that starts from now on (older ones dropped)."""
-        while not self.deltas.empty():
-            self.deltas.get_nowait()
-        await asyncio.wait_for(self.deltas.get(), WAIT)
 
 
 async def ask(session: CopilotSession, prompt: str) -> None:
@@ -203,12 +205,14 @@ async def test_a_client_through_nginx_rides_out_the_death_of_the_daemon_running_
         await followed.attach()
         await ask(session, "before 0")
         await ask(session, "before 1")
+        await follower.turns_started(2)
         await follower.turns_ended(2)
 
-        # The daemon running the next turn dies in the middle of it, while
-        # the sender's SendMessageAndWait waits on it through nginx.
+        # The daemon running the next turn dies in the middle of it (the turn
+        # lasts ~2.4 s), while the sender's SendMessageAndWait waits on it
+        # through nginx.
         doomed = asyncio.create_task(session.send_and_wait("doomed", timeout=WAIT))
-        await follower.next_delta()
+        await follower.turns_started(1)
         runner = deployment.running_turn_of(session.session_id)
         survivor = next(d for d in deployment.daemons if d is not runner)
         runner.kill()
