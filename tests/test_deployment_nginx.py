@@ -17,6 +17,7 @@ with TLS and the token, both on one PostgreSQL database.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import socket
@@ -257,6 +258,69 @@ async def test_a_client_through_nginx_rides_out_the_death_of_the_daemon_running_
     error_log = deployment.balancer.error_log
     for daemon in deployment.daemons:
         assert f'upstream: "grpcs://{daemon_address(daemon)}"' in error_log
+
+
+class Signal(logging.Handler):
+    """Sets ``event`` when the client logs a line containing ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text = text
+        self.event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+async def test_a_send_refused_while_the_stream_stays_live_is_sent_again(
+    deployment: Deployment,
+) -> None:
+    # Through a balancer a send and the session's event stream are calls of
+    # their own, which may reach different daemons, or one of them none. Here
+    # nginx sends SendMessage to a port nothing serves (502, UNAVAILABLE)
+    # while the stream stays live on a daemon; then it is healed.
+    settings = deployment.balancer.settings
+    nowhere = f"127.0.0.1:{free_loopback_port()}"
+
+    def sends_nowhere(text: str) -> str:
+        route = (
+            "        location = /copilot.v1.CopilotService/SendMessage {\n"
+            f"            grpc_pass grpc://{nowhere};\n"
+            "        }\n\n"
+            "        location / {"
+        )
+        return text.replace("        location / {", route, 1)
+
+    balancer = NginxBalancer(replace(settings, edit=sends_nowhere)).start()
+    refused = Signal("daemon unavailable sending")
+    logger = logging.getLogger("copilot_client")
+    logger.addHandler(refused)
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        async with CopilotClient(
+            address=balancer.address,
+            token=deployment.token,
+            tls_root_cert=deployment.public_ca.cert,
+            timeout=WAIT,
+        ) as client:
+            session = await client.create_session(session_id="sent-again")
+            seen: list[SessionEvent] = []
+            session.on(seen.append)  # with a handler, send_and_wait sends with SendMessage
+            await session.attach()
+            answer = asyncio.create_task(session.send_and_wait("hello", timeout=WAIT))
+            await asyncio.wait_for(refused.event.wait(), WAIT)
+            balancer.reload(settings)  # the old workers keep the live stream
+            result = await answer
+            assert result is not None and 'You said: "hello"' in (result.data.content or "")
+            log = await client.get_messages("sent-again")
+        assert "connect() failed" in balancer.error_log
+    finally:
+        logger.removeHandler(refused)
+        logger.setLevel(level)
+        balancer.remove()
+    assert [e.data.content for e in log if e.type is SessionEventType.USER_MESSAGE] == ["hello"]
 
 
 async def test_the_token_is_required_through_nginx(deployment: Deployment) -> None:
