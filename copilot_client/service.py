@@ -390,6 +390,9 @@ def _trailer(error: grpc.aio.AioRpcError, wanted: str) -> str:
 # always ends a call with a status; a proxy in between does this when the
 # daemon behind it died mid-call (nginx does both).
 _CUT_BY_PROXY = "Stream removed"
+# grpc's words for an HTTP error answer instead of a gRPC one: a proxy's
+# "Bad Gateway" and the like, when no daemon behind it could take the call.
+_PROXY_FOUND_NO_DAEMON = re.compile(r"Received http2 header with status: 50[234]\b")
 _CUT_STATUSES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 
 
@@ -439,6 +442,12 @@ def map_rpc_error(
     if cls is DaemonUnavailableError:
         if reason == Reason.Name(Reason.ERROR_REASON_SHUTTING_DOWN):
             message = f"copilotd at {os.fspath(socket_path)} is shutting down: {details}"
+        elif _PROXY_FOUND_NO_DAEMON.search(details):
+            message = (
+                f"the proxy at {os.fspath(socket_path)} found no copilotd behind it to take "
+                f"the call ({details}): check that the daemons behind it run and that it "
+                "reaches them (its error log says why)"
+            )
         elif status != grpc.StatusCode.UNAVAILABLE:
             message = (
                 f"the call to copilotd through {os.fspath(socket_path)} was cut ({details}): "

@@ -340,6 +340,17 @@ def test_a_call_a_proxy_cut_is_an_outage(code: str, details: str) -> None:
     assert type(map_rpc_error(rpc_error(code, "boom"), socket_path="s")) is RPCError
 
 
+def test_a_proxy_without_a_daemon_says_so() -> None:
+    # nginx's 502 when no daemon behind it answers: not "start copilotd here".
+    gateway = map_rpc_error(
+        rpc_error("UNAVAILABLE", "Received http2 header with status: 502"),
+        socket_path="balancer:443",
+    )
+    assert type(gateway) is DaemonUnavailableError
+    assert "the proxy at balancer:443 found no copilotd behind it" in str(gateway)
+    assert "copilotd serve" not in str(gateway)
+
+
 def test_error_without_details_or_metadata() -> None:
     bare = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, None, None, None)
     error = map_rpc_error(bare, socket_path="s")
