@@ -12,6 +12,8 @@ with TLS and the token, both on one PostgreSQL database.
   the other daemon, which closes the turn as interrupted once the lease
   expires; its next message is answered. A subscriber through nginx sees
   every event, once, in order, across the death of the daemon it followed.
+* A send that nginx cannot deliver (502) while the session's stream stays
+  live is sent again once it can, and recorded once.
 """
 
 from __future__ import annotations
