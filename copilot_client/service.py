@@ -48,6 +48,7 @@ from ._errors import (
     SessionNotFoundError,
     SubscriberTooSlowError,
     ToolCallAnsweredError,
+    TurnHolderUnreachableError,
     UnauthenticatedError,
     UnknownPermissionRequestError,
     UnknownToolCallError,
@@ -326,6 +327,7 @@ ERROR_FOR_REASON: Final[dict[copilot_pb2.ErrorReason.ValueType, type[RPCError]]]
     Reason.ERROR_REASON_UNKNOWN_PERMISSION_REQUEST: UnknownPermissionRequestError,
     Reason.ERROR_REASON_PERMISSION_ANSWERED: PermissionAnsweredError,
     Reason.ERROR_REASON_AWAITING_PERMISSION: FailedPreconditionError,
+    Reason.ERROR_REASON_TURN_HOLDER_UNREACHABLE: TurnHolderUnreachableError,
 }
 
 _BY_STATUS: Final[dict[grpc.StatusCode, type[RPCError]]] = {

@@ -81,7 +81,7 @@ class TurnScheduler:
         else:
             state.pending.append(pending)
         try:
-            await self._host.append(
+            committed, _ = await self._host.append(
                 session_id,
                 [],
                 queue=QueueEdit(add=pending, first=immediate),
@@ -98,6 +98,8 @@ class TurnScheduler:
             # lease then refuses ours, and it starts the queue itself).
             if state.pending and not self._host.shutting_down:
                 self.start_next(session_id, state)
+            if immediate:  # the holder of the turn ends it, then starts this message
+                await self._host.abort_elsewhere(committed, SUPERSEDED)
         elif immediate:
             await self._turns.cancel(running, reason=SUPERSEDED)
         return user, True

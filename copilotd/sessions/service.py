@@ -47,6 +47,7 @@ from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
 from copilotd.sessions.lifecycle import LifecycleEvent, LifecycleFeed
 from copilotd.sessions.peers import Delivery, PeerChanges
 from copilotd.sessions.recovery import TurnRecovery
+from copilotd.sessions.relay import TurnRelay
 from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.sending import MessageSender
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
@@ -113,6 +114,14 @@ class SessionService:
         self._shutting_down = False
         self._peers = PeerChanges(store, self._states, self._delivery, self.lifecycle, self._forget)
         self._recovery = TurnRecovery(self, committer, self._state, self._turns, self._scheduler)
+        # Calls for turns that run on another daemon sharing the store.
+        self._relay = (
+            None
+            if store.relay is None
+            else TurnRelay(
+                store, self._states, lambda sid: self._state(self._record(sid)), self._turns
+            )
+        )
         sender = MessageSender(
             self, self._history, self._delivery, self._scheduler, self._record, self._state
         )
@@ -473,12 +482,16 @@ class SessionService:
 
     async def abort_turn(self, session_id: str, reason: str) -> bool:
         check_label(reason, "reason")
-        self._record(session_id)
+        record = self._record(session_id)
         state = self._states.get(session_id)
-        if state is None or state.turn is None:
-            return False
-        await self._turns.cancel(state.turn, reason=reason or "aborted by a client")
-        return True
+        if state is not None and state.turn is not None:
+            await self._turns.cancel(state.turn, reason=reason or "aborted by a client")
+            return True
+        return await self.abort_elsewhere(record, reason or "aborted by a client")
+
+    async def abort_elsewhere(self, record: SessionRecord, reason: str) -> bool:
+        """Abort the session's open turn where it runs, when that is another daemon."""
+        return False if self._relay is None else await self._relay.abort(record, reason)
 
     async def handle_pending_tool_call(
         self, session_id: str, tool_call_id: str, result: events_pb2.ToolResult
@@ -486,7 +499,10 @@ class SessionService:
         """Record a client's result for a waiting call; False when it was already (a retry)."""
         check_label(tool_call_id, "tool_call_id")
         check_result(result)
-        state = self._state(self._record(session_id))
+        record = self._record(session_id)
+        state = self._state(record)
+        if self._relay is not None and self._relay.elsewhere(record, state):
+            return await self._relay.tool_result(record, tool_call_id, result)
         return await self._turns.calls.answer(state, session_id, tool_call_id, result)
 
     async def handle_pending_permission(
@@ -494,7 +510,10 @@ class SessionService:
     ) -> bool:
         check_label(request_id, "request_id")
         check_label(reason, "reason")  # like an abort's reason
-        state = self._state(self._record(session_id))
+        record = self._record(session_id)
+        state = self._state(record)
+        if self._relay is not None and self._relay.elsewhere(record, state):
+            return await self._relay.permission(record, request_id, approved, reason)
         return await self._turns.calls.decide(
             state, session_id, request_id, approved=approved, reason=reason
         )
@@ -525,7 +544,21 @@ class SessionService:
 
     def on_store_change(self, change: StoreChange | None) -> None:
         """Another daemon committed ``change`` (None: changes may have been missed)."""
+        if self._relay is not None:
+            if change is not None and change.kind == "request":
+                self._relay.look_soon()
+                return
+            self._relay.wake(None if change is None else change.session_id)
+            if change is not None and change.kind == "answer":
+                return
         self._peers.changed(change)
+
+    async def serve_relayed(self) -> None:
+        """Serve the calls other daemons relayed to the turns running here (the periodic
+        remedy for a missed notification), and have this daemon's own look again."""
+        if self._relay is not None:
+            self._relay.wake(None)
+            await self._relay.serve_waiting()
 
     def catch_up_all(self) -> None:
         """Deliver whatever other daemons committed to the sessions followed here."""

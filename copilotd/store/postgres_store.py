@@ -37,8 +37,10 @@ from copilotd.store.base import (
     StoreFull,
     StoreWriter,
 )
+from copilotd.store.postgres_relay import PostgresRelay, parse_live
 from copilotd.store.postgres_schema import (
     CHANNEL,
+    LIVE_CHANNEL,
     SCHEMA,
     StoreUnreachable,
     describe_dsn,
@@ -119,6 +121,8 @@ class PostgresStore(Store):
         self._write_lock = threading.Lock()
         self._closed = False
         self._listener: _Listener | None = None
+        self._relay = PostgresRelay(pool, self.lease_owner)
+        self.relay = self._relay
 
     @classmethod
     def open(
@@ -353,6 +357,7 @@ class PostgresStore(Store):
                 self._closed = True
                 if self._listener is not None:
                     self._listener.stop()
+                self._relay.close()
                 self._pool.close()
 
     def _check_open(self) -> None:
@@ -389,20 +394,28 @@ class _Listener(threading.Thread):
                     self._dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_SECONDS)
                 ) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
+                    connection.execute(f"LISTEN {LIVE_CHANNEL}")
                     self.listening.set()
                     if connected_before:
                         self._on_change(None)
                     connected_before = True
                     while not self._stopping.is_set():
                         for notification in connection.notifies(timeout=LISTEN_POLL_SECONDS):
-                            self._report(notification.payload)
+                            self._report(notification.channel, notification.payload)
             except psycopg.Error as error:
                 log.warning("store listener: %s; reconnecting", str(error).strip())
                 self._stopping.wait(RECONNECT_DELAY_SECONDS)
 
-    def _report(self, payload: str) -> None:
+    def _report(self, channel: str, payload: str) -> None:
+        if channel == LIVE_CHANNEL:
+            session_id, last_sequence, owner, event = parse_live(payload)
+            if owner != self._owner:
+                self._on_change(StoreChange("live", session_id, last_sequence, event))
+            return
         change = json.loads(payload)
-        if change["o"] != self._owner:
+        if change.get("t", self._owner) != self._owner:
+            return  # a relayed request or answer for another daemon
+        if change["o"] != self._owner or "t" in change:
             self._on_change(StoreChange(change["k"], change["s"], int(change["q"])))
 
 
