@@ -166,3 +166,121 @@ async def test_a_message_sent_immediate_through_another_daemon_supersedes_the_ru
     finally:
         await a.close()
         await b.close()
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    return dict(error.trailing_metadata() or ()).get("copilot-error-reason", "")
+
+
+async def test_a_tool_result_sent_through_another_daemon_is_recorded_once(
+    pair: list[DaemonProcess],
+) -> None:
+    a, b = (channel_to(daemon) for daemon in pair)
+    try:
+        session_id, on_a = await session_with_tool(a, skip_permission=True)
+        # Client A, on daemon A, runs the turn and waits for its answer.
+        answer = asyncio.ensure_future(
+            stub(a).SendMessageAndWait(
+                pb.SendMessageAndWaitRequest(session_id=session_id, prompt=CALL, message_id="m1"),
+                timeout=WAIT,
+            )
+        )
+        requested = await wait_for(on_a, "external_tool.requested")
+        call_id = requested.external_tool_requested.tool_call_id
+        # Client B answers through daemon B.
+        sunny = events_pb2.ToolResult(text_result_for_llm="sunny")
+        recorded = await stub(b).HandlePendingToolCall(
+            pb.HandlePendingToolCallRequest(
+                session_id=session_id, tool_call_id=call_id, result=sunny
+            ),
+            timeout=WAIT,
+        )
+        assert recorded.recorded
+        done = await asyncio.wait_for(answer, WAIT)
+        assert done.turn_end.assistant_turn_end.reason == COMPLETED
+        assert '"sunny"' in done.answer.assistant_message.content
+        # Another result through daemon A: refused, the first one recorded stays.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub(a).HandlePendingToolCall(
+                pb.HandlePendingToolCallRequest(
+                    session_id=session_id,
+                    tool_call_id=call_id,
+                    result=events_pb2.ToolResult(text_result_for_llm="rain"),
+                ),
+                timeout=WAIT,
+            )
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert error_reason(refused.value) == "ERROR_REASON_TOOL_CALL_ANSWERED"
+        events = await logged(b, session_id)
+        check_log(events)
+        completes = [e for e in events if e.type == "tool.execution_complete"]
+        assert [c.tool_execution_complete.result.text_result_for_llm for c in completes] == [
+            "sunny"
+        ]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_permission_decided_through_another_daemon_lets_the_turn_go_on(
+    pair: list[DaemonProcess],
+) -> None:
+    a, b = (channel_to(daemon) for daemon in pair)
+    try:
+        session_id, on_a = await session_with_tool(a, skip_permission=False)
+        answer = asyncio.ensure_future(
+            stub(a).SendMessageAndWait(
+                pb.SendMessageAndWaitRequest(session_id=session_id, prompt=CALL, message_id="m1"),
+                timeout=WAIT,
+            )
+        )
+        asked = await wait_for(on_a, "permission.requested")
+        request_id = asked.permission_requested.request_id
+        # Answering before the decision is refused by daemon A, through B too.
+        with pytest.raises(grpc.aio.AioRpcError) as early:
+            await stub(b).HandlePendingToolCall(
+                pb.HandlePendingToolCallRequest(
+                    session_id=session_id,
+                    tool_call_id=request_id,
+                    result=events_pb2.ToolResult(text_result_for_llm="too early"),
+                ),
+                timeout=WAIT,
+            )
+        assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(early.value) == "ERROR_REASON_AWAITING_PERMISSION"
+        decided = await stub(b).HandlePendingPermission(
+            pb.HandlePendingPermissionRequest(
+                session_id=session_id, request_id=request_id, approved=True, reason="fine by B"
+            ),
+            timeout=WAIT,
+        )
+        assert decided.recorded
+        requested = await wait_for(on_a, "external_tool.requested")
+        await stub(b).HandlePendingToolCall(
+            pb.HandlePendingToolCallRequest(
+                session_id=session_id,
+                tool_call_id=requested.external_tool_requested.tool_call_id,
+                result=events_pb2.ToolResult(text_result_for_llm="sunny"),
+            ),
+            timeout=WAIT,
+        )
+        done = await asyncio.wait_for(answer, WAIT)
+        assert done.turn_end.assistant_turn_end.reason == COMPLETED
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub(a).HandlePendingPermission(
+                pb.HandlePendingPermissionRequest(
+                    session_id=session_id, request_id=request_id, approved=False
+                ),
+                timeout=WAIT,
+            )
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert error_reason(refused.value) == "ERROR_REASON_PERMISSION_ANSWERED"
+        events = await logged(b, session_id)
+        [completed] = [e for e in events if e.type == "permission.completed"]
+        assert (completed.permission_completed.approved, completed.permission_completed.reason) == (
+            True,
+            "fine by B",
+        )
+    finally:
+        await a.close()
+        await b.close()
