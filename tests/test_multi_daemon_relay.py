@@ -169,7 +169,7 @@ async def test_a_message_sent_immediate_through_another_daemon_supersedes_the_ru
 
 
 def error_reason(error: grpc.aio.AioRpcError) -> str:
-    return dict(error.trailing_metadata() or ()).get("copilot-error-reason", "")
+    return str(dict(error.trailing_metadata() or ()).get("copilot-error-reason", ""))
 
 
 async def test_a_tool_result_sent_through_another_daemon_is_recorded_once(
