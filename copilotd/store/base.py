@@ -81,7 +81,11 @@ The contract:
   time (``queue``: add one, at the end or first, and remove one by id), so
   that daemons queueing and dequeuing at once on one session lose nothing.
   Adding a message already queued changes nothing (a message sent again
-  through another daemon is queued once).
+  through another daemon is queued once). The queue is first in, first out
+  across daemons: opening a turn while messages are queued raises
+  ``TurnBusy`` unless the same call removes a queued message (the one the
+  turn answers), so a message sent while others wait is queued behind them
+  even when no turn runs (its daemon died between two turns).
 * **Changes from other daemons.** ``watch`` reports, from a thread of the
   store's, what other daemons committed (``StoreChange``); ``None`` means
   reports may have been missed and the watcher should re-read what it
