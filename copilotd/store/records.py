@@ -101,8 +101,9 @@ def check_turn(
         left = {queued.message_id for queued in (record.pending if pending is None else pending)}
         left.discard("" if queue is None else queue.remove)
         if all(queued.message_id in left for queued in record.pending):
+            waiting = len(record.pending)
             raise TurnBusy(
-                session_id, f"{len(record.pending)} queued message(s) go first (first in, first out)"
+                session_id, f"{waiting} queued message(s) go first (first in, first out)"
             )
 
 
