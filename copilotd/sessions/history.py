@@ -1,4 +1,5 @@
-"""Reading a session's persisted events: pages, the newest few, and a live stream.
+"""Reading a session's persisted events: pages, the newest few, and a live stream;
+and where the API's pure reads of the store run (``StoreReads``).
 
 Every read is bounded by bytes (``PAGE_BYTES``) as well as by count, so a
 session of large events never produces an oversized response.
@@ -6,7 +7,9 @@ session of large events never produces an oversized response.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Any, TypeVar
 
 from copilotd import events as ev
 from copilotd.errors import MessageIdTakenError, SessionNotFoundError
@@ -16,11 +19,28 @@ from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.store_errors import store_errors
 from copilotd.store import Store
 
+T = TypeVar("T")
+
 STREAM_BATCH_EVENTS = 256
 # A stream's batches are smaller than a page: a client that stops reading
 # leaves its last batch pinned in the daemon (queued for the connection) for
 # as long as the stream lasts, so this bounds what each such stream costs.
 STREAM_BATCH_BYTES = 256 * 1024
+
+
+class StoreReads:
+    """Runs reads of the store for the API: off the event loop when the store is a
+    database server, so that a slow query holds up that call alone (the local
+    stores' reads are memory lookups, cheaper than a hop to a thread)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def __call__(self, read: Callable[..., T], *args: Any) -> T:
+        """``read(*args)``: a call that only reads the store (no session state)."""
+        if self._store.shared:
+            return await asyncio.to_thread(read, *args)
+        return read(*args)
 
 
 class History:

@@ -42,7 +42,7 @@ from copilotd.providers import (
 )
 from copilotd.sessions.context_window import ContextWindow
 from copilotd.sessions.fanout import FanOut
-from copilotd.sessions.history import History
+from copilotd.sessions.history import History, StoreReads
 from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
 from copilotd.sessions.lifecycle import LifecycleEvent, LifecycleFeed
 from copilotd.sessions.peers import Delivery, PeerChanges
@@ -97,6 +97,8 @@ class SessionService:
         self._committer = committer
         self.fanout: FanOut[SessionEvent] = fanout or FanOut()
         self._history = History(store, self.fanout)
+        # What the API's pure reads run through (``StoreReads``).
+        self.reading = StoreReads(store)
         self.lifecycle = LifecycleFeed()
         self.providers = providers
         self.version = version
