@@ -33,7 +33,7 @@ from copilotd.errors import (
 )
 from copilotd.sessions.state import SessionState
 from copilotd.sessions.turns import TurnEngine
-from copilotd.store import SessionRecord, Store
+from copilotd.store import SessionRecord, Store, StoreChange
 from copilotd.store.relay import Relay, RequestAnswer, TurnRequest
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,15 @@ class TurnRelay:
             if not self._wakers[session_id]:
                 del self._wakers[session_id]
             await asyncio.to_thread(self._relay.forget, posted)
+
+    def heard(self, change: StoreChange | None) -> bool:
+        """Act on a change another daemon reported; True when it was for the relay alone
+        (a request to serve here, or the answer to one posted here)."""
+        if change is not None and change.kind == "request":
+            self.look_soon()
+            return True
+        self.wake(None if change is None else change.session_id)
+        return change is not None and change.kind == "answer"
 
     def wake(self, session_id: str | None) -> None:
         """Something changed for ``session_id`` (None: for any): its posters look again."""

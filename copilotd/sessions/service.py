@@ -40,6 +40,7 @@ from copilotd.providers import (
     check_provider_config,
     public_provider_config,
 )
+from copilotd.sessions import live
 from copilotd.sessions.context_window import ContextWindow
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.history import History, StoreReads
@@ -274,9 +275,12 @@ class SessionService:
             event.sequence = state.last_sequence
             event.parent_id = state.last_event_id
         self.fanout.publish(session_id, [event])
+        if self._store.relay is not None and event.type == ev.ASSISTANT_MESSAGE_DELTA:
+            live.forward(self._store.relay, session_id, event)
 
     def has_audience(self, session_id: str) -> bool:
-        return self.fanout.has_audience(session_id)
+        # On a shared store, subscribers of other daemons may want the deltas too.
+        return self._store.relay is not None or self.fanout.has_audience(session_id)
 
     def load_context(self, session_id: str) -> ContextWindow:
         """The session's recent user and assistant messages (cached per session)."""
@@ -546,14 +550,11 @@ class SessionService:
 
     def on_store_change(self, change: StoreChange | None) -> None:
         """Another daemon committed ``change`` (None: changes may have been missed)."""
-        if self._relay is not None:
-            if change is not None and change.kind == "request":
-                self._relay.look_soon()
-                return
-            self._relay.wake(None if change is None else change.session_id)
-            if change is not None and change.kind == "answer":
-                return
-        self._peers.changed(change)
+        if change is not None and change.kind == "live":
+            state = self._states.get(change.session_id)
+            live.receive(self.fanout, self._delivery, state, change)
+        elif self._relay is None or not self._relay.heard(change):
+            self._peers.changed(change)
 
     async def serve_relayed(self) -> None:
         """Serve the calls other daemons relayed to the turns running here (the periodic

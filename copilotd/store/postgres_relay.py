@@ -8,19 +8,21 @@ covers a notification lost with a dropped connection.
 
 Live events (a running turn's deltas) go out on ``LIVE_CHANNEL`` from one
 thread of their own, in the order they were published, batched in one
-transaction per wake-up: publishing never waits for the database. They are
-best-effort: a payload over PostgreSQL's 8000 bytes, or one published while
-the database is unreachable or more than ``LIVE_BACKLOG`` behind, is dropped.
+transaction per wake-up: publishing never waits for the database. Every
+write transaction first sends those still waiting (``notify_live``, under
+``live_lock``), so a live event published before a commit reaches the other
+daemons before that commit's own notification. They are best-effort: a
+payload over PostgreSQL's 8000 bytes, or one published while the database is
+unreachable or more than ``LIVE_BACKLOG`` behind, is dropped.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
-import queue
 import threading
+from collections import deque
 from typing import Any, Final
 
 import psycopg
@@ -77,9 +79,14 @@ class PostgresRelay(Relay):
     def __init__(self, pool: ConnectionPool[Any], owner: str) -> None:
         self._pool = pool
         self._owner = owner
-        self._live: queue.Queue[str | None] = queue.Queue(LIVE_BACKLOG)
+        self._live: deque[str] = deque()
+        # Guards ``_live``, ``_sender`` and ``_stopping``; the sender waits on it.
+        self._live_ready = threading.Condition()
         self._sender: threading.Thread | None = None
-        self._sender_lock = threading.Lock()
+        self._stopping = False
+        # Held while live events are sent: by the sender, and by each write
+        # transaction until it commits (``notify_live``).
+        self.live_lock = threading.Lock()
 
     def post(self, request: TurnRequest) -> int:
         body = {
@@ -180,47 +187,51 @@ class PostgresRelay(Relay):
         payload = live_payload(session_id, last_sequence, self._owner, event)
         if len(payload.encode()) > MAX_PAYLOAD_BYTES:
             return  # best-effort: the caller splits what it can
-        with self._sender_lock:
+        with self._live_ready:
+            if self._stopping:
+                return
             if self._sender is None:
                 self._sender = threading.Thread(
                     target=self._send_live, name="copilotd-live-sender", daemon=True
                 )
                 self._sender.start()
-        # When the database is far behind, live events are the first thing to give.
-        with contextlib.suppress(queue.Full):
-            self._live.put_nowait(payload)
+            # When the database is far behind, live events are the first thing to give.
+            if len(self._live) < LIVE_BACKLOG:
+                self._live.append(payload)
+                self._live_ready.notify()
 
     def close(self) -> None:
         """Stop the live sender (what it has not sent yet is dropped)."""
-        with self._sender_lock:
+        with self._live_ready:
+            self._stopping = True
             sender, self._sender = self._sender, None
+            self._live_ready.notify()
         if sender is not None:
-            while True:  # room for the stop mark: drop the backlog
-                try:
-                    self._live.put_nowait(None)
-                    break
-                except queue.Full:
-                    self._drain()
             sender.join()
 
-    def _drain(self) -> list[str | None]:
-        batch: list[str | None] = []
-        while True:
-            try:
-                batch.append(self._live.get_nowait())
-            except queue.Empty:
-                return batch
+    def notify_live(self, connection: psycopg.Connection[Any]) -> None:
+        """Send the live events published so far in ``connection``'s transaction; the
+        caller holds ``live_lock`` until it commits. A write transaction does this
+        first, so every live event published before a commit is delivered before it."""
+        with self._live_ready:
+            payloads = list(self._live)
+            self._live.clear()
+        for payload in payloads:
+            connection.execute("SELECT pg_notify(%s, %s)", (LIVE_CHANNEL, payload))
 
     def _send_live(self) -> None:
         while True:
-            batch = [self._live.get(), *self._drain()]
-            payloads = [payload for payload in batch if payload is not None]
+            with self._live_ready:
+                self._live_ready.wait_for(lambda: bool(self._live) or self._stopping)
+                if self._stopping:
+                    return
             try:
-                if payloads:
-                    with self._pool.connection() as connection, connection.transaction():
-                        for payload in payloads:
-                            connection.execute("SELECT pg_notify(%s, %s)", (LIVE_CHANNEL, payload))
+                # The lock first, as a write transaction takes it: events leave in order.
+                with (
+                    self.live_lock,
+                    self._pool.connection() as connection,
+                    connection.transaction(),
+                ):
+                    self.notify_live(connection)
             except psycopg.Error as error:
-                log.info("live events dropped (%d): %s", len(payloads), str(error).strip())
-            if None in batch:
-                return
+                log.info("live events dropped: %s", str(error).strip())

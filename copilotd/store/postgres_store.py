@@ -202,7 +202,13 @@ class PostgresStore(Store):
             raise AssertionError("unreachable")
 
     def _run_batch(self, operations: list[Callable[[StoreWriter], T]]) -> list[T | StoreError]:
-        with self._pool.connection() as connection, connection.transaction():
+        with (
+            self._relay.live_lock,
+            self._pool.connection() as connection,
+            connection.transaction(),
+        ):
+            # Live events published before this commit are delivered before it.
+            self._relay.notify_live(connection)
             writer = PostgresWriter(connection, self.lease_owner, self.lease_seconds)
             return [writer.run(operation) for operation in operations]
 
