@@ -284,3 +284,30 @@ async def test_a_permission_decided_through_another_daemon_lets_the_turn_go_on(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_an_abort_for_a_dead_daemon_s_turn_is_served_by_the_daemon_taking_it_over(
+    pair: list[DaemonProcess],
+) -> None:
+    doomed, survivor = pair
+    a, b = channel_to(doomed), channel_to(survivor)
+    try:
+        session_id, on_a = await session_with_tool(a, skip_permission=True)
+        await stub(a).SendMessage(
+            pb.SendMessageRequest(session_id=session_id, prompt=CALL, message_id="m1")
+        )
+        await wait_for(on_a, "external_tool.requested")
+        doomed.kill()
+        # Posted for A, which never hears it; once A's lease expires, B takes the
+        # turn over (it waits for its tool call again) and serves the abort itself.
+        aborted = await stub(b).AbortTurn(
+            pb.AbortTurnRequest(session_id=session_id, reason="A is gone"), timeout=WAIT
+        )
+        assert aborted.aborted
+        events = await logged(b, session_id)
+        check_log(events)
+        assert ends(events) == [("m1", ABORTED, "A is gone")]
+        assert "waits again" in survivor.wait_for_output("waits again")
+    finally:
+        await a.close()
+        await b.close()
