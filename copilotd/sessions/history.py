@@ -36,11 +36,11 @@ class StoreReads:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def __call__(self, read: Callable[..., T], *args: Any) -> T:
-        """``read(*args)``: a call that only reads the store (no session state)."""
+    async def __call__(self, read: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``read(*args, **kwargs)``: a call that only reads the store (no session state)."""
         if self._store.shared:
-            return await asyncio.to_thread(read, *args)
-        return read(*args)
+            return await asyncio.to_thread(read, *args, **kwargs)
+        return read(*args, **kwargs)
 
 
 class History:
@@ -49,6 +49,8 @@ class History:
     def __init__(self, store: Store, fanout: FanOut[SessionEvent]) -> None:
         self._store = store
         self._fanout = fanout
+        # Shared with the service: its pure reads run the same way.
+        self.reads = StoreReads(store)
 
     def page(
         self, session_id: str, cursor: int, limit: int, newest_first: bool
@@ -127,7 +129,8 @@ class History:
             cursor = after_sequence
             while True:
                 with store_errors(session_id):
-                    page = self._store.read_events(
+                    page = await self.reads(
+                        self._store.read_events,
                         session_id,
                         after=cursor,
                         limit=STREAM_BATCH_EVENTS,
@@ -135,7 +138,7 @@ class History:
                     )
                     if page:
                         cursor = page[-1].sequence
-                    caught_up = not page or self._read_to_end(session_id, cursor)
+                    caught_up = not page or await self.reads(self._read_to_end, session_id, cursor)
                 subscription.hold(sum(event.ByteSize() for event in page))
                 yield page, caught_up
                 if caught_up:

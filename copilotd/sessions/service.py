@@ -43,7 +43,7 @@ from copilotd.providers import (
 from copilotd.sessions import live
 from copilotd.sessions.context_window import ContextWindow
 from copilotd.sessions.fanout import FanOut
-from copilotd.sessions.history import History, StoreReads
+from copilotd.sessions.history import History
 from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
 from copilotd.sessions.lifecycle import LifecycleEvent, LifecycleFeed
 from copilotd.sessions.peers import Delivery, PeerChanges
@@ -99,7 +99,7 @@ class SessionService:
         self.fanout: FanOut[SessionEvent] = fanout or FanOut()
         self._history = History(store, self.fanout)
         # What the API's pure reads run through (``StoreReads``).
-        self.reading = StoreReads(store)
+        self.reading = self._history.reads
         self.lifecycle = LifecycleFeed()
         self.providers = providers
         self.version = version
@@ -362,7 +362,7 @@ class SessionService:
         read their sessions (and delete some to make room).
         """
         self._check_running()
-        record = self._record(session_id)
+        record = await self.reading(self._record, session_id)
         state = self._state(record)
         resume = ev.make_event(
             ev.SESSION_RESUME,
@@ -386,10 +386,9 @@ class SessionService:
         if provider is not None:
             await self.providers.hold_session_provider(session_id, provider)
         if not continue_pending_work and await self._turns.calls.close_not_continued(state):
-            record = self._record(session_id)
-        tail = (
-            self._history.tail(session_id, min(tail_events, MAX_PAGE_SIZE)) if tail_events else []
-        )
+            record = await self.reading(self._record, session_id)
+        count = min(tail_events, MAX_PAGE_SIZE)
+        tail = await self.reading(self._history.tail, session_id, count) if tail_events else []
         return record.metadata, tail, recorded
 
     def list_sessions(
@@ -474,7 +473,7 @@ class SessionService:
                 "model is empty; name one of client.list_models()",
                 Reason.ERROR_REASON_UNKNOWN_MODEL,
             )
-        record = self._record(session_id)
+        record = await self.reading(self._record, session_id)
         if record.metadata.model == model:
             return record.metadata
         if not record.metadata.provider.type:  # a session's own provider serves any name
@@ -488,7 +487,7 @@ class SessionService:
 
     async def abort_turn(self, session_id: str, reason: str) -> bool:
         check_label(reason, "reason")
-        record = self._record(session_id)
+        record = await self.reading(self._record, session_id)
         state = self._states.get(session_id)
         if state is not None and state.turn is not None:
             await self._turns.cancel(state.turn, reason=reason or "aborted by a client")
@@ -505,7 +504,7 @@ class SessionService:
         """Record a client's result for a waiting call; False when it was already (a retry)."""
         check_label(tool_call_id, "tool_call_id")
         check_result(result)
-        record = self._record(session_id)
+        record = await self.reading(self._record, session_id)
         state = self._state(record)
         if self._relay is not None and self._relay.elsewhere(record, state):
             return await self._relay.tool_result(record, tool_call_id, result)
@@ -516,7 +515,7 @@ class SessionService:
     ) -> bool:
         check_label(request_id, "request_id")
         check_label(reason, "reason")  # like an abort's reason
-        record = self._record(session_id)
+        record = await self.reading(self._record, session_id)
         state = self._state(record)
         if self._relay is not None and self._relay.elsewhere(record, state):
             return await self._relay.permission(record, request_id, approved, reason)
