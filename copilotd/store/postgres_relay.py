@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 # PostgreSQL refuses a notification payload of 8000 bytes or more.
 MAX_PAYLOAD_BYTES: Final = 7999
 LIVE_BACKLOG: Final = 4096
-# Answered requests whose poster never came back for the answer (it died).
-STALE_ANSWERS: Final = "1 hour"
+# Requests whose poster never came back (it died): every poster gives up
+# long before (``sessions.relay``), so an older row is nobody's.
+ABANDONED_AFTER: Final = "1 hour"
 
 _COLUMNS: Final = "r.request_id, r.session_id, r.turn_id, r.kind, r.body"
 
@@ -115,8 +116,8 @@ class PostgresRelay(Relay):
     def waiting(self) -> list[TurnRequest]:
         with self._pool.connection() as connection:
             connection.execute(
-                f"DELETE FROM {SCHEMA}.turn_requests WHERE answer IS NOT NULL"
-                f" AND created_at < now() - interval '{STALE_ANSWERS}'"
+                f"DELETE FROM {SCHEMA}.turn_requests"
+                f" WHERE created_at < now() - interval '{ABANDONED_AFTER}'"
             )
             rows = connection.execute(
                 f"SELECT {_COLUMNS} FROM {SCHEMA}.turn_requests r"
