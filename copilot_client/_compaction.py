@@ -49,6 +49,16 @@ class InfiniteSessionConfig:
             return value
         return cls(**dict(value))
 
+    @classmethod
+    def from_proto(cls, proto: events_pb2.InfiniteSessionConfig) -> InfiniteSessionConfig:
+        """The wire form, the daemon's defaults filled in where it holds 0."""
+        return cls(
+            enabled=proto.enabled,
+            background_compaction_threshold=proto.background_compaction_threshold or 0.80,
+            buffer_exhaustion_threshold=proto.buffer_exhaustion_threshold or 0.95,
+            summary_max_tokens=proto.summary_max_tokens or None,
+        )
+
     def to_proto(self) -> events_pb2.InfiniteSessionConfig:
         return events_pb2.InfiniteSessionConfig(
             enabled=self.enabled,
@@ -87,7 +97,9 @@ class CompactionResult:
     messages_removed: int
     """Messages the summary replaced in the model's context (the log keeps them)."""
     from_sequence: int
-    """First event the summary covers (it carries the previous summary's too)."""
+    """First event this compaction summarised (the previous summary's
+    ``up_to_sequence`` + 1, or 1); the summary carries the previous one, so it
+    stands for every event up to ``up_to_sequence``."""
     up_to_sequence: int
     """Last event it covers; the model sees the events after this verbatim."""
     chunks: int

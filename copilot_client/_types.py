@@ -227,6 +227,11 @@ class SessionMetadata:
     provider: ProviderConfig | None = None
     """Its own provider, secrets left out; ``None``: the daemon's configured ones."""
 
+    infinite_sessions: InfiniteSessionConfig | None = None
+    """Its compaction settings; ``None``: automatic compaction off."""
+    compaction_count: int = 0
+    """Compactions that completed so far."""
+
     @classmethod
     def from_proto(cls, proto: copilot_pb2.SessionMetadata) -> SessionMetadata:
         """Converts the wire form."""
@@ -244,6 +249,12 @@ class SessionMetadata:
             input_tokens=proto.input_tokens,
             output_tokens=proto.output_tokens,
             provider=ProviderConfig.from_proto(proto.provider),
+            infinite_sessions=(
+                InfiniteSessionConfig.from_proto(proto.infinite_sessions)
+                if proto.HasField("infinite_sessions")
+                else None
+            ),
+            compaction_count=proto.compaction_count,
         )
 
 

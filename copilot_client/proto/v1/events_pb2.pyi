@@ -1223,9 +1223,11 @@ class SessionCompactionCompleteData(_message.Message):
     pre_compaction_messages_length: _builtins.int
     summary_content: _builtins.str
     from_sequence: _builtins.int
-    """The range the summary covers (it carries the previous summary's too):
-    events from_sequence..up_to_sequence, always ending between whole tool
-    call/result pairs.
+    """The events this compaction summarised, from_sequence..up_to_sequence
+    (from_sequence is 1, or the previous summary's up_to_sequence + 1: the
+    summary carries the previous one, so it stands for every event up to
+    up_to_sequence). The range always ends between whole tool call/result
+    pairs.
     """
     up_to_sequence: _builtins.int
     chunks: _builtins.int
