@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from copilot_client import (
+    CompactionFailedError,
     CopilotClient,
     CopilotSession,
     DaemonUnavailableError,
@@ -29,7 +30,15 @@ from copilot_client import (
 from copilotd.providers.base import SUMMARY_HEADING
 from copilotd.sessions.compaction import SUMMARIZER_INSTRUCTIONS
 from tests.support.daemon_process import DaemonProcess
-from tests.support.fake_model_server import Call, FakeModelServer, Reply, Request, calls, stream
+from tests.support.fake_model_server import (
+    Call,
+    FakeModelServer,
+    Reply,
+    Request,
+    calls,
+    error,
+    stream,
+)
 from tests.support.session_events import Recorder, check_log_integrity, types
 from tests.support.store_check import check_store
 
@@ -290,5 +299,47 @@ async def test_sigkill_during_a_compaction_leaves_the_session_as_before(
             assert result.summary_content == FACT and result.from_sequence == 1
             await ask(session, "five")
             assert contents(server.requests[6], "user") == ["three", "four", "five"]
+    finally:
+        daemon.kill()
+
+
+async def test_a_failed_or_interrupted_compaction_leaves_the_context_as_before(
+    short_tmp: Path, server: FakeModelServer
+) -> None:
+    daemon = start_daemon(short_tmp, server)
+    server.script(*fine(3), error(500, "the summariser is down"), fine(1)[0], Reply(hang=True))
+    try:
+        async with CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client:
+            session = await client.create_session(
+                SessionConfig(infinite_sessions={"enabled": False})
+            )
+            for prompt in (f"Hello. {FACT}", "two", "three"):
+                await ask(session, prompt)
+            with pytest.raises(CompactionFailedError, match="the summariser is down"):
+                await session.compact()
+            history = await session.get_messages()
+            failed = history[-1]
+            assert failed.type is T.SESSION_COMPACTION_COMPLETE and failed.data.success is False
+            assert "the summariser is down" in (failed.data.error or "")
+            await ask(session, "four")
+            assert contents(server.requests[4], "user")[0] == f"Hello. {FACT}"
+
+            # Shutdown in the middle of one: the daemon stops it and exits.
+            compacting = asyncio.create_task(session.compact())
+            await server.wait_for_async(lambda rs: len(rs) == 6)
+            assert daemon.terminate() == 0
+            with pytest.raises(DaemonUnavailableError):
+                await compacting
+        daemon.start()
+        server.script(stream("Fine again."))
+        async with CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client:
+            session = await client.resume_session(session.session_id)
+            await ask(session, "five")
+            request = server.requests[6]
+            assert SUMMARY_HEADING not in contents(request, "system")[0]
+            assert contents(request, "user")[0] == f"Hello. {FACT}"
+            history = await session.get_messages()
+            assert types(history).count(T.SESSION_COMPACTION_START) == 2
+            assert types(history).count(T.SESSION_COMPACTION_COMPLETE) == 1
     finally:
         daemon.kill()
