@@ -11,8 +11,10 @@ triggers, tool pairs and crashes against a strict provider server.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -29,6 +31,7 @@ from copilot_client import (
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
 from copilot_client.wire import REASON_METADATA_KEY as REASON
+from tests.support.cli import copilotd, ok
 from tests.support.daemon_process import DaemonProcess
 from tests.support.session_events import check_log_integrity
 
@@ -200,3 +203,30 @@ async def test_compact_session_on_the_wire(
     assert data.success and data.trigger == events_pb2.COMPACTION_TRIGGER_MANUAL
     assert data.summary_content == FACT and data.custom_instructions == "be brief"
     assert data.chunks == 1 and data.messages_removed == 2
+
+
+async def test_export_and_search_see_every_event_and_an_import_keeps_the_summary(
+    daemon: DaemonProcess, client: CopilotClient, tmp_path: Path
+) -> None:
+    session = await client.create_session(
+        SessionConfig(session_id="long", infinite_sessions=MANUAL_ONLY)
+    )
+    for prompt in (f"{FACT}\nabout the zeppelin", "two", "three", "four"):
+        await ask(session, prompt)
+    await session.compact()
+    exported = tmp_path / "long.jsonl"
+    ok(copilotd(daemon, "export", "long", "-o", str(exported)))
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    kinds = [line["event"]["type"] for line in lines if line.get("kind") == "event"]
+    assert kinds.count("user.message") == 4  # the summarised ones too
+    assert kinds[-2:] == ["session.compaction_start", "session.compaction_complete"]
+    hits = await client.search_sessions("zeppelin")
+    assert 2 in [hit.sequence for hit in hits.hits]  # the first message, summarised
+
+    ok(copilotd(daemon, "sessions", "delete", "--yes", "long"))
+    ok(copilotd(daemon, "import", str(exported)))
+    imported = await client.resume_session("long")
+    answer = await ask(imported, "five")
+    assert f"The summary I was given: {FACT}." in answer
+    assert recalled_count(answer) == 2
+    assert await compactions(client, "long") == 1

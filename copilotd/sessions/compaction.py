@@ -253,7 +253,10 @@ class Compactor:
         if task.cancelled():
             return
         error = task.exception()
-        if isinstance(error, ServiceError):
+        if isinstance(error, NothingToCompactError):
+            # Usual when the latest turns alone fill the window; not worth a warning.
+            log.info("session %s: compaction: %s", session_id, error.message)
+        elif isinstance(error, ServiceError):
             log.warning("session %s: compaction: %s", session_id, error.message)
         elif error is not None:
             log.error("session %s: compaction failed", session_id, exc_info=error)
