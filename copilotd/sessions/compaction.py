@@ -56,7 +56,7 @@ from copilotd.events import SessionEvent
 from copilotd.providers import ChatMessage, ChatRequest, ModelRoute, ProviderError, TextDelta
 from copilotd.redaction import REDACTOR
 from copilotd.sessions.context_window import ContextWindow
-from copilotd.sessions.state import TurnHost
+from copilotd.sessions.state import RunningTurn, TurnHost
 from copilotd.sessions.token_budget import BYTES_PER_TOKEN, estimate_tokens, message_tokens
 
 log = logging.getLogger(__name__)
@@ -223,15 +223,6 @@ class Compactor:
         self._host = host
         self._running: dict[str, asyncio.Task[SessionEvent]] = {}
 
-    def settings(self, session_id: str) -> CompactionSettings:
-        record = self._host.store.get_session(session_id)
-        if record is None or not record.metadata.HasField("infinite_sessions"):
-            return CompactionSettings()
-        return CompactionSettings.of(record.metadata.infinite_sessions)
-
-    def running(self, session_id: str) -> bool:
-        return session_id in self._running
-
     def start(
         self, session_id: str, trigger: Trigger.ValueType, custom_instructions: str = ""
     ) -> asyncio.Task[SessionEvent]:
@@ -268,30 +259,34 @@ class Compactor:
             self.start(session_id, Trigger.COMPACTION_TRIGGER_MANUAL, custom_instructions)
         )
 
-    def after_turn(self, session_id: str, route: ModelRoute, context_tokens: int) -> None:
+    def forget(self, session_id: str) -> None:
+        """Stop the compaction of a deleted session (its commit would fail anyway)."""
+        task = self._running.get(session_id)
+        if task is not None:
+            task.cancel()
+
+    def after_turn(self, turn: RunningTurn, route: ModelRoute, context_tokens: int) -> None:
         """Start a background compaction when a finished turn left the context at its threshold."""
-        if not route.prompt_budget or session_id in self._running:
+        if not route.prompt_budget or turn.session_id in self._running:
             return
-        settings = self.settings(session_id)
-        if (
-            settings.enabled
-            and context_tokens >= settings.background_threshold * route.prompt_budget
-        ):
-            self.start(session_id, Trigger.COMPACTION_TRIGGER_THRESHOLD)
+        settings = CompactionSettings.of(turn.infinite_sessions)
+        threshold = settings.background_threshold * route.prompt_budget
+        if settings.enabled and context_tokens >= threshold:
+            self.start(turn.session_id, Trigger.COMPACTION_TRIGGER_THRESHOLD)
 
     async def before_model_call(
-        self, session_id: str, route: ModelRoute, context_tokens: int
+        self, turn: RunningTurn, route: ModelRoute, context_tokens: int
     ) -> bool:
         """Wait for a compaction when the context is at its exhaustion threshold;
         whether one completed (the caller then builds its context again)."""
         if not route.prompt_budget:
             return False
-        settings = self.settings(session_id)
+        settings = CompactionSettings.of(turn.infinite_sessions)
         if not settings.enabled or context_tokens < (
             settings.exhaustion_threshold * route.prompt_budget
         ):
             return False
-        task = self.start(session_id, Trigger.COMPACTION_TRIGGER_EXHAUSTION)
+        task = self.start(turn.session_id, Trigger.COMPACTION_TRIGGER_EXHAUSTION)
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:

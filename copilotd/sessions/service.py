@@ -444,6 +444,7 @@ class SessionService:
         self.purger.kick()
         state = self._states.pop(session_id, None)
         self.idle_contexts.take(session_id)
+        self._turns.compactor.forget(session_id)
         terminal = ev.make_event(ev.SESSION_DELETED, session_id=session_id)
         if state is not None:
             state.fail_waiters(SessionNotFoundError(session_id))

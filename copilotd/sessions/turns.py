@@ -193,6 +193,7 @@ class TurnEngine:
         turn.model = record.metadata.model
         turn.system_message.CopyFrom(record.metadata.system_message)
         turn.route = self._host.providers.route_for(record.metadata)
+        turn.infinite_sessions.CopyFrom(record.metadata.infinite_sessions)
         turn.tools = tool_specs(record.metadata.tools)
         turn.skip_permission = frozenset(
             tool.name for tool in record.metadata.tools if tool.skip_permission
@@ -246,7 +247,7 @@ class TurnEngine:
         context = host.load_context(turn.session_id)
         system = self._system(turn, context)
         if await self.compactor.before_model_call(
-            turn.session_id, route, message_tokens(system) + context.tokens
+            turn, route, message_tokens(system) + context.tokens
         ):
             # The compaction's commit has updated the cached context.
             context = host.load_context(turn.session_id)
@@ -369,7 +370,7 @@ class TurnEngine:
             )
         await self._finish(turn, events)
         if context_tokens and not host.shutting_down:
-            self.compactor.after_turn(turn.session_id, route, context_tokens)
+            self.compactor.after_turn(turn, route, context_tokens)
 
     @staticmethod
     def _check_answer_size(turn: RunningTurn, limit: int) -> None:
