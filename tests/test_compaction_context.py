@@ -1,15 +1,12 @@
-"""What the model's context holds around compactions, read from a real LMDB store:
-the latest completed summary and the events after its range; starts without a
-complete and failed compactions change nothing; the range keeps tool pairs whole.
+"""What the model's context holds around compactions, read from every store backend
+(memory, LMDB, PostgreSQL): the latest completed summary and the events after its
+range; starts without a complete and failed compactions change nothing; the
+range keeps tool pairs whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from copilotd.events import (
     ASSISTANT_MESSAGE,
@@ -22,17 +19,11 @@ from copilotd.events import (
 from copilotd.providers import ChatMessage, ToolCall
 from copilotd.sessions.compaction import bounded, choose_cut, chunked
 from copilotd.sessions.context_window import ContextWindow
-from copilotd.store import LmdbStore, SessionEvent, SessionMetadata
+from copilotd.store import SessionEvent, SessionMetadata, Store
+from tests.support.store_ops import Backend, LmdbBackend, MemoryBackend, PostgresBackend
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[LmdbStore]:
-    store = LmdbStore.open(tmp_path / "store")
-    yield store
-    store.close()
-
-
-def seed(store: LmdbStore, events: list[SessionEvent]) -> None:
+def seed(store: Store, events: list[SessionEvent]) -> None:
     (result,) = store.write_batch(
         [lambda w: w.create_session(SessionMetadata(session_id="s"), events)]
     )
@@ -70,45 +61,66 @@ def contents(window: ContextWindow) -> list[str]:
     return [m.content for m in window.messages]
 
 
-def test_the_context_is_the_latest_summary_and_what_follows_its_range(store: LmdbStore) -> None:
-    seed(
-        store,
-        [
-            user("q1"),  # 1
-            answer("a1"),  # 2
-            user("q2"),  # 3
-            answer("a2"),  # 4
-            complete(2, "first summary"),  # 5
-            user("q3"),  # 6
-            answer("a3"),  # 7
-            # The second compaction covers up to 4; q3 came before it was written.
-            complete(4, "second summary"),  # 8
-            user("q4"),  # 9
-        ],
-    )
-    window = ContextWindow.load(store, "s")
-    assert window.summary == "second summary" and window.summary_covers == 4
-    assert contents(window) == ["q3", "a3", "q4"]
+class CompactedContext(Backend):
+    """Loading a session's context around its compactions, the same on every backend."""
+
+    def test_the_context_is_the_latest_summary_and_what_follows_its_range(
+        self, store: Store
+    ) -> None:
+        seed(
+            store,
+            [
+                user("q1"),  # 1
+                answer("a1"),  # 2
+                user("q2"),  # 3
+                answer("a2"),  # 4
+                complete(2, "first summary"),  # 5
+                user("q3"),  # 6
+                answer("a3"),  # 7
+                # The second compaction covers up to 4; q3 came before it was written.
+                complete(4, "second summary"),  # 8
+                user("q4"),  # 9
+            ],
+        )
+        window = ContextWindow.load(store, "s")
+        assert window.summary == "second summary" and window.summary_covers == 4
+        assert contents(window) == ["q3", "a3", "q4"]
+
+    def test_a_start_without_its_complete_or_a_failure_changes_nothing(self, store: Store) -> None:
+        seed(
+            store,
+            [
+                user("q1"),
+                answer("a1"),
+                user("q2"),
+                answer("a2"),
+                # The daemon was killed during this one ...
+                make_event(SESSION_COMPACTION_START, up_to_sequence=2, from_sequence=1),
+                # ... and this one failed.
+                make_event(SESSION_COMPACTION_COMPLETE, success=False, up_to_sequence=4, error="x"),
+                user("q3"),
+            ],
+        )
+        window = ContextWindow.load(store, "s")
+        assert window.summary == "" and window.summary_covers == 0
+        assert contents(window) == ["q1", "a1", "q2", "a2", "q3"]
+
+    def test_the_store_counts_completed_compactions(self, store: Store) -> None:
+        seed(store, [user("q1"), complete(1, "s"), make_event(SESSION_COMPACTION_COMPLETE)])
+        record = store.get_session("s")
+        assert record is not None and record.metadata.compaction_count == 1
 
 
-def test_a_start_without_its_complete_or_a_failure_changes_nothing(store: LmdbStore) -> None:
-    seed(
-        store,
-        [
-            user("q1"),
-            answer("a1"),
-            user("q2"),
-            answer("a2"),
-            # The daemon was killed during this one ...
-            make_event(SESSION_COMPACTION_START, up_to_sequence=2, from_sequence=1),
-            # ... and this one failed.
-            make_event(SESSION_COMPACTION_COMPLETE, success=False, up_to_sequence=4, error="x"),
-            user("q3"),
-        ],
-    )
-    window = ContextWindow.load(store, "s")
-    assert window.summary == "" and window.summary_covers == 0
-    assert contents(window) == ["q1", "a1", "q2", "a2", "q3"]
+class TestMemoryContext(MemoryBackend, CompactedContext):
+    pass
+
+
+class TestLmdbContext(LmdbBackend, CompactedContext):
+    pass
+
+
+class TestPostgresContext(PostgresBackend, CompactedContext):
+    pass
 
 
 def test_a_cached_window_applies_a_compaction_committed_later() -> None:
