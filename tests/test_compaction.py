@@ -33,7 +33,7 @@ from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
 from copilot_client.wire import REASON_METADATA_KEY as REASON
 from tests.support.cli import copilotd, ok
 from tests.support.daemon_process import DaemonProcess
-from tests.support.session_events import check_log_integrity
+from tests.support.session_events import Recorder, check_log_integrity
 
 T = SessionEventType
 FACT = "remember: the launch code is 7421"
@@ -230,3 +230,32 @@ async def test_export_and_search_see_every_event_and_an_import_keeps_the_summary
     assert f"The summary I was given: {FACT}." in answer
     assert recalled_count(answer) == 2
     assert await compactions(client, "long") == 1
+
+
+async def test_the_offline_model_with_a_window_compacts_on_its_own(short_tmp: Path) -> None:
+    """The configuration client.md shows for trying automatic compaction offline."""
+    config = short_tmp / "config.toml"
+    config.write_text(
+        '[models]\ndefault = "offline"\n\n[providers.local]\ntype = "offline"\n'
+        'models = { "offline" = { context_window = 1500 } }\n'
+    )
+    daemon = DaemonProcess(short_tmp, ["--config", str(config)]).start()
+    try:
+        async with CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client:
+            session = await client.create_session(
+                SessionConfig(infinite_sessions=InfiniteSessionConfig())
+            )
+            recorder = Recorder()
+            session.on(recorder)
+            await ask(session, FACT)
+            turns = 1
+            while not any(e.type is T.SESSION_COMPACTION_START for e in recorder.events):
+                await ask(session, f"turn {turns} " + "words " * 60)
+                turns += 1
+            complete = await recorder.wait_type(T.SESSION_COMPACTION_COMPLETE)
+            assert complete.data.trigger == "threshold" and complete.data.summary_content == FACT
+            answer = await ask(session, "and now?")
+            assert f"The summary I was given: {FACT}." in answer
+            assert turns < 10
+    finally:
+        daemon.kill()
