@@ -25,6 +25,7 @@ from copilot_client import (
     InfiniteSessionConfig,
     SessionConfig,
     SessionEventType,
+    SessionNotFoundError,
     Tool,
 )
 from copilotd.providers.base import SUMMARY_HEADING
@@ -343,3 +344,20 @@ async def test_a_failed_or_interrupted_compaction_leaves_the_context_as_before(
             assert types(history).count(T.SESSION_COMPACTION_COMPLETE) == 1
     finally:
         daemon.kill()
+
+
+async def test_deleting_a_session_stops_its_compaction(
+    daemon_and_client: tuple[DaemonProcess, CopilotClient], server: FakeModelServer
+) -> None:
+    _, client = daemon_and_client
+    server.script(*fine(3), Reply(hang=True))
+    session = await client.create_session(SessionConfig(infinite_sessions={"enabled": False}))
+    for prompt in ("one", "two", "three"):
+        await ask(session, prompt)
+    compacting = asyncio.create_task(session.compact())
+    await server.wait_for_async(lambda rs: len(rs) == 4)
+    await client.delete_session(session.session_id)
+    with pytest.raises(SessionNotFoundError):
+        await compacting
+    # The summary request was given up, not left running.
+    await server.wait_for_async(lambda rs: rs[3].outcome == "disconnected")

@@ -51,6 +51,7 @@ from copilotd.errors import (
     Reason,
     ServiceError,
     SessionNotFoundError,
+    ShuttingDownError,
 )
 from copilotd.events import SessionEvent
 from copilotd.providers import ChatMessage, ChatRequest, ModelRoute, ProviderError, TextDelta
@@ -254,10 +255,21 @@ class Compactor:
 
     async def compact_now(self, session_id: str, custom_instructions: str) -> SessionEvent:
         """A manual compaction's complete event (or that of the one under way)."""
-        # Shielded: a caller giving up does not abort the compaction.
-        return await asyncio.shield(
-            self.start(session_id, Trigger.COMPACTION_TRIGGER_MANUAL, custom_instructions)
-        )
+        task = self.start(session_id, Trigger.COMPACTION_TRIGGER_MANUAL, custom_instructions)
+        return await self._outcome(session_id, task)
+
+    async def _outcome(self, session_id: str, task: asyncio.Task[SessionEvent]) -> SessionEvent:
+        """``task``'s complete event. Shielded: a caller giving up does not stop the
+        compaction; one stopped under the caller raises the service's error for why."""
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not task.cancelled() or (current is not None and current.cancelling()):
+                raise  # the caller itself is being cancelled
+            if self._host.shutting_down:
+                raise ShuttingDownError() from None
+            raise SessionNotFoundError(session_id) from None
 
     def forget(self, session_id: str) -> None:
         """Stop the compaction of a deleted session (its commit would fail anyway)."""
@@ -288,12 +300,7 @@ class Compactor:
             return False
         task = self.start(turn.session_id, Trigger.COMPACTION_TRIGGER_EXHAUSTION)
         try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if not task.cancelled() or (current is not None and current.cancelling()):
-                raise  # the turn itself is being cancelled
-            return False
+            await self._outcome(turn.session_id, task)
         except ServiceError:
             return False  # logged; the call goes on, trimmed to the budget
         return True
