@@ -259,3 +259,19 @@ async def test_the_offline_model_with_a_window_compacts_on_its_own(short_tmp: Pa
             assert turns < 10
     finally:
         daemon.kill()
+
+
+async def test_a_summary_stays_within_its_bound_dropping_the_oldest_lines(
+    client: CopilotClient,
+) -> None:
+    session = await client.create_session(
+        SessionConfig(infinite_sessions=InfiniteSessionConfig(enabled=False, summary_max_tokens=30))
+    )
+    facts = [f"remember: fact number {n} is {n * 1111}" for n in range(8)]  # ~35 bytes each
+    for fact in facts:
+        await ask(session, fact)
+    await ask(session, "and one more")
+    result = await session.compact()
+    kept = result.summary_content.splitlines()
+    assert len(result.summary_content.encode()) <= 30 * 3
+    assert kept == facts[7 - len(kept) : 7] and len(kept) == 2  # the newest summarised ones
