@@ -361,3 +361,38 @@ async def test_deleting_a_session_stops_its_compaction(
         await compacting
     # The summary request was given up, not left running.
     await server.wait_for_async(lambda rs: rs[3].outcome == "disconnected")
+
+
+async def test_a_turn_at_exhaustion_waits_for_the_background_compaction_under_way(
+    daemon_and_client: tuple[DaemonProcess, CopilotClient], server: FakeModelServer
+) -> None:
+    _, client = daemon_and_client
+    gate = threading.Event()
+    server.script(*fine(3), Reply(chunks=(FACT,), gate=gate), *fine(1))
+    settings = InfiniteSessionConfig(
+        background_compaction_threshold=0.5, buffer_exhaustion_threshold=0.7
+    )
+    session = await client.create_session(SessionConfig(infinite_sessions=settings))
+    recorder = Recorder()
+    session.on(recorder)
+    for prompt in (f"Hello. {FACT}", "two", "x" * 3000):
+        await ask(session, prompt)
+    await server.wait_for_async(lambda rs: len(rs) == 4 and rs[3].chunks_sent == 1)
+    waiting = asyncio.create_task(ask(session, "y" * 1500))  # past 0.7 of the window
+    await recorder.wait_type(T.ASSISTANT_TURN_START, count=4)
+    gate.set()
+    await waiting
+
+    summary, turn = server.requests[3:]
+    assert summary.ended_at is not None and summary.ended_at <= turn.received_at
+    assert contents(turn, "system")[0].endswith(f"{SUMMARY_HEADING}\n{FACT}")
+    history = await session.get_messages()
+    start = next(e for e in history if e.type is T.SESSION_COMPACTION_START)
+    assert start.data.trigger == "threshold"  # the one under way, not a second one
+    assert types(history)[-5:] == [
+        T.ASSISTANT_TURN_START,
+        T.SESSION_COMPACTION_COMPLETE,
+        T.ASSISTANT_MESSAGE,
+        T.ASSISTANT_USAGE,
+        T.ASSISTANT_TURN_END,
+    ]
