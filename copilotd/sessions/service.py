@@ -40,6 +40,7 @@ from copilotd.providers import (
     check_provider_config,
     public_provider_config,
 )
+from copilotd.sessions.compaction import check_infinite_sessions
 from copilotd.sessions.context_window import ContextWindow
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.history import History
@@ -287,6 +288,9 @@ class SessionService:
         metadata = SessionMetadata(session_id=session_id, model=model)
         check_tools(config.tools, "config.tools")
         metadata.tools.extend(config.tools)
+        if config.HasField("infinite_sessions"):
+            check_infinite_sessions(config.infinite_sessions, "config.infinite_sessions")
+            metadata.infinite_sessions.CopyFrom(config.infinite_sessions)
         if config.HasField("system_message"):
             check_enum(
                 config.system_message.mode,
@@ -338,6 +342,7 @@ class SessionService:
         provider: events_pb2.ProviderConfig | None = None,
         tools: Sequence[events_pb2.ToolDefinition] | None = None,
         continue_pending_work: bool = False,
+        infinite_sessions: events_pb2.InfiniteSessionConfig | None = None,
     ) -> tuple[SessionMetadata, list[SessionEvent], bool]:
         """Record a session.resume; ``provider`` (the session's own, again) is held in memory.
 
@@ -362,6 +367,9 @@ class SessionService:
             check_tools(tools, "tools")
             resume.session_resume.tools.extend(tools)
             resume.session_resume.tools_replaced = True
+        if infinite_sessions is not None:
+            check_infinite_sessions(infinite_sessions, "infinite_sessions")
+            resume.session_resume.infinite_sessions.CopyFrom(infinite_sessions)
         recorded = True
         try:
             record, _ = await self.append(session_id, [resume])
@@ -436,6 +444,7 @@ class SessionService:
         self.purger.kick()
         state = self._states.pop(session_id, None)
         self.idle_contexts.take(session_id)
+        self._turns.compactor.forget(session_id)
         terminal = ev.make_event(ev.SESSION_DELETED, session_id=session_id)
         if state is not None:
             state.fail_waiters(SessionNotFoundError(session_id))
@@ -470,6 +479,13 @@ class SessionService:
         record, _ = await self.append(session_id, [change])
         log.info("session %s now uses model %s", session_id, model)
         return record.metadata
+
+    async def compact_session(self, session_id: str, custom_instructions: str) -> SessionEvent:
+        """Summarise the session's older events now (``compaction``); the complete event."""
+        self._check_running()
+        check_label(custom_instructions, "custom_instructions", self.max_prompt_bytes)
+        self._state(self._record(session_id))
+        return await self._turns.compactor.compact_now(session_id, custom_instructions)
 
     async def abort_turn(self, session_id: str, reason: str) -> bool:
         check_label(reason, "reason")
@@ -540,6 +556,7 @@ class SessionService:
         """Stop taking work; end running turns with a marker; end live streams."""
         self._shutting_down = True
         await self.purger.close()
+        await self._turns.compactor.close()
         # Concurrently, so their end markers share commits; again while a send
         # that was already past its check has started one meanwhile.
         while running := [s.turn for s in self._states.values() if s.turn is not None]:
