@@ -41,6 +41,7 @@ from copilotd.providers import (
     public_provider_config,
 )
 from copilotd.sessions import live
+from copilotd.sessions.compaction import check_infinite_sessions
 from copilotd.sessions.context_window import ContextWindow
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.history import History
@@ -53,7 +54,8 @@ from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.sending import MessageSender
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
 from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
-from copilotd.sessions.tools import check_result, check_tools
+from copilotd.sessions.tools import check_tools
+from copilotd.sessions.turn_calls import TurnCalls
 from copilotd.sessions.turns import TurnEngine
 from copilotd.sessions.validation import (
     check_enum,
@@ -131,6 +133,13 @@ class SessionService:
         # The API's send calls, as the sender's own methods (documented there).
         self.send_message = sender.send_message
         self.send_message_and_wait = sender.send_message_and_wait
+        self._calls = TurnCalls(
+            self.reading, self._record, self._states, self._state, self._turns, self._relay
+        )
+        # The API's calls on a running turn, likewise.
+        self.abort_turn = self._calls.abort_turn
+        self.handle_pending_tool_call = self._calls.handle_pending_tool_call
+        self.handle_pending_permission = self._calls.handle_pending_permission
 
     @property
     def store(self) -> Store:
@@ -302,6 +311,9 @@ class SessionService:
         metadata = SessionMetadata(session_id=session_id, model=model)
         check_tools(config.tools, "config.tools")
         metadata.tools.extend(config.tools)
+        if config.HasField("infinite_sessions"):
+            check_infinite_sessions(config.infinite_sessions, "config.infinite_sessions")
+            metadata.infinite_sessions.CopyFrom(config.infinite_sessions)
         if config.HasField("system_message"):
             check_enum(
                 config.system_message.mode,
@@ -353,6 +365,7 @@ class SessionService:
         provider: events_pb2.ProviderConfig | None = None,
         tools: Sequence[events_pb2.ToolDefinition] | None = None,
         continue_pending_work: bool = False,
+        infinite_sessions: events_pb2.InfiniteSessionConfig | None = None,
     ) -> tuple[SessionMetadata, list[SessionEvent], bool]:
         """Record a session.resume; ``provider`` (the session's own, again) is held in memory.
 
@@ -377,6 +390,9 @@ class SessionService:
             check_tools(tools, "tools")
             resume.session_resume.tools.extend(tools)
             resume.session_resume.tools_replaced = True
+        if infinite_sessions is not None:
+            check_infinite_sessions(infinite_sessions, "infinite_sessions")
+            resume.session_resume.infinite_sessions.CopyFrom(infinite_sessions)
         recorded = True
         try:
             record, _ = await self.append(session_id, [resume])
@@ -450,6 +466,7 @@ class SessionService:
         self.purger.kick()
         state = self._states.pop(session_id, None)
         self.idle_contexts.take(session_id)
+        self._turns.compactor.forget(session_id)
         terminal = ev.make_event(ev.SESSION_DELETED, session_id=session_id)
         if state is not None:
             state.fail_waiters(SessionNotFoundError(session_id))
@@ -485,43 +502,16 @@ class SessionService:
         log.info("session %s now uses model %s", session_id, model)
         return record.metadata
 
-    async def abort_turn(self, session_id: str, reason: str) -> bool:
-        check_label(reason, "reason")
-        record = await self.reading(self._record, session_id)
-        state = self._states.get(session_id)
-        if state is not None and state.turn is not None:
-            await self._turns.cancel(state.turn, reason=reason or "aborted by a client")
-            return True
-        return await self.abort_elsewhere(record, reason or "aborted by a client")
+    async def compact_session(self, session_id: str, custom_instructions: str) -> SessionEvent:
+        """Summarise the session's older events now (``compaction``); the complete event."""
+        self._check_running()
+        check_label(custom_instructions, "custom_instructions", self.max_prompt_bytes)
+        self._state(self._record(session_id))
+        return await self._turns.compactor.compact_now(session_id, custom_instructions)
 
     async def abort_elsewhere(self, record: SessionRecord, reason: str) -> bool:
         """Abort the session's open turn where it runs, when that is another daemon."""
-        return False if self._relay is None else await self._relay.abort(record, reason)
-
-    async def handle_pending_tool_call(
-        self, session_id: str, tool_call_id: str, result: events_pb2.ToolResult
-    ) -> bool:
-        """Record a client's result for a waiting call; False when it was already (a retry)."""
-        check_label(tool_call_id, "tool_call_id")
-        check_result(result)
-        record = await self.reading(self._record, session_id)
-        state = self._state(record)
-        if self._relay is not None and self._relay.elsewhere(record, state):
-            return await self._relay.tool_result(record, tool_call_id, result)
-        return await self._turns.calls.answer(state, session_id, tool_call_id, result)
-
-    async def handle_pending_permission(
-        self, session_id: str, request_id: str, *, approved: bool, reason: str
-    ) -> bool:
-        check_label(request_id, "request_id")
-        check_label(reason, "reason")  # like an abort's reason
-        record = await self.reading(self._record, session_id)
-        state = self._state(record)
-        if self._relay is not None and self._relay.elsewhere(record, state):
-            return await self._relay.permission(record, request_id, approved, reason)
-        return await self._turns.calls.decide(
-            state, session_id, request_id, approved=approved, reason=reason
-        )
+        return await self._calls.abort_elsewhere(record, reason)
 
     def list_pending_tool_calls(self, session_id: str) -> list[copilot_pb2.PendingToolCall]:
         return list(self._record(session_id).metadata.pending_tool_calls)
@@ -575,6 +565,7 @@ class SessionService:
         """Stop taking work; end running turns with a marker; end live streams."""
         self._shutting_down = True
         await self.purger.close()
+        await self._turns.compactor.close()
         # Concurrently, so their end markers share commits; again while a send
         # that was already past its check has started one meanwhile.
         while running := [s.turn for s in self._states.values() if s.turn is not None]:
