@@ -37,6 +37,8 @@ TOOL_EXECUTION_COMPLETE: Final = "tool.execution_complete"
 EXTERNAL_TOOL_REQUESTED: Final = "external_tool.requested"
 PERMISSION_REQUESTED: Final = "permission.requested"
 PERMISSION_COMPLETED: Final = "permission.completed"
+SESSION_SNAPSHOT_REWIND: Final = "session.snapshot_rewind"
+SESSION_FORK: Final = "session.fork"
 
 # Event type -> name of the payload field in the SessionEvent.data oneof.
 PAYLOAD_FIELD: Final[dict[str, str]] = {
@@ -60,6 +62,8 @@ PAYLOAD_FIELD: Final[dict[str, str]] = {
     EXTERNAL_TOOL_REQUESTED: "external_tool_requested",
     PERMISSION_REQUESTED: "permission_requested",
     PERMISSION_COMPLETED: "permission_completed",
+    SESSION_SNAPSHOT_REWIND: "session_snapshot_rewind",
+    SESSION_FORK: "session_fork",
 }
 
 EPHEMERAL_TYPES: Final = frozenset(

@@ -166,6 +166,26 @@ def test_a_version_1_store_gains_the_lease_table(dsn: str) -> None:
     assert row == (SCHEMA_VERSION,)
 
 
+def test_a_version_2_store_gains_the_fork_references(dsn: str) -> None:
+    PostgresStore.open(dsn).close()
+    with psycopg.connect(dsn) as connection:
+        connection.execute(f"DROP TABLE {SCHEMA}.log_refs")
+        connection.execute(f"UPDATE {SCHEMA}.schema_version SET version = 2")
+    store = PostgresStore.open(dsn)
+    try:
+        create(store, "p", [user("one"), user("two")])
+        run(store, lambda writer: writer.fork_session("p", "f", 1, [user("own")]))
+        delete(store, "p")
+        assert contents(all_events(store, "f")) == ["one", "own"]
+        assert purge(store, 100) == 0  # the fork still reads p's log
+    finally:
+        store.close()
+    with psycopg.connect(dsn) as connection:
+        row = connection.execute(f"SELECT version FROM {SCHEMA}.schema_version").fetchone()
+        refs = connection.execute(f"SELECT refs FROM {SCHEMA}.log_refs").fetchall()
+    assert (row, refs) == ((SCHEMA_VERSION,), [(1,)])
+
+
 def test_a_copilotd_schema_that_is_no_store_is_refused_untouched(dsn: str) -> None:
     with psycopg.connect(dsn) as connection:
         connection.execute(f"CREATE SCHEMA {SCHEMA}")
