@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, Self, overload
 
 from . import _autostart
+from ._branching import fork_session
 from ._errors import (
     CopilotError,
     DaemonTimeoutError,
@@ -434,6 +435,7 @@ class CopilotClient:
         session_id_prefix: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        include_rewound: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> SearchPage:
         """One page of the events, across all sessions, whose text matches ``query``.
@@ -453,6 +455,7 @@ class CopilotClient:
             session_id_prefix: Only sessions whose id starts with this.
             since: Only events at or after this time (an aware datetime).
             until: Only events before this time.
+            include_rewound: Also find events cut by rewinds (``hit.rewound``).
             timeout: Seconds the call may take; default the client's ``timeout``.
         """
         request = copilot_pb2.SearchSessionsRequest(
@@ -460,6 +463,7 @@ class CopilotClient:
             page_size=page_size,
             page_token=page_token or "",
             session_id_prefix=session_id_prefix or "",
+            include_rewound=include_rewound,
         )
         if since is not None:
             request.since.FromDatetime(since)
@@ -506,12 +510,32 @@ class CopilotClient:
         stub = await self._stub()
         await self._transport.call(stub.DeleteSession, request, deadline=per_call(timeout))
 
+    async def fork_session(
+        self,
+        source_session_id: str,
+        new_session_id: str | None = None,
+        up_to_sequence: int | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> SessionMetadata:
+        """A new session whose history is the source's up to ``up_to_sequence`` (``None``:
+        its last event), made without copying it; resume it to talk to it.
+
+        Raises ``SessionExistsError`` for a taken ``new_session_id``, and an
+        :class:`InvalidPointError` for a point inside a turn or a tool call, rewound,
+        or out of range.
+        """
+        await self._stub()
+        fork = (source_session_id, new_session_id, up_to_sequence)
+        return await fork_session(self._transport, *fork, deadline=per_call(timeout))
+
     async def get_messages(
         self,
         session_id: str,
         *,
         after_sequence: int = 0,
         limit: int | None = None,
+        include_rewound: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> list[SessionEvent]:
         """A session's persisted events, oldest first, without resuming it.
@@ -525,6 +549,7 @@ class CopilotClient:
             session_id: The session's id.
             after_sequence: Only events with a greater sequence number.
             limit: At most this many events; ``None`` for all.
+            include_rewound: Also the events rewinds cut (for audit).
             timeout: Seconds each page's call may take; default the client's ``timeout``.
 
         Raises:
@@ -537,6 +562,7 @@ class CopilotClient:
             after_sequence=after_sequence,
             limit=limit,
             deadline=per_call(timeout),
+            include_rewound=include_rewound,
         )
 
     async def pin_session(self, session_id: str, pinned: bool = True) -> SessionMetadata:

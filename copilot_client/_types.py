@@ -219,6 +219,16 @@ class SessionMetadata:
     provider: ProviderConfig | None = None
     """Its own provider, secrets left out; ``None``: the daemon's configured ones."""
 
+    parent_session_id: str | None = None
+    """A fork's parent (:meth:`CopilotClient.fork_session`; it may have been
+    deleted since); ``None`` for a session that is not a fork."""
+
+    fork_sequence: int = 0
+    """A fork's last inherited event (0 for a session that is not a fork)."""
+
+    rewound_events: int = 0
+    """Events cut by rewinds (:meth:`CopilotSession.rewind`), in all."""
+
     @classmethod
     def from_proto(cls, proto: copilot_pb2.SessionMetadata) -> SessionMetadata:
         """Converts the wire form."""
@@ -236,6 +246,9 @@ class SessionMetadata:
             input_tokens=proto.input_tokens,
             output_tokens=proto.output_tokens,
             provider=ProviderConfig.from_proto(proto.provider),
+            parent_session_id=proto.parent_session_id or None,
+            fork_sequence=proto.fork_sequence,
+            rewound_events=proto.rewound_events,
         )
 
 
@@ -268,6 +281,9 @@ class SearchHit:
     rank: float
     """bm25: lower is a better match; comparable within one search only."""
 
+    rewound: bool = False
+    """The event was cut by a rewind (found only with ``include_rewound=True``)."""
+
     @classmethod
     def from_proto(cls, proto: copilot_pb2.SearchHit) -> SearchHit:
         return cls(
@@ -277,6 +293,7 @@ class SearchHit:
             event_time=_datetime(proto.event_time),
             snippet=proto.snippet,
             rank=proto.rank,
+            rewound=proto.rewound,
         )
 
 
@@ -315,6 +332,8 @@ class SessionEventType(enum.StrEnum):
     EXTERNAL_TOOL_REQUESTED = "external_tool.requested"
     PERMISSION_REQUESTED = "permission.requested"
     PERMISSION_COMPLETED = "permission.completed"
+    SESSION_SNAPSHOT_REWIND = "session.snapshot_rewind"
+    SESSION_FORK = "session.fork"
     UNKNOWN = "unknown"
 
     @classmethod
@@ -415,6 +434,22 @@ class EventData:
     result_type: str | None = None
     """``tool.execution_complete``: ``"success"``, ``"failure"``, ``"rejected"``,
     ``"denied"`` or ``"timeout"``."""
+    up_to_event_id: str | None = None
+    """``session.snapshot_rewind``: id of the last event kept."""
+    events_removed: int | None = None
+    """``session.snapshot_rewind``: events this rewind cut."""
+    to_sequence: int | None = None
+    """``session.snapshot_rewind``: the sequence rewound to (the last event kept)."""
+    first_rewound_sequence: int | None = None
+    """``session.snapshot_rewind``: the first event cut."""
+    last_rewound_sequence: int | None = None
+    """``session.snapshot_rewind``: the last event cut."""
+    parent_session_id: str | None = None
+    """``session.fork``: the session forked."""
+    fork_sequence: int | None = None
+    """``session.fork``: the last event inherited from the parent."""
+    parent_event_id: str | None = None
+    """``session.fork``: id of that event."""
 
 
 # Text bodies keep "" (an answer can be empty); other empty strings mean "unset".

@@ -19,6 +19,7 @@ from copilotd.events import SessionEvent
 from copilotd.providers import ChatMessage, ToolCall
 from copilotd.sessions.token_budget import message_tokens
 from copilotd.store import Store
+from copilotd.store.visible import read_visible
 
 # About 128k tokens at four characters a token: the window of today's common
 # models. A provider with a smaller window trims further.
@@ -79,13 +80,16 @@ class ContextWindow:
 
     @classmethod
     def load(cls, store: Store, session_id: str, *, max_chars: int = MAX_CHARS) -> ContextWindow:
-        """Read the session's recent messages, newest first, until the budget is spent."""
+        """Read the session's recent messages, newest first, until the budget is spent.
+
+        The visible history only: events cut by a rewind are not the model's.
+        """
         newest_first: list[ChatMessage] = []
         chars = 0
         before: int | None = None
         while chars < max_chars:
-            page = store.read_events(
-                session_id, before=before, limit=LOAD_PAGE_EVENTS, newest_first=True
+            page = read_visible(
+                store, session_id, before=before, limit=LOAD_PAGE_EVENTS, newest_first=True
             )
             for message in context_messages(page):
                 if chars >= max_chars:

@@ -50,7 +50,11 @@ class Delivery:
             return
         state.last_sequence = events[-1].sequence
         state.last_event_id = events[-1].id
-        if state.context is not None and (added := context_messages(events)):
+        if any(event.type == ev.SESSION_SNAPSHOT_REWIND for event in events):
+            # The cut messages leave the model's context: reloaded by the next turn.
+            self._idle_contexts.take(session_id)
+            state.context = None
+        elif state.context is not None and (added := context_messages(events)):
             self._idle_contexts.take(session_id)  # in use; counted again once idle
             state.context.extend(added)
         state.remember_messages(events)
