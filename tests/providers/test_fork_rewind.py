@@ -260,3 +260,24 @@ async def test_a_session_that_never_talked_can_be_forked(client: CopilotClient) 
     await client.create_session(session_id="empty")
     fork = await client.fork_session("empty", "copy")
     assert (fork.parent_session_id, fork.fork_sequence) == ("empty", 1)
+
+
+async def test_a_fork_finds_its_inherited_events(
+    daemon: DaemonProcess, server: FakeModelServer
+) -> None:
+    """The index holds each session's visible history: a fork's inherited events are
+    found under the fork too, and still once its parent is deleted."""
+    async with connect(daemon) as client:
+        parent = await client.create_session(session_id="p")
+        await talk(server, parent, "the zebra question", "stripes")
+        await talk(server, parent, "the okapi question", "forest")
+        first_end = (await turn_ends(parent))[0]
+        await client.fork_session("p", "f", up_to_sequence=first_end)
+
+        zebra = await client.search_sessions("zebra")
+        assert sorted(h.session_id for h in zebra.hits) == ["f", "p"]
+        assert len({h.sequence for h in zebra.hits}) == 1  # the same event, seen by both
+        okapi = await client.search_sessions("okapi")
+        assert [h.session_id for h in okapi.hits] == ["p"]  # past the fork point
+        await client.delete_session("p")
+        assert [h.session_id for h in (await client.search_sessions("zebra")).hits] == ["f"]
