@@ -34,8 +34,10 @@ from copilotd.store.committer import GroupCommitter
 from copilotd.store.records import is_rewound
 from copilotd.store.visible import read_visible
 
-# Events read per page while looking back from a point for its turn's start.
-_SCAN_PAGE = 200
+# Events read per page while looking back from a point for its turn's start:
+# few at first (the point is usually a turn's end), more while the turn goes on.
+_FIRST_SCAN_PAGE = 8
+_MAX_SCAN_PAGE = 512
 # Events a turn may not leave open: (opening type, closing type).
 _TOOL_PAIRS = {
     ev.TOOL_EXECUTION_START: ev.TOOL_EXECUTION_COMPLETE,
@@ -74,10 +76,12 @@ def check_point(store: Store, record: SessionRecord, point: int, action: str) ->
     answered: set[str] = set()
     before = point + 1
     at: SessionEvent | None = None
+    size = _FIRST_SCAN_PAGE
     while True:
         page = read_visible(
-            store, session_id, before=before, limit=_SCAN_PAGE, newest_first=True, record=record
+            store, session_id, before=before, limit=size, newest_first=True, record=record
         )
+        size = min(size * 2, _MAX_SCAN_PAGE)
         for event in page:
             at = at or event
             if event.type == ev.ASSISTANT_TURN_END:
