@@ -4,12 +4,15 @@ real daemon (its offline model answers)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from copilot_client import CopilotClient, SessionEvent, SessionEventType, SessionMetadata
-from tests.support.cli import copilotd, ok, one_line_error
+from copilotd import events as ev
+from copilotd.admin.export_format import ExportWriter
+from tests.support.cli import MadeSession, copilotd, made_history, ok, one_line_error
 from tests.support.daemon_process import DaemonProcess
 
 T = SessionEventType
@@ -92,3 +95,22 @@ async def test_an_exported_fork_imports_as_a_standalone_session(
     assert [e.id for e in await client.get_messages("f")] == [e.id for e in visible]
     contents = [e.data.content for e in await client.get_messages("f") if e.data.content]
     assert "inherited words" in contents and "rewound words" not in contents
+
+
+def test_an_import_with_an_impossible_rewind_is_refused(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    metadata, events = made_history(MadeSession("bad", timedelta(hours=1)), datetime.now(UTC))
+    rewind = ev.make_event(ev.SESSION_SNAPSHOT_REWIND, to_sequence=len(events) + 5)
+    rewind.sequence, rewind.parent_id = len(events) + 1, events[-1].id
+    rewind.timestamp.CopyFrom(events[-1].timestamp)
+    path = tmp_path / "bad.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        writer = ExportWriter(handle, producer="tests")
+        writer.begin()
+        writer.session(metadata, len(events) + 1)
+        for event in [*events, rewind]:
+            writer.event("bad", event)
+        writer.end()
+    line = one_line_error(copilotd(daemon, "import", str(path)))
+    assert "session.snapshot_rewind" in line and "to_sequence" in line
