@@ -17,8 +17,10 @@ import pytest
 from copilotd.store import (
     SequenceConflict,
     SessionMetadata,
+    SessionNotFound,
     StoreCorrupt,
     StoreVersionError,
+    StoreWriter,
     open_store,
 )
 from copilotd.store.postgres_schema import SCHEMA, SCHEMA_VERSION, StoreUnreachable, describe_dsn
@@ -341,3 +343,98 @@ def test_the_factory_opens_postgresql_by_dsn(dsn: str) -> None:
         assert store.session_count() == 1
     finally:
         store.close()
+
+
+def test_two_daemons_forking_and_deleting_at_once_lose_no_reference(
+    two_stores: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """One store forks a parent while the other deletes it (and forks of it): however
+    they interleave, every fork made reads its whole history, and the shared events
+    are purged exactly when the last session reading them is gone."""
+    first, second = two_stores
+    rounds = 12
+    for n in range(rounds):
+        create(first, f"p{n}", [user(f"m{n}-{k}") for k in range(5)])
+        run(first, lambda writer, n=n: writer.fork_session(f"p{n}", f"base{n}", 5, []))
+    start = threading.Barrier(2)
+    failures: list[BaseException] = []
+    made: list[str] = []
+
+    def forker() -> None:
+        try:
+            start.wait()
+            for n in range(rounds):
+                for source in (f"p{n}", f"base{n}"):
+                    (result,) = first.write_batch(
+                        [lambda w, s=source, n=n: w.fork_session(s, f"{s}-f{n}", 5, [])]
+                    )
+                    if not isinstance(result, SessionNotFound):
+                        assert not isinstance(result, Exception), result
+                        made.append(f"{source}-f{n}")
+        except BaseException as error:
+            failures.append(error)
+
+    def deleter() -> None:
+        try:
+            start.wait()
+            for n in range(rounds):
+                delete(second, f"p{n}")
+                delete(second, f"base{n}")
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=forker), threading.Thread(target=deleter)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not failures, failures
+    purge(first, 100_000)
+    for fork in made:
+        n = fork.rsplit("-f", 1)[1]
+        assert contents(all_events(first, fork)) == [f"m{n}-{k}" for k in range(5)]
+    for fork in made:
+        delete(first, fork)
+    assert purge(first, 100_000) == 5 * len({fork.rsplit("-f", 1)[1] for fork in made})
+    assert purge(first, 100_000) == 0
+
+
+def test_a_deletion_waits_for_a_fork_of_its_session_to_commit(
+    dsn: str, two_stores: tuple[PostgresStore, PostgresStore]
+) -> None:
+    """A fork holds its source's row until it commits: another daemon deleting the
+    source meanwhile waits, then finds the fork's reference and keeps the events."""
+    first, second = two_stores
+    create(first, "p", [user(f"m{k}") for k in range(5)])
+    forked, release = threading.Event(), threading.Event()
+
+    def fork_and_hold(writer: StoreWriter) -> object:
+        made = writer.fork_session("p", "f", 5, [])
+        forked.set()
+        assert release.wait(30)
+        return made
+
+    forking = threading.Thread(target=lambda: first.write_batch([fork_and_hold]))
+    forking.start()
+    assert forked.wait(30)
+    deleting = threading.Thread(target=lambda: delete(second, "p"))
+    deleting.start()
+    # Until the deletion either finishes or is seen waiting for the fork's lock.
+    while deleting.is_alive() and not _waiting_for_a_lock(dsn):
+        deleting.join(0.01)
+    release.set()
+    forking.join(30)
+    deleting.join(30)
+    purge(first, 100_000)
+    assert contents(all_events(first, "f")) == [f"m{k}" for k in range(5)]
+    delete(first, "f")
+    assert purge(first, 100_000) == 5
+
+
+def _waiting_for_a_lock(dsn: str) -> bool:
+    with psycopg.connect(dsn) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            f" AND query LIKE 'DELETE FROM {SCHEMA}.sessions%%'"
+        ).fetchone()
+    return row is not None and row[0] > 0
