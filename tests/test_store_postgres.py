@@ -6,6 +6,7 @@ backends is in tests/test_store_contract.py and tests/test_store_lifecycle.py.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Iterator
@@ -345,6 +346,10 @@ def test_the_factory_opens_postgresql_by_dsn(dsn: str) -> None:
         store.close()
 
 
+def _fork(writer: StoreWriter, *, source: str, session_id: str) -> object:
+    return writer.fork_session(source, session_id, 5, [])
+
+
 def test_two_daemons_forking_and_deleting_at_once_lose_no_reference(
     two_stores: tuple[PostgresStore, PostgresStore],
 ) -> None:
@@ -355,7 +360,7 @@ def test_two_daemons_forking_and_deleting_at_once_lose_no_reference(
     rounds = 12
     for n in range(rounds):
         create(first, f"p{n}", [user(f"m{n}-{k}") for k in range(5)])
-        run(first, lambda writer, n=n: writer.fork_session(f"p{n}", f"base{n}", 5, []))
+        run(first, functools.partial(_fork, source=f"p{n}", session_id=f"base{n}"))
     start = threading.Barrier(2)
     failures: list[BaseException] = []
     made: list[str] = []
@@ -365,9 +370,8 @@ def test_two_daemons_forking_and_deleting_at_once_lose_no_reference(
             start.wait()
             for n in range(rounds):
                 for source in (f"p{n}", f"base{n}"):
-                    (result,) = first.write_batch(
-                        [lambda w, s=source, n=n: w.fork_session(s, f"{s}-f{n}", 5, [])]
-                    )
+                    fork = functools.partial(_fork, source=source, session_id=f"{source}-f{n}")
+                    (result,) = first.write_batch([fork])
                     if not isinstance(result, SessionNotFound):
                         assert not isinstance(result, Exception), result
                         made.append(f"{source}-f{n}")
@@ -391,8 +395,8 @@ def test_two_daemons_forking_and_deleting_at_once_lose_no_reference(
     assert not failures, failures
     purge(first, 100_000)
     for fork in made:
-        n = fork.rsplit("-f", 1)[1]
-        assert contents(all_events(first, fork)) == [f"m{n}-{k}" for k in range(5)]
+        number = fork.rsplit("-f", 1)[1]
+        assert contents(all_events(first, fork)) == [f"m{number}-{k}" for k in range(5)]
     for fork in made:
         delete(first, fork)
     assert purge(first, 100_000) == 5 * len({fork.rsplit("-f", 1)[1] for fork in made})
