@@ -18,6 +18,7 @@ import pytest
 from copilot_client import (
     CopilotClient,
     CopilotSession,
+    PermissionHandler,
     PointInsideToolCallError,
     PointInsideTurnError,
     SequenceOutOfRangeError,
@@ -281,3 +282,23 @@ async def test_a_fork_finds_its_inherited_events(
         assert [h.session_id for h in okapi.hits] == ["p"]  # past the fork point
         await client.delete_session("p")
         assert [h.session_id for h in (await client.search_sessions("zebra")).hits] == ["f"]
+
+
+async def test_a_point_between_a_permission_request_and_the_call_s_result_is_refused(
+    daemon: DaemonProcess, server: FakeModelServer
+) -> None:
+    asking = Tool("lookup", "Looks a thing up", None, lookup)  # asks for permission
+    async with connect(daemon) as client:
+        session = await client.create_session(
+            session_id="s", tools=[asking], on_permission_request=PermissionHandler.approve_all
+        )
+        server.script(calls(Call("lookup", {"q": "x"})), stream("found"))
+        await session.send_and_wait("look it up")
+        kinds = {e.type: e.sequence for e in await session.get_messages()}
+        for inside in (T.PERMISSION_REQUESTED, T.PERMISSION_COMPLETED):
+            with pytest.raises(PointInsideToolCallError):
+                await session.rewind(kinds[inside])
+            with pytest.raises(PointInsideToolCallError):
+                await client.fork_session("s", up_to_sequence=kinds[inside])
+        fork = await client.fork_session("s", up_to_sequence=kinds[T.ASSISTANT_TURN_END])
+        assert fork.fork_sequence == kinds[T.ASSISTANT_TURN_END]
