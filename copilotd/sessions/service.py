@@ -40,6 +40,7 @@ from copilotd.providers import (
     check_provider_config,
     public_provider_config,
 )
+from copilotd.sessions.branching import Branching
 from copilotd.sessions.compaction import check_infinite_sessions
 from copilotd.sessions.context_window import ContextWindow
 from copilotd.sessions.fanout import FanOut
@@ -120,6 +121,11 @@ class SessionService:
         # The API's send calls, as the sender's own methods (documented there).
         self.send_message = sender.send_message
         self.send_message_and_wait = sender.send_message_and_wait
+        branching = Branching(
+            self, committer, self._turns, self._scheduler, self._record, self._state, self._created
+        )
+        self.fork_session = branching.fork_session
+        self.rewind_session = branching.rewind_session
 
     @property
     def store(self) -> Store:
@@ -326,11 +332,16 @@ class SessionService:
             )
         if own_provider:
             await self.providers.hold_session_provider(session_id, config.provider)
+        self._created(record, stored)
+        log.info("created session %s (model %s)", session_id, model)
+        return record.metadata
+
+    def _created(self, record: SessionRecord, stored: list[SessionEvent]) -> None:
+        """After the commit that made a session (created or forked): its state and news."""
+        session_id = record.metadata.session_id
         self._state(record)
         self.fanout.publish(session_id, stored)
         self.lifecycle.announce(LIFECYCLE_CREATED, session_id, record.metadata)
-        log.info("created session %s (model %s)", session_id, model)
-        return record.metadata
 
     def get_session(self, session_id: str) -> SessionMetadata:
         return self._record(session_id).metadata
@@ -519,19 +530,26 @@ class SessionService:
         return list(self._record(session_id).metadata.pending_tool_calls)
 
     def list_events(
-        self, session_id: str, cursor: int, requested_page_size: int, newest_first: bool
+        self,
+        session_id: str,
+        cursor: int,
+        requested_page_size: int,
+        newest_first: bool,
+        include_rewound: bool = False,
     ) -> tuple[list[SessionEvent], int]:
         check_session_id(session_id)
         limit = page_size(requested_page_size, DEFAULT_EVENT_PAGE_SIZE)
-        return self._history.page(session_id, cursor, limit, newest_first)
+        return self._history.page(
+            session_id, cursor, limit, newest_first, include_rewound=include_rewound
+        )
 
     def stream_events(
-        self, session_id: str, after_sequence: int
+        self, session_id: str, after_sequence: int, include_rewound: bool = False
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
         """Persisted events after the cursor, then live ones (``History.follow``)."""
         self._check_running()
         self._state(self._record(session_id))  # what live events are delivered from
-        return self._history.follow(session_id, after_sequence)
+        return self._history.follow(session_id, after_sequence, include_rewound=include_rewound)
 
     # -- lifecycle ----------------------------------------------------------------
 
