@@ -13,6 +13,8 @@ The benchmarks, each on a daemon of its own (temp socket, temp data dir):
 * ``durable``: durable turns from 16 client processes: throughput, p50/p99
   latency and each process's share, copilotd and the baseline alternating.
 * ``cold``: a client process's start to its first answered call.
+* ``fork``: ``ForkSession`` on a session of 10 events and on one of 100,000
+  (``bench/_fork.py``), beside a bare ping.
 
 The ``store`` benchmark also times search across sessions: the index built
 from the seeded log (by the daemon's catch-up, before it starts), its size,
@@ -46,6 +48,7 @@ from bench import (
     _baseline,
     _coldfloor,
     _compaction,
+    _fork,
     _ours,
     _profile,
     _report,
@@ -60,7 +63,7 @@ from tests.support.autostart import wait_gone
 from tests.support.daemon_process import own_config_env, short_temp_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("store", "turns", "durable", "cold")
+BENCHMARKS = ("store", "turns", "durable", "cold", "fork")
 FIRST_TURNS = 3
 # Longest wait for a deleted session's events to be purged.
 PURGE_TIMEOUT = 120.0
@@ -428,6 +431,8 @@ def run(
             results["durable"] = bench_durable(root, sizes)
         if "cold" in only:
             results["cold_start"] = bench_cold(root, sizes)
+        if "fork" in only:
+            results["fork"] = _fork.bench_fork(root, sizes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     results["seconds"] = time.monotonic() - began
@@ -453,6 +458,7 @@ def render(results: dict[str, Any]) -> str:
         _report.reference_table(results),
         _report.profile_table(results),
         _report.cold_parts_table(results),
+        _fork.fork_table(results),
     ]
     return "\n\n".join(text for text in tables if text).strip()
 

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .proto.v1 import events_pb2
+from .proto.v1 import copilot_pb2, events_pb2
+from .service import ServiceClient
 
 CompactionTrigger = Literal["threshold", "exhaustion", "manual", "unspecified"]
 
@@ -123,3 +124,13 @@ class CompactionResult:
             chunks=data.chunks,
             sequence=event.sequence,
         )
+
+
+async def compact_session(
+    transport: ServiceClient, session_id: str, custom_instructions: str | None, *, deadline: float
+) -> CompactionResult:
+    request = copilot_pb2.CompactSessionRequest(
+        session_id=session_id, custom_instructions=custom_instructions or ""
+    )
+    response = await transport.call(transport.stub.CompactSession, request, deadline=deadline)
+    return CompactionResult.from_proto(response.compaction_complete)

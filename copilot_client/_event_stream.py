@@ -21,7 +21,7 @@ from ._errors import (
     SubscriberTooSlowError,
 )
 from ._history import stream_stopped_event
-from ._types import SessionEvent, SessionEventType
+from ._session_events import SessionEvent, SessionEventType
 from .service import ServiceClient
 
 logger = logging.getLogger("copilot_client")

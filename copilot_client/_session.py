@@ -9,7 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from ._compaction import CompactionResult
+from ._branching import rewind_session
+from ._compaction import CompactionResult, compact_session
 from ._errors import (
     CopilotError,
     DaemonTimeoutError,
@@ -19,6 +20,7 @@ from ._errors import (
 from ._event_stream import EventHandler, EventStream, Reattached, WaiterItem, seen
 from ._history import read_events
 from ._permissions import PermissionHandlerFunc
+from ._session_events import SessionEvent, SessionEventType
 from ._tools import (
     Tool,
     ToolInvocation,
@@ -27,7 +29,7 @@ from ._tools import (
     invocation_of,
     permission_request_of,
 )
-from ._types import MessageOptions, SessionEvent, SessionEventType, SessionMetadata
+from ._types import MessageOptions, SessionMetadata
 from .proto.v1 import copilot_pb2
 from .service import CALL_TIMEOUT, ServiceClient, UseCallTimeout, per_call
 
@@ -362,13 +364,9 @@ class CopilotSession:
             CompactionFailedError: The model could not summarise.
         """
         self._check_usable()
-        request = copilot_pb2.CompactSessionRequest(
-            session_id=self.session_id, custom_instructions=custom_instructions or ""
+        return await compact_session(
+            self._transport, self.session_id, custom_instructions, deadline=timeout
         )
-        response = await self._transport.call(
-            self._transport.stub.CompactSession, request, deadline=timeout
-        )
-        return CompactionResult.from_proto(response.compaction_complete)
 
     async def abort(
         self,
@@ -388,11 +386,44 @@ class CopilotSession:
         )
         return response.aborted
 
+    async def rewind(
+        self,
+        to_sequence: int,
+        *,
+        abort_turn: bool = False,
+        reason: str = "",
+        expected_last_sequence: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> SessionEvent:
+        """Takes the conversation back to the event ``to_sequence``: the model and
+        ``get_messages()`` no longer see the events after it, which stay in the log
+        (``get_messages(include_rewound=True)``). Recorded as one
+        ``session.snapshot_rewind`` event, returned; new events get new sequences.
+
+        Raises:
+            TurnRunningError: A turn runs; ``abort_turn=True`` aborts it first.
+            InvalidPointError: The point is inside a turn or a tool call, rewound
+                already, or not an event before the last.
+            SequenceConflictError: ``expected_last_sequence`` is not the last sequence.
+        """
+        self._check_usable()
+        self._metadata, event = await rewind_session(
+            self._transport,
+            self.session_id,
+            to_sequence,
+            abort_turn=abort_turn,
+            reason=reason,
+            expected_last_sequence=expected_last_sequence,
+            deadline=per_call(timeout),
+        )
+        return event
+
     async def get_messages(
         self,
         *,
         after_sequence: int = 0,
         limit: int | None = None,
+        include_rewound: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> list[SessionEvent]:
         """The persisted events, oldest first, read page by page.
@@ -400,6 +431,7 @@ class CopilotSession:
         Args:
             after_sequence: Only events with a greater sequence number.
             limit: At most this many events; ``None`` for all.
+            include_rewound: Also the events rewinds cut (for audit).
             timeout: Seconds each page's call may take; default the client's ``timeout``.
         """
         self._check_usable()
@@ -409,6 +441,7 @@ class CopilotSession:
             after_sequence=after_sequence,
             limit=limit,
             deadline=per_call(timeout),
+            include_rewound=include_rewound,
         )
 
     get_events = get_messages

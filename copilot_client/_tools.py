@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar
 from copilot_client._errors import CopilotError, ToolCallAnsweredError, UnknownToolCallError
 from copilot_client._permissions import PermissionHandlerFunc, PermissionRequest
 from copilot_client._permissions import decide as decide_permission
-from copilot_client._types import SessionEvent
+from copilot_client._session_events import SessionEvent
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
 
 log = logging.getLogger("copilot_client.tools")

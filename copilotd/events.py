@@ -39,6 +39,8 @@ PERMISSION_REQUESTED: Final = "permission.requested"
 PERMISSION_COMPLETED: Final = "permission.completed"
 SESSION_COMPACTION_START: Final = "session.compaction_start"
 SESSION_COMPACTION_COMPLETE: Final = "session.compaction_complete"
+SESSION_SNAPSHOT_REWIND: Final = "session.snapshot_rewind"
+SESSION_FORK: Final = "session.fork"
 
 # Event type -> name of the payload field in the SessionEvent.data oneof.
 PAYLOAD_FIELD: Final[dict[str, str]] = {
@@ -64,6 +66,8 @@ PAYLOAD_FIELD: Final[dict[str, str]] = {
     PERMISSION_COMPLETED: "permission_completed",
     SESSION_COMPACTION_START: "session_compaction_start",
     SESSION_COMPACTION_COMPLETE: "session_compaction_complete",
+    SESSION_SNAPSHOT_REWIND: "session_snapshot_rewind",
+    SESSION_FORK: "session_fork",
 }
 
 EPHEMERAL_TYPES: Final = frozenset(

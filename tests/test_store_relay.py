@@ -98,11 +98,11 @@ def test_live_events_arrive_in_order_and_before_a_later_commit(
     relay_of(a).publish_live("s", 1, b"x" * 8000)
 
 
-def test_a_version_2_store_gains_the_request_table(dsn: str) -> None:
+def test_a_version_3_store_gains_the_request_table(dsn: str) -> None:
     PostgresStore.open(dsn).close()
     with psycopg.connect(dsn) as connection:
         connection.execute(f"DROP TABLE {SCHEMA}.turn_requests")
-        connection.execute(f"UPDATE {SCHEMA}.schema_version SET version = 2")
+        connection.execute(f"UPDATE {SCHEMA}.schema_version SET version = 3")
     store = PostgresStore.open(dsn, lease_owner="a")
     try:
         create(store, "s")
@@ -113,4 +113,4 @@ def test_a_version_2_store_gains_the_request_table(dsn: str) -> None:
         store.close()
     with psycopg.connect(dsn) as connection:
         row = connection.execute(f"SELECT version FROM {SCHEMA}.schema_version").fetchone()
-    assert row == (SCHEMA_VERSION,) == (3,)
+    assert row == (SCHEMA_VERSION,) == (4,)

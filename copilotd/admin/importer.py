@@ -27,6 +27,8 @@ from copilotd.errors import (
     InvalidImportError,
     MessageIdTakenError,
     SequenceConflictError,
+    SequenceOutOfRangeError,
+    SequenceRewoundError,
     ServiceError,
     SessionExistsError,
 )
@@ -315,6 +317,12 @@ class Importer:
         except MessageIdTakenError:
             raise InvalidImportError(
                 f"{check.where}: an event id is repeated in the history; each event needs its own"
+            ) from None
+        except (SequenceOutOfRangeError, SequenceRewoundError):
+            raise InvalidImportError(
+                f"{check.where}: a session.snapshot_rewind event rewinds to a sequence that is "
+                "not a kept event before it (to_sequence must be at least 1, below the rewind's "
+                "own sequence, and not cut by an earlier rewind)"
             ) from None
 
     async def _commit(

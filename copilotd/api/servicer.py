@@ -132,6 +132,7 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
                 request.cursor,
                 request.page_size,
                 request.order == pb.EventOrder.EVENT_ORDER_NEWEST_FIRST,
+                request.include_rewound,
             )
         return pb.ListEventsResponse(events=events, next_cursor=cursor)
 
@@ -139,7 +140,9 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         self, request: pb.StreamEventsRequest, context: Context
     ) -> AsyncIterator[pb.StreamEventsResponse]:
         async with translate_errors(context, "StreamEvents"):
-            stream = self._service.stream_events(request.session_id, request.after_sequence)
+            stream = self._service.stream_events(
+                request.session_id, request.after_sequence, request.include_rewound
+            )
             async with contextlib.aclosing(stream):
                 async for events, live in stream:
                     yield pb.StreamEventsResponse(events=events, live=live)
@@ -212,6 +215,36 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
 
     # == search ==
 
+    # == fork and rewind ==
+
+    async def ForkSession(
+        self, request: pb.ForkSessionRequest, context: Context
+    ) -> pb.ForkSessionResponse:
+        async with translate_errors(context, "ForkSession"):
+            metadata = await self._service.fork_session(
+                request.source_session_id,
+                request.new_session_id,
+                request.up_to_sequence if request.HasField("up_to_sequence") else None,
+            )
+        return pb.ForkSessionResponse(session=metadata)
+
+    async def RewindSession(
+        self, request: pb.RewindSessionRequest, context: Context
+    ) -> pb.RewindSessionResponse:
+        async with translate_errors(context, "RewindSession"):
+            metadata, rewind = await self._service.rewind_session(
+                request.session_id,
+                request.to_sequence,
+                abort_turn=request.abort_turn,
+                reason=request.reason,
+                expected_last_sequence=(
+                    request.expected_last_sequence
+                    if request.HasField("expected_last_sequence")
+                    else None
+                ),
+            )
+        return pb.RewindSessionResponse(session=metadata, rewind=rewind)
+
     async def SearchSessions(
         self, request: pb.SearchSessionsRequest, context: Context
     ) -> pb.SearchSessionsResponse:
@@ -221,6 +254,7 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
                 session_id_prefix=request.session_id_prefix,
                 since_ns=check_time(request.since, "since") if request.HasField("since") else None,
                 until_ns=check_time(request.until, "until") if request.HasField("until") else None,
+                include_rewound=request.include_rewound,
             )
             hits, token = await self._search.search(search, request.page_size, request.page_token)
         response = pb.SearchSessionsResponse(next_page_token=token)
@@ -231,6 +265,7 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
                 event_type=hit.event_type,
                 snippet=hit.snippet,
                 rank=hit.rank,
+                rewound=hit.rewound,
             )
             found.event_time.FromNanoseconds(hit.event_time_ns)
         return response

@@ -27,6 +27,7 @@ from copilotd.events import SessionEvent
 from copilotd.providers import ChatMessage, ToolCall
 from copilotd.sessions.token_budget import estimate_tokens, message_tokens
 from copilotd.store import Store
+from copilotd.store.visible import read_visible
 
 # About 128k tokens at four characters a token: the window of today's common
 # models. A provider with a smaller window trims further.
@@ -115,15 +116,19 @@ class ContextWindow:
     @classmethod
     def load(cls, store: Store, session_id: str, *, max_chars: int = MAX_CHARS) -> ContextWindow:
         """Read the session's recent messages, newest first, until the budget is spent
-        or the latest completed compaction's range is reached."""
+        or the latest completed compaction's range is reached.
+
+        The visible history only: events cut by a rewind are not the model's (a
+        compaction cut by a rewind is cut with them).
+        """
         newest_first: list[ChatMessage] = []
         chars = 0
         before: int | None = None
         compaction: SessionEvent | None = None
         covers = 0
         while chars < max_chars:
-            page = store.read_events(
-                session_id, before=before, limit=LOAD_PAGE_EVENTS, newest_first=True
+            page = read_visible(
+                store, session_id, before=before, limit=LOAD_PAGE_EVENTS, newest_first=True
             )
             for event in page:
                 if event.sequence <= covers or chars >= max_chars:

@@ -2,7 +2,9 @@
 and where the API's pure reads of the store run (``StoreReads``).
 
 Every read is bounded by bytes (``PAGE_BYTES``) as well as by count, so a
-session of large events never produces an oversized response.
+session of large events never produces an oversized response. Reads give
+the visible history (``store.visible``): events cut by a rewind only with
+``include_rewound``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from copilotd.limits import PAGE_BYTES, byte_batches
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.store_errors import store_errors
 from copilotd.store import Store
+from copilotd.store.visible import read_visible
 
 T = TypeVar("T")
 
@@ -34,11 +37,11 @@ class StoreReads:
     stores' reads are memory lookups, cheaper than a hop to a thread)."""
 
     def __init__(self, store: Store) -> None:
-        self._store = store
+        self.store = store
 
     async def __call__(self, read: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``read(*args, **kwargs)``: a call that only reads the store (no session state)."""
-        if self._store.shared:
+        if self.store.shared:
             return await asyncio.to_thread(read, *args, **kwargs)
         return read(*args, **kwargs)
 
@@ -53,21 +56,34 @@ class History:
         self.reads = StoreReads(store)
 
     def page(
-        self, session_id: str, cursor: int, limit: int, newest_first: bool
+        self,
+        session_id: str,
+        cursor: int,
+        limit: int,
+        newest_first: bool,
+        *,
+        include_rewound: bool = False,
     ) -> tuple[list[SessionEvent], int]:
         """Up to ``limit`` events from ``cursor`` on, and the cursor of the next page (0: none)."""
         with store_errors(session_id):
             if newest_first:
-                events = self._store.read_events(
+                events = read_visible(
+                    self._store,
                     session_id,
                     before=cursor or None,
                     limit=limit,
                     newest_first=True,
                     max_bytes=PAGE_BYTES,
+                    include_rewound=include_rewound,
                 )
             else:
-                events = self._store.read_events(
-                    session_id, after=cursor, limit=limit, max_bytes=PAGE_BYTES
+                events = read_visible(
+                    self._store,
+                    session_id,
+                    after=cursor,
+                    limit=limit,
+                    max_bytes=PAGE_BYTES,
+                    include_rewound=include_rewound,
                 )
         if not events:
             return events, 0
@@ -98,7 +114,8 @@ class History:
     def tail(self, session_id: str, count: int) -> list[SessionEvent]:
         """The newest ``count`` events that fit in a page, oldest first."""
         with store_errors(session_id):
-            tail = self._store.read_events(
+            tail = read_visible(
+                self._store,
                 session_id,
                 limit=count,
                 newest_first=True,
@@ -115,7 +132,7 @@ class History:
         return sequence >= record.metadata.last_sequence
 
     async def follow(
-        self, session_id: str, after_sequence: int
+        self, session_id: str, after_sequence: int, *, include_rewound: bool = False
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
         """Persisted events after the cursor, then live ones, as ``(batch, live)`` pairs.
 
@@ -130,11 +147,13 @@ class History:
             while True:
                 with store_errors(session_id):
                     page = await self.reads(
-                        self._store.read_events,
+                        read_visible,
+                        self._store,
                         session_id,
                         after=cursor,
                         limit=STREAM_BATCH_EVENTS,
                         max_bytes=STREAM_BATCH_BYTES,
+                        include_rewound=include_rewound,
                     )
                     if page:
                         cursor = page[-1].sequence

@@ -50,7 +50,11 @@ class Delivery:
             return
         state.last_sequence = events[-1].sequence
         state.last_event_id = events[-1].id
-        if state.context is not None and any(map(changes_context, events)):
+        if any(event.type == ev.SESSION_SNAPSHOT_REWIND for event in events):
+            # The cut messages leave the model's context: reloaded by the next turn.
+            self._idle_contexts.take(session_id)
+            state.context = None
+        elif state.context is not None and any(map(changes_context, events)):
             self._idle_contexts.take(session_id)  # in use; counted again once idle
             state.context.follow(events)
         state.remember_messages(events)

@@ -41,6 +41,7 @@ from copilotd.providers import (
     public_provider_config,
 )
 from copilotd.sessions import live
+from copilotd.sessions.branching import Branching
 from copilotd.sessions.compaction import check_infinite_sessions
 from copilotd.sessions.context_window import ContextWindow
 from copilotd.sessions.fanout import FanOut
@@ -49,7 +50,6 @@ from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
 from copilotd.sessions.lifecycle import LifecycleEvent, LifecycleFeed
 from copilotd.sessions.peers import Delivery, PeerChanges
 from copilotd.sessions.recovery import TurnRecovery
-from copilotd.sessions.relay import TurnRelay
 from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.sending import MessageSender
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
@@ -119,27 +119,25 @@ class SessionService:
         self._shutting_down = False
         self._peers = PeerChanges(store, self._states, self._delivery, self.lifecycle, self._forget)
         self._recovery = TurnRecovery(self, committer, self._state, self._turns, self._scheduler)
-        # Calls for turns that run on another daemon sharing the store.
-        self._relay = (
-            None
-            if store.relay is None
-            else TurnRelay(
-                store, self._states, lambda sid: self._state(self._record(sid)), self._turns
-            )
-        )
         sender = MessageSender(
             self, self._history, self._delivery, self._scheduler, self._record, self._state
         )
         # The API's send calls, as the sender's own methods (documented there).
         self.send_message = sender.send_message
         self.send_message_and_wait = sender.send_message_and_wait
-        self._calls = TurnCalls(
-            self.reading, self._record, self._states, self._state, self._turns, self._relay
-        )
+        self._calls = TurnCalls(self.reading, self._record, self._states, self._state, self._turns)
+        # Calls for turns that run on another daemon sharing the store (None: one daemon).
+        self._relay = self._calls.relay
         # The API's calls on a running turn, likewise.
         self.abort_turn = self._calls.abort_turn
         self.handle_pending_tool_call = self._calls.handle_pending_tool_call
         self.handle_pending_permission = self._calls.handle_pending_permission
+        self.abort_elsewhere = self._calls.abort_elsewhere  # for the scheduler (``TurnHost``)
+        branching = Branching(
+            self, committer, self._turns, self._scheduler, self._record, self._state, self._created
+        )
+        self.fork_session = branching.fork_session
+        self.rewind_session = branching.rewind_session
 
     @property
     def store(self) -> Store:
@@ -349,11 +347,16 @@ class SessionService:
             )
         if own_provider:
             await self.providers.hold_session_provider(session_id, config.provider)
+        self._created(record, stored)
+        log.info("created session %s (model %s)", session_id, model)
+        return record.metadata
+
+    def _created(self, record: SessionRecord, stored: list[SessionEvent]) -> None:
+        """After the commit that made a session (created or forked): its state and news."""
+        session_id = record.metadata.session_id
         self._state(record)
         self.fanout.publish(session_id, stored)
         self.lifecycle.announce(LIFECYCLE_CREATED, session_id, record.metadata)
-        log.info("created session %s (model %s)", session_id, model)
-        return record.metadata
 
     def get_session(self, session_id: str) -> SessionMetadata:
         return self._record(session_id).metadata
@@ -509,27 +512,30 @@ class SessionService:
         self._state(self._record(session_id))
         return await self._turns.compactor.compact_now(session_id, custom_instructions)
 
-    async def abort_elsewhere(self, record: SessionRecord, reason: str) -> bool:
-        """Abort the session's open turn where it runs, when that is another daemon."""
-        return await self._calls.abort_elsewhere(record, reason)
-
     def list_pending_tool_calls(self, session_id: str) -> list[copilot_pb2.PendingToolCall]:
         return list(self._record(session_id).metadata.pending_tool_calls)
 
     def list_events(
-        self, session_id: str, cursor: int, requested_page_size: int, newest_first: bool
+        self,
+        session_id: str,
+        cursor: int,
+        requested_page_size: int,
+        newest_first: bool,
+        include_rewound: bool = False,
     ) -> tuple[list[SessionEvent], int]:
         check_session_id(session_id)
         limit = page_size(requested_page_size, DEFAULT_EVENT_PAGE_SIZE)
-        return self._history.page(session_id, cursor, limit, newest_first)
+        return self._history.page(
+            session_id, cursor, limit, newest_first, include_rewound=include_rewound
+        )
 
     def stream_events(
-        self, session_id: str, after_sequence: int
+        self, session_id: str, after_sequence: int, include_rewound: bool = False
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
         """Persisted events after the cursor, then live ones (``History.follow``)."""
         self._check_running()
         self._state(self._record(session_id))  # what live events are delivered from
-        return self._history.follow(session_id, after_sequence)
+        return self._history.follow(session_id, after_sequence, include_rewound=include_rewound)
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -24,7 +24,7 @@ DEFAULT_ABORT_REASON = "aborted by a client"
 
 class TurnCalls:
     """``SessionService.abort_turn``, ``handle_pending_tool_call`` and
-    ``handle_pending_permission`` (``relay``: None on a store of one daemon)."""
+    ``handle_pending_permission``; ``relay`` is None on a store of one daemon."""
 
     def __init__(
         self,
@@ -33,14 +33,17 @@ class TurnCalls:
         states: dict[str, SessionState],
         state_of: Callable[[SessionRecord], SessionState],
         turns: TurnEngine,
-        relay: TurnRelay | None,
     ) -> None:
         self._reads = reads
         self._record_of = record_of
         self._states = states
         self._state_of = state_of
         self._turns = turns
-        self._relay = relay
+        self.relay = (
+            None
+            if reads.store.relay is None
+            else TurnRelay(reads.store, states, lambda sid: state_of(record_of(sid)), turns)
+        )
 
     async def abort_turn(self, session_id: str, reason: str) -> bool:
         """Stop the session's running turn and wait for its end; False when none runs."""
@@ -54,7 +57,7 @@ class TurnCalls:
 
     async def abort_elsewhere(self, record: SessionRecord, reason: str) -> bool:
         """Abort the session's open turn where it runs, when that is another daemon."""
-        return False if self._relay is None else await self._relay.abort(record, reason)
+        return False if self.relay is None else await self.relay.abort(record, reason)
 
     async def handle_pending_tool_call(
         self, session_id: str, tool_call_id: str, result: events_pb2.ToolResult
@@ -64,8 +67,8 @@ class TurnCalls:
         check_result(result)
         record = await self._reads(self._record_of, session_id)
         state = self._state_of(record)
-        if self._relay is not None and self._relay.elsewhere(record, state):
-            return await self._relay.tool_result(record, tool_call_id, result)
+        if self.relay is not None and self.relay.elsewhere(record, state):
+            return await self.relay.tool_result(record, tool_call_id, result)
         return await self._turns.calls.answer(state, session_id, tool_call_id, result)
 
     async def handle_pending_permission(
@@ -76,8 +79,8 @@ class TurnCalls:
         check_label(reason, "reason")  # like an abort's reason
         record = await self._reads(self._record_of, session_id)
         state = self._state_of(record)
-        if self._relay is not None and self._relay.elsewhere(record, state):
-            return await self._relay.permission(record, request_id, approved, reason)
+        if self.relay is not None and self.relay.elsewhere(record, state):
+            return await self.relay.permission(record, request_id, approved, reason)
         return await self._turns.calls.decide(
             state, session_id, request_id, approved=approved, reason=reason
         )

@@ -120,6 +120,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION, on CompactSession"""
     ERROR_REASON_INVALID_INFINITE_SESSIONS: _ErrorReason.ValueType  # 58
     """INVALID_ARGUMENT, an InfiniteSessionConfig"""
+    ERROR_REASON_POINT_INSIDE_TURN: _ErrorReason.ValueType  # 59
+    """INVALID_ARGUMENT, on ForkSession and RewindSession"""
+    ERROR_REASON_POINT_INSIDE_TOOL_CALL: _ErrorReason.ValueType  # 60
+    """INVALID_ARGUMENT, on ForkSession and RewindSession"""
+    ERROR_REASON_SEQUENCE_OUT_OF_RANGE: _ErrorReason.ValueType  # 61
+    """INVALID_ARGUMENT, on ForkSession and RewindSession"""
+    ERROR_REASON_SEQUENCE_REWOUND: _ErrorReason.ValueType  # 62
+    """INVALID_ARGUMENT, on ForkSession and RewindSession"""
+    ERROR_REASON_TURN_RUNNING: _ErrorReason.ValueType  # 63
+    """FAILED_PRECONDITION, on RewindSession"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed, beyond its status code. The enum value's name is sent
@@ -193,6 +203,16 @@ ERROR_REASON_NOTHING_TO_COMPACT: ErrorReason.ValueType  # 57
 """FAILED_PRECONDITION, on CompactSession"""
 ERROR_REASON_INVALID_INFINITE_SESSIONS: ErrorReason.ValueType  # 58
 """INVALID_ARGUMENT, an InfiniteSessionConfig"""
+ERROR_REASON_POINT_INSIDE_TURN: ErrorReason.ValueType  # 59
+"""INVALID_ARGUMENT, on ForkSession and RewindSession"""
+ERROR_REASON_POINT_INSIDE_TOOL_CALL: ErrorReason.ValueType  # 60
+"""INVALID_ARGUMENT, on ForkSession and RewindSession"""
+ERROR_REASON_SEQUENCE_OUT_OF_RANGE: ErrorReason.ValueType  # 61
+"""INVALID_ARGUMENT, on ForkSession and RewindSession"""
+ERROR_REASON_SEQUENCE_REWOUND: ErrorReason.ValueType  # 62
+"""INVALID_ARGUMENT, on ForkSession and RewindSession"""
+ERROR_REASON_TURN_RUNNING: ErrorReason.ValueType  # 63
+"""FAILED_PRECONDITION, on RewindSession"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _SystemMessageMode:
@@ -423,6 +443,9 @@ class SessionMetadata(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     INFINITE_SESSIONS_FIELD_NUMBER: _builtins.int
     COMPACTION_COUNT_FIELD_NUMBER: _builtins.int
+    PARENT_SESSION_ID_FIELD_NUMBER: _builtins.int
+    FORK_SEQUENCE_FIELD_NUMBER: _builtins.int
+    REWOUND_EVENTS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     summary: _builtins.str
     """The first prompt, shortened."""
@@ -442,6 +465,15 @@ class SessionMetadata(_message.Message):
     """Retention never deletes a pinned session (SetSessionPinned)."""
     compaction_count: _builtins.int
     """Successful compactions so far."""
+    parent_session_id: _builtins.str
+    """A fork's parent (ForkSession) and the last sequence it inherits from it;
+    empty and 0 for a session that is not a fork. The parent may have been
+    deleted since: its events the fork inherits stay for as long as a fork
+    needs them.
+    """
+    fork_sequence: _builtins.int
+    rewound_events: _builtins.int
+    """Events cut by rewinds (RewindSession), in all."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -490,10 +522,13 @@ class SessionMetadata(_message.Message):
         tools: _abc.Iterable[_events_pb2.ToolDefinition] | None = ...,
         infinite_sessions: _events_pb2.InfiniteSessionConfig | None = ...,
         compaction_count: _builtins.int = ...,
+        parent_session_id: _builtins.str = ...,
+        fork_sequence: _builtins.int = ...,
+        rewound_events: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["infinite_sessions", b"infinite_sessions", "modified_time", b"modified_time", "provider", b"provider", "start_time", b"start_time", "system_message", b"system_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction_count", b"compaction_count", "infinite_sessions", b"infinite_sessions", "input_tokens", b"input_tokens", "last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "output_tokens", b"output_tokens", "pending_messages", b"pending_messages", "pending_tool_calls", b"pending_tool_calls", "pinned", b"pinned", "provider", b"provider", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "tools", b"tools", "turn_running", b"turn_running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction_count", b"compaction_count", "fork_sequence", b"fork_sequence", "infinite_sessions", b"infinite_sessions", "input_tokens", b"input_tokens", "last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "output_tokens", b"output_tokens", "parent_session_id", b"parent_session_id", "pending_messages", b"pending_messages", "pending_tool_calls", b"pending_tool_calls", "pinned", b"pinned", "provider", b"provider", "rewound_events", b"rewound_events", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "tools", b"tools", "turn_running", b"turn_running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -977,6 +1012,7 @@ class ListEventsRequest(_message.Message):
     CURSOR_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     ORDER_FIELD_NUMBER: _builtins.int
+    INCLUDE_REWOUND_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     cursor: _builtins.int
     """Oldest first: events with sequence > cursor (0 = from the start).
@@ -988,6 +1024,10 @@ class ListEventsRequest(_message.Message):
     ListEventsResponse): keep reading until next_cursor is 0.
     """
     order: Global___EventOrder.ValueType
+    include_rewound: _builtins.bool
+    """True: include the events cut by rewinds (for audit); false (the
+    default): the history as the conversation goes on, without them.
+    """
     def __init__(
         self,
         *,
@@ -995,10 +1035,11 @@ class ListEventsRequest(_message.Message):
         cursor: _builtins.int = ...,
         page_size: _builtins.int = ...,
         order: Global___EventOrder.ValueType = ...,
+        include_rewound: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "order", b"order", "page_size", b"page_size", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "include_rewound", b"include_rewound", "order", b"order", "page_size", b"page_size", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1043,20 +1084,26 @@ class StreamEventsRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    INCLUDE_REWOUND_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     after_sequence: _builtins.int
     """Deliver persisted events with sequence > after_sequence, then the live
     tail. To see only new events, pass the session's last_sequence.
+    """
+    include_rewound: _builtins.bool
+    """As ListEventsRequest.include_rewound, for the persisted events read
+    before the live tail.
     """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         after_sequence: _builtins.int = ...,
+        include_rewound: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "include_rewound", b"include_rewound", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1915,6 +1962,7 @@ class SearchSessionsRequest(_message.Message):
     SESSION_ID_PREFIX_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
+    INCLUDE_REWOUND_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """SQLite FTS5 query syntax: words (all must match), "a phrase", OR, NOT,
     prefix* and NEAR(a b). Must not be empty.
@@ -1927,6 +1975,8 @@ class SearchSessionsRequest(_message.Message):
     """
     session_id_prefix: _builtins.str
     """Only sessions whose id starts with this (empty: all)."""
+    include_rewound: _builtins.bool
+    """True: also find events cut by rewinds (their hits say rewound)."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """Only events at or after this time (unset: no lower bound)."""
@@ -1944,10 +1994,11 @@ class SearchSessionsRequest(_message.Message):
         session_id_prefix: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
+        include_rewound: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "query", b"query", "session_id_prefix", b"session_id_prefix", "since", b"since", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_rewound", b"include_rewound", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "session_id_prefix", b"session_id_prefix", "since", b"since", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1965,6 +2016,7 @@ class SearchHit(_message.Message):
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     SNIPPET_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
+    REWOUND_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     sequence: _builtins.int
     """The event's sequence in its session (read it with ListEvents)."""
@@ -1974,6 +2026,8 @@ class SearchHit(_message.Message):
     """A short excerpt of the text with the matched words between [ and ]."""
     rank: _builtins.float
     """bm25 rank: lower is a better match; comparable within one query only."""
+    rewound: _builtins.bool
+    """True for an event cut by a rewind (found only with include_rewound)."""
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1985,10 +2039,11 @@ class SearchHit(_message.Message):
         event_time: _timestamp_pb2.Timestamp | None = ...,
         snippet: _builtins.str = ...,
         rank: _builtins.float = ...,
+        rewound: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "event_type", b"event_type", "rank", b"rank", "sequence", b"sequence", "session_id", b"session_id", "snippet", b"snippet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "event_type", b"event_type", "rank", b"rank", "rewound", b"rewound", "sequence", b"sequence", "session_id", b"session_id", "snippet", b"snippet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2066,3 +2121,126 @@ class CompactSessionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompactSessionResponse: _TypeAlias = CompactSessionResponse  # noqa: Y015
+
+@_typing.final
+class ForkSessionRequest(_message.Message):
+    """== fork and rewind: messages =="""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_SESSION_ID_FIELD_NUMBER: _builtins.int
+    NEW_SESSION_ID_FIELD_NUMBER: _builtins.int
+    UP_TO_SEQUENCE_FIELD_NUMBER: _builtins.int
+    source_session_id: _builtins.str
+    new_session_id: _builtins.str
+    """Empty: the daemon generates a UUID."""
+    up_to_sequence: _builtins.int
+    """The last event of the source the fork inherits; unset: the source's
+    last event. Must be 1 to the source's last sequence, not rewound, and
+    not inside a turn or between a tool call and its result.
+    """
+    def __init__(
+        self,
+        *,
+        source_session_id: _builtins.str = ...,
+        new_session_id: _builtins.str = ...,
+        up_to_sequence: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_up_to_sequence", b"_up_to_sequence", "up_to_sequence", b"up_to_sequence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_up_to_sequence", b"_up_to_sequence", "new_session_id", b"new_session_id", "source_session_id", b"source_session_id", "up_to_sequence", b"up_to_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__up_to_sequence: _TypeAlias = _typing.Literal["up_to_sequence"]  # noqa: Y015
+    _WhichOneofArgType__up_to_sequence: _TypeAlias = _typing.Literal["_up_to_sequence", b"_up_to_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__up_to_sequence) -> _WhichOneofReturnType__up_to_sequence | None: ...
+
+Global___ForkSessionRequest: _TypeAlias = ForkSessionRequest  # noqa: Y015
+
+@_typing.final
+class ForkSessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SessionMetadata: ...
+    def __init__(
+        self,
+        *,
+        session: Global___SessionMetadata | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkSessionResponse: _TypeAlias = ForkSessionResponse  # noqa: Y015
+
+@_typing.final
+class RewindSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TO_SEQUENCE_FIELD_NUMBER: _builtins.int
+    ABORT_TURN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EXPECTED_LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    to_sequence: _builtins.int
+    """The last event to keep: 1 (the session.start) up to the sequence
+    before the last, not rewound already.
+    """
+    abort_turn: _builtins.bool
+    """True: abort a running turn first (its end is recorded, then cut);
+    false: a running turn makes the call fail with TURN_RUNNING.
+    """
+    reason: _builtins.str
+    """Free text recorded in the session.snapshot_rewind event."""
+    expected_last_sequence: _builtins.int
+    """As SendMessageRequest.expected_last_sequence: fail (SEQUENCE_CONFLICT)
+    and write nothing unless the session's last sequence equals this.
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        to_sequence: _builtins.int = ...,
+        abort_turn: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        expected_last_sequence: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence", "expected_last_sequence", b"expected_last_sequence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence", "abort_turn", b"abort_turn", "expected_last_sequence", b"expected_last_sequence", "reason", b"reason", "session_id", b"session_id", "to_sequence", b"to_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_last_sequence: _TypeAlias = _typing.Literal["expected_last_sequence"]  # noqa: Y015
+    _WhichOneofArgType__expected_last_sequence: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_last_sequence) -> _WhichOneofReturnType__expected_last_sequence | None: ...
+
+Global___RewindSessionRequest: _TypeAlias = RewindSessionRequest  # noqa: Y015
+
+@_typing.final
+class RewindSessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    REWIND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SessionMetadata: ...
+    @_builtins.property
+    def rewind(self) -> _events_pb2.SessionEvent:
+        """The session.snapshot_rewind event recorded."""
+
+    def __init__(
+        self,
+        *,
+        session: Global___SessionMetadata | None = ...,
+        rewind: _events_pb2.SessionEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rewind", b"rewind", "session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rewind", b"rewind", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RewindSessionResponse: _TypeAlias = RewindSessionResponse  # noqa: Y015

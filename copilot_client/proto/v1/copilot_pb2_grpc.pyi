@@ -137,6 +137,23 @@ class CopilotServiceStub:
     latest turns the model always sees verbatim; UNAVAILABLE
     (COMPACTION_FAILED) when the model could not summarise.
     """
+    ForkSession: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ForkSessionRequest, _copilot_pb2.ForkSessionResponse]
+    """== fork and rewind ==
+    Creates a new session whose history is the source's up to a point (its
+    last event by default), followed by a session.fork event. The fork
+    refers to its parent's log rather than copying it: it costs the same
+    whatever the length of the history. ALREADY_EXISTS when the new id is
+    taken; INVALID_ARGUMENT (POINT_INSIDE_TURN, POINT_INSIDE_TOOL_CALL,
+    SEQUENCE_OUT_OF_RANGE, SEQUENCE_REWOUND) for a point the fork cannot
+    start from.
+    """
+    RewindSession: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.RewindSessionRequest, _copilot_pb2.RewindSessionResponse]
+    """Rewinds a session: the conversation goes on as if the events after
+    to_sequence had not happened. Recorded as one session.snapshot_rewind
+    event, in one commit; the cut events stay in the log (include_rewound
+    on reads). FAILED_PRECONDITION (TURN_RUNNING) while a turn runs, unless
+    abort_turn; INVALID_ARGUMENT for a point inside a turn or a tool call.
+    """
     SearchSessions: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.SearchSessionsRequest, _copilot_pb2.SearchSessionsResponse]
     """== search ==
     Full-text search over every session's user messages, assistant answers
@@ -252,6 +269,23 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     FAILED_PRECONDITION (NOTHING_TO_COMPACT) when everything is among the
     latest turns the model always sees verbatim; UNAVAILABLE
     (COMPACTION_FAILED) when the model could not summarise.
+    """
+    ForkSession: _aio.UnaryUnaryMultiCallable[_copilot_pb2.ForkSessionRequest, _copilot_pb2.ForkSessionResponse]  # type: ignore[assignment]
+    """== fork and rewind ==
+    Creates a new session whose history is the source's up to a point (its
+    last event by default), followed by a session.fork event. The fork
+    refers to its parent's log rather than copying it: it costs the same
+    whatever the length of the history. ALREADY_EXISTS when the new id is
+    taken; INVALID_ARGUMENT (POINT_INSIDE_TURN, POINT_INSIDE_TOOL_CALL,
+    SEQUENCE_OUT_OF_RANGE, SEQUENCE_REWOUND) for a point the fork cannot
+    start from.
+    """
+    RewindSession: _aio.UnaryUnaryMultiCallable[_copilot_pb2.RewindSessionRequest, _copilot_pb2.RewindSessionResponse]  # type: ignore[assignment]
+    """Rewinds a session: the conversation goes on as if the events after
+    to_sequence had not happened. Recorded as one session.snapshot_rewind
+    event, in one commit; the cut events stay in the log (include_rewound
+    on reads). FAILED_PRECONDITION (TURN_RUNNING) while a turn runs, unless
+    abort_turn; INVALID_ARGUMENT for a point inside a turn or a tool call.
     """
     SearchSessions: _aio.UnaryUnaryMultiCallable[_copilot_pb2.SearchSessionsRequest, _copilot_pb2.SearchSessionsResponse]  # type: ignore[assignment]
     """== search ==
@@ -467,6 +501,35 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
         FAILED_PRECONDITION (NOTHING_TO_COMPACT) when everything is among the
         latest turns the model always sees verbatim; UNAVAILABLE
         (COMPACTION_FAILED) when the model could not summarise.
+        """
+
+    @_abc_1.abstractmethod
+    def ForkSession(
+        self,
+        request: _copilot_pb2.ForkSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.ForkSessionResponse, _abc.Awaitable[_copilot_pb2.ForkSessionResponse]]:
+        """== fork and rewind ==
+        Creates a new session whose history is the source's up to a point (its
+        last event by default), followed by a session.fork event. The fork
+        refers to its parent's log rather than copying it: it costs the same
+        whatever the length of the history. ALREADY_EXISTS when the new id is
+        taken; INVALID_ARGUMENT (POINT_INSIDE_TURN, POINT_INSIDE_TOOL_CALL,
+        SEQUENCE_OUT_OF_RANGE, SEQUENCE_REWOUND) for a point the fork cannot
+        start from.
+        """
+
+    @_abc_1.abstractmethod
+    def RewindSession(
+        self,
+        request: _copilot_pb2.RewindSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.RewindSessionResponse, _abc.Awaitable[_copilot_pb2.RewindSessionResponse]]:
+        """Rewinds a session: the conversation goes on as if the events after
+        to_sequence had not happened. Recorded as one session.snapshot_rewind
+        event, in one commit; the cut events stay in the log (include_rewound
+        on reads). FAILED_PRECONDITION (TURN_RUNNING) while a turn runs, unless
+        abort_turn; INVALID_ARGUMENT for a point inside a turn or a tool call.
         """
 
     @_abc_1.abstractmethod

@@ -117,6 +117,8 @@ class SessionEvent(_message.Message):
     PERMISSION_COMPLETED_FIELD_NUMBER: _builtins.int
     SESSION_COMPACTION_START_FIELD_NUMBER: _builtins.int
     SESSION_COMPACTION_COMPLETE_FIELD_NUMBER: _builtins.int
+    SESSION_SNAPSHOT_REWIND_FIELD_NUMBER: _builtins.int
+    SESSION_FORK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id of this event (a UUID)."""
     sequence: _builtins.int
@@ -177,6 +179,10 @@ class SessionEvent(_message.Message):
     def session_compaction_start(self) -> Global___SessionCompactionStartData: ...
     @_builtins.property
     def session_compaction_complete(self) -> Global___SessionCompactionCompleteData: ...
+    @_builtins.property
+    def session_snapshot_rewind(self) -> Global___SessionSnapshotRewindData: ...
+    @_builtins.property
+    def session_fork(self) -> Global___SessionForkData: ...
     def __init__(
         self,
         *,
@@ -208,12 +214,14 @@ class SessionEvent(_message.Message):
         permission_completed: Global___PermissionCompletedData | None = ...,
         session_compaction_start: Global___SessionCompactionStartData | None = ...,
         session_compaction_complete: Global___SessionCompactionCompleteData | None = ...,
+        session_snapshot_rewind: Global___SessionSnapshotRewindData | None = ...,
+        session_fork: Global___SessionForkData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "external_tool_requested", b"external_tool_requested", "pending_messages_modified", b"pending_messages_modified", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "session_compaction_complete", b"session_compaction_complete", "session_compaction_start", b"session_compaction_start", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "external_tool_requested", b"external_tool_requested", "pending_messages_modified", b"pending_messages_modified", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "session_compaction_complete", b"session_compaction_complete", "session_compaction_start", b"session_compaction_start", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_fork", b"session_fork", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_snapshot_rewind", b"session_snapshot_rewind", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "ephemeral", b"ephemeral", "external_tool_requested", b"external_tool_requested", "id", b"id", "parent_id", b"parent_id", "pending_messages_modified", b"pending_messages_modified", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "sequence", b"sequence", "session_compaction_complete", b"session_compaction_complete", "session_compaction_start", b"session_compaction_start", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "ephemeral", b"ephemeral", "external_tool_requested", b"external_tool_requested", "id", b"id", "parent_id", b"parent_id", "pending_messages_modified", b"pending_messages_modified", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "sequence", b"sequence", "session_compaction_complete", b"session_compaction_complete", "session_compaction_start", b"session_compaction_start", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_fork", b"session_fork", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_snapshot_rewind", b"session_snapshot_rewind", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort", "assistant_usage", "session_model_change", "session_truncation", "pending_messages_modified", "session_deleted", "tool_execution_start", "tool_execution_complete", "external_tool_requested", "permission_requested", "permission_completed", "session_compaction_start", "session_compaction_complete"]  # noqa: Y015
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort", "assistant_usage", "session_model_change", "session_truncation", "pending_messages_modified", "session_deleted", "tool_execution_start", "tool_execution_complete", "external_tool_requested", "permission_requested", "permission_completed", "session_compaction_start", "session_compaction_complete", "session_snapshot_rewind", "session_fork"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
 
@@ -1260,3 +1268,83 @@ class SessionCompactionCompleteData(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionCompactionCompleteData: _TypeAlias = SessionCompactionCompleteData  # noqa: Y015
+
+@_typing.final
+class SessionSnapshotRewindData(_message.Message):
+    """== fork and rewind: payloads ==
+    "session.snapshot_rewind": the session was rewound (RewindSession). The
+    events from first_rewound_sequence to last_rewound_sequence are cut: the
+    model no longer sees them and history reads leave them out unless asked
+    for them (include_rewound); they stay in the log. Names as in the Copilot
+    SDK (up_to_event_id, events_removed).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UP_TO_EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_REMOVED_FIELD_NUMBER: _builtins.int
+    TO_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FIRST_REWOUND_SEQUENCE_FIELD_NUMBER: _builtins.int
+    LAST_REWOUND_SEQUENCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    up_to_event_id: _builtins.str
+    """Id of the last event kept (the one at to_sequence)."""
+    events_removed: _builtins.int
+    """How many events this rewind cut (events cut by an earlier rewind are
+    not counted again).
+    """
+    to_sequence: _builtins.int
+    """The sequence the session was rewound to: the last event kept."""
+    first_rewound_sequence: _builtins.int
+    """The range cut: to_sequence + 1 up to the event just before this one."""
+    last_rewound_sequence: _builtins.int
+    reason: _builtins.str
+    """Why, as given by the caller (free text)."""
+    def __init__(
+        self,
+        *,
+        up_to_event_id: _builtins.str = ...,
+        events_removed: _builtins.int = ...,
+        to_sequence: _builtins.int = ...,
+        first_rewound_sequence: _builtins.int = ...,
+        last_rewound_sequence: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_removed", b"events_removed", "first_rewound_sequence", b"first_rewound_sequence", "last_rewound_sequence", b"last_rewound_sequence", "reason", b"reason", "to_sequence", b"to_sequence", "up_to_event_id", b"up_to_event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionSnapshotRewindData: _TypeAlias = SessionSnapshotRewindData  # noqa: Y015
+
+@_typing.final
+class SessionForkData(_message.Message):
+    """"session.fork": the first event of a fork's own, after the history it
+    inherits from its parent (sequences 1 to fork_sequence, read from the
+    parent's log, never copied).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_SESSION_ID_FIELD_NUMBER: _builtins.int
+    FORK_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PARENT_EVENT_ID_FIELD_NUMBER: _builtins.int
+    parent_session_id: _builtins.str
+    fork_sequence: _builtins.int
+    """The last inherited event: the parent's event of that sequence."""
+    parent_event_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        parent_session_id: _builtins.str = ...,
+        fork_sequence: _builtins.int = ...,
+        parent_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fork_sequence", b"fork_sequence", "parent_event_id", b"parent_event_id", "parent_session_id", b"parent_session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionForkData: _TypeAlias = SessionForkData  # noqa: Y015
