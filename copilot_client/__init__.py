@@ -51,6 +51,7 @@ from ._permissions import (
     PermissionRequestResult,
 )
 from ._session import CopilotSession, EventHandler
+from ._tool_types import PendingToolCall, ToolDeclaration
 from ._tools import Tool, ToolInvocation, ToolResult, define_tool
 from ._types import (
     EventData,
@@ -86,6 +87,7 @@ __all__ = [
     "MessageOptions",
     "ModelInfo",
     "NoRetentionPolicyError",
+    "PendingToolCall",
     "PermissionAnsweredError",
     "PermissionHandler",
     "PermissionInvocation",
@@ -110,6 +112,7 @@ __all__ = [
     "SystemMessageConfig",
     "Tool",
     "ToolCallAnsweredError",
+    "ToolDeclaration",
     "ToolInvocation",
     "ToolResult",
     "UnauthenticatedError",

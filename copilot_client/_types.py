@@ -5,13 +5,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from ._models import ProviderConfig
+from ._tool_types import PendingToolCall, ToolDeclaration, datetime_of
 from .proto.v1 import copilot_pb2, events_pb2
 
 if TYPE_CHECKING:  # _tools reads events of this module
@@ -169,15 +169,6 @@ class MessageOptions:
         raise TypeError(f"expected MessageOptions or str, not {type(value).__name__}")
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _datetime(stamp: Timestamp) -> datetime:
-    # What stamp.ToDatetime(tzinfo=UTC) gives (nanoseconds truncated to
-    # microseconds), in a fifth of the time: listings convert two per session.
-    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
-
-
 @dataclass(frozen=True, kw_only=True)
 class SessionMetadata:
     """What the daemon knows about a session without reading its events."""
@@ -219,13 +210,20 @@ class SessionMetadata:
     provider: ProviderConfig | None = None
     """Its own provider, secrets left out; ``None``: the daemon's configured ones."""
 
+    tools: tuple[ToolDeclaration, ...] = ()
+    """The tools it declares (on create, or by the last resume that gave tools)."""
+
+    pending_tool_calls: tuple[PendingToolCall, ...] = ()
+    """Calls of the open turn waiting for a result or a permission decision
+    (durable: they outlive a daemon restart)."""
+
     @classmethod
     def from_proto(cls, proto: copilot_pb2.SessionMetadata) -> SessionMetadata:
         """Converts the wire form."""
         return cls(
             session_id=proto.session_id,
-            start_time=_datetime(proto.start_time),
-            modified_time=_datetime(proto.modified_time),
+            start_time=datetime_of(proto.start_time),
+            modified_time=datetime_of(proto.modified_time),
             summary=proto.summary or None,
             model=proto.model or None,
             message_count=proto.message_count,
@@ -236,6 +234,10 @@ class SessionMetadata:
             input_tokens=proto.input_tokens,
             output_tokens=proto.output_tokens,
             provider=ProviderConfig.from_proto(proto.provider),
+            tools=tuple(ToolDeclaration.from_proto(tool) for tool in proto.tools),
+            pending_tool_calls=tuple(
+                PendingToolCall.from_proto(call) for call in proto.pending_tool_calls
+            ),
         )
 
 
@@ -274,7 +276,7 @@ class SearchHit:
             session_id=proto.session_id,
             sequence=proto.sequence,
             event_type=proto.event_type,
-            event_time=_datetime(proto.event_time),
+            event_time=datetime_of(proto.event_time),
             snippet=proto.snippet,
             rank=proto.rank,
         )
@@ -315,6 +317,10 @@ class SessionEventType(enum.StrEnum):
     EXTERNAL_TOOL_REQUESTED = "external_tool.requested"
     PERMISSION_REQUESTED = "permission.requested"
     PERMISSION_COMPLETED = "permission.completed"
+    EXTERNAL_TOOL_ASSIGNED = "external_tool.assigned"
+    """Live-only, on one client's stream: that client is to run the call."""
+    PERMISSION_ASSIGNED = "permission.assigned"
+    """Live-only, on one client's stream: that client is to decide the request."""
     UNKNOWN = "unknown"
 
     @classmethod
@@ -501,7 +507,7 @@ class SessionEvent:
             type=SessionEventType(proto.type),
             type_name=proto.type,
             sequence=proto.sequence,
-            timestamp=_datetime(proto.timestamp),
+            timestamp=datetime_of(proto.timestamp),
             parent_id=proto.parent_id or None,
             ephemeral=proto.ephemeral,
             data=_event_data(proto),
@@ -531,5 +537,5 @@ class LifecycleEvent:
             metadata=(
                 SessionMetadata.from_proto(proto.metadata) if proto.HasField("metadata") else None
             ),
-            timestamp=_datetime(proto.timestamp),
+            timestamp=datetime_of(proto.timestamp),
         )

@@ -37,6 +37,8 @@ TOOL_EXECUTION_COMPLETE: Final = "tool.execution_complete"
 EXTERNAL_TOOL_REQUESTED: Final = "external_tool.requested"
 PERMISSION_REQUESTED: Final = "permission.requested"
 PERMISSION_COMPLETED: Final = "permission.completed"
+EXTERNAL_TOOL_ASSIGNED: Final = "external_tool.assigned"
+PERMISSION_ASSIGNED: Final = "permission.assigned"
 
 # Event type -> name of the payload field in the SessionEvent.data oneof.
 PAYLOAD_FIELD: Final[dict[str, str]] = {
@@ -60,10 +62,15 @@ PAYLOAD_FIELD: Final[dict[str, str]] = {
     EXTERNAL_TOOL_REQUESTED: "external_tool_requested",
     PERMISSION_REQUESTED: "permission_requested",
     PERMISSION_COMPLETED: "permission_completed",
+    EXTERNAL_TOOL_ASSIGNED: "external_tool_assigned",
+    PERMISSION_ASSIGNED: "permission_assigned",
 }
 
+# Sent on one client's stream only (never published to every subscriber).
+ASSIGNMENT_TYPES: Final = frozenset({EXTERNAL_TOOL_ASSIGNED, PERMISSION_ASSIGNED})
 EPHEMERAL_TYPES: Final = frozenset(
     {ASSISTANT_MESSAGE_DELTA, SESSION_IDLE, PENDING_MESSAGES_MODIFIED, SESSION_DELETED}
+    | ASSIGNMENT_TYPES
 )
 MESSAGE_TYPES: Final = frozenset({USER_MESSAGE, ASSISTANT_MESSAGE})
 

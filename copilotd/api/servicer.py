@@ -133,7 +133,11 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         self, request: pb.StreamEventsRequest, context: Context
     ) -> AsyncIterator[pb.StreamEventsResponse]:
         async with translate_errors(context, "StreamEvents"):
-            stream = self._service.stream_events(request.session_id, request.after_sequence)
+            stream = self._service.stream_events(
+                request.session_id,
+                request.after_sequence,
+                request.tool_client if request.HasField("tool_client") else None,
+            )
             async with contextlib.aclosing(stream):
                 async for events, live in stream:
                     yield pb.StreamEventsResponse(events=events, live=live)

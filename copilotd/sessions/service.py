@@ -51,6 +51,7 @@ from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.sending import MessageSender
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
 from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
+from copilotd.sessions.tool_routing import ToolClient
 from copilotd.sessions.tools import check_result, check_tools
 from copilotd.sessions.turns import TurnEngine
 from copilotd.sessions.validation import (
@@ -258,11 +259,15 @@ class SessionService:
             )
 
     def publish_ephemeral(self, session_id: str, event: SessionEvent) -> None:
+        self._stamp(session_id, event)
+        self.fanout.publish(session_id, [event])
+
+    def _stamp(self, session_id: str, event: SessionEvent) -> None:
+        """A live-only event carries the sequence and id of the last persisted one."""
         state = self._states.get(session_id)
         if state is not None:
             event.sequence = state.last_sequence
             event.parent_id = state.last_event_id
-        self.fanout.publish(session_id, [event])
 
     def has_audience(self, session_id: str) -> bool:
         return self.fanout.has_audience(session_id)
@@ -510,12 +515,28 @@ class SessionService:
         return self._history.page(session_id, cursor, limit, newest_first)
 
     def stream_events(
-        self, session_id: str, after_sequence: int
+        self,
+        session_id: str,
+        after_sequence: int,
+        tool_client: copilot_pb2.ToolClient | None = None,
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
-        """Persisted events after the cursor, then live ones (``History.follow``)."""
+        """Persisted events after the cursor, then live ones (``History.follow``);
+        with ``tool_client``, that client is attached for as long as the stream lasts."""
         self._check_running()
         self._state(self._record(session_id))  # what live events are delivered from
-        return self._history.follow(session_id, after_sequence)
+        if tool_client is None:
+            return self._history.follow(session_id, after_sequence)
+        client = ToolClient.from_proto(session_id, tool_client)
+        return self._turns.calls.routes.follow(
+            client,
+            lambda subscribed: self._history.follow(session_id, after_sequence, subscribed),
+            lambda: self._running_turn(session_id),
+            lambda event: self._stamp(session_id, event),
+        )
+
+    def _running_turn(self, session_id: str) -> RunningTurn | None:
+        state = self._states.get(session_id)
+        return None if state is None else state.turn
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """A client process holding the tool ``get_weather``, for the tool tests.
 
-Usage: python -m tests.support.clients.tool_worker SESSION_ID ANSWER PENDING [PERMISSION]
+Usage: python -m tests.support.clients.tool_worker SESSION_ID ANSWER PENDING [PERMISSION [TOOL]]
 
-Resumes the session with a handler for ``get_weather`` that prints
+Resumes the session with a handler for TOOL (default ``get_weather``) that prints
 {"running": CALL_ID} and then answers ANSWER, or never answers when ANSWER is
 "block" (the test then kills the process mid-call). PENDING is "continue" to
 take over the calls left waiting (continue_pending_work=True) or "close" to
@@ -23,15 +23,21 @@ from copilot_client import CopilotClient, PermissionHandler, Tool, ToolInvocatio
 WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
 
 
-async def main(session_id: str, answer: str, pending: str, permission: str = "skip") -> None:
+async def main(
+    session_id: str,
+    answer: str,
+    pending: str,
+    permission: str = "skip",
+    tool_name: str = "get_weather",
+) -> None:
     async def get_weather(invocation: ToolInvocation) -> str:
         print(json.dumps({"running": invocation.tool_call_id}), flush=True)
         if answer == "block":
             await asyncio.Event().wait()
-        return f"{answer} in {invocation.arguments['city']}"
+        return f"{answer} in {invocation.arguments.get('city')}"
 
     tool = Tool(
-        "get_weather",
+        tool_name,
         "The weather in a city",
         WEATHER_SCHEMA,
         get_weather,
@@ -52,4 +58,4 @@ async def main(session_id: str, answer: str, pending: str, permission: str = "sk
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:5]))
+    asyncio.run(main(*sys.argv[1:6]))
