@@ -63,14 +63,6 @@ async def answered_session(client: CopilotClient, session_id: str) -> str:
     return call_id
 
 
-async def stored_metadata(daemon: DaemonProcess, session_id: str) -> pb.SessionMetadata:
-    """The metadata as the daemon sends it (the client's has no pending calls)."""
-    async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
-        stub = copilot_pb2_grpc.CopilotServiceStub(channel)
-        response = await stub.GetSession(pb.GetSessionRequest(session_id=session_id))
-    return response.session
-
-
 def export_lines(daemon: DaemonProcess, path: Path, *session_ids: str) -> list[str]:
     ok(copilotd(daemon, "export", *session_ids, "-o", str(path)))
     return path.read_text().splitlines()
@@ -142,8 +134,10 @@ async def test_an_export_taken_while_a_call_waits_imports_with_the_call_closed(
 
     report = ok(copilotd(daemon, "import", "--rename", str(tmp_path / "waiting.jsonl")))
     assert "marked interrupted" in report
-    metadata = await stored_metadata(daemon, "waiting-imported")
-    assert not metadata.turn_running and not metadata.pending_tool_calls
+    metadata = await client.get_session_metadata("waiting-imported")
+    assert metadata is not None
+    assert not metadata.turn_running and metadata.pending_tool_calls == ()
+    assert [tool.name for tool in metadata.tools] == ["get_weather"]
     events = await client.get_messages("waiting-imported")
     starts, completes = calls_and_results(events)
     assert starts == completes == Counter({call_id: 1})  # every call has exactly one result
@@ -162,6 +156,14 @@ async def test_an_export_taken_while_a_call_waits_imports_with_the_call_closed(
     assert answer is not None
     # The original still waits for its call, untouched by the import.
     assert [call.tool_call_id for call in await session.pending_tool_calls()] == [call_id]
+    original = await client.get_session_metadata("waiting")
+    assert original is not None
+    [waiting] = original.pending_tool_calls
+    assert (waiting.tool_call_id, waiting.tool_name, waiting.arguments) == (
+        call_id,
+        "get_weather",
+        {"city": "Paris"},
+    )
 
 
 async def test_import_refuses_a_result_without_its_call(
