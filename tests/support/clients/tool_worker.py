@@ -7,8 +7,9 @@ Resumes the session with a handler for TOOL (default ``get_weather``) that print
 "block" (the test then kills the process mid-call). PENDING is "continue" to
 take over the calls left waiting (continue_pending_work=True) or "close" to
 have them closed. PERMISSION is "skip" (the default: the tool is declared
-with skip_permission), "approve_all" (PermissionHandler.approve_all) or
-"none" (no permission handler: the client denies by default). Prints
+with skip_permission), "approve_all" (PermissionHandler.approve_all),
+"none" (no permission handler: the client denies by default) or "block" (a
+handler that prints {"asked": REQUEST_ID} and never decides). Prints
 {"ready": true} once attached, then waits to be killed.
 """
 
@@ -18,7 +19,15 @@ import asyncio
 import json
 import sys
 
-from copilot_client import CopilotClient, PermissionHandler, Tool, ToolInvocation
+from copilot_client import (
+    CopilotClient,
+    PermissionHandler,
+    PermissionInvocation,
+    PermissionRequest,
+    Tool,
+    ToolInvocation,
+)
+from copilot_client._permissions import PermissionHandlerFunc
 
 WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
 
@@ -36,6 +45,15 @@ async def main(
             await asyncio.Event().wait()
         return f"{answer} in {invocation.arguments.get('city')}"
 
+    async def never_decide(request: PermissionRequest, invocation: PermissionInvocation) -> bool:
+        print(json.dumps({"asked": request.request_id}), flush=True)
+        await asyncio.Event().wait()
+        return False
+
+    handlers: dict[str, PermissionHandlerFunc] = {
+        "approve_all": PermissionHandler.approve_all,
+        "block": never_decide,
+    }
     tool = Tool(
         tool_name,
         "The weather in a city",
@@ -47,9 +65,7 @@ async def main(
         session = await client.resume_session(
             session_id,
             tools=[tool],
-            on_permission_request=(
-                PermissionHandler.approve_all if permission == "approve_all" else None
-            ),
+            on_permission_request=handlers.get(permission),
             continue_pending_work=pending == "continue",
         )
         await session.attach()
