@@ -219,3 +219,28 @@ async def test_a_client_holding_another_tool_never_runs_the_call(
     assert answer.data.content == 'get_weather returned: "sunny in Paris".'
     assert other.runs() == []
     assert len(holder.runs()) == 1
+
+
+async def test_after_a_daemon_restart_the_open_call_goes_to_a_client_that_attaches(
+    daemon: DaemonProcess, workers: list[ToolWorker]
+) -> None:
+    async with CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client:
+        session = await client.create_session(tools=[WEATHER])
+        session_id = session.session_id
+        first = await start(workers, daemon, session_id, "block", "continue")
+        await session.send(PROMPT)
+        call_id = (await read(first))["running"]
+    daemon.restart_after_kill()
+    first.kill()  # gone too: nobody holds the tool any more
+    async with CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client:
+        watcher = await client.resume_session(session_id, continue_pending_work=True)
+        ended = asyncio.Event()
+        watcher.on(lambda e: ended.set() if e.type_name == "assistant.turn_end" else None)
+        await watcher.attach()
+        second = await start(workers, daemon, session_id, "sunny", "continue")
+        assert (await read(second)) == {"running": call_id}
+        await ended.wait()
+        events = await watcher.get_events()
+    [complete] = completes(events)
+    data = complete.proto.tool_execution_complete
+    assert (data.tool_call_id, data.result.text_result_for_llm) == (call_id, "sunny in Paris")
