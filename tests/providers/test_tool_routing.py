@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import grpc
 
-from copilot_client import Tool, ToolInvocation
+from copilot_client import SessionEventType, Tool, ToolInvocation
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc, events_pb2
 from tests.providers.test_tool_calls import declared, history, refused
 from tests.support.daemon_process import DaemonProcess
 from tests.support.fake_model_server import Call, FakeModelServer, calls, stream
 from tests.support.model_providers import connect
+from tests.support.session_events import Recorder
 from tests.test_tools_clients import ToolWorker, start
 from tests.test_tools_clients import workers as workers  # a fixture
 
@@ -77,4 +78,28 @@ async def test_a_terminal_tool_s_result_ends_the_turn_without_another_model_call
         ("assistant", "report filed", []),
         ("user", "Thanks"),
     ]
+    assert refused(server) == []
+
+
+async def test_anthropic_is_sent_the_called_tools_bare_once_nobody_offers_them(
+    daemon: DaemonProcess, server: FakeModelServer
+) -> None:
+    by_hand = Tool("get_weather", "The weather", None, skip_permission=True)
+    server.script(calls(Call("get_weather", {"city": "Rome"})), stream("Sunny."), stream("Bye."))
+    async with connect(daemon) as client:
+        session = await client.create_session(model="claude-test", tools=[by_hand])
+        recorder = Recorder()
+        session.on(recorder)
+        await session.send("Weather in Rome?")
+        call = await recorder.wait_type(SessionEventType.EXTERNAL_TOOL_REQUESTED)
+        assert call.data.tool_call_id is not None
+        await session.handle_pending_tool_call(call.data.tool_call_id, "sunny")
+        await recorder.wait_type(SessionEventType.ASSISTANT_TURN_END)
+        # The session drops its tools: the next turn offers none, its history has a call.
+        later = await client.resume_session(session.session_id, tools=[])
+        answer = await later.send_and_wait("Thanks")
+    assert answer is not None and answer.data.content == "Bye."
+    last = server.requests[-1]
+    assert [tool["name"] for tool in last.body["tools"]] == ["get_weather"]
+    assert last.body["tool_choice"] == {"type": "none"}  # defined, not callable
     assert refused(server) == []
