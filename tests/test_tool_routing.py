@@ -16,7 +16,7 @@ from copilotd.errors import InvalidArgumentError
 from copilotd.events import SessionEvent
 from copilotd.providers import ToolCall
 from copilotd.sessions.state import RunningTurn
-from copilotd.sessions.tool_routing import ToolClient, ToolRoutes
+from copilotd.sessions.tool_routing import ToolClient, ToolRoutes, offer
 
 WEATHER = events_pb2.ToolDefinition(name="get_weather", skip_permission=True)
 
@@ -99,3 +99,22 @@ def test_a_tool_client_without_an_id_is_refused() -> None:
     bad_tool = events_pb2.ToolDefinition(name="no spaces")
     with pytest.raises(InvalidArgumentError, match=r"tool_client.tools\[0\].name"):
         ToolClient.from_proto("s", copilot_pb2.ToolClient(client_id="c", tools=[bad_tool]))
+
+
+def test_the_model_is_offered_what_the_attached_clients_hold_now() -> None:
+    routes, turn = ToolRoutes(), waiting_turn()
+    by_hand = events_pb2.ToolDefinition(name="get_time")
+    held = events_pb2.ToolDefinition(name="get_weather", has_handler=True, is_terminal=True)
+    turn.declared = [by_hand, held]
+    client, _ = holder("c")
+    routes.attach("s", client)
+    offer(turn, routes.clients("s"))
+    assert ([tool.name for tool in turn.tools], turn.skip_permission) == (
+        ["get_time", "get_weather"],
+        frozenset({"get_weather"}),  # the attached client's definition
+    )
+    routes.detach("s", client)
+    offer(turn, routes.clients("s"))
+    assert [tool.name for tool in turn.tools] == ["get_time"]
+    # A call of it waiting since before the client went still ends the turn.
+    assert turn.terminal == frozenset({"get_weather"})
