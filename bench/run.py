@@ -17,7 +17,9 @@ The benchmarks, each on a daemon of its own (temp socket, temp data dir):
 The ``store`` benchmark also times search across sessions: the index built
 from the seeded log (by the daemon's catch-up, before it starts), its size,
 a search for a word in every message and for one in none, and the indexing
-work a turn adds (in-process).
+work a turn adds (in-process); and compaction (``bench/_compaction.py``,
+in-process): a long session's context loaded with and without a compaction,
+and the daemon's own work for one compaction.
 
 Each is run for copilotd and for the baseline (``bench/_baseline.py``) in the
 same run, from the same number of processes.
@@ -40,7 +42,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import _baseline, _coldfloor, _ours, _profile, _report, _search, _seed, _slots
+from bench import (
+    _baseline,
+    _coldfloor,
+    _compaction,
+    _ours,
+    _profile,
+    _report,
+    _search,
+    _seed,
+    _slots,
+)
 from bench._daemon import PURGED, BenchDaemon
 from bench._procs import CpuSampler, Timed, latency_summary, run_processes, shared_event, split
 from bench._sizes import MODES, Sizes
@@ -100,6 +112,7 @@ def bench_store(root: Path, sizes: Sizes, seed_cache: Path) -> dict[str, Any]:
         "memory": memory,
         "group_commit": group_commit,
         "search": {**search, "turn_cost": _search.turn_cost()},
+        "compaction": _compaction.cost(),
     }
 
 

@@ -17,8 +17,10 @@ start with an underscore are private.
 """
 
 from ._client import CopilotClient
+from ._compaction import CompactionResult, InfiniteSessionConfig
 from ._errors import (
     BackupUnsupportedError,
+    CompactionFailedError,
     CopilotError,
     DaemonTimeoutError,
     DaemonUnavailableError,
@@ -27,6 +29,7 @@ from ._errors import (
     InvalidImportError,
     MessageAlreadyAnsweredError,
     NoRetentionPolicyError,
+    NothingToCompactError,
     PermissionAnsweredError,
     ProviderSecretRequiredError,
     ResourceExhaustedError,
@@ -71,6 +74,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackupUnsupportedError",
+    "CompactionFailedError",
+    "CompactionResult",
     "CopilotClient",
     "CopilotError",
     "CopilotSession",
@@ -79,6 +84,7 @@ __all__ = [
     "EventData",
     "EventHandler",
     "FailedPreconditionError",
+    "InfiniteSessionConfig",
     "InvalidArgumentError",
     "InvalidImportError",
     "LifecycleEvent",
@@ -87,6 +93,7 @@ __all__ = [
     "MessageOptions",
     "ModelInfo",
     "NoRetentionPolicyError",
+    "NothingToCompactError",
     "PendingToolCall",
     "PermissionAnsweredError",
     "PermissionHandler",

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any, Self, overload
 
 from . import _autostart
+from ._compaction import InfiniteSessionConfig
 from ._errors import (
     CopilotError,
     DaemonTimeoutError,
@@ -299,14 +300,16 @@ class CopilotClient:
         tools: Sequence[Tool] | None = None,
         on_permission_request: PermissionHandlerFunc | None = None,
         continue_pending_work: bool = False,
+        infinite_sessions: InfiniteSessionConfig | Mapping[str, Any] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> CopilotSession:
         """Resumes an existing session (recorded as a ``session.resume`` event).
 
         Args:
             session_id: The session's id.
-            config: As in the Copilot SDK; only its ``provider`` is used: the
-                session keeps the model and system message it was created with.
+            config: As in the Copilot SDK; only its ``provider``, ``tools`` and
+                ``infinite_sessions`` are used: the session keeps the model and
+                system message it was created with.
             provider: The session's own provider, again (its secret is not
                 stored, so a session created with one needs it after every
                 daemon restart). Overrides ``config``'s.
@@ -322,6 +325,8 @@ class CopilotClient:
                 client has are sent to this handle's handlers. False (the
                 default, as in the Copilot SDK) closes them with the result
                 "interrupted: no client answered", so the turn goes on.
+            infinite_sessions: New compaction settings (``None``: ``config``'s,
+                else those the session has).
             timeout: Seconds the call may take; default the client's ``timeout``.
 
         On a full store the session is resumed without its ``session.resume``
@@ -346,6 +351,11 @@ class CopilotClient:
             request.tools.extend(tool.to_proto() for tool in tools)
             request.replace_tools = True
         request.continue_pending_work = continue_pending_work
+        if infinite_sessions is None and isinstance(config, SessionConfig):
+            infinite_sessions = config.infinite_sessions
+        if infinite_sessions is not None:
+            infinite = InfiniteSessionConfig.coerce(infinite_sessions)
+            request.infinite_sessions.CopyFrom(infinite.to_proto())
         stub = await self._stub()
         response = await self._transport.call(
             stub.ResumeSession, request, deadline=per_call(timeout)

@@ -17,7 +17,9 @@ The tree::
     │   │   ├── SequenceConflictError     reason SEQUENCE_CONFLICT
     │   │   ├── ProviderSecretRequiredError  reason PROVIDER_SECRET_REQUIRED
     │   │   ├── BackupUnsupportedError    reason BACKUP_UNSUPPORTED
-    │   │   └── NoRetentionPolicyError    reason NO_RETENTION_POLICY
+    │   │   ├── NoRetentionPolicyError    reason NO_RETENTION_POLICY
+    │   │   └── NothingToCompactError     reason NOTHING_TO_COMPACT
+    │   ├── CompactionFailedError         reason COMPACTION_FAILED (UNAVAILABLE)
     │   ├── ResourceExhaustedError        RESOURCE_EXHAUSTED
     │   │   └── SubscriberTooSlowError    reason SUBSCRIBER_TOO_SLOW
     │   ├── UnauthenticatedError          UNAUTHENTICATED (TCP without the right token)
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackupUnsupportedError",
+    "CompactionFailedError",
     "CopilotError",
     "DaemonTimeoutError",
     "DaemonUnavailableError",
@@ -50,6 +53,7 @@ __all__ = [
     "InvalidImportError",
     "MessageAlreadyAnsweredError",
     "NoRetentionPolicyError",
+    "NothingToCompactError",
     "PermissionAnsweredError",
     "ProviderSecretRequiredError",
     "RPCError",
@@ -159,6 +163,15 @@ class BackupUnsupportedError(FailedPreconditionError):
 
 class NoRetentionPolicyError(FailedPreconditionError):
     """A prune gave no rule and the daemon has no ``[retention]`` policy configured."""
+
+
+class NothingToCompactError(FailedPreconditionError):
+    """``session.compact()`` found nothing to summarise: the model already sees
+    only the summary and the latest turns, which always go to it verbatim."""
+
+
+class CompactionFailedError(RPCError):
+    """The model could not summarise the session; its context is as it was before."""
 
 
 class ResourceExhaustedError(RPCError):

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from ._compaction import CompactionResult
 from ._errors import (
     CopilotError,
     DaemonTimeoutError,
@@ -342,6 +343,37 @@ class CopilotSession:
             self._transport.stub.SetModel, request, deadline=per_call(timeout)
         )
         self._metadata = SessionMetadata.from_proto(response.session)
+
+    async def compact(
+        self,
+        custom_instructions: str | None = None,
+        *,
+        timeout: float = 300.0,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> CompactionResult:
+        """Summarises the conversation's older part now; returns once it is recorded.
+
+        The model then sees the system message, the summary and the events
+        after the range it covers; the log keeps every event. A compaction
+        already under way is waited for instead. The timeout does not stop
+        the compaction: it goes on in the daemon.
+
+        Args:
+            custom_instructions: What the summary should keep, besides the usual.
+            timeout: Seconds to wait (a summary is one or more model calls).
+
+        Raises:
+            NothingToCompactError: The model already sees only the summary and
+                the latest turns, which always go to it verbatim.
+            CompactionFailedError: The model could not summarise.
+        """
+        self._check_usable()
+        request = copilot_pb2.CompactSessionRequest(
+            session_id=self.session_id, custom_instructions=custom_instructions or ""
+        )
+        response = await self._transport.call(
+            self._transport.stub.CompactSession, request, deadline=timeout
+        )
+        return CompactionResult.from_proto(response.compaction_complete)
 
     async def abort(
         self,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from google.protobuf.message import Message
 
+from ._compaction import InfiniteSessionConfig, trigger_name
 from ._models import ProviderConfig
 from ._tool_types import PendingToolCall, ToolDeclaration, datetime_of
 from .proto.v1 import copilot_pb2, events_pb2
@@ -115,6 +116,10 @@ class SessionConfig:
     """Decides whether a call of a tool declared without ``skip_permission``
     may run (e.g. ``PermissionHandler.approve_all``); ``None`` denies them."""
 
+    infinite_sessions: InfiniteSessionConfig | Mapping[str, Any] | None = None
+    """Automatic compaction of the conversation as it grows (see
+    :class:`InfiniteSessionConfig`); ``None``: off."""
+
     def to_proto(self) -> copilot_pb2.SessionConfig:
         """The wire form.
 
@@ -129,6 +134,9 @@ class SessionConfig:
         if self.provider is not None:
             proto.provider.CopyFrom(ProviderConfig.coerce(self.provider).to_proto())
         proto.tools.extend(tool.to_proto() for tool in self.tools)
+        if self.infinite_sessions is not None:
+            infinite = InfiniteSessionConfig.coerce(self.infinite_sessions)
+            proto.infinite_sessions.CopyFrom(infinite.to_proto())
         return proto
 
 
@@ -216,6 +224,10 @@ class SessionMetadata:
     pending_tool_calls: tuple[PendingToolCall, ...] = ()
     """Calls of the open turn waiting for a result or a permission decision
     (durable: they outlive a daemon restart)."""
+    infinite_sessions: InfiniteSessionConfig | None = None
+    """Its compaction settings; ``None``: automatic compaction off."""
+    compaction_count: int = 0
+    """Compactions that completed so far."""
 
     @classmethod
     def from_proto(cls, proto: copilot_pb2.SessionMetadata) -> SessionMetadata:
@@ -238,6 +250,12 @@ class SessionMetadata:
             pending_tool_calls=tuple(
                 PendingToolCall.from_proto(call) for call in proto.pending_tool_calls
             ),
+            infinite_sessions=(
+                InfiniteSessionConfig.from_proto(proto.infinite_sessions)
+                if proto.HasField("infinite_sessions")
+                else None
+            ),
+            compaction_count=proto.compaction_count,
         )
 
 
@@ -321,6 +339,8 @@ class SessionEventType(enum.StrEnum):
     """Live-only, on one client's stream: that client is to run the call."""
     PERMISSION_ASSIGNED = "permission.assigned"
     """Live-only, on one client's stream: that client is to decide the request."""
+    SESSION_COMPACTION_START = "session.compaction_start"
+    SESSION_COMPACTION_COMPLETE = "session.compaction_complete"
     UNKNOWN = "unknown"
 
     @classmethod
@@ -421,6 +441,30 @@ class EventData:
     result_type: str | None = None
     """``tool.execution_complete``: ``"success"``, ``"failure"``, ``"rejected"``,
     ``"denied"`` or ``"timeout"``."""
+    compaction_id: str | None = None
+    """``session.compaction_start`` and ``_complete``: pairs them."""
+    trigger: str | None = None
+    """The same: ``"threshold"``, ``"exhaustion"`` or ``"manual"``."""
+    current_tokens: int | None = None
+    """``session.compaction_start``: estimated tokens of the context."""
+    from_sequence: int | None = None
+    """Compaction events: the first event the summary covers."""
+    up_to_sequence: int | None = None
+    """Compaction events: the last event the summary covers."""
+    custom_instructions: str | None = None
+    """Compaction events: what ``compact()`` was asked to keep."""
+    error: str | None = None
+    """``session.compaction_complete``: why it failed (``success`` False)."""
+    pre_compaction_tokens: int | None = None
+    """``session.compaction_complete``: estimated tokens before."""
+    post_compaction_tokens: int | None = None
+    """``session.compaction_complete``: estimated tokens after."""
+    pre_compaction_messages_length: int | None = None
+    """``session.compaction_complete``: messages in the context before."""
+    summary_content: str | None = None
+    """``session.compaction_complete``: the summary the model sees from then on."""
+    chunks: int | None = None
+    """``session.compaction_complete``: model calls the summary took."""
 
 
 # Text bodies keep "" (an answer can be empty); other empty strings mean "unset".
@@ -449,6 +493,8 @@ def _event_data(proto: events_pb2.SessionEvent) -> EventData:
             if payload.reason in _TURN_END_REASONS
             else str(payload.reason)
         )
+    if member in ("session_compaction_start", "session_compaction_complete"):
+        values["trigger"] = trigger_name(payload.trigger)
     if member == "tool_execution_complete":
         values["result_text"] = payload.result.text_result_for_llm
         values["result_type"] = payload.result.result_type or "success"

@@ -31,6 +31,7 @@ import grpc
 
 from ._errors import (
     BackupUnsupportedError,
+    CompactionFailedError,
     CopilotError,
     DaemonTimeoutError,
     DaemonUnavailableError,
@@ -39,6 +40,7 @@ from ._errors import (
     InvalidImportError,
     MessageAlreadyAnsweredError,
     NoRetentionPolicyError,
+    NothingToCompactError,
     PermissionAnsweredError,
     ProviderSecretRequiredError,
     ResourceExhaustedError,
@@ -331,6 +333,9 @@ ERROR_FOR_REASON: Final[dict[copilot_pb2.ErrorReason.ValueType, type[RPCError]]]
     Reason.ERROR_REASON_UNKNOWN_PERMISSION_REQUEST: UnknownPermissionRequestError,
     Reason.ERROR_REASON_PERMISSION_ANSWERED: PermissionAnsweredError,
     Reason.ERROR_REASON_AWAITING_PERMISSION: FailedPreconditionError,
+    Reason.ERROR_REASON_COMPACTION_FAILED: CompactionFailedError,
+    Reason.ERROR_REASON_NOTHING_TO_COMPACT: NothingToCompactError,
+    Reason.ERROR_REASON_INVALID_INFINITE_SESSIONS: InvalidArgumentError,
 }
 
 _BY_STATUS: Final[dict[grpc.StatusCode, type[RPCError]]] = {

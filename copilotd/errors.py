@@ -238,3 +238,28 @@ class AwaitingPermissionError(ServiceError):
             "decision, so it takes no result yet; approve it with HandlePendingPermission "
             "first (a denied call gets its result from the daemon)"
         )
+
+
+class CompactionFailedError(ServiceError):
+    """The model could not summarise the session (the context stays as it was)."""
+
+    status: StatusName = "UNAVAILABLE"
+    reason = Reason.ERROR_REASON_COMPACTION_FAILED
+
+    def __init__(self, session_id: str, why: str) -> None:
+        super().__init__(
+            f"session {session_id!r} was not compacted: {why}; the model's context is as "
+            "before. Try again later, or switch the session to another model (SetModel)"
+        )
+
+
+class NothingToCompactError(ServiceError):
+    status: StatusName = "FAILED_PRECONDITION"
+    reason = Reason.ERROR_REASON_NOTHING_TO_COMPACT
+
+    def __init__(self, session_id: str, kept_turns: int) -> None:
+        super().__init__(
+            f"session {session_id!r} has nothing to compact: its model already sees only the "
+            f"summary and the latest {kept_turns} turns, which always go to it verbatim; "
+            "compact again after more turns"
+        )

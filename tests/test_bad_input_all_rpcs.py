@@ -221,6 +221,14 @@ def admin_requests(module: Any, prefix: str) -> dict[str, tuple[str, st.SearchSt
 CALLS: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
     SERVICE + "SendMessageAndWait": ("unary", send_and_wait_requests()),
     SERVICE + "ListModels": ("unary", st.just(pb.ListModelsRequest())),
+    SERVICE + "CompactSession": (
+        "unary",
+        st.builds(
+            pb.CompactSessionRequest,
+            session_id=session_ids,
+            custom_instructions=st.one_of(labels, nasty_text, st.just("é" * 3_000_000)),
+        ),
+    ),
     SERVICE + "SetModel": (
         "unary",
         st.builds(

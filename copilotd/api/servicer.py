@@ -71,6 +71,9 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
                 request.provider if request.HasField("provider") else None,
                 tools=request.tools if request.tools or request.replace_tools else None,
                 continue_pending_work=request.continue_pending_work,
+                infinite_sessions=(
+                    request.infinite_sessions if request.HasField("infinite_sessions") else None
+                ),
             )
         return pb.ResumeSessionResponse(
             session=metadata, tail=tail, resume_not_recorded=not recorded
@@ -163,6 +166,15 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         async with translate_errors(context, "ListModels"):
             models, offline_only = self._service.list_models()
         return pb.ListModelsResponse(models=models, offline_only=offline_only)
+
+    async def CompactSession(
+        self, request: pb.CompactSessionRequest, context: Context
+    ) -> pb.CompactSessionResponse:
+        async with translate_errors(context, "CompactSession"):
+            complete = await self._service.compact_session(
+                request.session_id, request.custom_instructions
+            )
+        return pb.CompactSessionResponse(compaction_complete=complete)
 
     async def SetModel(self, request: pb.SetModelRequest, context: Context) -> pb.SetModelResponse:
         async with translate_errors(context, "SetModel"):

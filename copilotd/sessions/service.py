@@ -40,6 +40,7 @@ from copilotd.providers import (
     check_provider_config,
     public_provider_config,
 )
+from copilotd.sessions.compaction import check_infinite_sessions
 from copilotd.sessions.context_window import ContextWindow
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.history import History
@@ -292,6 +293,9 @@ class SessionService:
         metadata = SessionMetadata(session_id=session_id, model=model)
         check_tools(config.tools, "config.tools")
         metadata.tools.extend(config.tools)
+        if config.HasField("infinite_sessions"):
+            check_infinite_sessions(config.infinite_sessions, "config.infinite_sessions")
+            metadata.infinite_sessions.CopyFrom(config.infinite_sessions)
         if config.HasField("system_message"):
             check_enum(
                 config.system_message.mode,
@@ -343,6 +347,7 @@ class SessionService:
         provider: events_pb2.ProviderConfig | None = None,
         tools: Sequence[events_pb2.ToolDefinition] | None = None,
         continue_pending_work: bool = False,
+        infinite_sessions: events_pb2.InfiniteSessionConfig | None = None,
     ) -> tuple[SessionMetadata, list[SessionEvent], bool]:
         """Record a session.resume; ``provider`` (the session's own, again) is held in memory.
 
@@ -367,6 +372,9 @@ class SessionService:
             check_tools(tools, "tools")
             resume.session_resume.tools.extend(tools)
             resume.session_resume.tools_replaced = True
+        if infinite_sessions is not None:
+            check_infinite_sessions(infinite_sessions, "infinite_sessions")
+            resume.session_resume.infinite_sessions.CopyFrom(infinite_sessions)
         recorded = True
         try:
             record, _ = await self.append(session_id, [resume])
@@ -441,6 +449,7 @@ class SessionService:
         self.purger.kick()
         state = self._states.pop(session_id, None)
         self.idle_contexts.take(session_id)
+        self._turns.compactor.forget(session_id)
         terminal = ev.make_event(ev.SESSION_DELETED, session_id=session_id)
         if state is not None:
             state.fail_waiters(SessionNotFoundError(session_id))
@@ -475,6 +484,13 @@ class SessionService:
         record, _ = await self.append(session_id, [change])
         log.info("session %s now uses model %s", session_id, model)
         return record.metadata
+
+    async def compact_session(self, session_id: str, custom_instructions: str) -> SessionEvent:
+        """Summarise the session's older events now (``compaction``); the complete event."""
+        self._check_running()
+        check_label(custom_instructions, "custom_instructions", self.max_prompt_bytes)
+        self._state(self._record(session_id))
+        return await self._turns.compactor.compact_now(session_id, custom_instructions)
 
     async def abort_turn(self, session_id: str, reason: str) -> bool:
         check_label(reason, "reason")
@@ -520,8 +536,7 @@ class SessionService:
         after_sequence: int,
         tool_client: copilot_pb2.ToolClient | None = None,
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
-        """Persisted events after the cursor, then live ones (``History.follow``);
-        with ``tool_client``, that client is attached for as long as the stream lasts."""
+        """Persisted events after the cursor, then live ones; ``tool_client`` attached."""
         self._check_running()
         self._state(self._record(session_id))  # what live events are delivered from
         if tool_client is None:
@@ -530,13 +545,9 @@ class SessionService:
         return self._turns.calls.routes.follow(
             client,
             lambda subscribed: self._history.follow(session_id, after_sequence, subscribed),
-            lambda: self._running_turn(session_id),
+            lambda: state.turn if (state := self._states.get(session_id)) else None,
             lambda event: self._stamp(session_id, event),
         )
-
-    def _running_turn(self, session_id: str) -> RunningTurn | None:
-        state = self._states.get(session_id)
-        return None if state is None else state.turn
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -561,6 +572,7 @@ class SessionService:
         """Stop taking work; end running turns with a marker; end live streams."""
         self._shutting_down = True
         await self.purger.close()
+        await self._turns.compactor.close()
         # Concurrently, so their end markers share commits; again while a send
         # that was already past its check has started one meanwhile.
         while running := [s.turn for s in self._states.values() if s.turn is not None]:

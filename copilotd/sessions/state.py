@@ -104,6 +104,10 @@ class RunningTurn:
     skip_permission: frozenset[str] = frozenset()
     # Set whenever a call is answered or closed, for the engine waiting on them.
     calls_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The session's compaction settings when the turn began (unset: off).
+    infinite_sessions: events_pb2.InfiniteSessionConfig = field(
+        default_factory=events_pb2.InfiniteSessionConfig
+    )
 
 
 @dataclass

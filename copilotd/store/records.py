@@ -45,6 +45,7 @@ def new_record(
     meta.last_sequence = 0
     meta.last_event_id = ""
     meta.message_count = 0
+    meta.compaction_count = 0
     meta.turn_running = False
     del meta.pending_tool_calls[:]
     if events:

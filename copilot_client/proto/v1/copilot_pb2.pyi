@@ -109,6 +109,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ALREADY_EXISTS, on HandlePendingPermission"""
     ERROR_REASON_AWAITING_PERMISSION: _ErrorReason.ValueType  # 49
     """FAILED_PRECONDITION, on HandlePendingToolCall"""
+    ERROR_REASON_COMPACTION_FAILED: _ErrorReason.ValueType  # 56
+    """UNAVAILABLE, on CompactSession"""
+    ERROR_REASON_NOTHING_TO_COMPACT: _ErrorReason.ValueType  # 57
+    """FAILED_PRECONDITION, on CompactSession"""
+    ERROR_REASON_INVALID_INFINITE_SESSIONS: _ErrorReason.ValueType  # 58
+    """INVALID_ARGUMENT, an InfiniteSessionConfig"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed, beyond its status code. The enum value's name is sent
@@ -171,6 +177,12 @@ ERROR_REASON_PERMISSION_ANSWERED: ErrorReason.ValueType  # 48
 """ALREADY_EXISTS, on HandlePendingPermission"""
 ERROR_REASON_AWAITING_PERMISSION: ErrorReason.ValueType  # 49
 """FAILED_PRECONDITION, on HandlePendingToolCall"""
+ERROR_REASON_COMPACTION_FAILED: ErrorReason.ValueType  # 56
+"""UNAVAILABLE, on CompactSession"""
+ERROR_REASON_NOTHING_TO_COMPACT: ErrorReason.ValueType  # 57
+"""FAILED_PRECONDITION, on CompactSession"""
+ERROR_REASON_INVALID_INFINITE_SESSIONS: ErrorReason.ValueType  # 58
+"""INVALID_ARGUMENT, an InfiniteSessionConfig"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _SystemMessageMode:
@@ -337,6 +349,7 @@ class SessionConfig(_message.Message):
     SYSTEM_MESSAGE_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    INFINITE_SESSIONS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Empty: the daemon generates a UUID."""
     model: _builtins.str
@@ -355,6 +368,10 @@ class SessionConfig(_message.Message):
         held in the daemon's memory only; see ProviderConfig.
         """
 
+    @_builtins.property
+    def infinite_sessions(self) -> _events_pb2.InfiniteSessionConfig:
+        """Automatic compaction of long conversations (unset: off)."""
+
     def __init__(
         self,
         *,
@@ -363,10 +380,11 @@ class SessionConfig(_message.Message):
         system_message: Global___SystemMessage | None = ...,
         tools: _abc.Iterable[_events_pb2.ToolDefinition] | None = ...,
         provider: _events_pb2.ProviderConfig | None = ...,
+        infinite_sessions: _events_pb2.InfiniteSessionConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "system_message", b"system_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["infinite_sessions", b"infinite_sessions", "provider", b"provider", "system_message", b"system_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "provider", b"provider", "session_id", b"session_id", "system_message", b"system_message", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["infinite_sessions", b"infinite_sessions", "model", b"model", "provider", b"provider", "session_id", b"session_id", "system_message", b"system_message", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -393,6 +411,8 @@ class SessionMetadata(_message.Message):
     PINNED_FIELD_NUMBER: _builtins.int
     PENDING_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
+    INFINITE_SESSIONS_FIELD_NUMBER: _builtins.int
+    COMPACTION_COUNT_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     summary: _builtins.str
     """The first prompt, shortened."""
@@ -410,6 +430,8 @@ class SessionMetadata(_message.Message):
     """Messages waiting for their turn."""
     pinned: _builtins.bool
     """Retention never deletes a pinned session (SetSessionPinned)."""
+    compaction_count: _builtins.int
+    """Successful compactions so far."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -432,6 +454,10 @@ class SessionMetadata(_message.Message):
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToolDefinition]:
         """The tools the session offers the model (declared on create or resume)."""
 
+    @_builtins.property
+    def infinite_sessions(self) -> _events_pb2.InfiniteSessionConfig:
+        """The session's compaction settings (unset: automatic compaction off)."""
+
     def __init__(
         self,
         *,
@@ -452,10 +478,12 @@ class SessionMetadata(_message.Message):
         pinned: _builtins.bool = ...,
         pending_tool_calls: _abc.Iterable[Global___PendingToolCall] | None = ...,
         tools: _abc.Iterable[_events_pb2.ToolDefinition] | None = ...,
+        infinite_sessions: _events_pb2.InfiniteSessionConfig | None = ...,
+        compaction_count: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["modified_time", b"modified_time", "provider", b"provider", "start_time", b"start_time", "system_message", b"system_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["infinite_sessions", b"infinite_sessions", "modified_time", b"modified_time", "provider", b"provider", "start_time", b"start_time", "system_message", b"system_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_tokens", b"input_tokens", "last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "output_tokens", b"output_tokens", "pending_messages", b"pending_messages", "pending_tool_calls", b"pending_tool_calls", "pinned", b"pinned", "provider", b"provider", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "tools", b"tools", "turn_running", b"turn_running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction_count", b"compaction_count", "infinite_sessions", b"infinite_sessions", "input_tokens", b"input_tokens", "last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "output_tokens", b"output_tokens", "pending_messages", b"pending_messages", "pending_tool_calls", b"pending_tool_calls", "pinned", b"pinned", "provider", b"provider", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "tools", b"tools", "turn_running", b"turn_running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -550,6 +578,7 @@ class ResumeSessionRequest(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     CONTINUE_PENDING_WORK_FIELD_NUMBER: _builtins.int
     REPLACE_TOOLS_FIELD_NUMBER: _builtins.int
+    INFINITE_SESSIONS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     tail_events: _builtins.int
     """How many of the latest persisted events to return (0: none; at most
@@ -576,6 +605,10 @@ class ResumeSessionRequest(_message.Message):
         session created with one needs it after every daemon restart).
         """
 
+    @_builtins.property
+    def infinite_sessions(self) -> _events_pb2.InfiniteSessionConfig:
+        """New compaction settings for the session (unset: unchanged)."""
+
     def __init__(
         self,
         *,
@@ -585,10 +618,11 @@ class ResumeSessionRequest(_message.Message):
         provider: _events_pb2.ProviderConfig | None = ...,
         continue_pending_work: _builtins.bool = ...,
         replace_tools: _builtins.bool = ...,
+        infinite_sessions: _events_pb2.InfiniteSessionConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["infinite_sessions", b"infinite_sessions", "provider", b"provider"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["continue_pending_work", b"continue_pending_work", "provider", b"provider", "replace_tools", b"replace_tools", "session_id", b"session_id", "tail_events", b"tail_events", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continue_pending_work", b"continue_pending_work", "infinite_sessions", b"infinite_sessions", "provider", b"provider", "replace_tools", b"replace_tools", "session_id", b"session_id", "tail_events", b"tail_events", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2045,3 +2079,50 @@ class SearchSessionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchSessionsResponse: _TypeAlias = SearchSessionsResponse  # noqa: Y015
+
+@_typing.final
+class CompactSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    CUSTOM_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    custom_instructions: _builtins.str
+    """Extra instructions for the summary (e.g. what to keep), at most as long
+    as a prompt.
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        custom_instructions: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_instructions", b"custom_instructions", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompactSessionRequest: _TypeAlias = CompactSessionRequest  # noqa: Y015
+
+@_typing.final
+class CompactSessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPACTION_COMPLETE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def compaction_complete(self) -> _events_pb2.SessionEvent:
+        """The recorded session.compaction_complete (success true)."""
+
+    def __init__(
+        self,
+        *,
+        compaction_complete: _events_pb2.SessionEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compaction_complete", b"compaction_complete"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction_complete", b"compaction_complete"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompactSessionResponse: _TypeAlias = CompactSessionResponse  # noqa: Y015

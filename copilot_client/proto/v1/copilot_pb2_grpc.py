@@ -114,6 +114,11 @@ class CopilotServiceStub:
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsRequest.SerializeToString,
                 response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsResponse.FromString,
                 _registered_method=True)
+        self.CompactSession = channel.unary_unary(
+                '/copilot.v1.CopilotService/CompactSession',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.CompactSessionRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.CompactSessionResponse.FromString,
+                _registered_method=True)
         self.SearchSessions = channel.unary_unary(
                 '/copilot.v1.CopilotService/SearchSessions',
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SearchSessionsRequest.SerializeToString,
@@ -288,6 +293,19 @@ class CopilotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompactSession(self, request, context):
+        """== infinite sessions ==
+        Summarises the session's older events now (see InfiniteSessionConfig)
+        and returns when the session.compaction_complete is recorded. A
+        compaction already under way is waited for instead of starting another.
+        FAILED_PRECONDITION (NOTHING_TO_COMPACT) when everything is among the
+        latest turns the model always sees verbatim; UNAVAILABLE
+        (COMPACTION_FAILED) when the model could not summarise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SearchSessions(self, request, context):
         """== search ==
         Full-text search over every session's user messages, assistant answers
@@ -431,6 +449,11 @@ def add_CopilotServiceServicer_to_server(servicer, server):
                     servicer.ListPendingToolCalls,
                     request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsRequest.FromString,
                     response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsResponse.SerializeToString,
+            ),
+            'CompactSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompactSession,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.CompactSessionRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.CompactSessionResponse.SerializeToString,
             ),
             'SearchSessions': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchSessions,
@@ -900,6 +923,33 @@ class CopilotService:
             '/copilot.v1.CopilotService/ListPendingToolCalls',
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsRequest.SerializeToString,
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompactSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/CompactSession',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.CompactSessionRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.CompactSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

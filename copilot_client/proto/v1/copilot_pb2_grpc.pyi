@@ -128,6 +128,15 @@ class CopilotServiceStub:
     """
     ListPendingToolCalls: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ListPendingToolCallsRequest, _copilot_pb2.ListPendingToolCallsResponse]
     """The tool calls of a session waiting for a client's result."""
+    CompactSession: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.CompactSessionRequest, _copilot_pb2.CompactSessionResponse]
+    """== infinite sessions ==
+    Summarises the session's older events now (see InfiniteSessionConfig)
+    and returns when the session.compaction_complete is recorded. A
+    compaction already under way is waited for instead of starting another.
+    FAILED_PRECONDITION (NOTHING_TO_COMPACT) when everything is among the
+    latest turns the model always sees verbatim; UNAVAILABLE
+    (COMPACTION_FAILED) when the model could not summarise.
+    """
     SearchSessions: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.SearchSessionsRequest, _copilot_pb2.SearchSessionsResponse]
     """== search ==
     Full-text search over every session's user messages, assistant answers
@@ -235,6 +244,15 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     """
     ListPendingToolCalls: _aio.UnaryUnaryMultiCallable[_copilot_pb2.ListPendingToolCallsRequest, _copilot_pb2.ListPendingToolCallsResponse]  # type: ignore[assignment]
     """The tool calls of a session waiting for a client's result."""
+    CompactSession: _aio.UnaryUnaryMultiCallable[_copilot_pb2.CompactSessionRequest, _copilot_pb2.CompactSessionResponse]  # type: ignore[assignment]
+    """== infinite sessions ==
+    Summarises the session's older events now (see InfiniteSessionConfig)
+    and returns when the session.compaction_complete is recorded. A
+    compaction already under way is waited for instead of starting another.
+    FAILED_PRECONDITION (NOTHING_TO_COMPACT) when everything is among the
+    latest turns the model always sees verbatim; UNAVAILABLE
+    (COMPACTION_FAILED) when the model could not summarise.
+    """
     SearchSessions: _aio.UnaryUnaryMultiCallable[_copilot_pb2.SearchSessionsRequest, _copilot_pb2.SearchSessionsResponse]  # type: ignore[assignment]
     """== search ==
     Full-text search over every session's user messages, assistant answers
@@ -435,6 +453,21 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_copilot_pb2.ListPendingToolCallsResponse, _abc.Awaitable[_copilot_pb2.ListPendingToolCallsResponse]]:
         """The tool calls of a session waiting for a client's result."""
+
+    @_abc_1.abstractmethod
+    def CompactSession(
+        self,
+        request: _copilot_pb2.CompactSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.CompactSessionResponse, _abc.Awaitable[_copilot_pb2.CompactSessionResponse]]:
+        """== infinite sessions ==
+        Summarises the session's older events now (see InfiniteSessionConfig)
+        and returns when the session.compaction_complete is recorded. A
+        compaction already under way is waited for instead of starting another.
+        FAILED_PRECONDITION (NOTHING_TO_COMPACT) when everything is among the
+        latest turns the model always sees verbatim; UNAVAILABLE
+        (COMPACTION_FAILED) when the model could not summarise.
+        """
 
     @_abc_1.abstractmethod
     def SearchSessions(
