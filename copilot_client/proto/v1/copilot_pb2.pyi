@@ -597,7 +597,10 @@ class ResumeSessionRequest(_message.Message):
     """
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToolDefinition]:
-        """Tools the resuming client offers (reserved)."""
+        """The session's tool declarations from now on (when not empty, or with
+        replace_tools). A client that runs tools also attaches with them
+        (StreamEventsRequest.tool_client): that is what offers them to the model.
+        """
 
     @_builtins.property
     def provider(self) -> _events_pb2.ProviderConfig:
