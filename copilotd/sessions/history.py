@@ -8,13 +8,13 @@ the visible history (``store.visible``): events cut by a rewind only with
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 from copilotd import events as ev
 from copilotd.errors import MessageIdTakenError, SessionNotFoundError
 from copilotd.events import SessionEvent
 from copilotd.limits import PAGE_BYTES, byte_batches
-from copilotd.sessions.fanout import FanOut
+from copilotd.sessions.fanout import FanOut, Subscription
 from copilotd.sessions.store_errors import store_errors
 from copilotd.store import Store
 from copilotd.store.visible import read_visible
@@ -110,7 +110,12 @@ class History:
         return sequence >= record.metadata.last_sequence
 
     async def follow(
-        self, session_id: str, after_sequence: int, *, include_rewound: bool = False
+        self,
+        session_id: str,
+        after_sequence: int,
+        on_subscribed: Callable[[Subscription[SessionEvent]], None] | None = None,
+        *,
+        include_rewound: bool = False,
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
         """Persisted events after the cursor, then live ones, as ``(batch, live)`` pairs.
 
@@ -121,6 +126,8 @@ class History:
         """
         subscription = self._fanout.subscribe(session_id)
         try:
+            if on_subscribed is not None:
+                on_subscribed(subscription)
             cursor = after_sequence
             while True:
                 with store_errors(session_id):
@@ -141,10 +148,13 @@ class History:
                     break
             while True:
                 batch = await subscription.next_batch()
+                # A delta older than the catch-up is stale; an assignment is
+                # this subscriber's own and never is.
                 fresh = [
                     e
                     for e in batch
-                    if (e.sequence >= cursor if e.ephemeral else e.sequence > cursor)
+                    if e.type in ev.ASSIGNMENT_TYPES
+                    or (e.sequence >= cursor if e.ephemeral else e.sequence > cursor)
                 ]
                 for event in fresh:
                     if not event.ephemeral:

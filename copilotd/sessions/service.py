@@ -53,6 +53,7 @@ from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.sending import MessageSender
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
 from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
+from copilotd.sessions.tool_routing import ToolClient
 from copilotd.sessions.tools import check_result, check_tools
 from copilotd.sessions.turns import TurnEngine
 from copilotd.sessions.validation import (
@@ -265,11 +266,15 @@ class SessionService:
             )
 
     def publish_ephemeral(self, session_id: str, event: SessionEvent) -> None:
+        self._stamp(session_id, event)
+        self.fanout.publish(session_id, [event])
+
+    def _stamp(self, session_id: str, event: SessionEvent) -> None:
+        """A live-only event carries the sequence and id of the last persisted one."""
         state = self._states.get(session_id)
         if state is not None:
             event.sequence = state.last_sequence
             event.parent_id = state.last_event_id
-        self.fanout.publish(session_id, [event])
 
     def has_audience(self, session_id: str) -> bool:
         return self.fanout.has_audience(session_id)
@@ -544,12 +549,26 @@ class SessionService:
         )
 
     def stream_events(
-        self, session_id: str, after_sequence: int, include_rewound: bool = False
+        self,
+        session_id: str,
+        after_sequence: int,
+        include_rewound: bool = False,
+        tool_client: copilot_pb2.ToolClient | None = None,
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
-        """Persisted events after the cursor, then live ones (``History.follow``)."""
+        """Persisted events after the cursor, then live ones; ``tool_client`` attached."""
         self._check_running()
         self._state(self._record(session_id))  # what live events are delivered from
-        return self._history.follow(session_id, after_sequence, include_rewound=include_rewound)
+        if tool_client is None:
+            return self._history.follow(session_id, after_sequence, include_rewound=include_rewound)
+        client = ToolClient.from_proto(session_id, tool_client)
+        return self._turns.calls.routes.follow(
+            client,
+            lambda subscribed: self._history.follow(
+                session_id, after_sequence, subscribed, include_rewound=include_rewound
+            ),
+            lambda: state.turn if (state := self._states.get(session_id)) else None,
+            lambda event: self._stamp(session_id, event),
+        )
 
     # -- lifecycle ----------------------------------------------------------------
 
