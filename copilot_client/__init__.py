@@ -62,6 +62,7 @@ from ._permissions import (
 )
 from ._session import CopilotSession, EventHandler
 from ._session_events import EventData, SessionEvent, SessionEventType
+from ._tool_types import PendingToolCall, ToolDeclaration
 from ._tools import Tool, ToolInvocation, ToolResult, define_tool
 from ._types import (
     LifecycleEvent,
@@ -99,6 +100,7 @@ __all__ = [
     "ModelInfo",
     "NoRetentionPolicyError",
     "NothingToCompactError",
+    "PendingToolCall",
     "PermissionAnsweredError",
     "PermissionHandler",
     "PermissionInvocation",
@@ -127,6 +129,7 @@ __all__ = [
     "SystemMessageConfig",
     "Tool",
     "ToolCallAnsweredError",
+    "ToolDeclaration",
     "ToolInvocation",
     "ToolResult",
     "TurnHolderUnreachableError",

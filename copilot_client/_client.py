@@ -280,11 +280,12 @@ class CopilotClient:
         response = await self._transport.call(
             stub.CreateSession, request, deadline=per_call(timeout)
         )
-        return self._track(
+        session = self._track(
             SessionMetadata.from_proto(response.session),
             tools=config.tools,
             on_permission_request=config.on_permission_request,
         )
+        return await self._attach_tools(session)
 
     async def resume_session(
         self,
@@ -309,14 +310,17 @@ class CopilotClient:
                 stored, so a session created with one needs it after every
                 daemon restart). Overrides ``config``'s.
             tools: The session's tools from now on (``None``: ``config``'s,
-                else those it has); this handle runs those with a handler.
+                else those it has); this handle runs those with a handler:
+                it attaches with them before returning, and the daemon sends
+                it calls of them (each call to one attached client).
             on_permission_request: Decides the permission requests of the
                 tools this handle declared without ``skip_permission``
                 (``None``: ``config``'s; none at all denies them).
-            continue_pending_work: True hands the tool calls waiting for a
-                result or a permission decision to this handle's handlers; False (the default, as in
-                the Copilot SDK) closes them with the result "interrupted: no
-                client answered", so the turn goes on.
+            continue_pending_work: True keeps the tool calls waiting for a
+                result or a permission decision open: those no attached
+                client has are sent to this handle's handlers. False (the
+                default, as in the Copilot SDK) closes them with the result
+                "interrupted: no client answered", so the turn goes on.
             infinite_sessions: New compaction settings (``None``: ``config``'s,
                 else those the session has).
             timeout: Seconds the call may take; default the client's ``timeout``.
@@ -361,8 +365,15 @@ class CopilotClient:
             tools=tools or (),
             on_permission_request=on_permission_request,
         )
-        if continue_pending_work and tools:
-            await session._take_pending_work()
+        return await self._attach_tools(session)
+
+    @staticmethod
+    async def _attach_tools(session: CopilotSession) -> CopilotSession:
+        """Attach a session holding tools before handing it out: the model is offered
+        its tools from the first message on, and the calls waiting for them
+        (``continue_pending_work``) come to it."""
+        if session.holds_tools:
+            await session.attach()
         return session
 
     def _track(

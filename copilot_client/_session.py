@@ -27,7 +27,6 @@ from ._tools import (
     ToolResult,
     ToolRunner,
     invocation_of,
-    permission_request_of,
 )
 from ._types import MessageOptions, SessionMetadata
 from .proto.v1 import copilot_pb2
@@ -73,15 +72,21 @@ class CopilotSession:
         self._resume_recorded = resume_recorded
         self._on_destroy = on_destroy
         self._destroyed = False
-        self._events = EventStream(
-            transport, metadata.session_id, metadata.last_sequence, self._check_usable
-        )
         self._tool_runner = ToolRunner(
             metadata.session_id,
             tools,
             self._answer_tool_call,
             self._decide_permission,
             on_permission_request,
+        )
+        # Tells this handle apart from the other clients attached with tools.
+        client_id = str(uuid.uuid4())
+        self._events = EventStream(
+            transport,
+            metadata.session_id,
+            metadata.last_sequence,
+            self._check_usable,
+            (lambda: self._tool_runner.tool_client(client_id)) if self._tool_runner else None,
         )
         if self._tool_runner:
             self.on(self._tool_runner.on_event)
@@ -538,14 +543,11 @@ class CopilotSession:
         )
         return bool(response.recorded)
 
-    async def _take_pending_work(self) -> None:
-        """Run the calls (and decide the permission requests) left waiting by an
-        earlier client (``continue_pending_work``)."""
-        for call in await self._pending_calls():
-            if call.awaiting_permission:
-                self._tool_runner.ask(permission_request_of(call))
-            else:
-                self._tool_runner.start(invocation_of(self.session_id, call))
+    @property
+    def holds_tools(self) -> bool:
+        """Whether this handle runs tools or decides permission requests (it then
+        attaches with them: the daemon offers its tools and sends it calls)."""
+        return bool(self._tool_runner)
 
     # -- events --------------------------------------------------------------
 

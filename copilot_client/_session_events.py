@@ -10,7 +10,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from ._compaction import trigger_name
-from ._types import datetime_of
+from ._tool_types import datetime_of
 from .proto.v1 import events_pb2
 
 __all__ = ["EventData", "SessionEvent", "SessionEventType"]
@@ -40,6 +40,10 @@ class SessionEventType(enum.StrEnum):
     EXTERNAL_TOOL_REQUESTED = "external_tool.requested"
     PERMISSION_REQUESTED = "permission.requested"
     PERMISSION_COMPLETED = "permission.completed"
+    EXTERNAL_TOOL_ASSIGNED = "external_tool.assigned"
+    """Live-only, on one client's stream: that client is to run the call."""
+    PERMISSION_ASSIGNED = "permission.assigned"
+    """Live-only, on one client's stream: that client is to decide the request."""
     SESSION_COMPACTION_START = "session.compaction_start"
     SESSION_COMPACTION_COMPLETE = "session.compaction_complete"
     SESSION_SNAPSHOT_REWIND = "session.snapshot_rewind"

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from ._compaction import InfiniteSessionConfig
 from ._models import ProviderConfig
+from ._tool_types import PendingToolCall, ToolDeclaration, datetime_of
 from .proto.v1 import copilot_pb2
 
 if TYPE_CHECKING:  # _tools imports this module
@@ -172,15 +171,6 @@ class MessageOptions:
         raise TypeError(f"expected MessageOptions or str, not {type(value).__name__}")
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def datetime_of(stamp: Timestamp) -> datetime:
-    # What stamp.ToDatetime(tzinfo=UTC) gives (nanoseconds truncated to
-    # microseconds), in a fifth of the time: listings convert two per session.
-    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
-
-
 @dataclass(frozen=True, kw_only=True)
 class SessionMetadata:
     """What the daemon knows about a session without reading its events."""
@@ -222,6 +212,12 @@ class SessionMetadata:
     provider: ProviderConfig | None = None
     """Its own provider, secrets left out; ``None``: the daemon's configured ones."""
 
+    tools: tuple[ToolDeclaration, ...] = ()
+    """The tools it declares (on create, or by the last resume that gave tools)."""
+
+    pending_tool_calls: tuple[PendingToolCall, ...] = ()
+    """Calls of the open turn waiting for a result or a permission decision
+    (durable: they outlive a daemon restart)."""
     infinite_sessions: InfiniteSessionConfig | None = None
     """Its compaction settings; ``None``: automatic compaction off."""
     compaction_count: int = 0
@@ -253,6 +249,10 @@ class SessionMetadata:
             input_tokens=proto.input_tokens,
             output_tokens=proto.output_tokens,
             provider=ProviderConfig.from_proto(proto.provider),
+            tools=tuple(ToolDeclaration.from_proto(tool) for tool in proto.tools),
+            pending_tool_calls=tuple(
+                PendingToolCall.from_proto(call) for call in proto.pending_tool_calls
+            ),
             infinite_sessions=(
                 InfiniteSessionConfig.from_proto(proto.infinite_sessions)
                 if proto.HasField("infinite_sessions")

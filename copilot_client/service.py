@@ -269,14 +269,19 @@ class ServiceClient:
             raise map_rpc_error(error, socket_path=self.where, deadline=deadline) from error
 
     async def stream_events(
-        self, session_id: str, after_sequence: int
+        self,
+        session_id: str,
+        after_sequence: int,
+        tool_client: copilot_pb2.ToolClient | None = None,
     ) -> AsyncGenerator[copilot_pb2.StreamEventsResponse, None]:
         """Yields ``StreamEvents`` responses; failures are mapped like :meth:`call`.
 
         Closing the generator (or cancelling its consumer) cancels the call.
+        With ``tool_client``, the stream attaches that client and its tools to
+        the session until it ends.
         """
         request = copilot_pb2.StreamEventsRequest(
-            session_id=session_id, after_sequence=after_sequence
+            session_id=session_id, after_sequence=after_sequence, tool_client=tool_client
         )
         call = self.stub.StreamEvents(request)
         try:

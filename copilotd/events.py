@@ -41,6 +41,8 @@ SESSION_COMPACTION_START: Final = "session.compaction_start"
 SESSION_COMPACTION_COMPLETE: Final = "session.compaction_complete"
 SESSION_SNAPSHOT_REWIND: Final = "session.snapshot_rewind"
 SESSION_FORK: Final = "session.fork"
+EXTERNAL_TOOL_ASSIGNED: Final = "external_tool.assigned"
+PERMISSION_ASSIGNED: Final = "permission.assigned"
 
 # Event type -> name of the payload field in the SessionEvent.data oneof.
 PAYLOAD_FIELD: Final[dict[str, str]] = {
@@ -68,10 +70,15 @@ PAYLOAD_FIELD: Final[dict[str, str]] = {
     SESSION_COMPACTION_COMPLETE: "session_compaction_complete",
     SESSION_SNAPSHOT_REWIND: "session_snapshot_rewind",
     SESSION_FORK: "session_fork",
+    EXTERNAL_TOOL_ASSIGNED: "external_tool_assigned",
+    PERMISSION_ASSIGNED: "permission_assigned",
 }
 
+# Sent on one client's stream only (never published to every subscriber).
+ASSIGNMENT_TYPES: Final = frozenset({EXTERNAL_TOOL_ASSIGNED, PERMISSION_ASSIGNED})
 EPHEMERAL_TYPES: Final = frozenset(
     {ASSISTANT_MESSAGE_DELTA, SESSION_IDLE, PENDING_MESSAGES_MODIFIED, SESSION_DELETED}
+    | ASSIGNMENT_TYPES
 )
 MESSAGE_TYPES: Final = frozenset({USER_MESSAGE, ASSISTANT_MESSAGE})
 

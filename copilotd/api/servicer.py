@@ -141,7 +141,10 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
     ) -> AsyncIterator[pb.StreamEventsResponse]:
         async with translate_errors(context, "StreamEvents"):
             stream = self._service.stream_events(
-                request.session_id, request.after_sequence, request.include_rewound
+                request.session_id,
+                request.after_sequence,
+                request.include_rewound,
+                request.tool_client if request.HasField("tool_client") else None,
             )
             async with contextlib.aclosing(stream):
                 async for events, live in stream:

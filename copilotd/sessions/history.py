@@ -1,5 +1,6 @@
 """Reading a session's persisted events: pages, the newest few, and a live stream;
-and where the API's pure reads of the store run (``StoreReads``).
+the API's listings (``Listings``); and where the API's pure reads of the store
+run (``StoreReads``).
 
 Every read is bounded by bytes (``PAGE_BYTES``) as well as by count, so a
 session of large events never produces an oversized response. Reads give
@@ -14,11 +15,12 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, TypeVar
 
 from copilotd import events as ev
-from copilotd.errors import MessageIdTakenError, SessionNotFoundError
-from copilotd.events import SessionEvent
-from copilotd.limits import PAGE_BYTES, byte_batches
-from copilotd.sessions.fanout import FanOut
+from copilotd.errors import InvalidArgumentError, MessageIdTakenError, Reason, SessionNotFoundError
+from copilotd.events import SessionEvent, SessionMetadata
+from copilotd.limits import DEFAULT_EVENT_PAGE_SIZE, DEFAULT_PAGE_SIZE, PAGE_BYTES, byte_batches
+from copilotd.sessions.fanout import FanOut, Subscription
 from copilotd.sessions.store_errors import store_errors
+from copilotd.sessions.validation import check_session_id, page_size
 from copilotd.store import Store
 from copilotd.store.visible import read_visible
 
@@ -132,7 +134,12 @@ class History:
         return sequence >= record.metadata.last_sequence
 
     async def follow(
-        self, session_id: str, after_sequence: int, *, include_rewound: bool = False
+        self,
+        session_id: str,
+        after_sequence: int,
+        on_subscribed: Callable[[Subscription[SessionEvent]], None] | None = None,
+        *,
+        include_rewound: bool = False,
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
         """Persisted events after the cursor, then live ones, as ``(batch, live)`` pairs.
 
@@ -143,6 +150,8 @@ class History:
         """
         subscription = self._fanout.subscribe(session_id)
         try:
+            if on_subscribed is not None:
+                on_subscribed(subscription)
             cursor = after_sequence
             while True:
                 with store_errors(session_id):
@@ -164,10 +173,13 @@ class History:
                     break
             while True:
                 batch = await subscription.next_batch()
+                # A delta older than the catch-up is stale; an assignment is
+                # this subscriber's own and never is.
                 fresh = [
                     e
                     for e in batch
-                    if (e.sequence >= cursor if e.ephemeral else e.sequence > cursor)
+                    if e.type in ev.ASSIGNMENT_TYPES
+                    or (e.sequence >= cursor if e.ephemeral else e.sequence > cursor)
                 ]
                 for event in fresh:
                     if not event.ephemeral:
@@ -176,3 +188,43 @@ class History:
                     yield part, True
         finally:
             self._fanout.unsubscribe(subscription)
+
+
+class Listings:
+    """``ListSessions`` and ``ListEvents``: pages of sessions and of a session's events,
+    sized by the caller within the daemon's limits (pure reads: ``StoreReads`` runs them)."""
+
+    def __init__(self, store: Store, history: History) -> None:
+        self._store = store
+        self._history = history
+
+    def list_sessions(
+        self, requested_page_size: int, page_token: str
+    ) -> tuple[list[SessionMetadata], str]:
+        try:
+            records, next_token = self._store.list_sessions(
+                limit=page_size(requested_page_size, DEFAULT_PAGE_SIZE),
+                page_token=page_token,
+                max_bytes=PAGE_BYTES,  # system messages may be as large as prompts
+            )
+        except ValueError:
+            raise InvalidArgumentError(
+                "page_token is not one this daemon issued; pass the next_page_token of the "
+                "previous response, or an empty token for the first page",
+                Reason.ERROR_REASON_INVALID_PAGE_TOKEN,
+            ) from None
+        return [record.metadata for record in records], next_token
+
+    def list_events(
+        self,
+        session_id: str,
+        cursor: int,
+        requested_page_size: int,
+        newest_first: bool,
+        include_rewound: bool = False,
+    ) -> tuple[list[SessionEvent], int]:
+        check_session_id(session_id)
+        limit = page_size(requested_page_size, DEFAULT_EVENT_PAGE_SIZE)
+        return self._history.page(
+            session_id, cursor, limit, newest_first, include_rewound=include_rewound
+        )

@@ -29,11 +29,8 @@ from copilotd.errors import (
 )
 from copilotd.events import SessionEvent, SessionMetadata
 from copilotd.limits import (
-    DEFAULT_EVENT_PAGE_SIZE,
     DEFAULT_MAX_PROMPT_BYTES,
-    DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
-    PAGE_BYTES,
 )
 from copilotd.providers import (
     ProviderRegistry,
@@ -45,7 +42,7 @@ from copilotd.sessions.branching import Branching
 from copilotd.sessions.compaction import check_infinite_sessions
 from copilotd.sessions.context_window import ContextWindow
 from copilotd.sessions.fanout import FanOut
-from copilotd.sessions.history import History
+from copilotd.sessions.history import History, Listings
 from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
 from copilotd.sessions.lifecycle import LifecycleEvent, LifecycleFeed
 from copilotd.sessions.peers import Delivery, PeerChanges
@@ -54,6 +51,7 @@ from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.sending import MessageSender
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
 from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
+from copilotd.sessions.tool_routing import ToolClient
 from copilotd.sessions.tools import check_tools
 from copilotd.sessions.turn_calls import TurnCalls
 from copilotd.sessions.turns import TurnEngine
@@ -61,7 +59,6 @@ from copilotd.sessions.validation import (
     check_enum,
     check_label,
     check_session_id,
-    page_size,
 )
 from copilotd.store import (
     PendingMessage,
@@ -133,6 +130,9 @@ class SessionService:
         self.handle_pending_tool_call = self._calls.handle_pending_tool_call
         self.handle_pending_permission = self._calls.handle_pending_permission
         self.abort_elsewhere = self._calls.abort_elsewhere  # for the scheduler (``TurnHost``)
+        # The API's listings (``history.Listings``).
+        listings = Listings(store, self._history)
+        self.list_sessions, self.list_events = listings.list_sessions, listings.list_events
         branching = Branching(
             self, committer, self._turns, self._scheduler, self._record, self._state, self._created
         )
@@ -277,13 +277,17 @@ class SessionService:
             )
 
     def publish_ephemeral(self, session_id: str, event: SessionEvent) -> None:
+        self._stamp(session_id, event)
+        self.fanout.publish(session_id, [event])
+        if self._store.relay is not None and event.type == ev.ASSISTANT_MESSAGE_DELTA:
+            live.forward(self._store.relay, session_id, event)
+
+    def _stamp(self, session_id: str, event: SessionEvent) -> None:
+        """A live-only event carries the sequence and id of the last persisted one."""
         state = self._states.get(session_id)
         if state is not None:
             event.sequence = state.last_sequence
             event.parent_id = state.last_event_id
-        self.fanout.publish(session_id, [event])
-        if self._store.relay is not None and event.type == ev.ASSISTANT_MESSAGE_DELTA:
-            live.forward(self._store.relay, session_id, event)
 
     def has_audience(self, session_id: str) -> bool:
         # On a shared store, subscribers of other daemons may want the deltas too.
@@ -410,23 +414,6 @@ class SessionService:
         tail = await self.reading(self._history.tail, session_id, count) if tail_events else []
         return record.metadata, tail, recorded
 
-    def list_sessions(
-        self, requested_page_size: int, page_token: str
-    ) -> tuple[list[SessionMetadata], str]:
-        try:
-            records, next_token = self._store.list_sessions(
-                limit=page_size(requested_page_size, DEFAULT_PAGE_SIZE),
-                page_token=page_token,
-                max_bytes=PAGE_BYTES,  # system messages may be as large as prompts
-            )
-        except ValueError:
-            raise InvalidArgumentError(
-                "page_token is not one this daemon issued; pass the next_page_token of the "
-                "previous response, or an empty token for the first page",
-                Reason.ERROR_REASON_INVALID_PAGE_TOKEN,
-            ) from None
-        return [record.metadata for record in records], next_token
-
     async def delete_session(self, session_id: str) -> None:
         check_session_id(session_id)
         with store_errors(session_id):
@@ -515,27 +502,27 @@ class SessionService:
     def list_pending_tool_calls(self, session_id: str) -> list[copilot_pb2.PendingToolCall]:
         return list(self._record(session_id).metadata.pending_tool_calls)
 
-    def list_events(
+    def stream_events(
         self,
         session_id: str,
-        cursor: int,
-        requested_page_size: int,
-        newest_first: bool,
+        after_sequence: int,
         include_rewound: bool = False,
-    ) -> tuple[list[SessionEvent], int]:
-        check_session_id(session_id)
-        limit = page_size(requested_page_size, DEFAULT_EVENT_PAGE_SIZE)
-        return self._history.page(
-            session_id, cursor, limit, newest_first, include_rewound=include_rewound
-        )
-
-    def stream_events(
-        self, session_id: str, after_sequence: int, include_rewound: bool = False
+        tool_client: copilot_pb2.ToolClient | None = None,
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
-        """Persisted events after the cursor, then live ones (``History.follow``)."""
+        """Persisted events after the cursor, then live ones; ``tool_client`` attached."""
         self._check_running()
         self._state(self._record(session_id))  # what live events are delivered from
-        return self._history.follow(session_id, after_sequence, include_rewound=include_rewound)
+        if tool_client is None:
+            return self._history.follow(session_id, after_sequence, include_rewound=include_rewound)
+        client = ToolClient.from_proto(session_id, tool_client)
+        return self._turns.calls.routes.follow(
+            client,
+            lambda subscribed: self._history.follow(
+                session_id, after_sequence, subscribed, include_rewound=include_rewound
+            ),
+            lambda: state.turn if (state := self._states.get(session_id)) else None,
+            lambda event: self._stamp(session_id, event),
+        )
 
     # -- lifecycle ----------------------------------------------------------------
 

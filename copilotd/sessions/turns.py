@@ -49,7 +49,8 @@ from copilotd.sessions.token_budget import (
     message_tokens,
 )
 from copilotd.sessions.tool_calls import ToolCalls, close_open_calls, reopen_calls
-from copilotd.sessions.tools import requested_events, tool_specs
+from copilotd.sessions.tool_routing import offer
+from copilotd.sessions.tools import requested_events
 
 if TYPE_CHECKING:
     from copilotd.store import QueueEdit, SessionRecord
@@ -177,6 +178,7 @@ class TurnEngine:
             log.warning("session %s: its waiting turn cannot go on: %s", session_id, error)
             return False
         reopen_calls(turn, list(record.metadata.pending_tool_calls))
+        self.calls.routes.route(turn)
         turn.task = asyncio.get_running_loop().create_task(
             self._run(turn), name=f"turn {turn.session_id}/{turn.turn_id}"
         )
@@ -194,10 +196,8 @@ class TurnEngine:
         turn.system_message.CopyFrom(record.metadata.system_message)
         turn.route = self._host.providers.route_for(record.metadata)
         turn.infinite_sessions.CopyFrom(record.metadata.infinite_sessions)
-        turn.tools = tool_specs(record.metadata.tools)
-        turn.skip_permission = frozenset(
-            tool.name for tool in record.metadata.tools if tool.skip_permission
-        )
+        turn.declared = list(record.metadata.tools)
+        offer(turn, self.calls.routes.clients(turn.session_id))
 
     async def _record_calls(
         self,
@@ -226,6 +226,7 @@ class TurnEngine:
             # Shielded: an abort arriving mid-commit must know whether the
             # starts were stored, to close exactly the calls that were.
             await asyncio.shield(commit)
+            self.calls.routes.route(turn)
         except BaseException:
             await asyncio.wait({commit})
             if commit.cancelled() or commit.exception() is not None:
@@ -259,6 +260,7 @@ class TurnEngine:
             await host.append(
                 turn.session_id, [self._truncation(turn, fitted.truncation)], fence=turn.turn_id
             )
+        offer(turn, self.calls.routes.clients(turn.session_id))  # who is attached now
         request = ChatRequest(
             model=route.wire_model,
             messages=fitted.messages,
@@ -308,9 +310,15 @@ class TurnEngine:
         context_tokens = 0  # known once the turn completes
         try:
             rounds = 0
+            asked = list(turn.open_calls.values())  # a turn waiting again after a restart
             while True:
                 # A turn resumed after a restart starts here, waiting for its calls.
                 await self.calls.settle(turn)
+                final = self._terminal_result(turn, asked)
+                if final is not None:
+                    turn.text[:] = [final]  # the turn's answer: no model call after it
+                    usage_event = None
+                    break
                 rounds += 1
                 usage, fitted, calls = await self._model_round(turn, message_id)
                 usage_event = None
@@ -325,6 +333,7 @@ class TurnEngine:
                         "another message to go on, or raise [tools] max_rounds"
                     )
                 await self._record_calls(turn, message_id, calls, usage_event)
+                asked = calls
                 message_id = ev.new_id()
                 started = time.monotonic()
             events = [self._assistant_message(turn, message_id, partial=False)]
@@ -371,6 +380,16 @@ class TurnEngine:
         await self._finish(turn, events)
         if context_tokens and not host.shutting_down:
             self.compactor.after_turn(turn, route, context_tokens)
+
+    @staticmethod
+    def _terminal_result(turn: RunningTurn, asked: list[ToolCall]) -> str | None:
+        """The result of the first call of a terminal tool (``is_terminal``) in the
+        round just settled, which ends the turn; None when the model goes on."""
+        for call in asked:
+            result = turn.results.get(call.call_id)
+            if call.name in turn.terminal and result is not None:
+                return result.text_result_for_llm
+        return None
 
     @staticmethod
     def _check_answer_size(turn: RunningTurn, limit: int) -> None:

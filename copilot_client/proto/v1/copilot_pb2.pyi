@@ -642,7 +642,10 @@ class ResumeSessionRequest(_message.Message):
     """
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToolDefinition]:
-        """Tools the resuming client offers (reserved)."""
+        """The session's tool declarations from now on (when not empty, or with
+        replace_tools). A client that runs tools also attaches with them
+        (StreamEventsRequest.tool_client): that is what offers them to the model.
+        """
 
     @_builtins.property
     def provider(self) -> _events_pb2.ProviderConfig:
@@ -1085,6 +1088,7 @@ class StreamEventsRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     INCLUDE_REWOUND_FIELD_NUMBER: _builtins.int
+    TOOL_CLIENT_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     after_sequence: _builtins.int
     """Deliver persisted events with sequence > after_sequence, then the live
@@ -1094,20 +1098,89 @@ class StreamEventsRequest(_message.Message):
     """As ListEventsRequest.include_rewound, for the persisted events read
     before the live tail.
     """
+    @_builtins.property
+    def tool_client(self) -> Global___ToolClient:
+        """Set by a client that runs tools or decides permission requests: it is
+        attached to the session for as long as this stream lasts.
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         after_sequence: _builtins.int = ...,
         include_rewound: _builtins.bool = ...,
+        tool_client: Global___ToolClient | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tool_client", b"tool_client"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "include_rewound", b"include_rewound", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "include_rewound", b"include_rewound", "session_id", b"session_id", "tool_client", b"tool_client"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamEventsRequest: _TypeAlias = StreamEventsRequest  # noqa: Y015
+
+@_typing.final
+class ToolClient(_message.Message):
+    """A client attached to a session through its event stream, with the tools
+    it runs. The session's tool set is the union of its declared tools
+    answered by hand (ToolDefinition.has_handler false) and the tools of the
+    clients attached now. Each call goes to ONE attached client holding its
+    tool, as a live-only external_tool.assigned event on that client's stream
+    alone; each permission request to one client deciding it
+    (permission.assigned), one with a permission handler first. When that
+    stream ends before the answer (the client went away or was killed), the
+    call goes to another attached holder, or waits for one to attach (also
+    after a daemon restart: the calls are durable, the assignments are not).
+    Whoever answers first is recorded; later answers are refused as before.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    PERMISSION_TOOLS_FIELD_NUMBER: _builtins.int
+    PERMISSION_HANDLER_FIELD_NUMBER: _builtins.int
+    RUNNING_CALLS_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """Tells this client apart from the others attached to the session (a
+    random UUID per session handle; 1 to 128 characters). A stream with the
+    id of one still attached replaces it (a re-attach).
+    """
+    permission_handler: _builtins.bool
+    """It decides with a handler of its own (else it denies by default): such
+    a client is asked first.
+    """
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToolDefinition]:
+        """The tools it runs; the same rules as SessionConfig.tools."""
+
+    @_builtins.property
+    def permission_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tools whose permission requests it decides."""
+
+    @_builtins.property
+    def running_calls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Calls it is running now, when it re-attaches after a lost connection:
+        those still open stay its own rather than going to another client.
+        """
+
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        tools: _abc.Iterable[_events_pb2.ToolDefinition] | None = ...,
+        permission_tools: _abc.Iterable[_builtins.str] | None = ...,
+        permission_handler: _builtins.bool = ...,
+        running_calls: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "permission_handler", b"permission_handler", "permission_tools", b"permission_tools", "running_calls", b"running_calls", "tools", b"tools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolClient: _TypeAlias = ToolClient  # noqa: Y015
 
 @_typing.final
 class StreamEventsResponse(_message.Message):

@@ -119,6 +119,8 @@ class SessionEvent(_message.Message):
     SESSION_COMPACTION_COMPLETE_FIELD_NUMBER: _builtins.int
     SESSION_SNAPSHOT_REWIND_FIELD_NUMBER: _builtins.int
     SESSION_FORK_FIELD_NUMBER: _builtins.int
+    EXTERNAL_TOOL_ASSIGNED_FIELD_NUMBER: _builtins.int
+    PERMISSION_ASSIGNED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id of this event (a UUID)."""
     sequence: _builtins.int
@@ -183,6 +185,16 @@ class SessionEvent(_message.Message):
     def session_snapshot_rewind(self) -> Global___SessionSnapshotRewindData: ...
     @_builtins.property
     def session_fork(self) -> Global___SessionForkData: ...
+    @_builtins.property
+    def external_tool_assigned(self) -> Global___ExternalToolRequestedData:
+        """Live-only and sent on one client's stream alone (see ToolClient in
+        copilot.proto): this client is to run the call (the payload of its
+        external_tool.requested), or to decide the permission request (the
+        payload of its permission.requested).
+        """
+
+    @_builtins.property
+    def permission_assigned(self) -> Global___PermissionRequestedData: ...
     def __init__(
         self,
         *,
@@ -216,12 +228,14 @@ class SessionEvent(_message.Message):
         session_compaction_complete: Global___SessionCompactionCompleteData | None = ...,
         session_snapshot_rewind: Global___SessionSnapshotRewindData | None = ...,
         session_fork: Global___SessionForkData | None = ...,
+        external_tool_assigned: Global___ExternalToolRequestedData | None = ...,
+        permission_assigned: Global___PermissionRequestedData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "external_tool_requested", b"external_tool_requested", "pending_messages_modified", b"pending_messages_modified", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "session_compaction_complete", b"session_compaction_complete", "session_compaction_start", b"session_compaction_start", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_fork", b"session_fork", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_snapshot_rewind", b"session_snapshot_rewind", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "external_tool_assigned", b"external_tool_assigned", "external_tool_requested", b"external_tool_requested", "pending_messages_modified", b"pending_messages_modified", "permission_assigned", b"permission_assigned", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "session_compaction_complete", b"session_compaction_complete", "session_compaction_start", b"session_compaction_start", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_fork", b"session_fork", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_snapshot_rewind", b"session_snapshot_rewind", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "ephemeral", b"ephemeral", "external_tool_requested", b"external_tool_requested", "id", b"id", "parent_id", b"parent_id", "pending_messages_modified", b"pending_messages_modified", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "sequence", b"sequence", "session_compaction_complete", b"session_compaction_complete", "session_compaction_start", b"session_compaction_start", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_fork", b"session_fork", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_snapshot_rewind", b"session_snapshot_rewind", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "ephemeral", b"ephemeral", "external_tool_assigned", b"external_tool_assigned", "external_tool_requested", b"external_tool_requested", "id", b"id", "parent_id", b"parent_id", "pending_messages_modified", b"pending_messages_modified", "permission_assigned", b"permission_assigned", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "sequence", b"sequence", "session_compaction_complete", b"session_compaction_complete", "session_compaction_start", b"session_compaction_start", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_fork", b"session_fork", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_snapshot_rewind", b"session_snapshot_rewind", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort", "assistant_usage", "session_model_change", "session_truncation", "pending_messages_modified", "session_deleted", "tool_execution_start", "tool_execution_complete", "external_tool_requested", "permission_requested", "permission_completed", "session_compaction_start", "session_compaction_complete", "session_snapshot_rewind", "session_fork"]  # noqa: Y015
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort", "assistant_usage", "session_model_change", "session_truncation", "pending_messages_modified", "session_deleted", "tool_execution_start", "tool_execution_complete", "external_tool_requested", "permission_requested", "permission_completed", "session_compaction_start", "session_compaction_complete", "session_snapshot_rewind", "session_fork", "external_tool_assigned", "permission_assigned"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
 
@@ -583,6 +597,7 @@ class ToolDefinition(_message.Message):
     PARAMETERS_JSON_SCHEMA_FIELD_NUMBER: _builtins.int
     SKIP_PERMISSION_FIELD_NUMBER: _builtins.int
     IS_TERMINAL_FIELD_NUMBER: _builtins.int
+    HAS_HANDLER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
     parameters_json_schema: _builtins.str
@@ -592,7 +607,16 @@ class ToolDefinition(_message.Message):
     skip_permission: _builtins.bool
     """The call needs no permission request (see the Copilot SDK's Tool)."""
     is_terminal: _builtins.bool
-    """The tool's result ends the turn (the model is not called again)."""
+    """The tool's result ends the turn: once the calls of its round have their
+    results, the model is not called again and the turn's answer is the
+    terminal call's result.
+    """
+    has_handler: _builtins.bool
+    """Declared by a client that runs the tool with a handler: the model is
+    offered it only while a client holding it is attached (ToolClient).
+    False: a declaration whose calls are answered by hand
+    (HandlePendingToolCall), offered whoever is attached.
+    """
     def __init__(
         self,
         *,
@@ -601,10 +625,11 @@ class ToolDefinition(_message.Message):
         parameters_json_schema: _builtins.str = ...,
         skip_permission: _builtins.bool = ...,
         is_terminal: _builtins.bool = ...,
+        has_handler: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "is_terminal", b"is_terminal", "name", b"name", "parameters_json_schema", b"parameters_json_schema", "skip_permission", b"skip_permission"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "has_handler", b"has_handler", "is_terminal", b"is_terminal", "name", b"name", "parameters_json_schema", b"parameters_json_schema", "skip_permission", b"skip_permission"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
