@@ -30,7 +30,8 @@ The tree::
     │   │   └── SubscriberTooSlowError    reason SUBSCRIBER_TOO_SLOW
     │   ├── UnauthenticatedError          UNAUTHENTICATED (TCP without the right token)
     │   └── DaemonUnavailableError        UNAVAILABLE, or the daemon cannot be reached
-    │       └── DaemonTimeoutError        DEADLINE_EXCEEDED (also a TimeoutError)
+    │       ├── DaemonTimeoutError        DEADLINE_EXCEEDED (also a TimeoutError)
+    │       └── TurnHolderUnreachableError  reason TURN_HOLDER_UNREACHABLE
     ├── UntrustedSocketError              the socket or its folder is not this user's alone
     └── SessionFailedError                a turn reported ``session.error``
 
@@ -250,6 +251,12 @@ class DaemonTimeoutError(DaemonUnavailableError, TimeoutError):
     ``timeout``, or the call's own): it is frozen (a stopped process), stuck,
     or overloaded. Also a built-in ``TimeoutError``. Whether a call that
     timed out took effect is unknown: read before retrying a write."""
+
+
+class TurnHolderUnreachableError(DaemonUnavailableError):
+    """Several daemons share one store, and the one running the session's turn did
+    not act on this call in time (it is stuck, or died and its lease has not
+    expired yet). The call was withdrawn and changed nothing: try it again."""
 
 
 class UntrustedSocketError(CopilotError):

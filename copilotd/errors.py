@@ -240,6 +240,38 @@ class AwaitingPermissionError(ServiceError):
         )
 
 
+class TurnHolderUnreachableError(ServiceError):
+    """The daemon running a session's turn did not act on a relayed call in time."""
+
+    status: StatusName = "UNAVAILABLE"
+    reason = Reason.ERROR_REASON_TURN_HOLDER_UNREACHABLE
+
+    def __init__(
+        self, session_id: str, turn_id: str, seconds: float, *, taken_up: bool = False
+    ) -> None:
+        what = (
+            "it took this call up but never answered; whether it took effect is unknown: "
+            "read the session's events before trying again"
+            if taken_up
+            else "the call was withdrawn and changed nothing. Try again: once that "
+            "daemon's lease expires, another daemon takes the turn over"
+        )
+        super().__init__(
+            f"turn {turn_id!r} of session {session_id!r} runs on another daemon, which did "
+            f"not answer within {seconds:g} s (it may be stuck, or dead with its lease not "
+            f"yet expired); {what}"
+        )
+
+
+class RelayedError(ServiceError):
+    """An error the daemon running the turn raised for a call relayed to it, as it raised it."""
+
+    def __init__(self, status: StatusName, reason: Reason.ValueType, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
 class CompactionFailedError(ServiceError):
     """The model could not summarise the session (the context stays as it was)."""
 

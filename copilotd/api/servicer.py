@@ -58,7 +58,7 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         self, request: pb.GetSessionRequest, context: Context
     ) -> pb.GetSessionResponse:
         async with translate_errors(context, "GetSession"):
-            metadata = self._service.get_session(request.session_id)
+            metadata = await self._service.reading(self._service.get_session, request.session_id)
         return pb.GetSessionResponse(session=metadata)
 
     async def ResumeSession(
@@ -83,7 +83,9 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         self, request: pb.ListSessionsRequest, context: Context
     ) -> pb.ListSessionsResponse:
         async with translate_errors(context, "ListSessions"):
-            sessions, token = self._service.list_sessions(request.page_size, request.page_token)
+            sessions, token = await self._service.reading(
+                self._service.list_sessions, request.page_size, request.page_token
+            )
         return pb.ListSessionsResponse(sessions=sessions, next_page_token=token)
 
     async def DeleteSession(
@@ -124,7 +126,8 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
     ) -> pb.ListEventsResponse:
         async with translate_errors(context, "ListEvents"):
             check_enum(request.order, pb.EventOrder, "order")
-            events, cursor = self._service.list_events(
+            events, cursor = await self._service.reading(
+                self._service.list_events,
                 request.session_id,
                 request.cursor,
                 request.page_size,
@@ -208,7 +211,9 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         self, request: pb.ListPendingToolCallsRequest, context: Context
     ) -> pb.ListPendingToolCallsResponse:
         async with translate_errors(context, "ListPendingToolCalls"):
-            calls = self._service.list_pending_tool_calls(request.session_id)
+            calls = await self._service.reading(
+                self._service.list_pending_tool_calls, request.session_id
+            )
         return pb.ListPendingToolCallsResponse(calls=calls)
 
     # == search ==

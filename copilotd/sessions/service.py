@@ -28,23 +28,21 @@ from copilotd.errors import (
 )
 from copilotd.events import SessionEvent, SessionMetadata
 from copilotd.limits import (
-    DEFAULT_EVENT_PAGE_SIZE,
     DEFAULT_MAX_PROMPT_BYTES,
-    DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
-    PAGE_BYTES,
 )
 from copilotd.providers import (
     ProviderRegistry,
     check_provider_config,
     public_provider_config,
 )
+from copilotd.sessions import live
 from copilotd.sessions.branching import Branching
 from copilotd.sessions.compaction import check_infinite_sessions
 from copilotd.sessions.context_window import ContextWindow
 from copilotd.sessions.creation import new_session
 from copilotd.sessions.fanout import FanOut
-from copilotd.sessions.history import History
+from copilotd.sessions.history import History, Listings
 from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
 from copilotd.sessions.lifecycle import LifecycleEvent, LifecycleFeed
 from copilotd.sessions.peers import Delivery, PeerChanges
@@ -54,12 +52,12 @@ from copilotd.sessions.sending import MessageSender
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
 from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
 from copilotd.sessions.tool_routing import ToolClient
-from copilotd.sessions.tools import check_result, check_tools
+from copilotd.sessions.tools import check_tools
+from copilotd.sessions.turn_calls import TurnCalls
 from copilotd.sessions.turns import TurnEngine
 from copilotd.sessions.validation import (
     check_label,
     check_session_id,
-    page_size,
 )
 from copilotd.store import (
     PendingMessage,
@@ -98,6 +96,8 @@ class SessionService:
         self._committer = committer
         self.fanout: FanOut[SessionEvent] = fanout or FanOut()
         self._history = History(store, self.fanout)
+        # What the API's pure reads run through (``StoreReads``).
+        self.reading = self._history.reads
         self.lifecycle = LifecycleFeed()
         self.providers = providers
         self.version = version
@@ -121,6 +121,17 @@ class SessionService:
         # The API's send calls, as the sender's own methods (documented there).
         self.send_message = sender.send_message
         self.send_message_and_wait = sender.send_message_and_wait
+        self._calls = TurnCalls(self.reading, self._record, self._states, self._state, self._turns)
+        # Calls for turns that run on another daemon sharing the store (None: one daemon).
+        self._relay = self._calls.relay
+        # The API's calls on a running turn, likewise.
+        self.abort_turn = self._calls.abort_turn
+        self.handle_pending_tool_call = self._calls.handle_pending_tool_call
+        self.handle_pending_permission = self._calls.handle_pending_permission
+        self.abort_elsewhere = self._calls.abort_elsewhere  # for the scheduler (``TurnHost``)
+        # The API's listings (``history.Listings``).
+        listings = Listings(store, self._history)
+        self.list_sessions, self.list_events = listings.list_sessions, listings.list_events
         branching = Branching(
             self, committer, self._turns, self._scheduler, self._record, self._state, self._created
         )
@@ -267,6 +278,8 @@ class SessionService:
     def publish_ephemeral(self, session_id: str, event: SessionEvent) -> None:
         self._stamp(session_id, event)
         self.fanout.publish(session_id, [event])
+        if self._store.relay is not None and event.type == ev.ASSISTANT_MESSAGE_DELTA:
+            live.forward(self._store.relay, session_id, event)
 
     def _stamp(self, session_id: str, event: SessionEvent) -> None:
         """A live-only event carries the sequence and id of the last persisted one."""
@@ -276,7 +289,8 @@ class SessionService:
             event.parent_id = state.last_event_id
 
     def has_audience(self, session_id: str) -> bool:
-        return self.fanout.has_audience(session_id)
+        # On a shared store, subscribers of other daemons may want the deltas too.
+        return self._store.relay is not None or self.fanout.has_audience(session_id)
 
     def load_context(self, session_id: str) -> ContextWindow:
         """The session's recent user and assistant messages (cached per session)."""
@@ -334,7 +348,7 @@ class SessionService:
         read their sessions (and delete some to make room).
         """
         self._check_running()
-        record = self._record(session_id)
+        record = await self.reading(self._record, session_id)
         state = self._state(record)
         resume = ev.make_event(
             ev.SESSION_RESUME,
@@ -361,28 +375,10 @@ class SessionService:
         if provider is not None:
             await self.providers.hold_session_provider(session_id, provider)
         if not continue_pending_work and await self._turns.calls.close_not_continued(state):
-            record = self._record(session_id)
-        tail = (
-            self._history.tail(session_id, min(tail_events, MAX_PAGE_SIZE)) if tail_events else []
-        )
+            record = await self.reading(self._record, session_id)
+        count = min(tail_events, MAX_PAGE_SIZE)
+        tail = await self.reading(self._history.tail, session_id, count) if tail_events else []
         return record.metadata, tail, recorded
-
-    def list_sessions(
-        self, requested_page_size: int, page_token: str
-    ) -> tuple[list[SessionMetadata], str]:
-        try:
-            records, next_token = self._store.list_sessions(
-                limit=page_size(requested_page_size, DEFAULT_PAGE_SIZE),
-                page_token=page_token,
-                max_bytes=PAGE_BYTES,  # system messages may be as large as prompts
-            )
-        except ValueError:
-            raise InvalidArgumentError(
-                "page_token is not one this daemon issued; pass the next_page_token of the "
-                "previous response, or an empty token for the first page",
-                Reason.ERROR_REASON_INVALID_PAGE_TOKEN,
-            ) from None
-        return [record.metadata for record in records], next_token
 
     async def delete_session(self, session_id: str) -> None:
         check_session_id(session_id)
@@ -450,7 +446,7 @@ class SessionService:
                 "model is empty; name one of client.list_models()",
                 Reason.ERROR_REASON_UNKNOWN_MODEL,
             )
-        record = self._record(session_id)
+        record = await self.reading(self._record, session_id)
         if record.metadata.model == model:
             return record.metadata
         if not record.metadata.provider.type:  # a session's own provider serves any name
@@ -469,50 +465,8 @@ class SessionService:
         self._state(self._record(session_id))
         return await self._turns.compactor.compact_now(session_id, custom_instructions)
 
-    async def abort_turn(self, session_id: str, reason: str) -> bool:
-        check_label(reason, "reason")
-        self._record(session_id)
-        state = self._states.get(session_id)
-        if state is None or state.turn is None:
-            return False
-        await self._turns.cancel(state.turn, reason=reason or "aborted by a client")
-        return True
-
-    async def handle_pending_tool_call(
-        self, session_id: str, tool_call_id: str, result: events_pb2.ToolResult
-    ) -> bool:
-        """Record a client's result for a waiting call; False when it was already (a retry)."""
-        check_label(tool_call_id, "tool_call_id")
-        check_result(result)
-        state = self._state(self._record(session_id))
-        return await self._turns.calls.answer(state, session_id, tool_call_id, result)
-
-    async def handle_pending_permission(
-        self, session_id: str, request_id: str, *, approved: bool, reason: str
-    ) -> bool:
-        check_label(request_id, "request_id")
-        check_label(reason, "reason")  # like an abort's reason
-        state = self._state(self._record(session_id))
-        return await self._turns.calls.decide(
-            state, session_id, request_id, approved=approved, reason=reason
-        )
-
     def list_pending_tool_calls(self, session_id: str) -> list[copilot_pb2.PendingToolCall]:
         return list(self._record(session_id).metadata.pending_tool_calls)
-
-    def list_events(
-        self,
-        session_id: str,
-        cursor: int,
-        requested_page_size: int,
-        newest_first: bool,
-        include_rewound: bool = False,
-    ) -> tuple[list[SessionEvent], int]:
-        check_session_id(session_id)
-        limit = page_size(requested_page_size, DEFAULT_EVENT_PAGE_SIZE)
-        return self._history.page(
-            session_id, cursor, limit, newest_first, include_rewound=include_rewound
-        )
 
     def stream_events(
         self,
@@ -544,7 +498,18 @@ class SessionService:
 
     def on_store_change(self, change: StoreChange | None) -> None:
         """Another daemon committed ``change`` (None: changes may have been missed)."""
-        self._peers.changed(change)
+        if change is not None and change.kind == "live":
+            state = self._states.get(change.session_id)
+            live.receive(self.fanout, self._delivery, state, change)
+        elif self._relay is None or not self._relay.heard(change):
+            self._peers.changed(change)
+
+    async def serve_relayed(self) -> None:
+        """Serve the calls other daemons relayed to the turns running here (the periodic
+        remedy for a missed notification), and have this daemon's own look again."""
+        if self._relay is not None:
+            self._relay.wake(None)
+            await self._relay.serve_waiting()
 
     def catch_up_all(self) -> None:
         """Deliver whatever other daemons committed to the sessions followed here."""

@@ -271,6 +271,11 @@ class TurnHost(Protocol):
         daemon has taken the turn over)."""
         ...
 
+    async def abort_elsewhere(self, record: SessionRecord, reason: str) -> bool:
+        """Abort the session's open turn (``record``'s) on the daemon sharing the store
+        that runs it, and wait for its end; False when none does."""
+        ...
+
     def publish_ephemeral(self, session_id: str, event: SessionEvent) -> None:
         """Send a live-only event (a delta, the queue, idle) to the session's subscribers."""
         ...

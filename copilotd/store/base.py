@@ -81,11 +81,22 @@ The contract:
   time (``queue``: add one, at the end or first, and remove one by id), so
   that daemons queueing and dequeuing at once on one session lose nothing.
   Adding a message already queued changes nothing (a message sent again
-  through another daemon is queued once).
+  through another daemon is queued once). The queue is first in, first out
+  across daemons: opening a turn while messages are queued raises
+  ``TurnBusy`` unless the same call removes a queued message (the one the
+  turn answers), so a message sent while others wait is queued behind them
+  even when no turn runs (its daemon died between two turns).
 * **Changes from other daemons.** ``watch`` reports, from a thread of the
   store's, what other daemons committed (``StoreChange``); ``None`` means
   reports may have been missed and the watcher should re-read what it
   follows. A store used by one daemon reports nothing.
+* **Relayed requests** (``relay``, a ``copilotd.store.relay.Relay``): on a
+  shared store, calls that only the daemon running a session's turn can
+  serve (abort, a tool result, a permission decision) are posted there for
+  the lease holder, which is told at once and also finds them on every
+  lease renewal; the first daemon to claim one answers it, and the poster
+  reads the answer. Live-only events (deltas) reach the other daemons
+  through it too, best-effort. A store used by one daemon has none.
 * **Pinning** (``set_pinned``) changes only ``metadata.pinned``: the listing
   order and every other field stay as they were.
 * **Forks** (``fork_session``) refer to their source's log instead of
@@ -125,6 +136,7 @@ from typing import Final, Literal, TypeVar
 
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
 from copilotd.proto.v1 import store_pb2
+from copilotd.store.relay import Relay
 
 SessionEvent = events_pb2.SessionEvent
 SessionMetadata = copilot_pb2.SessionMetadata
@@ -153,7 +165,9 @@ class QueueEdit:
     remove: str = ""
 
 
-ChangeKind = Literal["events", "created", "deleted", "updated"]
+# "request" and "answer": a relayed request for this daemon, or the answer to
+# one it posted (``relay``); "live": another daemon's live-only event.
+ChangeKind = Literal["events", "created", "deleted", "updated", "request", "answer", "live"]
 
 
 @dataclass(frozen=True)
@@ -162,8 +176,11 @@ class StoreChange:
 
     kind: ChangeKind
     session_id: str
-    # The session's last sequence after the change (0 for a deletion).
+    # The session's last sequence after the change (0 for a deletion); for a
+    # live event, the last stored one's when it was made.
     last_sequence: int
+    # A live event (a serialized ``SessionEvent``).
+    payload: bytes = b""
 
 
 class StoreError(Exception):
@@ -471,6 +488,7 @@ class Store(ABC):
     # Several daemons on one store (module docstring); a store that only one
     # daemon uses keeps these defaults.
     shared: bool = False
+    relay: Relay | None = None
     lease_owner: str = ""
     lease_seconds: float = DEFAULT_LEASE_SECONDS
 

@@ -255,7 +255,7 @@ class _MemoryWriter(StoreWriter):
         self._check_ids_free(record, [event.id for event in events])
         self._check_ids_free(record, records.queued_ids(pending, queue))
         records.check_expected_sequence(record, expected_last_sequence)
-        records.check_turn(record, fence, open_turn, close_turn)
+        records.check_turn(record, fence, open_turn, close_turn, queue, pending)
         old_recency_key = records.recency_key(record.metadata)
         stored = records.append_to_record(record, events)
         records.update_turn(record, open_turn, close_turn)

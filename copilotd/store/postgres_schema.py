@@ -32,6 +32,9 @@ so copilotd can share a database with other programs. Tables:
   turn's writes carry) and when the lease expires unless renewed
   (``expires_at``, the server's clock). Appending with a fence checks it in
   the same transaction; see ``base`` for the rules.
+* ``turn_requests``: calls relayed to the daemon running a session's turn
+  (``relay``): the request (``kind``, ``body``), who posted it
+  (``requester``), who claimed it (``claimed_by``) and its ``answer``.
 * ``counters``: ``session_count``, kept by creation and deletion, because
   ``count(*)`` would read every row.
 * ``schema_version``: one row; a newer version than ``SCHEMA_VERSION`` is
@@ -58,9 +61,11 @@ from copilotd.store.base import StoreCorrupt, StoreError, StoreVersionError
 
 SCHEMA: Final = "copilotd"
 # 2: turn_leases, and the owner of a staged import.
-# 3: log_refs (the logs forks share).
-SCHEMA_VERSION: Final = 3
+# 3: log_refs (the logs forks share). 4: turn_requests.
+SCHEMA_VERSION: Final = 4
 CHANNEL: Final = "copilotd_changes"
+# Live-only events (deltas) of running turns, for the other daemons' subscribers.
+LIVE_CHANNEL: Final = "copilotd_live"
 # Taken while the schema is checked or created, so that daemons starting at
 # once on one database create it once ("copilotd" in ASCII).
 SCHEMA_LOCK_KEY: Final = 0x636F70696C6F7464
@@ -115,6 +120,21 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.log_refs (
     refs bigint NOT NULL
 );
 """
+# What version 4 added; also run on an older store when it opens.
+_CREATE_REQUESTS: Final = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.turn_requests (
+    request_id bigserial PRIMARY KEY,
+    session_id text COLLATE "C" NOT NULL,
+    turn_id text NOT NULL,
+    kind text NOT NULL,
+    body jsonb NOT NULL,
+    requester text NOT NULL,
+    claimed_by text NOT NULL DEFAULT '',
+    answer jsonb,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS turn_requests_session ON {SCHEMA}.turn_requests (session_id, request_id);
+"""
 
 
 class StoreUnreachable(StoreError):
@@ -156,6 +176,7 @@ def prepare_schema(connection: psycopg.Connection[Any], where: str) -> None:
             connection.execute(_CREATE.encode())
             connection.execute(_CREATE_LEASES.encode())
             connection.execute(_CREATE_LOG_REFS.encode())
+            connection.execute(_CREATE_REQUESTS.encode())
             connection.execute(
                 f"INSERT INTO {SCHEMA}.schema_version VALUES (%s)", (SCHEMA_VERSION,)
             )
@@ -163,6 +184,7 @@ def prepare_schema(connection: psycopg.Connection[Any], where: str) -> None:
         if check_version(connection, where) < SCHEMA_VERSION:
             connection.execute(_CREATE_LEASES.encode())
             connection.execute(_CREATE_LOG_REFS.encode())
+            connection.execute(_CREATE_REQUESTS.encode())
             connection.execute(
                 f"UPDATE {SCHEMA}.schema_version SET version = %s", (SCHEMA_VERSION,)
             )

@@ -39,8 +39,10 @@ from copilotd.store.base import (
 from copilotd.store.postgres_logs import FIND_EVENT as FIND_EVENT
 from copilotd.store.postgres_logs import LogReader
 from copilotd.store.postgres_logs import events_query as events_query
+from copilotd.store.postgres_relay import PostgresRelay, parse_live
 from copilotd.store.postgres_schema import (
     CHANNEL,
+    LIVE_CHANNEL,
     SCHEMA,
     StoreUnreachable,
     describe_dsn,
@@ -109,6 +111,8 @@ class PostgresStore(Store):
         self._write_lock = threading.Lock()
         self._closed = False
         self._listener: _Listener | None = None
+        self._relay = PostgresRelay(pool, self.lease_owner)
+        self.relay = self._relay
 
     @classmethod
     def open(
@@ -188,7 +192,13 @@ class PostgresStore(Store):
             raise AssertionError("unreachable")
 
     def _run_batch(self, operations: list[Callable[[StoreWriter], T]]) -> list[T | StoreError]:
-        with self._pool.connection() as connection, connection.transaction():
+        with (
+            self._relay.live_lock,
+            self._pool.connection() as connection,
+            connection.transaction(),
+        ):
+            # Live events published before this commit are delivered before it.
+            self._relay.notify_live(connection)
             writer = PostgresWriter(connection, self.lease_owner, self.lease_seconds)
             return [writer.run(operation) for operation in operations]
 
@@ -336,6 +346,7 @@ class PostgresStore(Store):
                 self._closed = True
                 if self._listener is not None:
                     self._listener.stop()
+                self._relay.close()
                 self._pool.close()
 
     def _check_open(self) -> None:
@@ -372,20 +383,28 @@ class _Listener(threading.Thread):
                     self._dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_SECONDS)
                 ) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
+                    connection.execute(f"LISTEN {LIVE_CHANNEL}")
                     self.listening.set()
                     if connected_before:
                         self._on_change(None)
                     connected_before = True
                     while not self._stopping.is_set():
                         for notification in connection.notifies(timeout=LISTEN_POLL_SECONDS):
-                            self._report(notification.payload)
+                            self._report(notification.channel, notification.payload)
             except psycopg.Error as error:
                 log.warning("store listener: %s; reconnecting", str(error).strip())
                 self._stopping.wait(RECONNECT_DELAY_SECONDS)
 
-    def _report(self, payload: str) -> None:
+    def _report(self, channel: str, payload: str) -> None:
+        if channel == LIVE_CHANNEL:
+            session_id, last_sequence, owner, event = parse_live(payload)
+            if owner != self._owner:
+                self._on_change(StoreChange("live", session_id, last_sequence, event))
+            return
         change = json.loads(payload)
-        if change["o"] != self._owner:
+        if change.get("t", self._owner) != self._owner:
+            return  # a relayed request or answer for another daemon
+        if change["o"] != self._owner or "t" in change:
             self._on_change(StoreChange(change["k"], change["s"], int(change["q"])))
 
 

@@ -150,7 +150,7 @@ class PostgresWriter(StoreWriter):
         self._check_ids_free(record, [event.id for event in events])
         self._check_ids_free(record, records.queued_ids(pending, queue))
         records.check_expected_sequence(record, expected_last_sequence)
-        records.check_turn(record, fence, open_turn, close_turn)
+        records.check_turn(record, fence, open_turn, close_turn, queue, pending)
         lease = self._lease(session_id)
         others = lease is not None and lease.owner != self._owner
         if fence is not None and (lease is None or others):

@@ -167,15 +167,29 @@ def check_expected_sequence(record: SessionRecord, expected: int | None) -> None
 
 
 def check_turn(
-    record: SessionRecord, fence: str | None, open_turn: tuple[str, str] | None, close_turn: bool
+    record: SessionRecord,
+    fence: str | None,
+    open_turn: tuple[str, str] | None,
+    close_turn: bool,
+    queue: QueueEdit | None = None,
+    pending: Sequence[PendingMessage] | None = None,
 ) -> None:
-    """Refuse a fenced write of a turn that is not the open one, and a second open turn."""
+    """Refuse a fenced write of a turn that is not the open one, a second open turn,
+    and a turn that takes no message from the queue while messages wait there."""
     session_id = record.metadata.session_id
     if fence is not None and record.open_turn_id != fence:
         now = f"turn {record.open_turn_id!r} is open" if record.open_turn_id else "no turn is open"
         raise TurnLost(session_id, fence, f"it was closed by another writer ({now})")
     if open_turn is not None and not close_turn and record.open_turn_id:
         raise TurnBusy(session_id, f"turn {record.open_turn_id!r} is running")
+    if open_turn is not None and record.pending:
+        left = {queued.message_id for queued in (record.pending if pending is None else pending)}
+        left.discard("" if queue is None else queue.remove)
+        if all(queued.message_id in left for queued in record.pending):
+            waiting = len(record.pending)
+            raise TurnBusy(
+                session_id, f"{waiting} queued message(s) go first (first in, first out)"
+            )
 
 
 def queued_ids(pending: Sequence[PendingMessage] | None, queue: QueueEdit | None) -> list[str]:

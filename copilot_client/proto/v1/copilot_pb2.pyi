@@ -109,6 +109,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ALREADY_EXISTS, on HandlePendingPermission"""
     ERROR_REASON_AWAITING_PERMISSION: _ErrorReason.ValueType  # 49
     """FAILED_PRECONDITION, on HandlePendingToolCall"""
+    ERROR_REASON_TURN_HOLDER_UNREACHABLE: _ErrorReason.ValueType  # 53
+    """UNAVAILABLE: on a store shared by several daemons, the daemon running the
+    session's turn did not act on a relayed AbortTurn, SendMessage
+    (mode=immediate), HandlePendingToolCall or HandlePendingPermission in time.
+    """
     ERROR_REASON_COMPACTION_FAILED: _ErrorReason.ValueType  # 56
     """UNAVAILABLE, on CompactSession"""
     ERROR_REASON_NOTHING_TO_COMPACT: _ErrorReason.ValueType  # 57
@@ -187,6 +192,11 @@ ERROR_REASON_PERMISSION_ANSWERED: ErrorReason.ValueType  # 48
 """ALREADY_EXISTS, on HandlePendingPermission"""
 ERROR_REASON_AWAITING_PERMISSION: ErrorReason.ValueType  # 49
 """FAILED_PRECONDITION, on HandlePendingToolCall"""
+ERROR_REASON_TURN_HOLDER_UNREACHABLE: ErrorReason.ValueType  # 53
+"""UNAVAILABLE: on a store shared by several daemons, the daemon running the
+session's turn did not act on a relayed AbortTurn, SendMessage
+(mode=immediate), HandlePendingToolCall or HandlePendingPermission in time.
+"""
 ERROR_REASON_COMPACTION_FAILED: ErrorReason.ValueType  # 56
 """UNAVAILABLE, on CompactSession"""
 ERROR_REASON_NOTHING_TO_COMPACT: ErrorReason.ValueType  # 57
