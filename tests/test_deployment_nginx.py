@@ -167,8 +167,8 @@ def daemon_address(daemon: DaemonProcess) -> str:
 class Follower:
     """A second client's handle on the session: every persisted event it is handed, in order.
 
-    Persisted events only: they reach subscribers on every daemon, while a
-    turn's deltas reach only those attached to the daemon running it.
+    Persisted events only: they reach subscribers on every daemon always,
+    while a turn's deltas cross daemons best-effort.
     """
 
     def __init__(self) -> None:
