@@ -134,11 +134,11 @@ class EventStream:
             self._check_usable()
             raise self._error or CopilotError("the event stream ended")
 
-    async def wait_attached_after(self, attachments: int, within: float) -> None:
+    async def wait_attached_after(self, attachments: int, failures: int) -> None:
         """Waits until the stream has become live more than ``attachments`` times,
-        or ``within`` seconds have passed."""
+        at most the pause due after ``failures`` failed attempts in a row."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within), self._attached_again:
+            async with asyncio.timeout(retry_delay(failures)), self._attached_again:
                 await self._attached_again.wait_for(lambda: self.attachments > attachments)
 
     async def _run(self) -> None:

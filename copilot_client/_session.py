@@ -17,14 +17,7 @@ from ._errors import (
     DaemonUnavailableError,
     SessionFailedError,
 )
-from ._event_stream import (
-    EventHandler,
-    EventStream,
-    Reattached,
-    WaiterItem,
-    retry_delay,
-    seen,
-)
+from ._event_stream import EventHandler, EventStream, Reattached, WaiterItem, seen
 from ._history import read_events
 from ._permissions import PermissionHandlerFunc
 from ._session_events import SessionEvent, SessionEventType
@@ -278,7 +271,7 @@ class CopilotSession:
                 logger.debug("daemon unavailable sending %s: looking it up", message_id)
             resend = True
             failures += 1
-            await self._events.wait_attached_after(attachments, within=retry_delay(failures))
+            await self._events.wait_attached_after(attachments, failures)
 
     async def _wait_turn_end(
         self, queue: asyncio.Queue[WaiterItem], message_id: str
