@@ -29,7 +29,7 @@ The tree::
     │   ├── ResourceExhaustedError        RESOURCE_EXHAUSTED
     │   │   └── SubscriberTooSlowError    reason SUBSCRIBER_TOO_SLOW
     │   ├── UnauthenticatedError          UNAUTHENTICATED (TCP without the right token)
-    │   └── DaemonUnavailableError        UNAVAILABLE, or the daemon cannot be reached
+    │   └── DaemonUnavailableError        UNAVAILABLE, no daemon reached, or a proxy cut the call
     │       ├── DaemonTimeoutError        DEADLINE_EXCEEDED (also a TimeoutError)
     │       └── TurnHolderUnreachableError  reason TURN_HOLDER_UNREACHABLE
     ├── UntrustedSocketError              the socket or its folder is not this user's alone
@@ -228,7 +228,8 @@ class UnauthenticatedError(RPCError):
 
 
 class DaemonUnavailableError(RPCError):
-    """The daemon cannot be reached, is shutting down, or could not be started.
+    """The daemon cannot be reached, is shutting down, or could not be started;
+    or a proxy in between (a load balancer) cut the call when its daemon died.
 
     Attributes:
         socket_path: The Unix socket the client tried.

@@ -7,6 +7,7 @@ A ``CopilotSession`` has one; its event handlers and the waiters of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,11 @@ EventHandler = Callable[[SessionEvent], Awaitable[None] | None]
 # an outage, so the stream re-attaches for as long as the session is open.
 STREAM_RETRY_DELAY = 0.2
 STREAM_RETRY_MAX_DELAY = 5.0
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds to wait after ``failures`` failed attempts in a row (at least 1)."""
+    return min(STREAM_RETRY_DELAY * 2.0 ** min(failures - 1, 16), STREAM_RETRY_MAX_DELAY)
 
 
 class Reattached:
@@ -128,10 +134,12 @@ class EventStream:
             self._check_usable()
             raise self._error or CopilotError("the event stream ended")
 
-    async def wait_attached_after(self, attachments: int) -> None:
-        """Waits until the stream has become live more than ``attachments`` times."""
-        async with self._attached_again:
-            await self._attached_again.wait_for(lambda: self.attachments > attachments)
+    async def wait_attached_after(self, attachments: int, failures: int) -> None:
+        """Waits until the stream has become live more than ``attachments`` times,
+        at most the pause due after ``failures`` failed attempts in a row."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(retry_delay(failures)), self._attached_again:
+                await self._attached_again.wait_for(lambda: self.attachments > attachments)
 
     async def _run(self) -> None:
         failures = 0
@@ -184,8 +192,7 @@ class EventStream:
             for queue in self.waiters:
                 queue.put_nowait(REATTACHED)
             if failures > 1 or isinstance(error, DaemonUnavailableError):
-                delay = STREAM_RETRY_DELAY * 2 ** min(failures - 1, 16)
-                await asyncio.sleep(min(delay, STREAM_RETRY_MAX_DELAY))
+                await asyncio.sleep(retry_delay(failures))
 
     async def _stop_with(self, error: CopilotError) -> None:
         """Ends the stream for an error re-attaching cannot cure, and says so to

@@ -251,8 +251,12 @@ class CopilotSession:
 
         A send cut by an outage may or may not have been recorded: wait for
         the stream to re-attach, whose catch-up then shows the message if it
-        was, and send (with the same id) only if it was not.
+        was, and send (with the same id) only if it was not. Behind a load
+        balancer the stream may stay live on another daemon while the send
+        failed: then, after a pause, send again with the same id, which the
+        daemon records once.
         """
+        failures = 0
         while True:
             await self._events.ensure_live()
             if resend and seen(queue, message_id):
@@ -266,7 +270,8 @@ class CopilotSession:
             except DaemonUnavailableError:
                 logger.debug("daemon unavailable sending %s: looking it up", message_id)
             resend = True
-            await self._events.wait_attached_after(attachments)
+            failures += 1
+            await self._events.wait_attached_after(attachments, failures)
 
     async def _wait_turn_end(
         self, queue: asyncio.Queue[WaiterItem], message_id: str

@@ -406,10 +406,25 @@ def _trailer(error: grpc.aio.AioRpcError, wanted: str) -> str:
     return ""
 
 
-def _class_for(reason: str, status: grpc.StatusCode) -> type[RPCError]:
+# grpc's words for a call that ended without a gRPC status: "Stream removed
+# (RST_STREAM (Received RST_STREAM with error code 2))" (INTERNAL) or "Stream
+# removed (Data frame with END_STREAM flag received)" (UNKNOWN). copilotd
+# always ends a call with a status; a proxy in between does this when the
+# daemon behind it died mid-call (nginx does both).
+_CUT_BY_PROXY = "Stream removed"
+# grpc's words for an HTTP error answer instead of a gRPC one: a proxy's
+# "Bad Gateway" and the like, when no daemon behind it could take the call.
+_PROXY_FOUND_NO_DAEMON = re.compile(r"Received http2 header with status: 50[234]\b")
+_CUT_STATUSES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+
+def _class_for(reason: str, status: grpc.StatusCode, details: str) -> type[RPCError]:
     try:
         return ERROR_FOR_REASON[Reason.Value(reason)]
     except (ValueError, KeyError):  # no reason, or one this client does not know yet
+        if status in _CUT_STATUSES and details.startswith(_CUT_BY_PROXY):
+            # The daemon is gone from behind the proxy: retried like any outage.
+            return DaemonUnavailableError
         return _BY_STATUS.get(status, RPCError)
 
 
@@ -445,10 +460,23 @@ def map_rpc_error(
             status=status,
             socket_path=socket_path,
         )
-    cls = _class_for(reason, status)
+    cls = _class_for(reason, status, details)
     if cls is DaemonUnavailableError:
         if reason == Reason.Name(Reason.ERROR_REASON_SHUTTING_DOWN):
             message = f"copilotd at {os.fspath(socket_path)} is shutting down: {details}"
+        elif _PROXY_FOUND_NO_DAEMON.search(details):
+            message = (
+                f"the proxy at {os.fspath(socket_path)} found no copilotd behind it to take "
+                f"the call ({details}): check that the daemons behind it run and that it "
+                "reaches them (its error log says why)"
+            )
+        elif status != grpc.StatusCode.UNAVAILABLE:
+            message = (
+                f"the call to copilotd through {os.fspath(socket_path)} was cut ({details}): "
+                "the proxy there lost the daemon serving it. Another daemon behind the "
+                "proxy can serve the call again; whether a write took effect is unknown, "
+                "so read before retrying it"
+            )
         elif "Permission denied" in details:
             message = (
                 f"copilotd at {os.fspath(socket_path)} is not open to this user ({details}): "

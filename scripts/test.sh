@@ -12,12 +12,15 @@ cd "$(dirname "$0")/.."
 #   pg_ctl, as an unprivileged user) for the PostgreSQL store's tests (without
 #   it they skip locally and fail on CI);
 # - strace: tests/test_store_sync.py watches the daemon's LMDB commits reach
-#   the disk (fdatasync, O_DSYNC meta writes).
+#   the disk (fdatasync, O_DSYNC meta writes);
+# - nginx: tests/test_deployment_nginx.py puts it in front of two daemons, as
+#   docs/deployment.md does (without it that test skips locally and fails on CI).
 missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ||
   missing+=(postgresql)
 command -v strace >/dev/null || missing+=(strace)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
       apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } ||

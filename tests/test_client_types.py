@@ -320,6 +320,37 @@ def test_unavailable_messages() -> None:
     assert "/run/x.sock is shutting down: bye" in str(leaving)
 
 
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        ("INTERNAL", "Stream removed (RST_STREAM (Received RST_STREAM with error code 2))"),
+        ("UNKNOWN", "Stream removed (Data frame with END_STREAM flag received)"),
+    ],
+)
+def test_a_call_a_proxy_cut_is_an_outage(code: str, details: str) -> None:
+    # The two ways nginx ends a call when the daemon behind it dies: retried like UNAVAILABLE.
+    cut = map_rpc_error(rpc_error(code, details), socket_path="balancer:443")
+    assert type(cut) is DaemonUnavailableError
+    assert cut.status is grpc.StatusCode[code]
+    assert "through balancer:443 was cut" in str(cut) and "lost the daemon" in str(cut)
+    assert details in str(cut)
+    # The daemon's own failures carry its reason: never taken for an outage.
+    failed = map_rpc_error(rpc_error(f"{code}/ERROR_REASON_INTERNAL", details), socket_path="s")
+    assert type(failed) is RPCError
+    assert type(map_rpc_error(rpc_error(code, "boom"), socket_path="s")) is RPCError
+
+
+def test_a_proxy_without_a_daemon_says_so() -> None:
+    # nginx's 502 when no daemon behind it answers: not "start copilotd here".
+    gateway = map_rpc_error(
+        rpc_error("UNAVAILABLE", "Received http2 header with status: 502"),
+        socket_path="balancer:443",
+    )
+    assert type(gateway) is DaemonUnavailableError
+    assert "the proxy at balancer:443 found no copilotd behind it" in str(gateway)
+    assert "copilotd serve" not in str(gateway)
+
+
 def test_error_without_details_or_metadata() -> None:
     bare = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, None, None, None)
     error = map_rpc_error(bare, socket_path="s")

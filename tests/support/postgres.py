@@ -27,11 +27,13 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import psycopg
-import pytest
 from psycopg import sql
+
+from tests.support.needs import missing
+from tests.support.privileged import unprivileged_user
 
 SUPERUSER: Final = "postgres"
 APP_ROLE: Final = "copilotd_app"
@@ -73,16 +75,10 @@ def server_bin_dir() -> Path:
 
 def _server_user() -> pwd.struct_passwd | None:
     """Whom the server runs as: this user, or an unprivileged one when this is root."""
-    if os.geteuid() != 0:
-        return None
-    for name in UNPRIVILEGED_USERS:
-        try:
-            return pwd.getpwnam(name)
-        except KeyError:
-            continue
-    raise PostgresUnavailable(
-        f"running as root, and none of the users {UNPRIVILEGED_USERS} exists to run PostgreSQL"
-    )
+    try:
+        return unprivileged_user(UNPRIVILEGED_USERS)
+    except LookupError as error:
+        raise PostgresUnavailable(f"{error} to run PostgreSQL") from None
 
 
 @dataclass
@@ -223,9 +219,6 @@ def start_cluster() -> PostgresCluster:
     return cluster
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Fail on CI, skip elsewhere: CI must never pass by testing less."""
-    message = f"PostgreSQL is needed and cannot run here: {reason}"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    missing(f"PostgreSQL is needed and cannot run here: {reason}")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -50,3 +51,20 @@ def python_for(user: str) -> str:
         if probe.returncode == 0:
             return candidate
     pytest.skip(f"no Python interpreter that {user} may run")
+
+
+def unprivileged_user(names: Sequence[str]) -> pwd.struct_passwd | None:
+    """Whom a server that refuses root (or should not have it) runs as: nobody
+    else when this is not root, else the first of ``names`` that exists.
+
+    Raises:
+        LookupError: This is root and none of ``names`` exists.
+    """
+    if os.geteuid() != 0:
+        return None
+    for name in names:
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise LookupError(f"running as root, and none of the users {tuple(names)} exists")
