@@ -12,14 +12,14 @@ import pytest
 
 from copilotd.events import USER_MESSAGE, make_event
 from tests.support import crash_harness
-from tests.support.crash_harness import (
+from tests.support.crash_checks import (
     Acks,
     Figures,
     HarnessFailure,
     check_acknowledged,
     check_queued_kept,
-    run,
 )
+from tests.support.crash_harness import run
 from tests.support.store_check import SessionState, StoreReport
 
 
