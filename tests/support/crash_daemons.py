@@ -37,9 +37,12 @@ LEASE_SECONDS = 4.0
 # run the turn, which does not take it yet: the call is then closed by this.
 SHARED_PENDING_TIMEOUT = "3s"
 QUIET_TIMEOUT = 30.0
+# Statements at work: not those waiting for a frozen daemon (to read a result
+# it sent, or for a lock its open transaction holds), which cannot commit.
 IN_FLIGHT = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
     " AND state = 'active' AND pid <> pg_backend_pid()"
+    " AND coalesce(wait_event_type, '') NOT IN ('Lock', 'Client')"
 )
 
 
@@ -144,6 +147,15 @@ class Daemons:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"statements still running after {QUIET_TIMEOUT} s")
                 time.sleep(0.01)  # polling the server's own view: nothing to await
+
+    def save_logs(self) -> list[Path]:
+        """Each daemon's log (all its runs), written beside its data; their paths."""
+        paths = []
+        for daemon in self.members:
+            path = daemon.root / "daemon.log"
+            path.write_text("".join(daemon.output))
+            paths.append(path)
+        return paths
 
     def stop(self) -> list[int]:
         """SIGTERM each live daemon; their exit codes."""

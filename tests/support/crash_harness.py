@@ -341,9 +341,12 @@ def run(
                         print(f"kill {kill}/{kills}: checked, nothing lost", flush=True)
             finally:
                 report = harness.finish()
-        except (HarnessFailure, AssertionError) as failure:
+        except Exception as failure:  # a check, or a client call that should have worked
+            logs = cluster.save_logs()
             # Enough to replay the run: the seed picks the kill moments and the workers' choices.
-            raise HarnessFailure(f"{failure} (seed {seed}: replay with --seed {seed})") from failure
+            raise HarnessFailure(
+                f"{failure} (seed {seed}: replay with --seed {seed}; daemon logs: {logs})"
+            ) from failure
         finally:
             cluster.close()
     created, messages = harness.acks.snapshot()
