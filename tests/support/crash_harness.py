@@ -11,7 +11,7 @@ with ``handle_pending_tool_call``, behind permission requests. With
 ``--dsn`` several daemons share one PostgreSQL database, the clients send
 through all of them and the kills rotate among them.
 The harness SIGKILLs a daemon at a random moment once load is flowing (and,
-now and then, a tool worker with it, whose sessions a new worker adopts),
+with every third kill, a tool worker with it, whose sessions a new worker adopts),
 then, for every kill:
 
 1. with no daemon writing, reads the whole store and checks it
@@ -146,7 +146,7 @@ class Harness:
         *,
         sessions: int,
         pace: float,
-        worker_kill_chance: float,
+        worker_kill_every: int,
     ) -> None:
         self.daemons = daemons
         self.server = server
@@ -154,7 +154,7 @@ class Harness:
         self.rng = rng
         self.sessions = sessions
         self.pace = pace
-        self.worker_kill_chance = worker_kill_chance
+        self.worker_kill_every = worker_kill_every
         self.acks = Acks()
         self.pool: list[Worker] = []
         self.tool_pool: list[Worker] = []
@@ -181,9 +181,9 @@ class Harness:
         (self.tool_pool if tools else self.pool).append(worker)
         return worker
 
-    def kill_a_tool_worker(self) -> tuple[Worker, list[str]] | None:
-        """SIGKILL a tool worker now and then; it and the sessions it was at."""
-        if not self.tool_pool or self.rng.random() >= self.worker_kill_chance:
+    def kill_a_tool_worker(self, kill: int) -> tuple[Worker, list[str]] | None:
+        """SIGKILL a tool worker with every few kills; it and the sessions it was at."""
+        if not self.tool_pool or kill % self.worker_kill_every != self.worker_kill_every - 1:
             return None
         victim = self.rng.choice(self.tool_pool)
         victim.process.kill()
@@ -198,7 +198,7 @@ class Harness:
         time.sleep(self.rng.uniform(0, max_uptime))  # the moment of the kill, not a wait
         victim = self.daemons.members[kill % len(self.daemons.members)]
         victim.kill()
-        orphaned = self.kill_a_tool_worker()
+        orphaned = self.kill_a_tool_worker(kill)
         report = self.daemons.check()
         check_acknowledged(report, self.acks, self.figures)
         note_kill(report, self.figures)
@@ -255,7 +255,7 @@ class Harness:
         session_id = self.rng.choice(candidates)
         # Without its pending work: calls still waiting are closed, the turn goes on.
         session = await client.resume_session(session_id)
-        strict = bool(with_tools)
+        strict = self.figures.tool_workers > 0
         if strict:
             await session.set_model(STRICT_MODELS[kill % len(STRICT_MODELS)])
         prompt = f"still there after the crash? ({session_id})"
@@ -305,7 +305,7 @@ def run(
     log: bool = True,
     dsn: str | None = None,
     daemons: int = 1,
-    worker_kill_chance: float = 0.3,
+    worker_kill_every: int = 3,
 ) -> Figures:
     """Run the harness; raises ``HarnessFailure`` at the first broken promise."""
     seed = seed if seed is not None else random.SystemRandom().randrange(1 << 30)
@@ -328,7 +328,7 @@ def run(
             rng,
             sessions=sessions,
             pace=pace,
-            worker_kill_chance=worker_kill_chance,
+            worker_kill_every=worker_kill_every,
         )
         try:
             cluster.start()

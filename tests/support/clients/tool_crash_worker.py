@@ -49,6 +49,7 @@ from copilot_client import (
     PermissionRequestResult,
     SessionEvent,
     SessionExistsError,
+    SessionFailedError,
     Tool,
     ToolCallAnsweredError,
     ToolInvocation,
@@ -183,6 +184,11 @@ class Worker:
         while True:
             try:
                 answer = await session.send_and_wait(text, timeout=WAIT_TIMEOUT)
+            except SessionFailedError as failure:
+                # Only a broken history fails a turn here (a provider refusing it):
+                # the harness stops with the reason rather than retrying for ever.
+                say(error=f"{session.session_id}: a turn failed: {failure}")
+                return session
             except (CopilotError, TimeoutError):
                 await session.destroy()
                 await asyncio.sleep(RETRY_PAUSE)
