@@ -19,6 +19,14 @@ from copilot_client import (
     Tool,
     ToolInvocation,
 )
+from copilotd.events import (
+    ASSISTANT_TURN_END,
+    PERMISSION_COMPLETED,
+    PERMISSION_REQUESTED,
+    TOOL_EXECUTION_COMPLETE,
+    TOOL_EXECUTION_START,
+    make_event,
+)
 from copilotd.events import SessionEvent as SessionEventProto
 from copilotd.providers import ToolCall
 from copilotd.sessions.state import RunningTurn, SessionState, TurnHost
@@ -26,6 +34,7 @@ from copilotd.sessions.tool_calls import ToolCalls
 from copilotd.sessions.tools import ToolResult, interrupted_result
 from copilotd.store import SessionRecord
 from tests.support.daemon_process import DaemonProcess
+from tests.support.store_check import check_tool_calls
 
 WAIT = 60.0  # the bound of every wait: a hang fails, it never passes
 KEY = {"type": "object", "properties": {"key": {"type": "string"}}}
@@ -176,3 +185,68 @@ async def test_an_answer_whose_client_goes_away_mid_commit_is_recorded_once(what
         }[what]
     )
     assert types_of(closing) == (["tool.execution_complete"] if what == "approval" else [])
+
+
+def tool_log(*steps: tuple[str, str]) -> list[SessionEventProto]:
+    """Events of turn ``t`` from (kind, call id) steps: start, ask, decide, result, end."""
+    kinds = {
+        "start": TOOL_EXECUTION_START,
+        "ask": PERMISSION_REQUESTED,
+        "decide": PERMISSION_COMPLETED,
+        "result": TOOL_EXECUTION_COMPLETE,
+    }
+    events = []
+    for sequence, (kind, call_id) in enumerate(steps, start=1):
+        if kind == "end":
+            event = make_event(ASSISTANT_TURN_END, turn_id="t")
+        else:
+            event = make_event(kinds[kind], tool_call_id=call_id, turn_id="t")
+        event.sequence = sequence
+        events.append(event)
+    return events
+
+
+def record_of(open_turn: str = "", *pending: tuple[str, bool]) -> SessionRecord:
+    record = SessionRecord(open_turn_id=open_turn)
+    for call_id, awaiting in pending:
+        record.metadata.pending_tool_calls.add(tool_call_id=call_id, awaiting_permission=awaiting)
+    return record
+
+
+def test_the_store_check_passes_calls_that_pair_up() -> None:
+    closed = tool_log(
+        ("start", "c1"), ("ask", "c1"), ("start", "c2"), ("decide", "c1"), ("result", "c2"),
+        ("result", "c1"), ("end", ""),
+    )  # fmt: skip
+    assert check_tool_calls("s", closed, record_of()) == (["c1", "c2"], [], [])
+    waiting = tool_log(("start", "c1"), ("ask", "c1"), ("start", "c2"))
+    record = record_of("t", ("c1", True), ("c2", False))
+    assert check_tool_calls("s", waiting, record) == (["c1", "c2"], ["c1", "c2"], ["c1"])
+
+
+@pytest.mark.parametrize(
+    ("steps", "record", "complaint"),
+    [
+        ([("start", "c1"), ("result", "c1"), ("result", "c1"), ("end", "")], None, "second result"),
+        ([("start", "c1"), ("end", "")], None, "has no result, and its turn ended"),
+        ([("result", "c1"), ("end", "")], None, "no call before it"),
+        ([("start", "c1"), ("end", ""), ("result", "c1")], None, "after its turn ended"),
+        ([("start", "c1"), ("start", "c1")], None, "started twice"),
+        (
+            [("start", "c1"), ("ask", "c1"), ("decide", "c1"), ("decide", "c1"), ("end", "")],
+            None,
+            "a second decision",
+        ),
+        ([("start", "c1"), ("ask", "c1"), ("result", "c1"), ("end", "")], None, "before its"),
+        ([("start", "c1"), ("decide", "c1")], None, "no request before it"),
+        ([("start", "c1")], record_of("t"), "pending calls"),
+        ([("start", "c1"), ("ask", "c1")], record_of("t", ("c1", False)), "awaiting_permission"),
+    ],
+)
+def test_the_store_check_sees_calls_that_do_not_pair_up(
+    steps: list[tuple[str, str]], record: SessionRecord | None, complaint: str
+) -> None:
+    """The verdict is not vacuous: each defect a crash could leave fails it."""
+    default = record_of("t", ("c1", False))
+    with pytest.raises(AssertionError, match=complaint):
+        check_tool_calls("s", tool_log(*steps), record if record is not None else default)

@@ -146,7 +146,7 @@ def check_tool_calls(
     waiting = [call_id for call_id in started if call_id not in completed]
     for call_id in waiting:
         turn_id = _turn_of(started[call_id])
-        assert turn_id == record.open_turn_id, (
+        assert turn_id == record.open_turn_id and turn_id not in ended_turns, (
             f"{where}: call {call_id} of turn {turn_id} has no result, and its turn "
             + ("ended" if turn_id in ended_turns else "is not the open one")
         )
