@@ -221,6 +221,9 @@ class Harness:
         self.figures.probes_answered += 1
         if self.acks.errors:
             raise HarnessFailure(f"a client failed: {self.acks.errors}")
+        exited = [w.name for w in self.pool + self.tool_pool if w.process.poll() is not None]
+        if exited:  # a client process must ride out the kills, not die of them
+            raise HarnessFailure(f"client processes {exited} exited during the run")
 
     async def check_restart(self, daemon: DaemonProcess, report: StoreReport, kill: int) -> int:
         """Queues resume, open turns end, a session takes a new turn; returns turns closed."""
