@@ -134,7 +134,10 @@ class Answerer:
                 except (UnknownToolCallError, ToolCallAnsweredError):
                     return  # closed meanwhile (a resume without pending work, an interruption)
                 except CopilotError:
-                    return  # the session handle was replaced; its successor answers
+                    # This handle was destroyed (replaced after a failure): its
+                    # successor answers, when it finds the call still waiting.
+                    self.answered.discard(call_id)
+                    return
                 if attempt == 1 and recorded:
                     say(error=f"{session.session_id}: the result of {call_id} recorded twice")
                 break
@@ -157,6 +160,7 @@ class Worker:
         """Create (acknowledged) or resume the session through a random daemon."""
         while True:
             client = self.rng.choice(self.clients)
+            session: CopilotSession | None = None
             try:
                 if create:
                     session = await client.create_session(
@@ -177,6 +181,8 @@ class Worker:
             except SessionExistsError:
                 create = False  # created, but the daemon died before it answered
             except (DaemonUnavailableError, TimeoutError):
+                if session is not None:  # opened, not attached: its stream would retry for ever
+                    await session.destroy()
                 await asyncio.sleep(RETRY_PAUSE)
 
     async def turn(self, session: CopilotSession, text: str) -> CopilotSession:
