@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from ._branching import rewind_session
+from ._compaction import CompactionResult, compact_session
 from ._errors import (
     CopilotError,
     DaemonTimeoutError,
@@ -18,15 +20,15 @@ from ._errors import (
 from ._event_stream import EventHandler, EventStream, Reattached, WaiterItem, seen
 from ._history import read_events
 from ._permissions import PermissionHandlerFunc
+from ._session_events import SessionEvent, SessionEventType
 from ._tools import (
     Tool,
     ToolInvocation,
     ToolResult,
     ToolRunner,
     invocation_of,
-    permission_request_of,
 )
-from ._types import MessageOptions, SessionEvent, SessionEventType, SessionMetadata
+from ._types import MessageOptions, SessionMetadata
 from .proto.v1 import copilot_pb2
 from .service import CALL_TIMEOUT, ServiceClient, UseCallTimeout, per_call
 
@@ -70,15 +72,21 @@ class CopilotSession:
         self._resume_recorded = resume_recorded
         self._on_destroy = on_destroy
         self._destroyed = False
-        self._events = EventStream(
-            transport, metadata.session_id, metadata.last_sequence, self._check_usable
-        )
         self._tool_runner = ToolRunner(
             metadata.session_id,
             tools,
             self._answer_tool_call,
             self._decide_permission,
             on_permission_request,
+        )
+        # Tells this handle apart from the other clients attached with tools.
+        client_id = str(uuid.uuid4())
+        self._events = EventStream(
+            transport,
+            metadata.session_id,
+            metadata.last_sequence,
+            self._check_usable,
+            (lambda: self._tool_runner.tool_client(client_id)) if self._tool_runner else None,
         )
         if self._tool_runner:
             self.on(self._tool_runner.on_event)
@@ -338,6 +346,33 @@ class CopilotSession:
         )
         self._metadata = SessionMetadata.from_proto(response.session)
 
+    async def compact(
+        self,
+        custom_instructions: str | None = None,
+        *,
+        timeout: float = 300.0,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> CompactionResult:
+        """Summarises the conversation's older part now; returns once it is recorded.
+
+        The model then sees the system message, the summary and the events
+        after the range it covers; the log keeps every event. A compaction
+        already under way is waited for instead. The timeout does not stop
+        the compaction: it goes on in the daemon.
+
+        Args:
+            custom_instructions: What the summary should keep, besides the usual.
+            timeout: Seconds to wait (a summary is one or more model calls).
+
+        Raises:
+            NothingToCompactError: The model already sees only the summary and
+                the latest turns, which always go to it verbatim.
+            CompactionFailedError: The model could not summarise.
+        """
+        self._check_usable()
+        return await compact_session(
+            self._transport, self.session_id, custom_instructions, deadline=timeout
+        )
+
     async def abort(
         self,
         reason: str = "",
@@ -356,11 +391,44 @@ class CopilotSession:
         )
         return response.aborted
 
+    async def rewind(
+        self,
+        to_sequence: int,
+        *,
+        abort_turn: bool = False,
+        reason: str = "",
+        expected_last_sequence: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> SessionEvent:
+        """Takes the conversation back to the event ``to_sequence``: the model and
+        ``get_messages()`` no longer see the events after it, which stay in the log
+        (``get_messages(include_rewound=True)``). Recorded as one
+        ``session.snapshot_rewind`` event, returned; new events get new sequences.
+
+        Raises:
+            TurnRunningError: A turn runs; ``abort_turn=True`` aborts it first.
+            InvalidPointError: The point is inside a turn or a tool call, rewound
+                already, or not an event before the last.
+            SequenceConflictError: ``expected_last_sequence`` is not the last sequence.
+        """
+        self._check_usable()
+        self._metadata, event = await rewind_session(
+            self._transport,
+            self.session_id,
+            to_sequence,
+            abort_turn=abort_turn,
+            reason=reason,
+            expected_last_sequence=expected_last_sequence,
+            deadline=per_call(timeout),
+        )
+        return event
+
     async def get_messages(
         self,
         *,
         after_sequence: int = 0,
         limit: int | None = None,
+        include_rewound: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> list[SessionEvent]:
         """The persisted events, oldest first, read page by page.
@@ -368,6 +436,7 @@ class CopilotSession:
         Args:
             after_sequence: Only events with a greater sequence number.
             limit: At most this many events; ``None`` for all.
+            include_rewound: Also the events rewinds cut (for audit).
             timeout: Seconds each page's call may take; default the client's ``timeout``.
         """
         self._check_usable()
@@ -377,6 +446,7 @@ class CopilotSession:
             after_sequence=after_sequence,
             limit=limit,
             deadline=per_call(timeout),
+            include_rewound=include_rewound,
         )
 
     get_events = get_messages
@@ -473,14 +543,11 @@ class CopilotSession:
         )
         return bool(response.recorded)
 
-    async def _take_pending_work(self) -> None:
-        """Run the calls (and decide the permission requests) left waiting by an
-        earlier client (``continue_pending_work``)."""
-        for call in await self._pending_calls():
-            if call.awaiting_permission:
-                self._tool_runner.ask(permission_request_of(call))
-            else:
-                self._tool_runner.start(invocation_of(self.session_id, call))
+    @property
+    def holds_tools(self) -> bool:
+        """Whether this handle runs tools or decides permission requests (it then
+        attaches with them: the daemon offers its tools and sends it calls)."""
+        return bool(self._tool_runner)
 
     # -- events --------------------------------------------------------------
 

@@ -1,20 +1,23 @@
 """Reading a session's persisted events: pages, the newest few, and a live stream.
 
 Every read is bounded by bytes (``PAGE_BYTES``) as well as by count, so a
-session of large events never produces an oversized response.
+session of large events never produces an oversized response. Reads give
+the visible history (``store.visible``): events cut by a rewind only with
+``include_rewound``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 from copilotd import events as ev
 from copilotd.errors import MessageIdTakenError, SessionNotFoundError
 from copilotd.events import SessionEvent
 from copilotd.limits import PAGE_BYTES, byte_batches
-from copilotd.sessions.fanout import FanOut
+from copilotd.sessions.fanout import FanOut, Subscription
 from copilotd.sessions.store_errors import store_errors
 from copilotd.store import Store
+from copilotd.store.visible import read_visible
 
 STREAM_BATCH_EVENTS = 256
 # A stream's batches are smaller than a page: a client that stops reading
@@ -31,21 +34,34 @@ class History:
         self._fanout = fanout
 
     def page(
-        self, session_id: str, cursor: int, limit: int, newest_first: bool
+        self,
+        session_id: str,
+        cursor: int,
+        limit: int,
+        newest_first: bool,
+        *,
+        include_rewound: bool = False,
     ) -> tuple[list[SessionEvent], int]:
         """Up to ``limit`` events from ``cursor`` on, and the cursor of the next page (0: none)."""
         with store_errors(session_id):
             if newest_first:
-                events = self._store.read_events(
+                events = read_visible(
+                    self._store,
                     session_id,
                     before=cursor or None,
                     limit=limit,
                     newest_first=True,
                     max_bytes=PAGE_BYTES,
+                    include_rewound=include_rewound,
                 )
             else:
-                events = self._store.read_events(
-                    session_id, after=cursor, limit=limit, max_bytes=PAGE_BYTES
+                events = read_visible(
+                    self._store,
+                    session_id,
+                    after=cursor,
+                    limit=limit,
+                    max_bytes=PAGE_BYTES,
+                    include_rewound=include_rewound,
                 )
         if not events:
             return events, 0
@@ -76,7 +92,8 @@ class History:
     def tail(self, session_id: str, count: int) -> list[SessionEvent]:
         """The newest ``count`` events that fit in a page, oldest first."""
         with store_errors(session_id):
-            tail = self._store.read_events(
+            tail = read_visible(
+                self._store,
                 session_id,
                 limit=count,
                 newest_first=True,
@@ -93,7 +110,12 @@ class History:
         return sequence >= record.metadata.last_sequence
 
     async def follow(
-        self, session_id: str, after_sequence: int
+        self,
+        session_id: str,
+        after_sequence: int,
+        on_subscribed: Callable[[Subscription[SessionEvent]], None] | None = None,
+        *,
+        include_rewound: bool = False,
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
         """Persisted events after the cursor, then live ones, as ``(batch, live)`` pairs.
 
@@ -104,14 +126,18 @@ class History:
         """
         subscription = self._fanout.subscribe(session_id)
         try:
+            if on_subscribed is not None:
+                on_subscribed(subscription)
             cursor = after_sequence
             while True:
                 with store_errors(session_id):
-                    page = self._store.read_events(
+                    page = read_visible(
+                        self._store,
                         session_id,
                         after=cursor,
                         limit=STREAM_BATCH_EVENTS,
                         max_bytes=STREAM_BATCH_BYTES,
+                        include_rewound=include_rewound,
                     )
                     if page:
                         cursor = page[-1].sequence
@@ -122,10 +148,13 @@ class History:
                     break
             while True:
                 batch = await subscription.next_batch()
+                # A delta older than the catch-up is stale; an assignment is
+                # this subscriber's own and never is.
                 fresh = [
                     e
                     for e in batch
-                    if (e.sequence >= cursor if e.ephemeral else e.sequence > cursor)
+                    if e.type in ev.ASSIGNMENT_TYPES
+                    or (e.sequence >= cursor if e.ephemeral else e.sequence > cursor)
                 ]
                 for event in fresh:
                     if not event.ephemeral:

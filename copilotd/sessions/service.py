@@ -40,6 +40,8 @@ from copilotd.providers import (
     check_provider_config,
     public_provider_config,
 )
+from copilotd.sessions.branching import Branching
+from copilotd.sessions.compaction import check_infinite_sessions
 from copilotd.sessions.context_window import ContextWindow
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.history import History
@@ -51,6 +53,7 @@ from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.sending import MessageSender
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
 from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
+from copilotd.sessions.tool_routing import ToolClient
 from copilotd.sessions.tools import check_result, check_tools
 from copilotd.sessions.turns import TurnEngine
 from copilotd.sessions.validation import (
@@ -119,6 +122,11 @@ class SessionService:
         # The API's send calls, as the sender's own methods (documented there).
         self.send_message = sender.send_message
         self.send_message_and_wait = sender.send_message_and_wait
+        branching = Branching(
+            self, committer, self._turns, self._scheduler, self._record, self._state, self._created
+        )
+        self.fork_session = branching.fork_session
+        self.rewind_session = branching.rewind_session
 
     @property
     def store(self) -> Store:
@@ -258,11 +266,15 @@ class SessionService:
             )
 
     def publish_ephemeral(self, session_id: str, event: SessionEvent) -> None:
+        self._stamp(session_id, event)
+        self.fanout.publish(session_id, [event])
+
+    def _stamp(self, session_id: str, event: SessionEvent) -> None:
+        """A live-only event carries the sequence and id of the last persisted one."""
         state = self._states.get(session_id)
         if state is not None:
             event.sequence = state.last_sequence
             event.parent_id = state.last_event_id
-        self.fanout.publish(session_id, [event])
 
     def has_audience(self, session_id: str) -> bool:
         return self.fanout.has_audience(session_id)
@@ -287,6 +299,9 @@ class SessionService:
         metadata = SessionMetadata(session_id=session_id, model=model)
         check_tools(config.tools, "config.tools")
         metadata.tools.extend(config.tools)
+        if config.HasField("infinite_sessions"):
+            check_infinite_sessions(config.infinite_sessions, "config.infinite_sessions")
+            metadata.infinite_sessions.CopyFrom(config.infinite_sessions)
         if config.HasField("system_message"):
             check_enum(
                 config.system_message.mode,
@@ -322,11 +337,16 @@ class SessionService:
             )
         if own_provider:
             await self.providers.hold_session_provider(session_id, config.provider)
+        self._created(record, stored)
+        log.info("created session %s (model %s)", session_id, model)
+        return record.metadata
+
+    def _created(self, record: SessionRecord, stored: list[SessionEvent]) -> None:
+        """After the commit that made a session (created or forked): its state and news."""
+        session_id = record.metadata.session_id
         self._state(record)
         self.fanout.publish(session_id, stored)
         self.lifecycle.announce(LIFECYCLE_CREATED, session_id, record.metadata)
-        log.info("created session %s (model %s)", session_id, model)
-        return record.metadata
 
     def get_session(self, session_id: str) -> SessionMetadata:
         return self._record(session_id).metadata
@@ -338,6 +358,7 @@ class SessionService:
         provider: events_pb2.ProviderConfig | None = None,
         tools: Sequence[events_pb2.ToolDefinition] | None = None,
         continue_pending_work: bool = False,
+        infinite_sessions: events_pb2.InfiniteSessionConfig | None = None,
     ) -> tuple[SessionMetadata, list[SessionEvent], bool]:
         """Record a session.resume; ``provider`` (the session's own, again) is held in memory.
 
@@ -362,6 +383,9 @@ class SessionService:
             check_tools(tools, "tools")
             resume.session_resume.tools.extend(tools)
             resume.session_resume.tools_replaced = True
+        if infinite_sessions is not None:
+            check_infinite_sessions(infinite_sessions, "infinite_sessions")
+            resume.session_resume.infinite_sessions.CopyFrom(infinite_sessions)
         recorded = True
         try:
             record, _ = await self.append(session_id, [resume])
@@ -436,6 +460,7 @@ class SessionService:
         self.purger.kick()
         state = self._states.pop(session_id, None)
         self.idle_contexts.take(session_id)
+        self._turns.compactor.forget(session_id)
         terminal = ev.make_event(ev.SESSION_DELETED, session_id=session_id)
         if state is not None:
             state.fail_waiters(SessionNotFoundError(session_id))
@@ -471,6 +496,13 @@ class SessionService:
         log.info("session %s now uses model %s", session_id, model)
         return record.metadata
 
+    async def compact_session(self, session_id: str, custom_instructions: str) -> SessionEvent:
+        """Summarise the session's older events now (``compaction``); the complete event."""
+        self._check_running()
+        check_label(custom_instructions, "custom_instructions", self.max_prompt_bytes)
+        self._state(self._record(session_id))
+        return await self._turns.compactor.compact_now(session_id, custom_instructions)
+
     async def abort_turn(self, session_id: str, reason: str) -> bool:
         check_label(reason, "reason")
         self._record(session_id)
@@ -503,19 +535,40 @@ class SessionService:
         return list(self._record(session_id).metadata.pending_tool_calls)
 
     def list_events(
-        self, session_id: str, cursor: int, requested_page_size: int, newest_first: bool
+        self,
+        session_id: str,
+        cursor: int,
+        requested_page_size: int,
+        newest_first: bool,
+        include_rewound: bool = False,
     ) -> tuple[list[SessionEvent], int]:
         check_session_id(session_id)
         limit = page_size(requested_page_size, DEFAULT_EVENT_PAGE_SIZE)
-        return self._history.page(session_id, cursor, limit, newest_first)
+        return self._history.page(
+            session_id, cursor, limit, newest_first, include_rewound=include_rewound
+        )
 
     def stream_events(
-        self, session_id: str, after_sequence: int
+        self,
+        session_id: str,
+        after_sequence: int,
+        include_rewound: bool = False,
+        tool_client: copilot_pb2.ToolClient | None = None,
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
-        """Persisted events after the cursor, then live ones (``History.follow``)."""
+        """Persisted events after the cursor, then live ones; ``tool_client`` attached."""
         self._check_running()
         self._state(self._record(session_id))  # what live events are delivered from
-        return self._history.follow(session_id, after_sequence)
+        if tool_client is None:
+            return self._history.follow(session_id, after_sequence, include_rewound=include_rewound)
+        client = ToolClient.from_proto(session_id, tool_client)
+        return self._turns.calls.routes.follow(
+            client,
+            lambda subscribed: self._history.follow(
+                session_id, after_sequence, subscribed, include_rewound=include_rewound
+            ),
+            lambda: state.turn if (state := self._states.get(session_id)) else None,
+            lambda event: self._stamp(session_id, event),
+        )
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -540,6 +593,7 @@ class SessionService:
         """Stop taking work; end running turns with a marker; end live streams."""
         self._shutting_down = True
         await self.purger.close()
+        await self._turns.compactor.close()
         # Concurrently, so their end markers share commits; again while a send
         # that was already past its check has started one meanwhile.
         while running := [s.turn for s in self._states.values() if s.turn is not None]:

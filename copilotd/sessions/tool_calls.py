@@ -4,8 +4,9 @@ A turn that asked for tools waits (``settle``) until each call has exactly
 one ``tool.execution_complete``: the first client result (``answer``), or a
 synthetic one when nobody will answer (``close_calls``: the pending timeout,
 a resume without pending work; ``close_open_calls``: an abort, a failure,
-a shutdown). Which turn a call belongs to and when a turn runs are the turn
-engine's; this module only settles the calls.
+a shutdown). Which attached client is asked to answer is ``routes``'
+(``tool_routing``); which turn a call belongs to and when a turn runs are
+the turn engine's; this module only settles the calls.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from copilotd.errors import (
 from copilotd.events import SessionEvent
 from copilotd.providers import ToolCall
 from copilotd.sessions.state import RunningTurn, SessionState, TurnHost
+from copilotd.sessions.tool_routing import ToolRoutes
 from copilotd.sessions.tools import (
     ToolResult,
     complete_event,
@@ -91,6 +93,7 @@ class ToolCalls:
 
     def __init__(self, host: TurnHost) -> None:
         self._host = host
+        self.routes = ToolRoutes()
 
     async def answer(
         self, state: SessionState, session_id: str, call_id: str, result: ToolResult
@@ -183,6 +186,7 @@ class ToolCalls:
         except BaseException:
             turn.awaiting_permission.add(request_id)  # not recorded: decidable again
             raise
+        self.routes.route(turn)  # now to a client running the tool
 
     async def _commit_results(
         self,
@@ -207,12 +211,13 @@ class ToolCalls:
         if deciding:
             awaiting.add(deciding)
         closing = [*(before or []), *_closing_events(turn, calls, result)]
-        await _unstoppable(self._record_results(turn, calls, closing, awaiting))
+        await _unstoppable(self._record_results(turn, calls, result, closing, awaiting))
 
     async def _record_results(
         self,
         turn: RunningTurn,
         calls: list[ToolCall],
+        result: ToolResult,
         closing: list[SessionEvent],
         awaiting: set[str],
     ) -> None:
@@ -223,6 +228,8 @@ class ToolCalls:
             turn.open_calls.update((call.call_id, call) for call in calls)
             turn.awaiting_permission |= awaiting
             raise
+        else:
+            turn.results.update((call.call_id, result) for call in calls)
         finally:
             for call in calls:
                 turn.answering.pop(call.call_id, None)

@@ -88,6 +88,28 @@ The contract:
   follows. A store used by one daemon reports nothing.
 * **Pinning** (``set_pinned``) changes only ``metadata.pinned``: the listing
   order and every other field stay as they were.
+* **Forks** (``fork_session``) refer to their source's log instead of
+  copying it: the fork's record names the logs it inherits (``ancestry``:
+  log number and last sequence per log, oldest first) and its own log holds
+  only the events after the fork point, numbered on from it. Forking costs
+  the same whatever the length of the history (it writes the new record, one
+  reference count per inherited log and the fork's own first events). Reads
+  (``read_events``, ``find_event``) and the event-id check compose the
+  inherited ranges (``lineage``), so a fork reads like any session. Every
+  log carries a reference count (``log_refs``: absent means its own session
+  only): deleting a session releases its own log and every log it inherits,
+  and a log's events are handed to ``purge_deleted`` only when its count
+  reaches zero. Deleting a parent thus leaves its forks whole, and the
+  shared events go with the last session that reads them.
+* **Rewinds** are appended as one ``session.snapshot_rewind`` event whose
+  ``to_sequence`` names the last event kept: the store fills in the range it
+  cuts (to the event before it) and records it in the session's ``rewound``
+  ranges, in the same transaction, so a crash leaves a session either
+  rewound or not. It refuses (``TurnBusy``) while a turn is open and
+  (``SequenceUnavailable``) a point that is not a kept event before the
+  last. Cut events stay in the log: ``read_events`` returns them; readers
+  that want the history as the conversation goes on skip the ``rewound``
+  ranges (``visible``). Sequence numbers are never reused.
 * **Backup.** ``copy_to`` writes a consistent copy of the whole store, as it
   stood at one instant, while reads and writes go on in other threads. A
   backend whose data cannot outlive the process (the memory store) raises
@@ -110,7 +132,9 @@ SessionRecord = store_pb2.SessionRecord
 PendingMessage = copilot_pb2.PendingMessage
 
 # 2: the per-session index of event ids (built when a version 1 store opens).
-SCHEMA_VERSION = 2
+# 3: the reference counts of logs that forks share (``log_refs``, empty when
+#    a version 2 store opens).
+SCHEMA_VERSION = 3
 
 T = TypeVar("T")
 
@@ -200,6 +224,17 @@ class TurnLost(StoreError):
         self.turn_id = turn_id
 
 
+class SequenceUnavailable(StoreError):
+    """A fork point or rewind target that is no kept event of the session."""
+
+    def __init__(self, session_id: str, sequence: int, why: Literal["range", "rewound"]) -> None:
+        what = "is rewound" if why == "rewound" else "is out of range"
+        super().__init__(f"sequence {sequence} of session {session_id!r} {what}")
+        self.session_id = session_id
+        self.sequence = sequence
+        self.why = why
+
+
 class StoreFull(StoreError):
     """No space left: the size cap is reached or the disk is full."""
 
@@ -269,6 +304,26 @@ class StoreWriter(ABC):
         Raises ``SessionNotFound``. Returns the updated record and the stored
         events (copies: the caller's events are left as they were). An
         ephemeral event raises ``ValueError``, which aborts the batch.
+        """
+
+    @abstractmethod
+    def fork_session(
+        self,
+        source_id: str,
+        session_id: str,
+        up_to_sequence: int,
+        events: Sequence[SessionEvent],
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        """Create ``session_id`` as a fork of ``source_id``: its history is the
+        source's events 1 to ``up_to_sequence``, then ``events`` (numbered on).
+
+        Nothing is copied (module docstring). The fork's metadata is the
+        source's (model, system message, tools, provider) with
+        ``parent_session_id`` and ``fork_sequence`` set; when the point is
+        before the source's last event, the counters (message_count, token
+        sums) count only what follows it. Raises ``SessionNotFound`` for the
+        source, ``SessionExists`` for a taken id, ``SequenceUnavailable`` for a
+        point below 1, past the source's last event, or rewound.
         """
 
     @abstractmethod

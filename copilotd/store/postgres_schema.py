@@ -22,6 +22,11 @@ so copilotd can share a database with other programs. Tables:
   of this daemon (the same owner) left here, never another daemon's.
 * ``purge_queue``: log numbers of deleted sessions whose events are still
   to be removed (``purge_deleted``).
+* ``log_refs``: log number -> how many sessions read the log, for the logs
+  forks share (no row: its own session only). Deleting a session decrements
+  the count of each log it reads (``UPDATE ... RETURNING``, so daemons
+  deleting at once queue on the row); a log goes to ``purge_queue`` when its
+  count reaches zero.
 * ``turn_leases``: session id -> the daemon (``owner``) that runs its
   turn, or works through its queue, the turn's id (the fencing token a
   turn's writes carry) and when the lease expires unless renewed
@@ -53,7 +58,8 @@ from copilotd.store.base import StoreCorrupt, StoreError, StoreVersionError
 
 SCHEMA: Final = "copilotd"
 # 2: turn_leases, and the owner of a staged import.
-SCHEMA_VERSION: Final = 2
+# 3: log_refs (the logs forks share).
+SCHEMA_VERSION: Final = 3
 CHANNEL: Final = "copilotd_changes"
 # Taken while the schema is checked or created, so that daemons starting at
 # once on one database create it once ("copilotd" in ASCII).
@@ -102,6 +108,13 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.turn_leases (
 CREATE INDEX IF NOT EXISTS turn_leases_owner ON {SCHEMA}.turn_leases (owner);
 ALTER TABLE {SCHEMA}.staged_imports ADD COLUMN IF NOT EXISTS owner text NOT NULL DEFAULT '';
 """
+# What version 3 added; also run on an older store when it opens.
+_CREATE_LOG_REFS: Final = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.log_refs (
+    log_number bigint PRIMARY KEY,
+    refs bigint NOT NULL
+);
+"""
 
 
 class StoreUnreachable(StoreError):
@@ -142,12 +155,14 @@ def prepare_schema(connection: psycopg.Connection[Any], where: str) -> None:
         if has_schema is None:
             connection.execute(_CREATE.encode())
             connection.execute(_CREATE_LEASES.encode())
+            connection.execute(_CREATE_LOG_REFS.encode())
             connection.execute(
                 f"INSERT INTO {SCHEMA}.schema_version VALUES (%s)", (SCHEMA_VERSION,)
             )
             return
         if check_version(connection, where) < SCHEMA_VERSION:
             connection.execute(_CREATE_LEASES.encode())
+            connection.execute(_CREATE_LOG_REFS.encode())
             connection.execute(
                 f"UPDATE {SCHEMA}.schema_version SET version = %s", (SCHEMA_VERSION,)
             )
