@@ -152,6 +152,7 @@ class Daemons:
         """Each daemon's log (all its runs), written beside its data; their paths."""
         paths = []
         for daemon in self.members:
+            daemon.root.mkdir(parents=True, exist_ok=True)  # a daemon that never started
             path = daemon.root / "daemon.log"
             path.write_text("".join(daemon.output))
             paths.append(path)
