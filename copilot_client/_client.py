@@ -285,7 +285,7 @@ class CopilotClient:
             tools=config.tools,
             on_permission_request=config.on_permission_request,
         )
-        return await self._attach_tools(session)
+        return await session.attached_if_holding_tools()
 
     async def resume_session(
         self,
@@ -365,16 +365,7 @@ class CopilotClient:
             tools=tools or (),
             on_permission_request=on_permission_request,
         )
-        return await self._attach_tools(session)
-
-    @staticmethod
-    async def _attach_tools(session: CopilotSession) -> CopilotSession:
-        """Attach a session holding tools before handing it out: the model is offered
-        its tools from the first message on, and the calls waiting for them
-        (``continue_pending_work``) come to it."""
-        if session.holds_tools:
-            await session.attach()
-        return session
+        return await session.attached_if_holding_tools()
 
     def _track(
         self,

@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from ._branching import rewind_session
 from ._compaction import CompactionResult, compact_session
@@ -21,6 +21,7 @@ from ._event_stream import EventHandler, EventStream, Reattached, WaiterItem, se
 from ._history import read_events
 from ._permissions import PermissionHandlerFunc
 from ._session_events import SessionEvent, SessionEventType
+from ._tool_calls import answer_tool_call, decide_permission, list_pending_calls
 from ._tools import (
     Tool,
     ToolInvocation,
@@ -32,19 +33,10 @@ from ._types import MessageOptions, SessionMetadata
 from .proto.v1 import copilot_pb2
 from .service import CALL_TIMEOUT, ServiceClient, UseCallTimeout, per_call
 
-# SendMessage and SendMessageAndWait take requests with the same fields.
-_SendRequest = TypeVar(
-    "_SendRequest", copilot_pb2.SendMessageRequest, copilot_pb2.SendMessageAndWaitRequest
-)
-
 __all__ = ["CopilotSession", "EventHandler"]
 
 logger = logging.getLogger("copilot_client")
 
-_SEND_MODES = {
-    "enqueue": copilot_pb2.SEND_MODE_ENQUEUE,
-    "immediate": copilot_pb2.SEND_MODE_IMMEDIATE,
-}
 # After a turn's end, how long send_and_wait waits for the session.idle that
 # follows it (so that an immediate next send does not race the turn's end).
 IDLE_GRACE = 2.0
@@ -165,24 +157,10 @@ class CopilotSession:
             MessageOptions.coerce(options), message_id="", deadline=per_call(timeout)
         )
 
-    def _request(
-        self, message: MessageOptions, message_id: str, kind: type[_SendRequest]
-    ) -> _SendRequest:
-        request = kind(
-            session_id=self.session_id,
-            prompt=message.prompt,
-            source=message.source or "",
-            mode=_SEND_MODES[message.mode],
-            message_id=message_id,
-        )
-        if message.expected_last_sequence is not None:
-            request.expected_last_sequence = message.expected_last_sequence
-        return request
-
     async def _send(
         self, message: MessageOptions, message_id: str, deadline: float | UseCallTimeout | None
     ) -> str:
-        request = self._request(message, message_id, copilot_pb2.SendMessageRequest)
+        request = message.to_request(self.session_id, message_id, copilot_pb2.SendMessageRequest)
         response = await self._transport.call(
             self._transport.stub.SendMessage, request, deadline=deadline
         )
@@ -218,7 +196,9 @@ class CopilotSession:
         end = asyncio.get_running_loop().time() + timeout
         if self._events.handlers:
             return await self._send_and_wait_streamed(message, message_id, end, resend=False)
-        request = self._request(message, message_id, copilot_pb2.SendMessageAndWaitRequest)
+        request = message.to_request(
+            self.session_id, message_id, copilot_pb2.SendMessageAndWaitRequest
+        )
         try:
             async with asyncio.timeout_at(end):
                 # No gRPC deadline: the turn may run long; `timeout` bounds the wait.
@@ -466,11 +446,7 @@ class CopilotSession:
     async def _pending_calls(
         self, *, deadline: float | UseCallTimeout | None = CALL_TIMEOUT
     ) -> list[copilot_pb2.PendingToolCall]:
-        request = copilot_pb2.ListPendingToolCallsRequest(session_id=self.session_id)
-        response = await self._transport.call(
-            self._transport.stub.ListPendingToolCalls, request, deadline=deadline
-        )
-        return list(response.calls)
+        return await list_pending_calls(self._transport, self.session_id, deadline=deadline)
 
     async def handle_pending_tool_call(
         self,
@@ -498,13 +474,8 @@ class CopilotSession:
         *,
         deadline: float | UseCallTimeout | None = CALL_TIMEOUT,
     ) -> bool:
-        request = copilot_pb2.HandlePendingToolCallRequest(
-            session_id=self.session_id, tool_call_id=tool_call_id, result=result.to_proto()
-        )
-        response = await self._transport.call(
-            self._transport.stub.HandlePendingToolCall, request, deadline=deadline
-        )
-        return bool(response.recorded)
+        answer = (self.session_id, tool_call_id, result)
+        return await answer_tool_call(self._transport, *answer, deadline=deadline)
 
     async def handle_pending_permission(
         self,
@@ -535,13 +506,8 @@ class CopilotSession:
         *,
         deadline: float | UseCallTimeout | None = CALL_TIMEOUT,
     ) -> bool:
-        request = copilot_pb2.HandlePendingPermissionRequest(
-            session_id=self.session_id, request_id=request_id, approved=approved, reason=reason
-        )
-        response = await self._transport.call(
-            self._transport.stub.HandlePendingPermission, request, deadline=deadline
-        )
-        return bool(response.recorded)
+        decision = (self.session_id, request_id, approved, reason)
+        return await decide_permission(self._transport, *decision, deadline=deadline)
 
     @property
     def holds_tools(self) -> bool:
@@ -572,6 +538,14 @@ class CopilotSession:
             self._events.handlers.pop(token, None)
 
         return unsubscribe
+
+    async def attached_if_holding_tools(self) -> Self:
+        """This handle, attached first if it holds tools: the model is offered its
+        tools from the first message on, and the calls waiting for them
+        (``continue_pending_work``) come to it."""
+        if self.holds_tools:
+            await self.attach()
+        return self
 
     async def attach(self) -> None:
         """Attaches to the session's live events now and returns once the stream is live.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._compaction import InfiniteSessionConfig
 from ._models import ProviderConfig
@@ -27,6 +27,13 @@ __all__ = [
 
 SystemMessageMode = Literal["append", "replace"]
 SendMode = Literal["enqueue", "immediate"]
+_SendRequest = TypeVar(
+    "_SendRequest", copilot_pb2.SendMessageRequest, copilot_pb2.SendMessageAndWaitRequest
+)
+_SEND_MODES: dict[str, copilot_pb2.SendMode.ValueType] = {
+    "enqueue": copilot_pb2.SEND_MODE_ENQUEUE,
+    "immediate": copilot_pb2.SEND_MODE_IMMEDIATE,
+}
 
 _MODES: dict[str, copilot_pb2.SystemMessageMode.ValueType] = {
     "append": copilot_pb2.SYSTEM_MESSAGE_MODE_APPEND,
@@ -169,6 +176,21 @@ class MessageOptions:
                 expected_last_sequence=value.get("expected_last_sequence"),
             )
         raise TypeError(f"expected MessageOptions or str, not {type(value).__name__}")
+
+    def to_request(
+        self, session_id: str, message_id: str, kind: type[_SendRequest]
+    ) -> _SendRequest:
+        """The SendMessage or SendMessageAndWait request (they have the same fields)."""
+        request = kind(
+            session_id=session_id,
+            prompt=self.prompt,
+            source=self.source or "",
+            mode=_SEND_MODES[self.mode],
+            message_id=message_id,
+        )
+        if self.expected_last_sequence is not None:
+            request.expected_last_sequence = self.expected_last_sequence
+        return request
 
 
 @dataclass(frozen=True, kw_only=True)

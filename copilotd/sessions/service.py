@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
@@ -43,6 +42,7 @@ from copilotd.providers import (
 from copilotd.sessions.branching import Branching
 from copilotd.sessions.compaction import check_infinite_sessions
 from copilotd.sessions.context_window import ContextWindow
+from copilotd.sessions.creation import new_session
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.history import History
 from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
@@ -57,7 +57,6 @@ from copilotd.sessions.tool_routing import ToolClient
 from copilotd.sessions.tools import check_result, check_tools
 from copilotd.sessions.turns import TurnEngine
 from copilotd.sessions.validation import (
-    check_enum,
     check_label,
     check_session_id,
     page_size,
@@ -293,52 +292,19 @@ class SessionService:
 
     async def create_session(self, config: copilot_pb2.SessionConfig) -> SessionMetadata:
         self._check_running()
-        session_id = config.session_id or str(uuid.uuid4())
-        check_session_id(session_id)
-        model = check_label(config.model, "config.model") or self.providers.default_model
-        metadata = SessionMetadata(session_id=session_id, model=model)
-        check_tools(config.tools, "config.tools")
-        metadata.tools.extend(config.tools)
-        if config.HasField("infinite_sessions"):
-            check_infinite_sessions(config.infinite_sessions, "config.infinite_sessions")
-            metadata.infinite_sessions.CopyFrom(config.infinite_sessions)
-        if config.HasField("system_message"):
-            check_enum(
-                config.system_message.mode,
-                copilot_pb2.SystemMessageMode,
-                "config.system_message.mode",
-            )
-            check_label(
-                config.system_message.content,
-                "config.system_message.content",
-                self.max_prompt_bytes,
-            )
-            metadata.system_message.CopyFrom(config.system_message)
-        start = ev.make_event(
-            ev.SESSION_START, session_id=session_id, model=model, producer_version=self.version
+        new = new_session(
+            config, self.providers, version=self.version, max_prompt_bytes=self.max_prompt_bytes
         )
-        own_provider = config.HasField("provider")
-        if own_provider:  # stored without its secrets; they stay in memory
-            check_provider_config(config.provider)
-            if not config.model and not config.provider.wire_model:
-                raise InvalidArgumentError(
-                    "a session with its own provider needs a model: set SessionConfig.model "
-                    "(or the provider's wire_model) to a model that provider serves",
-                    Reason.ERROR_REASON_INVALID_PROVIDER,
-                )
-            metadata.provider.CopyFrom(public_provider_config(config.provider))
-            start.session_start.provider.CopyFrom(metadata.provider)
-        else:
-            self.providers.check_model(model)
+        metadata, start, session_id = new.metadata, new.start, new.metadata.session_id
         metadata.start_time.CopyFrom(start.timestamp)
         with store_errors(session_id):
             record, stored = await self._committer.submit(
                 lambda writer: writer.create_session(metadata, [start])
             )
-        if own_provider:
+        if new.own_provider:
             await self.providers.hold_session_provider(session_id, config.provider)
         self._created(record, stored)
-        log.info("created session %s (model %s)", session_id, model)
+        log.info("created session %s (model %s)", session_id, metadata.model)
         return record.metadata
 
     def _created(self, record: SessionRecord, stored: list[SessionEvent]) -> None:
