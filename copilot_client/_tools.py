@@ -23,7 +23,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from copilot_client._errors import CopilotError, ToolCallAnsweredError, UnknownToolCallError
+from copilot_client._errors import (
+    CopilotError,
+    DaemonUnavailableError,
+    ToolCallAnsweredError,
+    UnknownToolCallError,
+)
 from copilot_client._permissions import PermissionHandlerFunc, PermissionRequest
 from copilot_client._permissions import decide as decide_permission
 from copilot_client._session_events import SessionEvent
@@ -33,6 +38,26 @@ log = logging.getLogger("copilot_client.tools")
 
 ResultType = Literal["success", "failure", "rejected", "denied", "timeout"]
 FAILED_FOR_THE_MODEL = "the tool failed; its client logged the details"
+# Sending a result or a decision again while the daemon is unreachable: the
+# first pause, doubled up to the last. The daemon keeps the call open across
+# its restarts, so the answer is worth sending for as long as the session is
+# open; a copy the daemon had recorded before the reply was lost is told apart.
+RESEND_DELAY = 0.1
+RESEND_MAX_DELAY = 5.0
+
+
+async def _send_until_reached(what: str, send: Callable[[], Awaitable[object]]) -> None:
+    """``send()``, again after each ``DaemonUnavailableError`` (a restart, a lost
+    connection) until the daemon answers; cancelled when the session is destroyed."""
+    delay = RESEND_DELAY
+    while True:
+        try:
+            await send()
+            return
+        except DaemonUnavailableError as error:
+            log.info("%s not sent (%s); sending it again in %g s", what, error, delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, RESEND_MAX_DELAY)
 
 
 @dataclass(frozen=True)
@@ -293,7 +318,10 @@ class ToolRunner:
     async def _ask(self, request: PermissionRequest) -> None:
         result = await decide_permission(self._on_permission_request, request, self._session_id)
         try:
-            await self._decide(request.request_id, result.approved, result.reason or "")
+            await _send_until_reached(
+                f"permission decision {request.request_id}",
+                lambda: self._decide(request.request_id, result.approved, result.reason or ""),
+            )
         except (ToolCallAnsweredError, UnknownToolCallError) as error:
             # Another client decided first, or the call was closed meanwhile.
             log.info("permission decision %s not recorded: %s", request.request_id, error)
@@ -317,7 +345,9 @@ class ToolRunner:
         self._running.add(call_id)
         try:
             result = await run_tool(tool, invocation)
-            await self._answer(call_id, result)
+            await _send_until_reached(
+                f"result of tool call {call_id}", lambda: self._answer(call_id, result)
+            )
         except (ToolCallAnsweredError, UnknownToolCallError) as error:
             # Another client answered first, or the call was closed meanwhile.
             log.info("result of tool call %s not recorded: %s", call_id, error)

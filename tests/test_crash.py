@@ -1,25 +1,30 @@
 """Crash safety: the crash harness (tests/support/crash_harness.py) in the test suite.
 
-CI runs a bounded version (5 SIGKILLs); the full run (20 SIGKILLs, also
-``python -m tests.support.crash_harness --kills 20``) is marked slow.
+CI runs bounded versions (a few SIGKILLs each): plain turns on LMDB, turns
+calling tools on LMDB, and both on three daemons sharing one PostgreSQL
+database; the full runs (20 SIGKILLs, also ``python -m
+tests.support.crash_harness --kills 20 [--tool-workers 2] [--dsn ... --daemons 3]``)
+are marked slow. A failure names the seed that replays it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from copilotd.events import USER_MESSAGE, make_event
 from tests.support import crash_harness
-from tests.support.crash_harness import (
+from tests.support.crash_checks import (
     Acks,
     Figures,
     HarnessFailure,
     check_acknowledged,
     check_queued_kept,
-    run,
 )
+from tests.support.crash_harness import run
+from tests.support.postgres import PostgresCluster
 from tests.support.store_check import SessionState, StoreReport
 
 
@@ -38,6 +43,17 @@ def check_figures(figures: Figures, kills: int) -> None:
     assert figures.interrupted_turns_closed > 0
 
 
+def check_tool_figures(figures: Figures, kills: int) -> None:
+    check_figures(figures, kills)
+    # Tools were called, answered by handlers and by the app, some denied; every
+    # call's one result was checked after each kill (the run fails otherwise).
+    assert figures.tool_calls > 0 and figures.results["success"] > 0
+    assert figures.results["denied"] > 0
+    # Each kill was followed by a turn a strict provider accepted, in both formats.
+    assert figures.strict_probes_accepted == kills
+    assert figures.worker_kills == kills // 3
+
+
 @pytest.mark.timeout(300)
 def test_crash_harness_bounded(short_tmp: Path) -> None:
     figures = run(kills=5, workers=3, sessions=4, root=short_tmp, log=False)
@@ -51,6 +67,47 @@ def test_crash_harness_full(short_tmp: Path) -> None:
     figures = run(kills=20, workers=4, sessions=6, root=short_tmp, log=False)
     report_figures(figures)
     check_figures(figures, 20)
+
+
+@pytest.mark.timeout(300)
+def test_crash_harness_with_tools_bounded(short_tmp: Path) -> None:
+    figures = run(kills=4, workers=1, tool_workers=2, sessions=3, root=short_tmp, log=False)
+    report_figures(figures)
+    check_tool_figures(figures, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_crash_harness_with_tools_full(short_tmp: Path) -> None:
+    figures = run(kills=20, workers=2, tool_workers=3, sessions=4, root=short_tmp, log=False)
+    report_figures(figures)
+    check_tool_figures(figures, 20)
+
+
+def shared(dsn: str) -> dict[str, Any]:
+    """The harness's options for three daemons on the database ``dsn``."""
+    return {"dsn": dsn, "daemons": 3, "log": False}
+
+
+@pytest.fixture
+def dsn(postgres_cluster: PostgresCluster, postgres_database: str) -> str:
+    return postgres_cluster.dsn(postgres_database)
+
+
+@pytest.mark.timeout(600)
+def test_crash_harness_three_daemons_on_postgresql_bounded(short_tmp: Path, dsn: str) -> None:
+    """Kills rotate among three daemons on one database; clients send through all."""
+    figures = run(kills=3, workers=2, tool_workers=2, sessions=3, root=short_tmp, **shared(dsn))
+    report_figures(figures)
+    check_tool_figures(figures, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_crash_harness_three_daemons_on_postgresql_full(short_tmp: Path, dsn: str) -> None:
+    figures = run(kills=20, workers=3, tool_workers=3, sessions=4, root=short_tmp, **shared(dsn))
+    report_figures(figures)
+    check_tool_figures(figures, 20)
 
 
 def stored(*message_ids: str, pending: tuple[str, ...] = ()) -> SessionState:

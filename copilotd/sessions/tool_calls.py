@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
+from typing import Any
 
 from copilot_client.proto.v1 import copilot_pb2
 from copilotd.errors import (
@@ -36,6 +38,15 @@ from copilotd.sessions.tools import (
 )
 
 NOT_CONTINUED = "the session was resumed without its pending work"
+
+
+async def _unstoppable(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end even if the caller is cancelled meanwhile (whose
+    cancellation then reaches it alone; a failure of ``work`` is then logged
+    by nobody but its own handling, so it is retrieved here)."""
+    task = asyncio.get_running_loop().create_task(work)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    await asyncio.shield(task)
 
 
 def close_open_calls(turn: RunningTurn, why: str) -> list[SessionEvent]:
@@ -136,23 +147,13 @@ class ToolCalls:
             )
             if not approved:
                 call = turn.open_calls.pop(request_id)
-                try:
-                    await self._commit_results(turn, [call], denied_result(reason), [decision])
-                except BaseException:
-                    turn.awaiting_permission.add(request_id)
-                    raise
+                await self._commit_results(
+                    turn, [call], denied_result(reason), [decision], deciding=request_id
+                )
                 return True
             call = turn.open_calls[request_id]
-            try:
-                await self._host.append(
-                    turn.session_id,
-                    [decision, external_request_event(call, turn.turn_id)],
-                    fence=turn.turn_id,
-                )
-            except BaseException:
-                turn.awaiting_permission.add(request_id)
-                raise
-            self.routes.route(turn)  # now to a client running the tool
+            events = [decision, external_request_event(call, turn.turn_id)]
+            await _unstoppable(self._record_approval(turn, request_id, events))
             return True
         recorded = state.permission_decisions.get(request_id)
         if recorded is None:
@@ -177,17 +178,49 @@ class ToolCalls:
             await self._commit_results(turn, calls, result)
         return len(calls)
 
+    async def _record_approval(
+        self, turn: RunningTurn, request_id: str, events: list[SessionEvent]
+    ) -> None:
+        try:
+            await self._host.append(turn.session_id, events, fence=turn.turn_id)
+        except BaseException:
+            turn.awaiting_permission.add(request_id)  # not recorded: decidable again
+            raise
+        self.routes.route(turn)  # now to a client running the tool
+
     async def _commit_results(
         self,
         turn: RunningTurn,
         calls: list[ToolCall],
         result: ToolResult,
         before: list[SessionEvent] | None = None,
+        *,
+        deciding: str = "",
     ) -> None:
+        """Record ``result`` for ``calls`` (after ``before``); ``deciding``: the
+        permission request that decision closes, open again if nothing was recorded.
+
+        Shielded: the committer commits what it was given even when the caller
+        (a client's RPC) is cancelled meanwhile, so only the commit's own
+        outcome may reopen the calls; reopening them on the caller's
+        cancellation let a second result be recorded for a call already answered.
+        """
         for call in calls:
             turn.answering[call.call_id] = result
         awaiting = turn.awaiting_permission & {call.call_id for call in calls}
+        if deciding:
+            awaiting.add(deciding)
         closing = [*(before or []), *_closing_events(turn, calls, result)]
+        await _unstoppable(self._record_results(turn, calls, result, closing, awaiting))
+
+    async def _record_results(
+        self,
+        turn: RunningTurn,
+        calls: list[ToolCall],
+        result: ToolResult,
+        closing: list[SessionEvent],
+        awaiting: set[str],
+    ) -> None:
         try:
             await self._host.append(turn.session_id, closing, fence=turn.turn_id)
         except BaseException:

@@ -99,7 +99,10 @@ async def task(
 
 async def main(name: str, sessions: int, seed: int, pace: float) -> None:
     rng = random.Random(seed)
-    async with CopilotClient(auto_start=False) as client:
+    # Not ``async with``: that connects at once, and the daemon may be down at this
+    # moment (killed by the harness); each call connects, and is retried, by itself.
+    client = CopilotClient(auto_start=False)
+    try:
         tasks = [
             asyncio.create_task(task(client, name, slot, random.Random(rng.random()), pace))
             for slot in range(sessions)
@@ -112,6 +115,8 @@ async def main(name: str, sessions: int, seed: int, pace: float) -> None:
         for running in tasks:
             running.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await client.stop()
 
 
 if __name__ == "__main__":
