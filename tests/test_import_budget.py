@@ -36,6 +36,17 @@ ON_DEMAND_PACKAGES = (
     "psycopg",
     "importlib.metadata",
 )
+# The client side of the code: the CLI's other subcommands and the client
+# proper (copilotd uses only copilot_client's paths, wire and stubs).
+CLIENT_SIDE_MODULES = (
+    "copilotd.cli.data",
+    "copilotd.cli.service",
+    "copilotd.cli.sessions",
+    "copilot_client._client",
+    "copilot_client._session",
+    "copilot_client._autostart",
+    "copilot_client.service",
+)
 _IMPORT_LINE = re.compile(r"^import time:\s+\d+\s+\|\s+\d+\s+\|\s+(\S+)\s*$")
 
 
@@ -79,6 +90,7 @@ async def test_serve_without_config_imports_no_on_demand_package(
     # The record is read right: the server's own packages are in it.
     assert {"grpc", "lmdb", "copilotd.runtime.server"} <= modules
     assert [p for p in ON_DEMAND_PACKAGES if loaded(modules, p)] == []
+    assert [m for m in CLIENT_SIDE_MODULES if loaded(modules, m)] == []
 
 
 async def test_serve_loads_each_package_when_its_config_asks(
