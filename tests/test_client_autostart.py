@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,7 +89,10 @@ async def test_racing_clients_auto_start_one_detached_daemon(
                 wait_gone(pid)
         assert daemons_serving(socket_path) == [winner]
         assert parent_pid(winner) != os.getpid()  # detached: not our child
+        # In a session of its own: a Ctrl-C (or hang-up) meant for the clients misses it.
+        assert os.getsid(winner) == winner
         assert (data_dir.stat().st_mode & 0o777) == 0o700
+        assert ((data_dir / "copilotd.log").stat().st_mode & 0o777) == 0o600
         log = (data_dir / "copilotd.log").read_text()
         refusals = [line for line in log.splitlines() if "cannot start" in line]
         # The three in-process clients all launched a daemon: at least two
@@ -143,3 +147,22 @@ async def test_auto_start_with_a_missing_command(fresh_paths: tuple[Path, Path])
     assert missing in str(caught.value)
     assert "No such file or directory" in str(caught.value)
     await client.stop()
+
+
+def test_the_launcher_imports_nothing_but_its_interpreter(tmp_path: Path) -> None:
+    # An auto-start waits for the launcher: importing subprocess there cost
+    # more than the interpreter's own start (docs/benchmarks.md).
+    from copilot_client._autostart import _LAUNCHER
+
+    log = tmp_path / "log"
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-X", "importtime", "-c", _LAUNCHER, str(log), "true"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip().isdigit()  # the spawned pid
+    lines = result.stderr.splitlines()
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if "|" in line}
+    assert "os" in imported or "posix" in imported  # the record is read right
+    assert not imported & {"subprocess", "threading", "selectors", "signal"}
