@@ -13,11 +13,20 @@ it prints on stdout:
   right before a baseline process, so all three see the same load;
 * then each part an auto-start waits for, alone (``bench/_coldfloor.py``).
 
-The modules are compiled to bytecode first, as installing a package does
-(pip compiles at install): run from a source checkout with
-``PYTHONDONTWRITEBYTECODE=1`` (as this machine's environment sets), every
-start would otherwise compile every module of copilotd and copilot_client
-from source, which is not what an installed copilotd pays.
+The processes run as an installed copilotd would, not as this checkout's
+development install does:
+
+* the modules are compiled to bytecode first, as installing a package does
+  (pip compiles at install). Run from a source checkout with
+  ``PYTHONDONTWRITEBYTECODE=1`` (as this machine's environment sets), every
+  start would otherwise compile every module of copilotd and copilot_client
+  from source;
+* they run in a virtual environment of their own whose one ``.pth`` file
+  puts this checkout and the development environment's site-packages on
+  ``sys.path``, as a regular install's directory is. An editable install
+  (``pip install -e``) instead runs its import finder's set-up in every
+  interpreter, the auto-started daemon's included; ``bench/_coldfloor.py``
+  times both interpreters' start.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -85,10 +95,29 @@ def compile_bytecode() -> dict[str, Any]:
     }
 
 
-def _time_to_first_answer(code: str, *arguments: str, env: dict[str, str] | None = None) -> float:
+def installed_python(root: Path) -> Path:
+    """A virtual environment's interpreter that imports copilotd, copilot_client and
+    their dependencies the way a regular install does (see the module's docstring)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    python = root / "bin" / "python"
+    site_packages = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    checkout = Path(str(copilotd.__file__)).parent.parent
+    paths = [checkout, Path(sysconfig.get_path("purelib"))]
+    (Path(site_packages) / "copilotd-bench.pth").write_text("".join(f"{p}\n" for p in paths))
+    return python
+
+
+def _time_to_first_answer(
+    python: Path, code: str, *arguments: str, env: dict[str, str] | None = None
+) -> float:
     begin = time.monotonic()
     child = subprocess.Popen(
-        [sys.executable, "-c", code, *arguments], stdout=subprocess.PIPE, text=True, env=env
+        [python, "-c", code, *arguments], stdout=subprocess.PIPE, text=True, env=env
     )
     assert child.stdout is not None
     line = child.stdout.readline()
@@ -98,12 +127,16 @@ def _time_to_first_answer(code: str, *arguments: str, env: dict[str, str] | None
     return elapsed
 
 
-def _auto_start_to_first_answer(root: Path) -> float:
+def _auto_start_to_first_answer(python: Path, root: Path) -> float:
     """A client process's start, with no daemon running, to its first answer;
     the daemon it started is then stopped (its pid is in its data dir's lock)."""
     socket_path, data_dir = root / "run" / "copilotd.sock", root / "data"
     elapsed = _time_to_first_answer(
-        _OURS_AUTOSTART, str(socket_path), str(data_dir), env=own_config_env(root / "config")
+        python,
+        _OURS_AUTOSTART,
+        str(socket_path),
+        str(data_dir),
+        env=own_config_env(root / "config"),
     )
     pid = int((data_dir / "copilotd.lock").read_text().split()[0])
     os.kill(pid, signal.SIGTERM)
@@ -115,23 +148,24 @@ def _auto_start_to_first_answer(root: Path) -> float:
 def bench_cold(root: Path, count: int) -> dict[str, Any]:
     """Every figure of the cold-start benchmark, from ``count`` processes each."""
     bytecode = compile_bytecode()
+    python = installed_python(root / "venv")
     daemon = BenchDaemon(root / "cold").start()
     try:
-        ours = [_time_to_first_answer(_OURS_COLD, daemon.socket) for _ in range(count)]
+        ours = [_time_to_first_answer(python, _OURS_COLD, daemon.socket) for _ in range(count)]
     finally:
         daemon.stop()
     path = str(root / "baseline-cold.db")
     _baseline.open_session("cold", path).close()
     new, existing, base = [], [], []
     for n in range(count):
-        new.append(_auto_start_to_first_answer(root / f"auto{n}"))
-        existing.append(_auto_start_to_first_answer(root / f"auto{n}"))
-        base.append(_time_to_first_answer(_BASELINE_COLD, path))
+        new.append(_auto_start_to_first_answer(python, root / f"auto{n}"))
+        existing.append(_auto_start_to_first_answer(python, root / f"auto{n}"))
+        base.append(_time_to_first_answer(python, _BASELINE_COLD, path))
     return {
         "bytecode": bytecode,
         "copilotd": latency_summary(ours),
         "auto_start": latency_summary(new),
         "auto_start_existing": latency_summary(existing),
         "baseline": latency_summary(base),
-        "auto_start_parts": _coldfloor.measure(root / "parts", count),
+        "auto_start_parts": _coldfloor.measure(root / "parts", count, python),
     }
