@@ -263,13 +263,14 @@ async def listening(socket_path: Path) -> bool:
 async def wait_listening(socket_path: Path) -> bool:
     """True once something listens on ``socket_path``.
 
-    Polled, from 1 ms up to 20 ms apart: the daemon needs a few hundred
-    milliseconds to start, and the first poll after it listens ends the wait.
+    Polled, from 1 ms up to 5 ms apart: the first poll after the daemon
+    listens ends the wait, so the interval is what an auto-start may lose
+    (2.5 ms on average), while a probe costs 10 to 30 µs of CPU (under 1% of a core).
     """
     delay = 0.001
     while not await listening(socket_path):
         await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.02)
+        delay = min(delay * 1.5, 0.005)
     return True
 
 
