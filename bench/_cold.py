@@ -34,11 +34,13 @@ from __future__ import annotations
 import compileall
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
 import sysconfig
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,9 +114,24 @@ def installed_python(root: Path) -> Path:
     return python
 
 
+@dataclass(frozen=True)
+class FirstAnswer:
+    """A cold-start client's figures: the wall time to its answer, and the CPU
+    time it (with the launcher it waited for) used until it exited."""
+
+    seconds: float
+    cpu_seconds: float
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _time_to_first_answer(
     python: Path, code: str, *arguments: str, env: dict[str, str] | None = None
-) -> float:
+) -> FirstAnswer:
+    cpu = _children_cpu()
     begin = time.monotonic()
     child = subprocess.Popen(
         [python, "-c", code, *arguments], stdout=subprocess.PIPE, text=True, env=env
@@ -124,14 +141,26 @@ def _time_to_first_answer(
     elapsed = time.monotonic() - begin
     if child.wait(60) != 0 or line.strip() != "answered":
         raise RuntimeError("a cold-start client failed")
-    return elapsed
+    return FirstAnswer(elapsed, _children_cpu() - cpu)
 
 
-def _auto_start_to_first_answer(python: Path, root: Path) -> float:
-    """A client process's start, with no daemon running, to its first answer;
-    the daemon it started is then stopped (its pid is in its data dir's lock)."""
+def _process_cpu(pid: int) -> float:
+    """CPU seconds every live thread of ``pid`` ran, from the scheduler's
+    nanosecond counts (``times()``'s clock ticks are 10 ms)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def _auto_start_to_first_answer(python: Path, root: Path) -> tuple[float, float]:
+    """A client process's start, with no daemon running, to its first answer,
+    and the CPU time the client, the launcher and the daemon took (the daemon's
+    until the client exited); the daemon is then stopped (its pid is in its
+    data dir's lock)."""
     socket_path, data_dir = root / "run" / "copilotd.sock", root / "data"
-    elapsed = _time_to_first_answer(
+    client = _time_to_first_answer(
         python,
         _OURS_AUTOSTART,
         str(socket_path),
@@ -139,10 +168,11 @@ def _auto_start_to_first_answer(python: Path, root: Path) -> float:
         env=own_config_env(root / "config"),
     )
     pid = int((data_dir / "copilotd.lock").read_text().split()[0])
+    daemon_cpu = _process_cpu(pid)
     os.kill(pid, signal.SIGTERM)
     with contextlib.suppress(ProcessLookupError):
         wait_gone(pid)
-    return elapsed
+    return client.seconds, client.cpu_seconds + daemon_cpu
 
 
 def bench_cold(root: Path, count: int) -> dict[str, Any]:
@@ -163,9 +193,13 @@ def bench_cold(root: Path, count: int) -> dict[str, Any]:
         base.append(_time_to_first_answer(python, _BASELINE_COLD, path))
     return {
         "bytecode": bytecode,
-        "copilotd": latency_summary(ours),
-        "auto_start": latency_summary(new),
-        "auto_start_existing": latency_summary(existing),
-        "baseline": latency_summary(base),
+        "copilotd": latency_summary([answer.seconds for answer in ours]),
+        "auto_start": latency_summary([seconds for seconds, _ in new]),
+        "auto_start_existing": latency_summary([seconds for seconds, _ in existing]),
+        # CPU time is what the machine's other load changes least.
+        "auto_start_cpu": latency_summary([cpu for _, cpu in new]),
+        "auto_start_existing_cpu": latency_summary([cpu for _, cpu in existing]),
+        "baseline": latency_summary([answer.seconds for answer in base]),
+        "baseline_cpu": latency_summary([answer.cpu_seconds for answer in base]),
         "auto_start_parts": _coldfloor.measure(root / "parts", count, python),
     }

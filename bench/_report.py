@@ -202,6 +202,15 @@ def side_by_side(results: dict[str, Any]) -> str:
                     "—",
                 ]
             )
+        if "auto_start_cpu" in cold:
+            rows.append(
+                [
+                    "CPU time of an auto-start (client, launcher, daemon), new / existing data dir;"
+                    " baseline: its client's",
+                    f"{_lat(cold['auto_start_cpu'])} / {_lat(cold['auto_start_existing_cpu'])}",
+                    _lat(cold["baseline_cpu"]),
+                ]
+            )
     return table(["what", "copilotd", "baseline: SQLiteSession"], rows)
 
 

@@ -58,6 +58,7 @@ def test_the_suite_runs_and_measures_every_benchmark(tmp_path: Path) -> None:
     assert results["cold_start"]["copilotd"]["n"] == TINY.cold_starts
     assert results["cold_start"]["auto_start"]["n"] == TINY.cold_starts
     assert results["cold_start"]["auto_start_existing"]["n"] == TINY.cold_starts
+    assert results["cold_start"]["auto_start_cpu"]["p50_ms"] > 0
     parts = results["cold_start"]["auto_start_parts"]
     assert len(parts) == 8 and {p["n"] for p in parts.values()} == {TINY.cold_starts}
     assert len(results["cold_start"]["bytecode"]["compiled"]) == 2
