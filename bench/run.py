@@ -13,11 +13,15 @@ The benchmarks, each on a daemon of its own (temp socket, temp data dir):
 * ``durable``: durable turns from 16 client processes: throughput, p50/p99
   latency and each process's share, copilotd and the baseline alternating.
 * ``cold``: a client process's start to its first answered call.
+* ``fork``: ``ForkSession`` on a session of 10 events and on one of 100,000
+  (``bench/_fork.py``), beside a bare ping.
 
 The ``store`` benchmark also times search across sessions: the index built
 from the seeded log (by the daemon's catch-up, before it starts), its size,
 a search for a word in every message and for one in none, and the indexing
-work a turn adds (in-process).
+work a turn adds (in-process); and compaction (``bench/_compaction.py``,
+in-process): a long session's context loaded with and without a compaction,
+and the daemon's own work for one compaction.
 
 Each is run for copilotd and for the baseline (``bench/_baseline.py``) in the
 same run, from the same number of processes.
@@ -38,14 +42,25 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import _baseline, _cold, _ours, _profile, _report, _search, _seed, _slots
+from bench import (
+    _baseline,
+    _cold,
+    _compaction,
+    _fork,
+    _ours,
+    _profile,
+    _report,
+    _search,
+    _seed,
+    _slots,
+)
 from bench._daemon import PURGED, BenchDaemon
 from bench._procs import CpuSampler, Timed, latency_summary, run_processes, shared_event, split
 from bench._sizes import MODES, Sizes
 from tests.support.daemon_process import short_temp_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("store", "turns", "durable", "cold")
+BENCHMARKS = ("store", "turns", "durable", "cold", "fork")
 FIRST_TURNS = 3
 # Longest wait for a deleted session's events to be purged.
 PURGE_TIMEOUT = 120.0
@@ -97,6 +112,7 @@ def bench_store(root: Path, sizes: Sizes, seed_cache: Path) -> dict[str, Any]:
         "memory": memory,
         "group_commit": group_commit,
         "search": {**search, "turn_cost": _search.turn_cost()},
+        "compaction": _compaction.cost(),
     }
 
 
@@ -329,6 +345,8 @@ def run(
         if "cold" in only:
             log("cold start: client processes, with and without a daemon running")
             results["cold_start"] = _cold.bench_cold(root, sizes.cold_starts)
+        if "fork" in only:
+            results["fork"] = _fork.bench_fork(root, sizes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     results["seconds"] = time.monotonic() - began
@@ -354,6 +372,7 @@ def render(results: dict[str, Any]) -> str:
         _report.reference_table(results),
         _report.profile_table(results),
         _report.cold_parts_table(results),
+        _fork.fork_table(results),
     ]
     return "\n\n".join(text for text in tables if text).strip()
 

@@ -64,3 +64,8 @@ def test_the_suite_runs_and_measures_every_benchmark(tmp_path: Path) -> None:
     assert len(results["cold_start"]["bytecode"]["compiled"]) == 2
     assert "| what bounds an auto-start (each part alone) |" in result.stdout
     assert len(results["targets"]) == 12
+
+    fork = results["fork"]
+    assert fork["small"]["n"] == fork["large"]["n"] == fork["indexing"]["large"]["n"] == 3
+    assert fork["events"] == {"small": 10, "large": 1_000}
+    assert "| fork cost at 10 vs 100,000 events | latency |" in result.stdout
