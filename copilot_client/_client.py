@@ -144,8 +144,7 @@ class CopilotClient:
             self._started = True
 
     async def _connect(self) -> str:
-        # When nothing listens, start the daemon at once: a call would only fail
-        # after grpc's own connection attempt, and an auto-start waits for it.
+        # Nothing listens: launch now, not after a gRPC call fails (auto-start waits for it).
         if not self._auto_start or await _autostart.listening(self._socket_path):
             try:
                 return await _autostart.ping(self._transport)
