@@ -26,7 +26,11 @@ PROCESSES: dict[str, list[str]] = {
     "python -c pass": ["-c", "pass"],
     "python -I -S -c pass (the launcher's interpreter)": ["-I", "-S", "-c", "pass"],
     "import asyncio and grpc.aio": ["-c", "import asyncio, grpc.aio"],
-    "import copilot_client": ["-c", "import copilot_client"],
+    # The package itself loads nothing until a name is used (PEP 562).
+    "import the client (from copilot_client import CopilotClient)": [
+        "-c",
+        "from copilot_client import CopilotClient",
+    ],
     "import what copilotd serve imports (no config)": [
         "-c",
         "import copilotd.cli.main, copilotd.cli.daemon_config, copilotd.runtime.server",
@@ -36,9 +40,9 @@ PROCESSES: dict[str, list[str]] = {
 PROBE_INTERVAL = 0.0005
 
 
-def _run_to_end(arguments: list[str], env: dict[str, str]) -> float:
+def _run_to_end(python: Path, arguments: list[str], env: dict[str, str]) -> float:
     begin = time.monotonic()
-    subprocess.run([sys.executable, *arguments], check=True, env=env)
+    subprocess.run([python, *arguments], check=True, env=env)
     return time.monotonic() - begin
 
 
@@ -51,10 +55,10 @@ def _listening(path: Path) -> bool:
     return True
 
 
-def _serve_until_listening(root: Path) -> float:
+def _serve_until_listening(python: Path, root: Path) -> float:
     """``copilotd serve``'s start to its socket accepting connections; then it is stopped."""
     socket_path = root / "run" / "copilotd.sock"
-    command = [sys.executable, "-m", "copilotd", "serve", "--socket", str(socket_path)]
+    command = [str(python), "-m", "copilotd", "serve", "--socket", str(socket_path)]
     begin = time.monotonic()
     daemon = subprocess.Popen(
         [*command, "--data-dir", str(root / "data")],
@@ -73,14 +77,24 @@ def _serve_until_listening(root: Path) -> float:
         daemon.wait(60)
 
 
-def measure(root: Path, count: int) -> dict[str, Any]:
-    """Each part's latency summary (p50 and p99 ms), by label."""
+def measure(root: Path, count: int, python: Path) -> dict[str, Any]:
+    """Each part's latency summary (p50 and p99 ms), by label, run by ``python``; and
+    the development install's interpreter start, for comparison."""
     env = own_config_env(root / "config")
     figures = {
-        label: latency_summary([_run_to_end(arguments, env) for _ in range(count)])
+        label: latency_summary([_run_to_end(python, arguments, env) for _ in range(count)])
         for label, arguments in PROCESSES.items()
     }
-    figures["copilotd serve until its socket listens (no config)"] = latency_summary(
-        [_serve_until_listening(root / f"serve{n}") for n in range(count)]
+    development = [_run_to_end(Path(sys.executable), ["-c", "pass"], env) for _ in range(count)]
+    figures["python -c pass in the development install (pip install -e)"] = latency_summary(
+        development
     )
+    new, existing = [], []
+    for n in range(count):
+        new.append(_serve_until_listening(python, root / f"serve{n}"))
+        existing.append(_serve_until_listening(python, root / f"serve{n}"))
+    figures["copilotd serve until its socket listens (no config, new data dir)"] = latency_summary(
+        new
+    )
+    figures["the same, on the data dir of a daemon since stopped"] = latency_summary(existing)
     return figures

@@ -30,12 +30,10 @@ same run, from the same number of processes.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -46,7 +44,7 @@ from typing import Any
 
 from bench import (
     _baseline,
-    _coldfloor,
+    _cold,
     _compaction,
     _fork,
     _ours,
@@ -59,8 +57,7 @@ from bench import (
 from bench._daemon import PURGED, BenchDaemon
 from bench._procs import CpuSampler, Timed, latency_summary, run_processes, shared_event, split
 from bench._sizes import MODES, Sizes
-from tests.support.autostart import wait_gone
-from tests.support.daemon_process import own_config_env, short_temp_dir
+from tests.support.daemon_process import short_temp_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCHMARKS = ("store", "turns", "durable", "cold", "fork")
@@ -295,90 +292,6 @@ def bench_durable(root: Path, sizes: Sizes) -> dict[str, Any]:
     }
 
 
-# Cold start
-
-_OURS_COLD = """\
-import asyncio, sys
-from copilot_client import CopilotClient
-async def main():
-    async with CopilotClient(socket_path=sys.argv[1], auto_start=False) as client:
-        await client.list_sessions_page(page_size=1)
-        print("answered", flush=True)
-asyncio.run(main())
-"""
-
-# No daemon runs: the client starts one (auto-start) and waits for its first answer.
-_OURS_AUTOSTART = """\
-import asyncio, sys
-from copilot_client import CopilotClient
-async def main():
-    async with CopilotClient(socket_path=sys.argv[1], data_dir=sys.argv[2]) as client:
-        await client.list_sessions_page(page_size=1)
-        print("answered", flush=True)
-asyncio.run(main())
-"""
-
-_BASELINE_COLD = """\
-import asyncio, sys
-from agents import SQLiteSession
-async def main():
-    session = SQLiteSession("cold", sys.argv[1])
-    await session.get_items(limit=50)
-    print("answered", flush=True)
-    session.close()
-asyncio.run(main())
-"""
-
-
-def _time_to_first_answer(code: str, *arguments: str, env: dict[str, str] | None = None) -> float:
-    begin = time.monotonic()
-    child = subprocess.Popen(
-        [sys.executable, "-c", code, *arguments], stdout=subprocess.PIPE, text=True, env=env
-    )
-    assert child.stdout is not None
-    line = child.stdout.readline()
-    elapsed = time.monotonic() - begin
-    if child.wait(60) != 0 or line.strip() != "answered":
-        raise RuntimeError("a cold-start client failed")
-    return elapsed
-
-
-def bench_cold(root: Path, sizes: Sizes) -> dict[str, Any]:
-    daemon = BenchDaemon(root / "cold").start()
-    try:
-        log("cold start: client processes")
-        ours = [_time_to_first_answer(_OURS_COLD, daemon.socket) for _ in range(sizes.cold_starts)]
-    finally:
-        daemon.stop()
-    log("cold start: auto-starting client processes")
-    started = [_auto_start_to_first_answer(root / f"auto{n}") for n in range(sizes.cold_starts)]
-    path = str(root / "baseline-cold.db")
-    _baseline.open_session("cold", path).close()
-    base = [_time_to_first_answer(_BASELINE_COLD, path) for _ in range(sizes.cold_starts)]
-    log("cold start: what bounds an auto-start, part by part")
-    parts = _coldfloor.measure(root / "parts", sizes.cold_starts)
-    return {
-        "copilotd": latency_summary(ours),
-        "auto_start": latency_summary(started),
-        "baseline": latency_summary(base),
-        "auto_start_parts": parts,
-    }
-
-
-def _auto_start_to_first_answer(root: Path) -> float:
-    """A client process's start, with no daemon running, to its first answer;
-    the daemon it started is then stopped (its pid is in its data dir's lock)."""
-    socket_path, data_dir = root / "run" / "copilotd.sock", root / "data"
-    elapsed = _time_to_first_answer(
-        _OURS_AUTOSTART, str(socket_path), str(data_dir), env=own_config_env(root / "config")
-    )
-    pid = int((data_dir / "copilotd.lock").read_text().split()[0])
-    os.kill(pid, signal.SIGTERM)
-    with contextlib.suppress(ProcessLookupError):
-        wait_gone(pid)
-    return elapsed
-
-
 # The run
 
 
@@ -430,7 +343,8 @@ def run(
         if "durable" in only:
             results["durable"] = bench_durable(root, sizes)
         if "cold" in only:
-            results["cold_start"] = bench_cold(root, sizes)
+            log("cold start: client processes, with and without a daemon running")
+            results["cold_start"] = _cold.bench_cold(root, sizes.cold_starts)
         if "fork" in only:
             results["fork"] = _fork.bench_fork(root, sizes)
     finally:

@@ -144,18 +144,20 @@ class CopilotClient:
             self._started = True
 
     async def _connect(self) -> str:
-        try:
-            return await _autostart.ping(self._transport)
-        except DaemonTimeoutError:
-            raise  # something serves the socket but does not answer: another daemon cannot
-        except DaemonUnavailableError as error:
-            if not self._auto_start:
-                raise DaemonUnavailableError(
-                    f"{error.message} (auto_start=False, so the client did not start it.)",
-                    status=error.status,
-                    reason=error.reason,
-                    socket_path=self._socket_path,
-                ) from error
+        # Nothing listens: launch now, not after a gRPC call fails (auto-start waits for it).
+        if not self._auto_start or await _autostart.listening(self._socket_path):
+            try:
+                return await _autostart.ping(self._transport)
+            except DaemonTimeoutError:
+                raise  # something serves the socket but does not answer: another daemon cannot
+            except DaemonUnavailableError as error:
+                if not self._auto_start:
+                    raise DaemonUnavailableError(
+                        f"{error.message} (auto_start=False, so the client did not start it.)",
+                        status=error.status,
+                        reason=error.reason,
+                        socket_path=self._socket_path,
+                    ) from error
         command, env = _autostart.find_daemon_command(
             self._daemon_command, socket_path=self._socket_path
         )

@@ -63,7 +63,7 @@ from ._errors import (
 from .paths import channel_target, verify_private_socket
 from .proto.admin.v1 import admin_pb2_grpc
 from .proto.v1 import copilot_pb2, copilot_pb2_grpc
-from .wire import CURRENT_SEQUENCE_METADATA_KEY, REASON_METADATA_KEY
+from .wire import CURRENT_SEQUENCE_METADATA_KEY, DEFAULT_CALL_TIMEOUT, REASON_METADATA_KEY
 
 __all__ = [
     "CALL_TIMEOUT",
@@ -97,10 +97,6 @@ def per_call(timeout: float | None) -> float | UseCallTimeout | None:
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
-
-# Seconds a unary call may take unless the client or the call says otherwise:
-# long enough for a busy daemon, short enough that a frozen one is noticed.
-DEFAULT_CALL_TIMEOUT: Final = 30.0
 
 # A local socket: reconnect quickly (the daemon may be starting or restarting)
 # and allow large pages of events. grpc.min_reconnect_backoff_ms is left at

@@ -13,6 +13,7 @@ from typing import Final
 __all__ = [
     "ADDRESS_ENV",
     "CURRENT_SEQUENCE_METADATA_KEY",
+    "DEFAULT_CALL_TIMEOUT",
     "DEFAULT_EVENT_PAGE_SIZE",
     "DEFAULT_PAGE_SIZE",
     "ERROR_DOMAIN",
@@ -40,6 +41,14 @@ ERROR_DOMAIN: Final = "copilotd"
 
 ERROR_INFO_CURRENT_SEQUENCE: Final = "current_sequence"
 """``ErrorInfo.metadata`` key that carries what ``copilot-current-sequence`` does."""
+
+# -- deadlines ---------------------------------------------------------------
+
+# Seconds a unary call may take unless the client or the call says otherwise:
+# long enough for a busy daemon, short enough that a frozen one is noticed.
+# Here rather than in copilot_client.service so that the copilotd command can
+# name it in its help without importing the client (the daemon's start).
+DEFAULT_CALL_TIMEOUT: Final = 30.0
 
 # -- lifecycle events (WatchLifecycle) ----------------------------------------
 

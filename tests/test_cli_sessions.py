@@ -316,6 +316,9 @@ SERVER_SIDE_MODULES = (
     "copilotd.providers",
     "copilotd.sessions.service",
     "copilotd.admin.service",
+    # Nor the other subcommands' modules (main loads a subcommand when it runs).
+    "copilotd.cli.data",
+    "copilotd.cli.service",
 )
 LIST_AND_REPORT_MODULES = """
 import json, sys

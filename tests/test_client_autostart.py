@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,7 +91,10 @@ async def test_racing_clients_auto_start_one_detached_daemon(
                 wait_gone(pid)
         assert daemons_serving(socket_path) == [winner]
         assert parent_pid(winner) != os.getpid()  # detached: not our child
+        # In a session of its own: a Ctrl-C (or hang-up) meant for the clients misses it.
+        assert os.getsid(winner) == winner
         assert (data_dir.stat().st_mode & 0o777) == 0o700
+        assert ((data_dir / "copilotd.log").stat().st_mode & 0o777) == 0o600
         log = (data_dir / "copilotd.log").read_text()
         refusals = [line for line in log.splitlines() if "cannot start" in line]
         # The three in-process clients all launched a daemon: at least two
@@ -143,3 +149,61 @@ async def test_auto_start_with_a_missing_command(fresh_paths: tuple[Path, Path])
     assert missing in str(caught.value)
     assert "No such file or directory" in str(caught.value)
     await client.stop()
+
+
+def test_the_launcher_imports_nothing_but_its_interpreter(tmp_path: Path) -> None:
+    # An auto-start waits for the launcher: importing subprocess there cost
+    # more than the interpreter's own start (docs/benchmarks.md).
+    from copilot_client._autostart import _LAUNCHER
+
+    log = tmp_path / "log"
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-X", "importtime", "-c", _LAUNCHER, str(log), "true"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip().isdigit()  # the spawned pid
+    lines = result.stderr.splitlines()
+    imported = {line.rsplit("|", 1)[1].strip() for line in lines if "|" in line}
+    assert "os" in imported or "posix" in imported  # the record is read right
+    assert not imported & {"subprocess", "threading", "selectors", "signal"}
+
+
+STRACE = shutil.which("strace")
+# "1234 connect(5, {sa_family=AF_UNIX, sun_path="/x/copilotd.sock"}, 110) = -1 ENOENT ..."
+CONNECT = re.compile(
+    r'^(?P<tid>\d+) +connect\(\d+, \{sa_family=AF_UNIX, sun_path="(?P<path>[^"]+)"'
+)
+LAUNCHER_EXEC = re.compile(r'^\d+ +execve\(.*"-I", "-S"')
+
+
+@pytest.mark.skipif(STRACE is None, reason="needs strace (apt-get install strace)")
+def test_nothing_listening_launches_without_a_grpc_call_first(
+    fresh_paths: tuple[Path, Path],
+) -> None:
+    # A gRPC call to a socket nothing serves only fails after grpc's own
+    # connection attempt (from its poller thread): the client launches as soon
+    # as its own plain connect() (from the thread that runs the event loop) is refused.
+    assert STRACE is not None
+    socket_path, data_dir = fresh_paths
+    trace = socket_path.parent.parent / "trace"
+    command = [sys.executable, "-c", CLIENT_SCRIPT, str(socket_path), str(data_dir)]
+    traced = subprocess.Popen(
+        [STRACE, "-f", "-qq", "-e", "trace=connect,execve", "-o", str(trace), *command],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert traced.stdout is not None
+        assert traced.stdout.readline().strip() == copilotd.__version__
+    finally:
+        kill_auto_started(socket_path, data_dir)  # strace follows the daemon too
+        traced.wait(60)
+    lines = trace.read_text().splitlines()
+    client = int(lines[0].split()[0])  # the first call traced is the client's execve
+    launched = next(n for n, line in enumerate(lines) if LAUNCHER_EXEC.match(line))
+    before = [m for line in lines[:launched] if (m := CONNECT.match(line))]
+    attempts = [int(m["tid"]) for m in before if m["path"] == str(socket_path)]
+    assert attempts == [client]

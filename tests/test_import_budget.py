@@ -24,7 +24,8 @@ import pytest
 import copilot_client
 import copilotd
 from copilot_client import CopilotClient, CopilotError
-from tests.support.daemon_process import DaemonProcess
+from copilotd.search import INDEX_FILE_NAME
+from tests.support.daemon_process import READY_MARKER, DaemonProcess
 
 # Imported only when the config asks for what they serve.
 ON_DEMAND_PACKAGES = (
@@ -35,6 +36,17 @@ ON_DEMAND_PACKAGES = (
     "httpx2",
     "psycopg",
     "importlib.metadata",
+)
+# The client side of the code: the CLI's other subcommands and the client
+# proper (copilotd uses only copilot_client's paths, wire and stubs).
+CLIENT_SIDE_MODULES = (
+    "copilotd.cli.data",
+    "copilotd.cli.service",
+    "copilotd.cli.sessions",
+    "copilot_client._client",
+    "copilot_client._session",
+    "copilot_client._autostart",
+    "copilot_client.service",
 )
 _IMPORT_LINE = re.compile(r"^import time:\s+\d+\s+\|\s+\d+\s+\|\s+(\S+)\s*$")
 
@@ -79,6 +91,7 @@ async def test_serve_without_config_imports_no_on_demand_package(
     # The record is read right: the server's own packages are in it.
     assert {"grpc", "lmdb", "copilotd.runtime.server"} <= modules
     assert [p for p in ON_DEMAND_PACKAGES if loaded(modules, p)] == []
+    assert [m for m in CLIENT_SIDE_MODULES if loaded(modules, m)] == []
 
 
 async def test_serve_loads_each_package_when_its_config_asks(
@@ -107,3 +120,23 @@ def test_version_is_the_installed_distributions() -> None:
     installed = importlib.metadata.version("copilotd")
     assert copilotd.__version__ == installed == copilot_client.__version__
     assert "copilotd" in sys.modules
+
+
+async def test_background_work_starts_after_the_socket_listens(short_tmp: Path) -> None:
+    # The search index's catch-up with the log (here: the whole log, the index
+    # having been deleted) is background work: an auto-starting client waits
+    # for the socket, so the daemon listens first and catches up after.
+    daemon = DaemonProcess(short_tmp)
+    daemon.start()
+    try:
+        await first_answer(daemon)
+        assert daemon.terminate() == 0
+        (daemon.data_dir / INDEX_FILE_NAME).unlink()
+        restarted = len(daemon.output)
+        daemon.start()
+        caught_up = daemon.wait_for_output("search index: caught up 1 session(s)")
+        lines = daemon.output[restarted:]
+        serving = next(n for n, line in enumerate(lines) if READY_MARKER in line)
+        assert serving < lines.index(caught_up)
+    finally:
+        daemon.kill()

@@ -12,11 +12,11 @@ import functools
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, NoReturn, ParamSpec, Protocol, TypeVar
+from typing import Any, Final, ParamSpec, Protocol, TypeVar
 
 import click
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -32,11 +32,10 @@ from copilot_client.service import (
     UseCallTimeout,
 )
 from copilotd.admin.retention import DURATION_HELP, parse_duration
+from copilotd.cli.group import fail
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-TIMEOUT_ENV: Final = "COPILOTD_TIMEOUT"
 
 
 class CliError(Exception):
@@ -63,11 +62,6 @@ def in_cli_words(message: str) -> str:
     return _RPC_NAME.sub(lambda found: _CLI_WORDS[found[1]], message)
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"copilotd: {message}", err=True)
-    sys.exit(code)
-
-
 def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
     """Turn the errors a command can meet into one line on stderr and exit status 1."""
 
@@ -88,41 +82,6 @@ def reports_errors(command: Callable[P, T]) -> Callable[P, T]:
             fail("interrupted", 130)
 
     return wrapper
-
-
-_NO_ARGS_IS_HELP: Final[type[click.UsageError]] = getattr(
-    click.exceptions, "NoArgsIsHelpError", type("_Never", (click.UsageError,), {})
-)
-
-
-class OneLineErrors(click.Group):
-    """A group whose usage errors are one line too: ``copilotd: <problem> (see … --help)``."""
-
-    def main(
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, False, **extra)
-        try:
-            result = super().main(args, prog_name, complete_var, False, **extra)
-        except _NO_ARGS_IS_HELP as error:  # plain `copilotd`: the help, as click shows it
-            click.echo(error.format_message(), err=True)
-            sys.exit(error.exit_code)
-        except click.UsageError as error:
-            hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
-            fail(f"{error.format_message()}{hint}", error.exit_code)
-        except click.ClickException as error:
-            fail(error.format_message(), error.exit_code)
-        except click.Abort:
-            fail("aborted", 1)
-        except click.exceptions.Exit as exit_:
-            sys.exit(exit_.exit_code)
-        sys.exit(result if isinstance(result, int) else 0)
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -170,17 +129,6 @@ def call_timeout(default: float = DEFAULT_CALL_TIMEOUT) -> float:
     context = click.get_current_context(silent=True)
     chosen = context.find_root().params.get("timeout") if context is not None else None
     return default if chosen is None else float(chosen)
-
-
-def timeout_option(group: Callable[P, T]) -> Callable[P, T]:
-    return click.option(
-        "--timeout",
-        envvar=TIMEOUT_ENV,
-        type=click.FloatRange(min=0, min_open=True),
-        metavar="SECONDS",
-        help=f"Seconds each call to the daemon may take before the command gives up "
-        f"[env {TIMEOUT_ENV}; default {DEFAULT_CALL_TIMEOUT:g}, and 5 for `status`].",
-    )(group)
 
 
 @asynccontextmanager

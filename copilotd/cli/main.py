@@ -2,7 +2,10 @@
 
 Only ``serve`` loads the server (gRPC server, LMDB, provider SDKs, metrics):
 it imports them when it runs, so that the client-side subcommands start fast
-(``tests/test_cli_sessions.py`` checks what they load).
+(``tests/test_cli_sessions.py`` checks what they load). The other
+subcommands' modules are imported only when one of them runs, so that a
+daemon an auto-starting client waits for does not load them
+(``tests/test_import_budget.py``).
 """
 
 from __future__ import annotations
@@ -16,16 +19,7 @@ import click
 from copilot_client.paths import DATA_DIR_ENV, SOCKET_ENV
 from copilot_client.wire import TOKEN_ENV
 from copilotd import __version__
-from copilotd.cli.common import OneLineErrors, timeout_option
-from copilotd.cli.data import (
-    backup_command,
-    export_command,
-    import_command,
-    restore_command,
-    search_index_group,
-)
-from copilotd.cli.service import install_service_command, status_command, stop_command
-from copilotd.cli.sessions import sessions_group
+from copilotd.cli.group import LazyGroup, timeout_option
 from copilotd.config import CONFIG_ENV, ConfigError, Limits
 from copilotd.limits import DEFAULT_MAX_PROMPT_BYTES
 from copilotd.runtime.logs import LEVELS
@@ -35,7 +29,21 @@ from copilotd.sessions.fanout import DEFAULT_BUFFER_EVENTS
 STORE_DSN_ENV = "COPILOTD_STORE_DSN"
 
 
-@click.group(cls=OneLineErrors)
+# Each subcommand but serve -> where it is defined.
+SUBCOMMANDS = {
+    "status": "copilotd.cli.service:status_command",
+    "stop": "copilotd.cli.service:stop_command",
+    "install-service": "copilotd.cli.service:install_service_command",
+    "sessions": "copilotd.cli.sessions:sessions_group",
+    "export": "copilotd.cli.data:export_command",
+    "import": "copilotd.cli.data:import_command",
+    "backup": "copilotd.cli.data:backup_command",
+    "restore": "copilotd.cli.data:restore_command",
+    "search-index": "copilotd.cli.data:search_index_group",
+}
+
+
+@click.group(cls=LazyGroup, lazy_subcommands=SUBCOMMANDS)
 @click.version_option(__version__, prog_name="copilotd")
 @timeout_option
 def main(timeout: float | None) -> None:
@@ -176,17 +184,3 @@ def serve_command(
     except StartupError as error:
         click.echo(f"copilotd: cannot start: {error}", err=True)
         sys.exit(1)
-
-
-for _command in (
-    status_command,
-    stop_command,
-    sessions_group,
-    export_command,
-    import_command,
-    backup_command,
-    restore_command,
-    search_index_group,
-    install_service_command,
-):
-    main.add_command(_command)

@@ -244,11 +244,9 @@ async def _serve_indexed(
         loop.call_soon_threadsafe(indexer.changed, change)
 
     store.watch(on_change)
-    indexer.start()  # catches up with the log; searches wait for it
     recovered = await service.recover_interrupted_turns()
     if recovered:
         log.warning("closed %d turn(s) interrupted by the previous daemon's end", recovered)
-    service.purger.kick()  # deletions the previous daemon did not finish purging
 
     admin_servicer, health = AdminServicer(admin, indexer), HealthServicer()
     servicer = CopilotServicerWithDeprecatedAdmin(service, indexer, admin_servicer)
@@ -309,6 +307,10 @@ async def _serve_indexed(
     )
     for line in loaded_summary(config):
         log.info("%s", line)
+    # Background work starts once the socket listens: a client waiting on an
+    # auto-start needs none of it for its first answer (tests/test_import_budget.py).
+    indexer.start()  # catches up with the log; searches wait for it
+    service.purger.kick()  # deletions the previous daemon did not finish purging
     operations.ready(f"serving on {target}")
     if on_ready is not None:
         on_ready(target)
