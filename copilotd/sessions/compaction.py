@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -56,9 +57,11 @@ from copilotd.errors import (
 from copilotd.events import SessionEvent
 from copilotd.providers import ChatMessage, ChatRequest, ModelRoute, ProviderError, TextDelta
 from copilotd.redaction import REDACTOR
-from copilotd.sessions.context_window import ContextWindow
+from copilotd.sessions.context_window import ContextWindow, context_messages
 from copilotd.sessions.state import RunningTurn, TurnHost
 from copilotd.sessions.token_budget import BYTES_PER_TOKEN, estimate_tokens, message_tokens
+from copilotd.store import Store
+from copilotd.store.visible import read_visible
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,8 @@ DEFAULT_CHUNK_TOKENS: Final = 24_000
 MIN_CHUNK_TOKENS: Final = 256
 # Room in a summary call for the framing around the summary and the chunk.
 REQUEST_OVERHEAD_TOKENS: Final = 64
+# Events read per page from the store while summarising the range.
+READ_PAGE_EVENTS: Final = 500
 SUMMARIZER_INSTRUCTIONS: Final = (
     "You compact a long conversation between a user and an assistant. Merge the summary "
     "so far with the conversation that follows it into one updated summary that lets the "
@@ -169,27 +174,24 @@ def choose_cut(messages: Sequence[ChatMessage], keep_turns: int = KEEP_RECENT_TU
     return best
 
 
-def transcript(messages: Sequence[ChatMessage]) -> list[str]:
+def transcript(messages: Iterable[ChatMessage]) -> Iterator[str]:
     """The messages as the summarising model reads them, one entry each."""
-    entries = []
     for message in messages:
         if message.role == "tool":
-            entries.append(f"tool result ({message.tool_call_id}): {message.content}")
+            yield f"tool result ({message.tool_call_id}): {message.content}"
             continue
         text = f"{message.role}: {message.content}" if message.content else ""
         calls = [
             f"{message.role} called {call.name} {call.arguments_json} ({call.call_id})"
             for call in message.tool_calls
         ]
-        entries.append("\n".join(part for part in (text, *calls) if part))
-    return entries
+        yield "\n".join(part for part in (text, *calls) if part)
 
 
-def chunked(entries: Sequence[str], chunk_tokens: int) -> list[list[str]]:
+def chunked(entries: Iterable[str], chunk_tokens: int) -> Iterator[list[str]]:
     """``entries`` in consecutive chunks of at most ``chunk_tokens`` (estimated) each;
-    an entry larger than that alone is cut to fit."""
+    an entry larger than that alone is cut to fit. Lazy: one chunk is held at a time."""
     limit = chunk_tokens * BYTES_PER_TOKEN
-    chunks: list[list[str]] = []
     current: list[str] = []
     used = 0
     for entry in entries:
@@ -197,13 +199,44 @@ def chunked(entries: Sequence[str], chunk_tokens: int) -> list[list[str]]:
             entry = entry.encode()[: limit - 16].decode(errors="ignore") + " [cut]"
         cost = estimate_tokens(entry) + 1
         if current and used + cost > chunk_tokens:
-            chunks.append(current)
+            yield current
             current, used = [], 0
         current.append(entry)
         used += cost
     if current:
-        chunks.append(current)
-    return chunks
+        yield current
+
+
+def summarised_range(
+    store: Store, session_id: str, after: int, before: int
+) -> Iterator[ChatMessage]:
+    """The visible messages with ``after < sequence < before``, oldest first, read a
+    page at a time: the range may be far longer than the cached context."""
+    while True:
+        page = read_visible(store, session_id, after=after, before=before, limit=READ_PAGE_EVENTS)
+        yield from context_messages(page)
+        if len(page) < READ_PAGE_EVENTS:
+            return
+        after = page[-1].sequence
+
+
+class CountedMessages:
+    """Messages read once, lazily, counting those read; ``empty`` looks at the first
+    without losing it."""
+
+    def __init__(self, messages: Iterator[ChatMessage]) -> None:
+        self._messages = messages
+        self._first: list[ChatMessage] = []
+        self.count = 0
+
+    def empty(self) -> bool:
+        self._first = [*itertools.islice(self._messages, 1)]
+        return not self._first
+
+    def __iter__(self) -> Iterator[ChatMessage]:
+        for message in itertools.chain(self._first, self._messages):
+            self.count += 1
+            yield message
 
 
 def bounded(summary: str, tokens: int) -> str:
@@ -325,16 +358,24 @@ class Compactor:
         # Read from the store, not the turns' cached window: the compaction
         # runs beside turns, and an idle session's window may be dropped.
         context = ContextWindow.load(host.store, session_id)
-        messages = list(context.messages)
-        cut = choose_cut(messages)
-        if cut == 0:
+        kept = context.messages
+        cut = choose_cut(kept)
+        # The window holds the latest 512 KiB at most: a range starting before
+        # it (a long session's first compaction) is read from the store, so the
+        # summary stands for every event up to its end.
+        up_to = kept[cut].sequence - 1 if kept else 0
+        older = CountedMessages(
+            summarised_range(host.store, session_id, context.summary_covers, up_to + 1)
+        )
+        if older.empty():
             raise NothingToCompactError(session_id, KEEP_RECENT_TURNS)
+        kept = kept[cut:]
         before = context.summary_tokens + context.tokens
         figures = {
             "compaction_id": ev.new_id(),
             "trigger": trigger,
             "from_sequence": context.summary_covers + 1,
-            "up_to_sequence": messages[cut].sequence - 1,
+            "up_to_sequence": up_to,
             "custom_instructions": custom_instructions,
         }
         start = ev.make_event(
@@ -348,7 +389,7 @@ class Compactor:
         bound = settings.summary_bound(route)
         try:
             summary, chunks = await self._summarize(
-                route, context.summary, messages[:cut], bound, custom_instructions
+                route, context.summary, older, bound, custom_instructions
             )
         except ProviderError as error:
             why = REDACTOR.redact(error.message)
@@ -364,15 +405,15 @@ class Compactor:
             raise CompactionFailedError(
                 session_id, f"the model could not summarise: {why}"
             ) from None
-        after = estimate_tokens(summary) + sum(map(message_tokens, messages[cut:]))
+        after = estimate_tokens(summary) + sum(map(message_tokens, kept))
         complete = ev.make_event(
             ev.SESSION_COMPACTION_COMPLETE,
             success=True,
             pre_compaction_tokens=before,
             post_compaction_tokens=after,
             tokens_removed=max(0, before - after),
-            messages_removed=cut,
-            pre_compaction_messages_length=len(messages),
+            messages_removed=older.count,
+            pre_compaction_messages_length=older.count + len(kept),
             summary_content=summary,
             chunks=chunks,
             **figures,
@@ -381,7 +422,7 @@ class Compactor:
         log.info(
             "session %s: compacted %d messages (%d -> %d tokens, %d model calls)",
             session_id,
-            cut,
+            older.count,
             before,
             after,
             chunks,
@@ -392,7 +433,7 @@ class Compactor:
         self,
         route: ModelRoute,
         previous: str,
-        messages: Sequence[ChatMessage],
+        messages: Iterable[ChatMessage],
         bound: int,
         custom_instructions: str,
     ) -> tuple[str, int]:
@@ -406,8 +447,9 @@ class Compactor:
             budget - 2 * bound - estimate_tokens(instructions) - REQUEST_OVERHEAD_TOKENS,
         )
         summary = previous
-        chunks = chunked(transcript(messages), chunk_tokens)
-        for chunk in chunks:
+        calls = 0
+        for chunk in chunked(transcript(messages), chunk_tokens):
+            calls += 1
             prompt = (
                 f"Summary so far:\n{summary or '(none)'}\n\n"
                 "Conversation to add to it:\n" + "\n".join(chunk)
@@ -427,4 +469,4 @@ class Compactor:
             if not text:
                 raise ProviderError("the model answered with an empty summary")
             summary = bounded(text, bound)
-        return summary, len(chunks)
+        return summary, calls
