@@ -17,7 +17,7 @@ start with an underscore are private.
 """
 
 from ._client import CopilotClient
-from ._compaction import CompactionResult, InfiniteSessionConfig
+from ._compaction import CompactionResult, CompactionTokensUsed, InfiniteSessionConfig
 from ._errors import (
     BackupUnsupportedError,
     CompactionFailedError,
@@ -80,6 +80,7 @@ __all__ = [
     "BackupUnsupportedError",
     "CompactionFailedError",
     "CompactionResult",
+    "CompactionTokensUsed",
     "CopilotClient",
     "CopilotError",
     "CopilotSession",

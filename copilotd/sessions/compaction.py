@@ -55,7 +55,14 @@ from copilotd.errors import (
     ShuttingDownError,
 )
 from copilotd.events import SessionEvent
-from copilotd.providers import ChatMessage, ChatRequest, ModelRoute, ProviderError, TextDelta
+from copilotd.providers import (
+    ChatMessage,
+    ChatRequest,
+    ModelRoute,
+    ProviderError,
+    TextDelta,
+    Usage,
+)
 from copilotd.redaction import REDACTOR
 from copilotd.sessions.context_window import ContextWindow, context_messages
 from copilotd.sessions.state import RunningTurn, TurnHost
@@ -218,6 +225,42 @@ def summarised_range(
         if len(page) < READ_PAGE_EVENTS:
             return
         after = page[-1].sequence
+
+
+class SummaryTokens:
+    """The tokens a compaction's model calls used, counted like a turn's
+    ``assistant.usage``: as reported; a count the provider did not send is
+    estimated (and said to be); nothing for a provider that counts no tokens
+    and reported none."""
+
+    def __init__(self, model: str, counts_tokens: bool) -> None:
+        self._counts_tokens = counts_tokens
+        self._used = events_pb2.CompactionTokensUsed(model=model)
+        self._any = False
+
+    def add(self, usage: Usage | None, request: ChatRequest, answer: str) -> None:
+        if usage is None and not self._counts_tokens:
+            return
+        if usage is None:
+            usage = Usage(input_tokens=None, output_tokens=None)
+        used = self._used
+        if usage.input_tokens is None or usage.output_tokens is None:
+            used.estimated = True
+        used.input_tokens += (
+            sum(map(message_tokens, request.messages))
+            if usage.input_tokens is None
+            else usage.input_tokens
+        )
+        used.output_tokens += (
+            estimate_tokens(answer) if usage.output_tokens is None else usage.output_tokens
+        )
+        used.cache_read_tokens += usage.cache_read_tokens
+        used.cache_write_tokens += usage.cache_write_tokens
+        self._any = True
+
+    def used(self) -> events_pb2.CompactionTokensUsed | None:
+        """The sums (None: no call was counted)."""
+        return self._used if self._any else None
 
 
 class CountedMessages:
@@ -387,9 +430,10 @@ class Compactor:
         )
         await host.append(session_id, [start])
         bound = settings.summary_bound(route)
+        spent = SummaryTokens(record.metadata.model, route.provider.counts_tokens)
         try:
             summary, chunks = await self._summarize(
-                route, context.summary, older, bound, custom_instructions
+                route, context.summary, older, bound, custom_instructions, spent
             )
         except ProviderError as error:
             why = REDACTOR.redact(error.message)
@@ -398,6 +442,7 @@ class Compactor:
                 success=False,
                 error=why,
                 pre_compaction_tokens=before,
+                compaction_tokens_used=spent.used(),
                 **figures,
             )
             with contextlib.suppress(ServiceError):
@@ -416,6 +461,7 @@ class Compactor:
             pre_compaction_messages_length=older.count + len(kept),
             summary_content=summary,
             chunks=chunks,
+            compaction_tokens_used=spent.used(),
             **figures,
         )
         _, stored = await host.append(session_id, [complete])
@@ -436,8 +482,10 @@ class Compactor:
         messages: Iterable[ChatMessage],
         bound: int,
         custom_instructions: str,
+        spent: SummaryTokens,
     ) -> tuple[str, int]:
-        """The rolling summary of ``previous`` and ``messages``, and the model calls it took."""
+        """The rolling summary of ``previous`` and ``messages``, and the model calls it
+        took (their tokens added to ``spent`` as each call ends)."""
         instructions = SUMMARIZER_INSTRUCTIONS
         if custom_instructions:
             instructions += f"\n\nAlso: {custom_instructions}"
@@ -460,12 +508,15 @@ class Compactor:
                 max_output_tokens=bound,
                 task="summarize",
             )
-            pieces = [
-                piece.text
-                async for piece in route.provider.stream(request)
-                if isinstance(piece, TextDelta)
-            ]
+            pieces: list[str] = []
+            usage: Usage | None = None
+            async for piece in route.provider.stream(request):
+                if isinstance(piece, TextDelta):
+                    pieces.append(piece.text)
+                elif isinstance(piece, Usage):
+                    usage = piece
             text = "".join(pieces).strip()
+            spent.add(usage, request, text)
             if not text:
                 raise ProviderError("the model answered with an empty summary")
             summary = bounded(text, bound)
