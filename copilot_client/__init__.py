@@ -21,6 +21,7 @@ from ._compaction import CompactionResult, CompactionTokensUsed, InfiniteSession
 from ._errors import (
     BackupUnsupportedError,
     CompactionFailedError,
+    CompactionInProgressError,
     CopilotError,
     DaemonTimeoutError,
     DaemonUnavailableError,
@@ -79,6 +80,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackupUnsupportedError",
     "CompactionFailedError",
+    "CompactionInProgressError",
     "CompactionResult",
     "CompactionTokensUsed",
     "CopilotClient",

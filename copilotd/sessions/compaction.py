@@ -41,15 +41,17 @@ import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from copilot_client.proto.v1 import events_pb2
 from copilotd import events as ev
 from copilotd.errors import (
     CompactionFailedError,
+    CompactionInProgressError,
     InvalidArgumentError,
     NothingToCompactError,
     Reason,
+    SequenceConflictError,
     ServiceError,
     SessionNotFoundError,
     ShuttingDownError,
@@ -64,10 +66,11 @@ from copilotd.providers import (
     Usage,
 )
 from copilotd.redaction import REDACTOR
+from copilotd.sessions.compaction_guard import MAX_START_ATTEMPTS, append_start
 from copilotd.sessions.context_window import ContextWindow, context_messages
 from copilotd.sessions.state import RunningTurn, TurnHost
 from copilotd.sessions.token_budget import BYTES_PER_TOKEN, estimate_tokens, message_tokens
-from copilotd.store import Store
+from copilotd.store import SessionRecord, Store
 from copilotd.store.visible import read_visible
 
 log = logging.getLogger(__name__)
@@ -293,6 +296,21 @@ def bounded(summary: str, tokens: int) -> str:
     return kept[:line_end] if line_end > limit // 2 else kept
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A compaction about to start: what it summarises and keeps, read at one point
+    of the log (``record``'s last sequence)."""
+
+    record: SessionRecord
+    route: ModelRoute
+    summary: str  # the previous summary, carried into the new one
+    older: CountedMessages  # the range to summarise, read as it goes
+    kept: list[ChatMessage]  # the latest turns, verbatim
+    before: int  # estimated tokens of the context now
+    figures: dict[str, Any]  # the start's and complete's common fields
+    start: SessionEvent
+
+
 class Compactor:
     """Runs each session's compactions, one at a time, for the turn engine and the service."""
 
@@ -321,8 +339,9 @@ class Compactor:
         if task.cancelled():
             return
         error = task.exception()
-        if isinstance(error, NothingToCompactError):
-            # Usual when the latest turns alone fill the window; not worth a warning.
+        if isinstance(error, NothingToCompactError | CompactionInProgressError):
+            # Usual when the latest turns alone fill the window, or when another
+            # daemon compacts the session: not worth a warning.
             log.info("session %s: compaction: %s", session_id, error.message)
         elif isinstance(error, ServiceError):
             log.warning("session %s: compaction: %s", session_id, error.message)
@@ -389,18 +408,15 @@ class Compactor:
         if tasks:
             await asyncio.wait(tasks)
 
-    async def _compact(
-        self, session_id: str, trigger: Trigger.ValueType, custom_instructions: str
-    ) -> SessionEvent:
-        host = self._host
-        record = host.store.get_session(session_id)
+    def _plan(self, session_id: str, trigger: Trigger.ValueType, custom_instructions: str) -> Plan:
+        """What a compaction would summarise now, and its start event."""
+        store = self._host.store
+        record = store.get_session(session_id)
         if record is None:
             raise SessionNotFoundError(session_id)
-        settings = CompactionSettings.of(record.metadata.infinite_sessions)
-        route = host.providers.route_for(record.metadata)
         # Read from the store, not the turns' cached window: the compaction
         # runs beside turns, and an idle session's window may be dropped.
-        context = ContextWindow.load(host.store, session_id)
+        context = ContextWindow.load(store, session_id)
         kept = context.messages
         cut = choose_cut(kept)
         # The window holds the latest 512 KiB at most: a range starting before
@@ -408,11 +424,11 @@ class Compactor:
         # summary stands for every event up to its end.
         up_to = kept[cut].sequence - 1 if kept else 0
         older = CountedMessages(
-            summarised_range(host.store, session_id, context.summary_covers, up_to + 1)
+            summarised_range(store, session_id, context.summary_covers, up_to + 1)
         )
         if older.empty():
             raise NothingToCompactError(session_id, KEEP_RECENT_TURNS)
-        kept = kept[cut:]
+        route = self._host.providers.route_for(record.metadata)
         before = context.summary_tokens + context.tokens
         figures = {
             "compaction_id": ev.new_id(),
@@ -428,12 +444,30 @@ class Compactor:
             model=record.metadata.model,
             **figures,
         )
-        await host.append(session_id, [start])
-        bound = settings.summary_bound(route)
-        spent = SummaryTokens(record.metadata.model, route.provider.counts_tokens)
+        return Plan(record, route, context.summary, older, kept[cut:], before, figures, start)
+
+    async def _compact(
+        self, session_id: str, trigger: Trigger.ValueType, custom_instructions: str
+    ) -> SessionEvent:
+        host = self._host
+        for attempt in itertools.count(1):
+            plan = self._plan(session_id, trigger, custom_instructions)
+            try:
+                # On condition that the log is still as planned from (another
+                # daemon's start or complete since then changes the plan).
+                await append_start(host, session_id, plan.start, plan.record)
+                break
+            except SequenceConflictError:
+                if attempt == MAX_START_ATTEMPTS:
+                    raise CompactionFailedError(
+                        session_id, "its log kept changing while the compaction was starting"
+                    ) from None
+        settings = CompactionSettings.of(plan.record.metadata.infinite_sessions)
+        bound = settings.summary_bound(plan.route)
+        spent = SummaryTokens(plan.record.metadata.model, plan.route.provider.counts_tokens)
         try:
             summary, chunks = await self._summarize(
-                route, context.summary, older, bound, custom_instructions, spent
+                plan.route, plan.summary, plan.older, bound, custom_instructions, spent
             )
         except ProviderError as error:
             why = REDACTOR.redact(error.message)
@@ -441,35 +475,35 @@ class Compactor:
                 ev.SESSION_COMPACTION_COMPLETE,
                 success=False,
                 error=why,
-                pre_compaction_tokens=before,
+                pre_compaction_tokens=plan.before,
                 compaction_tokens_used=spent.used(),
-                **figures,
+                **plan.figures,
             )
             with contextlib.suppress(ServiceError):
                 await host.append(session_id, [failed])
             raise CompactionFailedError(
                 session_id, f"the model could not summarise: {why}"
             ) from None
-        after = estimate_tokens(summary) + sum(map(message_tokens, kept))
+        after = estimate_tokens(summary) + sum(map(message_tokens, plan.kept))
         complete = ev.make_event(
             ev.SESSION_COMPACTION_COMPLETE,
             success=True,
-            pre_compaction_tokens=before,
+            pre_compaction_tokens=plan.before,
             post_compaction_tokens=after,
-            tokens_removed=max(0, before - after),
-            messages_removed=older.count,
-            pre_compaction_messages_length=older.count + len(kept),
+            tokens_removed=max(0, plan.before - after),
+            messages_removed=plan.older.count,
+            pre_compaction_messages_length=plan.older.count + len(plan.kept),
             summary_content=summary,
             chunks=chunks,
             compaction_tokens_used=spent.used(),
-            **figures,
+            **plan.figures,
         )
         _, stored = await host.append(session_id, [complete])
         log.info(
             "session %s: compacted %d messages (%d -> %d tokens, %d model calls)",
             session_id,
-            older.count,
-            before,
+            plan.older.count,
+            plan.before,
             after,
             chunks,
         )

@@ -1185,6 +1185,7 @@ class SessionCompactionStartData(_message.Message):
     FROM_SEQUENCE_FIELD_NUMBER: _builtins.int
     UP_TO_SEQUENCE_FIELD_NUMBER: _builtins.int
     CUSTOM_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    DAEMON_FIELD_NUMBER: _builtins.int
     compaction_id: _builtins.str
     trigger: Global___CompactionTrigger.ValueType
     current_tokens: _builtins.int
@@ -1198,6 +1199,11 @@ class SessionCompactionStartData(_message.Message):
     """
     up_to_sequence: _builtins.int
     custom_instructions: _builtins.str
+    daemon: _builtins.str
+    """The daemon running it, on a store shared by several daemons (its lease
+    owner: host and data directory): while this start has no complete and
+    is recent, another daemon does not start a compaction of the session.
+    """
     def __init__(
         self,
         *,
@@ -1209,10 +1215,11 @@ class SessionCompactionStartData(_message.Message):
         from_sequence: _builtins.int = ...,
         up_to_sequence: _builtins.int = ...,
         custom_instructions: _builtins.str = ...,
+        daemon: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction_id", b"compaction_id", "current_tokens", b"current_tokens", "custom_instructions", b"custom_instructions", "from_sequence", b"from_sequence", "model", b"model", "token_limit", b"token_limit", "trigger", b"trigger", "up_to_sequence", b"up_to_sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction_id", b"compaction_id", "current_tokens", b"current_tokens", "custom_instructions", b"custom_instructions", "daemon", b"daemon", "from_sequence", b"from_sequence", "model", b"model", "token_limit", b"token_limit", "trigger", b"trigger", "up_to_sequence", b"up_to_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
