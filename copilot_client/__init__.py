@@ -27,10 +27,11 @@ from importlib import import_module as _import_module
 # Names the module defines are its public surface: helpers carry an underscore.
 if _typing.TYPE_CHECKING:
     from ._client import CopilotClient
-    from ._compaction import CompactionResult, InfiniteSessionConfig
+    from ._compaction import CompactionResult, CompactionTokensUsed, InfiniteSessionConfig
     from ._errors import (
         BackupUnsupportedError,
         CompactionFailedError,
+        CompactionInProgressError,
         CopilotError,
         DaemonTimeoutError,
         DaemonUnavailableError,
@@ -90,7 +91,9 @@ __version__ = "0.1.0"
 __all__ = [
     "BackupUnsupportedError",
     "CompactionFailedError",
+    "CompactionInProgressError",
     "CompactionResult",
+    "CompactionTokensUsed",
     "CopilotClient",
     "CopilotError",
     "CopilotSession",
@@ -156,9 +159,11 @@ __all__ = [
 _EXPORTS: _typing.Final[dict[str, str]] = {
     "CopilotClient": "._client",
     "CompactionResult": "._compaction",
+    "CompactionTokensUsed": "._compaction",
     "InfiniteSessionConfig": "._compaction",
     "BackupUnsupportedError": "._errors",
     "CompactionFailedError": "._errors",
+    "CompactionInProgressError": "._errors",
     "CopilotError": "._errors",
     "DaemonTimeoutError": "._errors",
     "DaemonUnavailableError": "._errors",

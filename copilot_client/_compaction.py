@@ -80,6 +80,31 @@ def trigger_name(value: int) -> CompactionTrigger:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CompactionTokensUsed:
+    """Tokens a compaction's model calls used, summed over its chunks (the Copilot
+    SDK's ``compactionTokensUsed``); ``SessionMetadata``'s token sums include them."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    estimated: bool
+    """True when the provider reported no usage for a call and its counts are estimates."""
+
+    @classmethod
+    def from_proto(cls, used: events_pb2.CompactionTokensUsed) -> CompactionTokensUsed:
+        return cls(
+            model=used.model,
+            input_tokens=used.input_tokens,
+            output_tokens=used.output_tokens,
+            cache_read_tokens=used.cache_read_tokens,
+            cache_write_tokens=used.cache_write_tokens,
+            estimated=used.estimated,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class CompactionResult:
     """What :meth:`CopilotSession.compact` did (from its ``session.compaction_complete``)."""
 
@@ -105,6 +130,8 @@ class CompactionResult:
     """Last event it covers; the model sees the events after this verbatim."""
     chunks: int
     """Model calls the summary took."""
+    compaction_tokens_used: CompactionTokensUsed | None
+    """Their tokens (None: the provider counts none, like the offline model)."""
     sequence: int
     """Sequence number of the ``session.compaction_complete`` event."""
 
@@ -122,6 +149,9 @@ class CompactionResult:
             from_sequence=data.from_sequence,
             up_to_sequence=data.up_to_sequence,
             chunks=data.chunks,
+            compaction_tokens_used=CompactionTokensUsed.from_proto(data.compaction_tokens_used)
+            if data.HasField("compaction_tokens_used")
+            else None,
             sequence=event.sequence,
         )
 

@@ -24,6 +24,7 @@ The tree::
     │   │   ├── BackupUnsupportedError    reason BACKUP_UNSUPPORTED
     │   │   ├── NoRetentionPolicyError    reason NO_RETENTION_POLICY
     │   │   ├── NothingToCompactError     reason NOTHING_TO_COMPACT
+    │   │   ├── CompactionInProgressError  reason COMPACTION_IN_PROGRESS
     │   │   └── TurnRunningError          reason TURN_RUNNING
     │   ├── CompactionFailedError         reason COMPACTION_FAILED (UNAVAILABLE)
     │   ├── ResourceExhaustedError        RESOURCE_EXHAUSTED
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BackupUnsupportedError",
     "CompactionFailedError",
+    "CompactionInProgressError",
     "CopilotError",
     "DaemonTimeoutError",
     "DaemonUnavailableError",
@@ -206,6 +208,11 @@ class NoRetentionPolicyError(FailedPreconditionError):
 class NothingToCompactError(FailedPreconditionError):
     """``session.compact()`` found nothing to summarise: the model already sees
     only the summary and the latest turns, which always go to it verbatim."""
+
+
+class CompactionInProgressError(FailedPreconditionError):
+    """Another daemon sharing the store is compacting the session (one compaction of a
+    session runs at a time across daemons); its complete event follows."""
 
 
 class CompactionFailedError(RPCError):

@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from ._compaction import trigger_name
+from ._compaction import CompactionTokensUsed, trigger_name
 from ._tool_types import datetime_of
 from .proto.v1 import events_pb2
 
@@ -172,6 +172,8 @@ class EventData:
     """``session.compaction_complete``: the summary the model sees from then on."""
     chunks: int | None = None
     """``session.compaction_complete``: model calls the summary took."""
+    compaction_tokens_used: CompactionTokensUsed | None = None
+    """``session.compaction_complete``: their tokens (None: not counted)."""
     up_to_event_id: str | None = None
     """``session.snapshot_rewind``: id of the last event kept."""
     events_removed: int | None = None
@@ -218,6 +220,10 @@ def _event_data(proto: events_pb2.SessionEvent) -> EventData:
         )
     if member in ("session_compaction_start", "session_compaction_complete"):
         values["trigger"] = trigger_name(payload.trigger)
+    if "compaction_tokens_used" in values:
+        values["compaction_tokens_used"] = CompactionTokensUsed.from_proto(
+            payload.compaction_tokens_used
+        )
     if member == "tool_execution_complete":
         values["result_text"] = payload.result.text_result_for_llm
         values["result_type"] = payload.result.result_type or "success"

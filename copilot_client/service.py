@@ -32,6 +32,7 @@ import grpc
 from ._errors import (
     BackupUnsupportedError,
     CompactionFailedError,
+    CompactionInProgressError,
     CopilotError,
     DaemonTimeoutError,
     DaemonUnavailableError,
@@ -338,6 +339,7 @@ ERROR_FOR_REASON: Final[dict[copilot_pb2.ErrorReason.ValueType, type[RPCError]]]
     Reason.ERROR_REASON_TURN_HOLDER_UNREACHABLE: TurnHolderUnreachableError,
     Reason.ERROR_REASON_COMPACTION_FAILED: CompactionFailedError,
     Reason.ERROR_REASON_NOTHING_TO_COMPACT: NothingToCompactError,
+    Reason.ERROR_REASON_COMPACTION_IN_PROGRESS: CompactionInProgressError,
     Reason.ERROR_REASON_INVALID_INFINITE_SESSIONS: InvalidArgumentError,
     Reason.ERROR_REASON_POINT_INSIDE_TURN: PointInsideTurnError,
     Reason.ERROR_REASON_POINT_INSIDE_TOOL_CALL: PointInsideToolCallError,

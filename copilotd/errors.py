@@ -285,6 +285,19 @@ class CompactionFailedError(ServiceError):
         )
 
 
+class CompactionInProgressError(ServiceError):
+    status: StatusName = "FAILED_PRECONDITION"
+    reason = Reason.ERROR_REASON_COMPACTION_IN_PROGRESS
+
+    def __init__(self, session_id: str, daemon: str, compaction_id: str, seconds: float) -> None:
+        super().__init__(
+            f"session {session_id!r} is being compacted by another daemon ({daemon}, "
+            f"compaction {compaction_id}, started {seconds:.0f} s ago); its "
+            "session.compaction_complete follows on the session's events: compact again "
+            "after it if it is still needed"
+        )
+
+
 class NothingToCompactError(ServiceError):
     status: StatusName = "FAILED_PRECONDITION"
     reason = Reason.ERROR_REASON_NOTHING_TO_COMPACT

@@ -156,8 +156,12 @@ def apply_to_metadata(metadata: SessionMetadata, event: SessionEvent) -> None:
         metadata.model = event.session_model_change.new_model
     elif event.type == SESSION_RESUME and event.session_resume.HasField("provider"):
         metadata.provider.CopyFrom(event.session_resume.provider)
-    elif completed_compaction(event):
-        metadata.compaction_count += 1
+    elif event.type == SESSION_COMPACTION_COMPLETE:
+        complete = event.session_compaction_complete
+        metadata.compaction_count += complete.success
+        # A compaction's model calls are the session's too, failed or not.
+        metadata.input_tokens += complete.compaction_tokens_used.input_tokens
+        metadata.output_tokens += complete.compaction_tokens_used.output_tokens
     if event.type == SESSION_RESUME and event.session_resume.HasField("infinite_sessions"):
         metadata.infinite_sessions.CopyFrom(event.session_resume.infinite_sessions)
     if event.type == SESSION_RESUME and event.session_resume.tools_replaced:

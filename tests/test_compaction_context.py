@@ -189,7 +189,7 @@ def test_the_cut_keeps_the_latest_turns_and_moves_back_to_keep_a_pair_whole() ->
 
 def test_chunks_fit_and_a_summary_stays_within_its_bound() -> None:
     entries = [f"user: {'w' * 300}" for _ in range(10)] + ["z" * 5000]
-    chunks = chunked(entries, 250)
+    chunks = list(chunked(entries, 250))
     assert len(chunks) > 5
     assert all(sum(-(-len(e.encode()) // 3) + 1 for e in chunk) <= 250 for chunk in chunks)
     assert chunks[-1][0].endswith("[cut]")

@@ -46,6 +46,7 @@ from tests.support.store_check import check_store
 T = SessionEventType
 FACT = "remember: the launch code is 7421"
 WINDOW = 2000  # tokens: the model's prompt budget (no max_output_tokens)
+MANUAL = InfiniteSessionConfig(enabled=False)
 
 
 @pytest.fixture
@@ -389,10 +390,50 @@ async def test_a_turn_at_exhaustion_waits_for_the_background_compaction_under_wa
     history = await session.get_messages()
     start = next(e for e in history if e.type is T.SESSION_COMPACTION_START)
     assert start.data.trigger == "threshold"  # the one under way, not a second one
-    assert types(history)[-5:] == [
+    # Up to the turn's end: the turn left the context past the background
+    # threshold, so another compaction may start right after it.
+    ended = max(i for i, e in enumerate(history) if e.type is T.ASSISTANT_TURN_END)
+    assert types(history[: ended + 1])[-5:] == [
         T.ASSISTANT_TURN_START,
         T.SESSION_COMPACTION_COMPLETE,
         T.ASSISTANT_MESSAGE,
         T.ASSISTANT_USAGE,
         T.ASSISTANT_TURN_END,
     ]
+
+
+async def test_the_summary_calls_tokens_are_counted_in_the_session(
+    daemon_and_client: tuple[DaemonProcess, CopilotClient], server: FakeModelServer
+) -> None:
+    _, client = daemon_and_client
+    turn = stream("Fine.", usage=(10, 5))
+    server.script(
+        *[turn] * 4,
+        stream(FACT, usage=(700, 40)),
+        stream(FACT, usage=(300, None)),  # no output count: estimated
+        *[turn] * 4,
+        stream(FACT, usage=(200, 10)),
+        error(400, "no more summaries"),
+    )
+    session = await client.create_session(SessionConfig(infinite_sessions=MANUAL))
+    for prompt in (f"{FACT}\n" + "a" * 1500, "b" * 1500, "c", "d"):
+        await ask(session, prompt)
+    result = await session.compact()
+    assert result.chunks == 2
+    used = result.compaction_tokens_used
+    assert used is not None and used.model == "gpt-test"
+    assert (used.input_tokens, used.output_tokens, used.estimated) == (1000, 40 + 11, True)
+
+    for prompt in ("e" * 1500, "f" * 1500, "g", "h"):
+        await ask(session, prompt)
+    with pytest.raises(CompactionFailedError):
+        await session.compact()  # after one call of two: its tokens count too
+    history = await session.get_messages()
+    failed = [e for e in history if e.type is T.SESSION_COMPACTION_COMPLETE][-1]
+    assert failed.data.success is False and failed.data.compaction_tokens_used is not None
+    assert failed.data.compaction_tokens_used.input_tokens == 200
+
+    metadata = await client.get_session_metadata(session.session_id)
+    assert metadata is not None
+    assert metadata.input_tokens == 8 * 10 + 1000 + 200
+    assert metadata.output_tokens == 8 * 5 + 51 + 10

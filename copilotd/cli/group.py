@@ -96,5 +96,6 @@ def timeout_option(group: Callable[P, T]) -> Callable[P, T]:
         type=click.FloatRange(min=0, min_open=True),
         metavar="SECONDS",
         help=f"Seconds each call to the daemon may take before the command gives up "
-        f"[env {TIMEOUT_ENV}; default {DEFAULT_CALL_TIMEOUT:g}, and 5 for `status`].",
+        f"[env {TIMEOUT_ENV}; default {DEFAULT_CALL_TIMEOUT:g}, 5 for `status`, "
+        "300 for `sessions compact`].",
     )(group)

@@ -1,5 +1,5 @@
-"""``copilotd sessions …``: list, show, search, fork, rewind, delete, prune, pin and unpin,
-over the gRPC API."""
+"""``copilotd sessions …``: list, show, search, fork, rewind, compact (cli/compact.py),
+delete, prune, pin and unpin, over the gRPC API."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from copilotd.cli.common import (
     socket_option,
     to_datetime,
 )
+from copilotd.cli.compact import compact_command
 from copilotd.events import SessionEvent, SessionMetadata
 from copilotd.limits import MAX_PAGE_SIZE
 
@@ -546,3 +547,6 @@ def pin_command(session_id: str, socket_path: Path | None) -> None:
 def unpin_command(session_id: str, socket_path: Path | None) -> None:
     """Unpin a session, so retention may delete it again."""
     _pin(session_id, False, socket_path)
+
+
+sessions_group.add_command(compact_command)

@@ -36,29 +36,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from copilot_client.proto.v1 import events_pb2
 from copilotd import events as ev
 from copilotd.errors import (
     CompactionFailedError,
+    CompactionInProgressError,
     InvalidArgumentError,
     NothingToCompactError,
     Reason,
+    SequenceConflictError,
     ServiceError,
     SessionNotFoundError,
     ShuttingDownError,
 )
 from copilotd.events import SessionEvent
-from copilotd.providers import ChatMessage, ChatRequest, ModelRoute, ProviderError, TextDelta
+from copilotd.providers import (
+    ChatMessage,
+    ChatRequest,
+    ModelRoute,
+    ProviderError,
+    TextDelta,
+    Usage,
+)
 from copilotd.redaction import REDACTOR
-from copilotd.sessions.context_window import ContextWindow
+from copilotd.sessions.compaction_guard import MAX_START_ATTEMPTS, append_start
+from copilotd.sessions.context_window import ContextWindow, context_messages
 from copilotd.sessions.state import RunningTurn, TurnHost
 from copilotd.sessions.token_budget import BYTES_PER_TOKEN, estimate_tokens, message_tokens
+from copilotd.store import SessionRecord, Store
+from copilotd.store.visible import read_visible
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +91,8 @@ DEFAULT_CHUNK_TOKENS: Final = 24_000
 MIN_CHUNK_TOKENS: Final = 256
 # Room in a summary call for the framing around the summary and the chunk.
 REQUEST_OVERHEAD_TOKENS: Final = 64
+# Events read per page from the store while summarising the range.
+READ_PAGE_EVENTS: Final = 500
 SUMMARIZER_INSTRUCTIONS: Final = (
     "You compact a long conversation between a user and an assistant. Merge the summary "
     "so far with the conversation that follows it into one updated summary that lets the "
@@ -169,27 +184,24 @@ def choose_cut(messages: Sequence[ChatMessage], keep_turns: int = KEEP_RECENT_TU
     return best
 
 
-def transcript(messages: Sequence[ChatMessage]) -> list[str]:
+def transcript(messages: Iterable[ChatMessage]) -> Iterator[str]:
     """The messages as the summarising model reads them, one entry each."""
-    entries = []
     for message in messages:
         if message.role == "tool":
-            entries.append(f"tool result ({message.tool_call_id}): {message.content}")
+            yield f"tool result ({message.tool_call_id}): {message.content}"
             continue
         text = f"{message.role}: {message.content}" if message.content else ""
         calls = [
             f"{message.role} called {call.name} {call.arguments_json} ({call.call_id})"
             for call in message.tool_calls
         ]
-        entries.append("\n".join(part for part in (text, *calls) if part))
-    return entries
+        yield "\n".join(part for part in (text, *calls) if part)
 
 
-def chunked(entries: Sequence[str], chunk_tokens: int) -> list[list[str]]:
+def chunked(entries: Iterable[str], chunk_tokens: int) -> Iterator[list[str]]:
     """``entries`` in consecutive chunks of at most ``chunk_tokens`` (estimated) each;
-    an entry larger than that alone is cut to fit."""
+    an entry larger than that alone is cut to fit. Lazy: one chunk is held at a time."""
     limit = chunk_tokens * BYTES_PER_TOKEN
-    chunks: list[list[str]] = []
     current: list[str] = []
     used = 0
     for entry in entries:
@@ -197,13 +209,80 @@ def chunked(entries: Sequence[str], chunk_tokens: int) -> list[list[str]]:
             entry = entry.encode()[: limit - 16].decode(errors="ignore") + " [cut]"
         cost = estimate_tokens(entry) + 1
         if current and used + cost > chunk_tokens:
-            chunks.append(current)
+            yield current
             current, used = [], 0
         current.append(entry)
         used += cost
     if current:
-        chunks.append(current)
-    return chunks
+        yield current
+
+
+def summarised_range(
+    store: Store, session_id: str, after: int, before: int
+) -> Iterator[ChatMessage]:
+    """The visible messages with ``after < sequence < before``, oldest first, read a
+    page at a time: the range may be far longer than the cached context."""
+    while True:
+        page = read_visible(store, session_id, after=after, before=before, limit=READ_PAGE_EVENTS)
+        yield from context_messages(page)
+        if len(page) < READ_PAGE_EVENTS:
+            return
+        after = page[-1].sequence
+
+
+class SummaryTokens:
+    """The tokens a compaction's model calls used, counted like a turn's
+    ``assistant.usage``: as reported; a count the provider did not send is
+    estimated (and said to be); nothing for a provider that counts no tokens
+    and reported none."""
+
+    def __init__(self, model: str, counts_tokens: bool) -> None:
+        self._counts_tokens = counts_tokens
+        self._used = events_pb2.CompactionTokensUsed(model=model)
+        self._any = False
+
+    def add(self, usage: Usage | None, request: ChatRequest, answer: str) -> None:
+        if usage is None and not self._counts_tokens:
+            return
+        if usage is None:
+            usage = Usage(input_tokens=None, output_tokens=None)
+        used = self._used
+        if usage.input_tokens is None or usage.output_tokens is None:
+            used.estimated = True
+        used.input_tokens += (
+            sum(map(message_tokens, request.messages))
+            if usage.input_tokens is None
+            else usage.input_tokens
+        )
+        used.output_tokens += (
+            estimate_tokens(answer) if usage.output_tokens is None else usage.output_tokens
+        )
+        used.cache_read_tokens += usage.cache_read_tokens
+        used.cache_write_tokens += usage.cache_write_tokens
+        self._any = True
+
+    def used(self) -> events_pb2.CompactionTokensUsed | None:
+        """The sums (None: no call was counted)."""
+        return self._used if self._any else None
+
+
+class CountedMessages:
+    """Messages read once, lazily, counting those read; ``empty`` looks at the first
+    without losing it."""
+
+    def __init__(self, messages: Iterator[ChatMessage]) -> None:
+        self._messages = messages
+        self._first: list[ChatMessage] = []
+        self.count = 0
+
+    def empty(self) -> bool:
+        self._first = [*itertools.islice(self._messages, 1)]
+        return not self._first
+
+    def __iter__(self) -> Iterator[ChatMessage]:
+        for message in itertools.chain(self._first, self._messages):
+            self.count += 1
+            yield message
 
 
 def bounded(summary: str, tokens: int) -> str:
@@ -215,6 +294,21 @@ def bounded(summary: str, tokens: int) -> str:
     kept = data[:limit].decode(errors="ignore")
     line_end = kept.rfind("\n")
     return kept[:line_end] if line_end > limit // 2 else kept
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A compaction about to start: what it summarises and keeps, read at one point
+    of the log (``record``'s last sequence)."""
+
+    record: SessionRecord
+    route: ModelRoute
+    summary: str  # the previous summary, carried into the new one
+    older: CountedMessages  # the range to summarise, read as it goes
+    kept: list[ChatMessage]  # the latest turns, verbatim
+    before: int  # estimated tokens of the context now
+    figures: dict[str, Any]  # the start's and complete's common fields
+    start: SessionEvent
 
 
 class Compactor:
@@ -245,8 +339,9 @@ class Compactor:
         if task.cancelled():
             return
         error = task.exception()
-        if isinstance(error, NothingToCompactError):
-            # Usual when the latest turns alone fill the window; not worth a warning.
+        if isinstance(error, NothingToCompactError | CompactionInProgressError):
+            # Usual when the latest turns alone fill the window, or when another
+            # daemon compacts the session: not worth a warning.
             log.info("session %s: compaction: %s", session_id, error.message)
         elif isinstance(error, ServiceError):
             log.warning("session %s: compaction: %s", session_id, error.message)
@@ -313,28 +408,33 @@ class Compactor:
         if tasks:
             await asyncio.wait(tasks)
 
-    async def _compact(
-        self, session_id: str, trigger: Trigger.ValueType, custom_instructions: str
-    ) -> SessionEvent:
-        host = self._host
-        record = host.store.get_session(session_id)
+    def _plan(self, session_id: str, trigger: Trigger.ValueType, custom_instructions: str) -> Plan:
+        """What a compaction would summarise now, and its start event."""
+        store = self._host.store
+        record = store.get_session(session_id)
         if record is None:
             raise SessionNotFoundError(session_id)
-        settings = CompactionSettings.of(record.metadata.infinite_sessions)
-        route = host.providers.route_for(record.metadata)
         # Read from the store, not the turns' cached window: the compaction
         # runs beside turns, and an idle session's window may be dropped.
-        context = ContextWindow.load(host.store, session_id)
-        messages = list(context.messages)
-        cut = choose_cut(messages)
-        if cut == 0:
+        context = ContextWindow.load(store, session_id)
+        kept = context.messages
+        cut = choose_cut(kept)
+        # The window holds the latest 512 KiB at most: a range starting before
+        # it (a long session's first compaction) is read from the store, so the
+        # summary stands for every event up to its end.
+        up_to = kept[cut].sequence - 1 if kept else 0
+        older = CountedMessages(
+            summarised_range(store, session_id, context.summary_covers, up_to + 1)
+        )
+        if older.empty():
             raise NothingToCompactError(session_id, KEEP_RECENT_TURNS)
+        route = self._host.providers.route_for(record.metadata)
         before = context.summary_tokens + context.tokens
         figures = {
             "compaction_id": ev.new_id(),
             "trigger": trigger,
             "from_sequence": context.summary_covers + 1,
-            "up_to_sequence": messages[cut].sequence - 1,
+            "up_to_sequence": up_to,
             "custom_instructions": custom_instructions,
         }
         start = ev.make_event(
@@ -344,11 +444,30 @@ class Compactor:
             model=record.metadata.model,
             **figures,
         )
-        await host.append(session_id, [start])
-        bound = settings.summary_bound(route)
+        return Plan(record, route, context.summary, older, kept[cut:], before, figures, start)
+
+    async def _compact(
+        self, session_id: str, trigger: Trigger.ValueType, custom_instructions: str
+    ) -> SessionEvent:
+        host = self._host
+        for attempt in itertools.count(1):
+            plan = self._plan(session_id, trigger, custom_instructions)
+            try:
+                # On condition that the log is still as planned from (another
+                # daemon's start or complete since then changes the plan).
+                await append_start(host, session_id, plan.start, plan.record)
+                break
+            except SequenceConflictError:
+                if attempt == MAX_START_ATTEMPTS:
+                    raise CompactionFailedError(
+                        session_id, "its log kept changing while the compaction was starting"
+                    ) from None
+        settings = CompactionSettings.of(plan.record.metadata.infinite_sessions)
+        bound = settings.summary_bound(plan.route)
+        spent = SummaryTokens(plan.record.metadata.model, plan.route.provider.counts_tokens)
         try:
             summary, chunks = await self._summarize(
-                route, context.summary, messages[:cut], bound, custom_instructions
+                plan.route, plan.summary, plan.older, bound, custom_instructions, spent
             )
         except ProviderError as error:
             why = REDACTOR.redact(error.message)
@@ -356,33 +475,35 @@ class Compactor:
                 ev.SESSION_COMPACTION_COMPLETE,
                 success=False,
                 error=why,
-                pre_compaction_tokens=before,
-                **figures,
+                pre_compaction_tokens=plan.before,
+                compaction_tokens_used=spent.used(),
+                **plan.figures,
             )
             with contextlib.suppress(ServiceError):
                 await host.append(session_id, [failed])
             raise CompactionFailedError(
                 session_id, f"the model could not summarise: {why}"
             ) from None
-        after = estimate_tokens(summary) + sum(map(message_tokens, messages[cut:]))
+        after = estimate_tokens(summary) + sum(map(message_tokens, plan.kept))
         complete = ev.make_event(
             ev.SESSION_COMPACTION_COMPLETE,
             success=True,
-            pre_compaction_tokens=before,
+            pre_compaction_tokens=plan.before,
             post_compaction_tokens=after,
-            tokens_removed=max(0, before - after),
-            messages_removed=cut,
-            pre_compaction_messages_length=len(messages),
+            tokens_removed=max(0, plan.before - after),
+            messages_removed=plan.older.count,
+            pre_compaction_messages_length=plan.older.count + len(plan.kept),
             summary_content=summary,
             chunks=chunks,
-            **figures,
+            compaction_tokens_used=spent.used(),
+            **plan.figures,
         )
         _, stored = await host.append(session_id, [complete])
         log.info(
             "session %s: compacted %d messages (%d -> %d tokens, %d model calls)",
             session_id,
-            cut,
-            before,
+            plan.older.count,
+            plan.before,
             after,
             chunks,
         )
@@ -392,11 +513,13 @@ class Compactor:
         self,
         route: ModelRoute,
         previous: str,
-        messages: Sequence[ChatMessage],
+        messages: Iterable[ChatMessage],
         bound: int,
         custom_instructions: str,
+        spent: SummaryTokens,
     ) -> tuple[str, int]:
-        """The rolling summary of ``previous`` and ``messages``, and the model calls it took."""
+        """The rolling summary of ``previous`` and ``messages``, and the model calls it
+        took (their tokens added to ``spent`` as each call ends)."""
         instructions = SUMMARIZER_INSTRUCTIONS
         if custom_instructions:
             instructions += f"\n\nAlso: {custom_instructions}"
@@ -406,8 +529,9 @@ class Compactor:
             budget - 2 * bound - estimate_tokens(instructions) - REQUEST_OVERHEAD_TOKENS,
         )
         summary = previous
-        chunks = chunked(transcript(messages), chunk_tokens)
-        for chunk in chunks:
+        calls = 0
+        for chunk in chunked(transcript(messages), chunk_tokens):
+            calls += 1
             prompt = (
                 f"Summary so far:\n{summary or '(none)'}\n\n"
                 "Conversation to add to it:\n" + "\n".join(chunk)
@@ -418,13 +542,16 @@ class Compactor:
                 max_output_tokens=bound,
                 task="summarize",
             )
-            pieces = [
-                piece.text
-                async for piece in route.provider.stream(request)
-                if isinstance(piece, TextDelta)
-            ]
+            pieces: list[str] = []
+            usage: Usage | None = None
+            async for piece in route.provider.stream(request):
+                if isinstance(piece, TextDelta):
+                    pieces.append(piece.text)
+                elif isinstance(piece, Usage):
+                    usage = piece
             text = "".join(pieces).strip()
+            spent.add(usage, request, text)
             if not text:
                 raise ProviderError("the model answered with an empty summary")
             summary = bounded(text, bound)
-        return summary, len(chunks)
+        return summary, calls

@@ -130,6 +130,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INVALID_ARGUMENT, on ForkSession and RewindSession"""
     ERROR_REASON_TURN_RUNNING: _ErrorReason.ValueType  # 63
     """FAILED_PRECONDITION, on RewindSession"""
+    ERROR_REASON_COMPACTION_IN_PROGRESS: _ErrorReason.ValueType  # 64
+    """FAILED_PRECONDITION, on CompactSession"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed, beyond its status code. The enum value's name is sent
@@ -213,6 +215,8 @@ ERROR_REASON_SEQUENCE_REWOUND: ErrorReason.ValueType  # 62
 """INVALID_ARGUMENT, on ForkSession and RewindSession"""
 ERROR_REASON_TURN_RUNNING: ErrorReason.ValueType  # 63
 """FAILED_PRECONDITION, on RewindSession"""
+ERROR_REASON_COMPACTION_IN_PROGRESS: ErrorReason.ValueType  # 64
+"""FAILED_PRECONDITION, on CompactSession"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _SystemMessageMode:

@@ -1185,6 +1185,7 @@ class SessionCompactionStartData(_message.Message):
     FROM_SEQUENCE_FIELD_NUMBER: _builtins.int
     UP_TO_SEQUENCE_FIELD_NUMBER: _builtins.int
     CUSTOM_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    DAEMON_FIELD_NUMBER: _builtins.int
     compaction_id: _builtins.str
     trigger: Global___CompactionTrigger.ValueType
     current_tokens: _builtins.int
@@ -1198,6 +1199,11 @@ class SessionCompactionStartData(_message.Message):
     """
     up_to_sequence: _builtins.int
     custom_instructions: _builtins.str
+    daemon: _builtins.str
+    """The daemon running it, on a store shared by several daemons (its lease
+    owner: host and data directory): while this start has no complete and
+    is recent, another daemon does not start a compaction of the session.
+    """
     def __init__(
         self,
         *,
@@ -1209,10 +1215,11 @@ class SessionCompactionStartData(_message.Message):
         from_sequence: _builtins.int = ...,
         up_to_sequence: _builtins.int = ...,
         custom_instructions: _builtins.str = ...,
+        daemon: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction_id", b"compaction_id", "current_tokens", b"current_tokens", "custom_instructions", b"custom_instructions", "from_sequence", b"from_sequence", "model", b"model", "token_limit", b"token_limit", "trigger", b"trigger", "up_to_sequence", b"up_to_sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction_id", b"compaction_id", "current_tokens", b"current_tokens", "custom_instructions", b"custom_instructions", "daemon", b"daemon", "from_sequence", b"from_sequence", "model", b"model", "token_limit", b"token_limit", "trigger", b"trigger", "up_to_sequence", b"up_to_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1242,6 +1249,7 @@ class SessionCompactionCompleteData(_message.Message):
     UP_TO_SEQUENCE_FIELD_NUMBER: _builtins.int
     CHUNKS_FIELD_NUMBER: _builtins.int
     CUSTOM_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    COMPACTION_TOKENS_USED_FIELD_NUMBER: _builtins.int
     compaction_id: _builtins.str
     trigger: Global___CompactionTrigger.ValueType
     success: _builtins.bool
@@ -1268,6 +1276,13 @@ class SessionCompactionCompleteData(_message.Message):
     each fit the model's window).
     """
     custom_instructions: _builtins.str
+    @_builtins.property
+    def compaction_tokens_used(self) -> Global___CompactionTokensUsed:
+        """Tokens the summary's model calls used, summed over its chunks (also when
+        it failed after some calls). The Copilot SDK's compactionTokensUsed:
+        SessionMetadata's input_tokens and output_tokens include them.
+        """
+
     def __init__(
         self,
         *,
@@ -1285,14 +1300,54 @@ class SessionCompactionCompleteData(_message.Message):
         up_to_sequence: _builtins.int = ...,
         chunks: _builtins.int = ...,
         custom_instructions: _builtins.str = ...,
+        compaction_tokens_used: Global___CompactionTokensUsed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compaction_tokens_used", b"compaction_tokens_used"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "compaction_id", b"compaction_id", "custom_instructions", b"custom_instructions", "error", b"error", "from_sequence", b"from_sequence", "messages_removed", b"messages_removed", "post_compaction_tokens", b"post_compaction_tokens", "pre_compaction_messages_length", b"pre_compaction_messages_length", "pre_compaction_tokens", b"pre_compaction_tokens", "success", b"success", "summary_content", b"summary_content", "tokens_removed", b"tokens_removed", "trigger", b"trigger", "up_to_sequence", b"up_to_sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "compaction_id", b"compaction_id", "compaction_tokens_used", b"compaction_tokens_used", "custom_instructions", b"custom_instructions", "error", b"error", "from_sequence", b"from_sequence", "messages_removed", b"messages_removed", "post_compaction_tokens", b"post_compaction_tokens", "pre_compaction_messages_length", b"pre_compaction_messages_length", "pre_compaction_tokens", b"pre_compaction_tokens", "success", b"success", "summary_content", b"summary_content", "tokens_removed", b"tokens_removed", "trigger", b"trigger", "up_to_sequence", b"up_to_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionCompactionCompleteData: _TypeAlias = SessionCompactionCompleteData  # noqa: Y015
+
+@_typing.final
+class CompactionTokensUsed(_message.Message):
+    """Tokens a compaction's model calls used, in assistant.usage's terms."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_READ_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    input_tokens: _builtins.int
+    output_tokens: _builtins.int
+    cache_read_tokens: _builtins.int
+    cache_write_tokens: _builtins.int
+    estimated: _builtins.bool
+    """True when the provider reported no usage for a call and its counts are
+    estimates.
+    """
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        cache_read_tokens: _builtins.int = ...,
+        cache_write_tokens: _builtins.int = ...,
+        estimated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_read_tokens", b"cache_read_tokens", "cache_write_tokens", b"cache_write_tokens", "estimated", b"estimated", "input_tokens", b"input_tokens", "model", b"model", "output_tokens", b"output_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompactionTokensUsed: _TypeAlias = CompactionTokensUsed  # noqa: Y015
 
 @_typing.final
 class SessionSnapshotRewindData(_message.Message):
