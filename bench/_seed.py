@@ -124,7 +124,7 @@ def seeded(cache: Path, sizes: Sizes, log: Callable[[str], None]) -> tuple[Layou
 
 
 @functools.cache
-def _template(count: int) -> list[SessionEvent]:
+def session_template(count: int) -> list[SessionEvent]:
     """Events of a session with ``count`` events (ids and times are set per session)."""
     events = [ev.make_event(ev.SESSION_START, session_id="", model=MODEL)]
     while len(events) < count:
@@ -155,16 +155,27 @@ def _template(count: int) -> list[SessionEvent]:
     return events[:count]
 
 
-def _create(session_id: str, count: int, number: int, writer: StoreWriter) -> None:
-    events = _template(count)
-    start_ns = _start_ns(number)
+def session_events(
+    session_id: str, count: int, number: int
+) -> tuple[SessionMetadata, list[SessionEvent]]:
+    """The metadata and events of the ``number``-th seeded session, as a client would
+    have created them (the events are shared templates: use them before the next call)."""
+    events = session_template(count)
     events[0].session_start.session_id = session_id
     for position, event in enumerate(events):
         # Unique within the session, and as long as the daemon's uuid4 ids.
         event.id = f"{number:08x}-0000-4000-8000-{position:012x}"
-        event.timestamp.FromNanoseconds(start_ns + position * 1000)
-    metadata = SessionMetadata(session_id=session_id, model=MODEL)
-    writer.create_session(metadata, events)
+        event.timestamp.FromNanoseconds(event_time_ns(number, position))
+    return SessionMetadata(session_id=session_id, model=MODEL), events
+
+
+def event_time_ns(number: int, position: int) -> int:
+    """When the ``position``-th event of the ``number``-th seeded session happened."""
+    return _start_ns(number) + position * 1000
+
+
+def _create(session_id: str, count: int, number: int, writer: StoreWriter) -> None:
+    writer.create_session(*session_events(session_id, count, number))
 
 
 def _start_ns(number: int) -> int:

@@ -13,6 +13,13 @@ The benchmarks, each on a daemon of its own (temp socket, temp data dir):
 * ``durable``: durable turns from 16 client processes: throughput, p50/p99
   latency and each process's share, copilotd and the baseline alternating.
 * ``cold``: a client process's start to its first answered call.
+* ``postgres`` (full mode, or by name): the PostgreSQL store on a private
+  cluster: resume, listing and the other probes at 100,000 sessions, and
+  durable turns through one and two daemons next to LMDB's
+  (``bench/_pg.py``).
+* ``search-large`` (by name only): search latency and index size at
+  100,000 sessions / 10 million events and at a tenth of that
+  (``bench/_search_large.py``).
 
 The ``store`` benchmark also times search across sessions: the index built
 from the seeded log (by the daemon's catch-up, before it starts), its size,
@@ -40,7 +47,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import _baseline, _coldfloor, _ours, _profile, _report, _search, _seed, _slots
+from bench import (
+    _baseline,
+    _coldfloor,
+    _ours,
+    _pg,
+    _profile,
+    _report,
+    _report_more,
+    _search,
+    _search_large,
+    _seed,
+    _slots,
+)
 from bench._daemon import PURGED, BenchDaemon
 from bench._procs import CpuSampler, Timed, latency_summary, run_processes, shared_event, split
 from bench._sizes import MODES, Sizes
@@ -48,7 +67,17 @@ from tests.support.autostart import wait_gone
 from tests.support.daemon_process import own_config_env, short_temp_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("store", "turns", "durable", "cold")
+BENCHMARKS = ("store", "turns", "durable", "cold", "postgres", "search-large")
+# What runs when ``--only`` is not given: the heavy benchmarks only in full mode
+# or by name. A new benchmark (the fork row of issue 15, ``fork``: fork cost
+# from 10 to 100,000 events, once ``fork_session`` exists) is a name here, a
+# ``bench_*`` function called in ``run`` whose results go under a key of
+# their own, and its rows in ``bench/_report_more.py``.
+DEFAULT_BENCHMARKS = {
+    "full": ("store", "turns", "durable", "cold", "postgres"),
+    "quick": ("store", "turns", "durable", "cold"),
+    "tiny": ("store", "turns", "durable", "cold"),
+}
 FIRST_TURNS = 3
 # Longest wait for a deleted session's events to be purged.
 PURGE_TIMEOUT = 120.0
@@ -415,6 +444,12 @@ def run(
             results["durable"] = bench_durable(root, sizes)
         if "cold" in only:
             results["cold_start"] = bench_cold(root, sizes)
+        if "postgres" in only:
+            results["postgres"] = _pg.bench_postgres(root, sizes, log)
+        if "search-large" in only:
+            results["search_large"] = _search_large.bench_search_large(
+                root, sizes, seed_cache or root / "seed", log
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     results["seconds"] = time.monotonic() - began
@@ -440,6 +475,7 @@ def render(results: dict[str, Any]) -> str:
         _report.reference_table(results),
         _report.profile_table(results),
         _report.cold_parts_table(results),
+        *_report_more.tables(results),
     ]
     return "\n\n".join(text for text in tables if text).strip()
 
@@ -460,8 +496,8 @@ def main(argv: list[str] | None = None) -> None:
         "--only",
         nargs="+",
         choices=BENCHMARKS,
-        default=list(BENCHMARKS),
-        help="run only these benchmarks",
+        help="run only these benchmarks (default: all but postgres and search-large; "
+        "full mode adds postgres)",
     )
     parser.add_argument(
         "--seed-cache",
@@ -490,4 +526,5 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         print(render(json.loads(args.report.read_text())))
         return
-    run(MODES[args.mode], tuple(args.only), args.seed_cache, args.out, args.profile)
+    only = tuple(args.only or DEFAULT_BENCHMARKS[args.mode])
+    run(MODES[args.mode], only, args.seed_cache, args.out, args.profile)
