@@ -132,8 +132,8 @@ def postgres_durable_table(durable: dict[str, Any]) -> str:
         cpu = f"{_ms(daemon)}" + (f" + {_ms(server)}" if server is not None else "")
         cpu += f" + {_ms(run['client_cpu_ms_per_operation'])}"
         commits = durable["group_commit"].get(key)
-        if isinstance(commits, list):  # two daemons: the first one's log
-            commits = commits[0]
+        if isinstance(commits, list):  # two daemons: their logs added up
+            commits = _added(commits)
         rows.append(
             [
                 label,
@@ -155,6 +155,20 @@ def postgres_durable_table(durable: dict[str, Any]) -> str:
         "writes per durable transaction",
     ]
     return table(header, rows)
+
+
+def _added(logs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Two daemons' group-commit figures as one."""
+    if not all("transactions" in log for log in logs):
+        return {}
+    operations = sum(log["operations"] for log in logs)
+    transactions = sum(log["transactions"] for log in logs)
+    return {
+        "operations": operations,
+        "transactions": transactions,
+        "largest_batch": max(log["largest_batch"] for log in logs),
+        "operations_per_transaction": operations / max(1, transactions),
+    }
 
 
 def postgres_per_turn_table(durable: dict[str, Any]) -> str:

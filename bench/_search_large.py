@@ -64,6 +64,7 @@ def _one_size(root: Path, cache: Path, sizes: Sizes, log: Callable[[str], None])
         daemon.stop()
     log(f"search-large: {layout.total_events:,} events: a turn's indexing on the full index")
     figures["turn_cost"] = _search.turn_cost(daemon.data_dir / INDEX_FILE_NAME)
+    shutil.rmtree(root, ignore_errors=True)  # a copy of the store and index: gigabytes
     return {
         "sessions": layout.total_sessions,
         "events": layout.total_events,

@@ -477,7 +477,8 @@ def render(results: dict[str, Any]) -> str:
         _report.cold_parts_table(results),
         *_report_more.tables(results),
     ]
-    return "\n\n".join(text for text in tables if text).strip()
+    # A table with no rows (its benchmarks did not run) is left out.
+    return "\n\n".join(text for text in tables if text.count("\n") > 1).strip()
 
 
 def main(argv: list[str] | None = None) -> None:
