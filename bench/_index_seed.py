@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench._seed import Layout, event_time_ns, session_template
+from bench._seed import Layout, session_template
 from copilotd.search import INDEX_FILE_NAME
 from copilotd.search.index import SearchIndex, searchable_text
 
@@ -83,7 +83,7 @@ def _batches(layout: Layout) -> Iterator[list[tuple[int, str, int, str, int, str
             indexed = positions[count] = _indexed_positions(count)
         for position, kind, text in indexed:
             batch.append(
-                (next_id, session_id, position + 1, kind, event_time_ns(number, position), text)
+                (next_id, session_id, position + 1, kind, layout.time_ns(number, position), text)
             )
             next_id += 1
         if len(batch) >= ROWS_PER_TRANSACTION:

@@ -77,6 +77,7 @@ def layout(sizes: Sizes) -> _seed.Layout:
         sizes_name=sizes.name,
         total_sessions=full.total_sessions,
         total_events=resumed + full.filler_sessions * sizes.pg_filler_events,
+        start_ns=full.start_ns,
     )
 
 

@@ -44,7 +44,7 @@ def seed_postgres(dsn: str, layout: Layout) -> float:
             copy.set_types(_EVENT_TYPES)
             for number, (session_id, count) in enumerate(layout.sessions()):
                 log_number = number + 1
-                metadata, events = session_events(session_id, count, number)
+                metadata, events = session_events(layout, session_id, count, number)
                 record, stored = records.new_record(metadata, log_number, events)
                 for event in stored:
                     raw = event.SerializeToString()
