@@ -59,8 +59,11 @@ async def _probe(socket: str, pings: bool) -> dict[str, Any]:
     async with CopilotClient(socket_path=socket, auto_start=False) as client:
         figures: dict[str, Any] = {}
 
+        hits: dict[str, int] = {}
+
         async def search(query: str) -> None:
-            await client.search_sessions(query, page_size=20, timeout=math.inf)
+            page = await client.search_sessions(query, page_size=20, timeout=math.inf)
+            hits[query] = len(page.hits)
 
         kinds: list[tuple[str, Callable[[], Awaitable[object]], int]] = [
             ("rare", functools.partial(search, RARE_QUERY), RARE_SEARCHES),
@@ -75,6 +78,8 @@ async def _probe(socket: str, pings: bool) -> dict[str, Any]:
                 await operation()
                 seconds.append(time.perf_counter() - began)
             figures[name] = latency_summary(seconds)
+        # What the first page held: a search that finds nothing is no figure.
+        figures["hits"] = {"rare": hits[RARE_QUERY], "common": hits[COMMON_QUERY]}
         return figures
 
 
