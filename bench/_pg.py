@@ -24,11 +24,13 @@ loaded, so that what a turn asks of the server can be counted. Without
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
 import time
 from collections.abc import Callable
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,7 +40,7 @@ from bench import _ours, _seed, _slots
 from bench._daemon import BenchDaemon
 from bench._index_seed import seed_index
 from bench._pg_seed import seed_postgres
-from bench._procs import CpuSampler, Timed, latency_summary, run_processes
+from bench._procs import CpuSampler, Timed, latency_summary, run_processes, wait_at
 from bench._sizes import Sizes
 from tests.support.postgres import (
     DURABLE_SETTINGS,
@@ -105,7 +107,8 @@ def bench_postgres(root: Path, sizes: Sizes, log: Callable[[str], None]) -> dict
 def _store(
     root: Path, cluster: PostgresCluster, sizes: Sizes, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    dsn = cluster.dsn(cluster.create_database())
+    database = cluster.create_database()
+    dsn = cluster.dsn(database)
     seeded = layout(sizes)
     log(f"postgres: seeding {seeded.total_sessions:,} sessions / {seeded.total_events:,} events")
     seed_seconds = seed_postgres(dsn, seeded)
@@ -129,6 +132,8 @@ def _store(
         }
         (probe,) = run_processes([(_ours.probe_worker, params)])
         memory = daemon.memory_mb()
+        largest = seeded.resume_ids[str(max(map(int, seeded.resume_ids)))]
+        per_resume = resume_statements(cluster, database, daemon.socket, largest, sizes.calls)
     finally:
         group_commit = daemon.stop()
     return {
@@ -138,6 +143,7 @@ def _store(
         "seed_seconds": seed_seconds,
         "copilotd": probe.extra,
         "server": floors,
+        "per_resume": per_resume,
         "memory": memory,
         "group_commit": group_commit,
     }
@@ -258,25 +264,36 @@ def reset_statistics(cluster: PostgresCluster) -> None:
         connection.execute("SELECT pg_stat_statements_reset(), pg_stat_reset_shared('wal')")
 
 
+def statements_per(
+    connection: psycopg.Connection[Any], database: str, operations: int
+) -> dict[str, float]:
+    """Statements the server ran on ``database`` since the statistics were reset, by
+    kind (``STATEMENT_KINDS``), per operation."""
+    counted: dict[str, float] = {}
+    rows = connection.execute(
+        "SELECT s.query, s.calls FROM pg_stat_statements s"
+        " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s",
+        (database,),
+    ).fetchall()
+    for query, calls in rows:
+        what = next((k for k, mark in STATEMENT_KINDS if mark in query), "other")
+        counted[what] = counted.get(what, 0) + calls / operations
+    counted["all"] = sum(calls for _, calls in rows) / operations
+    return counted
+
+
 def per_turn(
     cluster: PostgresCluster, databases: dict[str, str], turns: dict[str, int]
 ) -> dict[str, Any]:
-    """Statements by kind and transactions per turn on each database, and WAL syncs per
-    turn over both (read after the daemons stopped, when their statistics are flushed)."""
+    """Statements by kind per turn on each database, and WAL syncs per turn over both
+    (read after the daemons stopped, when their statistics are flushed)."""
     figures: dict[str, Any] = {}
     with cluster.admin() as connection:
         for kind, name in databases.items():
-            counted: dict[str, float] = {}
-            rows = connection.execute(
-                "SELECT s.query, s.calls FROM pg_stat_statements s"
-                " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s",
-                (name,),
-            ).fetchall()
-            for query, calls in rows:
-                what = next((k for k, mark in STATEMENT_KINDS if mark in query), "other")
-                counted[what] = counted.get(what, 0) + calls / turns[kind]
-            counted["all"] = sum(calls for _, calls in rows) / turns[kind]
-            figures[kind] = {"turns": turns[kind], "statements": counted}
+            figures[kind] = {
+                "turns": turns[kind],
+                "statements": statements_per(connection, name, turns[kind]),
+            }
         wal = connection.execute(
             "SELECT wal_sync, wal_write, wal_bytes FROM pg_stat_wal"
         ).fetchone()
@@ -286,6 +303,30 @@ def per_turn(
         figures["wal_writes"] = wal[1] / pg_turns
         figures["wal_bytes"] = float(wal[2]) / pg_turns
     return figures
+
+
+async def _resumes(params: dict[str, Any], barrier: Barrier) -> Timed:
+    client = await _ours.connect(params["socket"])
+    started = await asyncio.to_thread(wait_at, barrier)
+    for number in range(params["calls"]):
+        session = await client.resume_session(params["ids"][number % len(params["ids"])])
+        await session.destroy()
+    await client.stop()
+    return Timed(started=started, deadline=time.monotonic())
+
+
+def resume_worker(params: dict[str, Any], barrier: Barrier) -> Timed:
+    return asyncio.run(_resumes(params, barrier))
+
+
+def resume_statements(
+    cluster: PostgresCluster, database: str, socket: str, ids: list[str], calls: int
+) -> dict[str, float]:
+    """What one resume (of the sessions ``ids``) asks of the server, by kind."""
+    reset_statistics(cluster)
+    run_processes([(resume_worker, {"socket": socket, "ids": ids, "calls": calls})])
+    with cluster.admin() as connection:
+        return statements_per(connection, database, calls)
 
 
 def server_cpu_seconds(cluster: PostgresCluster) -> float:

@@ -82,6 +82,18 @@ def postgres_store_table(postgres: dict[str, Any], lmdb: dict[str, Any] | None) 
             "—",
         ]
     )
+    per_resume = store.get("per_resume")
+    if per_resume:
+        kinds = ", ".join(
+            f"{kind} {count:.1f}" for kind, count in sorted(per_resume.items()) if kind != "all"
+        )
+        rows.append(
+            [
+                "statements the server runs per resume",
+                f"{per_resume['all']:.1f} ({kinds})",
+                "—",
+            ]
+        )
     title = (
         f"PostgreSQL {postgres['server_version']} store: {store['sessions']:,} sessions / "
         f"{store['events']:,} events (seeded by COPY in {store['seed_seconds']:.0f} s)"
