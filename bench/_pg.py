@@ -127,7 +127,7 @@ def _store(
             "resume_ids": seeded.resume_ids,
             "calls": sizes.calls,
             "full_listings": sizes.full_listings,
-            "first_turns": 3,
+            "first_turns": _ours.FIRST_TURNS,
             "prompt_bytes": sizes.prompt_bytes,
         }
         (probe,) = run_processes([(_ours.probe_worker, params)])

@@ -78,7 +78,6 @@ DEFAULT_BENCHMARKS = {
     "quick": ("store", "turns", "durable", "cold"),
     "tiny": ("store", "turns", "durable", "cold"),
 }
-FIRST_TURNS = 3
 # Longest wait for a deleted session's events to be purged.
 PURGE_TIMEOUT = 120.0
 
@@ -104,7 +103,7 @@ def bench_store(root: Path, sizes: Sizes, seed_cache: Path) -> dict[str, Any]:
             "resume_ids": layout.resume_ids,
             "calls": sizes.calls,
             "full_listings": sizes.full_listings,
-            "first_turns": FIRST_TURNS,
+            "first_turns": _ours.FIRST_TURNS,
             "prompt_bytes": sizes.prompt_bytes,
         }
         log("store: copilotd probes (ping, resume, list, create, first turns)")
