@@ -18,7 +18,8 @@ from bench import _pg, _slots
 from bench._search_large import SMALLER
 from bench._seed import plan
 from bench._sizes import TINY
-from tests.support.postgres import unavailable
+from bench.run import render
+from tests.support.postgres import PostgresUnavailable, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,3 +116,17 @@ def test_the_postgresql_and_large_search_benchmarks_run_by_name(tmp_path: Path) 
         assert run["index_rows"] > 0 and run["index_bytes"] > 0
         assert run["turn_cost"]["n"] > 0
     assert "| search: sessions / events |" in result.stdout
+
+
+def test_without_postgresql_its_rows_are_skipped_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_server(settings: tuple[str, ...]) -> None:
+        raise PostgresUnavailable("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
+
+    monkeypatch.setattr(_pg, "start_cluster", no_server)
+    results = {"postgres": _pg.bench_postgres(tmp_path, TINY, lambda message: None)}
+    reason = "PostgreSQL's server programs (initdb, pg_ctl) are not installed"
+    assert results["postgres"] == {"skipped": reason}
+    assert f"PostgreSQL rows skipped: {reason}" in capsys.readouterr().out
+    assert f"| skipped: {reason} |" in render(results)
