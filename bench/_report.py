@@ -111,6 +111,9 @@ def side_by_side(results: dict[str, Any]) -> str:
         search = store.get("search")
         if search:
             rows.extend(_search_rows(search, sessions))
+        compaction = store.get("compaction")
+        if compaction:  # runs before 2026-12-01 had none
+            rows.extend(_compaction_rows(compaction))
         memory = store["memory"]
         rows.append(
             [
@@ -341,6 +344,25 @@ def targets(results: dict[str, Any]) -> list[Target]:
 def target_table(found: list[Target]) -> str:
     rows = [[t.name, f"{t.ratio:.2f}x", t.bound, "met" if t.met else "**missed**"] for t in found]
     return table(["target", "measured", "bound", ""], rows)
+
+
+def _compaction_rows(compaction: dict[str, Any]) -> list[list[str]]:
+    events = f"{compaction['session_events']:,}"
+    return [
+        [
+            f"model context of a {events}-event session, loaded (in-process): "
+            "without a compaction / after one",
+            f"{_lat(compaction['plain_load'])} ({compaction['plain_messages']:,} messages) / "
+            f"{_lat(compaction['compacted_load'])} ({compaction['compacted_messages']} messages)",
+            "—",
+        ],
+        [
+            "a compaction's own work besides its model calls (range, transcript, chunks "
+            "of a full window)",
+            _lat(compaction["work"]),
+            "—",
+        ],
+    ]
 
 
 def _search_rows(search: dict[str, Any], sessions: str) -> list[list[str]]:

@@ -13,6 +13,8 @@ The benchmarks, each on a daemon of its own (temp socket, temp data dir):
 * ``durable``: durable turns from 16 client processes: throughput, p50/p99
   latency and each process's share, copilotd and the baseline alternating.
 * ``cold``: a client process's start to its first answered call.
+* ``fork``: ``ForkSession`` on a session of 10 events and on one of 100,000
+  (``bench/_fork.py``), beside a bare ping.
 * ``postgres`` (full mode, or by name): the PostgreSQL store on a private
   cluster: resume, listing and the other probes at 100,000 sessions, and
   durable turns through one and two daemons next to LMDB's
@@ -24,7 +26,9 @@ The benchmarks, each on a daemon of its own (temp socket, temp data dir):
 The ``store`` benchmark also times search across sessions: the index built
 from the seeded log (by the daemon's catch-up, before it starts), its size,
 a search for a word in every message and for one in none, and the indexing
-work a turn adds (in-process).
+work a turn adds (in-process); and compaction (``bench/_compaction.py``,
+in-process): a long session's context loaded with and without a compaction,
+and the daemon's own work for one compaction.
 
 Each is run for copilotd and for the baseline (``bench/_baseline.py``) in the
 same run, from the same number of processes.
@@ -50,6 +54,8 @@ from typing import Any
 from bench import (
     _baseline,
     _coldfloor,
+    _compaction,
+    _fork,
     _ours,
     _pg,
     _profile,
@@ -67,16 +73,14 @@ from tests.support.autostart import wait_gone
 from tests.support.daemon_process import own_config_env, short_temp_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("store", "turns", "durable", "cold", "postgres", "search-large")
+BENCHMARKS = ("store", "turns", "durable", "cold", "fork", "postgres", "search-large")
 # What runs when ``--only`` is not given: the heavy benchmarks only in full mode
-# or by name. A new benchmark (the fork row of issue 15, ``fork``: fork cost
-# from 10 to 100,000 events, once ``fork_session`` exists) is a name here, a
-# ``bench_*`` function called in ``run`` whose results go under a key of
-# their own, and its rows in ``bench/_report_more.py``.
+# or by name. A new benchmark is a name here, a function called in ``run``
+# whose results go under a key of their own, and a table in ``render``.
 DEFAULT_BENCHMARKS = {
-    "full": ("store", "turns", "durable", "cold", "postgres"),
-    "quick": ("store", "turns", "durable", "cold"),
-    "tiny": ("store", "turns", "durable", "cold"),
+    "full": ("store", "turns", "durable", "cold", "fork", "postgres"),
+    "quick": ("store", "turns", "durable", "cold", "fork"),
+    "tiny": ("store", "turns", "durable", "cold", "fork"),
 }
 # Longest wait for a deleted session's events to be purged.
 PURGE_TIMEOUT = 120.0
@@ -128,6 +132,7 @@ def bench_store(root: Path, sizes: Sizes, seed_cache: Path) -> dict[str, Any]:
         "memory": memory,
         "group_commit": group_commit,
         "search": {**search, "turn_cost": _search.turn_cost()},
+        "compaction": _compaction.cost(),
     }
 
 
@@ -449,6 +454,8 @@ def run(
             results["search_large"] = _search_large.bench_search_large(
                 root, sizes, seed_cache or root / "seed", log
             )
+        if "fork" in only:
+            results["fork"] = _fork.bench_fork(root, sizes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     results["seconds"] = time.monotonic() - began
@@ -475,6 +482,7 @@ def render(results: dict[str, Any]) -> str:
         _report.profile_table(results),
         _report.cold_parts_table(results),
         *_report_more.tables(results),
+        _fork.fork_table(results),
     ]
     # A table with no rows (its benchmarks did not run) is left out.
     return "\n\n".join(text for text in tables if text.count("\n") > 1).strip()

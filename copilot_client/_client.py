@@ -12,6 +12,8 @@ from types import TracebackType
 from typing import Any, Self, overload
 
 from . import _autostart
+from ._branching import fork_session
+from ._compaction import InfiniteSessionConfig
 from ._errors import (
     CopilotError,
     DaemonTimeoutError,
@@ -22,16 +24,11 @@ from ._history import read_events
 from ._lifecycle import LifecycleHandler, LifecycleWatch
 from ._models import ModelInfo, ProviderConfig
 from ._permissions import PermissionHandlerFunc
+from ._search import search_sessions
 from ._session import CopilotSession
+from ._session_events import SessionEvent
 from ._tools import Tool
-from ._types import (
-    SearchHit,
-    SearchPage,
-    SessionConfig,
-    SessionEvent,
-    SessionListPage,
-    SessionMetadata,
-)
+from ._types import SearchPage, SessionConfig, SessionListPage, SessionMetadata
 from .paths import MAX_SOCKET_PATH_BYTES, resolve_data_dir, resolve_socket_path
 from .proto.admin.v1 import admin_pb2, admin_pb2_grpc
 from .proto.v1 import copilot_pb2, copilot_pb2_grpc
@@ -283,11 +280,12 @@ class CopilotClient:
         response = await self._transport.call(
             stub.CreateSession, request, deadline=per_call(timeout)
         )
-        return self._track(
+        session = self._track(
             SessionMetadata.from_proto(response.session),
             tools=config.tools,
             on_permission_request=config.on_permission_request,
         )
+        return await session.attached_if_holding_tools()
 
     async def resume_session(
         self,
@@ -298,26 +296,33 @@ class CopilotClient:
         tools: Sequence[Tool] | None = None,
         on_permission_request: PermissionHandlerFunc | None = None,
         continue_pending_work: bool = False,
+        infinite_sessions: InfiniteSessionConfig | Mapping[str, Any] | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> CopilotSession:
         """Resumes an existing session (recorded as a ``session.resume`` event).
 
         Args:
             session_id: The session's id.
-            config: As in the Copilot SDK; only its ``provider`` is used: the
-                session keeps the model and system message it was created with.
+            config: As in the Copilot SDK; only its ``provider``, ``tools`` and
+                ``infinite_sessions`` are used: the session keeps the model and
+                system message it was created with.
             provider: The session's own provider, again (its secret is not
                 stored, so a session created with one needs it after every
                 daemon restart). Overrides ``config``'s.
             tools: The session's tools from now on (``None``: ``config``'s,
-                else those it has); this handle runs those with a handler.
+                else those it has); this handle runs those with a handler:
+                it attaches with them before returning, and the daemon sends
+                it calls of them (each call to one attached client).
             on_permission_request: Decides the permission requests of the
                 tools this handle declared without ``skip_permission``
                 (``None``: ``config``'s; none at all denies them).
-            continue_pending_work: True hands the tool calls waiting for a
-                result or a permission decision to this handle's handlers; False (the default, as in
-                the Copilot SDK) closes them with the result "interrupted: no
-                client answered", so the turn goes on.
+            continue_pending_work: True keeps the tool calls waiting for a
+                result or a permission decision open: those no attached
+                client has are sent to this handle's handlers. False (the
+                default, as in the Copilot SDK) closes them with the result
+                "interrupted: no client answered", so the turn goes on.
+            infinite_sessions: New compaction settings (``None``: ``config``'s,
+                else those the session has).
             timeout: Seconds the call may take; default the client's ``timeout``.
 
         On a full store the session is resumed without its ``session.resume``
@@ -342,6 +347,11 @@ class CopilotClient:
             request.tools.extend(tool.to_proto() for tool in tools)
             request.replace_tools = True
         request.continue_pending_work = continue_pending_work
+        if infinite_sessions is None and isinstance(config, SessionConfig):
+            infinite_sessions = config.infinite_sessions
+        if infinite_sessions is not None:
+            infinite = InfiniteSessionConfig.coerce(infinite_sessions)
+            request.infinite_sessions.CopyFrom(infinite.to_proto())
         stub = await self._stub()
         response = await self._transport.call(
             stub.ResumeSession, request, deadline=per_call(timeout)
@@ -355,9 +365,7 @@ class CopilotClient:
             tools=tools or (),
             on_permission_request=on_permission_request,
         )
-        if continue_pending_work and tools:
-            await session._take_pending_work()
-        return session
+        return await session.attached_if_holding_tools()
 
     def _track(
         self,
@@ -434,6 +442,7 @@ class CopilotClient:
         session_id_prefix: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        include_rewound: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> SearchPage:
         """One page of the events, across all sessions, whose text matches ``query``.
@@ -453,25 +462,20 @@ class CopilotClient:
             session_id_prefix: Only sessions whose id starts with this.
             since: Only events at or after this time (an aware datetime).
             until: Only events before this time.
+            include_rewound: Also find events cut by rewinds (``hit.rewound``).
             timeout: Seconds the call may take; default the client's ``timeout``.
         """
-        request = copilot_pb2.SearchSessionsRequest(
-            query=query,
-            page_size=page_size,
-            page_token=page_token or "",
-            session_id_prefix=session_id_prefix or "",
-        )
-        if since is not None:
-            request.since.FromDatetime(since)
-        if until is not None:
-            request.until.FromDatetime(until)
-        stub = await self._stub()
-        response = await self._transport.call(
-            stub.SearchSessions, request, deadline=per_call(timeout)
-        )
-        return SearchPage(
-            hits=[SearchHit.from_proto(hit) for hit in response.hits],
-            next_page_token=response.next_page_token or None,
+        await self._stub()
+        return await search_sessions(
+            self._transport,
+            query,
+            page_size,
+            page_token,
+            session_id_prefix=session_id_prefix,
+            since=since,
+            until=until,
+            include_rewound=include_rewound,
+            deadline=per_call(timeout),
         )
 
     async def get_session_metadata(
@@ -506,12 +510,32 @@ class CopilotClient:
         stub = await self._stub()
         await self._transport.call(stub.DeleteSession, request, deadline=per_call(timeout))
 
+    async def fork_session(
+        self,
+        source_session_id: str,
+        new_session_id: str | None = None,
+        up_to_sequence: int | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> SessionMetadata:
+        """A new session whose history is the source's up to ``up_to_sequence`` (``None``:
+        its last event), made without copying it; resume it to talk to it.
+
+        Raises ``SessionExistsError`` for a taken ``new_session_id``, and an
+        :class:`InvalidPointError` for a point inside a turn or a tool call, rewound,
+        or out of range.
+        """
+        await self._stub()
+        fork = (source_session_id, new_session_id, up_to_sequence)
+        return await fork_session(self._transport, *fork, deadline=per_call(timeout))
+
     async def get_messages(
         self,
         session_id: str,
         *,
         after_sequence: int = 0,
         limit: int | None = None,
+        include_rewound: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> list[SessionEvent]:
         """A session's persisted events, oldest first, without resuming it.
@@ -525,6 +549,7 @@ class CopilotClient:
             session_id: The session's id.
             after_sequence: Only events with a greater sequence number.
             limit: At most this many events; ``None`` for all.
+            include_rewound: Also the events rewinds cut (for audit).
             timeout: Seconds each page's call may take; default the client's ``timeout``.
 
         Raises:
@@ -537,6 +562,7 @@ class CopilotClient:
             after_sequence=after_sequence,
             limit=limit,
             deadline=per_call(timeout),
+            include_rewound=include_rewound,
         )
 
     async def pin_session(self, session_id: str, pinned: bool = True) -> SessionMetadata:

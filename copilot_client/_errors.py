@@ -12,17 +12,26 @@ The tree::
     │   ├── ToolCallAnsweredError         reason TOOL_CALL_ANSWERED (ALREADY_EXISTS)
     │   │   └── PermissionAnsweredError   reason PERMISSION_ANSWERED
     │   ├── InvalidArgumentError          INVALID_ARGUMENT
-    │   │   └── InvalidImportError        reason INVALID_IMPORT
+    │   │   ├── InvalidImportError        reason INVALID_IMPORT
+    │   │   └── InvalidPointError         a fork point or rewind target
+    │   │       ├── PointInsideTurnError  reason POINT_INSIDE_TURN
+    │   │       │   └── PointInsideToolCallError  reason POINT_INSIDE_TOOL_CALL
+    │   │       ├── SequenceOutOfRangeError  reason SEQUENCE_OUT_OF_RANGE
+    │   │       └── SequenceRewoundError  reason SEQUENCE_REWOUND
     │   ├── FailedPreconditionError       FAILED_PRECONDITION
     │   │   ├── SequenceConflictError     reason SEQUENCE_CONFLICT
     │   │   ├── ProviderSecretRequiredError  reason PROVIDER_SECRET_REQUIRED
     │   │   ├── BackupUnsupportedError    reason BACKUP_UNSUPPORTED
-    │   │   └── NoRetentionPolicyError    reason NO_RETENTION_POLICY
+    │   │   ├── NoRetentionPolicyError    reason NO_RETENTION_POLICY
+    │   │   ├── NothingToCompactError     reason NOTHING_TO_COMPACT
+    │   │   └── TurnRunningError          reason TURN_RUNNING
+    │   ├── CompactionFailedError         reason COMPACTION_FAILED (UNAVAILABLE)
     │   ├── ResourceExhaustedError        RESOURCE_EXHAUSTED
     │   │   └── SubscriberTooSlowError    reason SUBSCRIBER_TOO_SLOW
     │   ├── UnauthenticatedError          UNAUTHENTICATED (TCP without the right token)
     │   └── DaemonUnavailableError        UNAVAILABLE, or the daemon cannot be reached
-    │       └── DaemonTimeoutError        DEADLINE_EXCEEDED (also a TimeoutError)
+    │       ├── DaemonTimeoutError        DEADLINE_EXCEEDED (also a TimeoutError)
+    │       └── TurnHolderUnreachableError  reason TURN_HOLDER_UNREACHABLE
     ├── UntrustedSocketError              the socket or its folder is not this user's alone
     └── SessionFailedError                a turn reported ``session.error``
 
@@ -38,28 +47,36 @@ from typing import TYPE_CHECKING
 import grpc
 
 if TYPE_CHECKING:
-    from ._types import SessionEvent
+    from ._session_events import SessionEvent
 
 __all__ = [
     "BackupUnsupportedError",
+    "CompactionFailedError",
     "CopilotError",
     "DaemonTimeoutError",
     "DaemonUnavailableError",
     "FailedPreconditionError",
     "InvalidArgumentError",
     "InvalidImportError",
+    "InvalidPointError",
     "MessageAlreadyAnsweredError",
     "NoRetentionPolicyError",
+    "NothingToCompactError",
     "PermissionAnsweredError",
+    "PointInsideToolCallError",
+    "PointInsideTurnError",
     "ProviderSecretRequiredError",
     "RPCError",
     "ResourceExhaustedError",
     "SequenceConflictError",
+    "SequenceOutOfRangeError",
+    "SequenceRewoundError",
     "SessionExistsError",
     "SessionFailedError",
     "SessionNotFoundError",
     "SubscriberTooSlowError",
     "ToolCallAnsweredError",
+    "TurnRunningError",
     "UnauthenticatedError",
     "UnknownPermissionRequestError",
     "UnknownToolCallError",
@@ -133,8 +150,33 @@ class InvalidImportError(InvalidArgumentError):
     """An imported history is not complete and in order; the message says where."""
 
 
+class InvalidPointError(InvalidArgumentError):
+    """A fork point or rewind target the conversation cannot go on from."""
+
+
+class PointInsideTurnError(InvalidPointError):
+    """The point is inside a turn (after its user message, before its end)."""
+
+
+class PointInsideToolCallError(PointInsideTurnError):
+    """The point is between a tool call and its result (or a permission request
+    and its decision)."""
+
+
+class SequenceOutOfRangeError(InvalidPointError):
+    """No event of the session has that sequence (or a rewind to it cuts nothing)."""
+
+
+class SequenceRewoundError(InvalidPointError):
+    """The event at that sequence was cut by a rewind."""
+
+
 class FailedPreconditionError(RPCError):
     """The session is not in a state that allows the call."""
+
+
+class TurnRunningError(FailedPreconditionError):
+    """The session runs a turn; rewind with ``abort_turn=True`` to abort it first."""
 
 
 class SequenceConflictError(FailedPreconditionError):
@@ -159,6 +201,15 @@ class BackupUnsupportedError(FailedPreconditionError):
 
 class NoRetentionPolicyError(FailedPreconditionError):
     """A prune gave no rule and the daemon has no ``[retention]`` policy configured."""
+
+
+class NothingToCompactError(FailedPreconditionError):
+    """``session.compact()`` found nothing to summarise: the model already sees
+    only the summary and the latest turns, which always go to it verbatim."""
+
+
+class CompactionFailedError(RPCError):
+    """The model could not summarise the session; its context is as it was before."""
 
 
 class ResourceExhaustedError(RPCError):
@@ -200,6 +251,12 @@ class DaemonTimeoutError(DaemonUnavailableError, TimeoutError):
     ``timeout``, or the call's own): it is frozen (a stopped process), stuck,
     or overloaded. Also a built-in ``TimeoutError``. Whether a call that
     timed out took effect is unknown: read before retrying a write."""
+
+
+class TurnHolderUnreachableError(DaemonUnavailableError):
+    """Several daemons share one store, and the one running the session's turn did
+    not act on this call in time (it is stuck, or died and its lease has not
+    expired yet). The call was withdrawn and changed nothing: try it again."""
 
 
 class UntrustedSocketError(CopilotError):

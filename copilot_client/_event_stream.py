@@ -21,7 +21,8 @@ from ._errors import (
     SubscriberTooSlowError,
 )
 from ._history import stream_stopped_event
-from ._types import SessionEvent, SessionEventType
+from ._session_events import SessionEvent, SessionEventType
+from .proto.v1 import copilot_pb2
 from .service import ServiceClient
 
 logger = logging.getLogger("copilot_client")
@@ -76,8 +77,12 @@ class EventStream:
         session_id: str,
         last_sequence: int,
         check_usable: Callable[[], None],
+        tool_client: Callable[[], copilot_pb2.ToolClient] | None = None,
     ) -> None:
         self._transport = transport
+        # What this session handle attaches with, asked again on every
+        # re-attach (the calls it runs change).
+        self._tool_client = tool_client
         self._session_id = session_id
         # Says why a stream that would not go live cannot (destroyed, deleted).
         self._check_usable = check_usable
@@ -132,7 +137,11 @@ class EventStream:
         failures = 0
         while True:
             try:
-                stream = self._transport.stream_events(self._session_id, self.last_sequence)
+                stream = self._transport.stream_events(
+                    self._session_id,
+                    self.last_sequence,
+                    self._tool_client() if self._tool_client is not None else None,
+                )
                 async with aclosing(stream):
                     async for response in stream:
                         failures = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from ._types import SessionEvent, SessionEventType
+from ._session_events import SessionEvent, SessionEventType
 from .proto.v1 import copilot_pb2, events_pb2
 from .service import ServiceClient, UseCallTimeout
 
@@ -23,6 +23,7 @@ async def read_events(
     after_sequence: int,
     limit: int | None,
     deadline: float | UseCallTimeout | None,
+    include_rewound: bool = False,
 ) -> list[SessionEvent]:
     """A session's persisted events after ``after_sequence``, oldest first, page by page.
 
@@ -38,6 +39,7 @@ async def read_events(
             cursor=cursor,
             page_size=min(EVENTS_PAGE_SIZE, wanted),
             order=copilot_pb2.EVENT_ORDER_OLDEST_FIRST,
+            include_rewound=include_rewound,
         )
         response = await transport.call(transport.stub.ListEvents, request, deadline=deadline)
         events.extend(SessionEvent.from_proto(event) for event in response.events)

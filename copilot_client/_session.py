@@ -7,8 +7,10 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
+from ._branching import rewind_session
+from ._compaction import CompactionResult, compact_session
 from ._errors import (
     CopilotError,
     DaemonTimeoutError,
@@ -18,31 +20,23 @@ from ._errors import (
 from ._event_stream import EventHandler, EventStream, Reattached, WaiterItem, seen
 from ._history import read_events
 from ._permissions import PermissionHandlerFunc
+from ._session_events import SessionEvent, SessionEventType
+from ._tool_calls import answer_tool_call, decide_permission, list_pending_calls
 from ._tools import (
     Tool,
     ToolInvocation,
     ToolResult,
     ToolRunner,
     invocation_of,
-    permission_request_of,
 )
-from ._types import MessageOptions, SessionEvent, SessionEventType, SessionMetadata
+from ._types import MessageOptions, SessionMetadata
 from .proto.v1 import copilot_pb2
 from .service import CALL_TIMEOUT, ServiceClient, UseCallTimeout, per_call
-
-# SendMessage and SendMessageAndWait take requests with the same fields.
-_SendRequest = TypeVar(
-    "_SendRequest", copilot_pb2.SendMessageRequest, copilot_pb2.SendMessageAndWaitRequest
-)
 
 __all__ = ["CopilotSession", "EventHandler"]
 
 logger = logging.getLogger("copilot_client")
 
-_SEND_MODES = {
-    "enqueue": copilot_pb2.SEND_MODE_ENQUEUE,
-    "immediate": copilot_pb2.SEND_MODE_IMMEDIATE,
-}
 # After a turn's end, how long send_and_wait waits for the session.idle that
 # follows it (so that an immediate next send does not race the turn's end).
 IDLE_GRACE = 2.0
@@ -70,15 +64,21 @@ class CopilotSession:
         self._resume_recorded = resume_recorded
         self._on_destroy = on_destroy
         self._destroyed = False
-        self._events = EventStream(
-            transport, metadata.session_id, metadata.last_sequence, self._check_usable
-        )
         self._tool_runner = ToolRunner(
             metadata.session_id,
             tools,
             self._answer_tool_call,
             self._decide_permission,
             on_permission_request,
+        )
+        # Tells this handle apart from the other clients attached with tools.
+        client_id = str(uuid.uuid4())
+        self._events = EventStream(
+            transport,
+            metadata.session_id,
+            metadata.last_sequence,
+            self._check_usable,
+            (lambda: self._tool_runner.tool_client(client_id)) if self._tool_runner else None,
         )
         if self._tool_runner:
             self.on(self._tool_runner.on_event)
@@ -157,24 +157,10 @@ class CopilotSession:
             MessageOptions.coerce(options), message_id="", deadline=per_call(timeout)
         )
 
-    def _request(
-        self, message: MessageOptions, message_id: str, kind: type[_SendRequest]
-    ) -> _SendRequest:
-        request = kind(
-            session_id=self.session_id,
-            prompt=message.prompt,
-            source=message.source or "",
-            mode=_SEND_MODES[message.mode],
-            message_id=message_id,
-        )
-        if message.expected_last_sequence is not None:
-            request.expected_last_sequence = message.expected_last_sequence
-        return request
-
     async def _send(
         self, message: MessageOptions, message_id: str, deadline: float | UseCallTimeout | None
     ) -> str:
-        request = self._request(message, message_id, copilot_pb2.SendMessageRequest)
+        request = message.to_request(self.session_id, message_id, copilot_pb2.SendMessageRequest)
         response = await self._transport.call(
             self._transport.stub.SendMessage, request, deadline=deadline
         )
@@ -210,7 +196,9 @@ class CopilotSession:
         end = asyncio.get_running_loop().time() + timeout
         if self._events.handlers:
             return await self._send_and_wait_streamed(message, message_id, end, resend=False)
-        request = self._request(message, message_id, copilot_pb2.SendMessageAndWaitRequest)
+        request = message.to_request(
+            self.session_id, message_id, copilot_pb2.SendMessageAndWaitRequest
+        )
         try:
             async with asyncio.timeout_at(end):
                 # No gRPC deadline: the turn may run long; `timeout` bounds the wait.
@@ -338,6 +326,33 @@ class CopilotSession:
         )
         self._metadata = SessionMetadata.from_proto(response.session)
 
+    async def compact(
+        self,
+        custom_instructions: str | None = None,
+        *,
+        timeout: float = 300.0,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> CompactionResult:
+        """Summarises the conversation's older part now; returns once it is recorded.
+
+        The model then sees the system message, the summary and the events
+        after the range it covers; the log keeps every event. A compaction
+        already under way is waited for instead. The timeout does not stop
+        the compaction: it goes on in the daemon.
+
+        Args:
+            custom_instructions: What the summary should keep, besides the usual.
+            timeout: Seconds to wait (a summary is one or more model calls).
+
+        Raises:
+            NothingToCompactError: The model already sees only the summary and
+                the latest turns, which always go to it verbatim.
+            CompactionFailedError: The model could not summarise.
+        """
+        self._check_usable()
+        return await compact_session(
+            self._transport, self.session_id, custom_instructions, deadline=timeout
+        )
+
     async def abort(
         self,
         reason: str = "",
@@ -356,11 +371,44 @@ class CopilotSession:
         )
         return response.aborted
 
+    async def rewind(
+        self,
+        to_sequence: int,
+        *,
+        abort_turn: bool = False,
+        reason: str = "",
+        expected_last_sequence: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
+    ) -> SessionEvent:
+        """Takes the conversation back to the event ``to_sequence``: the model and
+        ``get_messages()`` no longer see the events after it, which stay in the log
+        (``get_messages(include_rewound=True)``). Recorded as one
+        ``session.snapshot_rewind`` event, returned; new events get new sequences.
+
+        Raises:
+            TurnRunningError: A turn runs; ``abort_turn=True`` aborts it first.
+            InvalidPointError: The point is inside a turn or a tool call, rewound
+                already, or not an event before the last.
+            SequenceConflictError: ``expected_last_sequence`` is not the last sequence.
+        """
+        self._check_usable()
+        self._metadata, event = await rewind_session(
+            self._transport,
+            self.session_id,
+            to_sequence,
+            abort_turn=abort_turn,
+            reason=reason,
+            expected_last_sequence=expected_last_sequence,
+            deadline=per_call(timeout),
+        )
+        return event
+
     async def get_messages(
         self,
         *,
         after_sequence: int = 0,
         limit: int | None = None,
+        include_rewound: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> list[SessionEvent]:
         """The persisted events, oldest first, read page by page.
@@ -368,6 +416,7 @@ class CopilotSession:
         Args:
             after_sequence: Only events with a greater sequence number.
             limit: At most this many events; ``None`` for all.
+            include_rewound: Also the events rewinds cut (for audit).
             timeout: Seconds each page's call may take; default the client's ``timeout``.
         """
         self._check_usable()
@@ -377,6 +426,7 @@ class CopilotSession:
             after_sequence=after_sequence,
             limit=limit,
             deadline=per_call(timeout),
+            include_rewound=include_rewound,
         )
 
     get_events = get_messages
@@ -396,11 +446,7 @@ class CopilotSession:
     async def _pending_calls(
         self, *, deadline: float | UseCallTimeout | None = CALL_TIMEOUT
     ) -> list[copilot_pb2.PendingToolCall]:
-        request = copilot_pb2.ListPendingToolCallsRequest(session_id=self.session_id)
-        response = await self._transport.call(
-            self._transport.stub.ListPendingToolCalls, request, deadline=deadline
-        )
-        return list(response.calls)
+        return await list_pending_calls(self._transport, self.session_id, deadline=deadline)
 
     async def handle_pending_tool_call(
         self,
@@ -428,13 +474,8 @@ class CopilotSession:
         *,
         deadline: float | UseCallTimeout | None = CALL_TIMEOUT,
     ) -> bool:
-        request = copilot_pb2.HandlePendingToolCallRequest(
-            session_id=self.session_id, tool_call_id=tool_call_id, result=result.to_proto()
-        )
-        response = await self._transport.call(
-            self._transport.stub.HandlePendingToolCall, request, deadline=deadline
-        )
-        return bool(response.recorded)
+        answer = (self.session_id, tool_call_id, result)
+        return await answer_tool_call(self._transport, *answer, deadline=deadline)
 
     async def handle_pending_permission(
         self,
@@ -465,22 +506,14 @@ class CopilotSession:
         *,
         deadline: float | UseCallTimeout | None = CALL_TIMEOUT,
     ) -> bool:
-        request = copilot_pb2.HandlePendingPermissionRequest(
-            session_id=self.session_id, request_id=request_id, approved=approved, reason=reason
-        )
-        response = await self._transport.call(
-            self._transport.stub.HandlePendingPermission, request, deadline=deadline
-        )
-        return bool(response.recorded)
+        decision = (self.session_id, request_id, approved, reason)
+        return await decide_permission(self._transport, *decision, deadline=deadline)
 
-    async def _take_pending_work(self) -> None:
-        """Run the calls (and decide the permission requests) left waiting by an
-        earlier client (``continue_pending_work``)."""
-        for call in await self._pending_calls():
-            if call.awaiting_permission:
-                self._tool_runner.ask(permission_request_of(call))
-            else:
-                self._tool_runner.start(invocation_of(self.session_id, call))
+    @property
+    def holds_tools(self) -> bool:
+        """Whether this handle runs tools or decides permission requests (it then
+        attaches with them: the daemon offers its tools and sends it calls)."""
+        return bool(self._tool_runner)
 
     # -- events --------------------------------------------------------------
 
@@ -505,6 +538,14 @@ class CopilotSession:
             self._events.handlers.pop(token, None)
 
         return unsubscribe
+
+    async def attached_if_holding_tools(self) -> Self:
+        """This handle, attached first if it holds tools: the model is offered its
+        tools from the first message on, and the calls waiting for them
+        (``continue_pending_work``) come to it."""
+        if self.holds_tools:
+            await self.attach()
+        return self
 
     async def attach(self) -> None:
         """Attaches to the session's live events now and returns once the stream is live.

@@ -4,10 +4,13 @@ calls with the handlers.
 
 The daemon records every call the model makes (``tool.execution_start``,
 ``external_tool.requested``) and waits, across restarts, for one result. A
-session holding tools with handlers runs each requested call whose tool it
-holds and sends the result with ``HandlePendingToolCall``; when several
-clients hold the tool, the first result recorded wins and the others are
-told so (and ignore it).
+session holding tools with handlers attaches to the session through its
+event stream with those tools (``ToolClient``); the daemon sends each call
+to ONE attached client holding its tool (``external_tool.assigned``, on
+that client's stream only), and again to another if that client goes away
+before answering. The runner runs the calls assigned to it and sends the
+result with ``HandlePendingToolCall``; a result that comes second (another
+client answered first) is told so and ignored.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Literal, TypeVar
 from copilot_client._errors import CopilotError, ToolCallAnsweredError, UnknownToolCallError
 from copilot_client._permissions import PermissionHandlerFunc, PermissionRequest
 from copilot_client._permissions import decide as decide_permission
-from copilot_client._types import SessionEvent
+from copilot_client._session_events import SessionEvent
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
 
 log = logging.getLogger("copilot_client.tools")
@@ -85,7 +88,8 @@ class Tool:
             handler the tool is only declared: answer its calls with
             ``session.handle_pending_tool_call``.
         skip_permission: The call needs no permission request.
-        is_terminal: Declared for Copilot SDK compatibility.
+        is_terminal: The tool's result ends the turn: the model is not called
+            again, and the turn's answer is the result's text.
     """
 
     name: str
@@ -102,6 +106,7 @@ class Tool:
             parameters_json_schema=json.dumps(self.parameters) if self.parameters else "",
             skip_permission=self.skip_permission,
             is_terminal=self.is_terminal,
+            has_handler=self.handler is not None,
         )
 
 
@@ -129,6 +134,7 @@ def define_tool(
     description: str | None = None,
     parameters: Mapping[str, Any] | None = None,
     skip_permission: bool = False,
+    is_terminal: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Make a ``Tool`` of a function (the Copilot SDK's decorator).
 
@@ -157,6 +163,7 @@ def define_tool(
             parameters=schema,
             handler=handler,
             skip_permission=skip_permission,
+            is_terminal=is_terminal,
         )
 
     return decorate
@@ -246,19 +253,35 @@ class ToolRunner:
         self._answer = answer
         self._decide = decide
         self._on_permission_request = on_permission_request
+        self._has_permission_handler = on_permission_request is not None
         self._started: set[str] = set()
         self._asked: set[str] = set()
+        # Calls whose handler runs now: told to the daemon on every re-attach,
+        # so that a call this client is running stays its own.
+        self._running: set[str] = set()
         # Strong references: the loop keeps only weak ones to tasks.
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __bool__(self) -> bool:
         return bool(self._tools or self._guarded)
 
+    def tool_client(self, client_id: str) -> copilot_pb2.ToolClient:
+        """How this client attaches to the session: what it runs and decides."""
+        return copilot_pb2.ToolClient(
+            client_id=client_id,
+            tools=[tool.to_proto() for tool in self._tools.values()],
+            permission_tools=sorted(self._guarded),
+            permission_handler=self._has_permission_handler,
+            running_calls=sorted(self._running),
+        )
+
     def on_event(self, event: SessionEvent) -> None:
-        if event.type_name == "external_tool.requested":
-            self.start(invocation_of(self._session_id, event.proto.external_tool_requested))
-        elif event.type_name == "permission.requested":
-            self.ask(permission_request_of(event.proto.permission_requested))
+        # Only what the daemon assigned to this client: the requests every
+        # subscriber sees are another client's to answer as often as not.
+        if event.type_name == "external_tool.assigned":
+            self.start(invocation_of(self._session_id, event.proto.external_tool_assigned))
+        elif event.type_name == "permission.assigned":
+            self.ask(permission_request_of(event.proto.permission_assigned))
 
     def ask(self, request: PermissionRequest) -> None:
         """Decide ``request`` (once) if this session declared its tool."""
@@ -290,14 +313,21 @@ class ToolRunner:
         self._spawn(self._run(tool, invocation), f"copilot-tool-{invocation.tool_call_id}")
 
     async def _run(self, tool: Tool, invocation: ToolInvocation) -> None:
-        result = await run_tool(tool, invocation)
+        call_id = invocation.tool_call_id
+        self._running.add(call_id)
         try:
-            await self._answer(invocation.tool_call_id, result)
+            result = await run_tool(tool, invocation)
+            await self._answer(call_id, result)
         except (ToolCallAnsweredError, UnknownToolCallError) as error:
             # Another client answered first, or the call was closed meanwhile.
-            log.info("result of tool call %s not recorded: %s", invocation.tool_call_id, error)
+            log.info("result of tool call %s not recorded: %s", call_id, error)
         except CopilotError:
-            log.exception("result of tool call %s could not be sent", invocation.tool_call_id)
+            # Not recorded (the daemon was away): the call is still open, and
+            # the daemon may assign it here again; run it again then.
+            self._started.discard(call_id)
+            log.exception("result of tool call %s could not be sent", call_id)
+        finally:
+            self._running.discard(call_id)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

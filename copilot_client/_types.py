@@ -1,30 +1,25 @@
-"""Configuration, metadata and event types, and their conversion from protobuf."""
+"""Configuration and metadata types, and their conversion from protobuf."""
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import KW_ONLY, dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import KW_ONLY, dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from ._compaction import InfiniteSessionConfig
 from ._models import ProviderConfig
-from .proto.v1 import copilot_pb2, events_pb2
+from ._tool_types import PendingToolCall, ToolDeclaration, datetime_of
+from .proto.v1 import copilot_pb2
 
-if TYPE_CHECKING:  # _tools reads events of this module
+if TYPE_CHECKING:  # _tools imports this module
     from ._permissions import PermissionHandlerFunc
     from ._tools import Tool
 
 __all__ = [
-    "EventData",
     "LifecycleEvent",
     "MessageOptions",
     "SessionConfig",
-    "SessionEvent",
-    "SessionEventType",
     "SessionListPage",
     "SessionMetadata",
     "SystemMessageConfig",
@@ -32,6 +27,13 @@ __all__ = [
 
 SystemMessageMode = Literal["append", "replace"]
 SendMode = Literal["enqueue", "immediate"]
+_SendRequest = TypeVar(
+    "_SendRequest", copilot_pb2.SendMessageRequest, copilot_pb2.SendMessageAndWaitRequest
+)
+_SEND_MODES: dict[str, copilot_pb2.SendMode.ValueType] = {
+    "enqueue": copilot_pb2.SEND_MODE_ENQUEUE,
+    "immediate": copilot_pb2.SEND_MODE_IMMEDIATE,
+}
 
 _MODES: dict[str, copilot_pb2.SystemMessageMode.ValueType] = {
     "append": copilot_pb2.SYSTEM_MESSAGE_MODE_APPEND,
@@ -115,6 +117,10 @@ class SessionConfig:
     """Decides whether a call of a tool declared without ``skip_permission``
     may run (e.g. ``PermissionHandler.approve_all``); ``None`` denies them."""
 
+    infinite_sessions: InfiniteSessionConfig | Mapping[str, Any] | None = None
+    """Automatic compaction of the conversation as it grows (see
+    :class:`InfiniteSessionConfig`); ``None``: off."""
+
     def to_proto(self) -> copilot_pb2.SessionConfig:
         """The wire form.
 
@@ -129,6 +135,9 @@ class SessionConfig:
         if self.provider is not None:
             proto.provider.CopyFrom(ProviderConfig.coerce(self.provider).to_proto())
         proto.tools.extend(tool.to_proto() for tool in self.tools)
+        if self.infinite_sessions is not None:
+            infinite = InfiniteSessionConfig.coerce(self.infinite_sessions)
+            proto.infinite_sessions.CopyFrom(infinite.to_proto())
         return proto
 
 
@@ -168,14 +177,20 @@ class MessageOptions:
             )
         raise TypeError(f"expected MessageOptions or str, not {type(value).__name__}")
 
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _datetime(stamp: Timestamp) -> datetime:
-    # What stamp.ToDatetime(tzinfo=UTC) gives (nanoseconds truncated to
-    # microseconds), in a fifth of the time: listings convert two per session.
-    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
+    def to_request(
+        self, session_id: str, message_id: str, kind: type[_SendRequest]
+    ) -> _SendRequest:
+        """The SendMessage or SendMessageAndWait request (they have the same fields)."""
+        request = kind(
+            session_id=session_id,
+            prompt=self.prompt,
+            source=self.source or "",
+            mode=_SEND_MODES[self.mode],
+            message_id=message_id,
+        )
+        if self.expected_last_sequence is not None:
+            request.expected_last_sequence = self.expected_last_sequence
+        return request
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,13 +234,33 @@ class SessionMetadata:
     provider: ProviderConfig | None = None
     """Its own provider, secrets left out; ``None``: the daemon's configured ones."""
 
+    tools: tuple[ToolDeclaration, ...] = ()
+    """The tools it declares (on create, or by the last resume that gave tools)."""
+
+    pending_tool_calls: tuple[PendingToolCall, ...] = ()
+    """Calls of the open turn waiting for a result or a permission decision
+    (durable: they outlive a daemon restart)."""
+    infinite_sessions: InfiniteSessionConfig | None = None
+    """Its compaction settings; ``None``: automatic compaction off."""
+    compaction_count: int = 0
+    """Compactions that completed so far."""
+    parent_session_id: str | None = None
+    """A fork's parent (:meth:`CopilotClient.fork_session`; it may have been
+    deleted since); ``None`` for a session that is not a fork."""
+
+    fork_sequence: int = 0
+    """A fork's last inherited event (0 for a session that is not a fork)."""
+
+    rewound_events: int = 0
+    """Events cut by rewinds (:meth:`CopilotSession.rewind`), in all."""
+
     @classmethod
     def from_proto(cls, proto: copilot_pb2.SessionMetadata) -> SessionMetadata:
         """Converts the wire form."""
         return cls(
             session_id=proto.session_id,
-            start_time=_datetime(proto.start_time),
-            modified_time=_datetime(proto.modified_time),
+            start_time=datetime_of(proto.start_time),
+            modified_time=datetime_of(proto.modified_time),
             summary=proto.summary or None,
             model=proto.model or None,
             message_count=proto.message_count,
@@ -236,6 +271,19 @@ class SessionMetadata:
             input_tokens=proto.input_tokens,
             output_tokens=proto.output_tokens,
             provider=ProviderConfig.from_proto(proto.provider),
+            tools=tuple(ToolDeclaration.from_proto(tool) for tool in proto.tools),
+            pending_tool_calls=tuple(
+                PendingToolCall.from_proto(call) for call in proto.pending_tool_calls
+            ),
+            infinite_sessions=(
+                InfiniteSessionConfig.from_proto(proto.infinite_sessions)
+                if proto.HasField("infinite_sessions")
+                else None
+            ),
+            compaction_count=proto.compaction_count,
+            parent_session_id=proto.parent_session_id or None,
+            fork_sequence=proto.fork_sequence,
+            rewound_events=proto.rewound_events,
         )
 
 
@@ -268,15 +316,19 @@ class SearchHit:
     rank: float
     """bm25: lower is a better match; comparable within one search only."""
 
+    rewound: bool = False
+    """The event was cut by a rewind (found only with ``include_rewound=True``)."""
+
     @classmethod
     def from_proto(cls, proto: copilot_pb2.SearchHit) -> SearchHit:
         return cls(
             session_id=proto.session_id,
             sequence=proto.sequence,
             event_type=proto.event_type,
-            event_time=_datetime(proto.event_time),
+            event_time=datetime_of(proto.event_time),
             snippet=proto.snippet,
             rank=proto.rank,
+            rewound=proto.rewound,
         )
 
 
@@ -289,224 +341,6 @@ class SearchPage:
 
     next_page_token: str | None
     """Token for the next page (same query and filters); ``None`` on the last page."""
-
-
-class SessionEventType(enum.StrEnum):
-    """Event type names, as in the Copilot SDK. Names this client does not
-    know become :attr:`UNKNOWN` (the raw name stays in ``SessionEvent.type_name``)."""
-
-    SESSION_START = "session.start"
-    SESSION_RESUME = "session.resume"
-    USER_MESSAGE = "user.message"
-    ASSISTANT_TURN_START = "assistant.turn_start"
-    ASSISTANT_MESSAGE = "assistant.message"
-    ASSISTANT_MESSAGE_DELTA = "assistant.message_delta"
-    ASSISTANT_TURN_END = "assistant.turn_end"
-    SESSION_IDLE = "session.idle"
-    SESSION_ERROR = "session.error"
-    ABORT = "abort"
-    PENDING_MESSAGES_MODIFIED = "pending_messages.modified"
-    SESSION_DELETED = "session.deleted"
-    ASSISTANT_USAGE = "assistant.usage"
-    SESSION_MODEL_CHANGE = "session.model_change"
-    SESSION_TRUNCATION = "session.truncation"
-    TOOL_EXECUTION_START = "tool.execution_start"
-    TOOL_EXECUTION_COMPLETE = "tool.execution_complete"
-    EXTERNAL_TOOL_REQUESTED = "external_tool.requested"
-    PERMISSION_REQUESTED = "permission.requested"
-    PERMISSION_COMPLETED = "permission.completed"
-    UNKNOWN = "unknown"
-
-    @classmethod
-    def _missing_(cls, value: object) -> SessionEventType:
-        return cls.UNKNOWN
-
-
-@dataclass(frozen=True, kw_only=True)
-class EventData:
-    """An event's payload. Fields an event type does not have are ``None``."""
-
-    content: str | None = None
-    """Text of a ``user.message`` or ``assistant.message``."""
-    message_id: str | None = None
-    """Id of the assistant message (``assistant.message``, deltas)."""
-    delta_content: str | None = None
-    """A streamed piece of text (``assistant.message_delta``)."""
-    turn_id: str | None = None
-    """The turn an event belongs to."""
-    user_message_id: str | None = None
-    """Id of the ``user.message`` the turn answers."""
-    partial: bool | None = None
-    """``assistant.message``: the text was cut short by an abort or failure."""
-    model: str | None = None
-    """The model (``session.start``, ``assistant.message``)."""
-    reason: str | None = None
-    """``assistant.turn_end``: ``"completed"``, ``"aborted"``, ``"error"`` or
-    ``"interrupted"``; ``abort``: the free-text reason given."""
-    message: str | None = None
-    """Human-readable detail (``session.error``, ``assistant.turn_end``)."""
-    error_type: str | None = None
-    """``session.error``: category such as ``"provider"`` or ``"internal"``."""
-    session_id: str | None = None
-    """``session.start``: the session's id."""
-    event_count: int | None = None
-    """``session.resume``: number of persisted events before it."""
-    already_in_use: bool | None = None
-    """``session.resume``: another client was using the session at the time
-    (attached to its events, or waiting for one of its turns)."""
-    turn_running: bool | None = None
-    """``session.resume``: a turn was running at the time."""
-    source: str | None = None
-    """``user.message``: free-form tag of the sender."""
-    producer_version: str | None = None
-    """``session.start``: version of copilotd that created the session."""
-    message_ids: tuple[str, ...] | None = None
-    """``pending_messages.modified``: ids of the queued messages, in running order."""
-    status_code: int | None = None
-    """``session.error``: the provider's HTTP status; ``None`` when it gave none."""
-    attempts: int | None = None
-    """``session.error``: times the provider was tried, retries included; ``None``
-    for failures that are not the provider's."""
-    input_tokens: int | None = None
-    """``assistant.usage``: input (prompt) tokens of the model call."""
-    output_tokens: int | None = None
-    """``assistant.usage``: output tokens of the model call."""
-    cache_read_tokens: int | None = None
-    """``assistant.usage``: input tokens served from the provider's cache."""
-    cache_write_tokens: int | None = None
-    """``assistant.usage``: input tokens written to the provider's cache."""
-    duration_ms: int | None = None
-    """``assistant.usage``: from the request to the end of the answer, retries included."""
-    provider_call_id: str | None = None
-    """``assistant.usage``: the provider's id of the response."""
-    estimated: bool | None = None
-    """``assistant.usage``: the provider reported no usage; the counts are estimates."""
-    previous_model: str | None = None
-    """``session.model_change``: the model before."""
-    new_model: str | None = None
-    """``session.model_change``: the model of the next turns."""
-    token_limit: int | None = None
-    """``session.truncation``: the budget for the request's messages, in tokens."""
-    pre_truncation_tokens: int | None = None
-    """``session.truncation``: estimated tokens of the whole history."""
-    pre_truncation_messages: int | None = None
-    """``session.truncation``: messages in the whole history (system message included)."""
-    post_truncation_tokens: int | None = None
-    """``session.truncation``: estimated tokens of what was sent."""
-    post_truncation_messages: int | None = None
-    """``session.truncation``: messages sent."""
-    tokens_removed: int | None = None
-    """``session.truncation``: estimated tokens left out."""
-    messages_removed: int | None = None
-    """``session.truncation``: messages left out (the oldest)."""
-    first_kept_sequence: int | None = None
-    """``session.truncation``: the messages before this sequence number were left out."""
-    tool_call_id: str | None = None
-    """The tool call (``tool.execution_start``, ``external_tool.requested``,
-    ``tool.execution_complete``)."""
-    tool_name: str | None = None
-    """The tool called (the same events)."""
-    arguments_json: str | None = None
-    """The call's arguments as JSON text (``tool.execution_start``, ``external_tool.requested``)."""
-    success: bool | None = None
-    """``tool.execution_complete``: the result is a success."""
-    result_text: str | None = None
-    """``tool.execution_complete``: the result as the model is told it."""
-    result_type: str | None = None
-    """``tool.execution_complete``: ``"success"``, ``"failure"``, ``"rejected"``,
-    ``"denied"`` or ``"timeout"``."""
-
-
-# Text bodies keep "" (an answer can be empty); other empty strings mean "unset".
-_TEXT_FIELDS = frozenset({"content", "delta_content"})
-_SCALAR_FIELDS = frozenset(EventData.__dataclass_fields__)
-
-
-def _event_data(proto: events_pb2.SessionEvent) -> EventData:
-    member = proto.WhichOneof("data")
-    if member is None:
-        return EventData()
-    payload = getattr(proto, member)
-    values: dict[str, Any] = {}
-    for name, repeated, has_presence in _payload_fields(payload):
-        if has_presence and not payload.HasField(name):
-            continue  # an optional field left unset: None
-        value = getattr(payload, name)
-        if repeated:
-            value = tuple(value)
-        elif isinstance(value, str) and not value and name not in _TEXT_FIELDS:
-            value = None
-        values[name] = value
-    if member == "assistant_turn_end":
-        values["reason"] = (
-            events_pb2.TurnEndReason.Name(payload.reason).removeprefix("TURN_END_REASON_").lower()
-            if payload.reason in _TURN_END_REASONS
-            else str(payload.reason)
-        )
-    if member == "tool_execution_complete":
-        values["result_text"] = payload.result.text_result_for_llm
-        values["result_type"] = payload.result.result_type or "success"
-    return EventData(**values)
-
-
-# Every event received goes through _event_data: look each payload type's
-# fields up once.
-_FIELDS_BY_PAYLOAD: dict[str, tuple[tuple[str, bool, bool], ...]] = {}
-_TURN_END_REASONS = frozenset(events_pb2.TurnEndReason.values())
-
-
-def _payload_fields(payload: Message) -> tuple[tuple[str, bool, bool], ...]:
-    """(name, is repeated, has presence) of the payload's fields that EventData has."""
-    descriptor = payload.DESCRIPTOR
-    fields = _FIELDS_BY_PAYLOAD.get(descriptor.full_name)
-    if fields is None:
-        fields = tuple(
-            (f.name, f.is_repeated, f.has_presence)
-            for f in descriptor.fields
-            if f.name in _SCALAR_FIELDS
-        )
-        _FIELDS_BY_PAYLOAD[descriptor.full_name] = fields
-    return fields
-
-
-@dataclass(frozen=True, kw_only=True)
-class SessionEvent:
-    """One event of a session's log, or a live-only (ephemeral) one."""
-
-    id: str
-    """Unique id (for a ``user.message``: the message id ``send()`` returned)."""
-    type: SessionEventType
-    """The kind of event; :attr:`SessionEventType.UNKNOWN` for new kinds."""
-    type_name: str
-    """The raw type name from the wire, kept for unknown kinds."""
-    sequence: int
-    """Session-local sequence number; for ephemeral events that of the last
-    persisted event."""
-    timestamp: datetime
-    """When the event happened (aware, UTC)."""
-    parent_id: str | None
-    """Id of the previous persisted event; ``None`` for the first."""
-    ephemeral: bool
-    """True for live-only events that are never stored."""
-    data: EventData
-    """The payload."""
-    proto: events_pb2.SessionEvent = field(repr=False, compare=False)
-    """The event as received."""
-
-    @classmethod
-    def from_proto(cls, proto: events_pb2.SessionEvent) -> SessionEvent:
-        """Converts the wire form; never fails on unknown types or payloads."""
-        return cls(
-            id=proto.id,
-            type=SessionEventType(proto.type),
-            type_name=proto.type,
-            sequence=proto.sequence,
-            timestamp=_datetime(proto.timestamp),
-            parent_id=proto.parent_id or None,
-            ephemeral=proto.ephemeral,
-            data=_event_data(proto),
-            proto=proto,
-        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -531,5 +365,5 @@ class LifecycleEvent:
             metadata=(
                 SessionMetadata.from_proto(proto.metadata) if proto.HasField("metadata") else None
             ),
-            timestamp=_datetime(proto.timestamp),
+            timestamp=datetime_of(proto.timestamp),
         )

@@ -31,6 +31,7 @@ import grpc
 
 from ._errors import (
     BackupUnsupportedError,
+    CompactionFailedError,
     CopilotError,
     DaemonTimeoutError,
     DaemonUnavailableError,
@@ -39,15 +40,22 @@ from ._errors import (
     InvalidImportError,
     MessageAlreadyAnsweredError,
     NoRetentionPolicyError,
+    NothingToCompactError,
     PermissionAnsweredError,
+    PointInsideToolCallError,
+    PointInsideTurnError,
     ProviderSecretRequiredError,
     ResourceExhaustedError,
     RPCError,
     SequenceConflictError,
+    SequenceOutOfRangeError,
+    SequenceRewoundError,
     SessionExistsError,
     SessionNotFoundError,
     SubscriberTooSlowError,
     ToolCallAnsweredError,
+    TurnHolderUnreachableError,
+    TurnRunningError,
     UnauthenticatedError,
     UnknownPermissionRequestError,
     UnknownToolCallError,
@@ -261,14 +269,19 @@ class ServiceClient:
             raise map_rpc_error(error, socket_path=self.where, deadline=deadline) from error
 
     async def stream_events(
-        self, session_id: str, after_sequence: int
+        self,
+        session_id: str,
+        after_sequence: int,
+        tool_client: copilot_pb2.ToolClient | None = None,
     ) -> AsyncGenerator[copilot_pb2.StreamEventsResponse, None]:
         """Yields ``StreamEvents`` responses; failures are mapped like :meth:`call`.
 
         Closing the generator (or cancelling its consumer) cancels the call.
+        With ``tool_client``, the stream attaches that client and its tools to
+        the session until it ends.
         """
         request = copilot_pb2.StreamEventsRequest(
-            session_id=session_id, after_sequence=after_sequence
+            session_id=session_id, after_sequence=after_sequence, tool_client=tool_client
         )
         call = self.stub.StreamEvents(request)
         try:
@@ -326,6 +339,15 @@ ERROR_FOR_REASON: Final[dict[copilot_pb2.ErrorReason.ValueType, type[RPCError]]]
     Reason.ERROR_REASON_UNKNOWN_PERMISSION_REQUEST: UnknownPermissionRequestError,
     Reason.ERROR_REASON_PERMISSION_ANSWERED: PermissionAnsweredError,
     Reason.ERROR_REASON_AWAITING_PERMISSION: FailedPreconditionError,
+    Reason.ERROR_REASON_TURN_HOLDER_UNREACHABLE: TurnHolderUnreachableError,
+    Reason.ERROR_REASON_COMPACTION_FAILED: CompactionFailedError,
+    Reason.ERROR_REASON_NOTHING_TO_COMPACT: NothingToCompactError,
+    Reason.ERROR_REASON_INVALID_INFINITE_SESSIONS: InvalidArgumentError,
+    Reason.ERROR_REASON_POINT_INSIDE_TURN: PointInsideTurnError,
+    Reason.ERROR_REASON_POINT_INSIDE_TOOL_CALL: PointInsideToolCallError,
+    Reason.ERROR_REASON_SEQUENCE_OUT_OF_RANGE: SequenceOutOfRangeError,
+    Reason.ERROR_REASON_SEQUENCE_REWOUND: SequenceRewoundError,
+    Reason.ERROR_REASON_TURN_RUNNING: TurnRunningError,
 }
 
 _BY_STATUS: Final[dict[grpc.StatusCode, type[RPCError]]] = {

@@ -238,3 +238,102 @@ class AwaitingPermissionError(ServiceError):
             "decision, so it takes no result yet; approve it with HandlePendingPermission "
             "first (a denied call gets its result from the daemon)"
         )
+
+
+class TurnHolderUnreachableError(ServiceError):
+    """The daemon running a session's turn did not act on a relayed call in time."""
+
+    status: StatusName = "UNAVAILABLE"
+    reason = Reason.ERROR_REASON_TURN_HOLDER_UNREACHABLE
+
+    def __init__(
+        self, session_id: str, turn_id: str, seconds: float, *, taken_up: bool = False
+    ) -> None:
+        what = (
+            "it took this call up but never answered; whether it took effect is unknown: "
+            "read the session's events before trying again"
+            if taken_up
+            else "the call was withdrawn and changed nothing. Try again: once that "
+            "daemon's lease expires, another daemon takes the turn over"
+        )
+        super().__init__(
+            f"turn {turn_id!r} of session {session_id!r} runs on another daemon, which did "
+            f"not answer within {seconds:g} s (it may be stuck, or dead with its lease not "
+            f"yet expired); {what}"
+        )
+
+
+class RelayedError(ServiceError):
+    """An error the daemon running the turn raised for a call relayed to it, as it raised it."""
+
+    def __init__(self, status: StatusName, reason: Reason.ValueType, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class CompactionFailedError(ServiceError):
+    """The model could not summarise the session (the context stays as it was)."""
+
+    status: StatusName = "UNAVAILABLE"
+    reason = Reason.ERROR_REASON_COMPACTION_FAILED
+
+    def __init__(self, session_id: str, why: str) -> None:
+        super().__init__(
+            f"session {session_id!r} was not compacted: {why}; the model's context is as "
+            "before. Try again later, or switch the session to another model (SetModel)"
+        )
+
+
+class NothingToCompactError(ServiceError):
+    status: StatusName = "FAILED_PRECONDITION"
+    reason = Reason.ERROR_REASON_NOTHING_TO_COMPACT
+
+    def __init__(self, session_id: str, kept_turns: int) -> None:
+        super().__init__(
+            f"session {session_id!r} has nothing to compact: its model already sees only the "
+            f"summary and the latest {kept_turns} turns, which always go to it verbatim; "
+            "compact again after more turns"
+        )
+
+
+# -- fork and rewind -----------------------------------------------------------
+
+
+class PointInsideTurnError(InvalidArgumentError):
+    """A fork point or rewind target between a turn's user message and its end."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, Reason.ERROR_REASON_POINT_INSIDE_TURN)
+
+
+class PointInsideToolCallError(InvalidArgumentError):
+    """A fork point or rewind target between a tool call and its result (or a
+    permission request and its decision)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, Reason.ERROR_REASON_POINT_INSIDE_TOOL_CALL)
+
+
+class SequenceOutOfRangeError(InvalidArgumentError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, Reason.ERROR_REASON_SEQUENCE_OUT_OF_RANGE)
+
+
+class SequenceRewoundError(InvalidArgumentError):
+    def __init__(self, session_id: str, sequence: int) -> None:
+        super().__init__(
+            f"sequence {sequence} of session {session_id!r} was cut by a rewind; pick an event "
+            "of the history as it goes on now (ListEvents without include_rewound lists them)",
+            Reason.ERROR_REASON_SEQUENCE_REWOUND,
+        )
+
+
+class TurnRunningError(FailedPreconditionError):
+    def __init__(self, session_id: str, what: str) -> None:
+        super().__init__(
+            f"session {session_id!r} is running a turn, so it cannot be {what} now; wait for "
+            "the turn to end, abort it (AbortTurn), or ask for it to be aborted first "
+            "(abort_turn=True; --abort-turn on the command line)",
+            Reason.ERROR_REASON_TURN_RUNNING,
+        )

@@ -37,6 +37,12 @@ TOOL_EXECUTION_COMPLETE: Final = "tool.execution_complete"
 EXTERNAL_TOOL_REQUESTED: Final = "external_tool.requested"
 PERMISSION_REQUESTED: Final = "permission.requested"
 PERMISSION_COMPLETED: Final = "permission.completed"
+SESSION_COMPACTION_START: Final = "session.compaction_start"
+SESSION_COMPACTION_COMPLETE: Final = "session.compaction_complete"
+SESSION_SNAPSHOT_REWIND: Final = "session.snapshot_rewind"
+SESSION_FORK: Final = "session.fork"
+EXTERNAL_TOOL_ASSIGNED: Final = "external_tool.assigned"
+PERMISSION_ASSIGNED: Final = "permission.assigned"
 
 # Event type -> name of the payload field in the SessionEvent.data oneof.
 PAYLOAD_FIELD: Final[dict[str, str]] = {
@@ -60,10 +66,19 @@ PAYLOAD_FIELD: Final[dict[str, str]] = {
     EXTERNAL_TOOL_REQUESTED: "external_tool_requested",
     PERMISSION_REQUESTED: "permission_requested",
     PERMISSION_COMPLETED: "permission_completed",
+    SESSION_COMPACTION_START: "session_compaction_start",
+    SESSION_COMPACTION_COMPLETE: "session_compaction_complete",
+    SESSION_SNAPSHOT_REWIND: "session_snapshot_rewind",
+    SESSION_FORK: "session_fork",
+    EXTERNAL_TOOL_ASSIGNED: "external_tool_assigned",
+    PERMISSION_ASSIGNED: "permission_assigned",
 }
 
+# Sent on one client's stream only (never published to every subscriber).
+ASSIGNMENT_TYPES: Final = frozenset({EXTERNAL_TOOL_ASSIGNED, PERMISSION_ASSIGNED})
 EPHEMERAL_TYPES: Final = frozenset(
     {ASSISTANT_MESSAGE_DELTA, SESSION_IDLE, PENDING_MESSAGES_MODIFIED, SESSION_DELETED}
+    | ASSIGNMENT_TYPES
 )
 MESSAGE_TYPES: Final = frozenset({USER_MESSAGE, ASSISTANT_MESSAGE})
 
@@ -108,6 +123,15 @@ def make_event(event_type: str, **payload: Any) -> SessionEvent:
     return event
 
 
+def completed_compaction(event: SessionEvent) -> bool:
+    """Whether ``event`` is a compaction whose summary the model's context uses.
+
+    Only a successful ``session.compaction_complete`` counts: a start alone
+    (its daemon was killed, or it was aborted) or a failure changes nothing.
+    """
+    return event.type == SESSION_COMPACTION_COMPLETE and event.session_compaction_complete.success
+
+
 def summarize(prompt: str) -> str:
     """The first prompt, shortened to one line for listings."""
     line = " ".join(prompt.split())
@@ -132,6 +156,10 @@ def apply_to_metadata(metadata: SessionMetadata, event: SessionEvent) -> None:
         metadata.model = event.session_model_change.new_model
     elif event.type == SESSION_RESUME and event.session_resume.HasField("provider"):
         metadata.provider.CopyFrom(event.session_resume.provider)
+    elif completed_compaction(event):
+        metadata.compaction_count += 1
+    if event.type == SESSION_RESUME and event.session_resume.HasField("infinite_sessions"):
+        metadata.infinite_sessions.CopyFrom(event.session_resume.infinite_sessions)
     if event.type == SESSION_RESUME and event.session_resume.tools_replaced:
         del metadata.tools[:]
         metadata.tools.extend(event.session_resume.tools)

@@ -1,5 +1,6 @@
 """Bad input for the RPCs tests/test_bad_input.py does not fuzz: the rest of
-CopilotService (SendMessageAndWait, models, the deprecated admin methods) and
+CopilotService (SendMessageAndWait, models, fork and rewind, the deprecated admin
+methods) and
 every method of copilot.admin.v1.CopilotAdminService, the client-streaming
 ImportSession and the server-streaming BackupStore included.
 
@@ -221,6 +222,14 @@ def admin_requests(module: Any, prefix: str) -> dict[str, tuple[str, st.SearchSt
 CALLS: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
     SERVICE + "SendMessageAndWait": ("unary", send_and_wait_requests()),
     SERVICE + "ListModels": ("unary", st.just(pb.ListModelsRequest())),
+    SERVICE + "CompactSession": (
+        "unary",
+        st.builds(
+            pb.CompactSessionRequest,
+            session_id=session_ids,
+            custom_instructions=st.one_of(labels, nasty_text, st.just("é" * 3_000_000)),
+        ),
+    ),
     SERVICE + "SetModel": (
         "unary",
         st.builds(
@@ -273,6 +282,26 @@ CALLS: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
             request_id=st.one_of(labels, nasty_text),
             approved=st.booleans(),
             reason=st.one_of(labels, nasty_text),
+        ),
+    ),
+    SERVICE + "ForkSession": (
+        "unary",
+        st.builds(
+            pb.ForkSessionRequest,
+            source_session_id=session_ids,
+            new_session_id=st.one_of(st.just(""), session_ids, nasty_text),
+            up_to_sequence=st.one_of(st.none(), uint64),
+        ),
+    ),
+    SERVICE + "RewindSession": (
+        "unary",
+        st.builds(
+            pb.RewindSessionRequest,
+            session_id=session_ids,
+            to_sequence=uint64,
+            abort_turn=st.booleans(),
+            reason=st.one_of(labels, nasty_text),
+            expected_last_sequence=st.one_of(st.none(), uint64),
         ),
     ),
     **admin_requests(pb, SERVICE),

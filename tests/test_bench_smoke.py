@@ -70,6 +70,11 @@ def test_the_suite_runs_and_measures_every_benchmark(tmp_path: Path) -> None:
     assert len(parts) == 6 and {p["n"] for p in parts.values()} == {TINY.cold_starts}
     assert "| what bounds an auto-start (each part alone) |" in result.stdout
     assert len(results["targets"]) == 11
+
+    fork = results["fork"]
+    assert fork["small"]["n"] == fork["large"]["n"] == fork["indexing"]["large"]["n"] == 3
+    assert fork["events"] == {"small": 10, "large": 1_000}
+    assert "| fork cost at 10 vs 100,000 events | latency |" in result.stdout
     # The heavy ones run by name or in full mode only.
     assert "postgres" not in results and "search_large" not in results
 

@@ -91,6 +91,13 @@ async def test_create_send_and_wait_and_history(client: CopilotClient) -> None:
     history = await kw.get_messages()
     assert types(history) == [T.SESSION_START, *TURN]
     check_log_integrity(history)
+    # The Copilot SDK's newer names for get_messages and destroy.
+    assert await kw.get_events() == history
+    await kw.disconnect()
+    with pytest.raises(CopilotError, match="destroyed"):
+        await kw.get_events()
+    again = await client.resume_session("kw-form")
+    assert types(await again.get_events())[:-1] == types(history)  # then its session.resume
 
 
 async def test_answer_depends_on_history(client: CopilotClient) -> None:

@@ -176,7 +176,37 @@ class TestLmdbFiles:
         assert event_entries(path, b"event_ids") == 26
         env = lmdb.open(str(path), max_dbs=8, readonly=True, lock=False)
         with env.begin() as txn:
-            assert txn.get(b"schema_version", db=env.open_db(b"sys", txn=txn)) == b"2"
+            assert txn.get(b"schema_version", db=env.open_db(b"sys", txn=txn)) == str(
+                SCHEMA_VERSION
+            ).encode("ascii")
+        env.close()
+
+    def test_a_version_2_store_gains_fork_references_at_open(self, tmp_path: Path) -> None:
+        path = tmp_path / "store"
+        store = LmdbStore.open(path)
+        create(store, "p", [user("one"), user("two")])
+        store.close()
+        env = lmdb.open(str(path), max_dbs=16)
+        with env.begin(write=True) as txn:
+            txn.drop(env.open_db(b"log_refs", txn=txn), delete=True)
+        env.close()
+        set_schema_version(path, b"2")
+
+        store = LmdbStore.open(path)
+        try:
+            run(
+                store,
+                lambda writer: writer.fork_session("p", "f", 1, [user("own")]),
+            )
+            delete(store, "p")
+            assert contents(all_events(store, "f")) == ["one", "own"]
+            assert purge(store, 100) == 0  # the fork still reads p's log
+        finally:
+            store.close()
+        assert event_entries(path, b"log_refs") == 1
+        env = lmdb.open(str(path), max_dbs=16, readonly=True, lock=False)
+        with env.begin() as txn:
+            assert txn.get(b"schema_version", db=env.open_db(b"sys", txn=txn)) == b"3"
         env.close()
 
     def test_a_newer_schema_is_refused_untouched(self, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ backends is in tests/test_store_contract.py and tests/test_store_lifecycle.py.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Iterator
@@ -17,8 +18,10 @@ import pytest
 from copilotd.store import (
     SequenceConflict,
     SessionMetadata,
+    SessionNotFound,
     StoreCorrupt,
     StoreVersionError,
+    StoreWriter,
     open_store,
 )
 from copilotd.store.postgres_schema import SCHEMA, SCHEMA_VERSION, StoreUnreachable, describe_dsn
@@ -164,6 +167,26 @@ def test_a_version_1_store_gains_the_lease_table(dsn: str) -> None:
     with psycopg.connect(dsn) as connection:
         row = connection.execute(f"SELECT version FROM {SCHEMA}.schema_version").fetchone()
     assert row == (SCHEMA_VERSION,)
+
+
+def test_a_version_2_store_gains_the_fork_references(dsn: str) -> None:
+    PostgresStore.open(dsn).close()
+    with psycopg.connect(dsn) as connection:
+        connection.execute(f"DROP TABLE {SCHEMA}.log_refs")
+        connection.execute(f"UPDATE {SCHEMA}.schema_version SET version = 2")
+    store = PostgresStore.open(dsn)
+    try:
+        create(store, "p", [user("one"), user("two")])
+        run(store, lambda writer: writer.fork_session("p", "f", 1, [user("own")]))
+        delete(store, "p")
+        assert contents(all_events(store, "f")) == ["one", "own"]
+        assert purge(store, 100) == 0  # the fork still reads p's log
+    finally:
+        store.close()
+    with psycopg.connect(dsn) as connection:
+        row = connection.execute(f"SELECT version FROM {SCHEMA}.schema_version").fetchone()
+        refs = connection.execute(f"SELECT refs FROM {SCHEMA}.log_refs").fetchall()
+    assert (row, refs) == ((SCHEMA_VERSION,), [(1,)])
 
 
 def test_a_copilotd_schema_that_is_no_store_is_refused_untouched(dsn: str) -> None:
@@ -321,3 +344,101 @@ def test_the_factory_opens_postgresql_by_dsn(dsn: str) -> None:
         assert store.session_count() == 1
     finally:
         store.close()
+
+
+def _fork(writer: StoreWriter, *, source: str, session_id: str) -> object:
+    return writer.fork_session(source, session_id, 5, [])
+
+
+def test_two_daemons_forking_and_deleting_at_once_lose_no_reference(
+    two_stores: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """One store forks a parent while the other deletes it (and forks of it): however
+    they interleave, every fork made reads its whole history, and the shared events
+    are purged exactly when the last session reading them is gone."""
+    first, second = two_stores
+    rounds = 12
+    for n in range(rounds):
+        create(first, f"p{n}", [user(f"m{n}-{k}") for k in range(5)])
+        run(first, functools.partial(_fork, source=f"p{n}", session_id=f"base{n}"))
+    start = threading.Barrier(2)
+    failures: list[BaseException] = []
+    made: list[str] = []
+
+    def forker() -> None:
+        try:
+            start.wait()
+            for n in range(rounds):
+                for source in (f"p{n}", f"base{n}"):
+                    fork = functools.partial(_fork, source=source, session_id=f"{source}-f{n}")
+                    (result,) = first.write_batch([fork])
+                    if not isinstance(result, SessionNotFound):
+                        assert not isinstance(result, Exception), result
+                        made.append(f"{source}-f{n}")
+        except BaseException as error:
+            failures.append(error)
+
+    def deleter() -> None:
+        try:
+            start.wait()
+            for n in range(rounds):
+                delete(second, f"p{n}")
+                delete(second, f"base{n}")
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=forker), threading.Thread(target=deleter)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not failures, failures
+    purge(first, 100_000)
+    for fork in made:
+        number = fork.rsplit("-f", 1)[1]
+        assert contents(all_events(first, fork)) == [f"m{number}-{k}" for k in range(5)]
+    for fork in made:
+        delete(first, fork)
+    assert purge(first, 100_000) == 5 * len({fork.rsplit("-f", 1)[1] for fork in made})
+    assert purge(first, 100_000) == 0
+
+
+def test_a_deletion_waits_for_a_fork_of_its_session_to_commit(
+    dsn: str, two_stores: tuple[PostgresStore, PostgresStore]
+) -> None:
+    """A fork holds its source's row until it commits: another daemon deleting the
+    source meanwhile waits, then finds the fork's reference and keeps the events."""
+    first, second = two_stores
+    create(first, "p", [user(f"m{k}") for k in range(5)])
+    forked, release = threading.Event(), threading.Event()
+
+    def fork_and_hold(writer: StoreWriter) -> object:
+        made = writer.fork_session("p", "f", 5, [])
+        forked.set()
+        assert release.wait(30)
+        return made
+
+    forking = threading.Thread(target=lambda: first.write_batch([fork_and_hold]))
+    forking.start()
+    assert forked.wait(30)
+    deleting = threading.Thread(target=lambda: delete(second, "p"))
+    deleting.start()
+    # Until the deletion either finishes or is seen waiting for the fork's lock.
+    while deleting.is_alive() and not _waiting_for_a_lock(dsn):
+        deleting.join(0.01)
+    release.set()
+    forking.join(30)
+    deleting.join(30)
+    purge(first, 100_000)
+    assert contents(all_events(first, "f")) == [f"m{k}" for k in range(5)]
+    delete(first, "f")
+    assert purge(first, 100_000) == 5
+
+
+def _waiting_for_a_lock(dsn: str) -> bool:
+    with psycopg.connect(dsn) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            f" AND query LIKE 'DELETE FROM {SCHEMA}.sessions%%'"
+        ).fetchone()
+    return row is not None and row[0] > 0

@@ -88,6 +88,19 @@ class TurnContract:
             append(store, "s", [], queue=QueueEdit(add=queued("now")))
         assert listed_ids(store.sessions_with_open_turns()) == ["s"]
 
+    def test_a_new_message_cannot_open_a_turn_ahead_of_queued_ones(self, store: Store) -> None:
+        create(store, "s")
+        append(store, "s", [], queue=QueueEdit(add=queued("m2")))
+        append(store, "s", [], queue=QueueEdit(add=queued("m3")))
+        # No turn runs (its daemon died between turns), yet m4 must wait its turn.
+        with pytest.raises(TurnBusy, match="2 queued message"):
+            append(store, "s", [user("m4")], open_turn=("t4", "m4"))
+        assert record_of(store, "s").metadata.last_sequence == 0  # nothing written
+        record, _ = append(
+            store, "s", [user("m2")], open_turn=("t2", "m2"), queue=QueueEdit(remove="m2")
+        )
+        assert (record.open_turn_id, queue_ids(store, "s")) == ("t2", ["m3"])
+
     def test_taking_over_on_a_store_of_one_daemon_always_succeeds(self, store: Store) -> None:
         create(store, "s")
         append(store, "s", [user("q")], open_turn=("t", "m"))

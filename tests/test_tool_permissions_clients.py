@@ -180,3 +180,40 @@ async def test_an_app_decides_a_declared_tool_s_request_itself(daemon: DaemonPro
         events = await session.get_events()
     assert decisions(events) == [(True, "")]
     assert events[-1].type_name == "assistant.turn_end"
+
+
+async def test_a_request_goes_to_a_client_with_a_permission_handler_first(
+    daemon: DaemonProcess, workers: list[ToolWorker]
+) -> None:
+    async with CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client:
+        session = await client.create_session(tools=[GUARDED])
+        # Attached first, and would deny by default: asked only if nobody else decides.
+        runner = await start(workers, daemon, session.session_id, "sunny", "continue", "none")
+        decider = await start(
+            workers, daemon, session.session_id, "rainy", "continue", "approve_all"
+        )
+        answer = await session.send_and_wait(PROMPT)
+        events = await session.get_events()
+    assert decisions(events) == [(True, "")]
+    # The call itself goes to the holder attached first.
+    assert answer is not None
+    assert answer.data.content == 'get_weather returned: "sunny in Paris".'
+    assert (len(runner.runs()), decider.runs()) == (1, [])
+
+
+async def test_a_request_goes_to_another_decider_when_its_client_is_killed(
+    daemon: DaemonProcess, workers: list[ToolWorker]
+) -> None:
+    async with CopilotClient(socket_path=daemon.socket_path, auto_start=False) as client:
+        session = await client.create_session(tools=[GUARDED])
+        asked = await start(workers, daemon, session.session_id, "sunny", "continue", "block")
+        other = await start(workers, daemon, session.session_id, "rainy", "continue", "approve_all")
+        waiting = asyncio.create_task(session.send_and_wait(PROMPT))
+        request_id = (await read(asked))["asked"]
+        asked.kill()  # SIGKILL while its handler has not decided
+        answer = await waiting
+        events = await session.get_events()
+    assert decisions(events) == [(True, "")]
+    assert answer is not None
+    assert answer.data.content == 'get_weather returned: "rainy in Paris".'
+    assert other.runs() == [request_id]

@@ -35,13 +35,14 @@ async def client(daemon: DaemonProcess) -> AsyncIterator[CopilotClient]:
         yield client
 
 
-async def ask_tool(session: CopilotSession) -> str:
-    """Send the prompt and return the id of the call that then waits for a result."""
+async def ask_tool(session: CopilotSession, waits_as: str = "external_tool.requested") -> str:
+    """Send the prompt and return the id of the call that then waits (for a result,
+    or with ``waits_as="permission.requested"`` for a decision)."""
     requested: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def on_event(event: SessionEvent) -> None:
-        if event.type_name == "external_tool.requested" and not requested.done():
-            requested.set_result(event.proto.external_tool_requested.tool_call_id)
+        if event.type_name == waits_as and not requested.done():
+            requested.set_result(event.data.tool_call_id or "")
 
     unsubscribe = session.on(on_event)
     try:
@@ -61,14 +62,6 @@ async def answered_session(client: CopilotClient, session_id: str) -> str:
     await idle.wait()
     await session.destroy()
     return call_id
-
-
-async def stored_metadata(daemon: DaemonProcess, session_id: str) -> pb.SessionMetadata:
-    """The metadata as the daemon sends it (the client's has no pending calls)."""
-    async with grpc.aio.insecure_channel(f"unix:{daemon.socket_path}") as channel:
-        stub = copilot_pb2_grpc.CopilotServiceStub(channel)
-        response = await stub.GetSession(pb.GetSessionRequest(session_id=session_id))
-    return response.session
 
 
 def export_lines(daemon: DaemonProcess, path: Path, *session_ids: str) -> list[str]:
@@ -142,8 +135,10 @@ async def test_an_export_taken_while_a_call_waits_imports_with_the_call_closed(
 
     report = ok(copilotd(daemon, "import", "--rename", str(tmp_path / "waiting.jsonl")))
     assert "marked interrupted" in report
-    metadata = await stored_metadata(daemon, "waiting-imported")
-    assert not metadata.turn_running and not metadata.pending_tool_calls
+    metadata = await client.get_session_metadata("waiting-imported")
+    assert metadata is not None
+    assert not metadata.turn_running and metadata.pending_tool_calls == ()
+    assert [tool.name for tool in metadata.tools] == ["get_weather"]
     events = await client.get_messages("waiting-imported")
     starts, completes = calls_and_results(events)
     assert starts == completes == Counter({call_id: 1})  # every call has exactly one result
@@ -162,6 +157,40 @@ async def test_an_export_taken_while_a_call_waits_imports_with_the_call_closed(
     assert answer is not None
     # The original still waits for its call, untouched by the import.
     assert [call.tool_call_id for call in await session.pending_tool_calls()] == [call_id]
+    original = await client.get_session_metadata("waiting")
+    assert original is not None
+    [waiting] = original.pending_tool_calls
+    assert (waiting.tool_call_id, waiting.tool_name, waiting.arguments) == (
+        call_id,
+        "get_weather",
+        {"city": "Paris"},
+    )
+
+
+async def test_an_export_taken_while_a_permission_request_waits_imports_it_denied(
+    daemon: DaemonProcess, client: CopilotClient, tmp_path: Path
+) -> None:
+    guarded = Tool("get_weather", "The weather in a city", {"type": "object"})
+    session = await client.create_session(session_id="asking", tools=[guarded])
+    call_id = await ask_tool(session, "permission.requested")
+    export_lines(daemon, tmp_path / "asking.jsonl", "asking")
+
+    ok(copilotd(daemon, "import", "--rename", str(tmp_path / "asking.jsonl")))
+    metadata = await client.get_session_metadata("asking-imported")
+    assert metadata is not None and metadata.pending_tool_calls == ()
+    events = await client.get_messages("asking-imported")
+    decision, complete, end = events[-3:]
+    assert decision.type_name == "permission.completed"
+    assert (
+        decision.proto.permission_completed.tool_call_id,
+        decision.proto.permission_completed.approved,
+    ) == (call_id, False)
+    assert decision.proto.permission_completed.reason.startswith("interrupted: no client answered")
+    assert (complete.data.tool_call_id, complete.data.success) == (call_id, False)
+    assert end.data.reason == "interrupted"
+    # The imported history is one a model accepts: the next turn runs.
+    imported = await client.resume_session("asking-imported")
+    assert await imported.send_and_wait("and now?") is not None
 
 
 async def test_import_refuses_a_result_without_its_call(

@@ -299,3 +299,24 @@ async def test_a_turn_past_its_rounds_fails_clearly_without_recording_the_calls(
     assert reply.error.session_error.error_type == "tool_rounds_exceeded"
     assert "max_rounds" in reply.error.session_error.message
     assert not any(e.type.startswith("tool.") for e in history)
+
+
+async def test_a_tool_client_attaching_with_bad_declarations_is_refused(stub: Stub) -> None:
+    session_id = await new_session(stub)
+    bad_clients = {
+        "client_id is empty": (pb.ToolClient(tools=[WEATHER]), "ERROR_REASON_INVALID_ARGUMENT"),
+        "tool_client.tools[1].name: tool 'get_weather' is declared twice": (
+            pb.ToolClient(client_id="c", tools=[WEATHER, WEATHER]),
+            "ERROR_REASON_INVALID_TOOL",
+        ),
+        "tool_client.client_id is 200 bytes": (
+            pb.ToolClient(client_id="c" * 200),
+            "ERROR_REASON_INVALID_ARGUMENT",
+        ),
+    }
+    for message, (tool_client, reason) in bad_clients.items():
+        request = pb.StreamEventsRequest(session_id=session_id, tool_client=tool_client)
+        first: Awaitable[pb.StreamEventsResponse] = read_response(stub.StreamEvents(request))
+        error = await wire_error(first)
+        assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+        assert message in error.details

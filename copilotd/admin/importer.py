@@ -27,6 +27,8 @@ from copilotd.errors import (
     InvalidImportError,
     MessageIdTakenError,
     SequenceConflictError,
+    SequenceOutOfRangeError,
+    SequenceRewoundError,
     ServiceError,
     SessionExistsError,
 )
@@ -34,7 +36,11 @@ from copilotd.events import SessionEvent, SessionMetadata
 from copilotd.limits import SESSION_ID_MAX_LENGTH
 from copilotd.providers import ToolCall
 from copilotd.sessions.service import SessionService, store_errors
-from copilotd.sessions.tools import complete_event, interrupted_result
+from copilotd.sessions.tools import (
+    complete_event,
+    interrupted_result,
+    permission_completed_event,
+)
 from copilotd.sessions.validation import check_enum, check_session_id, is_valid_time
 from copilotd.store import SessionRecord, StoreWriter
 from copilotd.store.committer import GroupCommitter
@@ -98,6 +104,8 @@ class HistoryCheck:
         # Call id -> the call and its turn, until its result arrives.
         self._open_calls: dict[str, tuple[ToolCall, str]] = {}
         self._answered_calls: set[str] = set()
+        # Open calls waiting for a permission decision (ids).
+        self._awaiting: set[str] = set()
 
     def check(self, event: SessionEvent) -> None:
         self.count += 1
@@ -134,6 +142,10 @@ class HistoryCheck:
             self._start_call(event, at)
         elif event.type == ev.TOOL_EXECUTION_COMPLETE:
             self._complete_call(event, at)
+        elif event.type == ev.PERMISSION_REQUESTED:
+            self._awaiting.add(event.permission_requested.tool_call_id)
+        elif event.type == ev.PERMISSION_COMPLETED:
+            self._awaiting.discard(event.permission_completed.tool_call_id)
 
     def _start_call(self, event: SessionEvent, at: str) -> None:
         start = event.tool_execution_start
@@ -175,7 +187,8 @@ class HistoryCheck:
         """Check the count; the events that close a turn the history leaves open.
 
         Those are a synthetic result for each call still waiting (as an abort
-        gives them), then the turn's end; none when every turn ended.
+        gives them; an open permission request denied before it), then the
+        turn's end; none when every turn ended.
         """
         if self.count != self._header.event_count:
             raise InvalidImportError(
@@ -196,9 +209,15 @@ class HistoryCheck:
             return []
         turn_id, user_message_id = next(reversed(self._open_turns.items()))
         result = interrupted_result(INTERRUPTED_CALL)
-        closing = [
-            complete_event(call, call_turn, result) for call, call_turn in self._open_calls.values()
-        ]
+        closing = []
+        for call, call_turn in self._open_calls.values():
+            if call.call_id in self._awaiting:  # denied first, as the daemon closes one
+                closing.append(
+                    permission_completed_event(
+                        call.call_id, call_turn, approved=False, reason=result.text_result_for_llm
+                    )
+                )
+            closing.append(complete_event(call, call_turn, result))
         end = ev.make_event(
             ev.ASSISTANT_TURN_END,
             turn_id=turn_id,
@@ -315,6 +334,12 @@ class Importer:
         except MessageIdTakenError:
             raise InvalidImportError(
                 f"{check.where}: an event id is repeated in the history; each event needs its own"
+            ) from None
+        except (SequenceOutOfRangeError, SequenceRewoundError):
+            raise InvalidImportError(
+                f"{check.where}: a session.snapshot_rewind event rewinds to a sequence that is "
+                "not a kept event before it (to_sequence must be at least 1, below the rewind's "
+                "own sequence, and not cut by an earlier rewind)"
             ) from None
 
     async def _commit(

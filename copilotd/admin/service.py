@@ -99,12 +99,14 @@ class AdminService:
 
     # -- status ------------------------------------------------------------------
 
-    def status(self) -> DaemonStatus:
+    async def status(self) -> DaemonStatus:
+        store_bytes = await self._service.reading(self._store.size_bytes)
+        session_count = await self._service.reading(self._store.session_count)
         return DaemonStatus(
             info=self.info,
             pid=os.getpid(),
-            store_bytes=self._store.size_bytes(),
-            session_count=self._store.session_count(),
+            store_bytes=store_bytes,
+            session_count=session_count,
             running_turns=self._service.running_turns,
             retention=self.retention,
         )

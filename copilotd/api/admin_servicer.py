@@ -36,7 +36,7 @@ class AdminServicer(admin_pb2_grpc.CopilotAdminServiceServicer):
         self, request: admin_pb2.GetDaemonStatusRequest, context: Context
     ) -> admin_pb2.GetDaemonStatusResponse:
         async with translate_errors(context, "GetDaemonStatus"):
-            status = self._admin.status()
+            status = await self._admin.status()
         return status_to_proto(status)
 
     async def SetSessionPinned(

@@ -58,7 +58,7 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         self, request: pb.GetSessionRequest, context: Context
     ) -> pb.GetSessionResponse:
         async with translate_errors(context, "GetSession"):
-            metadata = self._service.get_session(request.session_id)
+            metadata = await self._service.reading(self._service.get_session, request.session_id)
         return pb.GetSessionResponse(session=metadata)
 
     async def ResumeSession(
@@ -71,6 +71,9 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
                 request.provider if request.HasField("provider") else None,
                 tools=request.tools if request.tools or request.replace_tools else None,
                 continue_pending_work=request.continue_pending_work,
+                infinite_sessions=(
+                    request.infinite_sessions if request.HasField("infinite_sessions") else None
+                ),
             )
         return pb.ResumeSessionResponse(
             session=metadata, tail=tail, resume_not_recorded=not recorded
@@ -80,7 +83,9 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         self, request: pb.ListSessionsRequest, context: Context
     ) -> pb.ListSessionsResponse:
         async with translate_errors(context, "ListSessions"):
-            sessions, token = self._service.list_sessions(request.page_size, request.page_token)
+            sessions, token = await self._service.reading(
+                self._service.list_sessions, request.page_size, request.page_token
+            )
         return pb.ListSessionsResponse(sessions=sessions, next_page_token=token)
 
     async def DeleteSession(
@@ -121,11 +126,13 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
     ) -> pb.ListEventsResponse:
         async with translate_errors(context, "ListEvents"):
             check_enum(request.order, pb.EventOrder, "order")
-            events, cursor = self._service.list_events(
+            events, cursor = await self._service.reading(
+                self._service.list_events,
                 request.session_id,
                 request.cursor,
                 request.page_size,
                 request.order == pb.EventOrder.EVENT_ORDER_NEWEST_FIRST,
+                request.include_rewound,
             )
         return pb.ListEventsResponse(events=events, next_cursor=cursor)
 
@@ -133,7 +140,12 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         self, request: pb.StreamEventsRequest, context: Context
     ) -> AsyncIterator[pb.StreamEventsResponse]:
         async with translate_errors(context, "StreamEvents"):
-            stream = self._service.stream_events(request.session_id, request.after_sequence)
+            stream = self._service.stream_events(
+                request.session_id,
+                request.after_sequence,
+                request.include_rewound,
+                request.tool_client if request.HasField("tool_client") else None,
+            )
             async with contextlib.aclosing(stream):
                 async for events, live in stream:
                     yield pb.StreamEventsResponse(events=events, live=live)
@@ -159,6 +171,15 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         async with translate_errors(context, "ListModels"):
             models, offline_only = self._service.list_models()
         return pb.ListModelsResponse(models=models, offline_only=offline_only)
+
+    async def CompactSession(
+        self, request: pb.CompactSessionRequest, context: Context
+    ) -> pb.CompactSessionResponse:
+        async with translate_errors(context, "CompactSession"):
+            complete = await self._service.compact_session(
+                request.session_id, request.custom_instructions
+            )
+        return pb.CompactSessionResponse(compaction_complete=complete)
 
     async def SetModel(self, request: pb.SetModelRequest, context: Context) -> pb.SetModelResponse:
         async with translate_errors(context, "SetModel"):
@@ -190,10 +211,42 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
         self, request: pb.ListPendingToolCallsRequest, context: Context
     ) -> pb.ListPendingToolCallsResponse:
         async with translate_errors(context, "ListPendingToolCalls"):
-            calls = self._service.list_pending_tool_calls(request.session_id)
+            calls = await self._service.reading(
+                self._service.list_pending_tool_calls, request.session_id
+            )
         return pb.ListPendingToolCallsResponse(calls=calls)
 
     # == search ==
+
+    # == fork and rewind ==
+
+    async def ForkSession(
+        self, request: pb.ForkSessionRequest, context: Context
+    ) -> pb.ForkSessionResponse:
+        async with translate_errors(context, "ForkSession"):
+            metadata = await self._service.fork_session(
+                request.source_session_id,
+                request.new_session_id,
+                request.up_to_sequence if request.HasField("up_to_sequence") else None,
+            )
+        return pb.ForkSessionResponse(session=metadata)
+
+    async def RewindSession(
+        self, request: pb.RewindSessionRequest, context: Context
+    ) -> pb.RewindSessionResponse:
+        async with translate_errors(context, "RewindSession"):
+            metadata, rewind = await self._service.rewind_session(
+                request.session_id,
+                request.to_sequence,
+                abort_turn=request.abort_turn,
+                reason=request.reason,
+                expected_last_sequence=(
+                    request.expected_last_sequence
+                    if request.HasField("expected_last_sequence")
+                    else None
+                ),
+            )
+        return pb.RewindSessionResponse(session=metadata, rewind=rewind)
 
     async def SearchSessions(
         self, request: pb.SearchSessionsRequest, context: Context
@@ -204,6 +257,7 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
                 session_id_prefix=request.session_id_prefix,
                 since_ns=check_time(request.since, "since") if request.HasField("since") else None,
                 until_ns=check_time(request.until, "until") if request.HasField("until") else None,
+                include_rewound=request.include_rewound,
             )
             hits, token = await self._search.search(search, request.page_size, request.page_token)
         response = pb.SearchSessionsResponse(next_page_token=token)
@@ -214,6 +268,7 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
                 event_type=hit.event_type,
                 snippet=hit.snippet,
                 rank=hit.rank,
+                rewound=hit.rewound,
             )
             found.event_time.FromNanoseconds(hit.event_time_ns)
         return response

@@ -119,7 +119,9 @@ def export_command(
                 for metadata in sessions:
                     # The header's metadata and the events are the same moment's:
                     # events appended since are left for the next export.
-                    events = await read_events(daemon, metadata.session_id, metadata.last_sequence)
+                    events = await read_events(
+                        daemon, metadata.session_id, metadata.last_sequence, include_rewound=True
+                    )
                     writer.session(metadata, len(events))
                     for event in events:
                         writer.event(metadata.session_id, event)

@@ -1,4 +1,5 @@
-"""``copilotd sessions …``: list, show, search, delete, prune, pin and unpin, over the gRPC API."""
+"""``copilotd sessions …``: list, show, search, fork, rewind, delete, prune, pin and unpin,
+over the gRPC API."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import click
 from google.protobuf import json_format
 
+from copilot_client import InvalidPointError, TurnRunningError
 from copilot_client.proto.admin.v1 import admin_pb2
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd import events as ev
@@ -65,14 +67,21 @@ async def list_all(
     return found if limit is None else found[:limit]
 
 
-async def read_events(daemon: Daemon, session_id: str, up_to: int) -> list[SessionEvent]:
+async def read_events(
+    daemon: Daemon, session_id: str, up_to: int, *, include_rewound: bool = False
+) -> list[SessionEvent]:
     """Persisted events 1..``up_to``, oldest first (later ones are left out)."""
     events: list[SessionEvent] = []
     cursor = 0
     while cursor < up_to:
         response = await daemon.call(
             daemon.stub.ListEvents,
-            pb.ListEventsRequest(session_id=session_id, cursor=cursor, page_size=MAX_PAGE_SIZE),
+            pb.ListEventsRequest(
+                session_id=session_id,
+                cursor=cursor,
+                page_size=MAX_PAGE_SIZE,
+                include_rewound=include_rewound,
+            ),
         )
         page = [e for e in response.events if e.sequence <= up_to]
         events.extend(page)
@@ -94,6 +103,9 @@ def metadata_dict(metadata: SessionMetadata) -> dict[str, Any]:
         "last_sequence": metadata.last_sequence,
         "turn_running": metadata.turn_running,
         "pinned": metadata.pinned,
+        "parent_session_id": metadata.parent_session_id,
+        "fork_sequence": metadata.fork_sequence,
+        "rewound_events": metadata.rewound_events,
     }
 
 
@@ -264,9 +276,12 @@ def search_command(
 @sessions_group.command("show")
 @click.argument("session_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata and events as JSON.")
+@click.option("--include-rewound", is_flag=True, help="Also the events rewinds cut (for audit).")
 @socket_option
 @reports_errors
-def show_command(session_id: str, as_json: bool, socket_path: Path | None) -> None:
+def show_command(
+    session_id: str, as_json: bool, include_rewound: bool, socket_path: Path | None
+) -> None:
     """A session's metadata and its transcript (nothing is recorded: no resume)."""
 
     async def main() -> tuple[SessionMetadata, list[SessionEvent]]:
@@ -275,7 +290,10 @@ def show_command(session_id: str, as_json: bool, socket_path: Path | None) -> No
                 daemon.stub.GetSession, pb.GetSessionRequest(session_id=session_id)
             )
             metadata = response.session
-            return metadata, await read_events(daemon, session_id, metadata.last_sequence)
+            events = await read_events(
+                daemon, session_id, metadata.last_sequence, include_rewound=include_rewound
+            )
+            return metadata, events
 
     metadata, events = run(main())
     if as_json:
@@ -308,6 +326,10 @@ def show_command(session_id: str, as_json: bool, socket_path: Path | None) -> No
         ("turn running", "yes" if metadata.turn_running else "no"),
         ("summary", metadata.summary),
     ]
+    if metadata.parent_session_id:
+        fields.append(("forked from", f"{metadata.parent_session_id} at {metadata.fork_sequence}"))
+    if metadata.rewound_events:
+        fields.append(("rewound", f"{metadata.rewound_events} events (--include-rewound)"))
     if metadata.tools:
         fields.append(("tools", ", ".join(tool.name for tool in metadata.tools)))
     fields.extend(
@@ -324,6 +346,79 @@ def show_command(session_id: str, as_json: bool, socket_path: Path | None) -> No
 
 
 # -- changing ----------------------------------------------------------------------
+
+
+def _point_hint(error: InvalidPointError | TurnRunningError, flag: str) -> CliError:
+    """The daemon's refusal, with the flag that picks another point on this command."""
+    hint = (
+        "pass --abort-turn to abort it first"
+        if isinstance(error, TurnRunningError)
+        else f"pick another point with {flag}; `copilotd sessions show` lists the events"
+    )
+    return CliError(f"{error.message} ({hint})")
+
+
+@sessions_group.command("fork")
+@click.argument("source_id", metavar="SRC")
+@click.option("--id", "new_id", default="", help="The fork's id (default: a new UUID).")
+@click.option(
+    "--at",
+    type=click.IntRange(min=1),
+    help="The last event of SRC the fork inherits (default: its last event).",
+)
+@socket_option
+@reports_errors
+def fork_command(source_id: str, new_id: str, at: int | None, socket_path: Path | None) -> None:
+    """Fork a session: a new session whose history is SRC's up to an event (nothing is
+    copied, so it is as quick at any length)."""
+    request = pb.ForkSessionRequest(source_session_id=source_id, new_session_id=new_id)
+    if at is not None:
+        request.up_to_sequence = at
+
+    async def main() -> SessionMetadata:
+        async with connect(socket_path) as daemon:
+            response: pb.ForkSessionResponse = await daemon.call(daemon.stub.ForkSession, request)
+            return response.session
+
+    try:
+        fork = run(main())
+    except InvalidPointError as error:
+        raise _point_hint(error, "--at SEQ") from None
+    click.echo(f"forked {source_id} at {fork.fork_sequence} as {fork.session_id}")
+
+
+@sessions_group.command("rewind")
+@click.argument("session_id", metavar="ID")
+@click.argument("sequence", metavar="SEQ", type=click.IntRange(min=1))
+@click.option("--abort-turn", is_flag=True, help="Abort a running turn first.")
+@click.option("--reason", default="", help="Why, recorded in the rewind event.")
+@socket_option
+@reports_errors
+def rewind_command(
+    session_id: str, sequence: int, abort_turn: bool, reason: str, socket_path: Path | None
+) -> None:
+    """Rewind a session to the event SEQ: the conversation goes on as if the events
+    after it had not happened (they stay in the log: `show --include-rewound`)."""
+    request = pb.RewindSessionRequest(
+        session_id=session_id, to_sequence=sequence, abort_turn=abort_turn, reason=reason
+    )
+
+    async def main() -> pb.RewindSessionResponse:
+        async with connect(socket_path) as daemon:
+            response: pb.RewindSessionResponse = await daemon.call(
+                daemon.stub.RewindSession, request
+            )
+            return response
+
+    try:
+        response = run(main())
+    except (InvalidPointError, TurnRunningError) as error:
+        raise _point_hint(error, "SEQ") from None
+    cut = response.rewind.session_snapshot_rewind
+    click.echo(
+        f"rewound {session_id} to {sequence}: cut {cut.events_removed} events "
+        f"({cut.first_rewound_sequence}-{cut.last_rewound_sequence}), kept in the log"
+    )
 
 
 @sessions_group.command("delete")

@@ -10,6 +10,7 @@ from copilotd.providers.base import (
     ToolCall,
     ToolSpec,
     Usage,
+    with_summary,
 )
 from copilotd.providers.offline import OfflineProvider
 from copilotd.providers.registry import (
@@ -40,4 +41,5 @@ __all__ = [
     "check_provider_config",
     "load_provider_settings",
     "public_provider_config",
+    "with_summary",
 ]

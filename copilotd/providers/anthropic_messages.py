@@ -67,7 +67,7 @@ class AnthropicMessagesProvider(ModelProvider):
                 messages=_alternating(request.messages),
                 stream=True,
                 system=system or anthropic.omit,
-                tools=[_tool(tool) for tool in request.tools] if request.tools else anthropic.omit,
+                **_tool_arguments(request),
             )
             async with response:
                 async for event in response:
@@ -122,6 +122,31 @@ def _client(connection: Connection, headers: Mapping[str, object]) -> anthropic.
         # Omit values remove a header the SDK would add.
         default_headers=cast("dict[str, str]", dict(headers)),
     )
+
+
+GONE_TOOL = "no longer available: no client holding it is attached"
+
+
+def _tool_arguments(request: ChatRequest) -> dict[str, Any]:
+    """The request's ``tools`` (and ``tool_choice``).
+
+    Anthropic refuses a history with tool blocks in a request that defines
+    no tools, which is what a session gets once the clients holding its tools
+    have gone: the tools the history called are then defined again, bare,
+    and the model may not call them.
+    """
+    if request.tools:
+        return {"tools": [_tool(tool) for tool in request.tools]}
+    called = dict.fromkeys(call.name for m in request.messages for call in m.tool_calls)
+    if not called:
+        return {}
+    return {
+        "tools": [
+            {"name": name, "description": GONE_TOOL, "input_schema": {"type": "object"}}
+            for name in called
+        ],
+        "tool_choice": {"type": "none"},
+    }
 
 
 def _tool(tool: ToolSpec) -> ToolParam:

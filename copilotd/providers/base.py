@@ -17,6 +17,21 @@ from dataclasses import dataclass
 from typing import Literal
 
 Role = Literal["system", "user", "assistant", "tool"]
+# What a request is for: answering the conversation, or summarising part of
+# it for a compaction (providers send both alike; the offline model answers
+# the second by its own rule).
+Task = Literal["answer", "summarize"]
+
+# How a conversation's summary reaches the model after a compaction: a
+# section at the end of the system message, so that the history still starts
+# with a user message, as every provider requires. The offline model finds
+# the summary it was given by this heading.
+SUMMARY_HEADING = "Summary of the earlier conversation (it replaces the messages it covers):"
+
+
+def with_summary(system: str, summary: str) -> str:
+    """The system message text carrying ``summary`` (unchanged when there is none)."""
+    return f"{system}\n\n{SUMMARY_HEADING}\n{summary}" if summary else system
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +79,14 @@ class ChatRequest:
         messages: system message first, then the history, oldest first.
         max_output_tokens: largest answer to ask for (None: the provider's default).
         tools: the tools the model may call (the stream then may yield ``ToolCall``s).
+        task: ``"summarize"`` for a compaction's summary, else ``"answer"``.
     """
 
     model: str
     messages: Sequence[ChatMessage]
     max_output_tokens: int | None = None
     tools: Sequence[ToolSpec] = ()
+    task: Task = "answer"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,15 @@ line of the prompt of the form ``call NAME {JSON object}``, where NAME is a
 tool the request declares, becomes one call of NAME with those arguments (in
 the order of the lines; no text then). Given the tools' results, it answers
 with them: ``NAME returned: "result"``, one per call.
+
+It summarises by a fixed rule too, so that compaction works (and is tested)
+with no network: asked for a summary (``task="summarize"``), it keeps every
+line of the request that holds ``remember: FACT`` (a user's marked line, or
+a line of the previous summary, which is made of them), as
+``remember: FACT``, first occurrence first, without repeats, within the
+request's ``max_output_tokens`` (at 3 bytes a token; the oldest go first
+beyond it), and answers "Nothing was marked to remember." when there is
+none. Answering, it quotes the summary its system message carries.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from operator import attrgetter
 from random import getrandbits
 
 from copilotd.providers.base import (
+    SUMMARY_HEADING,
     ChatChunk,
     ChatMessage,
     ChatRequest,
@@ -35,6 +45,35 @@ DELTA_COUNT = 6
 _QUOTE_SCAN = 4 * QUOTE_LIMIT
 _role = attrgetter("role")
 _CALL_LINE = re.compile(r"^\s*call\s+([A-Za-z0-9_-]{1,64})\s+(\{.*\})\s*$")
+# A transcript line of a user's message starts with "user: " (see
+# sessions/compaction.py); a previous summary's lines start with "remember:".
+_REMEMBER = re.compile(r"^\s*(?:user:\s*)?remember:\s*(\S.*?)\s*$", re.IGNORECASE)
+NOTHING_TO_REMEMBER = "Nothing was marked to remember."
+# Bytes of a summary per token of max_output_tokens (the daemon's estimate).
+_SUMMARY_BYTES_PER_TOKEN = 3
+
+
+def summarize_remembered(request: ChatRequest) -> str:
+    """The offline model's summary (the module's rule)."""
+    kept: dict[str, None] = {}
+    for message in request.messages[1:]:
+        for line in message.content.splitlines():
+            match = _REMEMBER.match(line)
+            if match is not None:
+                kept.setdefault(f"remember: {match[1]}", None)
+    lines = list(kept)
+    if request.max_output_tokens:
+        limit = request.max_output_tokens * _SUMMARY_BYTES_PER_TOKEN
+        while lines and len("\n".join(lines).encode()) > limit:
+            del lines[0]
+    return "\n".join(lines) or NOTHING_TO_REMEMBER
+
+
+def _summary_given(request: ChatRequest) -> str:
+    if not request.messages or request.messages[0].role != "system":
+        return ""
+    _, found, summary = request.messages[0].content.partition(SUMMARY_HEADING)
+    return summary.strip() if found else ""
 
 
 def tool_calls_asked(request: ChatRequest) -> list[ToolCall]:
@@ -114,6 +153,10 @@ def compose_reply(request: ChatRequest) -> str:
         )
     else:
         parts.append("There are no earlier messages from you in this session.")
+    summary = _summary_given(request)
+    if summary:
+        # Whole, not quoted: tests check that a fact survives many compactions.
+        parts.append(f"The summary I was given: {' | '.join(summary.splitlines())}.")
     return " ".join(parts)
 
 
@@ -140,6 +183,11 @@ class OfflineProvider(ModelProvider):
         self._delta_delay = delta_delay
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[ChatChunk]:
+        if request.task == "summarize":
+            if self._delta_delay:
+                await asyncio.sleep(self._delta_delay)
+            yield TextDelta(summarize_remembered(request))
+            return
         calls = tool_calls_asked(request)
         if calls:
             for call in calls:

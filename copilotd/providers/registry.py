@@ -288,6 +288,13 @@ class ProviderRegistry:
             config.base_url or PUBLIC_BASE_URLS.get(config.type, ""),
         )
 
+    async def share_session_provider(self, source_id: str, session_id: str) -> None:
+        """A fork answers through its source's own provider: hold its config (secrets
+        included) for the fork too, when this daemon holds it."""
+        held = self._sessions.get(source_id)
+        if held is not None:
+            await self.hold_session_provider(session_id, held.config)
+
     def _hold(self, session_id: str, config: ProviderConfig) -> _SessionProvider:
         for secret in (config.api_key, config.bearer_token):
             if secret:

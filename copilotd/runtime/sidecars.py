@@ -167,7 +167,8 @@ class _IndexedFanOut(FanOut[SessionEvent]):
 class LeaseKeeper(Periodic):
     """On a store shared by several daemons, every third of a lease: renew this
     daemon's leases, take over the turns of daemons whose leases expired, and
-    deliver what other daemons committed should a notification have been missed."""
+    deliver what other daemons committed and serve the calls they relayed here,
+    should a notification have been missed."""
 
     def __init__(self, service: SessionService) -> None:
         self._service = service
@@ -178,6 +179,7 @@ class LeaseKeeper(Periodic):
         self._service.catch_up_all()
         if not self._service.shutting_down:
             await self._service.recover_interrupted_turns()
+        await self._service.serve_relayed()
 
 
 class RetentionSweeper(Periodic):

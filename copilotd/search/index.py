@@ -35,7 +35,8 @@ INDEX_FILE_NAME: Final = "search.sqlite3"
 SNIPPET_TOKENS: Final = 12
 # What FTS5 says about a query it cannot parse (any other error is ours, not the caller's).
 _QUERY_ERRORS: Final = ("fts5:", "unterminated string", "no such column", "unknown special query")
-_SCHEMA_VERSION: Final = 1
+# 2: entries.rewound (events cut by a rewind; added to a version 1 index at open).
+_SCHEMA_VERSION: Final = 2
 
 _SCHEMA: Final = """
 CREATE VIRTUAL TABLE IF NOT EXISTS texts USING fts5(
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS entries (
     session_id TEXT NOT NULL,
     sequence INTEGER NOT NULL,
     event_type TEXT NOT NULL,
-    event_time_ns INTEGER NOT NULL
+    event_time_ns INTEGER NOT NULL,
+    rewound INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS entries_by_session ON entries (session_id, sequence);
 CREATE TABLE IF NOT EXISTS cursors (
@@ -90,10 +92,14 @@ class SearchFilter:
     session_id_prefix: str = ""
     since_ns: int | None = None
     until_ns: int | None = None
+    # Also find events cut by rewinds (excluded by default, as from the conversation).
+    include_rewound: bool = False
 
     def fingerprint(self) -> str:
         """Ties a page token to the search that issued it."""
-        text = json.dumps([self.query, self.session_id_prefix, self.since_ns, self.until_ns])
+        text = json.dumps(
+            [self.query, self.session_id_prefix, self.since_ns, self.until_ns, self.include_rewound]
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -105,6 +111,7 @@ class Hit:
     event_time_ns: int
     snippet: str
     rank: float
+    rewound: bool = False
 
 
 def page_token(search: SearchFilter, offset: int) -> str:
@@ -153,13 +160,16 @@ class SearchIndex:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, _SCHEMA_VERSION):
+        if version > _SCHEMA_VERSION:
             self._db.close()
             raise RuntimeError(
                 f"the search index {path} has schema version {version}, newer than this "
                 f"copilotd's ({_SCHEMA_VERSION}); delete the file and it is rebuilt from the log"
             )
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(entries)")}
+        if "rewound" not in columns:
+            self._db.execute("ALTER TABLE entries ADD COLUMN rewound INTEGER NOT NULL DEFAULT 0")
         self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -180,6 +190,14 @@ class SearchIndex:
         transaction."""
         with self._transaction():
             for event in events:
+                if event.type == ev.SESSION_SNAPSHOT_REWIND:
+                    # Marked, not removed: include_rewound still finds them.
+                    cut = event.session_snapshot_rewind
+                    self._db.execute(
+                        "UPDATE entries SET rewound = 1 "
+                        "WHERE session_id = ? AND sequence BETWEEN ? AND ?",
+                        (session_id, cut.first_rewound_sequence, cut.last_rewound_sequence),
+                    )
                 text = searchable_text(event)
                 if not text:
                     continue
@@ -235,6 +253,8 @@ def search_index(path: Path, search: SearchFilter, *, limit: int, offset: int) -
     check_query(search.query)
     conditions = ["texts MATCH ?"]
     arguments: list[object] = [search.query]
+    if not search.include_rewound:
+        conditions.append("entries.rewound = 0")
     if search.session_id_prefix:
         # Not LIKE: it would read the _ an id may hold as a wildcard.
         conditions.append("substr(entries.session_id, 1, ?) = ?")
@@ -248,7 +268,7 @@ def search_index(path: Path, search: SearchFilter, *, limit: int, offset: int) -
     sql = (
         "SELECT entries.session_id, entries.sequence, entries.event_type, "
         f"entries.event_time_ns, snippet(texts, 0, '[', ']', '…', {SNIPPET_TOKENS}), "
-        "bm25(texts) AS score FROM texts JOIN entries ON entries.id = texts.rowid "
+        "bm25(texts) AS score, entries.rewound FROM texts JOIN entries ON entries.id = texts.rowid "
         f"WHERE {' AND '.join(conditions)} "
         "ORDER BY score, entries.session_id, entries.sequence LIMIT ? OFFSET ?"
     )
@@ -273,6 +293,7 @@ def search_index(path: Path, search: SearchFilter, *, limit: int, offset: int) -
             event_time_ns=row[3],
             snippet=row[4],
             rank=row[5],
+            rewound=bool(row[6]),
         )
         for row in rows
     ]

@@ -77,6 +77,11 @@ class Subscription(Generic[Item]):
         self._ledger.pinned += size - self._taken_bytes
         self._taken_bytes = size
 
+    def send(self, items: Sequence[Item]) -> None:
+        """Items for this subscriber alone (a tool call assigned to its client); an
+        overflow cuts it off as a publish would (its stream then ends)."""
+        self._push(items)
+
     def _push(self, items: Sequence[Item]) -> str | None:
         """Buffer ``items``; when the buffer overflowed, cut the subscriber off and say why."""
         if self._error is not None:

@@ -19,7 +19,7 @@ from typing import Any
 from copilot_client.wire import LIFECYCLE_CREATED, LIFECYCLE_DELETED, LIFECYCLE_UPDATED
 from copilotd import events as ev
 from copilotd.events import SessionEvent
-from copilotd.sessions.context_window import context_messages
+from copilotd.sessions.context_window import changes_context
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.history import STREAM_BATCH_BYTES, STREAM_BATCH_EVENTS
 from copilotd.sessions.idle_contexts import IdleContexts
@@ -50,9 +50,13 @@ class Delivery:
             return
         state.last_sequence = events[-1].sequence
         state.last_event_id = events[-1].id
-        if state.context is not None and (added := context_messages(events)):
+        if any(event.type == ev.SESSION_SNAPSHOT_REWIND for event in events):
+            # The cut messages leave the model's context: reloaded by the next turn.
+            self._idle_contexts.take(session_id)
+            state.context = None
+        elif state.context is not None and any(map(changes_context, events)):
             self._idle_contexts.take(session_id)  # in use; counted again once idle
-            state.context.extend(added)
+            state.context.follow(events)
         state.remember_messages(events)
         self._fanout.publish(session_id, events)
 

@@ -8,6 +8,7 @@ closes each turn.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -53,7 +54,14 @@ class TurnRecovery:
         Returns how many turns were closed as interrupted.
         """
         closed = 0
-        for record in self._host.store.sessions_with_open_turns():
+        store = self._host.store
+        # Every lease renewal on a database server: not on the event loop.
+        found = (
+            await asyncio.to_thread(store.sessions_with_open_turns)
+            if store.shared
+            else store.sessions_with_open_turns()
+        )
+        for record in found:
             session_id = record.metadata.session_id
             state = self._state_of(record)
             if state.turn is not None:

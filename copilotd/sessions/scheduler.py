@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from copilot_client.proto.v1 import copilot_pb2
 from copilotd import events as ev
-from copilotd.errors import SessionNotFoundError, TurnBusyError
+from copilotd.errors import ServiceError, SessionNotFoundError, TurnBusyError
 from copilotd.events import SessionEvent
 from copilotd.sessions.state import RunningTurn, SessionState, TurnHost
 from copilotd.store import PendingMessage, QueueEdit, SessionRecord
@@ -81,7 +81,7 @@ class TurnScheduler:
         else:
             state.pending.append(pending)
         try:
-            await self._host.append(
+            committed, _ = await self._host.append(
                 session_id,
                 [],
                 queue=QueueEdit(add=pending, first=immediate),
@@ -98,6 +98,14 @@ class TurnScheduler:
             # lease then refuses ours, and it starts the queue itself).
             if state.pending and not self._host.shutting_down:
                 self.start_next(session_id, state)
+            if immediate:  # the holder of the turn ends it, then starts this message
+                try:
+                    await self._host.abort_elsewhere(committed, SUPERSEDED)
+                except ServiceError as error:
+                    # Queued first all the same: it runs as soon as that turn ends.
+                    log.warning(
+                        "session %s: the running turn was not superseded: %s", session_id, error
+                    )
         elif immediate:
             await self._turns.cancel(running, reason=SUPERSEDED)
         return user, True

@@ -40,6 +40,7 @@ class MessageSender:
         self._scheduler = scheduler
         self._record_of = record_of
         self._state_of = state_of
+        self._reads = history.reads
 
     async def send_message(
         self,
@@ -57,8 +58,8 @@ class MessageSender:
         it queued. A ``message_id`` this session already holds is not
         recorded again: the message as it stands is returned.
         """
-        state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
-        known = state.known_message(user.id) or self._history.logged_message(session_id, message_id)
+        state, user, record = await self._prepare_send(session_id, prompt, source, mode, message_id)
+        known = await self._known(state, session_id, user.id, message_id)
         if known is not None:
             return known
         state.check_sequence(session_id, expected_last_sequence)
@@ -93,8 +94,8 @@ class MessageSender:
         queued or running is waited for rather than sent again; one whose
         turn has ended raises ``MessageAlreadyAnsweredError``.
         """
-        state, user, record = self._prepare_send(session_id, prompt, source, mode, message_id)
-        known = state.known_message(user.id) or self._history.logged_message(session_id, message_id)
+        state, user, record = await self._prepare_send(session_id, prompt, source, mode, message_id)
+        known = await self._known(state, session_id, user.id, message_id)
         if (
             known is not None
             and not known[1]
@@ -132,7 +133,22 @@ class MessageSender:
         # the same id again; the turn's end resolves and removes it.
         return await asyncio.shield(waiter)
 
-    def _prepare_send(
+    async def _known(
+        self, state: SessionState, session_id: str, user_id: str, message_id: str
+    ) -> tuple[SessionEvent, bool] | None:
+        """The message ``user_id`` as the session holds it (queued, running or, for a
+        ``message_id`` of the client's, logged), or None.
+
+        The log is read off the event loop; the in-memory state is looked at
+        again after it, with no await before the caller acts on the answer, so
+        a send of the same id racing this one is seen.
+        """
+        if (known := state.known_message(user_id)) is not None or not message_id:
+            return known
+        logged = await self._reads(self._history.logged_message, session_id, message_id)
+        return state.known_message(user_id) or logged
+
+    async def _prepare_send(
         self, session_id: str, prompt: str, source: str, mode: int, message_id: str
     ) -> tuple[SessionState, SessionEvent, SessionRecord]:
         """Check a send and build its user.message; nothing is written."""
@@ -142,7 +158,7 @@ class MessageSender:
         check_label(source, "source")
         check_enum(mode, copilot_pb2.SendMode, "mode")
         check_message_id(message_id)
-        record = self._record_of(session_id)
+        record = await self._reads(self._record_of, session_id)
         state = self._state_of(record)
         if self._host.store.shared:  # other daemons' commits first: checks see the session as it is
             self._delivery.catch_up(session_id, state, record.metadata.last_sequence)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
@@ -29,20 +28,21 @@ from copilotd.errors import (
 )
 from copilotd.events import SessionEvent, SessionMetadata
 from copilotd.limits import (
-    DEFAULT_EVENT_PAGE_SIZE,
     DEFAULT_MAX_PROMPT_BYTES,
-    DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
-    PAGE_BYTES,
 )
 from copilotd.providers import (
     ProviderRegistry,
     check_provider_config,
     public_provider_config,
 )
+from copilotd.sessions import live
+from copilotd.sessions.branching import Branching
+from copilotd.sessions.compaction import check_infinite_sessions
 from copilotd.sessions.context_window import ContextWindow
+from copilotd.sessions.creation import new_session
 from copilotd.sessions.fanout import FanOut
-from copilotd.sessions.history import History
+from copilotd.sessions.history import History, Listings
 from copilotd.sessions.idle_contexts import DEFAULT_BUDGET_BYTES, IdleContexts
 from copilotd.sessions.lifecycle import LifecycleEvent, LifecycleFeed
 from copilotd.sessions.peers import Delivery, PeerChanges
@@ -51,13 +51,13 @@ from copilotd.sessions.scheduler import TurnScheduler
 from copilotd.sessions.sending import MessageSender
 from copilotd.sessions.state import RunningTurn, SessionState, TurnOutcome
 from copilotd.sessions.store_errors import store_errors as store_errors  # admin uses it too
-from copilotd.sessions.tools import check_result, check_tools
+from copilotd.sessions.tool_routing import ToolClient
+from copilotd.sessions.tools import check_tools
+from copilotd.sessions.turn_calls import TurnCalls
 from copilotd.sessions.turns import TurnEngine
 from copilotd.sessions.validation import (
-    check_enum,
     check_label,
     check_session_id,
-    page_size,
 )
 from copilotd.store import (
     PendingMessage,
@@ -96,6 +96,8 @@ class SessionService:
         self._committer = committer
         self.fanout: FanOut[SessionEvent] = fanout or FanOut()
         self._history = History(store, self.fanout)
+        # What the API's pure reads run through (``StoreReads``).
+        self.reading = self._history.reads
         self.lifecycle = LifecycleFeed()
         self.providers = providers
         self.version = version
@@ -119,6 +121,22 @@ class SessionService:
         # The API's send calls, as the sender's own methods (documented there).
         self.send_message = sender.send_message
         self.send_message_and_wait = sender.send_message_and_wait
+        self._calls = TurnCalls(self.reading, self._record, self._states, self._state, self._turns)
+        # Calls for turns that run on another daemon sharing the store (None: one daemon).
+        self._relay = self._calls.relay
+        # The API's calls on a running turn, likewise.
+        self.abort_turn = self._calls.abort_turn
+        self.handle_pending_tool_call = self._calls.handle_pending_tool_call
+        self.handle_pending_permission = self._calls.handle_pending_permission
+        self.abort_elsewhere = self._calls.abort_elsewhere  # for the scheduler (``TurnHost``)
+        # The API's listings (``history.Listings``).
+        listings = Listings(store, self._history)
+        self.list_sessions, self.list_events = listings.list_sessions, listings.list_events
+        branching = Branching(
+            self, committer, self._turns, self._scheduler, self._record, self._state, self._created
+        )
+        self.fork_session = branching.fork_session
+        self.rewind_session = branching.rewind_session
 
     @property
     def store(self) -> Store:
@@ -258,14 +276,21 @@ class SessionService:
             )
 
     def publish_ephemeral(self, session_id: str, event: SessionEvent) -> None:
+        self._stamp(session_id, event)
+        self.fanout.publish(session_id, [event])
+        if self._store.relay is not None and event.type == ev.ASSISTANT_MESSAGE_DELTA:
+            live.forward(self._store.relay, session_id, event)
+
+    def _stamp(self, session_id: str, event: SessionEvent) -> None:
+        """A live-only event carries the sequence and id of the last persisted one."""
         state = self._states.get(session_id)
         if state is not None:
             event.sequence = state.last_sequence
             event.parent_id = state.last_event_id
-        self.fanout.publish(session_id, [event])
 
     def has_audience(self, session_id: str) -> bool:
-        return self.fanout.has_audience(session_id)
+        # On a shared store, subscribers of other daemons may want the deltas too.
+        return self._store.relay is not None or self.fanout.has_audience(session_id)
 
     def load_context(self, session_id: str) -> ContextWindow:
         """The session's recent user and assistant messages (cached per session)."""
@@ -281,52 +306,27 @@ class SessionService:
 
     async def create_session(self, config: copilot_pb2.SessionConfig) -> SessionMetadata:
         self._check_running()
-        session_id = config.session_id or str(uuid.uuid4())
-        check_session_id(session_id)
-        model = check_label(config.model, "config.model") or self.providers.default_model
-        metadata = SessionMetadata(session_id=session_id, model=model)
-        check_tools(config.tools, "config.tools")
-        metadata.tools.extend(config.tools)
-        if config.HasField("system_message"):
-            check_enum(
-                config.system_message.mode,
-                copilot_pb2.SystemMessageMode,
-                "config.system_message.mode",
-            )
-            check_label(
-                config.system_message.content,
-                "config.system_message.content",
-                self.max_prompt_bytes,
-            )
-            metadata.system_message.CopyFrom(config.system_message)
-        start = ev.make_event(
-            ev.SESSION_START, session_id=session_id, model=model, producer_version=self.version
+        new = new_session(
+            config, self.providers, version=self.version, max_prompt_bytes=self.max_prompt_bytes
         )
-        own_provider = config.HasField("provider")
-        if own_provider:  # stored without its secrets; they stay in memory
-            check_provider_config(config.provider)
-            if not config.model and not config.provider.wire_model:
-                raise InvalidArgumentError(
-                    "a session with its own provider needs a model: set SessionConfig.model "
-                    "(or the provider's wire_model) to a model that provider serves",
-                    Reason.ERROR_REASON_INVALID_PROVIDER,
-                )
-            metadata.provider.CopyFrom(public_provider_config(config.provider))
-            start.session_start.provider.CopyFrom(metadata.provider)
-        else:
-            self.providers.check_model(model)
+        metadata, start, session_id = new.metadata, new.start, new.metadata.session_id
         metadata.start_time.CopyFrom(start.timestamp)
         with store_errors(session_id):
             record, stored = await self._committer.submit(
                 lambda writer: writer.create_session(metadata, [start])
             )
-        if own_provider:
+        if new.own_provider:
             await self.providers.hold_session_provider(session_id, config.provider)
+        self._created(record, stored)
+        log.info("created session %s (model %s)", session_id, metadata.model)
+        return record.metadata
+
+    def _created(self, record: SessionRecord, stored: list[SessionEvent]) -> None:
+        """After the commit that made a session (created or forked): its state and news."""
+        session_id = record.metadata.session_id
         self._state(record)
         self.fanout.publish(session_id, stored)
         self.lifecycle.announce(LIFECYCLE_CREATED, session_id, record.metadata)
-        log.info("created session %s (model %s)", session_id, model)
-        return record.metadata
 
     def get_session(self, session_id: str) -> SessionMetadata:
         return self._record(session_id).metadata
@@ -338,6 +338,7 @@ class SessionService:
         provider: events_pb2.ProviderConfig | None = None,
         tools: Sequence[events_pb2.ToolDefinition] | None = None,
         continue_pending_work: bool = False,
+        infinite_sessions: events_pb2.InfiniteSessionConfig | None = None,
     ) -> tuple[SessionMetadata, list[SessionEvent], bool]:
         """Record a session.resume; ``provider`` (the session's own, again) is held in memory.
 
@@ -347,7 +348,7 @@ class SessionService:
         read their sessions (and delete some to make room).
         """
         self._check_running()
-        record = self._record(session_id)
+        record = await self.reading(self._record, session_id)
         state = self._state(record)
         resume = ev.make_event(
             ev.SESSION_RESUME,
@@ -362,6 +363,9 @@ class SessionService:
             check_tools(tools, "tools")
             resume.session_resume.tools.extend(tools)
             resume.session_resume.tools_replaced = True
+        if infinite_sessions is not None:
+            check_infinite_sessions(infinite_sessions, "infinite_sessions")
+            resume.session_resume.infinite_sessions.CopyFrom(infinite_sessions)
         recorded = True
         try:
             record, _ = await self.append(session_id, [resume])
@@ -371,28 +375,10 @@ class SessionService:
         if provider is not None:
             await self.providers.hold_session_provider(session_id, provider)
         if not continue_pending_work and await self._turns.calls.close_not_continued(state):
-            record = self._record(session_id)
-        tail = (
-            self._history.tail(session_id, min(tail_events, MAX_PAGE_SIZE)) if tail_events else []
-        )
+            record = await self.reading(self._record, session_id)
+        count = min(tail_events, MAX_PAGE_SIZE)
+        tail = await self.reading(self._history.tail, session_id, count) if tail_events else []
         return record.metadata, tail, recorded
-
-    def list_sessions(
-        self, requested_page_size: int, page_token: str
-    ) -> tuple[list[SessionMetadata], str]:
-        try:
-            records, next_token = self._store.list_sessions(
-                limit=page_size(requested_page_size, DEFAULT_PAGE_SIZE),
-                page_token=page_token,
-                max_bytes=PAGE_BYTES,  # system messages may be as large as prompts
-            )
-        except ValueError:
-            raise InvalidArgumentError(
-                "page_token is not one this daemon issued; pass the next_page_token of the "
-                "previous response, or an empty token for the first page",
-                Reason.ERROR_REASON_INVALID_PAGE_TOKEN,
-            ) from None
-        return [record.metadata for record in records], next_token
 
     async def delete_session(self, session_id: str) -> None:
         check_session_id(session_id)
@@ -436,6 +422,7 @@ class SessionService:
         self.purger.kick()
         state = self._states.pop(session_id, None)
         self.idle_contexts.take(session_id)
+        self._turns.compactor.forget(session_id)
         terminal = ev.make_event(ev.SESSION_DELETED, session_id=session_id)
         if state is not None:
             state.fail_waiters(SessionNotFoundError(session_id))
@@ -459,7 +446,7 @@ class SessionService:
                 "model is empty; name one of client.list_models()",
                 Reason.ERROR_REASON_UNKNOWN_MODEL,
             )
-        record = self._record(session_id)
+        record = await self.reading(self._record, session_id)
         if record.metadata.model == model:
             return record.metadata
         if not record.metadata.provider.type:  # a session's own provider serves any name
@@ -471,51 +458,37 @@ class SessionService:
         log.info("session %s now uses model %s", session_id, model)
         return record.metadata
 
-    async def abort_turn(self, session_id: str, reason: str) -> bool:
-        check_label(reason, "reason")
-        self._record(session_id)
-        state = self._states.get(session_id)
-        if state is None or state.turn is None:
-            return False
-        await self._turns.cancel(state.turn, reason=reason or "aborted by a client")
-        return True
-
-    async def handle_pending_tool_call(
-        self, session_id: str, tool_call_id: str, result: events_pb2.ToolResult
-    ) -> bool:
-        """Record a client's result for a waiting call; False when it was already (a retry)."""
-        check_label(tool_call_id, "tool_call_id")
-        check_result(result)
-        state = self._state(self._record(session_id))
-        return await self._turns.calls.answer(state, session_id, tool_call_id, result)
-
-    async def handle_pending_permission(
-        self, session_id: str, request_id: str, *, approved: bool, reason: str
-    ) -> bool:
-        check_label(request_id, "request_id")
-        check_label(reason, "reason")  # like an abort's reason
-        state = self._state(self._record(session_id))
-        return await self._turns.calls.decide(
-            state, session_id, request_id, approved=approved, reason=reason
-        )
+    async def compact_session(self, session_id: str, custom_instructions: str) -> SessionEvent:
+        """Summarise the session's older events now (``compaction``); the complete event."""
+        self._check_running()
+        check_label(custom_instructions, "custom_instructions", self.max_prompt_bytes)
+        self._state(self._record(session_id))
+        return await self._turns.compactor.compact_now(session_id, custom_instructions)
 
     def list_pending_tool_calls(self, session_id: str) -> list[copilot_pb2.PendingToolCall]:
         return list(self._record(session_id).metadata.pending_tool_calls)
 
-    def list_events(
-        self, session_id: str, cursor: int, requested_page_size: int, newest_first: bool
-    ) -> tuple[list[SessionEvent], int]:
-        check_session_id(session_id)
-        limit = page_size(requested_page_size, DEFAULT_EVENT_PAGE_SIZE)
-        return self._history.page(session_id, cursor, limit, newest_first)
-
     def stream_events(
-        self, session_id: str, after_sequence: int
+        self,
+        session_id: str,
+        after_sequence: int,
+        include_rewound: bool = False,
+        tool_client: copilot_pb2.ToolClient | None = None,
     ) -> AsyncGenerator[tuple[Sequence[SessionEvent], bool]]:
-        """Persisted events after the cursor, then live ones (``History.follow``)."""
+        """Persisted events after the cursor, then live ones; ``tool_client`` attached."""
         self._check_running()
         self._state(self._record(session_id))  # what live events are delivered from
-        return self._history.follow(session_id, after_sequence)
+        if tool_client is None:
+            return self._history.follow(session_id, after_sequence, include_rewound=include_rewound)
+        client = ToolClient.from_proto(session_id, tool_client)
+        return self._turns.calls.routes.follow(
+            client,
+            lambda subscribed: self._history.follow(
+                session_id, after_sequence, subscribed, include_rewound=include_rewound
+            ),
+            lambda: state.turn if (state := self._states.get(session_id)) else None,
+            lambda event: self._stamp(session_id, event),
+        )
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -525,7 +498,18 @@ class SessionService:
 
     def on_store_change(self, change: StoreChange | None) -> None:
         """Another daemon committed ``change`` (None: changes may have been missed)."""
-        self._peers.changed(change)
+        if change is not None and change.kind == "live":
+            state = self._states.get(change.session_id)
+            live.receive(self.fanout, self._delivery, state, change)
+        elif self._relay is None or not self._relay.heard(change):
+            self._peers.changed(change)
+
+    async def serve_relayed(self) -> None:
+        """Serve the calls other daemons relayed to the turns running here (the periodic
+        remedy for a missed notification), and have this daemon's own look again."""
+        if self._relay is not None:
+            self._relay.wake(None)
+            await self._relay.serve_waiting()
 
     def catch_up_all(self) -> None:
         """Deliver whatever other daemons committed to the sessions followed here."""
@@ -540,6 +524,7 @@ class SessionService:
         """Stop taking work; end running turns with a marker; end live streams."""
         self._shutting_down = True
         await self.purger.close()
+        await self._turns.compactor.close()
         # Concurrently, so their end markers share commits; again while a send
         # that was already past its check has started one meanwhile.
         while running := [s.turn for s in self._states.values() if s.turn is not None]:

@@ -79,14 +79,24 @@ class RunningTurn:
     # Characters of ``text`` so far (cheap to keep; bytes are counted only
     # when the characters alone could be over the limit).
     chars: int = 0
-    # The tools the model may call in this turn.
+    # The session's declared tools (as the turn began); each round offers the
+    # model those answered by hand and those of the clients attached then.
+    declared: list[events_pb2.ToolDefinition] = field(default_factory=list)
+    # The tools the model may call in this round.
     tools: list[ToolSpec] = field(default_factory=list)
+    # Tools of this round whose result ends the turn (declared is_terminal).
+    terminal: frozenset[str] = frozenset()
+    # The client each open call (with True: its permission request) was sent
+    # to, by client id (``tool_routing``).
+    assigned: dict[tuple[str, bool], str] = field(default_factory=dict)
     # Recorded tool calls waiting for a result, by call id.
     open_calls: dict[str, ToolCall] = field(default_factory=dict)
     # Results being committed, by call id: taken from ``open_calls`` with no
     # await in between, so that of two clients answering one call only the
     # first commits.
     answering: dict[str, events_pb2.ToolResult] = field(default_factory=dict)
+    # The results recorded in this turn, by call id (a terminal tool's ends it).
+    results: dict[str, events_pb2.ToolResult] = field(default_factory=dict)
     # Open calls (ids) waiting for a permission decision: answerable only
     # with HandlePendingPermission until approved.
     awaiting_permission: set[str] = field(default_factory=set)
@@ -94,6 +104,10 @@ class RunningTurn:
     skip_permission: frozenset[str] = frozenset()
     # Set whenever a call is answered or closed, for the engine waiting on them.
     calls_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The session's compaction settings when the turn began (unset: off).
+    infinite_sessions: events_pb2.InfiniteSessionConfig = field(
+        default_factory=events_pb2.InfiniteSessionConfig
+    )
 
 
 @dataclass
@@ -255,6 +269,11 @@ class TurnHost(Protocol):
         closing), then update the session's state and publish them. ``fence``:
         the turn these events belong to (the store refuses them once another
         daemon has taken the turn over)."""
+        ...
+
+    async def abort_elsewhere(self, record: SessionRecord, reason: str) -> bool:
+        """Abort the session's open turn (``record``'s) on the daemon sharing the store
+        that runs it, and wait for its end; False when none does."""
         ...
 
     def publish_ephemeral(self, session_id: str, event: SessionEvent) -> None:

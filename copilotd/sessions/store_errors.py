@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from copilotd.errors import (
     MessageIdTakenError,
     SequenceConflictError,
+    SequenceOutOfRangeError,
+    SequenceRewoundError,
     SessionExistsError,
     SessionNotFoundError,
     StoreFullError,
@@ -17,6 +19,7 @@ from copilotd.errors import (
 from copilotd.store import (
     EventIdTaken,
     SequenceConflict,
+    SequenceUnavailable,
     SessionExists,
     SessionNotFound,
     StoreFull,
@@ -42,5 +45,11 @@ def store_errors(session_id: str = "") -> Iterator[None]:
         raise TurnBusyError(str(error)) from None
     except TurnLost as error:
         raise TurnTakenOverError(error.session_id, error.turn_id) from None
+    except SequenceUnavailable as error:
+        if error.why == "rewound":
+            raise SequenceRewoundError(error.session_id, error.sequence) from None
+        raise SequenceOutOfRangeError(
+            f"sequence {error.sequence} is not an event of session {error.session_id!r}"
+        ) from None
     except StoreFull as error:
         raise StoreFullError(f"the session store is full: {error}") from None

@@ -4,8 +4,9 @@ A turn that asked for tools waits (``settle``) until each call has exactly
 one ``tool.execution_complete``: the first client result (``answer``), or a
 synthetic one when nobody will answer (``close_calls``: the pending timeout,
 a resume without pending work; ``close_open_calls``: an abort, a failure,
-a shutdown). Which turn a call belongs to and when a turn runs are the turn
-engine's; this module only settles the calls.
+a shutdown). Which attached client is asked to answer is ``routes``'
+(``tool_routing``); which turn a call belongs to and when a turn runs are
+the turn engine's; this module only settles the calls.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from copilotd.errors import (
 from copilotd.events import SessionEvent
 from copilotd.providers import ToolCall
 from copilotd.sessions.state import RunningTurn, SessionState, TurnHost
+from copilotd.sessions.tool_routing import ToolRoutes
 from copilotd.sessions.tools import (
     ToolResult,
     complete_event,
@@ -80,6 +82,7 @@ class ToolCalls:
 
     def __init__(self, host: TurnHost) -> None:
         self._host = host
+        self.routes = ToolRoutes()
 
     async def answer(
         self, state: SessionState, session_id: str, call_id: str, result: ToolResult
@@ -149,6 +152,7 @@ class ToolCalls:
             except BaseException:
                 turn.awaiting_permission.add(request_id)
                 raise
+            self.routes.route(turn)  # now to a client running the tool
             return True
         recorded = state.permission_decisions.get(request_id)
         if recorded is None:
@@ -191,6 +195,8 @@ class ToolCalls:
             turn.open_calls.update((call.call_id, call) for call in calls)
             turn.awaiting_permission |= awaiting
             raise
+        else:
+            turn.results.update((call.call_id, result) for call in calls)
         finally:
             for call in calls:
                 turn.answering.pop(call.call_id, None)

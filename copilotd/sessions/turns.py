@@ -6,7 +6,10 @@ called, streams the model's deltas live, and always ends with a persisted
 was streamed before an abort or a failure is kept as a partial
 ``assistant.message``. The history sent is trimmed to the model's context
 budget (recorded as ``session.truncation``), and the tokens a completed turn
-used are recorded as ``assistant.usage``.
+used are recorded as ``assistant.usage``. A session with infinite sessions
+on is compacted around its turns (``compaction``): a model call at the
+exhaustion threshold waits for a compaction, a turn that ends at the
+background threshold starts one.
 """
 
 from __future__ import annotations
@@ -26,12 +29,28 @@ from copilotd.errors import (
     StoreFullError,
 )
 from copilotd.events import SessionEvent
-from copilotd.providers import ChatMessage, ChatRequest, ProviderError, ToolCall, Usage
+from copilotd.providers import (
+    ChatMessage,
+    ChatRequest,
+    ProviderError,
+    ToolCall,
+    Usage,
+    with_summary,
+)
 from copilotd.redaction import REDACTOR
+from copilotd.sessions.compaction import Compactor
+from copilotd.sessions.context_window import ContextWindow
 from copilotd.sessions.state import RunningTurn, SessionState, TurnHost
-from copilotd.sessions.token_budget import FittedRequest, Truncation, estimate_tokens, fit_to_budget
+from copilotd.sessions.token_budget import (
+    FittedRequest,
+    Truncation,
+    estimate_tokens,
+    fit_to_budget,
+    message_tokens,
+)
 from copilotd.sessions.tool_calls import ToolCalls, close_open_calls, reopen_calls
-from copilotd.sessions.tools import requested_events, tool_specs
+from copilotd.sessions.tool_routing import offer
+from copilotd.sessions.tools import requested_events
 
 if TYPE_CHECKING:
     from copilotd.store import QueueEdit, SessionRecord
@@ -74,6 +93,7 @@ class TurnEngine:
     def __init__(self, host: TurnHost) -> None:
         self._host = host
         self.calls = ToolCalls(host)
+        self.compactor = Compactor(host)
 
     def claim(self, state: SessionState, session_id: str, user_message_id: str) -> RunningTurn:
         """Reserve the session for the turn answering ``user_message_id`` (before any await)."""
@@ -158,6 +178,7 @@ class TurnEngine:
             log.warning("session %s: its waiting turn cannot go on: %s", session_id, error)
             return False
         reopen_calls(turn, list(record.metadata.pending_tool_calls))
+        self.calls.routes.route(turn)
         turn.task = asyncio.get_running_loop().create_task(
             self._run(turn), name=f"turn {turn.session_id}/{turn.turn_id}"
         )
@@ -174,10 +195,9 @@ class TurnEngine:
         turn.model = record.metadata.model
         turn.system_message.CopyFrom(record.metadata.system_message)
         turn.route = self._host.providers.route_for(record.metadata)
-        turn.tools = tool_specs(record.metadata.tools)
-        turn.skip_permission = frozenset(
-            tool.name for tool in record.metadata.tools if tool.skip_permission
-        )
+        turn.infinite_sessions.CopyFrom(record.metadata.infinite_sessions)
+        turn.declared = list(record.metadata.tools)
+        offer(turn, self.calls.routes.clients(turn.session_id))
 
     async def _record_calls(
         self,
@@ -206,6 +226,7 @@ class TurnEngine:
             # Shielded: an abort arriving mid-commit must know whether the
             # starts were stored, to close exactly the calls that were.
             await asyncio.shield(commit)
+            self.calls.routes.route(turn)
         except BaseException:
             await asyncio.wait({commit})
             if commit.cancelled() or commit.exception() is not None:
@@ -225,16 +246,21 @@ class TurnEngine:
         route = turn.route
         assert route is not None, "begin() sets the route before the turn runs"
         context = host.load_context(turn.session_id)
+        system = self._system(turn, context)
+        if await self.compactor.before_model_call(
+            turn, route, message_tokens(system) + context.tokens
+        ):
+            # The compaction's commit has updated the cached context.
+            context = host.load_context(turn.session_id)
+            system = self._system(turn, context)
         fitted = fit_to_budget(
-            ChatMessage("system", system_prompt(turn.system_message)),
-            context.messages,
-            route.prompt_budget,
-            history_tokens=context.tokens,
+            system, context.messages, route.prompt_budget, history_tokens=context.tokens
         )
         if fitted.truncation is not None:
             await host.append(
                 turn.session_id, [self._truncation(turn, fitted.truncation)], fence=turn.turn_id
             )
+        offer(turn, self.calls.routes.clients(turn.session_id))  # who is attached now
         request = ChatRequest(
             model=route.wire_model,
             messages=fitted.messages,
@@ -267,6 +293,13 @@ class TurnEngine:
                 )
         return usage, fitted, calls
 
+    @staticmethod
+    def _system(turn: RunningTurn, context: ContextWindow) -> ChatMessage:
+        """The system message, carrying the latest compaction's summary."""
+        return ChatMessage(
+            "system", with_summary(system_prompt(turn.system_message), context.summary)
+        )
+
     async def _run(self, turn: RunningTurn) -> None:
         turn.running.set()
         host = self._host
@@ -274,11 +307,18 @@ class TurnEngine:
         route = turn.route
         assert route is not None, "begin() sets the route before the turn runs"
         started = time.monotonic()
+        context_tokens = 0  # known once the turn completes
         try:
             rounds = 0
+            asked = list(turn.open_calls.values())  # a turn waiting again after a restart
             while True:
                 # A turn resumed after a restart starts here, waiting for its calls.
                 await self.calls.settle(turn)
+                final = self._terminal_result(turn, asked)
+                if final is not None:
+                    turn.text[:] = [final]  # the turn's answer: no model call after it
+                    usage_event = None
+                    break
                 rounds += 1
                 usage, fitted, calls = await self._model_round(turn, message_id)
                 usage_event = None
@@ -293,12 +333,16 @@ class TurnEngine:
                         "another message to go on, or raise [tools] max_rounds"
                     )
                 await self._record_calls(turn, message_id, calls, usage_event)
+                asked = calls
                 message_id = ev.new_id()
                 started = time.monotonic()
             events = [self._assistant_message(turn, message_id, partial=False)]
             if usage_event is not None:
                 events.append(usage_event)
             events.append(self._turn_end(turn, ev.TurnEndReason.TURN_END_REASON_COMPLETED, ""))
+            # What the next turn's context will hold: this request and its answer.
+            sent = fitted.truncation.pre_tokens if fitted.truncation else fitted.tokens
+            context_tokens = sent + estimate_tokens("".join(turn.text))
         except asyncio.CancelledError:
             if turn.interrupted and turn.open_calls and not turn.answering:
                 # Shutdown while waiting for clients: the turn stays open in the
@@ -334,6 +378,18 @@ class TurnEngine:
                 turn, message_id, "internal", "internal error in copilotd; see the daemon log"
             )
         await self._finish(turn, events)
+        if context_tokens and not host.shutting_down:
+            self.compactor.after_turn(turn, route, context_tokens)
+
+    @staticmethod
+    def _terminal_result(turn: RunningTurn, asked: list[ToolCall]) -> str | None:
+        """The result of the first call of a terminal tool (``is_terminal``) in the
+        round just settled, which ends the turn; None when the model goes on."""
+        for call in asked:
+            result = turn.results.get(call.call_id)
+            if call.name in turn.terminal and result is not None:
+                return result.text_result_for_llm
+        return None
 
     @staticmethod
     def _check_answer_size(turn: RunningTurn, limit: int) -> None:

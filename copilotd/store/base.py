@@ -81,13 +81,46 @@ The contract:
   time (``queue``: add one, at the end or first, and remove one by id), so
   that daemons queueing and dequeuing at once on one session lose nothing.
   Adding a message already queued changes nothing (a message sent again
-  through another daemon is queued once).
+  through another daemon is queued once). The queue is first in, first out
+  across daemons: opening a turn while messages are queued raises
+  ``TurnBusy`` unless the same call removes a queued message (the one the
+  turn answers), so a message sent while others wait is queued behind them
+  even when no turn runs (its daemon died between two turns).
 * **Changes from other daemons.** ``watch`` reports, from a thread of the
   store's, what other daemons committed (``StoreChange``); ``None`` means
   reports may have been missed and the watcher should re-read what it
   follows. A store used by one daemon reports nothing.
+* **Relayed requests** (``relay``, a ``copilotd.store.relay.Relay``): on a
+  shared store, calls that only the daemon running a session's turn can
+  serve (abort, a tool result, a permission decision) are posted there for
+  the lease holder, which is told at once and also finds them on every
+  lease renewal; the first daemon to claim one answers it, and the poster
+  reads the answer. Live-only events (deltas) reach the other daemons
+  through it too, best-effort. A store used by one daemon has none.
 * **Pinning** (``set_pinned``) changes only ``metadata.pinned``: the listing
   order and every other field stay as they were.
+* **Forks** (``fork_session``) refer to their source's log instead of
+  copying it: the fork's record names the logs it inherits (``ancestry``:
+  log number and last sequence per log, oldest first) and its own log holds
+  only the events after the fork point, numbered on from it. Forking costs
+  the same whatever the length of the history (it writes the new record, one
+  reference count per inherited log and the fork's own first events). Reads
+  (``read_events``, ``find_event``) and the event-id check compose the
+  inherited ranges (``lineage``), so a fork reads like any session. Every
+  log carries a reference count (``log_refs``: absent means its own session
+  only): deleting a session releases its own log and every log it inherits,
+  and a log's events are handed to ``purge_deleted`` only when its count
+  reaches zero. Deleting a parent thus leaves its forks whole, and the
+  shared events go with the last session that reads them.
+* **Rewinds** are appended as one ``session.snapshot_rewind`` event whose
+  ``to_sequence`` names the last event kept: the store fills in the range it
+  cuts (to the event before it) and records it in the session's ``rewound``
+  ranges, in the same transaction, so a crash leaves a session either
+  rewound or not. It refuses (``TurnBusy``) while a turn is open and
+  (``SequenceUnavailable``) a point that is not a kept event before the
+  last. Cut events stay in the log: ``read_events`` returns them; readers
+  that want the history as the conversation goes on skip the ``rewound``
+  ranges (``visible``). Sequence numbers are never reused.
 * **Backup.** ``copy_to`` writes a consistent copy of the whole store, as it
   stood at one instant, while reads and writes go on in other threads. A
   backend whose data cannot outlive the process (the memory store) raises
@@ -103,6 +136,7 @@ from typing import Final, Literal, TypeVar
 
 from copilot_client.proto.v1 import copilot_pb2, events_pb2
 from copilotd.proto.v1 import store_pb2
+from copilotd.store.relay import Relay
 
 SessionEvent = events_pb2.SessionEvent
 SessionMetadata = copilot_pb2.SessionMetadata
@@ -110,7 +144,9 @@ SessionRecord = store_pb2.SessionRecord
 PendingMessage = copilot_pb2.PendingMessage
 
 # 2: the per-session index of event ids (built when a version 1 store opens).
-SCHEMA_VERSION = 2
+# 3: the reference counts of logs that forks share (``log_refs``, empty when
+#    a version 2 store opens).
+SCHEMA_VERSION = 3
 
 T = TypeVar("T")
 
@@ -129,7 +165,9 @@ class QueueEdit:
     remove: str = ""
 
 
-ChangeKind = Literal["events", "created", "deleted", "updated"]
+# "request" and "answer": a relayed request for this daemon, or the answer to
+# one it posted (``relay``); "live": another daemon's live-only event.
+ChangeKind = Literal["events", "created", "deleted", "updated", "request", "answer", "live"]
 
 
 @dataclass(frozen=True)
@@ -138,8 +176,11 @@ class StoreChange:
 
     kind: ChangeKind
     session_id: str
-    # The session's last sequence after the change (0 for a deletion).
+    # The session's last sequence after the change (0 for a deletion); for a
+    # live event, the last stored one's when it was made.
     last_sequence: int
+    # A live event (a serialized ``SessionEvent``).
+    payload: bytes = b""
 
 
 class StoreError(Exception):
@@ -198,6 +239,17 @@ class TurnLost(StoreError):
         super().__init__(f"turn {turn_id!r} of session {session_id!r} can no longer write: {why}")
         self.session_id = session_id
         self.turn_id = turn_id
+
+
+class SequenceUnavailable(StoreError):
+    """A fork point or rewind target that is no kept event of the session."""
+
+    def __init__(self, session_id: str, sequence: int, why: Literal["range", "rewound"]) -> None:
+        what = "is rewound" if why == "rewound" else "is out of range"
+        super().__init__(f"sequence {sequence} of session {session_id!r} {what}")
+        self.session_id = session_id
+        self.sequence = sequence
+        self.why = why
 
 
 class StoreFull(StoreError):
@@ -269,6 +321,26 @@ class StoreWriter(ABC):
         Raises ``SessionNotFound``. Returns the updated record and the stored
         events (copies: the caller's events are left as they were). An
         ephemeral event raises ``ValueError``, which aborts the batch.
+        """
+
+    @abstractmethod
+    def fork_session(
+        self,
+        source_id: str,
+        session_id: str,
+        up_to_sequence: int,
+        events: Sequence[SessionEvent],
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        """Create ``session_id`` as a fork of ``source_id``: its history is the
+        source's events 1 to ``up_to_sequence``, then ``events`` (numbered on).
+
+        Nothing is copied (module docstring). The fork's metadata is the
+        source's (model, system message, tools, provider) with
+        ``parent_session_id`` and ``fork_sequence`` set; when the point is
+        before the source's last event, the counters (message_count, token
+        sums) count only what follows it. Raises ``SessionNotFound`` for the
+        source, ``SessionExists`` for a taken id, ``SequenceUnavailable`` for a
+        point below 1, past the source's last event, or rewound.
         """
 
     @abstractmethod
@@ -416,6 +488,7 @@ class Store(ABC):
     # Several daemons on one store (module docstring); a store that only one
     # daemon uses keeps these defaults.
     shared: bool = False
+    relay: Relay | None = None
     lease_owner: str = ""
     lease_seconds: float = DEFAULT_LEASE_SECONDS
 

@@ -72,7 +72,8 @@ UNCOUNTED_PAGES: Final = 3
 SCHEMA_VERSION_KEY: Final = b"schema_version"
 NEXT_LOG_NUMBER_KEY: Final = b"next_log_number"
 # "purge" came after schema version 1's first release, "event_ids" and
-# "staging" with version 2; opening creates them.
+# "staging" with version 2, "log_refs" (log number -> how many sessions read
+# the log, when forks share it) with version 3; opening creates them.
 TABLE_NAMES: Final = (
     b"meta",
     b"events",
@@ -82,6 +83,7 @@ TABLE_NAMES: Final = (
     b"purge",
     b"event_ids",
     b"staging",
+    b"log_refs",
 )
 # Events indexed per transaction while a version 1 store is migrated, so that
 # the migration of a large store never needs one huge transaction.
@@ -107,6 +109,7 @@ class Tables:
     purge: lmdb._Database
     event_ids: lmdb._Database
     staging: lmdb._Database
+    log_refs: lmdb._Database
 
     def all(self) -> tuple[lmdb._Database, ...]:
         return (
@@ -117,6 +120,7 @@ class Tables:
             self.sys,
             self.event_ids,
             self.staging,
+            self.log_refs,
         )
 
 
@@ -251,9 +255,14 @@ def migrate(env: lmdb.Environment, tables: Tables, version: int) -> None:
     Version 1 has no ``event_ids``: they are indexed in steps of
     ``MIGRATION_STEP`` events, and the version is written with the last
     step, so a migration cut short starts again at the next open (indexing
-    an id twice writes the same entry).
+    an id twice writes the same entry). Version 2 has no ``log_refs``:
+    opening created it, empty, which is right for a store without forks.
     """
     if version >= SCHEMA_VERSION:
+        return
+    if version >= 2:
+        with env.begin(write=True) as txn:
+            txn.put(SCHEMA_VERSION_KEY, str(SCHEMA_VERSION).encode("ascii"), db=tables.sys)
         return
     session_key_from = b""
     after = 0

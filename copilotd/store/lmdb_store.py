@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import lmdb
 
-from copilotd.store import records
+from copilotd.store import lineage, records
 from copilotd.store.base import (
     SCHEMA_VERSION,
     SessionEvent,
@@ -46,8 +46,9 @@ from copilotd.store.lmdb_environment import (
     read_schema_version,
     reserve_for,
 )
+from copilotd.store.lmdb_logs import LogReader, seek_below
 from copilotd.store.lmdb_writer import LmdbWriter
-from copilotd.store.records import U64, event_key
+from copilotd.store.records import U64
 
 T = TypeVar("T")
 
@@ -240,27 +241,23 @@ class LmdbStore(Store):
             record = load_record(txn, self._tables, session_id)
             if record is None:
                 raise SessionNotFound(session_id)
-            if before is None:
-                before = record.metadata.last_sequence + 1
-            with txn.cursor(db=self._tables.events) as cursor:
-                scan = _scan_backward if newest_first else _scan_forward
-                return scan(cursor, record.log_number, after, before, limit, budget)
+            return lineage.read(
+                record,
+                LogReader(txn, self._tables),
+                after=after,
+                before=before,
+                limit=limit,
+                newest_first=newest_first,
+                budget=budget,
+            )
 
     def find_event(self, session_id: str, event_id: str) -> SessionEvent | None:
         with self._reading() as txn:
             record = load_record(txn, self._tables, session_id)
             if record is None:
                 raise SessionNotFound(session_id)
-            if not event_id:
-                return None
-            raw = txn.get(
-                records.event_id_key(record.log_number, event_id), db=self._tables.event_ids
-            )
-            if raw is None:
-                return None
-            (sequence,) = U64.unpack(raw)
-            value = txn.get(event_key(record.log_number, sequence), db=self._tables.events)
-            return None if value is None else SessionEvent.FromString(value)
+            reader = LogReader(txn, self._tables)
+            return lineage.find(record, event_id, reader.find_sequence, reader)
 
     def list_sessions(
         self, *, limit: int, page_token: str = "", max_bytes: int | None = None
@@ -270,7 +267,7 @@ class LmdbStore(Store):
         start = records.decode_page_token(page_token) if page_token else None
         budget = records.ByteBudget(max_bytes)
         with self._reading() as txn, txn.cursor(db=self._tables.recency) as cursor:
-            positioned = cursor.last() if start is None else _seek_below(cursor, start)
+            positioned = cursor.last() if start is None else seek_below(cursor, start)
             page: list[SessionRecord] = []
             last_key = b""
             while positioned and len(page) < limit:
@@ -333,56 +330,3 @@ class LmdbStore(Store):
 def _check_window(after: int, before: int | None, limit: int) -> None:
     if after < 0 or (before is not None and before < 0) or limit < 0:
         raise ValueError(f"bad event window: after={after}, before={before}, limit={limit}")
-
-
-def _seek_below(cursor: lmdb.Cursor[bytes], key: bytes) -> bool:
-    """Put ``cursor`` on the last key strictly below ``key``; False if there is none."""
-    if cursor.set_range(key):
-        return cursor.prev()
-    return cursor.last()
-
-
-def _scan_forward(
-    cursor: lmdb.Cursor[bytes],
-    log_number: int,
-    after: int,
-    before: int,
-    limit: int,
-    budget: records.ByteBudget,
-) -> list[SessionEvent]:
-    events: list[SessionEvent] = []
-    if after >= records.MAX_U64:
-        return events
-    prefix = U64.pack(log_number)
-    positioned = cursor.set_range(event_key(log_number, after + 1))
-    while positioned and len(events) < limit:
-        key, value = cursor.item()
-        if key[: U64.size] != prefix or U64.unpack_from(key, U64.size)[0] >= before:
-            break
-        if not budget.take(len(value)):
-            break
-        events.append(SessionEvent.FromString(value))
-        positioned = cursor.next()
-    return events
-
-
-def _scan_backward(
-    cursor: lmdb.Cursor[bytes],
-    log_number: int,
-    after: int,
-    before: int,
-    limit: int,
-    budget: records.ByteBudget,
-) -> list[SessionEvent]:
-    events: list[SessionEvent] = []
-    prefix = U64.pack(log_number)
-    positioned = _seek_below(cursor, event_key(log_number, min(before, records.MAX_U64)))
-    while positioned and len(events) < limit:
-        key, value = cursor.item()
-        if key[: U64.size] != prefix or U64.unpack_from(key, U64.size)[0] <= after:
-            break
-        if not budget.take(len(value)):
-            break
-        events.append(SessionEvent.FromString(value))
-        positioned = cursor.prev()
-    return events

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import lmdb
 
-from copilotd.store import records
+from copilotd.store import lineage, records
 from copilotd.store.base import (
     EventIdTaken,
     PendingMessage,
@@ -22,6 +22,7 @@ from copilotd.store.base import (
     StoreWriter,
 )
 from copilotd.store.lmdb_environment import NEXT_LOG_NUMBER_KEY, Tables, load_record
+from copilotd.store.lmdb_logs import LogReader
 from copilotd.store.records import U64, event_id_key, event_key, recency_key, session_key
 
 T = TypeVar("T")
@@ -105,7 +106,7 @@ class LmdbWriter(StoreWriter):
         self._check_ids_free(record, [event.id for event in events])
         self._check_ids_free(record, records.queued_ids(pending, queue))
         records.check_expected_sequence(record, expected_last_sequence)
-        records.check_turn(record, fence, open_turn, close_turn)
+        records.check_turn(record, fence, open_turn, close_turn, queue, pending)
         old_recency_key = recency_key(record.metadata)
         stored = records.append_to_record(record, events)
         records.update_turn(record, open_turn, close_turn)
@@ -113,6 +114,56 @@ class LmdbWriter(StoreWriter):
         self._put_events(record, stored)
         self._save(record, old_recency_key)
         return record, stored
+
+    def fork_session(
+        self,
+        source_id: str,
+        session_id: str,
+        up_to_sequence: int,
+        events: Sequence[SessionEvent],
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        source = load_record(self._txn, self._tables, source_id)
+        if source is None:
+            raise SessionNotFound(source_id)
+        if self._txn.get(session_key(session_id), db=self._tables.meta) is not None:
+            raise SessionExists(session_id)
+        records.check_fork_point(source, up_to_sequence)
+        (last,) = lineage.read(
+            source,
+            LogReader(self._txn, self._tables),
+            after=up_to_sequence - 1,
+            before=up_to_sequence + 1,
+            limit=1,
+            newest_first=False,
+            budget=records.ByteBudget(None),
+        )
+        record = records.fork_record(
+            source, session_id, up_to_sequence, self._take_log_number(), last
+        )
+        for segment in record.ancestry:
+            self._add_ref(segment.log_number)
+        stored = records.append_to_record(record, events)
+        self._put_events(record, stored)
+        self._save(record, old_recency_key=None)
+        return record, stored
+
+    def _add_ref(self, log_number: int) -> None:
+        key = U64.pack(log_number)
+        raw = self._txn.get(key, db=self._tables.log_refs)
+        count = 1 if raw is None else U64.unpack(raw)[0]
+        self._txn.put(key, U64.pack(count + 1), db=self._tables.log_refs)
+
+    def _release(self, log_number: int) -> None:
+        """One session fewer reads the log; the last one hands its events to the purge."""
+        key = U64.pack(log_number)
+        raw = self._txn.get(key, db=self._tables.log_refs)
+        count = 1 if raw is None else U64.unpack(raw)[0]
+        if count > 1:
+            self._txn.put(key, U64.pack(count - 1), db=self._tables.log_refs)
+            return
+        self._txn.delete(key, db=self._tables.log_refs)
+        # Unreachable from now on: log numbers are never reused.
+        self._txn.put(key, b"", db=self._tables.purge)
 
     def take_over(self, session_id: str) -> str:
         # One daemon uses this store: every lease is its own already.
@@ -132,8 +183,8 @@ class LmdbWriter(StoreWriter):
         self._txn.delete(key, db=self._tables.meta)
         self._txn.delete(key, db=self._tables.open_turns)
         self._txn.delete(recency_key(record.metadata), db=self._tables.recency)
-        # Unreachable from now on: log numbers are never reused.
-        self._txn.put(U64.pack(record.log_number), b"", db=self._tables.purge)
+        for log_number in records.referenced_logs(record):
+            self._release(log_number)
 
     def purge_deleted(self, limit: int) -> int:
         if limit < 1:
@@ -218,6 +269,11 @@ class LmdbWriter(StoreWriter):
             )
             if raw is not None:
                 raise EventIdTaken(record.metadata.session_id, event_id, U64.unpack(raw)[0])
+            if record.ancestry:
+                reader = LogReader(self._txn, self._tables)
+                inherited = lineage.inherited_sequence(record, event_id, reader.find_sequence)
+                if inherited is not None:
+                    raise EventIdTaken(record.metadata.session_id, event_id, inherited)
 
     def _take_log_number(self) -> int:
         raw = self._txn.get(NEXT_LOG_NUMBER_KEY, db=self._tables.sys)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from copilotd.store import records
+from copilotd.store import lineage, records
 from copilotd.store.base import (
     BackupUnsupported,
     EventIdTaken,
@@ -42,7 +42,10 @@ class _State:
 
     def __init__(self) -> None:
         self.records: dict[str, bytes] = {}
-        self.logs: dict[int, list[bytes]] = {}  # log number -> events by sequence - 1
+        # log number -> events by sequence - 1 - base (a fork's own log starts
+        # after its fork point).
+        self.logs: dict[int, list[bytes]] = {}
+        self.bases: dict[int, int] = {}
         self.ids: dict[int, dict[str, int]] = {}  # log number -> event id -> sequence
         self.staging: dict[int, bytes] = {}  # log number -> the record of an import
         self.recency: list[bytes] = []  # sorted listing keys
@@ -50,10 +53,36 @@ class _State:
         self.next_log_number = 1
         # Deleted sessions' events not yet purged, by log number (as on disk).
         self.purging: dict[int, list[bytes]] = {}
+        # Logs read by more than their own session (forks): log number -> readers.
+        self.refs: dict[int, int] = {}
 
     def record(self, session_id: str) -> SessionRecord | None:
         raw = self.records.get(session_id)
         return None if raw is None else SessionRecord.FromString(raw)
+
+    def read_log(
+        self,
+        log_number: int,
+        after: int,
+        before: int,
+        limit: int,
+        newest_first: bool,
+        budget: records.ByteBudget,
+    ) -> list[SessionEvent]:
+        events, base = self.logs[log_number], self.bases[log_number]
+        low = max(0, after - base)
+        high = max(low, min(before - 1 - base, len(events)))
+        if newest_first:
+            window = events[max(low, high - limit) : high][::-1]
+        else:
+            window = events[low : min(high, low + limit)]
+        return [
+            SessionEvent.FromString(raw)
+            for raw in itertools.takewhile(lambda raw: budget.take(len(raw)), window)
+        ]
+
+    def find_sequence(self, log_number: int, event_id: str) -> int | None:
+        return self.ids[log_number].get(event_id)
 
 
 class MemoryStore(Store):
@@ -95,18 +124,15 @@ class MemoryStore(Store):
             record = self._state.record(session_id)
             if record is None:
                 raise SessionNotFound(session_id)
-            events = self._state.logs[record.log_number]
-            # Sequence s lives at index s - 1.
-            low = after
-            high = len(events) if before is None else max(low, min(before - 1, len(events)))
-            if newest_first:
-                window = events[max(low, high - limit) : high][::-1]
-            else:
-                window = events[low : min(high, low + limit)]
-            return [
-                SessionEvent.FromString(raw)
-                for raw in itertools.takewhile(lambda raw: budget.take(len(raw)), window)
-            ]
+            return lineage.read(
+                record,
+                self._state.read_log,
+                after=after,
+                before=before,
+                limit=limit,
+                newest_first=newest_first,
+                budget=budget,
+            )
 
     def find_event(self, session_id: str, event_id: str) -> SessionEvent | None:
         with self._lock:
@@ -114,10 +140,7 @@ class MemoryStore(Store):
             record = self._state.record(session_id)
             if record is None:
                 raise SessionNotFound(session_id)
-            sequence = self._state.ids[record.log_number].get(event_id)
-            if sequence is None:
-                return None
-            return SessionEvent.FromString(self._state.logs[record.log_number][sequence - 1])
+            return lineage.find(record, event_id, self._state.find_sequence, self._state.read_log)
 
     def list_sessions(
         self, *, limit: int, page_token: str = "", max_bytes: int | None = None
@@ -232,7 +255,7 @@ class _MemoryWriter(StoreWriter):
         self._check_ids_free(record, [event.id for event in events])
         self._check_ids_free(record, records.queued_ids(pending, queue))
         records.check_expected_sequence(record, expected_last_sequence)
-        records.check_turn(record, fence, open_turn, close_turn)
+        records.check_turn(record, fence, open_turn, close_turn, queue, pending)
         old_recency_key = records.recency_key(record.metadata)
         stored = records.append_to_record(record, events)
         records.update_turn(record, open_turn, close_turn)
@@ -240,6 +263,57 @@ class _MemoryWriter(StoreWriter):
         self._extend_log(record, stored)
         self._save(record, old_recency_key)
         return record, stored
+
+    def fork_session(
+        self,
+        source_id: str,
+        session_id: str,
+        up_to_sequence: int,
+        events: Sequence[SessionEvent],
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        state = self._state
+        source = state.record(source_id)
+        if source is None:
+            raise SessionNotFound(source_id)
+        if session_id in state.records:
+            raise SessionExists(session_id)
+        records.check_fork_point(source, up_to_sequence)
+        (last,) = lineage.read(
+            source,
+            state.read_log,
+            after=up_to_sequence - 1,
+            before=up_to_sequence + 1,
+            limit=1,
+            newest_first=False,
+            budget=records.ByteBudget(None),
+        )
+        record = records.fork_record(
+            source, session_id, up_to_sequence, self._take_log_number(), last
+        )
+        for segment in record.ancestry:
+            self._add_ref(segment.log_number)
+        stored = records.append_to_record(record, events)
+        self._new_log(record.log_number, base=up_to_sequence)
+        self._extend_log(record, stored)
+        self._save(record, old_recency_key=None)
+        return record, stored
+
+    def _add_ref(self, log_number: int) -> None:
+        refs = self._state.refs
+        old = refs.get(log_number)
+        refs[log_number] = (old or 1) + 1
+        self._undo.append(functools.partial(_restore, refs, log_number, old))
+
+    def _release(self, log_number: int) -> None:
+        """One session fewer reads the log; the last one hands its events to the purge."""
+        refs = self._state.refs
+        old = refs.get(log_number)
+        if old is not None and old > 1:
+            refs[log_number] = old - 1
+        else:
+            refs.pop(log_number, None)
+            self._to_purge(log_number)
+        self._undo.append(functools.partial(_restore, refs, log_number, old))
 
     def take_over(self, session_id: str) -> str:
         # One daemon uses this store: every lease is its own already.
@@ -258,7 +332,8 @@ class _MemoryWriter(StoreWriter):
         session_id = record.metadata.session_id
         raw = state.records.pop(session_id)
         self._undo.append(lambda: state.records.__setitem__(session_id, raw))
-        self._to_purge(record.log_number)
+        for log_number in records.referenced_logs(record):
+            self._release(log_number)
         self._remove_recency(records.recency_key(record.metadata))
         self._set_open_turn(session_id, False)
 
@@ -328,6 +403,9 @@ class _MemoryWriter(StoreWriter):
         for event_id in ids:
             if event_id and event_id in known:
                 raise EventIdTaken(record.metadata.session_id, event_id, known[event_id])
+            inherited = lineage.inherited_sequence(record, event_id, self._state.find_sequence)
+            if inherited is not None:
+                raise EventIdTaken(record.metadata.session_id, event_id, inherited)
 
     def set_pinned(self, session_id: str, pinned: bool) -> SessionRecord:
         record = self._state.record(session_id)
@@ -364,12 +442,14 @@ class _MemoryWriter(StoreWriter):
         self._undo.append(lambda: setattr(state, "next_log_number", number))
         return number
 
-    def _new_log(self, log_number: int) -> None:
-        logs, ids = self._state.logs, self._state.ids
+    def _new_log(self, log_number: int, base: int = 0) -> None:
+        logs, ids, bases = self._state.logs, self._state.ids, self._state.bases
         logs[log_number] = []
         ids[log_number] = {}
+        bases[log_number] = base
         self._undo.append(lambda: logs.pop(log_number))
         self._undo.append(lambda: ids.pop(log_number))
+        self._undo.append(lambda: bases.pop(log_number))
 
     def _extend_log(self, record: SessionRecord, events: list[SessionEvent]) -> None:
         """Append ``events`` and index their ids; ``EventIdTaken`` for an id the log holds."""
@@ -426,3 +506,10 @@ class _MemoryWriter(StoreWriter):
 
 def _put_back(events: list[bytes], gone: list[bytes]) -> None:
     events[:0] = gone
+
+
+def _restore(refs: dict[int, int], log_number: int, count: int | None) -> None:
+    if count is None:
+        refs.pop(log_number, None)
+    else:
+        refs[log_number] = count

@@ -22,11 +22,19 @@ so copilotd can share a database with other programs. Tables:
   of this daemon (the same owner) left here, never another daemon's.
 * ``purge_queue``: log numbers of deleted sessions whose events are still
   to be removed (``purge_deleted``).
+* ``log_refs``: log number -> how many sessions read the log, for the logs
+  forks share (no row: its own session only). Deleting a session decrements
+  the count of each log it reads (``UPDATE ... RETURNING``, so daemons
+  deleting at once queue on the row); a log goes to ``purge_queue`` when its
+  count reaches zero.
 * ``turn_leases``: session id -> the daemon (``owner``) that runs its
   turn, or works through its queue, the turn's id (the fencing token a
   turn's writes carry) and when the lease expires unless renewed
   (``expires_at``, the server's clock). Appending with a fence checks it in
   the same transaction; see ``base`` for the rules.
+* ``turn_requests``: calls relayed to the daemon running a session's turn
+  (``relay``): the request (``kind``, ``body``), who posted it
+  (``requester``), who claimed it (``claimed_by``) and its ``answer``.
 * ``counters``: ``session_count``, kept by creation and deletion, because
   ``count(*)`` would read every row.
 * ``schema_version``: one row; a newer version than ``SCHEMA_VERSION`` is
@@ -53,8 +61,11 @@ from copilotd.store.base import StoreCorrupt, StoreError, StoreVersionError
 
 SCHEMA: Final = "copilotd"
 # 2: turn_leases, and the owner of a staged import.
-SCHEMA_VERSION: Final = 2
+# 3: log_refs (the logs forks share). 4: turn_requests.
+SCHEMA_VERSION: Final = 4
 CHANNEL: Final = "copilotd_changes"
+# Live-only events (deltas) of running turns, for the other daemons' subscribers.
+LIVE_CHANNEL: Final = "copilotd_live"
 # Taken while the schema is checked or created, so that daemons starting at
 # once on one database create it once ("copilotd" in ASCII).
 SCHEMA_LOCK_KEY: Final = 0x636F70696C6F7464
@@ -102,6 +113,28 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.turn_leases (
 CREATE INDEX IF NOT EXISTS turn_leases_owner ON {SCHEMA}.turn_leases (owner);
 ALTER TABLE {SCHEMA}.staged_imports ADD COLUMN IF NOT EXISTS owner text NOT NULL DEFAULT '';
 """
+# What version 3 added; also run on an older store when it opens.
+_CREATE_LOG_REFS: Final = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.log_refs (
+    log_number bigint PRIMARY KEY,
+    refs bigint NOT NULL
+);
+"""
+# What version 4 added; also run on an older store when it opens.
+_CREATE_REQUESTS: Final = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.turn_requests (
+    request_id bigserial PRIMARY KEY,
+    session_id text COLLATE "C" NOT NULL,
+    turn_id text NOT NULL,
+    kind text NOT NULL,
+    body jsonb NOT NULL,
+    requester text NOT NULL,
+    claimed_by text NOT NULL DEFAULT '',
+    answer jsonb,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS turn_requests_session ON {SCHEMA}.turn_requests (session_id, request_id);
+"""
 
 
 class StoreUnreachable(StoreError):
@@ -142,12 +175,16 @@ def prepare_schema(connection: psycopg.Connection[Any], where: str) -> None:
         if has_schema is None:
             connection.execute(_CREATE.encode())
             connection.execute(_CREATE_LEASES.encode())
+            connection.execute(_CREATE_LOG_REFS.encode())
+            connection.execute(_CREATE_REQUESTS.encode())
             connection.execute(
                 f"INSERT INTO {SCHEMA}.schema_version VALUES (%s)", (SCHEMA_VERSION,)
             )
             return
         if check_version(connection, where) < SCHEMA_VERSION:
             connection.execute(_CREATE_LEASES.encode())
+            connection.execute(_CREATE_LOG_REFS.encode())
+            connection.execute(_CREATE_REQUESTS.encode())
             connection.execute(
                 f"UPDATE {SCHEMA}.schema_version SET version = %s", (SCHEMA_VERSION,)
             )

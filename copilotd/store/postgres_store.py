@@ -9,7 +9,6 @@ row locks order them against other daemons on the same database.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from copilotd.redaction import REDACTOR
-from copilotd.store import records
+from copilotd.store import lineage, records
 from copilotd.store.base import (
     DEFAULT_LEASE_SECONDS,
     BackupUnsupported,
@@ -37,8 +36,13 @@ from copilotd.store.base import (
     StoreFull,
     StoreWriter,
 )
+from copilotd.store.postgres_logs import FIND_EVENT as FIND_EVENT
+from copilotd.store.postgres_logs import LogReader
+from copilotd.store.postgres_logs import events_query as events_query
+from copilotd.store.postgres_relay import PostgresRelay, parse_live
 from copilotd.store.postgres_schema import (
     CHANNEL,
+    LIVE_CHANNEL,
     SCHEMA,
     StoreUnreachable,
     describe_dsn,
@@ -78,18 +82,6 @@ OPEN_TURNS: Final = (
 LISTEN_POLL_SECONDS: Final = 0.5
 RECONNECT_DELAY_SECONDS: Final = 1.0
 
-# One event by id: a lookup in events_ids.
-FIND_EVENT: Final = f"SELECT event FROM {SCHEMA}.events WHERE log_number = %s AND event_id = %s"
-
-
-def events_query(columns: str, newest_first: bool) -> str:
-    """Events of one log in a window (log_number, after, before, limit): a scan of events_pkey."""
-    return (
-        f"SELECT {columns} FROM {SCHEMA}.events"
-        " WHERE log_number = %s AND sequence > %s AND sequence < %s"
-        f" ORDER BY sequence {'DESC' if newest_first else 'ASC'} LIMIT %s"
-    )
-
 
 def default_owner() -> str:
     """A lease owner unique to this process (a daemon passes a stable one: its host and
@@ -119,6 +111,8 @@ class PostgresStore(Store):
         self._write_lock = threading.Lock()
         self._closed = False
         self._listener: _Listener | None = None
+        self._relay = PostgresRelay(pool, self.lease_owner)
+        self.relay = self._relay
 
     @classmethod
     def open(
@@ -198,7 +192,13 @@ class PostgresStore(Store):
             raise AssertionError("unreachable")
 
     def _run_batch(self, operations: list[Callable[[StoreWriter], T]]) -> list[T | StoreError]:
-        with self._pool.connection() as connection, connection.transaction():
+        with (
+            self._relay.live_lock,
+            self._pool.connection() as connection,
+            connection.transaction(),
+        ):
+            # Live events published before this commit are delivered before it.
+            self._relay.notify_live(connection)
             writer = PostgresWriter(connection, self.lease_owner, self.lease_seconds)
             return [writer.run(operation) for operation in operations]
 
@@ -231,35 +231,28 @@ class PostgresStore(Store):
             raise ValueError(f"bad event window: after={after}, before={before}, limit={limit}")
         budget = records.ByteBudget(max_bytes)
         with self._reading() as connection:
-            log_number = _log_number(connection, session_id)
+            record = _record(connection, session_id)
+            if record is None:
+                raise SessionNotFound(session_id)
             if limit == 0:
                 return []
-            upper = MAX_BIGINT if before is None else min(before, MAX_BIGINT)
-            window = (log_number, min(after, MAX_BIGINT), upper)
-            if max_bytes is not None:
-                # Sizes first, from the narrow columns: events past the budget
-                # are neither sent nor decoded.
-                sizes = connection.execute(
-                    events_query("sequence, event_bytes", newest_first), (*window, limit)
-                ).fetchall()
-                taken = list(itertools.takewhile(lambda row: budget.take(row[1]), sizes))
-                if not taken:
-                    return []
-                low, high = sorted((taken[0][0], taken[-1][0]))
-                window = (window[0], low - 1, high + 1)
-                limit = len(taken)
-            rows = connection.execute(
-                events_query("event", newest_first), (*window, limit)
-            ).fetchall()
-            return [SessionEvent.FromString(raw) for (raw,) in rows]
+            return lineage.read(
+                record,
+                LogReader(connection, bounded=max_bytes is not None),
+                after=min(after, MAX_BIGINT),
+                before=before,
+                limit=limit,
+                newest_first=newest_first,
+                budget=budget,
+            )
 
     def find_event(self, session_id: str, event_id: str) -> SessionEvent | None:
         with self._reading() as connection:
-            log_number = _log_number(connection, session_id)
-            if not event_id:
-                return None
-            row = connection.execute(FIND_EVENT, (log_number, event_id)).fetchone()
-        return None if row is None else SessionEvent.FromString(row[0])
+            record = _record(connection, session_id)
+            if record is None:
+                raise SessionNotFound(session_id)
+            reader = LogReader(connection, bounded=False)
+            return lineage.find(record, event_id, reader.find_sequence, reader)
 
     def list_sessions(
         self, *, limit: int, page_token: str = "", max_bytes: int | None = None
@@ -353,6 +346,7 @@ class PostgresStore(Store):
                 self._closed = True
                 if self._listener is not None:
                     self._listener.stop()
+                self._relay.close()
                 self._pool.close()
 
     def _check_open(self) -> None:
@@ -389,20 +383,28 @@ class _Listener(threading.Thread):
                     self._dsn, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_SECONDS)
                 ) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
+                    connection.execute(f"LISTEN {LIVE_CHANNEL}")
                     self.listening.set()
                     if connected_before:
                         self._on_change(None)
                     connected_before = True
                     while not self._stopping.is_set():
                         for notification in connection.notifies(timeout=LISTEN_POLL_SECONDS):
-                            self._report(notification.payload)
+                            self._report(notification.channel, notification.payload)
             except psycopg.Error as error:
                 log.warning("store listener: %s; reconnecting", str(error).strip())
                 self._stopping.wait(RECONNECT_DELAY_SECONDS)
 
-    def _report(self, payload: str) -> None:
+    def _report(self, channel: str, payload: str) -> None:
+        if channel == LIVE_CHANNEL:
+            session_id, last_sequence, owner, event = parse_live(payload)
+            if owner != self._owner:
+                self._on_change(StoreChange("live", session_id, last_sequence, event))
+            return
         change = json.loads(payload)
-        if change["o"] != self._owner:
+        if change.get("t", self._owner) != self._owner:
+            return  # a relayed request or answer for another daemon
+        if change["o"] != self._owner or "t" in change:
             self._on_change(StoreChange(change["k"], change["s"], int(change["q"])))
 
 
@@ -411,15 +413,6 @@ def _record(connection: psycopg.Connection[Any], session_id: str) -> SessionReco
         f"SELECT record FROM {SCHEMA}.sessions WHERE session_id = %s", (session_id,)
     ).fetchone()
     return None if row is None else SessionRecord.FromString(row[0])
-
-
-def _log_number(connection: psycopg.Connection[Any], session_id: str) -> int:
-    row = connection.execute(
-        f"SELECT log_number FROM {SCHEMA}.sessions WHERE session_id = %s", (session_id,)
-    ).fetchone()
-    if row is None:
-        raise SessionNotFound(session_id)
-    return int(row[0])
 
 
 def _token_position(page_token: str) -> tuple[int, str]:

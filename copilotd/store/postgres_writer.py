@@ -13,7 +13,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 import psycopg
 
-from copilotd.store import records
+from copilotd.store import lineage, records
 from copilotd.store.base import (
     ChangeKind,
     EventIdTaken,
@@ -29,6 +29,7 @@ from copilotd.store.base import (
     TurnBusy,
     TurnLost,
 )
+from copilotd.store.postgres_logs import LogReader
 from copilotd.store.postgres_schema import CHANNEL, SCHEMA
 
 T = TypeVar("T")
@@ -149,7 +150,7 @@ class PostgresWriter(StoreWriter):
         self._check_ids_free(record, [event.id for event in events])
         self._check_ids_free(record, records.queued_ids(pending, queue))
         records.check_expected_sequence(record, expected_last_sequence)
-        records.check_turn(record, fence, open_turn, close_turn)
+        records.check_turn(record, fence, open_turn, close_turn, queue, pending)
         lease = self._lease(session_id)
         others = lease is not None and lease.owner != self._owner
         if fence is not None and (lease is None or others):
@@ -193,6 +194,58 @@ class PostgresWriter(StoreWriter):
             (session_id, self._owner, turn_id, self._lease_seconds),
         )
 
+    def fork_session(
+        self,
+        source_id: str,
+        session_id: str,
+        up_to_sequence: int,
+        events: Sequence[SessionEvent],
+    ) -> tuple[SessionRecord, list[SessionEvent]]:
+        # The source's row stays locked to the commit: a deletion of it by
+        # another daemon waits, then finds the references this fork added.
+        source = self._locked_record(source_id)
+        records.check_fork_point(source, up_to_sequence)
+        reader = LogReader(self._connection, bounded=False)
+        (last,) = lineage.read(
+            source,
+            reader,
+            after=up_to_sequence - 1,
+            before=up_to_sequence + 1,
+            limit=1,
+            newest_first=False,
+            budget=records.ByteBudget(None),
+        )
+        record = records.fork_record(
+            source, session_id, up_to_sequence, self._next_log_number(), last
+        )
+        stored = records.append_to_record(record, events)
+        self._insert_session(record)
+        for segment in record.ancestry:
+            self._execute(
+                f"INSERT INTO {SCHEMA}.log_refs VALUES (%s, 2) ON CONFLICT (log_number)"
+                f" DO UPDATE SET refs = {SCHEMA}.log_refs.refs + 1",
+                (segment.log_number,),
+            )
+        self._insert_events(record.log_number, stored)
+        self._notify("created", record)
+        return record, stored
+
+    def _release(self, log_number: int) -> None:
+        """One session fewer reads the log; the last one hands its events to the purge.
+
+        The row lock the UPDATE takes orders daemons releasing one log at once:
+        each sees the count the one before left.
+        """
+        row = self._execute(
+            f"UPDATE {SCHEMA}.log_refs SET refs = refs - 1 WHERE log_number = %s RETURNING refs",
+            (log_number,),
+        ).fetchone()
+        if row is not None and row[0] > 0:
+            return
+        if row is not None:
+            self._execute(f"DELETE FROM {SCHEMA}.log_refs WHERE log_number = %s", (log_number,))
+        self._execute(f"INSERT INTO {SCHEMA}.purge_queue VALUES (%s)", (log_number,))
+
     def take_over(self, session_id: str) -> str:
         record = self._locked_record(session_id)
         lease = self._lease(session_id)
@@ -212,17 +265,19 @@ class PostgresWriter(StoreWriter):
 
     def delete_session(self, session_id: str) -> None:
         row = self._execute(
-            f"DELETE FROM {SCHEMA}.sessions WHERE session_id = %s RETURNING log_number",
+            f"DELETE FROM {SCHEMA}.sessions WHERE session_id = %s RETURNING record",
             (session_id,),
         ).fetchone()
         if row is None:
             raise SessionNotFound(session_id)
+        record = SessionRecord.FromString(row[0])
         self._execute(f"DELETE FROM {SCHEMA}.turn_leases WHERE session_id = %s", (session_id,))
         self._execute(
             "SELECT pg_notify(%s, %s)",
             (CHANNEL, change_payload("deleted", session_id, 0, self._owner)),
         )
-        self._execute(f"INSERT INTO {SCHEMA}.purge_queue VALUES (%s)", (row[0],))
+        for log_number in records.referenced_logs(record):
+            self._release(log_number)
         self._execute(
             f"UPDATE {SCHEMA}.counters SET value = value - 1 WHERE name = 'session_count'"
         )
@@ -318,6 +373,12 @@ class PostgresWriter(StoreWriter):
         ).fetchone()
         if row is not None:
             raise EventIdTaken(metadata.session_id, row[0], row[1])
+        if record.ancestry:
+            reader = LogReader(self._connection, bounded=False)
+            for event_id in distinct:
+                inherited = lineage.inherited_sequence(record, event_id, reader.find_sequence)
+                if inherited is not None:
+                    raise EventIdTaken(metadata.session_id, event_id, inherited)
 
     def set_pinned(self, session_id: str, pinned: bool) -> SessionRecord:
         record = self._locked_record(session_id)

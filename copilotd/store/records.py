@@ -13,11 +13,13 @@ import struct
 from collections.abc import Sequence
 from typing import Final
 
+from copilotd import events as ev
 from copilotd.events import apply_to_metadata
 from copilotd.store.base import (
     PendingMessage,
     QueueEdit,
     SequenceConflict,
+    SequenceUnavailable,
     SessionEvent,
     SessionMetadata,
     SessionRecord,
@@ -45,8 +47,13 @@ def new_record(
     meta.last_sequence = 0
     meta.last_event_id = ""
     meta.message_count = 0
+    meta.compaction_count = 0
     meta.turn_running = False
     del meta.pending_tool_calls[:]
+    # A session made from metadata stands alone (an imported fork too).
+    meta.parent_session_id = ""
+    meta.fork_sequence = 0
+    meta.rewound_events = 0
     if events:
         meta.start_time.CopyFrom(events[0].timestamp)
     if not meta.HasField("modified_time") and meta.HasField("start_time"):
@@ -69,9 +76,87 @@ def append_to_record(record: SessionRecord, events: Sequence[SessionEvent]) -> l
         copy.CopyFrom(event)
         copy.sequence = meta.last_sequence + 1
         copy.parent_id = meta.last_event_id
+        if copy.type == ev.SESSION_SNAPSHOT_REWIND:
+            _cut(record, copy)
         apply_to_metadata(meta, copy)
         stored.append(copy)
     return stored
+
+
+def _cut(record: SessionRecord, rewind: SessionEvent) -> None:
+    """Record the range a rewind cuts (up to the event before it) and fill it in."""
+    meta = record.metadata
+    data = rewind.session_snapshot_rewind
+    to, last = data.to_sequence, meta.last_sequence
+    if record.open_turn_id:
+        raise TurnBusy(meta.session_id, f"turn {record.open_turn_id!r} is running")
+    if not 1 <= to < last:
+        raise SequenceUnavailable(meta.session_id, to, "range")
+    if is_rewound(record, to):
+        raise SequenceUnavailable(meta.session_id, to, "rewound")
+    # ``to`` is kept, so an earlier range lies wholly before it or wholly inside the cut.
+    kept = [cut for cut in record.rewound if cut.last < to]
+    already = sum(cut.last - cut.first + 1 for cut in record.rewound if cut.first > to)
+    data.first_rewound_sequence = to + 1
+    data.last_rewound_sequence = last
+    data.events_removed = last - to - already
+    del record.rewound[:]
+    record.rewound.extend(kept)
+    record.rewound.add(first=to + 1, last=last)
+    meta.rewound_events += data.events_removed
+
+
+def is_rewound(record: SessionRecord, sequence: int) -> bool:
+    """Whether a rewind cut the event ``sequence`` of the session."""
+    return any(cut.first <= sequence <= cut.last for cut in record.rewound)
+
+
+def check_fork_point(source: SessionRecord, up_to: int) -> None:
+    """Refuse a fork point that is no kept event of ``source``."""
+    session_id = source.metadata.session_id
+    if not 1 <= up_to <= source.metadata.last_sequence:
+        raise SequenceUnavailable(session_id, up_to, "range")
+    if is_rewound(source, up_to):
+        raise SequenceUnavailable(session_id, up_to, "rewound")
+
+
+def fork_record(
+    source: SessionRecord, session_id: str, up_to: int, log_number: int, last: SessionEvent
+) -> SessionRecord:
+    """The record of a fork of ``source`` at ``up_to`` (whose event is ``last``), before
+    its own events: it inherits the source's logs up to there, and their rewinds."""
+    record = SessionRecord(log_number=log_number)
+    meta = record.metadata
+    meta.CopyFrom(source.metadata)
+    meta.session_id = session_id
+    meta.parent_session_id = source.metadata.session_id
+    meta.fork_sequence = up_to
+    meta.last_sequence = up_to
+    meta.last_event_id = last.id
+    meta.modified_time.CopyFrom(last.timestamp)
+    meta.turn_running = False
+    meta.pending_messages = 0
+    meta.pinned = False
+    del meta.pending_tool_calls[:]
+    if up_to < source.metadata.last_sequence:
+        # The counters at an earlier point would need the whole history read.
+        meta.message_count = 0
+        meta.input_tokens = meta.output_tokens = 0
+    for segment in source.ancestry:
+        if segment.last_sequence >= up_to:
+            record.ancestry.add(log_number=segment.log_number, last_sequence=up_to)
+            break
+        record.ancestry.append(segment)
+    else:
+        record.ancestry.add(log_number=source.log_number, last_sequence=up_to)
+    record.rewound.extend(cut for cut in source.rewound if cut.last <= up_to)
+    meta.rewound_events = sum(cut.last - cut.first + 1 for cut in record.rewound)
+    return record
+
+
+def referenced_logs(record: SessionRecord) -> list[int]:
+    """Every log whose events the session reads: those it inherits, then its own."""
+    return [segment.log_number for segment in record.ancestry] + [record.log_number]
 
 
 def check_expected_sequence(record: SessionRecord, expected: int | None) -> None:
@@ -82,15 +167,29 @@ def check_expected_sequence(record: SessionRecord, expected: int | None) -> None
 
 
 def check_turn(
-    record: SessionRecord, fence: str | None, open_turn: tuple[str, str] | None, close_turn: bool
+    record: SessionRecord,
+    fence: str | None,
+    open_turn: tuple[str, str] | None,
+    close_turn: bool,
+    queue: QueueEdit | None = None,
+    pending: Sequence[PendingMessage] | None = None,
 ) -> None:
-    """Refuse a fenced write of a turn that is not the open one, and a second open turn."""
+    """Refuse a fenced write of a turn that is not the open one, a second open turn,
+    and a turn that takes no message from the queue while messages wait there."""
     session_id = record.metadata.session_id
     if fence is not None and record.open_turn_id != fence:
         now = f"turn {record.open_turn_id!r} is open" if record.open_turn_id else "no turn is open"
         raise TurnLost(session_id, fence, f"it was closed by another writer ({now})")
     if open_turn is not None and not close_turn and record.open_turn_id:
         raise TurnBusy(session_id, f"turn {record.open_turn_id!r} is running")
+    if open_turn is not None and record.pending:
+        left = {queued.message_id for queued in (record.pending if pending is None else pending)}
+        left.discard("" if queue is None else queue.remove)
+        if all(queued.message_id in left for queued in record.pending):
+            waiting = len(record.pending)
+            raise TurnBusy(
+                session_id, f"{waiting} queued message(s) go first (first in, first out)"
+            )
 
 
 def queued_ids(pending: Sequence[PendingMessage] | None, queue: QueueEdit | None) -> list[str]:
@@ -202,12 +301,18 @@ class ByteBudget:
             raise ValueError(f"max_bytes must not be negative, not {max_bytes}")
         self._left = max_bytes
         self._first = True
+        self._full = False
 
     def take(self, size: int) -> bool:
-        """Count an event of ``size`` bytes if it fits; False (nothing counted) if not."""
+        """Count an event of ``size`` bytes if it fits; False (nothing counted) if not.
+
+        Once an event did not fit, none does: a read spanning several logs
+        (a fork's) must not skip one and return a later, smaller one.
+        """
         if self._left is None:
             return True
-        if size > self._left and not self._first:
+        if self._full or (size > self._left and not self._first):
+            self._full = True
             return False
         self._left = max(0, self._left - size)
         self._first = False

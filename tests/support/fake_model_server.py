@@ -16,8 +16,9 @@ in its own thread with its own event loop, as a remote server would be.
 * Tool calls (``Reply(calls=...)``) stream as OpenAI ``tool_calls`` deltas or
   Anthropic ``tool_use`` blocks, their arguments split across chunks. Like a
   real provider, the server is strict about the history: a request with a
-  tool call and no result for it, or a result with no call before it, gets
-  ``400`` with the API's error body (and is recorded, outcome "refused").
+  tool call and no result for it, or a result with no call before it (or,
+  for Anthropic, tool blocks and no ``tools``), gets ``400`` with the API's
+  error body (and is recorded, outcome "refused").
 
 Every request is recorded (path, query, headers, JSON body, how it ended).
 Tests script the replies: ``server.script(Reply(...), ...)`` queues replies
@@ -422,6 +423,11 @@ def _pieces(call: Call) -> list[str]:
 def _tool_history_problem(request: Request) -> str | None:
     """What a strict provider says of a history whose calls and results do not pair up."""
     if request.api == "anthropic":
+        uses_tools = any(
+            _blocks(m, "tool_use") or _blocks(m, "tool_result") for m in request.messages
+        )
+        if uses_tools and not request.body.get("tools"):
+            return "Requests which include `tool_use` or `tool_result` blocks must define tools."
         return _anthropic_history_problem(request.messages)
     return _openai_history_problem(request.messages)
 

@@ -69,6 +69,18 @@ def tools() -> st.SearchStrategy[list[events_pb2.ToolDefinition]]:
     return st.lists(tool, max_size=3)
 
 
+def infinite_sessions() -> st.SearchStrategy[events_pb2.InfiniteSessionConfig | None]:
+    # NaN, infinities, negatives and values past 1 among the shares.
+    shares = st.one_of(st.floats(0, 1), st.floats(allow_nan=True, allow_infinity=True))
+    return st.none() | st.builds(
+        events_pb2.InfiniteSessionConfig,
+        enabled=st.booleans(),
+        background_compaction_threshold=shares,
+        buffer_exhaustion_threshold=shares,
+        summary_max_tokens=uint32,
+    )
+
+
 def session_configs() -> st.SearchStrategy[pb.SessionConfig]:
     system = st.builds(pb.SystemMessage, content=st.text(max_size=100), mode=any_enum)
     return st.builds(
@@ -77,6 +89,7 @@ def session_configs() -> st.SearchStrategy[pb.SessionConfig]:
         model=labels,
         system_message=st.one_of(st.none(), system),
         tools=tools(),
+        infinite_sessions=infinite_sessions(),
     )
 
 
@@ -102,7 +115,11 @@ REQUESTS: dict[str, st.SearchStrategy[Any]] = {
     "CreateSession": st.builds(pb.CreateSessionRequest, config=session_configs()),
     "GetSession": st.builds(pb.GetSessionRequest, session_id=session_ids),
     "ResumeSession": st.builds(
-        pb.ResumeSessionRequest, session_id=session_ids, tail_events=uint32, tools=tools()
+        pb.ResumeSessionRequest,
+        session_id=session_ids,
+        tail_events=uint32,
+        tools=tools(),
+        infinite_sessions=infinite_sessions(),
     ),
     "ListSessions": st.builds(
         pb.ListSessionsRequest, page_size=uint32, page_token=st.one_of(nasty_text, st.just(""))

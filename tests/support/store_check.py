@@ -14,7 +14,12 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from copilotd.events import ASSISTANT_TURN_END, ASSISTANT_TURN_START, USER_MESSAGE
+from copilotd.events import (
+    ASSISTANT_TURN_END,
+    ASSISTANT_TURN_START,
+    SESSION_SNAPSHOT_REWIND,
+    USER_MESSAGE,
+)
 from copilotd.store import LmdbStore, SessionEvent
 
 PAGE = 1000
@@ -68,6 +73,12 @@ def check_session(store: LmdbStore, session_id: str) -> SessionState:
         assert record.metadata.last_event_id == events[-1].id, f"{where}: wrong last id"
     assert not any(e.ephemeral for e in events), f"{where}: an ephemeral event was stored"
     assert len({e.id for e in events}) == len(events), f"{where}: an event id recorded twice"
+    cuts: list[tuple[int, int]] = []
+    for rewind in (e.session_snapshot_rewind for e in events if e.type == SESSION_SNAPSHOT_REWIND):
+        cuts = [cut for cut in cuts if cut[1] < rewind.to_sequence]
+        cuts.append((rewind.first_rewound_sequence, rewind.last_rewound_sequence))
+    recorded = [(cut.first, cut.last) for cut in record.rewound]
+    assert recorded == cuts, f"{where}: rewound ranges {recorded} disagree with the log's {cuts}"
     logged = {e.id for e in events if e.type == USER_MESSAGE}
     twice = [p.message_id for p in record.pending if p.message_id in logged]
     assert not twice, f"{where}: messages {twice} both queued and in the log"

@@ -109,6 +109,27 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ALREADY_EXISTS, on HandlePendingPermission"""
     ERROR_REASON_AWAITING_PERMISSION: _ErrorReason.ValueType  # 49
     """FAILED_PRECONDITION, on HandlePendingToolCall"""
+    ERROR_REASON_TURN_HOLDER_UNREACHABLE: _ErrorReason.ValueType  # 53
+    """UNAVAILABLE: on a store shared by several daemons, the daemon running the
+    session's turn did not act on a relayed AbortTurn, SendMessage
+    (mode=immediate), HandlePendingToolCall or HandlePendingPermission in time.
+    """
+    ERROR_REASON_COMPACTION_FAILED: _ErrorReason.ValueType  # 56
+    """UNAVAILABLE, on CompactSession"""
+    ERROR_REASON_NOTHING_TO_COMPACT: _ErrorReason.ValueType  # 57
+    """FAILED_PRECONDITION, on CompactSession"""
+    ERROR_REASON_INVALID_INFINITE_SESSIONS: _ErrorReason.ValueType  # 58
+    """INVALID_ARGUMENT, an InfiniteSessionConfig"""
+    ERROR_REASON_POINT_INSIDE_TURN: _ErrorReason.ValueType  # 59
+    """INVALID_ARGUMENT, on ForkSession and RewindSession"""
+    ERROR_REASON_POINT_INSIDE_TOOL_CALL: _ErrorReason.ValueType  # 60
+    """INVALID_ARGUMENT, on ForkSession and RewindSession"""
+    ERROR_REASON_SEQUENCE_OUT_OF_RANGE: _ErrorReason.ValueType  # 61
+    """INVALID_ARGUMENT, on ForkSession and RewindSession"""
+    ERROR_REASON_SEQUENCE_REWOUND: _ErrorReason.ValueType  # 62
+    """INVALID_ARGUMENT, on ForkSession and RewindSession"""
+    ERROR_REASON_TURN_RUNNING: _ErrorReason.ValueType  # 63
+    """FAILED_PRECONDITION, on RewindSession"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Why a call failed, beyond its status code. The enum value's name is sent
@@ -171,6 +192,27 @@ ERROR_REASON_PERMISSION_ANSWERED: ErrorReason.ValueType  # 48
 """ALREADY_EXISTS, on HandlePendingPermission"""
 ERROR_REASON_AWAITING_PERMISSION: ErrorReason.ValueType  # 49
 """FAILED_PRECONDITION, on HandlePendingToolCall"""
+ERROR_REASON_TURN_HOLDER_UNREACHABLE: ErrorReason.ValueType  # 53
+"""UNAVAILABLE: on a store shared by several daemons, the daemon running the
+session's turn did not act on a relayed AbortTurn, SendMessage
+(mode=immediate), HandlePendingToolCall or HandlePendingPermission in time.
+"""
+ERROR_REASON_COMPACTION_FAILED: ErrorReason.ValueType  # 56
+"""UNAVAILABLE, on CompactSession"""
+ERROR_REASON_NOTHING_TO_COMPACT: ErrorReason.ValueType  # 57
+"""FAILED_PRECONDITION, on CompactSession"""
+ERROR_REASON_INVALID_INFINITE_SESSIONS: ErrorReason.ValueType  # 58
+"""INVALID_ARGUMENT, an InfiniteSessionConfig"""
+ERROR_REASON_POINT_INSIDE_TURN: ErrorReason.ValueType  # 59
+"""INVALID_ARGUMENT, on ForkSession and RewindSession"""
+ERROR_REASON_POINT_INSIDE_TOOL_CALL: ErrorReason.ValueType  # 60
+"""INVALID_ARGUMENT, on ForkSession and RewindSession"""
+ERROR_REASON_SEQUENCE_OUT_OF_RANGE: ErrorReason.ValueType  # 61
+"""INVALID_ARGUMENT, on ForkSession and RewindSession"""
+ERROR_REASON_SEQUENCE_REWOUND: ErrorReason.ValueType  # 62
+"""INVALID_ARGUMENT, on ForkSession and RewindSession"""
+ERROR_REASON_TURN_RUNNING: ErrorReason.ValueType  # 63
+"""FAILED_PRECONDITION, on RewindSession"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _SystemMessageMode:
@@ -337,6 +379,7 @@ class SessionConfig(_message.Message):
     SYSTEM_MESSAGE_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    INFINITE_SESSIONS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Empty: the daemon generates a UUID."""
     model: _builtins.str
@@ -355,6 +398,10 @@ class SessionConfig(_message.Message):
         held in the daemon's memory only; see ProviderConfig.
         """
 
+    @_builtins.property
+    def infinite_sessions(self) -> _events_pb2.InfiniteSessionConfig:
+        """Automatic compaction of long conversations (unset: off)."""
+
     def __init__(
         self,
         *,
@@ -363,10 +410,11 @@ class SessionConfig(_message.Message):
         system_message: Global___SystemMessage | None = ...,
         tools: _abc.Iterable[_events_pb2.ToolDefinition] | None = ...,
         provider: _events_pb2.ProviderConfig | None = ...,
+        infinite_sessions: _events_pb2.InfiniteSessionConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider", "system_message", b"system_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["infinite_sessions", b"infinite_sessions", "provider", b"provider", "system_message", b"system_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "provider", b"provider", "session_id", b"session_id", "system_message", b"system_message", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["infinite_sessions", b"infinite_sessions", "model", b"model", "provider", b"provider", "session_id", b"session_id", "system_message", b"system_message", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -393,6 +441,11 @@ class SessionMetadata(_message.Message):
     PINNED_FIELD_NUMBER: _builtins.int
     PENDING_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
+    INFINITE_SESSIONS_FIELD_NUMBER: _builtins.int
+    COMPACTION_COUNT_FIELD_NUMBER: _builtins.int
+    PARENT_SESSION_ID_FIELD_NUMBER: _builtins.int
+    FORK_SEQUENCE_FIELD_NUMBER: _builtins.int
+    REWOUND_EVENTS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     summary: _builtins.str
     """The first prompt, shortened."""
@@ -410,6 +463,17 @@ class SessionMetadata(_message.Message):
     """Messages waiting for their turn."""
     pinned: _builtins.bool
     """Retention never deletes a pinned session (SetSessionPinned)."""
+    compaction_count: _builtins.int
+    """Successful compactions so far."""
+    parent_session_id: _builtins.str
+    """A fork's parent (ForkSession) and the last sequence it inherits from it;
+    empty and 0 for a session that is not a fork. The parent may have been
+    deleted since: its events the fork inherits stay for as long as a fork
+    needs them.
+    """
+    fork_sequence: _builtins.int
+    rewound_events: _builtins.int
+    """Events cut by rewinds (RewindSession), in all."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -432,6 +496,10 @@ class SessionMetadata(_message.Message):
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToolDefinition]:
         """The tools the session offers the model (declared on create or resume)."""
 
+    @_builtins.property
+    def infinite_sessions(self) -> _events_pb2.InfiniteSessionConfig:
+        """The session's compaction settings (unset: automatic compaction off)."""
+
     def __init__(
         self,
         *,
@@ -452,10 +520,15 @@ class SessionMetadata(_message.Message):
         pinned: _builtins.bool = ...,
         pending_tool_calls: _abc.Iterable[Global___PendingToolCall] | None = ...,
         tools: _abc.Iterable[_events_pb2.ToolDefinition] | None = ...,
+        infinite_sessions: _events_pb2.InfiniteSessionConfig | None = ...,
+        compaction_count: _builtins.int = ...,
+        parent_session_id: _builtins.str = ...,
+        fork_sequence: _builtins.int = ...,
+        rewound_events: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["modified_time", b"modified_time", "provider", b"provider", "start_time", b"start_time", "system_message", b"system_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["infinite_sessions", b"infinite_sessions", "modified_time", b"modified_time", "provider", b"provider", "start_time", b"start_time", "system_message", b"system_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_tokens", b"input_tokens", "last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "output_tokens", b"output_tokens", "pending_messages", b"pending_messages", "pending_tool_calls", b"pending_tool_calls", "pinned", b"pinned", "provider", b"provider", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "tools", b"tools", "turn_running", b"turn_running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction_count", b"compaction_count", "fork_sequence", b"fork_sequence", "infinite_sessions", b"infinite_sessions", "input_tokens", b"input_tokens", "last_event_id", b"last_event_id", "last_sequence", b"last_sequence", "message_count", b"message_count", "model", b"model", "modified_time", b"modified_time", "output_tokens", b"output_tokens", "parent_session_id", b"parent_session_id", "pending_messages", b"pending_messages", "pending_tool_calls", b"pending_tool_calls", "pinned", b"pinned", "provider", b"provider", "rewound_events", b"rewound_events", "session_id", b"session_id", "start_time", b"start_time", "summary", b"summary", "system_message", b"system_message", "tools", b"tools", "turn_running", b"turn_running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -550,6 +623,7 @@ class ResumeSessionRequest(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     CONTINUE_PENDING_WORK_FIELD_NUMBER: _builtins.int
     REPLACE_TOOLS_FIELD_NUMBER: _builtins.int
+    INFINITE_SESSIONS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     tail_events: _builtins.int
     """How many of the latest persisted events to return (0: none; at most
@@ -568,13 +642,20 @@ class ResumeSessionRequest(_message.Message):
     """
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToolDefinition]:
-        """Tools the resuming client offers (reserved)."""
+        """The session's tool declarations from now on (when not empty, or with
+        replace_tools). A client that runs tools also attaches with them
+        (StreamEventsRequest.tool_client): that is what offers them to the model.
+        """
 
     @_builtins.property
     def provider(self) -> _events_pb2.ProviderConfig:
         """The session's own provider again (its secret is not stored, so a
         session created with one needs it after every daemon restart).
         """
+
+    @_builtins.property
+    def infinite_sessions(self) -> _events_pb2.InfiniteSessionConfig:
+        """New compaction settings for the session (unset: unchanged)."""
 
     def __init__(
         self,
@@ -585,10 +666,11 @@ class ResumeSessionRequest(_message.Message):
         provider: _events_pb2.ProviderConfig | None = ...,
         continue_pending_work: _builtins.bool = ...,
         replace_tools: _builtins.bool = ...,
+        infinite_sessions: _events_pb2.InfiniteSessionConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["infinite_sessions", b"infinite_sessions", "provider", b"provider"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["continue_pending_work", b"continue_pending_work", "provider", b"provider", "replace_tools", b"replace_tools", "session_id", b"session_id", "tail_events", b"tail_events", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continue_pending_work", b"continue_pending_work", "infinite_sessions", b"infinite_sessions", "provider", b"provider", "replace_tools", b"replace_tools", "session_id", b"session_id", "tail_events", b"tail_events", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -933,6 +1015,7 @@ class ListEventsRequest(_message.Message):
     CURSOR_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     ORDER_FIELD_NUMBER: _builtins.int
+    INCLUDE_REWOUND_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     cursor: _builtins.int
     """Oldest first: events with sequence > cursor (0 = from the start).
@@ -944,6 +1027,10 @@ class ListEventsRequest(_message.Message):
     ListEventsResponse): keep reading until next_cursor is 0.
     """
     order: Global___EventOrder.ValueType
+    include_rewound: _builtins.bool
+    """True: include the events cut by rewinds (for audit); false (the
+    default): the history as the conversation goes on, without them.
+    """
     def __init__(
         self,
         *,
@@ -951,10 +1038,11 @@ class ListEventsRequest(_message.Message):
         cursor: _builtins.int = ...,
         page_size: _builtins.int = ...,
         order: Global___EventOrder.ValueType = ...,
+        include_rewound: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "order", b"order", "page_size", b"page_size", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "include_rewound", b"include_rewound", "order", b"order", "page_size", b"page_size", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -999,24 +1087,100 @@ class StreamEventsRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    INCLUDE_REWOUND_FIELD_NUMBER: _builtins.int
+    TOOL_CLIENT_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     after_sequence: _builtins.int
     """Deliver persisted events with sequence > after_sequence, then the live
     tail. To see only new events, pass the session's last_sequence.
     """
+    include_rewound: _builtins.bool
+    """As ListEventsRequest.include_rewound, for the persisted events read
+    before the live tail.
+    """
+    @_builtins.property
+    def tool_client(self) -> Global___ToolClient:
+        """Set by a client that runs tools or decides permission requests: it is
+        attached to the session for as long as this stream lasts.
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         after_sequence: _builtins.int = ...,
+        include_rewound: _builtins.bool = ...,
+        tool_client: Global___ToolClient | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tool_client", b"tool_client"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "include_rewound", b"include_rewound", "session_id", b"session_id", "tool_client", b"tool_client"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamEventsRequest: _TypeAlias = StreamEventsRequest  # noqa: Y015
+
+@_typing.final
+class ToolClient(_message.Message):
+    """A client attached to a session through its event stream, with the tools
+    it runs. The session's tool set is the union of its declared tools
+    answered by hand (ToolDefinition.has_handler false) and the tools of the
+    clients attached now. Each call goes to ONE attached client holding its
+    tool, as a live-only external_tool.assigned event on that client's stream
+    alone; each permission request to one client deciding it
+    (permission.assigned), one with a permission handler first. When that
+    stream ends before the answer (the client went away or was killed), the
+    call goes to another attached holder, or waits for one to attach (also
+    after a daemon restart: the calls are durable, the assignments are not).
+    Whoever answers first is recorded; later answers are refused as before.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    PERMISSION_TOOLS_FIELD_NUMBER: _builtins.int
+    PERMISSION_HANDLER_FIELD_NUMBER: _builtins.int
+    RUNNING_CALLS_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """Tells this client apart from the others attached to the session (a
+    random UUID per session handle; 1 to 128 characters). A stream with the
+    id of one still attached replaces it (a re-attach).
+    """
+    permission_handler: _builtins.bool
+    """It decides with a handler of its own (else it denies by default): such
+    a client is asked first.
+    """
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ToolDefinition]:
+        """The tools it runs; the same rules as SessionConfig.tools."""
+
+    @_builtins.property
+    def permission_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tools whose permission requests it decides."""
+
+    @_builtins.property
+    def running_calls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Calls it is running now, when it re-attaches after a lost connection:
+        those still open stay its own rather than going to another client.
+        """
+
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        tools: _abc.Iterable[_events_pb2.ToolDefinition] | None = ...,
+        permission_tools: _abc.Iterable[_builtins.str] | None = ...,
+        permission_handler: _builtins.bool = ...,
+        running_calls: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "permission_handler", b"permission_handler", "permission_tools", b"permission_tools", "running_calls", b"running_calls", "tools", b"tools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolClient: _TypeAlias = ToolClient  # noqa: Y015
 
 @_typing.final
 class StreamEventsResponse(_message.Message):
@@ -1871,6 +2035,7 @@ class SearchSessionsRequest(_message.Message):
     SESSION_ID_PREFIX_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
+    INCLUDE_REWOUND_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """SQLite FTS5 query syntax: words (all must match), "a phrase", OR, NOT,
     prefix* and NEAR(a b). Must not be empty.
@@ -1883,6 +2048,8 @@ class SearchSessionsRequest(_message.Message):
     """
     session_id_prefix: _builtins.str
     """Only sessions whose id starts with this (empty: all)."""
+    include_rewound: _builtins.bool
+    """True: also find events cut by rewinds (their hits say rewound)."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """Only events at or after this time (unset: no lower bound)."""
@@ -1900,10 +2067,11 @@ class SearchSessionsRequest(_message.Message):
         session_id_prefix: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
+        include_rewound: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "query", b"query", "session_id_prefix", b"session_id_prefix", "since", b"since", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_rewound", b"include_rewound", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "session_id_prefix", b"session_id_prefix", "since", b"since", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1921,6 +2089,7 @@ class SearchHit(_message.Message):
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     SNIPPET_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
+    REWOUND_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     sequence: _builtins.int
     """The event's sequence in its session (read it with ListEvents)."""
@@ -1930,6 +2099,8 @@ class SearchHit(_message.Message):
     """A short excerpt of the text with the matched words between [ and ]."""
     rank: _builtins.float
     """bm25 rank: lower is a better match; comparable within one query only."""
+    rewound: _builtins.bool
+    """True for an event cut by a rewind (found only with include_rewound)."""
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1941,10 +2112,11 @@ class SearchHit(_message.Message):
         event_time: _timestamp_pb2.Timestamp | None = ...,
         snippet: _builtins.str = ...,
         rank: _builtins.float = ...,
+        rewound: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "event_type", b"event_type", "rank", b"rank", "sequence", b"sequence", "session_id", b"session_id", "snippet", b"snippet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "event_type", b"event_type", "rank", b"rank", "rewound", b"rewound", "sequence", b"sequence", "session_id", b"session_id", "snippet", b"snippet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1975,3 +2147,173 @@ class SearchSessionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchSessionsResponse: _TypeAlias = SearchSessionsResponse  # noqa: Y015
+
+@_typing.final
+class CompactSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    CUSTOM_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    custom_instructions: _builtins.str
+    """Extra instructions for the summary (e.g. what to keep), at most as long
+    as a prompt.
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        custom_instructions: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_instructions", b"custom_instructions", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompactSessionRequest: _TypeAlias = CompactSessionRequest  # noqa: Y015
+
+@_typing.final
+class CompactSessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPACTION_COMPLETE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def compaction_complete(self) -> _events_pb2.SessionEvent:
+        """The recorded session.compaction_complete (success true)."""
+
+    def __init__(
+        self,
+        *,
+        compaction_complete: _events_pb2.SessionEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compaction_complete", b"compaction_complete"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction_complete", b"compaction_complete"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompactSessionResponse: _TypeAlias = CompactSessionResponse  # noqa: Y015
+
+@_typing.final
+class ForkSessionRequest(_message.Message):
+    """== fork and rewind: messages =="""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_SESSION_ID_FIELD_NUMBER: _builtins.int
+    NEW_SESSION_ID_FIELD_NUMBER: _builtins.int
+    UP_TO_SEQUENCE_FIELD_NUMBER: _builtins.int
+    source_session_id: _builtins.str
+    new_session_id: _builtins.str
+    """Empty: the daemon generates a UUID."""
+    up_to_sequence: _builtins.int
+    """The last event of the source the fork inherits; unset: the source's
+    last event. Must be 1 to the source's last sequence, not rewound, and
+    not inside a turn or between a tool call and its result.
+    """
+    def __init__(
+        self,
+        *,
+        source_session_id: _builtins.str = ...,
+        new_session_id: _builtins.str = ...,
+        up_to_sequence: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_up_to_sequence", b"_up_to_sequence", "up_to_sequence", b"up_to_sequence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_up_to_sequence", b"_up_to_sequence", "new_session_id", b"new_session_id", "source_session_id", b"source_session_id", "up_to_sequence", b"up_to_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__up_to_sequence: _TypeAlias = _typing.Literal["up_to_sequence"]  # noqa: Y015
+    _WhichOneofArgType__up_to_sequence: _TypeAlias = _typing.Literal["_up_to_sequence", b"_up_to_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__up_to_sequence) -> _WhichOneofReturnType__up_to_sequence | None: ...
+
+Global___ForkSessionRequest: _TypeAlias = ForkSessionRequest  # noqa: Y015
+
+@_typing.final
+class ForkSessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SessionMetadata: ...
+    def __init__(
+        self,
+        *,
+        session: Global___SessionMetadata | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkSessionResponse: _TypeAlias = ForkSessionResponse  # noqa: Y015
+
+@_typing.final
+class RewindSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TO_SEQUENCE_FIELD_NUMBER: _builtins.int
+    ABORT_TURN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    EXPECTED_LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    to_sequence: _builtins.int
+    """The last event to keep: 1 (the session.start) up to the sequence
+    before the last, not rewound already.
+    """
+    abort_turn: _builtins.bool
+    """True: abort a running turn first (its end is recorded, then cut);
+    false: a running turn makes the call fail with TURN_RUNNING.
+    """
+    reason: _builtins.str
+    """Free text recorded in the session.snapshot_rewind event."""
+    expected_last_sequence: _builtins.int
+    """As SendMessageRequest.expected_last_sequence: fail (SEQUENCE_CONFLICT)
+    and write nothing unless the session's last sequence equals this.
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        to_sequence: _builtins.int = ...,
+        abort_turn: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        expected_last_sequence: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence", "expected_last_sequence", b"expected_last_sequence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence", "abort_turn", b"abort_turn", "expected_last_sequence", b"expected_last_sequence", "reason", b"reason", "session_id", b"session_id", "to_sequence", b"to_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_last_sequence: _TypeAlias = _typing.Literal["expected_last_sequence"]  # noqa: Y015
+    _WhichOneofArgType__expected_last_sequence: _TypeAlias = _typing.Literal["_expected_last_sequence", b"_expected_last_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_last_sequence) -> _WhichOneofReturnType__expected_last_sequence | None: ...
+
+Global___RewindSessionRequest: _TypeAlias = RewindSessionRequest  # noqa: Y015
+
+@_typing.final
+class RewindSessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    REWIND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SessionMetadata: ...
+    @_builtins.property
+    def rewind(self) -> _events_pb2.SessionEvent:
+        """The session.snapshot_rewind event recorded."""
+
+    def __init__(
+        self,
+        *,
+        session: Global___SessionMetadata | None = ...,
+        rewind: _events_pb2.SessionEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rewind", b"rewind", "session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rewind", b"rewind", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RewindSessionResponse: _TypeAlias = RewindSessionResponse  # noqa: Y015

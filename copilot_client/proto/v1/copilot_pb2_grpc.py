@@ -114,6 +114,21 @@ class CopilotServiceStub:
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsRequest.SerializeToString,
                 response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsResponse.FromString,
                 _registered_method=True)
+        self.CompactSession = channel.unary_unary(
+                '/copilot.v1.CopilotService/CompactSession',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.CompactSessionRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.CompactSessionResponse.FromString,
+                _registered_method=True)
+        self.ForkSession = channel.unary_unary(
+                '/copilot.v1.CopilotService/ForkSession',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ForkSessionRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ForkSessionResponse.FromString,
+                _registered_method=True)
+        self.RewindSession = channel.unary_unary(
+                '/copilot.v1.CopilotService/RewindSession',
+                request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.RewindSessionRequest.SerializeToString,
+                response_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.RewindSessionResponse.FromString,
+                _registered_method=True)
         self.SearchSessions = channel.unary_unary(
                 '/copilot.v1.CopilotService/SearchSessions',
                 request_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.SearchSessionsRequest.SerializeToString,
@@ -288,6 +303,44 @@ class CopilotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompactSession(self, request, context):
+        """== infinite sessions ==
+        Summarises the session's older events now (see InfiniteSessionConfig)
+        and returns when the session.compaction_complete is recorded. A
+        compaction already under way is waited for instead of starting another.
+        FAILED_PRECONDITION (NOTHING_TO_COMPACT) when everything is among the
+        latest turns the model always sees verbatim; UNAVAILABLE
+        (COMPACTION_FAILED) when the model could not summarise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkSession(self, request, context):
+        """== fork and rewind ==
+        Creates a new session whose history is the source's up to a point (its
+        last event by default), followed by a session.fork event. The fork
+        refers to its parent's log rather than copying it: it costs the same
+        whatever the length of the history. ALREADY_EXISTS when the new id is
+        taken; INVALID_ARGUMENT (POINT_INSIDE_TURN, POINT_INSIDE_TOOL_CALL,
+        SEQUENCE_OUT_OF_RANGE, SEQUENCE_REWOUND) for a point the fork cannot
+        start from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RewindSession(self, request, context):
+        """Rewinds a session: the conversation goes on as if the events after
+        to_sequence had not happened. Recorded as one session.snapshot_rewind
+        event, in one commit; the cut events stay in the log (include_rewound
+        on reads). FAILED_PRECONDITION (TURN_RUNNING) while a turn runs, unless
+        abort_turn; INVALID_ARGUMENT for a point inside a turn or a tool call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SearchSessions(self, request, context):
         """== search ==
         Full-text search over every session's user messages, assistant answers
@@ -431,6 +484,21 @@ def add_CopilotServiceServicer_to_server(servicer, server):
                     servicer.ListPendingToolCalls,
                     request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsRequest.FromString,
                     response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsResponse.SerializeToString,
+            ),
+            'CompactSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompactSession,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.CompactSessionRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.CompactSessionResponse.SerializeToString,
+            ),
+            'ForkSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkSession,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ForkSessionRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ForkSessionResponse.SerializeToString,
+            ),
+            'RewindSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RewindSession,
+                    request_deserializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.RewindSessionRequest.FromString,
+                    response_serializer=copilot__client_dot_proto_dot_v1_dot_copilot__pb2.RewindSessionResponse.SerializeToString,
             ),
             'SearchSessions': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchSessions,
@@ -900,6 +968,87 @@ class CopilotService:
             '/copilot.v1.CopilotService/ListPendingToolCalls',
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsRequest.SerializeToString,
             copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ListPendingToolCallsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompactSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/CompactSession',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.CompactSessionRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.CompactSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/ForkSession',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ForkSessionRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.ForkSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RewindSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/copilot.v1.CopilotService/RewindSession',
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.RewindSessionRequest.SerializeToString,
+            copilot__client_dot_proto_dot_v1_dot_copilot__pb2.RewindSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

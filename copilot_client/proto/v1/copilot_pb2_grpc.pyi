@@ -128,6 +128,32 @@ class CopilotServiceStub:
     """
     ListPendingToolCalls: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ListPendingToolCallsRequest, _copilot_pb2.ListPendingToolCallsResponse]
     """The tool calls of a session waiting for a client's result."""
+    CompactSession: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.CompactSessionRequest, _copilot_pb2.CompactSessionResponse]
+    """== infinite sessions ==
+    Summarises the session's older events now (see InfiniteSessionConfig)
+    and returns when the session.compaction_complete is recorded. A
+    compaction already under way is waited for instead of starting another.
+    FAILED_PRECONDITION (NOTHING_TO_COMPACT) when everything is among the
+    latest turns the model always sees verbatim; UNAVAILABLE
+    (COMPACTION_FAILED) when the model could not summarise.
+    """
+    ForkSession: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.ForkSessionRequest, _copilot_pb2.ForkSessionResponse]
+    """== fork and rewind ==
+    Creates a new session whose history is the source's up to a point (its
+    last event by default), followed by a session.fork event. The fork
+    refers to its parent's log rather than copying it: it costs the same
+    whatever the length of the history. ALREADY_EXISTS when the new id is
+    taken; INVALID_ARGUMENT (POINT_INSIDE_TURN, POINT_INSIDE_TOOL_CALL,
+    SEQUENCE_OUT_OF_RANGE, SEQUENCE_REWOUND) for a point the fork cannot
+    start from.
+    """
+    RewindSession: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.RewindSessionRequest, _copilot_pb2.RewindSessionResponse]
+    """Rewinds a session: the conversation goes on as if the events after
+    to_sequence had not happened. Recorded as one session.snapshot_rewind
+    event, in one commit; the cut events stay in the log (include_rewound
+    on reads). FAILED_PRECONDITION (TURN_RUNNING) while a turn runs, unless
+    abort_turn; INVALID_ARGUMENT for a point inside a turn or a tool call.
+    """
     SearchSessions: _grpc.UnaryUnaryMultiCallable[_copilot_pb2.SearchSessionsRequest, _copilot_pb2.SearchSessionsResponse]
     """== search ==
     Full-text search over every session's user messages, assistant answers
@@ -235,6 +261,32 @@ class CopilotServiceAsyncStub(CopilotServiceStub):
     """
     ListPendingToolCalls: _aio.UnaryUnaryMultiCallable[_copilot_pb2.ListPendingToolCallsRequest, _copilot_pb2.ListPendingToolCallsResponse]  # type: ignore[assignment]
     """The tool calls of a session waiting for a client's result."""
+    CompactSession: _aio.UnaryUnaryMultiCallable[_copilot_pb2.CompactSessionRequest, _copilot_pb2.CompactSessionResponse]  # type: ignore[assignment]
+    """== infinite sessions ==
+    Summarises the session's older events now (see InfiniteSessionConfig)
+    and returns when the session.compaction_complete is recorded. A
+    compaction already under way is waited for instead of starting another.
+    FAILED_PRECONDITION (NOTHING_TO_COMPACT) when everything is among the
+    latest turns the model always sees verbatim; UNAVAILABLE
+    (COMPACTION_FAILED) when the model could not summarise.
+    """
+    ForkSession: _aio.UnaryUnaryMultiCallable[_copilot_pb2.ForkSessionRequest, _copilot_pb2.ForkSessionResponse]  # type: ignore[assignment]
+    """== fork and rewind ==
+    Creates a new session whose history is the source's up to a point (its
+    last event by default), followed by a session.fork event. The fork
+    refers to its parent's log rather than copying it: it costs the same
+    whatever the length of the history. ALREADY_EXISTS when the new id is
+    taken; INVALID_ARGUMENT (POINT_INSIDE_TURN, POINT_INSIDE_TOOL_CALL,
+    SEQUENCE_OUT_OF_RANGE, SEQUENCE_REWOUND) for a point the fork cannot
+    start from.
+    """
+    RewindSession: _aio.UnaryUnaryMultiCallable[_copilot_pb2.RewindSessionRequest, _copilot_pb2.RewindSessionResponse]  # type: ignore[assignment]
+    """Rewinds a session: the conversation goes on as if the events after
+    to_sequence had not happened. Recorded as one session.snapshot_rewind
+    event, in one commit; the cut events stay in the log (include_rewound
+    on reads). FAILED_PRECONDITION (TURN_RUNNING) while a turn runs, unless
+    abort_turn; INVALID_ARGUMENT for a point inside a turn or a tool call.
+    """
     SearchSessions: _aio.UnaryUnaryMultiCallable[_copilot_pb2.SearchSessionsRequest, _copilot_pb2.SearchSessionsResponse]  # type: ignore[assignment]
     """== search ==
     Full-text search over every session's user messages, assistant answers
@@ -435,6 +487,50 @@ class CopilotServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_copilot_pb2.ListPendingToolCallsResponse, _abc.Awaitable[_copilot_pb2.ListPendingToolCallsResponse]]:
         """The tool calls of a session waiting for a client's result."""
+
+    @_abc_1.abstractmethod
+    def CompactSession(
+        self,
+        request: _copilot_pb2.CompactSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.CompactSessionResponse, _abc.Awaitable[_copilot_pb2.CompactSessionResponse]]:
+        """== infinite sessions ==
+        Summarises the session's older events now (see InfiniteSessionConfig)
+        and returns when the session.compaction_complete is recorded. A
+        compaction already under way is waited for instead of starting another.
+        FAILED_PRECONDITION (NOTHING_TO_COMPACT) when everything is among the
+        latest turns the model always sees verbatim; UNAVAILABLE
+        (COMPACTION_FAILED) when the model could not summarise.
+        """
+
+    @_abc_1.abstractmethod
+    def ForkSession(
+        self,
+        request: _copilot_pb2.ForkSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.ForkSessionResponse, _abc.Awaitable[_copilot_pb2.ForkSessionResponse]]:
+        """== fork and rewind ==
+        Creates a new session whose history is the source's up to a point (its
+        last event by default), followed by a session.fork event. The fork
+        refers to its parent's log rather than copying it: it costs the same
+        whatever the length of the history. ALREADY_EXISTS when the new id is
+        taken; INVALID_ARGUMENT (POINT_INSIDE_TURN, POINT_INSIDE_TOOL_CALL,
+        SEQUENCE_OUT_OF_RANGE, SEQUENCE_REWOUND) for a point the fork cannot
+        start from.
+        """
+
+    @_abc_1.abstractmethod
+    def RewindSession(
+        self,
+        request: _copilot_pb2.RewindSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_copilot_pb2.RewindSessionResponse, _abc.Awaitable[_copilot_pb2.RewindSessionResponse]]:
+        """Rewinds a session: the conversation goes on as if the events after
+        to_sequence had not happened. Recorded as one session.snapshot_rewind
+        event, in one commit; the cut events stay in the log (include_rewound
+        on reads). FAILED_PRECONDITION (TURN_RUNNING) while a turn runs, unless
+        abort_turn; INVALID_ARGUMENT for a point inside a turn or a tool call.
+        """
 
     @_abc_1.abstractmethod
     def SearchSessions(

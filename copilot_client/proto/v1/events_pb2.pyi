@@ -59,6 +59,32 @@ the next start so that no history ends in a half turn.
 """
 Global___TurnEndReason: _TypeAlias = TurnEndReason  # noqa: Y015
 
+class _CompactionTrigger:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CompactionTriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CompactionTrigger.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMPACTION_TRIGGER_UNSPECIFIED: _CompactionTrigger.ValueType  # 0
+    COMPACTION_TRIGGER_THRESHOLD: _CompactionTrigger.ValueType  # 1
+    """Utilization reached background_compaction_threshold after a turn."""
+    COMPACTION_TRIGGER_EXHAUSTION: _CompactionTrigger.ValueType  # 2
+    """Utilization reached buffer_exhaustion_threshold: a turn waited for it."""
+    COMPACTION_TRIGGER_MANUAL: _CompactionTrigger.ValueType  # 3
+    """A client asked for it (CompactSession)."""
+
+class CompactionTrigger(_CompactionTrigger, metaclass=_CompactionTriggerEnumTypeWrapper):
+    """What started a compaction."""
+
+COMPACTION_TRIGGER_UNSPECIFIED: CompactionTrigger.ValueType  # 0
+COMPACTION_TRIGGER_THRESHOLD: CompactionTrigger.ValueType  # 1
+"""Utilization reached background_compaction_threshold after a turn."""
+COMPACTION_TRIGGER_EXHAUSTION: CompactionTrigger.ValueType  # 2
+"""Utilization reached buffer_exhaustion_threshold: a turn waited for it."""
+COMPACTION_TRIGGER_MANUAL: CompactionTrigger.ValueType  # 3
+"""A client asked for it (CompactSession)."""
+Global___CompactionTrigger: _TypeAlias = CompactionTrigger  # noqa: Y015
+
 @_typing.final
 class SessionEvent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -89,6 +115,12 @@ class SessionEvent(_message.Message):
     EXTERNAL_TOOL_REQUESTED_FIELD_NUMBER: _builtins.int
     PERMISSION_REQUESTED_FIELD_NUMBER: _builtins.int
     PERMISSION_COMPLETED_FIELD_NUMBER: _builtins.int
+    SESSION_COMPACTION_START_FIELD_NUMBER: _builtins.int
+    SESSION_COMPACTION_COMPLETE_FIELD_NUMBER: _builtins.int
+    SESSION_SNAPSHOT_REWIND_FIELD_NUMBER: _builtins.int
+    SESSION_FORK_FIELD_NUMBER: _builtins.int
+    EXTERNAL_TOOL_ASSIGNED_FIELD_NUMBER: _builtins.int
+    PERMISSION_ASSIGNED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id of this event (a UUID)."""
     sequence: _builtins.int
@@ -145,6 +177,24 @@ class SessionEvent(_message.Message):
     def permission_requested(self) -> Global___PermissionRequestedData: ...
     @_builtins.property
     def permission_completed(self) -> Global___PermissionCompletedData: ...
+    @_builtins.property
+    def session_compaction_start(self) -> Global___SessionCompactionStartData: ...
+    @_builtins.property
+    def session_compaction_complete(self) -> Global___SessionCompactionCompleteData: ...
+    @_builtins.property
+    def session_snapshot_rewind(self) -> Global___SessionSnapshotRewindData: ...
+    @_builtins.property
+    def session_fork(self) -> Global___SessionForkData: ...
+    @_builtins.property
+    def external_tool_assigned(self) -> Global___ExternalToolRequestedData:
+        """Live-only and sent on one client's stream alone (see ToolClient in
+        copilot.proto): this client is to run the call (the payload of its
+        external_tool.requested), or to decide the permission request (the
+        payload of its permission.requested).
+        """
+
+    @_builtins.property
+    def permission_assigned(self) -> Global___PermissionRequestedData: ...
     def __init__(
         self,
         *,
@@ -174,12 +224,18 @@ class SessionEvent(_message.Message):
         external_tool_requested: Global___ExternalToolRequestedData | None = ...,
         permission_requested: Global___PermissionRequestedData | None = ...,
         permission_completed: Global___PermissionCompletedData | None = ...,
+        session_compaction_start: Global___SessionCompactionStartData | None = ...,
+        session_compaction_complete: Global___SessionCompactionCompleteData | None = ...,
+        session_snapshot_rewind: Global___SessionSnapshotRewindData | None = ...,
+        session_fork: Global___SessionForkData | None = ...,
+        external_tool_assigned: Global___ExternalToolRequestedData | None = ...,
+        permission_assigned: Global___PermissionRequestedData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "external_tool_requested", b"external_tool_requested", "pending_messages_modified", b"pending_messages_modified", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "external_tool_assigned", b"external_tool_assigned", "external_tool_requested", b"external_tool_requested", "pending_messages_modified", b"pending_messages_modified", "permission_assigned", b"permission_assigned", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "session_compaction_complete", b"session_compaction_complete", "session_compaction_start", b"session_compaction_start", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_fork", b"session_fork", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_snapshot_rewind", b"session_snapshot_rewind", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "ephemeral", b"ephemeral", "external_tool_requested", b"external_tool_requested", "id", b"id", "parent_id", b"parent_id", "pending_messages_modified", b"pending_messages_modified", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "sequence", b"sequence", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort", b"abort", "assistant_message", b"assistant_message", "assistant_message_delta", b"assistant_message_delta", "assistant_turn_end", b"assistant_turn_end", "assistant_turn_start", b"assistant_turn_start", "assistant_usage", b"assistant_usage", "data", b"data", "ephemeral", b"ephemeral", "external_tool_assigned", b"external_tool_assigned", "external_tool_requested", b"external_tool_requested", "id", b"id", "parent_id", b"parent_id", "pending_messages_modified", b"pending_messages_modified", "permission_assigned", b"permission_assigned", "permission_completed", b"permission_completed", "permission_requested", b"permission_requested", "sequence", b"sequence", "session_compaction_complete", b"session_compaction_complete", "session_compaction_start", b"session_compaction_start", "session_deleted", b"session_deleted", "session_error", b"session_error", "session_fork", b"session_fork", "session_idle", b"session_idle", "session_model_change", b"session_model_change", "session_resume", b"session_resume", "session_snapshot_rewind", b"session_snapshot_rewind", "session_start", b"session_start", "session_truncation", b"session_truncation", "timestamp", b"timestamp", "tool_execution_complete", b"tool_execution_complete", "tool_execution_start", b"tool_execution_start", "type", b"type", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort", "assistant_usage", "session_model_change", "session_truncation", "pending_messages_modified", "session_deleted", "tool_execution_start", "tool_execution_complete", "external_tool_requested", "permission_requested", "permission_completed"]  # noqa: Y015
+    _WhichOneofReturnType_data: _TypeAlias = _typing.Literal["session_start", "session_resume", "user_message", "assistant_turn_start", "assistant_message", "assistant_message_delta", "assistant_turn_end", "session_idle", "session_error", "abort", "assistant_usage", "session_model_change", "session_truncation", "pending_messages_modified", "session_deleted", "tool_execution_start", "tool_execution_complete", "external_tool_requested", "permission_requested", "permission_completed", "session_compaction_start", "session_compaction_complete", "session_snapshot_rewind", "session_fork", "external_tool_assigned", "permission_assigned"]  # noqa: Y015
     _WhichOneofArgType_data: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_data) -> _WhichOneofReturnType_data | None: ...
 
@@ -231,6 +287,7 @@ class SessionResumeData(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOLS_REPLACED_FIELD_NUMBER: _builtins.int
+    INFINITE_SESSIONS_FIELD_NUMBER: _builtins.int
     event_count: _builtins.int
     """Number of persisted events before this one."""
     already_in_use: _builtins.bool
@@ -251,6 +308,12 @@ class SessionResumeData(_message.Message):
         tools when tools_replaced is true.
         """
 
+    @_builtins.property
+    def infinite_sessions(self) -> Global___InfiniteSessionConfig:
+        """The compaction settings the resuming client passed; they replace the
+        session's when set.
+        """
+
     def __init__(
         self,
         *,
@@ -260,10 +323,11 @@ class SessionResumeData(_message.Message):
         provider: Global___ProviderConfig | None = ...,
         tools: _abc.Iterable[Global___ToolDefinition] | None = ...,
         tools_replaced: _builtins.bool = ...,
+        infinite_sessions: Global___InfiniteSessionConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["infinite_sessions", b"infinite_sessions", "provider", b"provider"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_in_use", b"already_in_use", "event_count", b"event_count", "provider", b"provider", "tools", b"tools", "tools_replaced", b"tools_replaced", "turn_running", b"turn_running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_in_use", b"already_in_use", "event_count", b"event_count", "infinite_sessions", b"infinite_sessions", "provider", b"provider", "tools", b"tools", "tools_replaced", b"tools_replaced", "turn_running", b"turn_running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -533,6 +597,7 @@ class ToolDefinition(_message.Message):
     PARAMETERS_JSON_SCHEMA_FIELD_NUMBER: _builtins.int
     SKIP_PERMISSION_FIELD_NUMBER: _builtins.int
     IS_TERMINAL_FIELD_NUMBER: _builtins.int
+    HAS_HANDLER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
     parameters_json_schema: _builtins.str
@@ -542,7 +607,16 @@ class ToolDefinition(_message.Message):
     skip_permission: _builtins.bool
     """The call needs no permission request (see the Copilot SDK's Tool)."""
     is_terminal: _builtins.bool
-    """The tool's result ends the turn (the model is not called again)."""
+    """The tool's result ends the turn: once the calls of its round have their
+    results, the model is not called again and the turn's answer is the
+    terminal call's result.
+    """
+    has_handler: _builtins.bool
+    """Declared by a client that runs the tool with a handler: the model is
+    offered it only while a client holding it is attached (ToolClient).
+    False: a declaration whose calls are answered by hand
+    (HandlePendingToolCall), offered whoever is attached.
+    """
     def __init__(
         self,
         *,
@@ -551,10 +625,11 @@ class ToolDefinition(_message.Message):
         parameters_json_schema: _builtins.str = ...,
         skip_permission: _builtins.bool = ...,
         is_terminal: _builtins.bool = ...,
+        has_handler: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "is_terminal", b"is_terminal", "name", b"name", "parameters_json_schema", b"parameters_json_schema", "skip_permission", b"skip_permission"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "has_handler", b"has_handler", "is_terminal", b"is_terminal", "name", b"name", "parameters_json_schema", b"parameters_json_schema", "skip_permission", b"skip_permission"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1043,3 +1118,258 @@ class SessionDeletedData(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionDeletedData: _TypeAlias = SessionDeletedData  # noqa: Y015
+
+@_typing.final
+class InfiniteSessionConfig(_message.Message):
+    """Infinite sessions (Copilot SDK names): the daemon summarises the older part
+    of a long conversation with the session's own model, so that it never
+    outgrows the model's context window. Utilization is the estimated size of
+    what the model would be sent (system message, latest summary, the messages
+    after it) over the model's prompt budget (its context_window less
+    max_output_tokens, or max_prompt_tokens); with no budget known, only
+    manual compactions (CompactSession) run.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    BACKGROUND_COMPACTION_THRESHOLD_FIELD_NUMBER: _builtins.int
+    BUFFER_EXHAUSTION_THRESHOLD_FIELD_NUMBER: _builtins.int
+    SUMMARY_MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    """Automatic compaction on or off (manual compaction works either way)."""
+    background_compaction_threshold: _builtins.float
+    """Utilization (0 < x < 1) at which a compaction starts in the background
+    once a turn ends; turns go on meanwhile. 0: the default, 0.80.
+    """
+    buffer_exhaustion_threshold: _builtins.float
+    """Utilization (0 < x <= 1, at least the background threshold) at which
+    the next turn waits for a compaction before calling the model. 0: the
+    default, 0.95.
+    """
+    summary_max_tokens: _builtins.int
+    """Largest summary, in estimated tokens (a repeated compaction summarises
+    the previous summary with the new events within this bound). 0: the
+    default, 2048.
+    """
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        background_compaction_threshold: _builtins.float = ...,
+        buffer_exhaustion_threshold: _builtins.float = ...,
+        summary_max_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_compaction_threshold", b"background_compaction_threshold", "buffer_exhaustion_threshold", b"buffer_exhaustion_threshold", "enabled", b"enabled", "summary_max_tokens", b"summary_max_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InfiniteSessionConfig: _TypeAlias = InfiniteSessionConfig  # noqa: Y015
+
+@_typing.final
+class SessionCompactionStartData(_message.Message):
+    """"session.compaction_start": the daemon began summarising the events up to
+    up_to_sequence. A start with no complete after it (the daemon was killed)
+    changes nothing: the model's context is built from completes only.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPACTION_ID_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    CURRENT_TOKENS_FIELD_NUMBER: _builtins.int
+    TOKEN_LIMIT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    FROM_SEQUENCE_FIELD_NUMBER: _builtins.int
+    UP_TO_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CUSTOM_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    compaction_id: _builtins.str
+    trigger: Global___CompactionTrigger.ValueType
+    current_tokens: _builtins.int
+    """Estimated tokens of the context before the compaction."""
+    token_limit: _builtins.int
+    """The model's prompt budget in tokens (0: not known)."""
+    model: _builtins.str
+    from_sequence: _builtins.int
+    """The range to be summarised: the previous summary (if any) and the events
+    from_sequence..up_to_sequence.
+    """
+    up_to_sequence: _builtins.int
+    custom_instructions: _builtins.str
+    def __init__(
+        self,
+        *,
+        compaction_id: _builtins.str = ...,
+        trigger: Global___CompactionTrigger.ValueType = ...,
+        current_tokens: _builtins.int = ...,
+        token_limit: _builtins.int = ...,
+        model: _builtins.str = ...,
+        from_sequence: _builtins.int = ...,
+        up_to_sequence: _builtins.int = ...,
+        custom_instructions: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compaction_id", b"compaction_id", "current_tokens", b"current_tokens", "custom_instructions", b"custom_instructions", "from_sequence", b"from_sequence", "model", b"model", "token_limit", b"token_limit", "trigger", b"trigger", "up_to_sequence", b"up_to_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionCompactionStartData: _TypeAlias = SessionCompactionStartData  # noqa: Y015
+
+@_typing.final
+class SessionCompactionCompleteData(_message.Message):
+    """"session.compaction_complete": written in one commit with the summary.
+    When success is true, the model sees from then on: the system message,
+    summary_content, and the events after up_to_sequence. The raw events stay
+    in the log (ListEvents, export and search see them all).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPACTION_ID_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    PRE_COMPACTION_TOKENS_FIELD_NUMBER: _builtins.int
+    POST_COMPACTION_TOKENS_FIELD_NUMBER: _builtins.int
+    TOKENS_REMOVED_FIELD_NUMBER: _builtins.int
+    MESSAGES_REMOVED_FIELD_NUMBER: _builtins.int
+    PRE_COMPACTION_MESSAGES_LENGTH_FIELD_NUMBER: _builtins.int
+    SUMMARY_CONTENT_FIELD_NUMBER: _builtins.int
+    FROM_SEQUENCE_FIELD_NUMBER: _builtins.int
+    UP_TO_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    CUSTOM_INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    compaction_id: _builtins.str
+    trigger: Global___CompactionTrigger.ValueType
+    success: _builtins.bool
+    error: _builtins.str
+    """Why it failed (success false); the context is then as before."""
+    pre_compaction_tokens: _builtins.int
+    """Estimated tokens of the context before and after."""
+    post_compaction_tokens: _builtins.int
+    tokens_removed: _builtins.int
+    messages_removed: _builtins.int
+    """Messages the summary replaced (user, assistant and tool messages)."""
+    pre_compaction_messages_length: _builtins.int
+    summary_content: _builtins.str
+    from_sequence: _builtins.int
+    """The events this compaction summarised, from_sequence..up_to_sequence
+    (from_sequence is 1, or the previous summary's up_to_sequence + 1: the
+    summary carries the previous one, so it stands for every event up to
+    up_to_sequence). The range always ends between whole tool call/result
+    pairs.
+    """
+    up_to_sequence: _builtins.int
+    chunks: _builtins.int
+    """Model calls the summary took (its input is summarised in chunks that
+    each fit the model's window).
+    """
+    custom_instructions: _builtins.str
+    def __init__(
+        self,
+        *,
+        compaction_id: _builtins.str = ...,
+        trigger: Global___CompactionTrigger.ValueType = ...,
+        success: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        pre_compaction_tokens: _builtins.int = ...,
+        post_compaction_tokens: _builtins.int = ...,
+        tokens_removed: _builtins.int = ...,
+        messages_removed: _builtins.int = ...,
+        pre_compaction_messages_length: _builtins.int = ...,
+        summary_content: _builtins.str = ...,
+        from_sequence: _builtins.int = ...,
+        up_to_sequence: _builtins.int = ...,
+        chunks: _builtins.int = ...,
+        custom_instructions: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "compaction_id", b"compaction_id", "custom_instructions", b"custom_instructions", "error", b"error", "from_sequence", b"from_sequence", "messages_removed", b"messages_removed", "post_compaction_tokens", b"post_compaction_tokens", "pre_compaction_messages_length", b"pre_compaction_messages_length", "pre_compaction_tokens", b"pre_compaction_tokens", "success", b"success", "summary_content", b"summary_content", "tokens_removed", b"tokens_removed", "trigger", b"trigger", "up_to_sequence", b"up_to_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionCompactionCompleteData: _TypeAlias = SessionCompactionCompleteData  # noqa: Y015
+
+@_typing.final
+class SessionSnapshotRewindData(_message.Message):
+    """== fork and rewind: payloads ==
+    "session.snapshot_rewind": the session was rewound (RewindSession). The
+    events from first_rewound_sequence to last_rewound_sequence are cut: the
+    model no longer sees them and history reads leave them out unless asked
+    for them (include_rewound); they stay in the log. Names as in the Copilot
+    SDK (up_to_event_id, events_removed).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UP_TO_EVENT_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_REMOVED_FIELD_NUMBER: _builtins.int
+    TO_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FIRST_REWOUND_SEQUENCE_FIELD_NUMBER: _builtins.int
+    LAST_REWOUND_SEQUENCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    up_to_event_id: _builtins.str
+    """Id of the last event kept (the one at to_sequence)."""
+    events_removed: _builtins.int
+    """How many events this rewind cut (events cut by an earlier rewind are
+    not counted again).
+    """
+    to_sequence: _builtins.int
+    """The sequence the session was rewound to: the last event kept."""
+    first_rewound_sequence: _builtins.int
+    """The range cut: to_sequence + 1 up to the event just before this one."""
+    last_rewound_sequence: _builtins.int
+    reason: _builtins.str
+    """Why, as given by the caller (free text)."""
+    def __init__(
+        self,
+        *,
+        up_to_event_id: _builtins.str = ...,
+        events_removed: _builtins.int = ...,
+        to_sequence: _builtins.int = ...,
+        first_rewound_sequence: _builtins.int = ...,
+        last_rewound_sequence: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_removed", b"events_removed", "first_rewound_sequence", b"first_rewound_sequence", "last_rewound_sequence", b"last_rewound_sequence", "reason", b"reason", "to_sequence", b"to_sequence", "up_to_event_id", b"up_to_event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionSnapshotRewindData: _TypeAlias = SessionSnapshotRewindData  # noqa: Y015
+
+@_typing.final
+class SessionForkData(_message.Message):
+    """"session.fork": the first event of a fork's own, after the history it
+    inherits from its parent (sequences 1 to fork_sequence, read from the
+    parent's log, never copied).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_SESSION_ID_FIELD_NUMBER: _builtins.int
+    FORK_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PARENT_EVENT_ID_FIELD_NUMBER: _builtins.int
+    parent_session_id: _builtins.str
+    fork_sequence: _builtins.int
+    """The last inherited event: the parent's event of that sequence."""
+    parent_event_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        parent_session_id: _builtins.str = ...,
+        fork_sequence: _builtins.int = ...,
+        parent_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fork_sequence", b"fork_sequence", "parent_event_id", b"parent_event_id", "parent_session_id", b"parent_session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionForkData: _TypeAlias = SessionForkData  # noqa: Y015

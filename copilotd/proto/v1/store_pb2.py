@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from copilot_client.proto.v1 import copilot_pb2 as copilot__client_dot_proto_dot_v1_dot_copilot__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63opilotd/proto/v1/store.proto\x12\x11\x63opilotd.store.v1\x1a%copilot_client/proto/v1/copilot.proto\"\xb8\x01\n\rSessionRecord\x12-\n\x08metadata\x18\x01 \x01(\x0b\x32\x1b.copilot.v1.SessionMetadata\x12\x12\n\nlog_number\x18\x02 \x01(\x04\x12\x14\n\x0copen_turn_id\x18\x03 \x01(\t\x12!\n\x19open_turn_user_message_id\x18\x04 \x01(\t\x12+\n\x07pending\x18\x05 \x03(\x0b\x32\x1a.copilot.v1.PendingMessageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63opilotd/proto/v1/store.proto\x12\x11\x63opilotd.store.v1\x1a%copilot_client/proto/v1/copilot.proto\"\x9c\x02\n\rSessionRecord\x12-\n\x08metadata\x18\x01 \x01(\x0b\x32\x1b.copilot.v1.SessionMetadata\x12\x12\n\nlog_number\x18\x02 \x01(\x04\x12\x14\n\x0copen_turn_id\x18\x03 \x01(\t\x12!\n\x19open_turn_user_message_id\x18\x04 \x01(\t\x12+\n\x07pending\x18\x05 \x03(\x0b\x32\x1a.copilot.v1.PendingMessage\x12/\n\x08\x61ncestry\x18Z \x03(\x0b\x32\x1d.copilotd.store.v1.LogSegment\x12\x31\n\x07rewound\x18[ \x03(\x0b\x32 .copilotd.store.v1.SequenceRange\"7\n\nLogSegment\x12\x12\n\nlog_number\x18\x01 \x01(\x04\x12\x15\n\rlast_sequence\x18\x02 \x01(\x04\",\n\rSequenceRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\x0c\n\x04last\x18\x02 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'copilotd.proto.v1.store_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SESSIONRECORD']._serialized_start=92
-  _globals['_SESSIONRECORD']._serialized_end=276
+  _globals['_SESSIONRECORD']._serialized_end=376
+  _globals['_LOGSEGMENT']._serialized_start=378
+  _globals['_LOGSEGMENT']._serialized_end=433
+  _globals['_SEQUENCERANGE']._serialized_start=435
+  _globals['_SEQUENCERANGE']._serialized_end=479
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,8 @@ class SessionRecord(_message.Message):
     OPEN_TURN_ID_FIELD_NUMBER: _builtins.int
     OPEN_TURN_USER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
+    ANCESTRY_FIELD_NUMBER: _builtins.int
+    REWOUND_FIELD_NUMBER: _builtins.int
     log_number: _builtins.int
     """Key prefix of this session's events in the event table; never reused,
     so a session re-created under the same id starts a fresh log.
@@ -47,6 +49,18 @@ class SessionRecord(_message.Message):
         the running turn ends (or at the next start of the daemon).
         """
 
+    @_builtins.property
+    def ancestry(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogSegment]:
+        """A fork's inherited history: the logs it reads below its own, oldest
+        first; sequences 1 to the first's last_sequence are in the first log,
+        and so on; those after the last are in log_number. Each log named here
+        counts this session among its references (the log_refs table).
+        """
+
+    @_builtins.property
+    def rewound(self) -> _containers.RepeatedCompositeFieldContainer[Global___SequenceRange]:
+        """The ranges of sequences cut by rewinds, in order and disjoint."""
+
     def __init__(
         self,
         *,
@@ -55,11 +69,61 @@ class SessionRecord(_message.Message):
         open_turn_id: _builtins.str = ...,
         open_turn_user_message_id: _builtins.str = ...,
         pending: _abc.Iterable[_copilot_pb2.PendingMessage] | None = ...,
+        ancestry: _abc.Iterable[Global___LogSegment] | None = ...,
+        rewound: _abc.Iterable[Global___SequenceRange] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_number", b"log_number", "metadata", b"metadata", "open_turn_id", b"open_turn_id", "open_turn_user_message_id", b"open_turn_user_message_id", "pending", b"pending"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ancestry", b"ancestry", "log_number", b"log_number", "metadata", b"metadata", "open_turn_id", b"open_turn_id", "open_turn_user_message_id", b"open_turn_user_message_id", "pending", b"pending", "rewound", b"rewound"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionRecord: _TypeAlias = SessionRecord  # noqa: Y015
+
+@_typing.final
+class LogSegment(_message.Message):
+    """Part of a fork's history that lives in another session's log."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOG_NUMBER_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    log_number: _builtins.int
+    last_sequence: _builtins.int
+    def __init__(
+        self,
+        *,
+        log_number: _builtins.int = ...,
+        last_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_sequence", b"last_sequence", "log_number", b"log_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogSegment: _TypeAlias = LogSegment  # noqa: Y015
+
+@_typing.final
+class SequenceRange(_message.Message):
+    """Sequences first to last, both included."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    first: _builtins.int
+    last: _builtins.int
+    def __init__(
+        self,
+        *,
+        first: _builtins.int = ...,
+        last: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first", b"first", "last", b"last"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SequenceRange: _TypeAlias = SequenceRange  # noqa: Y015
