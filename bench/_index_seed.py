@@ -56,7 +56,9 @@ def seed_index(data_dir: Path, layout: Layout, *, texts: bool = True) -> dict[st
         if texts:
             for entries in _batches(layout):
                 db.executemany(
-                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?)", (entry[:5] for entry in entries)
+                    "INSERT INTO entries (id, session_id, sequence, event_type, event_time_ns)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (entry[:5] for entry in entries),
                 )
                 db.executemany(
                     "INSERT INTO texts (rowid, text) VALUES (?, ?)",

@@ -87,8 +87,8 @@ def _index_rows(data_dir: Path) -> dict[str, list[tuple[Any, ...]]]:
     try:
         return {
             "entries": db.execute(
-                "SELECT session_id, sequence, event_type, event_time_ns, texts.text FROM entries"
-                " JOIN texts ON texts.rowid = entries.id ORDER BY session_id, sequence"
+                "SELECT session_id, sequence, event_type, event_time_ns, rewound, texts.text"
+                " FROM entries JOIN texts ON texts.rowid = entries.id ORDER BY session_id, sequence"
             ).fetchall(),
             "cursors": db.execute("SELECT * FROM cursors ORDER BY session_id").fetchall(),
         }
