@@ -166,8 +166,12 @@ class QueueEdit:
 
 
 # "request" and "answer": a relayed request for this daemon, or the answer to
-# one it posted (``relay``); "live": another daemon's live-only event.
-ChangeKind = Literal["events", "created", "deleted", "updated", "request", "answer", "live"]
+# one it posted (``relay``); "live": another daemon's live-only event;
+# "assign": a call for a tool client attached here (the payload: its JSON
+# ``relay.Assignment``); "tools": a session's tool clients on other daemons changed.
+ChangeKind = Literal[
+    "events", "created", "deleted", "updated", "request", "answer", "live", "assign", "tools"
+]
 
 
 @dataclass(frozen=True)
