@@ -243,6 +243,9 @@ class ToolRoutes:
             stream = events(subscribed)
             async with contextlib.aclosing(stream):
                 async for batch in stream:
+                    if recorded is not None:
+                        # Once its first events arrive, the client counts on every daemon.
+                        await recorded  # a failed write ends the stream with its error
                     yield batch
         finally:
             if self.detach(session_id, client):

@@ -1,0 +1,163 @@
+"""Tool clients attached to another daemon of the same PostgreSQL store: real daemons,
+one database. The turn runs on daemon A; a client holding the tool attached
+through daemon B is offered to the model, runs the call, and when it (or its
+daemon) goes away, another holder does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from copilot_client.proto.v1 import copilot_pb2 as pb
+from copilot_client.proto.v1 import events_pb2
+from tests.support.daemon_process import DaemonProcess
+from tests.test_multi_daemon import WAIT, channel_to, check_log, events_of, stub
+from tests.test_multi_daemon import dsn as dsn  # a fixture
+from tests.test_multi_daemon_relay import (
+    CALL,
+    COMPLETED,
+    logged,
+    session_with_tool,
+    wait_for,
+    weather_tool,
+)
+from tests.test_multi_daemon_relay import pair as pair  # a fixture
+
+ASSIGNED = "external_tool.assigned"
+
+
+async def attached_client(
+    channel: grpc.aio.Channel, session_id: str, client_id: str
+) -> AsyncIterator[events_pb2.SessionEvent]:
+    """A client holding the weather tool attached through ``channel``'s daemon; returned
+    once its first events arrived, when every daemon counts it."""
+    tool_client = pb.ToolClient(client_id=client_id, tools=[weather_tool(skip_permission=True)])
+    events = events_of(
+        stub(channel).StreamEvents(
+            pb.StreamEventsRequest(session_id=session_id, after_sequence=0, tool_client=tool_client)
+        )
+    )
+    await wait_for(events, "session.start")
+    return events
+
+
+async def toolless_session(channel: grpc.aio.Channel) -> str:
+    created = await stub(channel).CreateSession(pb.CreateSessionRequest(config=pb.SessionConfig()))
+    return created.session.session_id
+
+
+def send_and_wait(
+    channel: grpc.aio.Channel, session_id: str
+) -> asyncio.Future[pb.SendMessageAndWaitResponse]:
+    return asyncio.ensure_future(
+        stub(channel).SendMessageAndWait(
+            pb.SendMessageAndWaitRequest(session_id=session_id, prompt=CALL, message_id="m1"),
+            timeout=WAIT,
+        )
+    )
+
+
+async def answer(channel: grpc.aio.Channel, session_id: str, call_id: str, text: str) -> None:
+    recorded = await stub(channel).HandlePendingToolCall(
+        pb.HandlePendingToolCallRequest(
+            session_id=session_id,
+            tool_call_id=call_id,
+            result=events_pb2.ToolResult(text_result_for_llm=text),
+        ),
+        timeout=WAIT,
+    )
+    assert recorded.recorded
+
+
+async def test_a_tool_held_only_by_a_client_of_another_daemon_is_offered_and_run_there(
+    pair: list[DaemonProcess],
+) -> None:
+    a, b = (channel_to(daemon) for daemon in pair)
+    try:
+        session_id = await toolless_session(a)
+        on_b = await attached_client(b, session_id, "client-b")
+        done = send_and_wait(a, session_id)  # the turn runs on A
+        # The offline model calls get_weather only when it is offered: B's client's tool was.
+        assigned = await wait_for(on_b, ASSIGNED)
+        assert assigned.external_tool_assigned.tool_name == "get_weather"
+        await answer(b, session_id, assigned.external_tool_assigned.tool_call_id, "sunny")
+        finished = await asyncio.wait_for(done, WAIT)
+        assert finished.turn_end.assistant_turn_end.reason == COMPLETED
+        assert '"sunny"' in finished.answer.assistant_message.content
+        check_log(await logged(a, session_id))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_call_whose_remote_client_went_away_goes_to_a_holder_on_the_turn_s_daemon(
+    pair: list[DaemonProcess],
+) -> None:
+    a, b = (channel_to(daemon) for daemon in pair)
+    b_client = channel_to(pair[1])  # the connection of the client that goes away
+    try:
+        session_id = await toolless_session(a)
+        on_b = await attached_client(b_client, session_id, "client-b")
+        done = send_and_wait(a, session_id)
+        first = await wait_for(on_b, ASSIGNED)
+        on_a = await attached_client(a, session_id, "client-a")
+        await b_client.close(grace=None)  # gone mid-handler, without answering
+        again = await wait_for(on_a, ASSIGNED)
+        call_id = first.external_tool_assigned.tool_call_id
+        assert again.external_tool_assigned.tool_call_id == call_id
+        await answer(a, session_id, call_id, "rain")
+        finished = await asyncio.wait_for(done, WAIT)
+        assert '"rain"' in finished.answer.assistant_message.content
+    finally:
+        await a.close()
+        await b.close()
+        await b_client.close()
+
+
+async def test_the_clients_of_a_killed_daemon_stop_counting_and_its_call_goes_elsewhere(
+    pair: list[DaemonProcess],
+) -> None:
+    survivor, doomed = pair
+    a, b = channel_to(survivor), channel_to(doomed)
+    try:
+        session_id = await toolless_session(a)
+        on_b = await attached_client(b, session_id, "client-b")
+        done = send_and_wait(a, session_id)
+        first = await wait_for(on_b, ASSIGNED)
+        on_a = await attached_client(a, session_id, "client-a")
+        doomed.kill()  # its rows are never removed: they expire
+        again = await wait_for(on_a, ASSIGNED)
+        call_id = first.external_tool_assigned.tool_call_id
+        assert again.external_tool_assigned.tool_call_id == call_id
+        await answer(a, session_id, call_id, "fog")
+        finished = await asyncio.wait_for(done, WAIT)
+        assert '"fog"' in finished.answer.assistant_message.content
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_resume_without_pending_work_through_another_daemon_closes_the_turn_s_calls(
+    pair: list[DaemonProcess],
+) -> None:
+    a, b = (channel_to(daemon) for daemon in pair)
+    try:
+        session_id, on_a = await session_with_tool(a, skip_permission=True)
+        done = send_and_wait(a, session_id)
+        await wait_for(on_a, "external_tool.requested")  # A's turn waits for a result
+        await stub(b).ResumeSession(
+            pb.ResumeSessionRequest(session_id=session_id, continue_pending_work=False),
+            timeout=WAIT,
+        )
+        # A closed the call as a resume on A would, and its turn went on to its end.
+        finished = await asyncio.wait_for(done, WAIT)
+        assert finished.turn_end.assistant_turn_end.reason == COMPLETED
+        events = await logged(b, session_id)
+        check_log(events)
+        [complete] = [e for e in events if e.type == "tool.execution_complete"]
+        assert "resumed without its pending work" in str(complete.tool_execution_complete.result)
+    finally:
+        await a.close()
+        await b.close()
