@@ -29,11 +29,17 @@ ASSIGNED = "external_tool.assigned"
 
 
 async def attached_client(
-    channel: grpc.aio.Channel, session_id: str, client_id: str
+    channel: grpc.aio.Channel, session_id: str, client_id: str, *, deciding: bool = False
 ) -> AsyncIterator[events_pb2.SessionEvent]:
-    """A client holding the weather tool attached through ``channel``'s daemon; returned
-    once its first events arrived, when every daemon counts it."""
-    tool_client = pb.ToolClient(client_id=client_id, tools=[weather_tool(skip_permission=True)])
+    """A client holding the weather tool attached through ``channel``'s daemon (``deciding``:
+    the tool asks permission, which this client decides); returned once its first events
+    arrived, when every daemon counts it."""
+    tool_client = pb.ToolClient(
+        client_id=client_id,
+        tools=[weather_tool(skip_permission=not deciding)],
+        permission_tools=["get_weather"] if deciding else [],
+        permission_handler=deciding,
+    )
     events = events_of(
         stub(channel).StreamEvents(
             pb.StreamEventsRequest(session_id=session_id, after_sequence=0, tool_client=tool_client)
@@ -87,6 +93,34 @@ async def test_a_tool_held_only_by_a_client_of_another_daemon_is_offered_and_run
         assert finished.turn_end.assistant_turn_end.reason == COMPLETED
         assert '"sunny"' in finished.answer.assistant_message.content
         check_log(await logged(a, session_id))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_permission_request_goes_to_the_deciding_client_of_another_daemon(
+    pair: list[DaemonProcess],
+) -> None:
+    a, b = (channel_to(daemon) for daemon in pair)
+    try:
+        session_id = await toolless_session(a)
+        on_b = await attached_client(b, session_id, "client-b", deciding=True)
+        done = send_and_wait(a, session_id)
+        asked = await wait_for(on_b, "permission.assigned")
+        request_id = asked.permission_assigned.request_id
+        decided = await stub(b).HandlePendingPermission(
+            pb.HandlePendingPermissionRequest(
+                session_id=session_id, request_id=request_id, approved=True, reason="fine"
+            ),
+            timeout=WAIT,
+        )
+        assert decided.recorded
+        # Approved, the call itself goes to the same client, through B again.
+        assigned = await wait_for(on_b, ASSIGNED)
+        assert assigned.external_tool_assigned.tool_call_id == request_id
+        await answer(b, session_id, request_id, "hail")
+        finished = await asyncio.wait_for(done, WAIT)
+        assert '"hail"' in finished.answer.assistant_message.content
     finally:
         await a.close()
         await b.close()
