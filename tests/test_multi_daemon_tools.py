@@ -24,6 +24,8 @@ from tests.test_multi_daemon_relay import (
     weather_tool,
 )
 from tests.test_multi_daemon_relay import pair as pair  # a fixture
+from tests.test_tools_clients import ToolWorker, read, start
+from tests.test_tools_clients import workers as workers  # a fixture
 
 ASSIGNED = "external_tool.assigned"
 
@@ -126,28 +128,24 @@ async def test_a_permission_request_goes_to_the_deciding_client_of_another_daemo
         await b.close()
 
 
-async def test_a_call_whose_remote_client_went_away_goes_to_a_holder_on_the_turn_s_daemon(
-    pair: list[DaemonProcess],
+async def test_a_call_whose_remote_client_was_killed_goes_to_a_holder_on_the_turn_s_daemon(
+    pair: list[DaemonProcess], workers: list[ToolWorker]
 ) -> None:
-    a, b = (channel_to(daemon) for daemon in pair)
-    b_client = channel_to(pair[1])  # the connection of the client that goes away
+    daemon_a, daemon_b = pair
+    a = channel_to(daemon_a)
     try:
         session_id = await toolless_session(a)
-        on_b = await attached_client(b_client, session_id, "client-b")
+        first = await start(workers, daemon_b, session_id, "block", "continue")
         done = send_and_wait(a, session_id)
-        first = await wait_for(on_b, ASSIGNED)
-        on_a = await attached_client(a, session_id, "client-a")
-        await b_client.close(grace=None)  # gone mid-handler, without answering
-        again = await wait_for(on_a, ASSIGNED)
-        call_id = first.external_tool_assigned.tool_call_id
-        assert again.external_tool_assigned.tool_call_id == call_id
-        await answer(a, session_id, call_id, "rain")
+        call_id = (await read(first))["running"]  # B's client runs A's call
+        second = await start(workers, daemon_a, session_id, "rain", "continue")
+        first.kill()  # SIGKILL while its handler blocks
+        assert (await read(second))["running"] == call_id
         finished = await asyncio.wait_for(done, WAIT)
-        assert '"rain"' in finished.answer.assistant_message.content
+        assert '"rain in Paris"' in finished.answer.assistant_message.content
+        assert first.runs() == [call_id]
     finally:
         await a.close()
-        await b.close()
-        await b_client.close()
 
 
 async def test_the_clients_of_a_killed_daemon_stop_counting_and_its_call_goes_elsewhere(
