@@ -50,13 +50,16 @@ class RemoteTools:
             tuple(tools.permission_tools),
             tools.permission_handler,
         )
-        await asyncio.to_thread(self._relay.attach_tools, attachment)
+        try:
+            await asyncio.to_thread(self._relay.attach_tools, attachment)
+        except Exception:  # the client still counts here, where its stream is
+            log.exception("session %s: recording tool client %s failed", session_id, client_id)
 
     async def detach(self, session_id: str, client_id: str, attached: Awaitable[None]) -> None:
         """Remove a client's row once its ``attached`` write is done (never before it,
         or the row would outlive the stream until it expires)."""
         try:
-            await attached
+            await attached  # never raises: ``attach`` logs its failure
         finally:
             await asyncio.to_thread(self._relay.detach_tools, session_id, client_id)
 

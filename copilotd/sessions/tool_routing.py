@@ -244,8 +244,9 @@ class ToolRoutes:
             async with contextlib.aclosing(stream):
                 async for batch in stream:
                     if recorded is not None:
-                        # Once its first events arrive, the client counts on every daemon.
-                        await recorded  # a failed write ends the stream with its error
+                        # Once its first events arrive, the client counts on every daemon
+                        # (or, the write failed and logged, on this one only).
+                        await asyncio.wait({recorded})
                     yield batch
         finally:
             if self.detach(session_id, client):
