@@ -13,6 +13,9 @@ import grpc
 from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import events_pb2
 from tests.support.daemon_process import DaemonProcess
+from tests.support.fake_model_server import Call, FakeModelServer, calls, stream
+from tests.test_compaction_daemons import server as server  # a fixture
+from tests.test_compaction_daemons import two as two  # a fixture
 from tests.test_multi_daemon import WAIT, channel_to, check_log, events_of, stub
 from tests.test_multi_daemon import dsn as dsn  # a fixture
 from tests.test_multi_daemon_relay import (
@@ -95,6 +98,31 @@ async def test_a_tool_held_only_by_a_client_of_another_daemon_is_offered_and_run
         assert finished.turn_end.assistant_turn_end.reason == COMPLETED
         assert '"sunny"' in finished.answer.assistant_message.content
         check_log(await logged(a, session_id))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_the_model_is_offered_the_tool_of_a_client_of_another_daemon(
+    two: list[DaemonProcess], server: FakeModelServer
+) -> None:
+    """Through a strict provider: the first request lists the tool, the second carries
+    the result B's client gave."""
+    a, b = (channel_to(daemon) for daemon in two)
+    try:
+        server.script(calls(Call("get_weather", {"city": "Paris"})), stream("Sunny, it says."))
+        session_id = await toolless_session(a)
+        on_b = await attached_client(b, session_id, "client-b")
+        done = send_and_wait(a, session_id)
+        assigned = await wait_for(on_b, ASSIGNED)
+        await answer(b, session_id, assigned.external_tool_assigned.tool_call_id, "sunny")
+        finished = await asyncio.wait_for(done, WAIT)
+        assert finished.answer.assistant_message.content == "Sunny, it says."
+        first, second = server.requests
+        assert [tool["function"]["name"] for tool in first.body["tools"]] == ["get_weather"]
+        [result] = [m for m in second.messages if m["role"] == "tool"]
+        assert result["content"] == "sunny"
+        assert (first.outcome, second.outcome) == ("completed", "completed")
     finally:
         await a.close()
         await b.close()
