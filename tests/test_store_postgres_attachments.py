@@ -1,18 +1,30 @@
 """The PostgreSQL store's record of the tool clients attached to each daemon
-(``Relay.attach_tools`` and the ``tool_attachments`` table), on the real private cluster."""
+(``Relay.attach_tools`` and the ``tool_attachments`` table), and the routing of
+calls to them (``sessions.remote_tools``), on the real private cluster."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import queue
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from copilot_client.proto.v1 import copilot_pb2
+from copilot_client.proto.v1 import copilot_pb2, events_pb2
+from copilotd.events import SessionEvent
+from copilotd.providers import ToolCall
+from copilotd.sessions.remote_tools import RemoteTools
+from copilotd.sessions.state import RunningTurn
+from copilotd.sessions.tool_routing import ToolClient, ToolRoutes
+from copilotd.store import StoreChange
 from copilotd.store.postgres_schema import SCHEMA, SCHEMA_VERSION
 from copilotd.store.postgres_store import PostgresStore
 from copilotd.store.relay import Relay, ToolAttachment
 from tests.support.postgres import PostgresCluster
+
+WEATHER = events_pb2.ToolDefinition(name="get_weather", skip_permission=True)
 
 
 @pytest.fixture
@@ -94,3 +106,32 @@ def test_a_version_4_store_gains_the_attachment_table(dsn: str) -> None:
         row = connection.execute(f"SELECT version FROM {SCHEMA}.schema_version").fetchone()
         clients = connection.execute(f"SELECT client_id FROM {SCHEMA}.tool_attachments").fetchall()
     assert (row, clients) == ((SCHEMA_VERSION,), [("client-a",)])
+
+
+async def test_the_turn_s_daemon_assigns_a_call_to_the_remote_client_already_running_it(
+    two_daemons: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """After a restart of the turn's daemon, a client of another daemon that re-attached
+    while running a call keeps it, even with a holder attached locally; the assignment
+    reaches its daemon as a notification."""
+    store_a, store_b = two_daemons
+    heard: queue.Queue[StoreChange | None] = queue.Queue()
+    store_b.watch(heard.put)
+    runner = copilot_pb2.ToolClient(client_id="runner", tools=[WEATHER], running_calls=["c1"])
+    relay_of(store_b).attach_tools(
+        ToolAttachment("s", "runner", "", runner.SerializeToString(), (), False)
+    )
+    routes = ToolRoutes()
+    routes.remote = RemoteTools(store_a)
+    local = ToolClient.from_proto("s", copilot_pb2.ToolClient(client_id="local", tools=[WEATHER]))
+    delivered: list[SessionEvent] = []
+    local.deliver = delivered.extend
+    routes.attach("s", local)
+    turn = RunningTurn(session_id="s", turn_id="t", user_message_id="m")
+    turn.open_calls["c1"] = ToolCall("c1", "get_weather", "{}")
+    await routes.refresh("s")
+    routes.route(turn)
+    assert (turn.assigned, delivered) == ({("c1", False): "runner"}, [])
+    change = await asyncio.to_thread(heard.get, timeout=30)
+    assert change is not None and (change.kind, change.session_id) == ("assign", "s")
+    assert json.loads(change.payload) == {"c": "runner", "u": "t", "i": "c1", "p": False}

@@ -97,7 +97,7 @@ class ToolClient:
             {tool.name: tool for tool in proto.tools},
             frozenset(attachment.permission_tools),
             attachment.permission_handler,
-            frozenset(),
+            frozenset(proto.running_calls),
             attachment=attachment,
         )
 
@@ -108,6 +108,7 @@ class ToolClient:
             tools=list(self.tools.values()),
             permission_tools=sorted(self.permission_tools),
             permission_handler=self.permission_handler,
+            running_calls=sorted(self.running_calls),
         )
 
 

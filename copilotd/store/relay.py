@@ -58,7 +58,7 @@ class ToolAttachment:
     session_id: str
     client_id: str
     daemon: str
-    # A serialized ``ToolClient`` carrying the client's tool definitions.
+    # A serialized ``ToolClient``: its tool definitions and the calls it runs.
     tools: bytes
     permission_tools: tuple[str, ...]
     permission_handler: bool
