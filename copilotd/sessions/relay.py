@@ -1,7 +1,9 @@
 """Calls for a turn that runs on another daemon sharing the store, and serving them.
 
 ``AbortTurn``, ``SendMessage(mode=immediate)`` (its abort of the running
-turn), ``HandlePendingToolCall`` and ``HandlePendingPermission`` act on a
+turn), ``HandlePendingToolCall``, ``HandlePendingPermission`` and
+``ResumeSession(continue_pending_work=false)`` (closing the turn's open
+calls) act on a
 running turn, which only the daemon holding the session's lease can touch.
 Sent to another daemon, the call is posted in the store
 (``copilotd.store.relay``) and waited for: the holder serves it as a call
@@ -119,6 +121,11 @@ class TurnRelay:
         )
         return await self.ask(record, request)
 
+    async def close_calls(self, record: SessionRecord) -> bool:
+        """A resume's ``continue_pending_work=false`` served by the daemon running the turn."""
+        request = TurnRequest(record.metadata.session_id, record.open_turn_id, "close_calls")
+        return await self.ask(record, request)
+
     async def _serve(self, request: TurnRequest) -> bool:
         """The call as this daemon serves it for its own clients."""
         session_id = request.session_id
@@ -130,6 +137,8 @@ class TurnRelay:
             await self._turns.cancel(turn, reason=request.reason)
             return True
         state = self._state_of(session_id)
+        if request.kind == "close_calls":
+            return await self._turns.calls.close_not_continued(state)
         if request.kind == "tool_result":
             result = events_pb2.ToolResult.FromString(request.result)
             return await self._turns.calls.answer(state, session_id, request.subject, result)

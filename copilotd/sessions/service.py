@@ -374,7 +374,7 @@ class SessionService:
             log.warning("session %s resumed without a session.resume event: %s", session_id, error)
         if provider is not None:
             await self.providers.hold_session_provider(session_id, provider)
-        if not continue_pending_work and await self._turns.calls.close_not_continued(state):
+        if not continue_pending_work and await self._calls.close_not_continued(record, state):
             record = await self.reading(self._record, session_id)
         count = min(tail_events, MAX_PAGE_SIZE)
         tail = await self.reading(self._history.tail, session_id, count) if tail_events else []
@@ -501,6 +501,8 @@ class SessionService:
         if change is not None and change.kind == "live":
             state = self._states.get(change.session_id)
             live.receive(self.fanout, self._delivery, state, change)
+        elif change is not None and change.kind in ("assign", "tools"):
+            self._tool_clients_changed(change)
         elif self._relay is None or not self._relay.heard(change):
             self._peers.changed(change)
 
@@ -510,6 +512,22 @@ class SessionService:
         if self._relay is not None:
             self._relay.wake(None)
             await self._relay.serve_waiting()
+        routes = self._turns.calls.routes
+        if routes.remote is not None:
+            await routes.remote.renew()
+            for state in list(self._states.values()):
+                await routes.reroute(state.turn)  # some may have gone with their daemon
+
+    def _tool_clients_changed(self, change: StoreChange) -> None:
+        """Another daemon assigned a call to a client attached here, or the clients
+        attached to another daemon changed for a session whose turn may run here."""
+        routes = self._turns.calls.routes
+        if routes.remote is None:
+            return
+        if change.kind == "assign":
+            routes.remote.spawn(routes.deliver_assigned(change))
+        elif (state := self._states.get(change.session_id)) is not None:
+            routes.remote.spawn(routes.reroute(state.turn))
 
     def catch_up_all(self) -> None:
         """Deliver whatever other daemons committed to the sessions followed here."""

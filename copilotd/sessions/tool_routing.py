@@ -16,10 +16,17 @@ memory only: the calls themselves are durable, so after a restart they are
 assigned again as the clients re-attach, and a client still running a call
 claims it back (``ToolClient.running_calls``). Whoever answers first is
 recorded (``tool_calls``); assigning only decides who is asked.
+
+On a store shared by several daemons, the clients attached through the
+other daemons count too (``remote_tools``): the daemon running the turn
+reads them before each model call, when one of their daemons reports a
+change, and on every lease renewal (a dead daemon's stop counting once they
+expire), and may assign a call to one of them; its own clients come first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +37,12 @@ from copilotd.errors import InvalidArgumentError
 from copilotd.events import SessionEvent
 from copilotd.providers import ToolCall
 from copilotd.sessions.fanout import Subscription
+from copilotd.sessions.remote_tools import RemoteTools
 from copilotd.sessions.state import RunningTurn
 from copilotd.sessions.tools import check_tools, tool_specs
 from copilotd.sessions.validation import check_label
+from copilotd.store import StoreChange
+from copilotd.store.relay import ToolAttachment
 
 ToolDefinition = events_pb2.ToolDefinition
 Batch = tuple[Sequence[SessionEvent], bool]
@@ -51,6 +61,8 @@ class ToolClient:
     permission_handler: bool
     running_calls: frozenset[str]
     deliver: Callable[[Sequence[SessionEvent]], None] = field(default=lambda events: None)
+    # Set for a client attached through another daemon (its calls go there).
+    attachment: ToolAttachment | None = None
 
     @classmethod
     def from_proto(cls, session_id: str, proto: copilot_pb2.ToolClient) -> ToolClient:
@@ -73,6 +85,30 @@ class ToolClient:
             frozenset(proto.permission_tools),
             proto.permission_handler,
             frozenset(proto.running_calls),
+        )
+
+    @classmethod
+    def remote(cls, attachment: ToolAttachment) -> ToolClient:
+        """A client attached through another daemon, as that daemon recorded it."""
+        proto = copilot_pb2.ToolClient.FromString(attachment.tools)
+        return cls(
+            attachment.session_id,
+            attachment.client_id,
+            {tool.name: tool for tool in proto.tools},
+            frozenset(attachment.permission_tools),
+            attachment.permission_handler,
+            frozenset(proto.running_calls),
+            attachment=attachment,
+        )
+
+    def to_proto(self) -> copilot_pb2.ToolClient:
+        """What the other daemons need to offer and assign this client's tools."""
+        return copilot_pb2.ToolClient(
+            client_id=self.client_id,
+            tools=list(self.tools.values()),
+            permission_tools=sorted(self.permission_tools),
+            permission_handler=self.permission_handler,
+            running_calls=sorted(self.running_calls),
         )
 
 
@@ -117,9 +153,46 @@ class ToolRoutes:
     def __init__(self) -> None:
         # Session id -> client id -> client, in the order they attached.
         self._clients: dict[str, dict[str, ToolClient]] = {}
+        # Session id -> the clients attached through other daemons, as last read.
+        self._remote: dict[str, list[ToolClient]] = {}
+        # Set on a store shared by several daemons.
+        self.remote: RemoteTools | None = None
 
     def clients(self, session_id: str) -> list[ToolClient]:
-        return list(self._clients.get(session_id, {}).values())
+        """The session's tool clients: those attached here, then the other daemons'."""
+        local = self._clients.get(session_id, {})
+        remote = [c for c in self._remote.get(session_id, ()) if c.client_id not in local]
+        return [*local.values(), *remote]
+
+    async def refresh(self, session_id: str) -> None:
+        """Read again which clients are attached to the session through other daemons."""
+        if self.remote is None:
+            return
+        holders = [ToolClient.remote(row) for row in await self.remote.holders(session_id)]
+        if holders:
+            self._remote[session_id] = holders
+        else:
+            self._remote.pop(session_id, None)
+
+    async def reroute(self, turn: RunningTurn | None) -> None:
+        """``route`` with the other daemons' clients read again (a change reported,
+        or a lease renewal: some may have gone away with their daemon)."""
+        if turn is None:
+            return
+        await self.refresh(turn.session_id)
+        self.route(turn)
+
+    async def deliver_assigned(self, change: StoreChange) -> None:
+        """Send a call another daemon assigned to a client attached here on its stream."""
+        if self.remote is None:
+            return
+        found = await self.remote.assigned(change)
+        if found is None:
+            return  # answered or closed meanwhile
+        assignment, call = found
+        client = self._clients.get(assignment.session_id, {}).get(assignment.client_id)
+        if client is not None:  # else gone: its detach makes the holder route again
+            client.deliver([_assignment(call, assignment.turn_id, assignment.asking)])
 
     def attach(self, session_id: str, client: ToolClient) -> None:
         """Add ``client`` (replacing an earlier stream of the same client)."""
@@ -149,6 +222,8 @@ class ToolRoutes:
         ends, when its open calls go to another client. ``stamp`` dates a live-only
         event like the session's others."""
         session_id = client.session_id
+        # The write recording the client for the other daemons (a shared store).
+        recorded: asyncio.Future[None] | None = None
 
         def subscribed(subscription: Subscription[SessionEvent]) -> None:
             def deliver(assigned: Sequence[SessionEvent]) -> None:
@@ -158,15 +233,26 @@ class ToolRoutes:
 
             client.deliver = deliver
             self.attach(session_id, client)
+            nonlocal recorded
+            if self.remote is not None:
+                recorded = asyncio.ensure_future(
+                    self.remote.attach(session_id, client.client_id, client.to_proto())
+                )
             self.route(running_turn())
 
         try:
             stream = events(subscribed)
             async with contextlib.aclosing(stream):
                 async for batch in stream:
+                    if recorded is not None:
+                        # Once its first events arrive, the client counts on every daemon
+                        # (or, the write failed and logged, on this one only).
+                        await asyncio.wait({recorded})
                     yield batch
         finally:
             if self.detach(session_id, client):
+                if self.remote is not None and recorded is not None:
+                    self.remote.spawn(self.remote.detach(session_id, client.client_id, recorded))
                 self.route(running_turn())
 
     def route(self, turn: RunningTurn | None) -> None:
@@ -174,7 +260,7 @@ class ToolRoutes:
         not attached to one attached client that answers it."""
         if turn is None or turn.closing:
             return
-        clients = self._clients.get(turn.session_id, {})
+        clients = {client.client_id: client for client in self.clients(turn.session_id)}
         open_now = {(call_id, call_id in turn.awaiting_permission) for call_id in turn.open_calls}
         for key in [key for key in turn.assigned if key not in open_now]:
             del turn.assigned[key]  # answered, decided or closed
@@ -188,7 +274,10 @@ class ToolRoutes:
                 turn.assigned.pop(key, None)  # waits for a holder to attach
                 continue
             turn.assigned[key] = client.client_id
-            client.deliver([_assignment(call, turn.turn_id, asking)])
+            if client.attachment is not None and self.remote is not None:
+                self.remote.assign(client.attachment, call, turn.turn_id, asking)
+            else:
+                client.deliver([_assignment(call, turn.turn_id, asking)])
 
     @staticmethod
     def _choose(clients: Iterable[ToolClient], call: ToolCall, asking: bool) -> ToolClient | None:

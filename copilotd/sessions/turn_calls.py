@@ -1,5 +1,6 @@
 """The API's calls on a running turn: abort it, answer one of its tool calls,
-decide one of its permission requests.
+decide one of its permission requests, close its calls on a resume that does
+not continue pending work.
 
 Served here when the turn runs here (or none runs); when the session's open
 turn may run on another daemon sharing the store, relayed to it
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from copilot_client.proto.v1 import events_pb2
 from copilotd.sessions.history import StoreReads
 from copilotd.sessions.relay import TurnRelay
+from copilotd.sessions.remote_tools import RemoteTools
 from copilotd.sessions.state import SessionState
 from copilotd.sessions.tools import check_result
 from copilotd.sessions.turns import TurnEngine
@@ -44,6 +46,8 @@ class TurnCalls:
             if reads.store.relay is None
             else TurnRelay(reads.store, states, lambda sid: state_of(record_of(sid)), turns)
         )
+        if reads.store.relay is not None:
+            turns.calls.routes.remote = RemoteTools(reads.store)
 
     async def abort_turn(self, session_id: str, reason: str) -> bool:
         """Stop the session's running turn and wait for its end; False when none runs."""
@@ -58,6 +62,13 @@ class TurnCalls:
     async def abort_elsewhere(self, record: SessionRecord, reason: str) -> bool:
         """Abort the session's open turn where it runs, when that is another daemon."""
         return False if self.relay is None else await self.relay.abort(record, reason)
+
+    async def close_not_continued(self, record: SessionRecord, state: SessionState) -> bool:
+        """Close the open turn's calls on ``ResumeSession(continue_pending_work=false)``,
+        where the turn runs; True when some were."""
+        if self.relay is not None and self.relay.elsewhere(record, state):
+            return await self.relay.close_calls(record)
+        return await self._turns.calls.close_not_continued(state)
 
     async def handle_pending_tool_call(
         self, session_id: str, tool_call_id: str, result: events_pb2.ToolResult

@@ -260,6 +260,7 @@ class TurnEngine:
             await host.append(
                 turn.session_id, [self._truncation(turn, fitted.truncation)], fence=turn.turn_id
             )
+        await self.calls.routes.refresh(turn.session_id)  # on other daemons too
         offer(turn, self.calls.routes.clients(turn.session_id))  # who is attached now
         request = ChatRequest(
             model=route.wire_model,

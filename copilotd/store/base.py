@@ -95,8 +95,12 @@ The contract:
   serve (abort, a tool result, a permission decision) are posted there for
   the lease holder, which is told at once and also finds them on every
   lease renewal; the first daemon to claim one answers it, and the poster
-  reads the answer. Live-only events (deltas) reach the other daemons
-  through it too, best-effort. A store used by one daemon has none.
+  reads the answer (a resume closing the turn's calls, too). Live-only
+  events (deltas) reach the other daemons through it too, best-effort, and
+  so do the tool clients attached to each daemon (``ToolAttachment`` rows
+  that expire unless their daemon renews them) and the calls assigned to
+  them. A store used by one daemon has none: every client is attached to
+  the one daemon, so memory and LMDB need nothing for it.
 * **Pinning** (``set_pinned``) changes only ``metadata.pinned``: the listing
   order and every other field stay as they were.
 * **Forks** (``fork_session``) refer to their source's log instead of
@@ -166,8 +170,12 @@ class QueueEdit:
 
 
 # "request" and "answer": a relayed request for this daemon, or the answer to
-# one it posted (``relay``); "live": another daemon's live-only event.
-ChangeKind = Literal["events", "created", "deleted", "updated", "request", "answer", "live"]
+# one it posted (``relay``); "live": another daemon's live-only event;
+# "assign": a call for a tool client attached here (the payload: its JSON
+# ``relay.Assignment``); "tools": a session's tool clients on other daemons changed.
+ChangeKind = Literal[
+    "events", "created", "deleted", "updated", "request", "answer", "live", "assign", "tools"
+]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,14 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from copilotd.store.postgres_schema import CHANNEL, LIVE_CHANNEL, SCHEMA
-from copilotd.store.relay import Relay, RequestAnswer, RequestKind, TurnRequest
+from copilotd.store.relay import (
+    Assignment,
+    Relay,
+    RequestAnswer,
+    RequestKind,
+    ToolAttachment,
+    TurnRequest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +70,11 @@ def parse_live(payload: str) -> tuple[str, int, str, bytes]:
 
 def _request(row: tuple[Any, ...]) -> TurnRequest:
     request_id, session_id, turn_id, kind, body = row
-    kinds: dict[str, RequestKind] = {"abort": "abort", "tool_result": "tool_result"}
+    kinds: dict[str, RequestKind] = {
+        "abort": "abort",
+        "tool_result": "tool_result",
+        "close_calls": "close_calls",
+    }
     return TurnRequest(
         session_id=session_id,
         turn_id=turn_id,
@@ -77,9 +88,10 @@ def _request(row: tuple[Any, ...]) -> TurnRequest:
 
 
 class PostgresRelay(Relay):
-    def __init__(self, pool: ConnectionPool[Any], owner: str) -> None:
+    def __init__(self, pool: ConnectionPool[Any], owner: str, lease_seconds: float) -> None:
         self._pool = pool
         self._owner = owner
+        self._lease_seconds = lease_seconds
         self._live: deque[str] = deque()
         # Guards ``_live``, ``_sender`` and ``_stopping``; the sender waits on it.
         self._live_ready = threading.Condition()
@@ -183,6 +195,88 @@ class PostgresRelay(Relay):
             connection.execute(
                 f"DELETE FROM {SCHEMA}.turn_requests WHERE request_id = %s", (request_id,)
             )
+
+    def attach_tools(self, attachment: ToolAttachment) -> None:
+        with self._pool.connection() as connection, connection.transaction():
+            connection.execute(
+                f"INSERT INTO {SCHEMA}.tool_attachments (session_id, client_id, daemon, tools,"
+                " permission_tools, permission_handler, expires_at) VALUES (%s, %s, %s, %s, %s,"
+                " %s, now() + make_interval(secs => %s)) ON CONFLICT (session_id, client_id)"
+                " DO UPDATE SET daemon = EXCLUDED.daemon, tools = EXCLUDED.tools,"
+                " permission_tools = EXCLUDED.permission_tools,"
+                " permission_handler = EXCLUDED.permission_handler, attached_at = now(),"
+                " expires_at = EXCLUDED.expires_at",
+                (
+                    attachment.session_id,
+                    attachment.client_id,
+                    self._owner,
+                    attachment.tools,
+                    list(attachment.permission_tools),
+                    attachment.permission_handler,
+                    self._lease_seconds,
+                ),
+            )
+            self._tell_holder(connection, attachment.session_id)
+
+    def detach_tools(self, session_id: str, client_id: str) -> None:
+        with self._pool.connection() as connection, connection.transaction():
+            connection.execute(
+                f"DELETE FROM {SCHEMA}.tool_attachments"
+                " WHERE session_id = %s AND client_id = %s AND daemon = %s",
+                (session_id, client_id, self._owner),
+            )
+            self._tell_holder(connection, session_id)
+
+    def renew_attachments(self) -> None:
+        with self._pool.connection() as connection:
+            connection.execute(
+                f"UPDATE {SCHEMA}.tool_attachments"
+                " SET expires_at = now() + make_interval(secs => %s) WHERE daemon = %s",
+                (self._lease_seconds, self._owner),
+            )
+            connection.execute(f"DELETE FROM {SCHEMA}.tool_attachments WHERE expires_at < now()")
+
+    def attachments(self, session_id: str) -> list[ToolAttachment]:
+        with self._pool.connection() as connection:
+            rows = connection.execute(
+                "SELECT client_id, daemon, tools, permission_tools, permission_handler"
+                f" FROM {SCHEMA}.tool_attachments WHERE session_id = %s AND daemon <> %s"
+                " AND expires_at > now() ORDER BY attached_at, client_id",
+                (session_id, self._owner),
+            ).fetchall()
+        return [
+            ToolAttachment(session_id, client_id, daemon, bytes(tools), tuple(names), handler)
+            for client_id, daemon, tools, names, handler in rows
+        ]
+
+    def assign(self, daemon: str, assignment: Assignment) -> None:
+        payload = json.dumps(
+            {
+                "k": "assign",
+                "s": assignment.session_id,
+                "q": 0,
+                "o": self._owner,
+                "t": daemon,
+                "a": {
+                    "c": assignment.client_id,
+                    "u": assignment.turn_id,
+                    "i": assignment.call_id,
+                    "p": assignment.asking,
+                },
+            }
+        )
+        with self._pool.connection() as connection:
+            connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+    def _tell_holder(self, connection: psycopg.Connection[Any], session_id: str) -> None:
+        """Notify the daemon holding the session's lease (if any) that its tool
+        clients changed, in ``connection``'s transaction."""
+        holder = connection.execute(
+            f"SELECT owner FROM {SCHEMA}.turn_leases WHERE session_id = %s", (session_id,)
+        ).fetchone()
+        if holder is not None and holder[0] != self._owner:
+            payload = relay_payload("tools", session_id, self._owner, holder[0])
+            connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
     def publish_live(self, session_id: str, last_sequence: int, event: bytes) -> None:
         payload = live_payload(session_id, last_sequence, self._owner, event)

@@ -35,6 +35,12 @@ so copilotd can share a database with other programs. Tables:
 * ``turn_requests``: calls relayed to the daemon running a session's turn
   (``relay``): the request (``kind``, ``body``), who posted it
   (``requester``), who claimed it (``claimed_by``) and its ``answer``.
+* ``tool_attachments``: the clients attached to a session with tools
+  (``sessions.remote_tools``), one row per (session, client): the daemon
+  whose stream it is (``daemon``), its ``tools`` (a serialized
+  ``ToolClient``), ``permission_tools`` and ``permission_handler``, and
+  ``expires_at``, renewed with that daemon's leases: a dead daemon's rows
+  stop counting once they expire, and are deleted by any daemon then.
 * ``counters``: ``session_count``, kept by creation and deletion, because
   ``count(*)`` would read every row.
 * ``schema_version``: one row; a newer version than ``SCHEMA_VERSION`` is
@@ -61,8 +67,8 @@ from copilotd.store.base import StoreCorrupt, StoreError, StoreVersionError
 
 SCHEMA: Final = "copilotd"
 # 2: turn_leases, and the owner of a staged import.
-# 3: log_refs (the logs forks share). 4: turn_requests.
-SCHEMA_VERSION: Final = 4
+# 3: log_refs (the logs forks share). 4: turn_requests. 5: tool_attachments.
+SCHEMA_VERSION: Final = 5
 CHANNEL: Final = "copilotd_changes"
 # Live-only events (deltas) of running turns, for the other daemons' subscribers.
 LIVE_CHANNEL: Final = "copilotd_live"
@@ -135,6 +141,21 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.turn_requests (
 );
 CREATE INDEX IF NOT EXISTS turn_requests_session ON {SCHEMA}.turn_requests (session_id, request_id);
 """
+# What version 5 added; also run on an older store when it opens.
+_CREATE_ATTACHMENTS: Final = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.tool_attachments (
+    session_id text COLLATE "C" NOT NULL,
+    client_id text NOT NULL,
+    daemon text NOT NULL,
+    tools bytea NOT NULL,
+    permission_tools text[] NOT NULL,
+    permission_handler boolean NOT NULL,
+    attached_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (session_id, client_id)
+);
+CREATE INDEX IF NOT EXISTS tool_attachments_daemon ON {SCHEMA}.tool_attachments (daemon);
+"""
 
 
 class StoreUnreachable(StoreError):
@@ -177,6 +198,7 @@ def prepare_schema(connection: psycopg.Connection[Any], where: str) -> None:
             connection.execute(_CREATE_LEASES.encode())
             connection.execute(_CREATE_LOG_REFS.encode())
             connection.execute(_CREATE_REQUESTS.encode())
+            connection.execute(_CREATE_ATTACHMENTS.encode())
             connection.execute(
                 f"INSERT INTO {SCHEMA}.schema_version VALUES (%s)", (SCHEMA_VERSION,)
             )
@@ -185,6 +207,7 @@ def prepare_schema(connection: psycopg.Connection[Any], where: str) -> None:
             connection.execute(_CREATE_LEASES.encode())
             connection.execute(_CREATE_LOG_REFS.encode())
             connection.execute(_CREATE_REQUESTS.encode())
+            connection.execute(_CREATE_ATTACHMENTS.encode())
             connection.execute(
                 f"UPDATE {SCHEMA}.schema_version SET version = %s", (SCHEMA_VERSION,)
             )

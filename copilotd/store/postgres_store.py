@@ -111,7 +111,7 @@ class PostgresStore(Store):
         self._write_lock = threading.Lock()
         self._closed = False
         self._listener: _Listener | None = None
-        self._relay = PostgresRelay(pool, self.lease_owner)
+        self._relay = PostgresRelay(pool, self.lease_owner, lease_seconds)
         self.relay = self._relay
 
     @classmethod
@@ -405,7 +405,8 @@ class _Listener(threading.Thread):
         if change.get("t", self._owner) != self._owner:
             return  # a relayed request or answer for another daemon
         if change["o"] != self._owner or "t" in change:
-            self._on_change(StoreChange(change["k"], change["s"], int(change["q"])))
+            extra = json.dumps(change["a"]).encode() if "a" in change else b""
+            self._on_change(StoreChange(change["k"], change["s"], int(change["q"]), extra))
 
 
 def _record(connection: psycopg.Connection[Any], session_id: str) -> SessionRecord | None:

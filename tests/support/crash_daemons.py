@@ -33,10 +33,6 @@ STRICT_MODELS = ("gpt-test", "claude-test")
 # Short, so that a killed daemon's turns are taken over soon; long enough
 # that the survivors, frozen while the store is checked, keep their leases.
 LEASE_SECONDS = 4.0
-# On a shared store a call is offered only to the tool clients attached to the
-# daemon that runs its turn (results sent through any daemon are taken); a call
-# whose clients are all attached elsewhere is closed by this.
-SHARED_PENDING_TIMEOUT = "3s"
 QUIET_TIMEOUT = 30.0
 # Statements at work: not those waiting for a frozen daemon (to read a result
 # it sent, or for a lock its open transaction holds), which cannot commit.
@@ -75,9 +71,6 @@ models = ["claude-test"]
         text += f"""
 [store]
 lease_seconds = {LEASE_SECONDS}
-
-[tools]
-pending_timeout = "{SHARED_PENDING_TIMEOUT}"
 """
     return text
 
