@@ -51,7 +51,8 @@ def check_tool_figures(figures: Figures, kills: int) -> None:
     assert figures.results["denied"] > 0
     # Each kill was followed by a turn a strict provider accepted, in both formats.
     assert figures.strict_probes_accepted == kills
-    assert figures.worker_kills == kills // 3
+    # A tool client is SIGKILLed at every third kill: kills 2, 5, 8, ...
+    assert figures.worker_kills == (kills + 1) // 3
 
 
 @pytest.mark.timeout(300)
