@@ -51,6 +51,7 @@ from bench import (
     _profile,
     _report,
     _search,
+    _search_pg,
     _seed,
     _slots,
 )
@@ -60,7 +61,7 @@ from bench._sizes import MODES, Sizes
 from tests.support.daemon_process import short_temp_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("store", "turns", "durable", "cold", "fork")
+BENCHMARKS = ("store", "turns", "durable", "cold", "fork", "search-pg")
 FIRST_TURNS = 3
 # Longest wait for a deleted session's events to be purged.
 PURGE_TIMEOUT = 120.0
@@ -347,6 +348,9 @@ def run(
             results["cold_start"] = _cold.bench_cold(root, sizes.cold_starts)
         if "fork" in only:
             results["fork"] = _fork.bench_fork(root, sizes)
+        if "search-pg" in only:
+            log("search on PostgreSQL next to the SQLite index")
+            results["search_pg"] = _search_pg.bench_search_pg(root, sizes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     results["seconds"] = time.monotonic() - began
@@ -373,6 +377,7 @@ def render(results: dict[str, Any]) -> str:
         _report.profile_table(results),
         _report.cold_parts_table(results),
         _fork.fork_table(results),
+        _search_pg.search_pg_table(results),
     ]
     return "\n\n".join(text for text in tables if text).strip()
 
