@@ -197,3 +197,15 @@ def test_purging_a_deleted_log_removes_its_entries(dsn: str) -> None:
             assert connection.execute(count).fetchone() == (0,)
     finally:
         store.close()
+
+
+async def test_a_message_too_long_for_a_tsvector_is_searchable_in_its_first_part(
+    pg_daemon: DaemonProcess,
+) -> None:
+    """900 kB of distinct words make a 1.6 MB tsvector, past PostgreSQL's 1 MB: the
+    turn still commits, and the message is found by its first 100,000 characters."""
+    words = " ".join(f"w{number:06d}" for number in range(100_000))
+    async with client_of(pg_daemon) as client:
+        await say(client, "long", words)
+        assert ("long", 2, "user.message") in places(await found(client, "w000001"))
+        assert await found(client, "w099999") == []

@@ -44,6 +44,10 @@ TEXT_CONFIG: Final = "simple"
 PUNCTUATION: Final = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
 # bigint's range: a session's own log has no end (MAX_U64), the column is signed.
 _OPEN_END: Final = 2**63 - 1
+# The characters of a message that are searchable: a tsvector holds at most
+# 1 MB, and a message of short distinct words past that would fail the
+# append itself. 100,000 characters stay under it whatever they are.
+SEARCHABLE_CHARS: Final = 100_000
 # Events decoded per batch when an older store's log is indexed at upgrade.
 BACKFILL_BATCH: Final = 1_000
 
@@ -101,7 +105,8 @@ def index_events(
         if text:
             time_ns = event.timestamp.ToNanoseconds()
             # PostgreSQL's text cannot hold NUL; the stored event keeps it.
-            rows.append((log_number, event.sequence, event.type, time_ns, text.replace("\0", "")))
+            searchable = text[:SEARCHABLE_CHARS].replace("\0", "")
+            rows.append((log_number, event.sequence, event.type, time_ns, searchable))
     if rows:
         with connection.cursor() as cursor:
             cursor.executemany(
