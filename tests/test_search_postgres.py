@@ -146,12 +146,23 @@ async def test_forks_find_what_they_inherit_and_rewinds_are_per_session(
         assert {h.session_id for h in hits} == {"child"} and len(hits) == 6
 
 
-async def test_near_is_refused_on_postgresql_with_a_way_out(pg_daemon: DaemonProcess) -> None:
+@pytest.mark.parametrize(
+    ("query", "explains"),
+    [
+        ("NEAR(a b)", "use a phrase, or both words"),
+        ("walrus NEAR(a b)", "use a phrase, or both words"),
+        ("(" * 51 + "walrus" + ")" * 51, "nest deeper than 50"),
+        ("'walrus' | !x", 'unexpected "\'"'),  # tsquery syntax is not passed through
+    ],
+)
+async def test_queries_postgresql_cannot_run_are_refused_with_a_way_out(
+    pg_daemon: DaemonProcess, query: str, explains: str
+) -> None:
     async with client_of(pg_daemon) as client:
         with pytest.raises(InvalidArgumentError) as caught:
-            await client.search_sessions("NEAR(a b)")
+            await client.search_sessions(query)
         assert caught.value.reason == "ERROR_REASON_INVALID_SEARCH_QUERY"
-        assert "use a phrase, or both words" in str(caught.value)
+        assert explains in str(caught.value)
 
 
 async def test_an_older_store_is_indexed_at_upgrade_and_rebuilt_on_request(

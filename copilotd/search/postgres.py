@@ -40,6 +40,8 @@ _BAREWORD: Final = r"[A-Za-z0-9_\x80-\U0010ffff]+"
 _TOKEN: Final = re.compile(
     rf'\s*(?:"(?P<phrase>(?:[^"]|"")*)"|(?P<word>{_BAREWORD})|(?P<symbol>\S))', re.DOTALL
 )
+# Parentheses nested deeper are refused (the parser recurses per level).
+_MAX_DEPTH: Final = 50
 _OPERATORS: Final = frozenset({"OR", "AND", "NOT", "NEAR"})
 
 
@@ -73,6 +75,7 @@ class _Parser:
         self.query = query
         self.tokens = _tokens(query)
         self.position = 0
+        self.depth = 0
 
     def parse(self) -> str:
         expression = self._or()
@@ -92,7 +95,7 @@ class _Parser:
 
     def _and(self) -> str:
         left = self._not()
-        while self._peek() in ("AND", "phrase", "word", "("):
+        while self._peek() in ("AND", "phrase", "word", "(", "NEAR"):
             if self._peek() == "AND":
                 self.position += 1
             left = f"({left} & {self._not()})"
@@ -112,7 +115,11 @@ class _Parser:
         token = self.tokens[self.position]
         self.position += 1
         if kind == "(":
+            self.depth += 1
+            if self.depth > _MAX_DEPTH:
+                raise _invalid(self.query, f"parentheses nest deeper than {_MAX_DEPTH}")
             inner = self._or()
+            self.depth -= 1
             if self._peek() != ")":
                 raise _invalid(self.query, "a parenthesis is not closed")
             self.position += 1
