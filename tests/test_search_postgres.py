@@ -16,6 +16,7 @@ import pytest
 from copilot_client import InvalidArgumentError
 from copilotd import events as ev
 from copilotd.cli.main import STORE_DSN_ENV
+from copilotd.config import CONFIG_ENV
 from copilotd.store import SessionMetadata
 from copilotd.store.postgres_schema import SCHEMA
 from copilotd.store.postgres_store import PostgresStore
@@ -189,6 +190,17 @@ async def test_an_older_store_is_indexed_at_upgrade_and_rebuilt_on_request(
             connection.execute(f"DELETE FROM {SCHEMA}.search_entries")
         assert await found(client, "wombat") == []
         rebuilt = ok(copilotd(pg_daemon, "search-index", "rebuild", "--store-dsn", dsn))
+        assert "rebuilt from" in rebuilt
+        assert len(await found(client, "wombat")) == 4
+
+        # Without --store-dsn, the config file names the store, as for copilotd serve.
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute(f"DELETE FROM {SCHEMA}.search_entries")
+        config = pg_daemon.root / "store.toml"
+        config.touch(mode=0o600)  # it holds the password
+        config.write_text(f'[store]\nbackend = "postgresql"\ndsn = "{dsn}"\n')
+        from_config = {STORE_DSN_ENV: "", CONFIG_ENV: str(config)}
+        rebuilt = ok(copilotd(pg_daemon, "search-index", "rebuild", env=from_config))
         assert "rebuilt from" in rebuilt
         assert len(await found(client, "wombat")) == 4
 

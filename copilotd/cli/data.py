@@ -383,7 +383,7 @@ def search_index_group() -> None:
     "--store-dsn",
     envvar=STORE_DSN_ENV,
     help="Rebuild the search entries of the PostgreSQL store at this connection string "
-    f"instead [env {STORE_DSN_ENV}].",
+    f"[env {STORE_DSN_ENV}; config [store] dsn, as copilotd serve reads it].",
 )
 @reports_errors
 def rebuild_index_command(data_dir: Path | None, store_dsn: str | None) -> None:
@@ -394,10 +394,18 @@ def rebuild_index_command(data_dir: Path | None, store_dsn: str | None) -> None:
     wait until it is whole). Stop the daemon first: systemctl --user stop
     copilotd.socket copilotd. With --store-dsn, the PostgreSQL store's search
     entries are rebuilt now, in one transaction, while daemons serve (their
-    writes and searches wait for it).
+    writes and searches wait for it). Without --store-dsn, the config file's
+    [store] table says which store it is, as for copilotd serve.
     """
-    if store_dsn:
-        _rebuild_postgres_search(store_dsn)
+    from copilotd.config import ConfigError, load_config
+    from copilotd.store.settings import POSTGRESQL, load_store_config
+
+    try:
+        store = load_store_config(load_config(), None, store_dsn)
+    except ConfigError as error:
+        raise CliError(f"cannot rebuild the search index: {error}") from None
+    if store.backend == POSTGRESQL and store.dsn:
+        _rebuild_postgres_search(store.dsn)
         return
     from copilotd.search import drop_index  # the store's modules: only when needed
 
