@@ -10,10 +10,12 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import _search
+from copilotd.cli.main import STORE_DSN_ENV
 from copilotd.runtime.datadir import STORE_SUBDIR
 from tests.support.daemon_process import DaemonProcess
 
@@ -25,11 +27,28 @@ _MEMORY_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
 
 
 class BenchDaemon:
-    """``copilotd serve`` in ``root``, optionally on a copy of a seeded store."""
+    """``copilotd serve`` in ``root``, optionally on a copy of a seeded store.
 
-    def __init__(self, root: Path, *, seeded_store: Path | None = None) -> None:
-        self._process = DaemonProcess(root)
+    Args:
+        seeded_store: an LMDB store to copy into the data directory.
+        seed_index: writes the search index into the data directory before the
+            daemon starts (``bench/_index_seed.py``); without it, a seeded
+            store is indexed by the daemon's own catch-up, timed.
+        store_dsn: serve a PostgreSQL store (the DSN goes in the environment).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        seeded_store: Path | None = None,
+        seed_index: Callable[[Path], object] | None = None,
+        store_dsn: str | None = None,
+    ) -> None:
+        env = {STORE_DSN_ENV: store_dsn} if store_dsn else {}
+        self._process = DaemonProcess(root, extra_env=env)
         self._seeded_store = seeded_store
+        self._seed_index = seed_index
         self.index_build_seconds = 0.0
 
     @property
@@ -46,13 +65,16 @@ class BenchDaemon:
         return self._process.process.pid
 
     def start(self) -> BenchDaemon:
+        self._process.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._seed_index is not None:
+            self._seed_index(self._process.data_dir)
         if self._seeded_store is not None:
             target = self._process.data_dir / STORE_SUBDIR
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             shutil.copytree(self._seeded_store, target)
-            # Index it as the daemon would at start, timed apart from the daemon's figures
-            # (and before the store leaves the page cache: the daemon starts cold).
-            self.index_build_seconds = _search.build_index(target, self._process.data_dir)
+            if self._seed_index is None:
+                # Index it as the daemon would at start, timed apart from the daemon's
+                # figures (and before the store leaves the page cache: the daemon starts cold).
+                self.index_build_seconds = _search.build_index(target, self._process.data_dir)
             for path in target.iterdir():
                 _drop_from_page_cache(path)
         self._process.start()

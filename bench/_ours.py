@@ -20,6 +20,8 @@ from bench._procs import Timed, latency_summary, wait_at
 from copilot_client import CopilotClient
 
 WARMUP_TURNS = 2
+# Resumed sessions of each size whose first turn is timed.
+FIRST_TURNS = 3
 # Latency figures are measured in interleaved rounds of this many calls of
 # each kind, so that noise from a shared machine hits them all alike.
 ROUND_CALLS = 10

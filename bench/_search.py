@@ -4,9 +4,11 @@ latency, and the indexing work a turn adds to the daemon."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -53,25 +55,38 @@ def build_index(store_dir: Path, data_dir: Path) -> float:
         store.close()
 
 
-async def _probe(socket: str) -> dict[str, Any]:
+async def _probe(socket: str, pings: bool) -> dict[str, Any]:
     async with CopilotClient(socket_path=socket, auto_start=False) as client:
         figures: dict[str, Any] = {}
-        for name, query, count in (
-            ("rare", RARE_QUERY, RARE_SEARCHES),
-            ("common", COMMON_QUERY, COMMON_SEARCHES),
-        ):
+
+        hits: dict[str, int] = {}
+
+        async def search(query: str) -> None:
+            page = await client.search_sessions(query, page_size=20, timeout=math.inf)
+            hits[query] = len(page.hits)
+
+        kinds: list[tuple[str, Callable[[], Awaitable[object]], int]] = [
+            ("rare", functools.partial(search, RARE_QUERY), RARE_SEARCHES),
+            ("common", functools.partial(search, COMMON_QUERY), COMMON_SEARCHES),
+        ]
+        if pings:  # the in-run baseline: the same socket, an empty call
+            kinds.insert(0, ("ping", client.ping, RARE_SEARCHES))
+        for name, operation, count in kinds:
             seconds = []
             for _ in range(count):
                 began = time.perf_counter()
-                await client.search_sessions(query, page_size=20, timeout=math.inf)
+                await operation()
                 seconds.append(time.perf_counter() - began)
             figures[name] = latency_summary(seconds)
+        # What the first page held: a search that finds nothing is no figure.
+        figures["hits"] = {"rare": hits[RARE_QUERY], "common": hits[COMMON_QUERY]}
         return figures
 
 
-def probe(socket: str, data_dir: Path) -> dict[str, Any]:
-    """Against a daemon started on the seeded store and its index."""
-    figures = asyncio.run(_probe(socket))
+def probe(socket: str, data_dir: Path, *, pings: bool = False) -> dict[str, Any]:
+    """Against a daemon started on the seeded store and its index (``pings``: time
+    bare pings on the same socket first)."""
+    figures = asyncio.run(_probe(socket, pings))
     figures["index_bytes"] = index_bytes(data_dir)
     return figures
 
@@ -91,11 +106,12 @@ def _turn_events(turn: int, sequence: int) -> list[ev.SessionEvent]:
     return events
 
 
-def turn_cost() -> dict[str, Any]:
+def turn_cost(path: Path | None = None) -> dict[str, Any]:
     """The indexer's work per turn (one SQLite transaction on the daemon's event loop):
-    what the index adds to a turn, to set beside a turn's latency."""
+    what the index adds to a turn, to set beside a turn's latency. On the index at
+    ``path`` (it gains the turns), or on a new empty one."""
     with tempfile.TemporaryDirectory(prefix="cpd-search-bench") as folder:
-        index = SearchIndex(Path(folder) / INDEX_FILE_NAME)
+        index = SearchIndex(path or Path(folder) / INDEX_FILE_NAME)
         try:
             seconds = []
             sequence = 0

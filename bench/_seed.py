@@ -48,6 +48,9 @@ class Layout:
             the sessions with that many events.
         filler_sessions: how many other sessions.
         filler_events: events in each of those.
+        start_ns: when the first seeded session started (the others follow a
+            second apart, ending a day before seeding); 0 in caches written
+            before it was recorded, which are seeded again.
     """
 
     resume_ids: dict[str, list[str]]
@@ -57,6 +60,11 @@ class Layout:
     total_sessions: int = 0
     total_events: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    start_ns: int = 0
+
+    def time_ns(self, number: int, position: int) -> int:
+        """When the ``position``-th event of the ``number``-th seeded session happened."""
+        return self.start_ns + number * SECOND_NS + position * 1000
 
     def sessions(self) -> Iterator[tuple[str, int]]:
         """(session id, event count) of every session, oldest first."""
@@ -84,6 +92,8 @@ def plan(sizes: Sizes) -> Layout:
         sizes_name=sizes.name,
         total_sessions=used_sessions + filler_sessions,
         total_events=used_events + filler_sessions * filler_events,
+        start_ns=(time.time_ns() // SECOND_NS - 86_400 - filler_sessions - used_sessions)
+        * SECOND_NS,
     )
 
 
@@ -97,7 +107,7 @@ def seeded(cache: Path, sizes: Sizes, log: Callable[[str], None]) -> tuple[Layou
     lmdb_dir, sqlite_file, layout_file = cache / "store", cache / "baseline.db", cache / LAYOUT_FILE
     if layout_file.exists():
         saved = Layout(**json.loads(layout_file.read_text()))
-        if (saved.resume_ids, saved.filler_sessions, saved.filler_events) == (
+        if saved.start_ns and (saved.resume_ids, saved.filler_sessions, saved.filler_events) == (
             layout.resume_ids,
             layout.filler_sessions,
             layout.filler_events,
@@ -124,7 +134,7 @@ def seeded(cache: Path, sizes: Sizes, log: Callable[[str], None]) -> tuple[Layou
 
 
 @functools.cache
-def _template(count: int) -> list[SessionEvent]:
+def session_template(count: int) -> list[SessionEvent]:
     """Events of a session with ``count`` events (ids and times are set per session)."""
     events = [ev.make_event(ev.SESSION_START, session_id="", model=MODEL)]
     while len(events) < count:
@@ -155,20 +165,22 @@ def _template(count: int) -> list[SessionEvent]:
     return events[:count]
 
 
-def _create(session_id: str, count: int, number: int, writer: StoreWriter) -> None:
-    events = _template(count)
-    start_ns = _start_ns(number)
+def session_events(
+    layout: Layout, session_id: str, count: int, number: int
+) -> tuple[SessionMetadata, list[SessionEvent]]:
+    """The metadata and events of the ``number``-th seeded session, as a client would
+    have created them (the events are shared templates: use them before the next call)."""
+    events = session_template(count)
     events[0].session_start.session_id = session_id
     for position, event in enumerate(events):
         # Unique within the session, and as long as the daemon's uuid4 ids.
         event.id = f"{number:08x}-0000-4000-8000-{position:012x}"
-        event.timestamp.FromNanoseconds(start_ns + position * 1000)
-    metadata = SessionMetadata(session_id=session_id, model=MODEL)
-    writer.create_session(metadata, events)
+        event.timestamp.FromNanoseconds(layout.time_ns(number, position))
+    return SessionMetadata(session_id=session_id, model=MODEL), events
 
 
-def _start_ns(number: int) -> int:
-    return (time.time_ns() // SECOND_NS - 86_400 - 1_000_000) * SECOND_NS + number * SECOND_NS
+def _create(layout: Layout, session_id: str, count: int, number: int, writer: StoreWriter) -> None:
+    writer.create_session(*session_events(layout, session_id, count, number))
 
 
 def seed_lmdb(path: Path, layout: Layout) -> None:
@@ -177,7 +189,7 @@ def seed_lmdb(path: Path, layout: Layout) -> None:
         operations: list[Callable[[StoreWriter], None]] = []
         pending = 0
         for number, (session_id, count) in enumerate(layout.sessions()):
-            operations.append(functools.partial(_create, session_id, count, number))
+            operations.append(functools.partial(_create, layout, session_id, count, number))
             pending += count
             if pending >= SEED_BATCH_EVENTS:
                 _write(store, operations)
@@ -212,7 +224,9 @@ def seed_sqlite(path: Path, layout: Layout) -> None:
         connection.execute("PRAGMA synchronous=OFF")
         pending = 0
         for number, (session_id, count) in enumerate(layout.sessions()):
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(_start_ns(number) / SECOND_NS))
+            stamp = time.strftime(
+                "%Y-%m-%d %H:%M:%S", time.gmtime(layout.time_ns(number, 0) / SECOND_NS)
+            )
             connection.execute(
                 "INSERT INTO agent_sessions (session_id, created_at, updated_at) VALUES (?, ?, ?)",
                 (session_id, stamp, stamp),

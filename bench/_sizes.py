@@ -29,6 +29,10 @@ class Sizes:
         slot_seconds: length of the alternating slots the kinds of load take.
         cold_starts: client processes started for the cold-start figure.
         prompt_bytes: size of a prompt (and of the baseline's items).
+        pg_filler_events: events in each session of the PostgreSQL store other
+            than those resumed (the same sessions and resume sizes as the LMDB
+            store, with shorter fillers: ``COPY`` of ten million events would
+            take longer than the whole run).
     """
 
     name: str
@@ -47,6 +51,7 @@ class Sizes:
     cold_starts: int
     slot_seconds: float
     prompt_bytes: int = 500
+    pg_filler_events: int = 9
 
 
 FULL = Sizes(

@@ -39,16 +39,22 @@ async def _prepare(params: dict[str, Any]) -> tuple[dict[str, list[Operation]], 
     operations: dict[str, list[Operation]] = {}
     closing: list[Any] = []
     names = [f"{params['prefix']}-{params['index']}-{k}" for k in range(params["clients"])]
-    if PINGS in params["kinds"] or TURNS in params["kinds"]:
-        clients = [await _ours.connect(params["socket"]) for _ in names]
+    # Copilotd's turns on the daemon of ``socket``, and on any other daemons a
+    # kind of its own is given (``turn_sockets``: kind -> socket).
+    sockets = {TURNS: params["socket"], **params.get("turn_sockets", {})}
+    for kind, socket in sockets.items():
+        if kind not in params["kinds"] and not (kind == TURNS and PINGS in params["kinds"]):
+            continue
+        clients = [await _ours.connect(socket) for _ in names]
         closing += clients
-        operations[PINGS] = [client.ping for client in clients]
+        if kind == TURNS:
+            operations[PINGS] = [client.ping for client in clients]
         turns: list[Operation] = []
         for client, name in zip(clients, names, strict=True):
             session = await client.create_session(session_id=name, model="gpt-5")
             text = _ours.prompt(params["prompt_bytes"], name)
             turns.append(functools.partial(session.send_and_wait, text, timeout=120))
-        operations[TURNS] = turns
+        operations[kind] = turns
     if BASELINE in params["kinds"]:
         from bench import _baseline
 

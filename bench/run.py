@@ -15,6 +15,17 @@ The benchmarks, each on a daemon of its own (temp socket, temp data dir):
 * ``cold``: a client process's start to its first answered call.
 * ``fork``: ``ForkSession`` on a session of 10 events and on one of 100,000
   (``bench/_fork.py``), beside a bare ping.
+* ``postgres`` (full mode, or by name): the PostgreSQL store on a private
+  cluster: resume, listing and the other probes at 100,000 sessions, and
+  durable turns through one and two daemons next to LMDB's
+  (``bench/_pg.py``).
+* ``search-large`` (by name only): search latency and index size at
+  100,000 sessions / 10 million events and at a tenth of that
+  (``bench/_search_large.py``).
+* ``search-pg`` (by name only): search on PostgreSQL's own full-text
+  search next to the SQLite index on the same sessions, both built from
+  the log, and what the entries add to a turn's append
+  (``bench/_search_pg.py``).
 
 The ``store`` benchmark also times search across sessions: the index built
 from the seeded log (by the daemon's catch-up, before it starts), its size,
@@ -48,9 +59,12 @@ from bench import (
     _compaction,
     _fork,
     _ours,
+    _pg,
     _profile,
     _report,
+    _report_more,
     _search,
+    _search_large,
     _search_pg,
     _seed,
     _slots,
@@ -61,8 +75,15 @@ from bench._sizes import MODES, Sizes
 from tests.support.daemon_process import short_temp_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("store", "turns", "durable", "cold", "fork", "search-pg")
-FIRST_TURNS = 3
+BENCHMARKS = ("store", "turns", "durable", "cold", "fork", "postgres", "search-large", "search-pg")
+# What runs when ``--only`` is not given: the heavy benchmarks only in full mode
+# or by name. A new benchmark is a name here, a function called in ``run``
+# whose results go under a key of their own, and a table in ``render``.
+DEFAULT_BENCHMARKS = {
+    "full": ("store", "turns", "durable", "cold", "fork", "postgres"),
+    "quick": ("store", "turns", "durable", "cold", "fork"),
+    "tiny": ("store", "turns", "durable", "cold", "fork"),
+}
 # Longest wait for a deleted session's events to be purged.
 PURGE_TIMEOUT = 120.0
 
@@ -88,7 +109,7 @@ def bench_store(root: Path, sizes: Sizes, seed_cache: Path) -> dict[str, Any]:
             "resume_ids": layout.resume_ids,
             "calls": sizes.calls,
             "full_listings": sizes.full_listings,
-            "first_turns": FIRST_TURNS,
+            "first_turns": _ours.FIRST_TURNS,
             "prompt_bytes": sizes.prompt_bytes,
         }
         log("store: copilotd probes (ping, resume, list, create, first turns)")
@@ -346,6 +367,12 @@ def run(
         if "cold" in only:
             log("cold start: client processes, with and without a daemon running")
             results["cold_start"] = _cold.bench_cold(root, sizes.cold_starts)
+        if "postgres" in only:
+            results["postgres"] = _pg.bench_postgres(root, sizes, log)
+        if "search-large" in only:
+            results["search_large"] = _search_large.bench_search_large(
+                root, sizes, seed_cache or root / "seed", log
+            )
         if "fork" in only:
             results["fork"] = _fork.bench_fork(root, sizes)
         if "search-pg" in only:
@@ -376,10 +403,12 @@ def render(results: dict[str, Any]) -> str:
         _report.reference_table(results),
         _report.profile_table(results),
         _report.cold_parts_table(results),
+        *_report_more.tables(results),
         _fork.fork_table(results),
         _search_pg.search_pg_table(results),
     ]
-    return "\n\n".join(text for text in tables if text).strip()
+    # A table with no rows (its benchmarks did not run) is left out.
+    return "\n\n".join(text for text in tables if text.count("\n") > 1).strip()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -398,8 +427,9 @@ def main(argv: list[str] | None = None) -> None:
         "--only",
         nargs="+",
         choices=BENCHMARKS,
-        default=list(BENCHMARKS),
-        help="run only these benchmarks",
+        help="run only these benchmarks (default: all but postgres, search-large and "
+        "search-pg; "
+        "full mode adds postgres)",
     )
     parser.add_argument(
         "--seed-cache",
@@ -428,4 +458,5 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         print(render(json.loads(args.report.read_text())))
         return
-    run(MODES[args.mode], tuple(args.only), args.seed_cache, args.out, args.profile)
+    only = tuple(args.only or DEFAULT_BENCHMARKS[args.mode])
+    run(MODES[args.mode], only, args.seed_cache, args.out, args.profile)

@@ -13,6 +13,10 @@ tests can check that a daemon given a password in its DSN never shows it.
 Where PostgreSQL is missing, tests that need it are skipped with the reason,
 except on CI (``CI=true``), where they fail: a CI run must never pass by
 quietly testing less.
+
+``python -m bench`` starts its cluster here too (``start_cluster`` with
+``DURABLE_SETTINGS``: its figures are about commits that reach the disk), so
+this module imports pytest only where a test needs it.
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ SERVER_SETTINGS: Final = (
     # crash is the server's commit, which does not need the disk flushed.
     "fsync=off",
     "full_page_writes=off",
+)
+# For the benchmark: every commit synced to the disk, as in production (the
+# server's defaults for fsync, synchronous_commit and full_page_writes), and
+# room for a store of 100,000 sessions in memory.
+DURABLE_SETTINGS: Final = (
+    "listen_addresses=''",
+    "shared_buffers=256MB",
+    "max_connections=200",
 )
 UNPRIVILEGED_USERS: Final = ("postgres", "nobody")
 
@@ -88,6 +100,7 @@ class PostgresCluster:
     root: Path
     bin_dir: Path
     user: pwd.struct_passwd | None
+    settings: tuple[str, ...] = SERVER_SETTINGS
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -170,7 +183,7 @@ class PostgresCluster:
         (self.data_dir / "pg_hba.conf").write_text(
             f"local all {SUPERUSER} trust\nlocal all all scram-sha-256\n"
         )
-        options = " ".join(f"-c {setting}" for setting in SERVER_SETTINGS)
+        options = " ".join(f"-c {setting}" for setting in self.settings)
         self._run(
             [
                 str(self.bin_dir / "pg_ctl"),
@@ -201,12 +214,13 @@ class PostgresCluster:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_cluster() -> PostgresCluster:
+def start_cluster(settings: tuple[str, ...] = SERVER_SETTINGS) -> PostgresCluster:
+    """A private cluster, started; ``PostgresUnavailable`` (saying why) if it cannot be."""
     bin_dir = server_bin_dir()
     user = _server_user()
     # /tmp and a short name: the socket's path must stay under 107 bytes.
     root = Path(tempfile.mkdtemp(prefix="cpg", dir="/tmp"))
-    cluster = PostgresCluster(root=root, bin_dir=bin_dir, user=user)
+    cluster = PostgresCluster(root=root, bin_dir=bin_dir, user=user, settings=settings)
     try:
         cluster.start()
     except BaseException:
