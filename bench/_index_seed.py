@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench._seed import Layout, session_template
+from copilotd.events import searchable_text
 from copilotd.search import INDEX_FILE_NAME
-from copilotd.search.index import SearchIndex, searchable_text
+from copilotd.search.index import SearchIndex
 
 # Index rows written per SQLite transaction.
 ROWS_PER_TRANSACTION = 100_000

@@ -22,6 +22,10 @@ The benchmarks, each on a daemon of its own (temp socket, temp data dir):
 * ``search-large`` (by name only): search latency and index size at
   100,000 sessions / 10 million events and at a tenth of that
   (``bench/_search_large.py``).
+* ``search-pg`` (by name only): search on PostgreSQL's own full-text
+  search next to the SQLite index on the same sessions, both built from
+  the log, and what the entries add to a turn's append
+  (``bench/_search_pg.py``).
 
 The ``store`` benchmark also times search across sessions: the index built
 from the seeded log (by the daemon's catch-up, before it starts), its size,
@@ -61,6 +65,7 @@ from bench import (
     _report_more,
     _search,
     _search_large,
+    _search_pg,
     _seed,
     _slots,
 )
@@ -70,7 +75,7 @@ from bench._sizes import MODES, Sizes
 from tests.support.daemon_process import short_temp_dir
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-BENCHMARKS = ("store", "turns", "durable", "cold", "fork", "postgres", "search-large")
+BENCHMARKS = ("store", "turns", "durable", "cold", "fork", "postgres", "search-large", "search-pg")
 # What runs when ``--only`` is not given: the heavy benchmarks only in full mode
 # or by name. A new benchmark is a name here, a function called in ``run``
 # whose results go under a key of their own, and a table in ``render``.
@@ -370,6 +375,9 @@ def run(
             )
         if "fork" in only:
             results["fork"] = _fork.bench_fork(root, sizes)
+        if "search-pg" in only:
+            log("search on PostgreSQL next to the SQLite index")
+            results["search_pg"] = _search_pg.bench_search_pg(root, sizes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     results["seconds"] = time.monotonic() - began
@@ -397,6 +405,7 @@ def render(results: dict[str, Any]) -> str:
         _report.cold_parts_table(results),
         *_report_more.tables(results),
         _fork.fork_table(results),
+        _search_pg.search_pg_table(results),
     ]
     # A table with no rows (its benchmarks did not run) is left out.
     return "\n\n".join(text for text in tables if text.count("\n") > 1).strip()
@@ -418,7 +427,8 @@ def main(argv: list[str] | None = None) -> None:
         "--only",
         nargs="+",
         choices=BENCHMARKS,
-        help="run only these benchmarks (default: all but postgres and search-large; "
+        help="run only these benchmarks (default: all but postgres, search-large and "
+        "search-pg; "
         "full mode adds postgres)",
     )
     parser.add_argument(

@@ -132,6 +132,18 @@ def completed_compaction(event: SessionEvent) -> bool:
     return event.type == SESSION_COMPACTION_COMPLETE and event.session_compaction_complete.success
 
 
+def searchable_text(event: SessionEvent) -> str | None:
+    """The text of ``event`` that search finds (both search engines), or None for events
+    it does not index."""
+    if event.type == USER_MESSAGE:
+        return event.user_message.content
+    if event.type == ASSISTANT_MESSAGE:
+        return event.assistant_message.content
+    if event.type == TOOL_EXECUTION_COMPLETE:
+        return event.tool_execution_complete.result.text_result_for_llm
+    return None
+
+
 def summarize(prompt: str) -> str:
     """The first prompt, shortened to one line for listings."""
     line = " ".join(prompt.split())

@@ -138,3 +138,22 @@ def test_without_postgresql_its_rows_are_skipped_with_the_reason(
     assert results["postgres"] == {"skipped": reason}
     assert f"PostgreSQL rows skipped: {reason}" in capsys.readouterr().out
     assert f"| skipped: {reason} |" in render(results)
+
+
+@pytest.mark.timeout(400)
+def test_the_search_on_postgresql_benchmark_runs_by_name(tmp_path: Path) -> None:
+    from bench._search_pg import QUERIES, SEARCHES, TURNS_TIMED
+
+    try:
+        result = run_bench(tmp_path, "--only", "search-pg")
+    except AssertionError as error:
+        if "PostgresUnavailable" in str(error):
+            unavailable(str(error))
+        raise
+    found = json.loads((tmp_path / "tiny-latest.json").read_text())["search_pg"]
+    assert set(found["queries"]) == set(QUERIES)
+    for figures in found["queries"].values():
+        assert figures["sqlite"]["n"] == figures["pg"]["n"] == SEARCHES["tiny"]
+    assert found["turn"]["indexed"]["n"] == found["turn"]["bare"]["n"] == TURNS_TIMED["tiny"]
+    assert found["pg_bytes"] > 0 and found["sqlite_bytes"] > 0
+    assert "Search on PostgreSQL vs the SQLite index" in result.stdout

@@ -1,5 +1,9 @@
 """Search across sessions, against a real daemon: ranking, snippets, filters, paging,
-bad queries, deletion, and an index that catches up with the log after a crash."""
+bad queries, deletion, and an index that catches up with the log after a crash.
+
+The tests taking ``daemon`` run on both engines: the SQLite index beside an
+LMDB store, and PostgreSQL's own full-text search on a PostgreSQL store;
+``sqlite_only`` marks those about the SQLite file."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import asyncio
 import json
 import shutil
 import stat
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -24,6 +29,22 @@ from tests.support.daemon_process import DaemonProcess
 from tests.support.postgres import APP_PASSWORD, APP_ROLE, PostgresCluster
 
 INDEX_FILES = (INDEX_FILE_NAME, f"{INDEX_FILE_NAME}-wal", f"{INDEX_FILE_NAME}-shm")
+ENGINES = ("sqlite", "postgresql")
+sqlite_only = pytest.mark.parametrize("daemon", ["sqlite"], indirect=True)
+
+
+@pytest.fixture(params=ENGINES)
+def daemon(request: pytest.FixtureRequest, short_tmp: Path) -> Iterator[DaemonProcess]:
+    """A daemon on LMDB (the SQLite index) or on a fresh PostgreSQL database (its own
+    full-text search)."""
+    env = {}
+    if request.param == "postgresql":
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        database: str = request.getfixturevalue("postgres_database")
+        env[STORE_DSN_ENV] = cluster.dsn(database, user=APP_ROLE, password=APP_PASSWORD)
+    process = DaemonProcess(short_tmp, extra_env=env).start()
+    yield process
+    process.kill()
 
 
 def client_of(daemon: DaemonProcess) -> CopilotClient:
@@ -89,7 +110,7 @@ async def test_hits_are_ranked_with_their_place_time_and_a_snippet(
         answer = next(h for h in hits if places([h])[0] == ("sparse", 4, "assistant.message"))
         # The answer is long: its snippet is cut to the words around the match.
         assert answer.snippet.startswith("…") and answer.snippet.endswith("…")
-        assert "animals and one [zebra] at…" in answer.snippet
+        assert "animals and one [zebra] at" in answer.snippet
 
         stored = await client.get_messages("dense")
         assert hits[0].event_time == next(e.timestamp for e in stored if e.sequence == 2)
@@ -275,6 +296,7 @@ async def test_an_event_committed_just_before_sigkill_is_found_after_restart(
     assert sent
 
 
+@sqlite_only
 async def test_the_index_catches_up_with_what_it_lost_and_forgets_sessions_gone(
     daemon: DaemonProcess,
 ) -> None:
@@ -311,6 +333,7 @@ async def test_the_index_catches_up_with_what_it_lost_and_forgets_sessions_gone(
     assert "search index: caught up 2 session(s), removed 1 deleted" in log
 
 
+@sqlite_only
 async def test_the_index_files_are_private(daemon: DaemonProcess) -> None:
     async with client_of(daemon) as client:
         await say(client, "private", "secrets stay in the family")
@@ -319,6 +342,7 @@ async def test_the_index_files_are_private(daemon: DaemonProcess) -> None:
         assert mode == 0o600, (name, oct(mode))
 
 
+@sqlite_only
 async def test_cli_search_and_rebuild(daemon: DaemonProcess) -> None:
     async with client_of(daemon) as client:
         await say(client, "cli-a", "the axolotl in the tank")

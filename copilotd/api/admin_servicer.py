@@ -20,7 +20,7 @@ from copilotd.admin.service import AdminService, DaemonStatus
 from copilotd.api.errors import Context, translate_errors
 from copilotd.errors import InvalidArgumentError
 from copilotd.limits import byte_batches
-from copilotd.search import Indexer
+from copilotd.search import SearchEngine
 
 # The largest age a timedelta holds, in whole seconds: a larger max_age_seconds
 # would raise OverflowError (an INTERNAL error) instead of being refused.
@@ -28,7 +28,7 @@ MAX_AGE_SECONDS: Final = int(timedelta.max.total_seconds())
 
 
 class AdminServicer(admin_pb2_grpc.CopilotAdminServiceServicer):
-    def __init__(self, admin: AdminService, search: Indexer) -> None:
+    def __init__(self, admin: AdminService, search: SearchEngine) -> None:
         self._admin = admin
         self._search = search
 

@@ -21,7 +21,7 @@ from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilotd.api.admin_servicer import AdminServicer
 from copilotd.api.errors import Context
 from copilotd.api.servicer import CopilotServicer
-from copilotd.search import Indexer
+from copilotd.search import SearchEngine
 from copilotd.sessions.service import SessionService
 
 M = TypeVar("M", bound=Message)
@@ -39,7 +39,7 @@ async def all_same_wire(messages: AsyncIterable[Message], kind: type[M]) -> Asyn
 
 
 class CopilotServicerWithDeprecatedAdmin(CopilotServicer):
-    def __init__(self, service: SessionService, search: Indexer, admin: AdminServicer) -> None:
+    def __init__(self, service: SessionService, search: SearchEngine, admin: AdminServicer) -> None:
         super().__init__(service, search)
         self._admin = admin
 

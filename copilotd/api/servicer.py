@@ -17,7 +17,7 @@ from copilot_client.proto.v1 import copilot_pb2 as pb
 from copilot_client.proto.v1 import copilot_pb2_grpc
 from copilotd.api.errors import Context, translate_errors
 from copilotd.events import now_timestamp
-from copilotd.search import Indexer, SearchFilter
+from copilotd.search import SearchEngine, SearchFilter
 from copilotd.sessions.service import SessionService
 from copilotd.sessions.validation import check_enum, check_time
 
@@ -40,7 +40,7 @@ def _send_arguments(
 
 
 class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
-    def __init__(self, service: SessionService, search: Indexer) -> None:
+    def __init__(self, service: SessionService, search: SearchEngine) -> None:
         self._service = service
         self._search = search
 

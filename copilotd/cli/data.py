@@ -41,6 +41,7 @@ from copilotd.cli.common import (
     run,
     socket_option,
 )
+from copilotd.cli.main import STORE_DSN_ENV
 from copilotd.cli.sessions import list_all, read_events
 from copilotd.runtime.datadir import (
     DATA_LOCK_NAME,
@@ -378,14 +379,34 @@ def search_index_group() -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help=f"The data directory [env {DATA_DIR_ENV}; default $XDG_DATA_HOME/copilotd].",
 )
+@click.option(
+    "--store-dsn",
+    envvar=STORE_DSN_ENV,
+    help="Rebuild the search entries of the PostgreSQL store at this connection string "
+    f"[env {STORE_DSN_ENV}; config [store] dsn, as copilotd serve reads it].",
+)
 @reports_errors
-def rebuild_index_command(data_dir: Path | None) -> None:
-    """Rebuild the search index from the log, for a data directory no daemon is serving.
+def rebuild_index_command(data_dir: Path | None, store_dsn: str | None) -> None:
+    """Rebuild the search index from the log.
 
-    The index is dropped here and rebuilt from every session's events when the
-    daemon next starts (searches wait until it is whole). Stop the daemon first:
-    systemctl --user stop copilotd.socket copilotd.
+    For a data directory no daemon is serving, the index is dropped here and
+    rebuilt from every session's events when the daemon next starts (searches
+    wait until it is whole). Stop the daemon first: systemctl --user stop
+    copilotd.socket copilotd. With --store-dsn, the PostgreSQL store's search
+    entries are rebuilt now, in one transaction, while daemons serve (their
+    writes and searches wait for it). Without --store-dsn, the config file's
+    [store] table says which store it is, as for copilotd serve.
     """
+    from copilotd.config import ConfigError, load_config
+    from copilotd.store.settings import POSTGRESQL, load_store_config
+
+    try:
+        store = load_store_config(load_config(), None, store_dsn)
+    except ConfigError as error:
+        raise CliError(f"cannot rebuild the search index: {error}") from None
+    if store.backend == POSTGRESQL and store.dsn:
+        _rebuild_postgres_search(store.dsn)
+        return
     from copilotd.search import drop_index  # the store's modules: only when needed
 
     target = resolve_data_dir(data_dir)
@@ -396,6 +417,21 @@ def rebuild_index_command(data_dir: Path | None) -> None:
         raise CliError(f"cannot rebuild the search index: {error}") from None
     done = "dropped" if existed else "there was none"
     click.echo(f"search index of {target}: {done}; the daemon rebuilds it from the log at start")
+
+
+def _rebuild_postgres_search(dsn: str) -> None:
+    from copilotd.store import StoreError
+    from copilotd.store.postgres_store import PostgresStore
+
+    try:
+        store = PostgresStore.open(dsn, max_connections=1)
+        try:
+            events = store.rebuild_search()
+        finally:
+            store.close()
+    except StoreError as error:
+        raise CliError(f"cannot rebuild the search entries: {error}") from None
+    click.echo(f"search entries of {store.where}: rebuilt from {events} event(s)")
 
 
 def _unused_name(folder: Path, name: str) -> Path:

@@ -50,7 +50,7 @@ from copilotd.runtime.metrics_address import MetricsAddressError
 from copilotd.runtime.sidecars import Operations
 from copilotd.runtime.socket_watch import SocketWatch
 from copilotd.runtime.systemd import listen_sockets
-from copilotd.search import Indexer
+from copilotd.search import Indexer, SearchEngine
 from copilotd.sessions.service import SessionService
 from copilotd.store import Store, StoreChange, StoreError, open_store
 from copilotd.store.committer import GroupCommitter
@@ -184,7 +184,7 @@ async def _serve_store(
     except MetricsAddressError as error:
         raise StartupError(str(error)) from None
     try:
-        indexer = Indexer(store, config.data_dir)
+        indexer = _search_engine(store, config.data_dir)
     except (OSError, sqlite3.Error, RuntimeError) as error:
         raise StartupError(f"cannot open the search index in {config.data_dir}: {error}") from None
     try:
@@ -193,10 +193,22 @@ async def _serve_store(
         await indexer.close()
 
 
+def _search_engine(store: Store, data_dir: Path) -> SearchEngine:
+    """The database's own full-text search on PostgreSQL (written with the events, seen
+    by every daemon at once); a SQLite index in the data directory otherwise."""
+    if store.shared:
+        from copilotd.search.postgres import PostgresSearch  # psycopg: only on that store
+        from copilotd.store.postgres_store import PostgresStore
+
+        if isinstance(store, PostgresStore):
+            return PostgresSearch(store)
+    return Indexer(store, data_dir)
+
+
 async def _serve_indexed(
     config: DaemonConfig,
     store: Store,
-    indexer: Indexer,
+    indexer: SearchEngine,
     operations: Operations,
     on_ready: Callable[[str], None] | None,
     inherited: InheritedSocket | None,

@@ -21,7 +21,7 @@ from copilotd.runtime.activation import InheritedSocket, SocketRelay
 from copilotd.runtime.metrics_address import MetricsAddress
 from copilotd.runtime.periodic import Periodic
 from copilotd.runtime.systemd import Watchdog, notify, watchdog_interval
-from copilotd.search import Indexer
+from copilotd.search import SearchEngine
 from copilotd.sessions.fanout import FanOut
 from copilotd.sessions.service import SessionService
 from copilotd.store import Store
@@ -49,7 +49,7 @@ class Operations:
         self._admin: AdminService | None = None
         self._leases: LeaseKeeper | None = None
 
-    def fanout(self, indexer: Indexer, **options: Any) -> FanOut[SessionEvent]:
+    def fanout(self, indexer: SearchEngine, **options: Any) -> FanOut[SessionEvent]:
         """The fan-out every commit publishes to, which also feeds the search index."""
         fanout: _IndexedFanOut
         if self.metrics:
@@ -152,7 +152,7 @@ class _IndexedFanOut(FanOut[SessionEvent]):
     core publishes each commit here, and ends a session's subscribers with
     ``SessionNotFoundError`` when it deletes or replaces the session)."""
 
-    indexer: Indexer
+    indexer: SearchEngine
 
     def publish(self, key: str, items: Sequence[SessionEvent]) -> None:
         self.indexer.observe(key, items)

@@ -1,4 +1,6 @@
-"""Search across sessions: a full-text index (SQLite FTS5) that follows the log.
+"""Search across sessions: a full-text index (SQLite FTS5) that follows the log, or,
+on the PostgreSQL store, the database's own full-text search (``postgres``, imported
+only there).
 
 A layer of its own between ``admin`` and ``sessions``: it reads the log only
 through the store's contract and needs nothing of turns, so the session core
@@ -6,6 +8,7 @@ never waits on it nor knows it; the runtime feeds it committed events and the
 API serves its searches.
 """
 
+from copilotd.search.engine import SearchEngine
 from copilotd.search.index import (
     INDEX_FILE_NAME,
     Hit,
@@ -20,6 +23,7 @@ __all__ = [
     "Hit",
     "Indexer",
     "InvalidSearchQueryError",
+    "SearchEngine",
     "SearchFilter",
     "drop_index",
 ]

@@ -29,7 +29,7 @@ from typing import Final
 
 from copilotd import events as ev
 from copilotd.errors import InvalidArgumentError, Reason
-from copilotd.events import SessionEvent
+from copilotd.events import SessionEvent, searchable_text
 
 INDEX_FILE_NAME: Final = "search.sqlite3"
 SNIPPET_TOKENS: Final = 12
@@ -66,17 +66,6 @@ def drop_index(data_dir: Path) -> bool:
     for suffix in ("", "-wal", "-shm"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
     return existed
-
-
-def searchable_text(event: SessionEvent) -> str | None:
-    """The text of ``event`` that search finds, or None for events it does not index."""
-    if event.type == ev.USER_MESSAGE:
-        return event.user_message.content
-    if event.type == ev.ASSISTANT_MESSAGE:
-        return event.assistant_message.content
-    if event.type == ev.TOOL_EXECUTION_COMPLETE:
-        return event.tool_execution_complete.result.text_result_for_llm
-    return None
 
 
 class InvalidSearchQueryError(InvalidArgumentError):

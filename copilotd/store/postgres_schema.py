@@ -43,6 +43,8 @@ so copilotd can share a database with other programs. Tables:
   stop counting once they expire, and are deleted by any daemon then.
 * ``counters``: ``session_count``, kept by creation and deletion, because
   ``count(*)`` would read every row.
+* ``search_entries``, ``search_spans``, ``search_cuts``: full-text search,
+  written with the events (``postgres_search``).
 * ``schema_version``: one row; a newer version than ``SCHEMA_VERSION`` is
   refused before anything is written.
 
@@ -68,7 +70,10 @@ from copilotd.store.base import StoreCorrupt, StoreError, StoreVersionError
 SCHEMA: Final = "copilotd"
 # 2: turn_leases, and the owner of a staged import.
 # 3: log_refs (the logs forks share). 4: turn_requests. 5: tool_attachments.
-SCHEMA_VERSION: Final = 5
+# 6: search_entries, search_spans, search_cuts (postgres_search), backfilled at upgrade.
+SCHEMA_VERSION: Final = 6
+# The first version whose events are indexed for search as they are appended.
+SEARCH_VERSION: Final = 6
 CHANNEL: Final = "copilotd_changes"
 # Live-only events (deltas) of running turns, for the other daemons' subscribers.
 LIVE_CHANNEL: Final = "copilotd_live"
@@ -184,10 +189,13 @@ def dsn_password(dsn: str) -> str | None:
 def prepare_schema(connection: psycopg.Connection[Any], where: str) -> None:
     """Create the schema in a new database, or check the version of an existing one.
 
-    Runs in one transaction under an advisory lock. A newer version raises
+    Runs in one transaction under an advisory lock; an upgrade to version 6 indexes
+    the events already stored for search, in that transaction. A newer version raises
     ``StoreVersionError`` and a ``copilotd`` schema without a version raises
     ``StoreCorrupt``; both before anything is written.
     """
+    from copilotd.store import postgres_search  # it needs SCHEMA from here
+
     with connection.transaction():
         connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
         has_schema = connection.execute(
@@ -199,15 +207,23 @@ def prepare_schema(connection: psycopg.Connection[Any], where: str) -> None:
             connection.execute(_CREATE_LOG_REFS.encode())
             connection.execute(_CREATE_REQUESTS.encode())
             connection.execute(_CREATE_ATTACHMENTS.encode())
+            connection.execute(postgres_search.CREATE_SEARCH.encode())
             connection.execute(
                 f"INSERT INTO {SCHEMA}.schema_version VALUES (%s)", (SCHEMA_VERSION,)
             )
             return
-        if check_version(connection, where) < SCHEMA_VERSION:
+        version = check_version(connection, where)
+        if version < SCHEMA_VERSION:
             connection.execute(_CREATE_LEASES.encode())
             connection.execute(_CREATE_LOG_REFS.encode())
             connection.execute(_CREATE_REQUESTS.encode())
             connection.execute(_CREATE_ATTACHMENTS.encode())
+            connection.execute(postgres_search.CREATE_SEARCH.encode())
+            if version < SEARCH_VERSION:
+                # In the upgrade's transaction, so the version says whether the
+                # events are indexed. A daemon of an older version still running
+                # would append without indexing: stop them before upgrading.
+                postgres_search.rebuild(connection)
             connection.execute(
                 f"UPDATE {SCHEMA}.schema_version SET version = %s", (SCHEMA_VERSION,)
             )

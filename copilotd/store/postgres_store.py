@@ -23,7 +23,7 @@ from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from copilotd.redaction import REDACTOR
-from copilotd.store import lineage, records
+from copilotd.store import lineage, postgres_search, records
 from copilotd.store.base import (
     DEFAULT_LEASE_SECONDS,
     BackupUnsupported,
@@ -245,6 +245,17 @@ class PostgresStore(Store):
                 newest_first=newest_first,
                 budget=budget,
             )
+
+    def search_text(self, tsquery: str, **options: Any) -> list[postgres_search.Found]:
+        """Full-text search in the database (``postgres_search.search``'s options)."""
+        with self._reading() as connection:
+            return postgres_search.search(connection, tsquery, **options)
+
+    def rebuild_search(self) -> int:
+        """Index every event for search afresh, in one transaction; the events read."""
+        self._check_open()
+        with self._write_lock, self._pool.connection() as connection, connection.transaction():
+            return postgres_search.rebuild(connection)
 
     def find_event(self, session_id: str, event_id: str) -> SessionEvent | None:
         with self._reading() as connection:

@@ -13,7 +13,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 import psycopg
 
-from copilotd.store import lineage, records
+from copilotd.store import lineage, postgres_search, records
 from copilotd.store.base import (
     ChangeKind,
     EventIdTaken,
@@ -129,6 +129,7 @@ class PostgresWriter(StoreWriter):
         )
         if inserted.rowcount == 0:
             raise SessionExists(session_id)
+        postgres_search.show_session(self._connection, record)
         self._execute(
             f"UPDATE {SCHEMA}.counters SET value = value + 1 WHERE name = 'session_count'"
         )
@@ -162,6 +163,8 @@ class PostgresWriter(StoreWriter):
         records.update_turn(record, open_turn, close_turn)
         records.update_queue(record, pending, queue)
         self._insert_events(record.log_number, stored)
+        if postgres_search.cuts(stored):
+            postgres_search.save_cuts(self._connection, record)
         self._save(record)
         if open_turn is not None or fence is not None or close_turn:
             self._settle_lease(record)
@@ -272,6 +275,7 @@ class PostgresWriter(StoreWriter):
             raise SessionNotFound(session_id)
         record = SessionRecord.FromString(row[0])
         self._execute(f"DELETE FROM {SCHEMA}.turn_leases WHERE session_id = %s", (session_id,))
+        postgres_search.hide_session(self._connection, session_id)
         self._execute(
             "SELECT pg_notify(%s, %s)",
             (CHANNEL, change_payload("deleted", session_id, 0, self._owner)),
@@ -298,6 +302,8 @@ class PostgresWriter(StoreWriter):
             log_number = row[0]
             want = limit - removed
             deleted = self._execute(PURGE_STEP, (log_number, log_number, want)).rowcount
+            # At most as many entries as events: a log's entries go no later than its events.
+            self._execute(postgres_search.PURGE_ENTRIES, (log_number, log_number, want))
             removed += deleted
             if deleted < want:
                 self._execute(
@@ -400,6 +406,8 @@ class PostgresWriter(StoreWriter):
                 " VALUES (%s, %s, %s, %s, %s)",
                 rows,
             )
+        # In the events' transaction: committed together, found by every daemon at once.
+        postgres_search.index_events(self._connection, log_number, events)
 
     def _save(self, record: SessionRecord) -> None:
         self._execute(
