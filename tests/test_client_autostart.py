@@ -212,7 +212,7 @@ def test_nothing_listening_launches_without_a_grpc_call_first(
 # '1234 openat(AT_FDCWD, "/x/site-packages/grpc/__pycache__/__init__.cpython-311.pyc", ...'
 OPENED = re.compile(r'^\d+ +openat\(AT_FDCWD, "(?P<path>[^"]+)"')
 GRPC_MACHINERY = re.compile(
-    r"/grpc/|/google/protobuf/|_pb2(_grpc)?\.py|/copilot_client/(__pycache__/)?_session\."
+    r"/grpc/|/google/protobuf/|_pb2(_grpc)?\.|/copilot_client/(__pycache__/)?_session\."
 )
 
 
