@@ -137,7 +137,7 @@ class CopilotClient:
                     start_timeout=self._start_timeout,
                 )
             except BaseException:
-                await self._transport.close()
+                await self._close_transport()
                 raise
             self._started = True
 
@@ -154,6 +154,10 @@ class CopilotClient:
                 call_timeout=self._call_timeout,
             )
         return self._service
+
+    async def _close_transport(self) -> None:
+        if self._service is not None:  # never made: nothing to close, and no grpc to import
+            await self._service.close()
 
     def _open_transport(self) -> ServiceClient:
         # What the calls use, loaded while an auto-started daemon starts.
@@ -173,7 +177,7 @@ class CopilotClient:
         if self._lifecycle is not None:
             await self._lifecycle.close()
             self._lifecycle = None
-        await self._transport.close()
+        await self._close_transport()
         self._started = False
 
     async def __aenter__(self) -> Self:
