@@ -27,9 +27,15 @@ PROCESSES: dict[str, list[str]] = {
     "python -I -S -c pass (the launcher's interpreter)": ["-I", "-S", "-c", "pass"],
     "import asyncio and grpc.aio": ["-c", "import asyncio, grpc.aio"],
     # The package itself loads nothing until a name is used (PEP 562).
+    # Standard library only: what a client runs before it launches a daemon.
     "import the client (from copilot_client import CopilotClient)": [
         "-c",
         "from copilot_client import CopilotClient",
+    ],
+    # The rest, imported once the daemon is launched, so while it starts.
+    "the client's imports after the launch (grpc, stubs, sessions)": [
+        "-c",
+        "import asyncio, copilot_client._session, copilot_client._search",
     ],
     "import what copilotd serve imports (no config)": [
         "-c",

@@ -10,6 +10,10 @@ While waiting, the client watches the daemon it launched. If that daemon exits
 without serving, the client looks at the daemon's lock files: when they name
 another live daemon (this one lost the race), it watches that one instead;
 otherwise no daemon is coming, and it fails at once with the log's last lines.
+
+Everything up to the launch needs only the standard library: the client
+imports grpc, protobuf and the rest of its machinery after launching the
+daemon, so the daemon's start overlaps them (tests/test_client_autostart.py).
 """
 
 from __future__ import annotations
@@ -20,19 +24,21 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from ._errors import DaemonUnavailableError
+from ._errors import DaemonTimeoutError, DaemonUnavailableError
 from .paths import socket_lock_path, verify_private_socket
-from .proto.v1 import copilot_pb2
-from .service import CALL_TIMEOUT, ServiceClient, UseCallTimeout
+
+if TYPE_CHECKING:
+    from .service import ServiceClient
 
 __all__ = [
     "LOG_NAME",
     "LaunchedDaemon",
+    "connect",
     "find_daemon_command",
     "launch_daemon",
     "listening",
@@ -156,22 +162,6 @@ def log_tail(log_path: Path, lines: int = LOG_TAIL_LINES) -> str:
         return f"(cannot read {log_path}: {error.strerror})"
     tail = text.strip().splitlines()[-lines:]
     return "\n".join(tail) if tail else "(the log is empty)"
-
-
-async def ping(
-    transport: ServiceClient,
-    *,
-    deadline: float | UseCallTimeout | None = CALL_TIMEOUT,
-    wait_for_ready: bool = False,
-) -> str:
-    """The daemon's version; raises the mapped error when it does not answer."""
-    response = await transport.call(
-        transport.stub.Ping,
-        copilot_pb2.PingRequest(),
-        deadline=deadline,
-        wait_for_ready=wait_for_ready,
-    )
-    return response.version
 
 
 def _alive(pid: int) -> bool:
@@ -305,7 +295,7 @@ async def wait_until_serving(
                     try:
                         # wait_for_ready with no deadline of its own: the start timeout bounds it.
                         version = await _unless_exit(
-                            ping(transport, deadline=None, wait_for_ready=True), watched
+                            transport.ping(deadline=None, wait_for_ready=True), watched
                         )
                     except DaemonUnavailableError:
                         # A daemon answered "unavailable" (a losing racer shutting
@@ -335,3 +325,47 @@ async def wait_until_serving(
             f"{log_tail(daemon.log_path)}",
             socket_path=transport.socket_path,
         ) from None
+
+
+async def connect(
+    open_transport: Callable[[], ServiceClient],
+    *,
+    socket_path: Path,
+    data_dir: Path,
+    auto_start: bool,
+    daemon_command: Sequence[str] | None,
+    start_timeout: float,
+) -> str:
+    """Connects to the daemon, launching it first when nothing listens and ``auto_start``.
+
+    Args:
+        open_transport: Imports the client's gRPC machinery and returns its
+            open transport. Called after the launch, so the daemon starts
+            while the client imports grpc and protobuf.
+
+    Returns:
+        The daemon's version.
+
+    Raises:
+        DaemonUnavailableError: The daemon is not reachable and could not
+            be (or was not allowed to be) started.
+    """
+    if auto_start:
+        verify_private_socket(socket_path)  # before probing it, or launching a daemon there
+    # Nothing listens: launch now, not after a gRPC call fails (auto-start waits for it).
+    if not auto_start or await listening(socket_path):
+        try:
+            return await open_transport().ping()
+        except DaemonTimeoutError:
+            raise  # something serves the socket but does not answer: another daemon cannot
+        except DaemonUnavailableError as error:
+            if not auto_start:
+                raise DaemonUnavailableError(
+                    f"{error.message} (auto_start=False, so the client did not start it.)",
+                    status=error.status,
+                    reason=error.reason,
+                    socket_path=socket_path,
+                ) from error
+    command, env = find_daemon_command(daemon_command, socket_path=socket_path)
+    daemon = await launch_daemon(command, env, socket_path=socket_path, data_dir=data_dir)
+    return await wait_until_serving(open_transport(), start_timeout=start_timeout, daemon=daemon)

@@ -5,40 +5,35 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields, replace
-from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, overload
+from typing import TYPE_CHECKING, Any, Self, overload
 
 from . import _autostart
-from ._branching import fork_session
-from ._compaction import InfiniteSessionConfig
-from ._errors import (
-    CopilotError,
-    DaemonTimeoutError,
-    DaemonUnavailableError,
-    SessionNotFoundError,
-)
-from ._history import read_events
-from ._lifecycle import LifecycleHandler, LifecycleWatch
-from ._models import ModelInfo, ProviderConfig
-from ._permissions import PermissionHandlerFunc
-from ._search import search_sessions
-from ._session import CopilotSession
-from ._session_events import SessionEvent
-from ._tools import Tool
-from ._types import SearchPage, SessionConfig, SessionListPage, SessionMetadata
+from ._deadlines import per_call
+from ._errors import CopilotError, SessionNotFoundError
 from .paths import MAX_SOCKET_PATH_BYTES, resolve_data_dir, resolve_socket_path
-from .proto.admin.v1 import admin_pb2, admin_pb2_grpc
-from .proto.v1 import copilot_pb2, copilot_pb2_grpc
-from .service import DEFAULT_CALL_TIMEOUT, ServiceClient, per_call
-from .wire import ADDRESS_ENV, MAX_PAGE_SIZE, TOKEN_ENV
+from .wire import ADDRESS_ENV, DEFAULT_CALL_TIMEOUT, MAX_PAGE_SIZE, TOKEN_ENV
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from ._compaction import InfiniteSessionConfig
+    from ._lifecycle import LifecycleHandler, LifecycleWatch
+    from ._models import ModelInfo, ProviderConfig
+    from ._permissions import PermissionHandlerFunc
+    from ._session import CopilotSession
+    from ._session_events import SessionEvent
+    from ._tools import Tool
+    from ._types import SearchPage, SessionConfig, SessionListPage, SessionMetadata
+    from .proto.v1 import copilot_pb2_grpc
+    from .service import ServiceClient
+
+# Only the standard library at import: grpc, protobuf and the modules above load in start(),
+# after an auto-start launched the daemon, so that they load while it starts.
 
 __all__ = ["CopilotClient"]
-
-RESUME_TAIL_EVENTS = 50
-_CONFIG_FIELDS = frozenset(f.name for f in fields(SessionConfig))
 
 
 class CopilotClient:
@@ -95,13 +90,10 @@ class CopilotClient:
         self._auto_start = auto_start and self._address is None
         self._daemon_command = list(daemon_command) if daemon_command else None
         self._start_timeout = start_timeout
-        self._transport = ServiceClient(
-            self._socket_path,
-            address=self._address,
-            token=token or os.environ.get(TOKEN_ENV) or None,
-            tls_root_cert=Path(tls_root_cert) if tls_root_cert else None,
-            call_timeout=timeout,
-        )
+        self._token = token or os.environ.get(TOKEN_ENV) or None
+        self._tls_root_cert = Path(tls_root_cert) if tls_root_cert else None
+        self._call_timeout = timeout
+        self._service: ServiceClient | None = None
         self._start_lock = asyncio.Lock()
         self._started = False
         self._daemon_version: str | None = None
@@ -135,38 +127,44 @@ class CopilotClient:
         async with self._start_lock:
             if self._started:
                 return
-            self._transport.open()
             try:
-                self._daemon_version = await self._connect()
+                self._daemon_version = await _autostart.connect(
+                    self._open_transport,
+                    socket_path=self._socket_path,
+                    data_dir=self._data_dir,
+                    auto_start=self._auto_start,
+                    daemon_command=self._daemon_command,
+                    start_timeout=self._start_timeout,
+                )
             except BaseException:
-                await self._transport.close()
+                await self._close_transport()
                 raise
             self._started = True
 
-    async def _connect(self) -> str:
-        # Nothing listens: launch now, not after a gRPC call fails (auto-start waits for it).
-        if not self._auto_start or await _autostart.listening(self._socket_path):
-            try:
-                return await _autostart.ping(self._transport)
-            except DaemonTimeoutError:
-                raise  # something serves the socket but does not answer: another daemon cannot
-            except DaemonUnavailableError as error:
-                if not self._auto_start:
-                    raise DaemonUnavailableError(
-                        f"{error.message} (auto_start=False, so the client did not start it.)",
-                        status=error.status,
-                        reason=error.reason,
-                        socket_path=self._socket_path,
-                    ) from error
-        command, env = _autostart.find_daemon_command(
-            self._daemon_command, socket_path=self._socket_path
-        )
-        daemon = await _autostart.launch_daemon(
-            command, env, socket_path=self._socket_path, data_dir=self._data_dir
-        )
-        return await _autostart.wait_until_serving(
-            self._transport, start_timeout=self._start_timeout, daemon=daemon
-        )
+    @property
+    def _transport(self) -> ServiceClient:
+        if self._service is None:
+            from .service import ServiceClient
+
+            self._service = ServiceClient(
+                self._socket_path,
+                address=self._address,
+                token=self._token,
+                tls_root_cert=self._tls_root_cert,
+                call_timeout=self._call_timeout,
+            )
+        return self._service
+
+    async def _close_transport(self) -> None:
+        if self._service is not None:  # never made: nothing to close, and no grpc to import
+            await self._service.close()
+
+    def _open_transport(self) -> ServiceClient:
+        # What the calls use, loaded while an auto-started daemon starts.
+        from . import _branching, _history, _lifecycle, _search, _session  # noqa: F401
+
+        self._transport.open()
+        return self._transport
 
     async def stop(self) -> None:
         """Detaches this client's sessions and closes the connection.
@@ -179,7 +177,7 @@ class CopilotClient:
         if self._lifecycle is not None:
             await self._lifecycle.close()
             self._lifecycle = None
-        await self._transport.close()
+        await self._close_transport()
         self._started = False
 
     async def __aenter__(self) -> Self:
@@ -198,11 +196,6 @@ class CopilotClient:
         if not self._started:
             await self.start()
         return self._transport.stub
-
-    async def _admin_stub(self) -> admin_pb2_grpc.CopilotAdminServiceAsyncStub:
-        if not self._started:
-            await self.start()
-        return self._transport.admin_stub
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -227,12 +220,10 @@ class CopilotClient:
         if not self._started:
             raise CopilotError("start the client before subscribing to lifecycle events")
         if self._lifecycle is None:
+            from ._lifecycle import LifecycleWatch
+
             self._lifecycle = LifecycleWatch(self._transport)
-        if isinstance(first, str):
-            if handler is None:
-                raise TypeError("on_lifecycle(event_type, handler) needs a handler")
-            return self._lifecycle.add(first, handler)
-        return self._lifecycle.add(None, first)
+        return self._lifecycle.subscribe(first, handler)
 
     async def lifecycle_ready(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Waits until the lifecycle watch started by :meth:`on_lifecycle` is live."""
@@ -246,7 +237,7 @@ class CopilotClient:
     async def ping(self, *, timeout: float | None = None) -> str:  # noqa: ASYNC109 (a gRPC deadline)
         """The daemon's version (and proof that it answers)."""
         await self._stub()
-        return await _autostart.ping(self._transport, deadline=per_call(timeout))
+        return await self._transport.ping(deadline=per_call(timeout))
 
     async def create_session(
         self,
@@ -269,15 +260,10 @@ class CopilotClient:
             SessionExistsError: The id is taken.
             InvalidArgumentError: The id or another field is invalid.
         """
-        unknown = set(kwargs) - _CONFIG_FIELDS
-        if unknown:
-            raise TypeError(f"create_session() got unexpected keyword arguments: {sorted(unknown)}")
-        if config is None:
-            config = SessionConfig()
-        elif isinstance(config, Mapping):
-            config = SessionConfig(**config)
-        config = replace(config, **kwargs)
-        request = copilot_pb2.CreateSessionRequest(config=config.to_proto())
+        from ._session_requests import create_request
+        from ._types import SessionMetadata
+
+        request, config = create_request(config, kwargs)
         stub = await self._stub()
         response = await self._transport.call(
             stub.CreateSession, request, deadline=per_call(timeout)
@@ -334,26 +320,18 @@ class CopilotClient:
             SessionNotFoundError: No session has this id.
             InvalidArgumentError: The provider config is invalid.
         """
-        if provider is None and config is not None:
-            provider = config.get("provider") if isinstance(config, Mapping) else config.provider
-        request = copilot_pb2.ResumeSessionRequest(
-            session_id=session_id, tail_events=RESUME_TAIL_EVENTS
+        from ._session_requests import resume_request
+        from ._types import SessionMetadata
+
+        request, tools, on_permission_request = resume_request(
+            session_id,
+            config,
+            provider=provider,
+            tools=tools,
+            on_permission_request=on_permission_request,
+            continue_pending_work=continue_pending_work,
+            infinite_sessions=infinite_sessions,
         )
-        if provider is not None:
-            request.provider.CopyFrom(ProviderConfig.coerce(provider).to_proto())
-        if tools is None and isinstance(config, SessionConfig) and config.tools:
-            tools = config.tools
-        if on_permission_request is None and isinstance(config, SessionConfig):
-            on_permission_request = config.on_permission_request
-        if tools is not None:
-            request.tools.extend(tool.to_proto() for tool in tools)
-            request.replace_tools = True
-        request.continue_pending_work = continue_pending_work
-        if infinite_sessions is None and isinstance(config, SessionConfig):
-            infinite_sessions = config.infinite_sessions
-        if infinite_sessions is not None:
-            infinite = InfiniteSessionConfig.coerce(infinite_sessions)
-            request.infinite_sessions.CopyFrom(infinite.to_proto())
         stub = await self._stub()
         response = await self._transport.call(
             stub.ResumeSession, request, deadline=per_call(timeout)
@@ -377,6 +355,8 @@ class CopilotClient:
         tools: Sequence[Tool] = (),
         on_permission_request: PermissionHandlerFunc | None = None,
     ) -> CopilotSession:
+        from ._session import CopilotSession
+
         session = CopilotSession(
             self._transport,
             metadata,
@@ -402,6 +382,9 @@ class CopilotClient:
             page_token: ``next_page_token`` of the previous page; empty for the first.
             timeout: Seconds the call may take; default the client's ``timeout``.
         """
+        from ._types import SessionListPage, SessionMetadata
+        from .proto.v1 import copilot_pb2
+
         request = copilot_pb2.ListSessionsRequest(page_size=page_size, page_token=page_token or "")
         stub = await self._stub()
         response = await self._transport.call(
@@ -467,6 +450,8 @@ class CopilotClient:
             include_rewound: Also find events cut by rewinds (``hit.rewound``).
             timeout: Seconds the call may take; default the client's ``timeout``.
         """
+        from ._search import search_sessions
+
         await self._stub()
         return await search_sessions(
             self._transport,
@@ -487,6 +472,9 @@ class CopilotClient:
         timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline)
     ) -> SessionMetadata | None:
         """A session's metadata, or ``None`` when there is no such session."""
+        from ._types import SessionMetadata
+        from .proto.v1 import copilot_pb2
+
         request = copilot_pb2.GetSessionRequest(session_id=session_id)
         stub = await self._stub()
         try:
@@ -508,6 +496,8 @@ class CopilotClient:
         Raises:
             SessionNotFoundError: No session has this id.
         """
+        from .proto.v1 import copilot_pb2
+
         request = copilot_pb2.DeleteSessionRequest(session_id=session_id)
         stub = await self._stub()
         await self._transport.call(stub.DeleteSession, request, deadline=per_call(timeout))
@@ -527,6 +517,8 @@ class CopilotClient:
         :class:`InvalidPointError` for a point inside a turn or a tool call, rewound,
         or out of range.
         """
+        from ._branching import fork_session
+
         await self._stub()
         fork = (source_session_id, new_session_id, up_to_sequence)
         return await fork_session(self._transport, *fork, deadline=per_call(timeout))
@@ -557,6 +549,8 @@ class CopilotClient:
         Raises:
             SessionNotFoundError: No session has this id.
         """
+        from ._history import read_events
+
         await self._stub()
         return await read_events(
             self._transport,
@@ -573,9 +567,12 @@ class CopilotClient:
         Raises:
             SessionNotFoundError: No session has this id.
         """
+        from ._types import SessionMetadata
+        from .proto.admin.v1 import admin_pb2
+
         request = admin_pb2.SetSessionPinnedRequest(session_id=session_id, pinned=pinned)
-        admin = await self._admin_stub()
-        response = await self._transport.call(admin.SetSessionPinned, request)
+        await self._stub()
+        response = await self._transport.call(self._transport.admin_stub.SetSessionPinned, request)
         return SessionMetadata.from_proto(response.session)
 
     async def unpin_session(self, session_id: str) -> SessionMetadata:
@@ -593,6 +590,9 @@ class CopilotClient:
         With no provider configured, the one entry is the offline model,
         which then answers every model name.
         """
+        from ._models import ModelInfo
+        from .proto.v1 import copilot_pb2
+
         stub = await self._stub()
         response = await self._transport.call(
             stub.ListModels, copilot_pb2.ListModelsRequest(), deadline=per_call(timeout)

@@ -45,9 +45,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-import grpc
-
 if TYPE_CHECKING:
+    # grpc is imported where a call fails, not here: an auto-start raises
+    # these before the client has imported grpc (it launches the daemon first).
+    import grpc
+
     from ._session_events import SessionEvent
 
 __all__ = [
@@ -246,10 +248,15 @@ class DaemonUnavailableError(RPCError):
         self,
         message: str,
         *,
-        status: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        status: grpc.StatusCode | None = None,
         reason: str = "",
         socket_path: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``status`` defaults to ``UNAVAILABLE``."""
+        if status is None:
+            import grpc
+
+            status = grpc.StatusCode.UNAVAILABLE
         super().__init__(message, status=status, reason=reason)
         self.socket_path = os.fspath(socket_path) if socket_path is not None else None
 

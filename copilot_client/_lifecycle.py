@@ -31,6 +31,16 @@ class LifecycleWatch:
         self._task: asyncio.Task[None] | None = None
         self.live = asyncio.Event()
 
+    def subscribe(
+        self, first: str | LifecycleHandler, handler: LifecycleHandler | None
+    ) -> Callable[[], None]:
+        """``CopilotClient.on_lifecycle``: ``first`` is an event type, or the handler of all."""
+        if isinstance(first, str):
+            if handler is None:
+                raise TypeError("on_lifecycle(event_type, handler) needs a handler")
+            return self.add(first, handler)
+        return self.add(None, first)
+
     def add(self, event_type: str | None, handler: LifecycleHandler) -> Callable[[], None]:
         if event_type is not None and event_type not in LIFECYCLE_TYPES:
             raise ValueError(

@@ -18,8 +18,6 @@ turns a failed call into the most specific :class:`copilot_client.RPCError`::
 
 from __future__ import annotations
 
-import enum
-import math
 import os
 import re
 from collections.abc import AsyncGenerator, Iterator
@@ -29,6 +27,7 @@ from typing import Final, TypeVar
 
 import grpc
 
+from ._deadlines import CALL_TIMEOUT, UseCallTimeout, per_call
 from ._errors import (
     BackupUnsupportedError,
     CompactionFailedError,
@@ -76,24 +75,6 @@ __all__ = [
     "map_rpc_error",
     "per_call",
 ]
-
-
-class UseCallTimeout(enum.Enum):
-    """The type of :data:`CALL_TIMEOUT`."""
-
-    TOKEN = enum.auto()
-
-
-# ServiceClient.call's default deadline: the client's call_timeout.
-CALL_TIMEOUT: Final = UseCallTimeout.TOKEN
-
-
-def per_call(timeout: float | None) -> float | UseCallTimeout | None:
-    """The deadline for :meth:`ServiceClient.call` from a public method's ``timeout``
-    argument: ``None`` is the client's default, ``math.inf`` no limit."""
-    if timeout is None:
-        return CALL_TIMEOUT
-    return None if math.isinf(timeout) else timeout
 
 
 RequestT = TypeVar("RequestT")
@@ -249,6 +230,21 @@ class ServiceClient:
         seconds = self.call_timeout if isinstance(deadline, UseCallTimeout) else deadline
         with self.mapped_errors(deadline=seconds):
             return await rpc(request, timeout=seconds, wait_for_ready=wait_for_ready)
+
+    async def ping(
+        self,
+        *,
+        deadline: float | UseCallTimeout | None = CALL_TIMEOUT,
+        wait_for_ready: bool = False,
+    ) -> str:
+        """The daemon's version; raises the mapped error when it does not answer."""
+        response = await self.call(
+            self.stub.Ping,
+            copilot_pb2.PingRequest(),
+            deadline=deadline,
+            wait_for_ready=wait_for_ready,
+        )
+        return response.version
 
     @contextmanager
     def mapped_errors(self, *, deadline: float | None = None) -> Iterator[None]:

@@ -207,3 +207,46 @@ def test_nothing_listening_launches_without_a_grpc_call_first(
     before = [m for line in lines[:launched] if (m := CONNECT.match(line))]
     attempts = [int(m["tid"]) for m in before if m["path"] == str(socket_path)]
     assert attempts == [client]
+
+
+# '1234 openat(AT_FDCWD, "/x/site-packages/grpc/__pycache__/__init__.cpython-311.pyc", ...'
+OPENED = re.compile(r'^\d+ +openat\(AT_FDCWD, "(?P<path>[^"]+)"')
+GRPC_MACHINERY = re.compile(
+    r"/grpc/|/google/protobuf/|_pb2(_grpc)?\.|/copilot_client/(__pycache__/)?_session\."
+)
+
+
+@pytest.mark.skipif(STRACE is None, reason="needs strace (apt-get install strace)")
+def test_the_client_launches_the_daemon_before_importing_grpc(
+    fresh_paths: tuple[Path, Path],
+) -> None:
+    # The daemon's start then overlaps the client's imports of grpc, protobuf
+    # and its own machinery, instead of following them (docs/benchmarks.md).
+    assert STRACE is not None
+    socket_path, data_dir = fresh_paths
+    trace = socket_path.parent.parent / "trace"
+    command = [sys.executable, "-c", CLIENT_SCRIPT, str(socket_path), str(data_dir)]
+    traced = subprocess.Popen(
+        [STRACE, "-f", "-qq", "-e", "trace=openat,execve", "-o", str(trace), *command],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert traced.stdout is not None
+        assert traced.stdout.readline().strip() == copilotd.__version__
+    finally:
+        kill_auto_started(socket_path, data_dir)
+        traced.wait(60)
+    lines = trace.read_text().splitlines()
+    client = lines[0].split()[0]  # the first call traced is the client's execve
+    launched = next(n for n, line in enumerate(lines) if LAUNCHER_EXEC.match(line))
+    opened = [
+        (n, m["path"])
+        for n, line in enumerate(lines)
+        if line.split()[0] == client and (m := OPENED.match(line))
+    ]
+    assert any("/copilot_client/" in path for n, path in opened if n < launched)
+    early = [path for n, path in opened if n < launched and GRPC_MACHINERY.search(path)]
+    assert early == []
+    assert any(GRPC_MACHINERY.search(path) for n, path in opened if n > launched)

@@ -48,6 +48,9 @@ CLIENT_SIDE_MODULES = (
     "copilot_client._autostart",
     "copilot_client.service",
 )
+# Imported on their service's first call (copilotd/runtime/reflection.py); the
+# top-level grpc_reflection package, which `import grpc` loads, is nearly empty.
+ON_FIRST_CALL_PACKAGES = ("grpc_reflection.v1alpha",)
 _IMPORT_LINE = re.compile(r"^import time:\s+\d+\s+\|\s+\d+\s+\|\s+(\S+)\s*$")
 
 
@@ -92,6 +95,7 @@ async def test_serve_without_config_imports_no_on_demand_package(
     assert {"grpc", "lmdb", "copilotd.runtime.server"} <= modules
     assert [p for p in ON_DEMAND_PACKAGES if loaded(modules, p)] == []
     assert [m for m in CLIENT_SIDE_MODULES if loaded(modules, m)] == []
+    assert [p for p in ON_FIRST_CALL_PACKAGES if loaded(modules, p)] == []
 
 
 async def test_serve_loads_each_package_when_its_config_asks(

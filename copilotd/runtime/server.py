@@ -17,7 +17,6 @@ from urllib.parse import urlsplit, urlunsplit
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from copilot_client.paths import MAX_SOCKET_PATH_BYTES, channel_target, socket_lock_path
 from copilot_client.proto.admin.v1 import admin_pb2, admin_pb2_grpc
@@ -47,6 +46,7 @@ from copilotd.runtime.datadir import (
     exclusive_lock,
 )
 from copilotd.runtime.metrics_address import MetricsAddressError
+from copilotd.runtime.reflection import REFLECTION_SERVICE, LazyReflection
 from copilotd.runtime.sidecars import Operations
 from copilotd.runtime.socket_watch import SocketWatch
 from copilotd.runtime.systemd import listen_sockets
@@ -267,15 +267,9 @@ async def _serve_indexed(
         copilot_pb2_grpc.add_CopilotServiceServicer_to_server(servicer, server)
         admin_pb2_grpc.add_CopilotAdminServiceServicer_to_server(admin_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                ADMIN_SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        names = (SERVICE_NAME, ADMIN_SERVICE_NAME, health_name, REFLECTION_SERVICE)
+        server.add_generic_rpc_handlers((LazyReflection(names),))
 
     options = grpc_options(config.limits.max_prompt_bytes)
     server = grpc.aio.server(
