@@ -69,7 +69,9 @@ def test_the_suite_runs_and_measures_every_benchmark(tmp_path: Path) -> None:
     assert results["cold_start"]["auto_start_existing"]["n"] == TINY.cold_starts
     assert results["cold_start"]["auto_start_cpu"]["p50_ms"] > 0
     parts = results["cold_start"]["auto_start_parts"]
-    assert len(parts) == 8 and {p["n"] for p in parts.values()} == {TINY.cold_starts}
+    assert len(parts) == 9 and {p["n"] for p in parts.values()} == {TINY.cold_starts}
+    # The client's imports before and after it launches the daemon, timed apart.
+    assert "the client's imports after the launch (grpc, stubs, sessions)" in parts
     assert len(results["cold_start"]["bytecode"]["compiled"]) == 2
     assert "| what bounds an auto-start (each part alone) |" in result.stdout
     assert len(results["targets"]) == 12
