@@ -83,6 +83,14 @@ def page_cut(page: list[SessionEvent], low: int, high: int, newest_first: bool) 
     return end > low + 1 if newest_first else end < high - 1
 
 
+def event_at(record: SessionRecord, read_log: ReadLog, sequence: int) -> SessionEvent:
+    """The session's event of ``sequence`` (which must exist), from the log holding it."""
+    (event,) = read_log(
+        log_of(record, sequence), sequence - 1, sequence + 1, 1, False, ByteBudget(None)
+    )
+    return event
+
+
 def find(
     record: SessionRecord, event_id: str, find_sequence: FindSequence, read_log: ReadLog
 ) -> SessionEvent | None:

@@ -128,15 +128,7 @@ class LmdbWriter(StoreWriter):
         if self._txn.get(session_key(session_id), db=self._tables.meta) is not None:
             raise SessionExists(session_id)
         records.check_fork_point(source, up_to_sequence)
-        (last,) = lineage.read(
-            source,
-            LogReader(self._txn, self._tables),
-            after=up_to_sequence - 1,
-            before=up_to_sequence + 1,
-            limit=1,
-            newest_first=False,
-            budget=records.ByteBudget(None),
-        )
+        last = lineage.event_at(source, LogReader(self._txn, self._tables), up_to_sequence)
         record = records.fork_record(
             source, session_id, up_to_sequence, self._take_log_number(), last
         )

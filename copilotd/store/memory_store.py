@@ -278,15 +278,7 @@ class _MemoryWriter(StoreWriter):
         if session_id in state.records:
             raise SessionExists(session_id)
         records.check_fork_point(source, up_to_sequence)
-        (last,) = lineage.read(
-            source,
-            state.read_log,
-            after=up_to_sequence - 1,
-            before=up_to_sequence + 1,
-            limit=1,
-            newest_first=False,
-            budget=records.ByteBudget(None),
-        )
+        last = lineage.event_at(source, state.read_log, up_to_sequence)
         record = records.fork_record(
             source, session_id, up_to_sequence, self._take_log_number(), last
         )

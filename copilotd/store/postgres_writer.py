@@ -209,15 +209,7 @@ class PostgresWriter(StoreWriter):
         source = self._locked_record(source_id)
         records.check_fork_point(source, up_to_sequence)
         reader = LogReader(self._connection, bounded=False)
-        (last,) = lineage.read(
-            source,
-            reader,
-            after=up_to_sequence - 1,
-            before=up_to_sequence + 1,
-            limit=1,
-            newest_first=False,
-            budget=records.ByteBudget(None),
-        )
+        last = lineage.event_at(source, reader, up_to_sequence)
         record = records.fork_record(
             source, session_id, up_to_sequence, self._next_log_number(), last
         )
