@@ -218,6 +218,31 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
 
     # == search ==
 
+    async def SearchSessions(
+        self, request: pb.SearchSessionsRequest, context: Context
+    ) -> pb.SearchSessionsResponse:
+        async with translate_errors(context, "SearchSessions"):
+            search = SearchFilter(
+                query=request.query,
+                session_id_prefix=request.session_id_prefix,
+                since_ns=check_time(request.since, "since") if request.HasField("since") else None,
+                until_ns=check_time(request.until, "until") if request.HasField("until") else None,
+                include_rewound=request.include_rewound,
+            )
+            hits, token = await self._search.search(search, request.page_size, request.page_token)
+        response = pb.SearchSessionsResponse(next_page_token=token)
+        for hit in hits:
+            found = response.hits.add(
+                session_id=hit.session_id,
+                sequence=hit.sequence,
+                event_type=hit.event_type,
+                snippet=hit.snippet,
+                rank=hit.rank,
+                rewound=hit.rewound,
+            )
+            found.event_time.FromNanoseconds(hit.event_time_ns)
+        return response
+
     # == fork and rewind ==
 
     async def ForkSession(
@@ -247,28 +272,3 @@ class CopilotServicer(copilot_pb2_grpc.CopilotServiceServicer):
                 ),
             )
         return pb.RewindSessionResponse(session=metadata, rewind=rewind)
-
-    async def SearchSessions(
-        self, request: pb.SearchSessionsRequest, context: Context
-    ) -> pb.SearchSessionsResponse:
-        async with translate_errors(context, "SearchSessions"):
-            search = SearchFilter(
-                query=request.query,
-                session_id_prefix=request.session_id_prefix,
-                since_ns=check_time(request.since, "since") if request.HasField("since") else None,
-                until_ns=check_time(request.until, "until") if request.HasField("until") else None,
-                include_rewound=request.include_rewound,
-            )
-            hits, token = await self._search.search(search, request.page_size, request.page_token)
-        response = pb.SearchSessionsResponse(next_page_token=token)
-        for hit in hits:
-            found = response.hits.add(
-                session_id=hit.session_id,
-                sequence=hit.sequence,
-                event_type=hit.event_type,
-                snippet=hit.snippet,
-                rank=hit.rank,
-                rewound=hit.rewound,
-            )
-            found.event_time.FromNanoseconds(hit.event_time_ns)
-        return response
